@@ -1,0 +1,23 @@
+//! The one error type of the domain and of the [`crate::Store`] boundary.
+
+use crate::{CustomerKey, ValidationErrors};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    #[error("not found")]
+    NotFound,
+    #[error("another customer already has this {0}")]
+    DuplicateKey(CustomerKey),
+    #[error("version {actual} does not match the expected {expected}")]
+    VersionConflict { expected: i64, actual: i64 },
+    #[error("invalid input")]
+    Validation(ValidationErrors),
+    #[error("storage failed")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<ValidationErrors> for DomainError {
+    fn from(errors: ValidationErrors) -> Self {
+        DomainError::Validation(errors)
+    }
+}

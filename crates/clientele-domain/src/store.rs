@@ -1,0 +1,206 @@
+//! The storage boundary: one trait, implemented for SQLite and PostgreSQL by `clientele-store`.
+//!
+//! Each method is one unit of work (one transaction). Writes load the stored customer, call
+//! [`crate::write::apply`] and persist the result together with its change record.
+
+use async_trait::async_trait;
+
+use crate::{
+    ApiKey, ApiKeyId, Customer, CustomerId, CustomerKey, CustomerWrite, DomainError, NewApiKey,
+    Patch, Timestamp,
+};
+
+/// How a request addresses one customer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Locator {
+    Id(CustomerId),
+    Key(CustomerKey, String),
+}
+
+/// Which customer a write goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteTarget {
+    /// Always a new customer; a unique-key clash is [`DomainError::DuplicateKey`].
+    Create,
+    /// The customer with this key value, created when there is none.
+    Upsert(CustomerKey, String),
+    /// An existing customer; [`DomainError::NotFound`] when there is none.
+    Update(Locator),
+}
+
+/// One customer write, ready for the store: the password, if any, is already hashed.
+#[derive(Clone, Debug)]
+pub struct WriteCommand {
+    pub target: WriteTarget,
+    pub write: CustomerWrite,
+    /// The Argon2id PHC string to store, `Null` to remove the password, `Absent` to keep it.
+    pub password_hash: Patch<String>,
+    /// `If-Match`: the write applies only to this version.
+    pub expected_version: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// The kind of a change record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Created => "created",
+            ChangeKind::Updated => "updated",
+            ChangeKind::Deleted => "deleted",
+        }
+    }
+}
+
+/// A customer as stored: its response JSON, ready to send without re-encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustomerDoc {
+    pub id: CustomerId,
+    pub version: i64,
+    pub json: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortOrder {
+    #[default]
+    CreatedAsc,
+    CreatedDesc,
+    UpdatedAsc,
+    UpdatedDesc,
+    LastNameAsc,
+}
+
+impl SortOrder {
+    pub const ALL: [(SortOrder, &'static str); 5] = [
+        (SortOrder::CreatedAsc, "created_at"),
+        (SortOrder::CreatedDesc, "-created_at"),
+        (SortOrder::UpdatedAsc, "updated_at"),
+        (SortOrder::UpdatedDesc, "-updated_at"),
+        (SortOrder::LastNameAsc, "last_name"),
+    ];
+
+    pub fn parse(s: &str) -> Option<SortOrder> {
+        Self::ALL.iter().find(|(_, name)| *name == s).map(|(o, _)| *o)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(o, _)| *o == self)
+            .map_or("created_at", |(_, name)| name)
+    }
+
+    /// The sort key of a customer under this order (the id breaks ties).
+    pub fn key_of(self, customer: &Customer) -> SortKey {
+        match self {
+            SortOrder::CreatedAsc | SortOrder::CreatedDesc => {
+                SortKey::Time(customer.created_at.as_micros())
+            }
+            SortOrder::UpdatedAsc | SortOrder::UpdatedDesc => {
+                SortKey::Time(customer.updated_at.as_micros())
+            }
+            SortOrder::LastNameAsc => {
+                SortKey::Text(customer.last_name.clone().unwrap_or_default())
+            }
+        }
+    }
+}
+
+/// The value a keyset page continues from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SortKey {
+    Time(i64),
+    Text(String),
+}
+
+/// The position after the last customer of a page: its sort key and id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub key: SortKey,
+    pub id: CustomerId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListQuery {
+    pub limit: u32,
+    pub sort: SortOrder,
+    pub after: Option<Cursor>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<CustomerDoc>,
+    /// Present when there may be more.
+    pub next: Option<Cursor>,
+}
+
+/// Connection-pool figures for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates, upserts or updates one customer and records the change in the same transaction.
+    async fn write_customer(
+        &self,
+        command: WriteCommand,
+    ) -> Result<(WriteOutcome, Customer), DomainError>;
+
+    async fn get_customer(&self, locator: &Locator) -> Result<Option<CustomerDoc>, DomainError>;
+
+    /// Hard-deletes (erases) a customer and records a `deleted` change.
+    async fn delete_customer(
+        &self,
+        locator: &Locator,
+        expected_version: Option<i64>,
+    ) -> Result<(), DomainError>;
+
+    async fn list_customers(&self, query: &ListQuery) -> Result<Page, DomainError>;
+
+    /// The customer's id and stored password hash (`None` when no password is set).
+    async fn password_hash(
+        &self,
+        locator: &Locator,
+    ) -> Result<Option<(CustomerId, Option<String>)>, DomainError>;
+
+    async fn insert_api_key(&self, key: &NewApiKey) -> Result<(), DomainError>;
+
+    /// Stores `key` unless a key with the same lookup hash exists; says whether it stored it.
+    async fn insert_api_key_if_absent(&self, key: &NewApiKey) -> Result<bool, DomainError>;
+
+    /// The live (not revoked) key with this lookup hash.
+    async fn api_key_by_lookup(&self, lookup_hash: &[u8]) -> Result<Option<ApiKey>, DomainError>;
+
+    /// The live key with this id (signed requests name their key by id).
+    async fn api_key_by_id(&self, id: ApiKeyId) -> Result<Option<ApiKey>, DomainError>;
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, DomainError>;
+
+    /// Revokes a live key; `false` when there is none with this id.
+    async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError>;
+
+    async fn count_api_keys(&self) -> Result<i64, DomainError>;
+
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), DomainError>;
+
+    fn pool_stats(&self) -> PoolStats;
+
+    /// Which backend this is (`sqlite` or `postgres`), for logs and metrics.
+    fn backend(&self) -> &'static str;
+}

@@ -1,0 +1,91 @@
+//! Timestamps as microseconds since the Unix epoch: one integer column in both databases, exact
+//! ordering, and RFC 3339 (UTC, microsecond precision) on the wire.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self((now.unix_timestamp_nanos() / 1_000) as i64)
+    }
+
+    pub fn from_micros(micros: i64) -> Self {
+        Self(micros)
+    }
+
+    pub fn as_micros(self) -> i64 {
+        self.0
+    }
+
+    /// Parses an RFC 3339 timestamp with any offset.
+    pub fn parse_rfc3339(text: &str) -> Option<Self> {
+        let parsed = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+        i64::try_from(parsed.unix_timestamp_nanos() / 1_000)
+            .ok()
+            .map(Self)
+    }
+
+    fn to_datetime(self) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// `2026-11-23T18:56:00.123456Z`: fixed width, so text order equals time order.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dt = self.to_datetime();
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            dt.year(),
+            u8::from(dt.month()),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second(),
+            dt.microsecond()
+        )
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::parse_rfc3339(&s).ok_or_else(|| serde::de::Error::custom("not an RFC 3339 timestamp"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_with_microseconds_and_parses_back() {
+        let ts = Timestamp::from_micros(1_795_000_000_123_456);
+        let text = ts.to_string();
+        assert_eq!(text, "2026-11-18T08:26:40.123456Z");
+        assert_eq!(Timestamp::parse_rfc3339(&text), Some(ts));
+    }
+
+    #[test]
+    fn parses_offsets_into_utc() {
+        let a = Timestamp::parse_rfc3339("2026-01-01T02:00:00+02:00");
+        let b = Timestamp::parse_rfc3339("2026-01-01T00:00:00Z");
+        assert_eq!(a, b);
+        assert_eq!(Timestamp::parse_rfc3339("yesterday"), None);
+    }
+}

@@ -1,0 +1,109 @@
+//! Field-level validation errors, collected so that one response names every problem at once.
+
+use serde::Serialize;
+
+/// One problem with one field; `field` is a path such as `addresses[0].country`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(utoipa::ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    /// Stable snake_case code, e.g. `invalid_country`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl ValidationErrors {
+    pub fn push(&mut self, field: impl Into<String>, code: &'static str, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            code,
+            message: message.into(),
+        });
+    }
+
+    pub fn single(field: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
+        let mut errors = Self::default();
+        errors.push(field, code, message);
+        errors
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_result(self) -> Result<(), ValidationErrors> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+/// Longest accepted text for short fields (names, codes, phone numbers).
+pub const MAX_SHORT_TEXT: usize = 1_000;
+/// Longest accepted `note`.
+pub const MAX_NOTE: usize = 65_536;
+/// Longest accepted unique key value or tag.
+pub const MAX_KEY: usize = 255;
+/// Most addresses or tags on one customer.
+pub const MAX_ITEMS: usize = 1_000;
+
+pub(crate) fn check_text(errors: &mut ValidationErrors, field: &str, value: &str, max: usize) {
+    if value.chars().count() > max {
+        errors.push(field, "too_long", format!("at most {max} characters"));
+    }
+}
+
+pub(crate) fn check_key(errors: &mut ValidationErrors, field: &str, value: &str) {
+    if value.is_empty() {
+        errors.push(field, "empty", "must not be empty; use null to clear it");
+    } else if value.chars().any(char::is_control) {
+        errors.push(field, "invalid_characters", "must not contain control characters");
+    } else {
+        check_text(errors, field, value, MAX_KEY);
+    }
+}
+
+/// A pragmatic email check: one `@`, non-empty local part, a dotted domain, no spaces.
+pub(crate) fn is_plausible_email(value: &str) -> bool {
+    let Some((local, domain)) = value.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !value.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !domain.contains('@')
+}
+
+/// A real calendar date in `YYYY-MM-DD`.
+pub(crate) fn is_date(value: &str) -> bool {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    value.len() == 10 && time::Date::parse(value, &format).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_check_accepts_real_addresses_only() {
+        for ok in ["a@b.fi", "Matt.Smith@Example.COM", "x+tag@sub.domain.org"] {
+            assert!(is_plausible_email(ok), "{ok}");
+        }
+        for bad in ["", "a", "a@", "@b.fi", "a@b", "a b@c.fi", "a@.fi", "a@b.", "a@b@c.fi"] {
+            assert!(!is_plausible_email(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn date_check_accepts_real_dates_only() {
+        assert!(is_date("2024-02-29"));
+        assert!(!is_date("2023-02-29"));
+        assert!(!is_date("2024-13-01"));
+        assert!(!is_date("24-01-01"));
+        assert!(!is_date("2024-1-1"));
+    }
+}

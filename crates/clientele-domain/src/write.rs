@@ -1,0 +1,772 @@
+//! A customer write (create, PATCH, upsert, sync item) and the rules that merge it into the
+//! stored customer: absent = unchanged, `null` = cleared, address modes, incremental set edits,
+//! the derived display name, and "a write that changes nothing keeps the version".
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::customer::derived_name;
+use crate::validation::{
+    MAX_ITEMS, MAX_NOTE, MAX_SHORT_TEXT, check_key, check_text, is_date, is_plausible_email,
+};
+use crate::{
+    Address, AddressKind, Customer, CustomerId, CustomerKey, GroupMembership, Patch, Timestamp,
+    ValidationErrors, iso,
+};
+
+/// The body of a customer write. Every field is optional: absent leaves the stored value,
+/// `null` clears it. Unknown fields are refused by the HTTP layer before this is built.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct CustomerWrite {
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub external_id: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub email: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub username: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub first_name: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub last_name: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub company: Patch<String>,
+    /// Display name; when unset it is derived from first and last name.
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub name: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub phone: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub phone_alt: Patch<String>,
+    #[schema(value_type = Option<bool>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub email_verified: Patch<bool>,
+    #[schema(value_type = Option<bool>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub email_opt_out: Patch<bool>,
+    #[schema(value_type = Option<bool>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub archived: Patch<bool>,
+    /// ISO 4217 code (case-insensitive in input, stored upper case).
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub currency: Patch<String>,
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 100)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub discount_percent: Patch<f64>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub payment_terms: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub note: Patch<String>,
+    /// `YYYY-MM-DD`, a real date.
+    #[schema(value_type = Option<String>, format = Date)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub birthday: Patch<String>,
+    #[schema(value_type = Option<Vec<AddressWrite>>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub addresses: Patch<Vec<AddressWrite>>,
+    /// How `addresses` applies: `replace` (default) or `merge`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addresses_mode: Option<AddressesMode>,
+    /// Which address field `merge` matches on: `title` (default) or `remote_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addresses_key: Option<AddressesKey>,
+    /// Replaces the tag set.
+    #[schema(value_type = Option<Vec<String>>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub tags: Patch<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub add_tags: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remove_tags: Option<Vec<String>>,
+    /// Replaces the memberships; a code alone takes the group's default subscription.
+    #[schema(value_type = Option<Vec<GroupRef>>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub groups: Patch<Vec<GroupRef>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub add_groups: Option<Vec<GroupRef>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remove_groups: Option<Vec<String>>,
+    /// Replaces the team set.
+    #[schema(value_type = Option<Vec<String>>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub teams: Patch<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub add_teams: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remove_teams: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub custom: Patch<Map<String, Value>>,
+    /// Write-only; stored as an Argon2id hash. `null` removes the password.
+    #[schema(value_type = Option<String>, write_only)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub password: Patch<String>,
+    /// Read-only response fields are accepted (so a customer read can be written back) and ignored.
+    #[schema(value_type = Option<String>, read_only)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    #[schema(value_type = Option<i64>, read_only)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<Value>,
+    #[schema(value_type = Option<bool>, read_only)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub has_password: Option<Value>,
+    #[schema(value_type = Option<String>, read_only)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Value>,
+    #[schema(value_type = Option<String>, read_only)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Value>,
+}
+
+/// An address in a write. In `merge` mode, absent fields keep the stored address's values.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct AddressWrite {
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub title: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub remote_id: Patch<String>,
+    #[schema(value_type = Option<AddressKind>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub kind: Patch<AddressKind>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub name: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub company: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub line1: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub line2: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub line3: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub city: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub region: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub postal_code: Patch<String>,
+    /// ISO 3166-1 alpha-2 (case-insensitive in input, stored upper case).
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub country: Patch<String>,
+    #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Patch::is_absent")]
+    pub phone: Patch<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressesMode {
+    #[default]
+    Replace,
+    Merge,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressesKey {
+    #[default]
+    Title,
+    RemoteId,
+}
+
+/// A group membership in a write: a bare code, or a code with an explicit subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum GroupRef {
+    Code(String),
+    Membership {
+        code: String,
+        subscribed: Option<bool>,
+    },
+}
+
+impl GroupRef {
+    pub fn code(&self) -> &str {
+        match self {
+            GroupRef::Code(code) | GroupRef::Membership { code, .. } => code,
+        }
+    }
+
+    fn subscribed(&self) -> Option<bool> {
+        match self {
+            GroupRef::Code(_) => None,
+            GroupRef::Membership { subscribed, .. } => *subscribed,
+        }
+    }
+}
+
+/// The groups and teams that exist, as far as a write needs to know.
+pub trait Directory {
+    /// The group's default subscription (`subscribable`), or `None` when no such group exists.
+    fn group_default_subscribed(&self, code: &str) -> Option<bool>;
+    fn team_exists(&self, code: &str) -> bool;
+}
+
+/// A directory with no groups and no teams.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EmptyDirectory;
+
+impl Directory for EmptyDirectory {
+    fn group_default_subscribed(&self, _: &str) -> Option<bool> {
+        None
+    }
+
+    fn team_exists(&self, _: &str) -> bool {
+        false
+    }
+}
+
+/// What a write did to the stored customer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Applied {
+    /// The result equals the stored customer: no new version, no change record.
+    Unchanged,
+    /// The new state (version and `updated_at` already advanced).
+    Changed(Box<Customer>),
+}
+
+impl CustomerWrite {
+    /// The write's value for a unique key.
+    pub fn key(&self, key: CustomerKey) -> &Patch<String> {
+        match key {
+            CustomerKey::ExternalId => &self.external_id,
+            CustomerKey::Email => &self.email,
+            CustomerKey::Username => &self.username,
+        }
+    }
+
+    fn key_mut(&mut self, key: CustomerKey) -> &mut Patch<String> {
+        match key {
+            CustomerKey::ExternalId => &mut self.external_id,
+            CustomerKey::Email => &mut self.email,
+            CustomerKey::Username => &mut self.username,
+        }
+    }
+
+    /// Binds the write to the key it is addressed by (`PUT /customers/{key}/{value}`): a body
+    /// without the key gets it, a body with the same value is fine, anything else is refused.
+    pub fn bind_key(&mut self, key: CustomerKey, value: &str) -> Result<(), ValidationErrors> {
+        let field = key.as_str();
+        match self.key_mut(key) {
+            slot @ Patch::Absent => {
+                *slot = Patch::Value(value.to_owned());
+                Ok(())
+            }
+            Patch::Value(given) if key.normalize(given) == key.normalize(value) => Ok(()),
+            Patch::Value(_) => Err(ValidationErrors::single(
+                field,
+                "key_mismatch",
+                format!("the body's {field} differs from the one in the path; rename with PATCH"),
+            )),
+            Patch::Null => Err(ValidationErrors::single(
+                field,
+                "key_mismatch",
+                format!("cannot clear the {field} the customer is addressed by"),
+            )),
+        }
+    }
+
+    /// The value of the key an upsert matches on, which the body must carry.
+    pub fn required_key(&self, key: CustomerKey) -> Result<&str, ValidationErrors> {
+        match self.key(key) {
+            Patch::Value(v) => Ok(v),
+            _ => Err(ValidationErrors::single(
+                key.as_str(),
+                "required",
+                format!("an upsert on {key} needs {key} in the body"),
+            )),
+        }
+    }
+}
+
+/// The context a write is applied in.
+pub struct ApplyContext<'a> {
+    pub now: Timestamp,
+    pub directory: &'a dyn Directory,
+    /// The password change, already hashed by the caller: only whether one is set matters here.
+    pub password: Patch<()>,
+}
+
+/// Merges `write` into `current` (or creates a customer when `current` is `None`), validating
+/// every field and the result. Pure: the caller persists the outcome.
+pub fn apply(
+    ctx: &ApplyContext<'_>,
+    current: Option<&Customer>,
+    write: &CustomerWrite,
+) -> Result<Applied, ValidationErrors> {
+    let mut errors = ValidationErrors::default();
+    let blank;
+    let base = match current {
+        Some(customer) => customer,
+        None => {
+            blank = blank_customer(ctx.now);
+            &blank
+        }
+    };
+
+    let mut next = base.clone();
+    for key in CustomerKey::ALL {
+        let field = key.as_str();
+        let value = write.key(key);
+        if let Patch::Value(v) = value {
+            check_key(&mut errors, field, v);
+            if key == CustomerKey::Email && !v.is_empty() && !is_plausible_email(v) {
+                errors.push(field, "invalid_email", "not an email address");
+            }
+        }
+    }
+    next.external_id = write.external_id.clone().apply_to(next.external_id);
+    next.email = write.email.clone().apply_to(next.email);
+    next.username = write.username.clone().apply_to(next.username);
+
+    let texts: [(&str, &Patch<String>, &mut Option<String>, usize); 7] = [
+        ("first_name", &write.first_name, &mut next.first_name, MAX_SHORT_TEXT),
+        ("last_name", &write.last_name, &mut next.last_name, MAX_SHORT_TEXT),
+        ("company", &write.company, &mut next.company, MAX_SHORT_TEXT),
+        ("phone", &write.phone, &mut next.phone, MAX_SHORT_TEXT),
+        ("phone_alt", &write.phone_alt, &mut next.phone_alt, MAX_SHORT_TEXT),
+        ("payment_terms", &write.payment_terms, &mut next.payment_terms, MAX_SHORT_TEXT),
+        ("note", &write.note, &mut next.note, MAX_NOTE),
+    ];
+    for (field, patch, slot, max) in texts {
+        if let Patch::Value(v) = patch {
+            check_text(&mut errors, field, v, max);
+        }
+        *slot = patch.clone().apply_to(slot.take());
+    }
+    next.name = next_name(base, &next, &write.name, &mut errors);
+
+    next.email_verified = flag(&write.email_verified, base.email_verified);
+    next.email_opt_out = flag(&write.email_opt_out, base.email_opt_out);
+    next.archived = flag(&write.archived, base.archived);
+
+    next.currency = match &write.currency {
+        Patch::Value(code) => {
+            let code = code.to_ascii_uppercase();
+            if !iso::is_currency(&code) {
+                errors.push("currency", "invalid_currency", "not an ISO 4217 currency code");
+            }
+            Some(code)
+        }
+        other => other.clone().apply_to(base.currency.clone()),
+    };
+    next.discount_percent = match write.discount_percent.clone() {
+        Patch::Value(d) if !(0.0..=100.0).contains(&d) => {
+            errors.push("discount_percent", "out_of_range", "must be between 0 and 100");
+            None
+        }
+        other => other.apply_to(base.discount_percent),
+    };
+    if let Patch::Value(date) = &write.birthday {
+        if !is_date(date) {
+            errors.push("birthday", "invalid_date", "must be a real date as YYYY-MM-DD");
+        }
+    }
+    next.birthday = write.birthday.clone().apply_to(base.birthday.clone());
+
+    next.addresses = next_addresses(base, write, &mut errors);
+    let tags = CodeSet {
+        field: "tags",
+        replace: &write.tags,
+        add: write.add_tags.as_deref(),
+        remove: write.remove_tags.as_deref(),
+    };
+    next.tags = tags.apply(&base.tags, |_| None, &mut errors);
+    let teams = CodeSet {
+        field: "teams",
+        replace: &write.teams,
+        add: write.add_teams.as_deref(),
+        remove: write.remove_teams.as_deref(),
+    };
+    next.teams = teams.apply(
+        &base.teams,
+        |code| (!ctx.directory.team_exists(code)).then_some(("unknown_team", "team")),
+        &mut errors,
+    );
+    next.groups = next_groups(base, write, ctx.directory, &mut errors);
+    next.custom = match &write.custom {
+        Patch::Value(map) => map.clone(),
+        Patch::Null => Map::new(),
+        Patch::Absent => base.custom.clone(),
+    };
+    next.has_password = match ctx.password {
+        Patch::Value(()) => true,
+        Patch::Null => false,
+        Patch::Absent => base.has_password,
+    };
+
+    errors.into_result()?;
+
+    let password_written = matches!(ctx.password, Patch::Value(()));
+    match current {
+        Some(current) if !password_written && current.same_data(&next) => Ok(Applied::Unchanged),
+        Some(current) => {
+            next.version = current.version + 1;
+            next.updated_at = ctx.now.max(current.updated_at);
+            Ok(Applied::Changed(Box::new(next)))
+        }
+        None => Ok(Applied::Changed(Box::new(next))),
+    }
+}
+
+fn blank_customer(now: Timestamp) -> Customer {
+    Customer {
+        id: CustomerId::new(),
+        external_id: None,
+        email: None,
+        username: None,
+        first_name: None,
+        last_name: None,
+        company: None,
+        name: None,
+        phone: None,
+        phone_alt: None,
+        email_verified: false,
+        email_opt_out: false,
+        archived: false,
+        currency: None,
+        discount_percent: None,
+        payment_terms: None,
+        note: None,
+        birthday: None,
+        addresses: Vec::new(),
+        tags: Vec::new(),
+        groups: Vec::new(),
+        teams: Vec::new(),
+        custom: Map::new(),
+        has_password: false,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn flag(patch: &Patch<bool>, current: bool) -> bool {
+    match patch {
+        Patch::Value(v) => *v,
+        Patch::Null => false,
+        Patch::Absent => current,
+    }
+}
+
+/// A name equal to the one derived from first and last name counts as derived, so that it keeps
+/// following them; any other name given stays until it is cleared or replaced.
+fn next_name(
+    base: &Customer,
+    next: &Customer,
+    patch: &Patch<String>,
+    errors: &mut ValidationErrors,
+) -> Option<String> {
+    let derived = derived_name(next.first_name.as_deref(), next.last_name.as_deref());
+    match patch {
+        Patch::Value(name) => {
+            check_text(errors, "name", name, MAX_SHORT_TEXT);
+            Some(name.clone())
+        }
+        Patch::Null => derived,
+        Patch::Absent => {
+            let was_derived =
+                base.name == derived_name(base.first_name.as_deref(), base.last_name.as_deref());
+            if was_derived { derived } else { base.name.clone() }
+        }
+    }
+}
+
+fn next_addresses(
+    base: &Customer,
+    write: &CustomerWrite,
+    errors: &mut ValidationErrors,
+) -> Vec<Address> {
+    let given = match &write.addresses {
+        Patch::Absent => return base.addresses.clone(),
+        Patch::Null => return Vec::new(),
+        Patch::Value(given) => given,
+    };
+    if given.len() > MAX_ITEMS {
+        errors.push("addresses", "too_many", format!("at most {MAX_ITEMS} addresses"));
+        return base.addresses.clone();
+    }
+    let mode = write.addresses_mode.unwrap_or_default();
+    let key = write.addresses_key.unwrap_or_default();
+    let mut result: Vec<Address> = match mode {
+        AddressesMode::Replace => Vec::with_capacity(given.len()),
+        AddressesMode::Merge => base.addresses.clone(),
+    };
+    for (i, address) in given.iter().enumerate() {
+        let path = format!("addresses[{i}]");
+        validate_address(&path, address, errors);
+        let existing = match (mode, key) {
+            (AddressesMode::Replace, _) => None,
+            (AddressesMode::Merge, AddressesKey::Title) => match &address.title {
+                Patch::Value(title) => result.iter().position(|a| &a.title == title),
+                _ => None,
+            },
+            (AddressesMode::Merge, AddressesKey::RemoteId) => match &address.remote_id {
+                Patch::Value(remote_id) => result
+                    .iter()
+                    .position(|a| a.remote_id.as_ref() == Some(remote_id)),
+                _ => {
+                    errors.push(
+                        format!("{path}.remote_id"),
+                        "required",
+                        "merging addresses by remote_id needs remote_id on every address",
+                    );
+                    continue;
+                }
+            },
+        };
+        match existing {
+            Some(index) => {
+                let merged = merge_address(&result[index], address);
+                result[index] = merged;
+            }
+            None => match new_address(address) {
+                Some(new) => result.push(new),
+                None => errors.push(format!("{path}.title"), "required", "an address needs a title"),
+            },
+        }
+    }
+    let mut titles = BTreeSet::new();
+    let mut remote_ids = BTreeSet::new();
+    for (i, address) in result.iter().enumerate() {
+        if !titles.insert(address.title.as_str()) {
+            errors.push(
+                format!("addresses[{i}].title"),
+                "duplicate_title",
+                format!("another address already has the title {:?}", address.title),
+            );
+        }
+        if let Some(remote_id) = &address.remote_id {
+            if !remote_ids.insert(remote_id.as_str()) {
+                errors.push(
+                    format!("addresses[{i}].remote_id"),
+                    "duplicate_remote_id",
+                    "another address already has this remote_id",
+                );
+            }
+        }
+    }
+    if result.len() > MAX_ITEMS {
+        errors.push("addresses", "too_many", format!("at most {MAX_ITEMS} addresses"));
+    }
+    result
+}
+
+fn validate_address(path: &str, address: &AddressWrite, errors: &mut ValidationErrors) {
+    match &address.title {
+        Patch::Value(title) if title.trim().is_empty() => {
+            errors.push(format!("{path}.title"), "empty", "an address title must not be empty");
+        }
+        Patch::Null => errors.push(format!("{path}.title"), "required", "an address needs a title"),
+        _ => {}
+    }
+    if let Patch::Value(country) = &address.country {
+        if !iso::is_country(&country.to_ascii_uppercase()) {
+            errors.push(
+                format!("{path}.country"),
+                "invalid_country",
+                "not an ISO 3166-1 alpha-2 country code",
+            );
+        }
+    }
+    let texts = [
+        ("title", &address.title),
+        ("remote_id", &address.remote_id),
+        ("name", &address.name),
+        ("company", &address.company),
+        ("line1", &address.line1),
+        ("line2", &address.line2),
+        ("line3", &address.line3),
+        ("city", &address.city),
+        ("region", &address.region),
+        ("postal_code", &address.postal_code),
+        ("phone", &address.phone),
+    ];
+    for (field, patch) in texts {
+        if let Patch::Value(v) = patch {
+            check_text(errors, &format!("{path}.{field}"), v, MAX_SHORT_TEXT);
+        }
+    }
+}
+
+fn new_address(write: &AddressWrite) -> Option<Address> {
+    let empty = Address {
+        title: String::new(),
+        remote_id: None,
+        kind: None,
+        name: None,
+        company: None,
+        line1: None,
+        line2: None,
+        line3: None,
+        city: None,
+        region: None,
+        postal_code: None,
+        country: None,
+        phone: None,
+    };
+    write.title.value()?;
+    Some(merge_address(&empty, write))
+}
+
+fn merge_address(current: &Address, write: &AddressWrite) -> Address {
+    let text = |patch: &Patch<String>, current: &Option<String>| patch.clone().apply_to(current.clone());
+    Address {
+        title: write.title.value().cloned().unwrap_or_else(|| current.title.clone()),
+        remote_id: text(&write.remote_id, &current.remote_id),
+        kind: write.kind.clone().apply_to(current.kind),
+        name: text(&write.name, &current.name),
+        company: text(&write.company, &current.company),
+        line1: text(&write.line1, &current.line1),
+        line2: text(&write.line2, &current.line2),
+        line3: text(&write.line3, &current.line3),
+        city: text(&write.city, &current.city),
+        region: text(&write.region, &current.region),
+        postal_code: text(&write.postal_code, &current.postal_code),
+        country: write
+            .country
+            .clone()
+            .apply_to(current.country.clone())
+            .map(|c| c.to_ascii_uppercase()),
+        phone: text(&write.phone, &current.phone),
+    }
+}
+
+/// The edits of a set of codes (tags, teams) a write asks for.
+struct CodeSet<'a> {
+    field: &'static str,
+    replace: &'a Patch<Vec<String>>,
+    add: Option<&'a [String]>,
+    remove: Option<&'a [String]>,
+}
+
+/// What makes a well-formed code unacceptable: an error code and the noun for the message.
+type Unknown = Option<(&'static str, &'static str)>;
+
+impl CodeSet<'_> {
+    /// The sorted set after the replace and the incremental additions and removals.
+    fn apply(
+        &self,
+        current: &[String],
+        unknown: impl Fn(&str) -> Unknown,
+        errors: &mut ValidationErrors,
+    ) -> Vec<String> {
+        let mut set: BTreeSet<String> = match self.replace {
+            Patch::Absent => current.iter().cloned().collect(),
+            Patch::Null => BTreeSet::new(),
+            Patch::Value(codes) => check_codes(self.field, codes, &unknown, errors)
+                .into_iter()
+                .collect(),
+        };
+        if let Some(add) = self.add {
+            let field = format!("add_{}", self.field);
+            set.extend(check_codes(&field, add, &unknown, errors));
+        }
+        for code in self.remove.unwrap_or_default() {
+            set.remove(code);
+        }
+        if set.len() > MAX_ITEMS {
+            errors.push(self.field, "too_many", format!("at most {MAX_ITEMS} {}", self.field));
+        }
+        set.into_iter().collect()
+    }
+}
+
+/// The codes that are well formed and known; an error for each other one.
+fn check_codes(
+    field: &str,
+    codes: &[String],
+    unknown: &impl Fn(&str) -> Unknown,
+    errors: &mut ValidationErrors,
+) -> Vec<String> {
+    let mut valid = Vec::with_capacity(codes.len());
+    for (i, code) in codes.iter().enumerate() {
+        let path = format!("{field}[{i}]");
+        let before = errors.0.len();
+        check_key(errors, &path, code);
+        if errors.0.len() > before {
+            continue;
+        }
+        match unknown(code) {
+            Some((error_code, noun)) => {
+                errors.push(path, error_code, format!("there is no {noun} {code:?}"));
+            }
+            None => valid.push(code.clone()),
+        }
+    }
+    valid
+}
+
+fn next_groups(
+    base: &Customer,
+    write: &CustomerWrite,
+    directory: &dyn Directory,
+    errors: &mut ValidationErrors,
+) -> Vec<GroupMembership> {
+    let mut memberships: BTreeMap<String, bool> = match &write.groups {
+        Patch::Absent => base.groups.iter().map(|g| (g.code.clone(), g.subscribed)).collect(),
+        Patch::Null => BTreeMap::new(),
+        Patch::Value(refs) => resolve_groups("groups", refs, directory, errors).collect(),
+    };
+    if let Some(add) = &write.add_groups {
+        memberships.extend(resolve_groups("add_groups", add, directory, errors));
+    }
+    for code in write.remove_groups.as_deref().unwrap_or_default() {
+        memberships.remove(code);
+    }
+    memberships
+        .into_iter()
+        .map(|(code, subscribed)| GroupMembership { code, subscribed })
+        .collect()
+}
+
+fn resolve_groups<'a>(
+    field: &'a str,
+    refs: &'a [GroupRef],
+    directory: &'a dyn Directory,
+    errors: &'a mut ValidationErrors,
+) -> impl Iterator<Item = (String, bool)> + 'a {
+    refs.iter().enumerate().filter_map(move |(i, group)| {
+        match directory.group_default_subscribed(group.code()) {
+            Some(default) => Some((group.code().to_owned(), group.subscribed().unwrap_or(default))),
+            None => {
+                errors.push(
+                    format!("{field}[{i}]"),
+                    "unknown_group",
+                    format!("there is no group {:?}", group.code()),
+                );
+                None
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,499 @@
+//! The SQL both backends share, as primitives the unit of work is written against.
+//!
+//! The statements are the same text on SQLite and PostgreSQL (`$n` placeholders work on both);
+//! only the sqlx types and the row lock differ, so one macro instantiates them per backend.
+
+use async_trait::async_trait;
+use clientele_domain::{
+    ApiKey, ApiKeyId, ChangeKind, Customer, CustomerDoc, CustomerId, DomainError, ListQuery,
+    Locator, NewApiKey, Page, Timestamp,
+};
+
+/// A customer as a transaction loads it: the domain state plus what is stored beside it.
+pub(crate) struct StoredCustomer {
+    pub customer: Customer,
+    pub password_hash: Option<String>,
+}
+
+/// The columns of one `customers` row.
+pub(crate) struct CustomerRow<'a> {
+    pub customer: &'a Customer,
+    pub email_norm: Option<String>,
+    pub last_name_sort: String,
+    pub password_hash: Option<&'a str>,
+    pub doc: &'a str,
+}
+
+impl<'a> CustomerRow<'a> {
+    pub fn new(customer: &'a Customer, password_hash: Option<&'a str>, doc: &'a str) -> Self {
+        Self {
+            customer,
+            email_norm: customer.email.as_deref().map(str::to_lowercase),
+            last_name_sort: customer.last_name.as_deref().unwrap_or("").to_lowercase(),
+            password_hash,
+            doc,
+        }
+    }
+}
+
+/// One change record.
+pub(crate) struct ChangeRow<'a> {
+    pub customer_id: CustomerId,
+    pub external_id: Option<&'a str>,
+    pub kind: ChangeKind,
+    pub version: i64,
+    pub at: Timestamp,
+    pub customer: Option<&'a str>,
+}
+
+/// The writes of one transaction. Loads lock the row where the backend can (PostgreSQL
+/// `FOR UPDATE`); SQLite serializes write transactions instead.
+#[async_trait]
+pub(crate) trait CustomerTx: Send {
+    async fn load(&mut self, locator: &Locator) -> Result<Option<StoredCustomer>, DomainError>;
+    async fn insert(&mut self, row: &CustomerRow<'_>) -> Result<(), DomainError>;
+    async fn update(&mut self, row: &CustomerRow<'_>) -> Result<(), DomainError>;
+    async fn delete(&mut self, id: CustomerId) -> Result<(), DomainError>;
+    async fn record_change(&mut self, change: &ChangeRow<'_>) -> Result<(), DomainError>;
+    async fn commit(self) -> Result<(), DomainError>;
+}
+
+/// The reads, served from the pool outside write transactions.
+#[async_trait]
+pub(crate) trait Queries: Send + Sync {
+    async fn customer_doc(&self, locator: &Locator) -> Result<Option<CustomerDoc>, DomainError>;
+    async fn customer_page(&self, query: &ListQuery) -> Result<Page, DomainError>;
+    async fn password_hash(
+        &self,
+        locator: &Locator,
+    ) -> Result<Option<(CustomerId, Option<String>)>, DomainError>;
+    async fn insert_api_key(&self, key: &NewApiKey, if_absent: bool) -> Result<bool, DomainError>;
+    async fn api_key_where(&self, column: KeyColumn, value: KeyValue<'_>)
+    -> Result<Option<ApiKey>, DomainError>;
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, DomainError>;
+    async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError>;
+    async fn count_api_keys(&self) -> Result<i64, DomainError>;
+    async fn ping(&self) -> Result<(), DomainError>;
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum KeyColumn {
+    Id,
+    LookupHash,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum KeyValue<'a> {
+    Text(&'a str),
+    Bytes(&'a [u8]),
+}
+
+/// The `WHERE` column a locator selects on, and the value to bind.
+pub(crate) fn locator_column(locator: &Locator) -> (&'static str, String) {
+    use clientele_domain::CustomerKey;
+    match locator {
+        Locator::Id(id) => ("id", id.to_string()),
+        Locator::Key(CustomerKey::ExternalId, v) => ("external_id", v.clone()),
+        Locator::Key(CustomerKey::Email, v) => ("email_norm", v.to_lowercase()),
+        Locator::Key(CustomerKey::Username, v) => ("username", v.clone()),
+    }
+}
+
+pub(crate) fn decode_customer(doc: &str) -> Result<Customer, DomainError> {
+    serde_json::from_str(doc).map_err(|e| DomainError::Storage(Box::new(e)))
+}
+
+pub(crate) fn decode_id(text: &str) -> Result<CustomerId, DomainError> {
+    text.parse()
+        .map_err(|e: clientele_domain::id::InvalidId| DomainError::Storage(Box::new(e)))
+}
+
+pub(crate) fn decode_api_key(
+    id: &str,
+    name: String,
+    role: &str,
+    teams: &str,
+    secret_encrypted: Vec<u8>,
+    created_at: i64,
+) -> Result<ApiKey, DomainError> {
+    let corrupt = |what: &str| DomainError::Storage(format!("corrupt api key {id}: {what}").into());
+    Ok(ApiKey {
+        id: id.parse().map_err(|_| corrupt("id"))?,
+        name,
+        role: clientele_domain::Role::parse(role).ok_or_else(|| corrupt("role"))?,
+        teams: serde_json::from_str(teams).map_err(|_| corrupt("teams"))?,
+        created_at: Timestamp::from_micros(created_at),
+        secret_encrypted,
+    })
+}
+
+/// The `SELECT` of a customer page for a sort order, continuing after a cursor or not.
+pub(crate) fn page_sql(query: &ListQuery) -> String {
+    use clientele_domain::SortOrder::*;
+    let (column, direction) = match query.sort {
+        CreatedAsc => ("created_at", "ASC"),
+        CreatedDesc => ("created_at", "DESC"),
+        UpdatedAsc => ("updated_at", "ASC"),
+        UpdatedDesc => ("updated_at", "DESC"),
+        LastNameAsc => ("last_name_sort", "ASC"),
+    };
+    let compare = if direction == "ASC" { ">" } else { "<" };
+    let filter = if query.after.is_some() {
+        format!("WHERE ({column}, id) {compare} ($1, $2) ")
+    } else {
+        String::new()
+    };
+    let limit = if query.after.is_some() { "$3" } else { "$1" };
+    format!(
+        "SELECT id, version, doc, created_at, updated_at, last_name_sort FROM customers \
+         {filter}ORDER BY {column} {direction}, id {direction} LIMIT {limit}"
+    )
+}
+
+/// Implements [`CustomerTx`] for a backend's transaction and [`Queries`] for its pool.
+macro_rules! sql_primitives {
+    ($db:ty, lock = $lock:literal) => {
+        #[async_trait::async_trait]
+        impl $crate::primitives::CustomerTx for sqlx::Transaction<'static, $db> {
+            async fn load(
+                &mut self,
+                locator: &clientele_domain::Locator,
+            ) -> Result<Option<$crate::primitives::StoredCustomer>, clientele_domain::DomainError>
+            {
+                use sqlx::Row;
+                let (column, value) = $crate::primitives::locator_column(locator);
+                let sql = format!(
+                    "SELECT doc, password_hash FROM customers WHERE {column} = $1{}",
+                    $lock
+                );
+                let row = sqlx::query(&sql)
+                    .bind(value)
+                    .fetch_optional(&mut **self)
+                    .await
+                    .map_err($crate::error::db_error)?;
+                row.map(|row| {
+                    let doc: &str = row.try_get(0).map_err($crate::error::db_error)?;
+                    Ok($crate::primitives::StoredCustomer {
+                        customer: $crate::primitives::decode_customer(doc)?,
+                        password_hash: row.try_get(1).map_err($crate::error::db_error)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn insert(
+                &mut self,
+                row: &$crate::primitives::CustomerRow<'_>,
+            ) -> Result<(), clientele_domain::DomainError> {
+                let c = row.customer;
+                sqlx::query(
+                    "INSERT INTO customers (id, external_id, email_norm, username, last_name_sort, \
+                     archived, version, created_at, updated_at, password_hash, doc) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(c.id.to_string())
+                .bind(c.external_id.as_deref())
+                .bind(row.email_norm.as_deref())
+                .bind(c.username.as_deref())
+                .bind(&row.last_name_sort)
+                .bind(c.archived)
+                .bind(c.version)
+                .bind(c.created_at.as_micros())
+                .bind(c.updated_at.as_micros())
+                .bind(row.password_hash)
+                .bind(row.doc)
+                .execute(&mut **self)
+                .await
+                .map_err($crate::error::db_error)?;
+                Ok(())
+            }
+
+            async fn update(
+                &mut self,
+                row: &$crate::primitives::CustomerRow<'_>,
+            ) -> Result<(), clientele_domain::DomainError> {
+                let c = row.customer;
+                sqlx::query(
+                    "UPDATE customers SET external_id = $2, email_norm = $3, username = $4, \
+                     last_name_sort = $5, archived = $6, version = $7, updated_at = $8, \
+                     password_hash = $9, doc = $10 WHERE id = $1",
+                )
+                .bind(c.id.to_string())
+                .bind(c.external_id.as_deref())
+                .bind(row.email_norm.as_deref())
+                .bind(c.username.as_deref())
+                .bind(&row.last_name_sort)
+                .bind(c.archived)
+                .bind(c.version)
+                .bind(c.updated_at.as_micros())
+                .bind(row.password_hash)
+                .bind(row.doc)
+                .execute(&mut **self)
+                .await
+                .map_err($crate::error::db_error)?;
+                Ok(())
+            }
+
+            async fn delete(
+                &mut self,
+                id: clientele_domain::CustomerId,
+            ) -> Result<(), clientele_domain::DomainError> {
+                sqlx::query("DELETE FROM customers WHERE id = $1")
+                    .bind(id.to_string())
+                    .execute(&mut **self)
+                    .await
+                    .map_err($crate::error::db_error)?;
+                Ok(())
+            }
+
+            async fn record_change(
+                &mut self,
+                change: &$crate::primitives::ChangeRow<'_>,
+            ) -> Result<(), clientele_domain::DomainError> {
+                sqlx::query(
+                    "INSERT INTO changes (customer_id, external_id, kind, version, at, customer) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(change.customer_id.to_string())
+                .bind(change.external_id)
+                .bind(change.kind.as_str())
+                .bind(change.version)
+                .bind(change.at.as_micros())
+                .bind(change.customer)
+                .execute(&mut **self)
+                .await
+                .map_err($crate::error::db_error)?;
+                Ok(())
+            }
+
+            async fn commit(self) -> Result<(), clientele_domain::DomainError> {
+                sqlx::Transaction::commit(self)
+                    .await
+                    .map_err($crate::error::db_error)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::primitives::Queries for sqlx::Pool<$db> {
+            async fn customer_doc(
+                &self,
+                locator: &clientele_domain::Locator,
+            ) -> Result<Option<clientele_domain::CustomerDoc>, clientele_domain::DomainError> {
+                use sqlx::Row;
+                let (column, value) = $crate::primitives::locator_column(locator);
+                let sql = format!("SELECT id, version, doc FROM customers WHERE {column} = $1");
+                let row = sqlx::query(&sql)
+                    .bind(value)
+                    .fetch_optional(self)
+                    .await
+                    .map_err($crate::error::db_error)?;
+                row.map(|row| {
+                    let id: &str = row.try_get(0).map_err($crate::error::db_error)?;
+                    Ok(clientele_domain::CustomerDoc {
+                        id: $crate::primitives::decode_id(id)?,
+                        version: row.try_get(1).map_err($crate::error::db_error)?,
+                        json: row.try_get(2).map_err($crate::error::db_error)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn customer_page(
+                &self,
+                query: &clientele_domain::ListQuery,
+            ) -> Result<clientele_domain::Page, clientele_domain::DomainError> {
+                use clientele_domain::{Cursor, CustomerDoc, SortKey, SortOrder};
+                use sqlx::Row;
+                let sql = $crate::primitives::page_sql(query);
+                let mut statement = sqlx::query(&sql);
+                if let Some(after) = &query.after {
+                    statement = match &after.key {
+                        SortKey::Time(t) => statement.bind(*t),
+                        SortKey::Text(t) => statement.bind(t.clone()),
+                    };
+                    statement = statement.bind(after.id.to_string());
+                }
+                // One row more than asked tells whether there is a next page.
+                let rows = statement
+                    .bind(i64::from(query.limit) + 1)
+                    .fetch_all(self)
+                    .await
+                    .map_err($crate::error::db_error)?;
+                let more = rows.len() > query.limit as usize;
+                let mut items = Vec::with_capacity(rows.len().min(query.limit as usize));
+                let mut next = None;
+                for row in rows.iter().take(query.limit as usize) {
+                    let db = $crate::error::db_error;
+                    let id = $crate::primitives::decode_id(row.try_get(0).map_err(db)?)?;
+                    if more {
+                        let key = match query.sort {
+                            SortOrder::CreatedAsc | SortOrder::CreatedDesc => {
+                                SortKey::Time(row.try_get(3).map_err(db)?)
+                            }
+                            SortOrder::UpdatedAsc | SortOrder::UpdatedDesc => {
+                                SortKey::Time(row.try_get(4).map_err(db)?)
+                            }
+                            SortOrder::LastNameAsc => SortKey::Text(row.try_get(5).map_err(db)?),
+                        };
+                        next = Some(Cursor { key, id });
+                    }
+                    items.push(CustomerDoc {
+                        id,
+                        version: row.try_get(1).map_err(db)?,
+                        json: row.try_get(2).map_err(db)?,
+                    });
+                }
+                Ok(clientele_domain::Page { items, next })
+            }
+
+            async fn password_hash(
+                &self,
+                locator: &clientele_domain::Locator,
+            ) -> Result<
+                Option<(clientele_domain::CustomerId, Option<String>)>,
+                clientele_domain::DomainError,
+            > {
+                use sqlx::Row;
+                let (column, value) = $crate::primitives::locator_column(locator);
+                let sql = format!("SELECT id, password_hash FROM customers WHERE {column} = $1");
+                let row = sqlx::query(&sql)
+                    .bind(value)
+                    .fetch_optional(self)
+                    .await
+                    .map_err($crate::error::db_error)?;
+                row.map(|row| {
+                    let id: &str = row.try_get(0).map_err($crate::error::db_error)?;
+                    Ok((
+                        $crate::primitives::decode_id(id)?,
+                        row.try_get(1).map_err($crate::error::db_error)?,
+                    ))
+                })
+                .transpose()
+            }
+
+            async fn insert_api_key(
+                &self,
+                new: &clientele_domain::NewApiKey,
+                if_absent: bool,
+            ) -> Result<bool, clientele_domain::DomainError> {
+                let key = &new.key;
+                let teams = serde_json::to_string(&key.teams)
+                    .map_err(|e| clientele_domain::DomainError::Storage(Box::new(e)))?;
+                let conflict = if if_absent { " ON CONFLICT (lookup_hash) DO NOTHING" } else { "" };
+                let sql = format!(
+                    "INSERT INTO api_keys (id, name, role, teams, lookup_hash, secret_encrypted, \
+                     created_at) VALUES ($1, $2, $3, $4, $5, $6, $7){conflict}"
+                );
+                let done = sqlx::query(&sql)
+                    .bind(key.id.to_string())
+                    .bind(&key.name)
+                    .bind(key.role.as_str())
+                    .bind(teams)
+                    .bind(&new.lookup_hash)
+                    .bind(&key.secret_encrypted)
+                    .bind(key.created_at.as_micros())
+                    .execute(self)
+                    .await
+                    .map_err($crate::error::db_error)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn api_key_where(
+                &self,
+                column: $crate::primitives::KeyColumn,
+                value: $crate::primitives::KeyValue<'_>,
+            ) -> Result<Option<clientele_domain::ApiKey>, clientele_domain::DomainError> {
+                use $crate::primitives::{KeyColumn, KeyValue};
+                use sqlx::Row;
+                let column = match column {
+                    KeyColumn::Id => "id",
+                    KeyColumn::LookupHash => "lookup_hash",
+                };
+                let sql = format!(
+                    "SELECT id, name, role, teams, secret_encrypted, created_at FROM api_keys \
+                     WHERE {column} = $1 AND revoked_at IS NULL"
+                );
+                let statement = sqlx::query(&sql);
+                let statement = match value {
+                    KeyValue::Text(text) => statement.bind(text),
+                    KeyValue::Bytes(bytes) => statement.bind(bytes),
+                };
+                let row = statement
+                    .fetch_optional(self)
+                    .await
+                    .map_err($crate::error::db_error)?;
+                row.map(|row| {
+                    let db = $crate::error::db_error;
+                    $crate::primitives::decode_api_key(
+                        row.try_get(0).map_err(db)?,
+                        row.try_get(1).map_err(db)?,
+                        row.try_get(2).map_err(db)?,
+                        row.try_get(3).map_err(db)?,
+                        row.try_get(4).map_err(db)?,
+                        row.try_get(5).map_err(db)?,
+                    )
+                })
+                .transpose()
+            }
+
+            async fn api_keys(
+                &self,
+            ) -> Result<Vec<clientele_domain::ApiKey>, clientele_domain::DomainError> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT id, name, role, teams, secret_encrypted, created_at FROM api_keys \
+                     WHERE revoked_at IS NULL ORDER BY id",
+                )
+                .fetch_all(self)
+                .await
+                .map_err($crate::error::db_error)?;
+                rows.iter()
+                    .map(|row| {
+                        let db = $crate::error::db_error;
+                        $crate::primitives::decode_api_key(
+                            row.try_get(0).map_err(db)?,
+                            row.try_get(1).map_err(db)?,
+                            row.try_get(2).map_err(db)?,
+                            row.try_get(3).map_err(db)?,
+                            row.try_get(4).map_err(db)?,
+                            row.try_get(5).map_err(db)?,
+                        )
+                    })
+                    .collect()
+            }
+
+            async fn revoke_api_key(
+                &self,
+                id: clientele_domain::ApiKeyId,
+                at: clientele_domain::Timestamp,
+            ) -> Result<bool, clientele_domain::DomainError> {
+                let done = sqlx::query(
+                    "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(id.to_string())
+                .bind(at.as_micros())
+                .execute(self)
+                .await
+                .map_err($crate::error::db_error)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn count_api_keys(&self) -> Result<i64, clientele_domain::DomainError> {
+                sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")
+                    .fetch_one(self)
+                    .await
+                    .map_err($crate::error::db_error)
+            }
+
+            async fn ping(&self) -> Result<(), clientele_domain::DomainError> {
+                sqlx::query("SELECT 1")
+                    .execute(self)
+                    .await
+                    .map(|_| ())
+                    .map_err($crate::error::db_error)
+            }
+        }
+    };
+}
+
+pub(crate) use sql_primitives;

@@ -1,0 +1,118 @@
+//! [`SqlStore`]: the domain [`Store`] over any [`Backend`], so that SQLite and PostgreSQL share
+//! every code path above connection handling.
+
+use async_trait::async_trait;
+use clientele_domain::{
+    ApiKey, ApiKeyId, Customer, CustomerDoc, CustomerId, DomainError, ListQuery, Locator,
+    NewApiKey, Page, PoolStats, Store, Timestamp, WriteCommand, WriteOutcome,
+};
+
+use crate::primitives::{CustomerTx, KeyColumn, KeyValue, Queries};
+use crate::unit_of_work;
+
+/// What a database backend provides: write transactions and pools to run queries on.
+#[async_trait]
+pub(crate) trait Backend: Send + Sync + 'static {
+    type Tx: CustomerTx;
+    type Reader: Queries;
+
+    const NAME: &'static str;
+
+    /// A transaction that may write (on SQLite: the one writer connection, `BEGIN IMMEDIATE`).
+    async fn begin_write(&self) -> Result<Self::Tx, DomainError>;
+
+    /// The pool that serves reads.
+    fn reads(&self) -> &Self::Reader;
+
+    /// The pool for single-statement writes outside customer transactions (API keys).
+    fn writes(&self) -> &Self::Reader;
+
+    fn pool_stats(&self) -> PoolStats;
+}
+
+pub struct SqlStore<B> {
+    backend: B,
+}
+
+impl<B> SqlStore<B> {
+    pub(crate) fn new(backend: B) -> Self {
+        Self { backend }
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Store for SqlStore<B> {
+    async fn write_customer(
+        &self,
+        command: WriteCommand,
+    ) -> Result<(WriteOutcome, Customer), DomainError> {
+        unit_of_work::write_customer(|| self.backend.begin_write(), &command).await
+    }
+
+    async fn get_customer(&self, locator: &Locator) -> Result<Option<CustomerDoc>, DomainError> {
+        self.backend.reads().customer_doc(locator).await
+    }
+
+    async fn delete_customer(
+        &self,
+        locator: &Locator,
+        expected_version: Option<i64>,
+    ) -> Result<(), DomainError> {
+        let tx = self.backend.begin_write().await?;
+        unit_of_work::delete_customer(tx, locator, expected_version).await
+    }
+
+    async fn list_customers(&self, query: &ListQuery) -> Result<Page, DomainError> {
+        self.backend.reads().customer_page(query).await
+    }
+
+    async fn password_hash(
+        &self,
+        locator: &Locator,
+    ) -> Result<Option<(CustomerId, Option<String>)>, DomainError> {
+        self.backend.reads().password_hash(locator).await
+    }
+
+    async fn insert_api_key(&self, key: &NewApiKey) -> Result<(), DomainError> {
+        self.backend.writes().insert_api_key(key, false).await.map(|_| ())
+    }
+
+    async fn insert_api_key_if_absent(&self, key: &NewApiKey) -> Result<bool, DomainError> {
+        self.backend.writes().insert_api_key(key, true).await
+    }
+
+    async fn api_key_by_lookup(&self, lookup_hash: &[u8]) -> Result<Option<ApiKey>, DomainError> {
+        let value = KeyValue::Bytes(lookup_hash);
+        self.backend.reads().api_key_where(KeyColumn::LookupHash, value).await
+    }
+
+    async fn api_key_by_id(&self, id: ApiKeyId) -> Result<Option<ApiKey>, DomainError> {
+        let id = id.to_string();
+        let value = KeyValue::Text(&id);
+        self.backend.reads().api_key_where(KeyColumn::Id, value).await
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, DomainError> {
+        self.backend.reads().api_keys().await
+    }
+
+    async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError> {
+        self.backend.writes().revoke_api_key(id, at).await
+    }
+
+    async fn count_api_keys(&self) -> Result<i64, DomainError> {
+        self.backend.reads().count_api_keys().await
+    }
+
+    async fn ping(&self) -> Result<(), DomainError> {
+        self.backend.reads().ping().await
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        self.backend.pool_stats()
+    }
+
+    fn backend(&self) -> &'static str {
+        B::NAME
+    }
+}
