@@ -8,8 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::{CustomerId, Timestamp};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Customer {
     /// `cus_` + ULID, assigned by the hub.
     #[schema(value_type = String, example = "cus_01JD3Y6Q4X8K2M5N7P9R1T3V5W")]
@@ -78,8 +77,7 @@ impl Customer {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Address {
     /// Required; unique within a customer.
     pub title: String,
@@ -99,8 +97,7 @@ pub struct Address {
     pub phone: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AddressKind {
     Billing,
@@ -108,16 +105,14 @@ pub enum AddressKind {
     Other,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GroupMembership {
     pub code: String,
     pub subscribed: bool,
 }
 
 /// The unique keys a backend can address a customer by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[derive(utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CustomerKey {
     ExternalId,

@@ -12,6 +12,9 @@ pub enum DomainError {
     VersionConflict { expected: i64, actual: i64 },
     #[error("invalid input")]
     Validation(ValidationErrors),
+    /// The database is out of reach for now (pool exhausted, connection lost): retrying may help.
+    #[error("storage unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("storage failed")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

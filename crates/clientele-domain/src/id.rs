@@ -51,7 +51,12 @@ macro_rules! prefixed_id {
                 if rest.bytes().any(|b| b.is_ascii_lowercase()) {
                     return Err(InvalidId);
                 }
-                Ulid::from_string(rest).map(Self).map_err(|_| InvalidId)
+                let ulid = Ulid::from_string(rest).map_err(|_| InvalidId)?;
+                // Text past the largest ULID decodes with overflow; only canonical text is an id.
+                if ulid.to_string() != rest {
+                    return Err(InvalidId);
+                }
+                Ok(Self(ulid))
             }
         }
 
@@ -104,6 +109,10 @@ mod tests {
         assert!(id.replace("cus_", "key_").parse::<CustomerId>().is_err());
         assert!(id.to_lowercase().parse::<CustomerId>().is_err());
         assert!("cus_".parse::<CustomerId>().is_err());
-        assert!("cus_ZZZZZZZZZZZZZZZZZZZZZZZZZZ".parse::<CustomerId>().is_err());
+        assert!(
+            "cus_ZZZZZZZZZZZZZZZZZZZZZZZZZZ"
+                .parse::<CustomerId>()
+                .is_err()
+        );
     }
 }

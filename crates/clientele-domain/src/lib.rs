@@ -21,8 +21,8 @@ pub use error::DomainError;
 pub use id::{ApiKeyId, CustomerId};
 pub use patch::Patch;
 pub use store::{
-    ChangeKind, Cursor, CustomerDoc, ListQuery, Locator, Page, PoolStats, SortKey, SortOrder, Store,
-    WriteCommand, WriteOutcome, WriteTarget,
+    ChangeKind, Cursor, CustomerDoc, ListQuery, Locator, Page, PoolStats, SortKey, SortOrder,
+    Store, WriteCommand, WriteOutcome, WriteTarget,
 };
 pub use timestamp::Timestamp;
 pub use validation::{FieldError, ValidationErrors};

@@ -79,8 +79,10 @@ mod tests {
     #[test]
     fn tells_absent_null_and_value_apart() {
         let absent: Body = serde_json::from_str("{}").unwrap_or_else(|e| panic!("{e}"));
-        let null: Body = serde_json::from_str(r#"{"field":null}"#).unwrap_or_else(|e| panic!("{e}"));
-        let value: Body = serde_json::from_str(r#"{"field":"x"}"#).unwrap_or_else(|e| panic!("{e}"));
+        let null: Body =
+            serde_json::from_str(r#"{"field":null}"#).unwrap_or_else(|e| panic!("{e}"));
+        let value: Body =
+            serde_json::from_str(r#"{"field":"x"}"#).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(absent.field, Patch::Absent);
         assert_eq!(null.field, Patch::Null);
         assert_eq!(value.field, Patch::Value("x".to_owned()));

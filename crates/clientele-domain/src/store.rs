@@ -92,7 +92,10 @@ impl SortOrder {
     ];
 
     pub fn parse(s: &str) -> Option<SortOrder> {
-        Self::ALL.iter().find(|(_, name)| *name == s).map(|(o, _)| *o)
+        Self::ALL
+            .iter()
+            .find(|(_, name)| *name == s)
+            .map(|(o, _)| *o)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -111,9 +114,7 @@ impl SortOrder {
             SortOrder::UpdatedAsc | SortOrder::UpdatedDesc => {
                 SortKey::Time(customer.updated_at.as_micros())
             }
-            SortOrder::LastNameAsc => {
-                SortKey::Text(customer.last_name.clone().unwrap_or_default())
-            }
+            SortOrder::LastNameAsc => SortKey::Text(customer.last_name.clone().unwrap_or_default()),
         }
     }
 }

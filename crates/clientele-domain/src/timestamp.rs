@@ -77,7 +77,7 @@ mod tests {
     fn formats_utc_with_microseconds_and_parses_back() {
         let ts = Timestamp::from_micros(1_795_000_000_123_456);
         let text = ts.to_string();
-        assert_eq!(text, "2026-11-18T08:26:40.123456Z");
+        assert_eq!(text, "2026-11-18T11:06:40.123456Z");
         assert_eq!(Timestamp::parse_rfc3339(&text), Some(ts));
     }
 

@@ -136,7 +136,7 @@ pub struct CustomerWrite {
 
 /// An address in a write. In `merge` mode, absent fields keep the stored address's values.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct AddressWrite {
     #[schema(value_type = Option<String>)]
     #[serde(skip_serializing_if = "Patch::is_absent")]
@@ -347,31 +347,55 @@ pub fn apply(
     next.username = write.username.clone().apply_to(next.username);
 
     let texts: [(&str, &Patch<String>, &mut Option<String>, usize); 7] = [
-        ("first_name", &write.first_name, &mut next.first_name, MAX_SHORT_TEXT),
-        ("last_name", &write.last_name, &mut next.last_name, MAX_SHORT_TEXT),
+        (
+            "first_name",
+            &write.first_name,
+            &mut next.first_name,
+            MAX_SHORT_TEXT,
+        ),
+        (
+            "last_name",
+            &write.last_name,
+            &mut next.last_name,
+            MAX_SHORT_TEXT,
+        ),
         ("company", &write.company, &mut next.company, MAX_SHORT_TEXT),
         ("phone", &write.phone, &mut next.phone, MAX_SHORT_TEXT),
-        ("phone_alt", &write.phone_alt, &mut next.phone_alt, MAX_SHORT_TEXT),
-        ("payment_terms", &write.payment_terms, &mut next.payment_terms, MAX_SHORT_TEXT),
+        (
+            "phone_alt",
+            &write.phone_alt,
+            &mut next.phone_alt,
+            MAX_SHORT_TEXT,
+        ),
+        (
+            "payment_terms",
+            &write.payment_terms,
+            &mut next.payment_terms,
+            MAX_SHORT_TEXT,
+        ),
         ("note", &write.note, &mut next.note, MAX_NOTE),
     ];
     for (field, patch, slot, max) in texts {
         if let Patch::Value(v) = patch {
             check_text(&mut errors, field, v, max);
         }
-        *slot = patch.clone().apply_to(slot.take());
+        *slot = blank_as_null(patch).apply_to(slot.take());
     }
-    next.name = next_name(base, &next, &write.name, &mut errors);
+    next.name = next_name(base, &next, &blank_as_null(&write.name), &mut errors);
 
     next.email_verified = flag(&write.email_verified, base.email_verified);
     next.email_opt_out = flag(&write.email_opt_out, base.email_opt_out);
     next.archived = flag(&write.archived, base.archived);
 
-    next.currency = match &write.currency {
+    next.currency = match &blank_as_null(&write.currency) {
         Patch::Value(code) => {
             let code = code.to_ascii_uppercase();
             if !iso::is_currency(&code) {
-                errors.push("currency", "invalid_currency", "not an ISO 4217 currency code");
+                errors.push(
+                    "currency",
+                    "invalid_currency",
+                    "not an ISO 4217 currency code",
+                );
             }
             Some(code)
         }
@@ -379,17 +403,26 @@ pub fn apply(
     };
     next.discount_percent = match write.discount_percent.clone() {
         Patch::Value(d) if !(0.0..=100.0).contains(&d) => {
-            errors.push("discount_percent", "out_of_range", "must be between 0 and 100");
+            errors.push(
+                "discount_percent",
+                "out_of_range",
+                "must be between 0 and 100",
+            );
             None
         }
         other => other.apply_to(base.discount_percent),
     };
-    if let Patch::Value(date) = &write.birthday {
-        if !is_date(date) {
-            errors.push("birthday", "invalid_date", "must be a real date as YYYY-MM-DD");
-        }
+    if blank_as_null(&write.birthday)
+        .value()
+        .is_some_and(|date| !is_date(date))
+    {
+        errors.push(
+            "birthday",
+            "invalid_date",
+            "must be a real date as YYYY-MM-DD",
+        );
     }
-    next.birthday = write.birthday.clone().apply_to(base.birthday.clone());
+    next.birthday = blank_as_null(&write.birthday).apply_to(base.birthday.clone());
 
     next.addresses = next_addresses(base, write, &mut errors);
     let tags = CodeSet {
@@ -468,6 +501,15 @@ fn blank_customer(now: Timestamp) -> Customer {
     }
 }
 
+/// Optional text given as an empty or blank string counts as `null`: exports from other systems
+/// write "" for "no value", and a stored "" would differ from null for no reason.
+fn blank_as_null(patch: &Patch<String>) -> Patch<String> {
+    match patch {
+        Patch::Value(text) if text.trim().is_empty() => Patch::Null,
+        other => other.clone(),
+    }
+}
+
 fn flag(patch: &Patch<bool>, current: bool) -> bool {
     match patch {
         Patch::Value(v) => *v,
@@ -494,7 +536,11 @@ fn next_name(
         Patch::Absent => {
             let was_derived =
                 base.name == derived_name(base.first_name.as_deref(), base.last_name.as_deref());
-            if was_derived { derived } else { base.name.clone() }
+            if was_derived {
+                derived
+            } else {
+                base.name.clone()
+            }
         }
     }
 }
@@ -510,7 +556,11 @@ fn next_addresses(
         Patch::Value(given) => given,
     };
     if given.len() > MAX_ITEMS {
-        errors.push("addresses", "too_many", format!("at most {MAX_ITEMS} addresses"));
+        errors.push(
+            "addresses",
+            "too_many",
+            format!("at most {MAX_ITEMS} addresses"),
+        );
         return base.addresses.clone();
     }
     let mode = write.addresses_mode.unwrap_or_default();
@@ -519,9 +569,30 @@ fn next_addresses(
         AddressesMode::Replace => Vec::with_capacity(given.len()),
         AddressesMode::Merge => base.addresses.clone(),
     };
+    let mut given_keys = BTreeSet::new();
     for (i, address) in given.iter().enumerate() {
         let path = format!("addresses[{i}]");
         validate_address(&path, address, errors);
+        if mode == AddressesMode::Merge {
+            let (field, value) = match key {
+                AddressesKey::Title => ("title", address.title.value()),
+                AddressesKey::RemoteId => ("remote_id", address.remote_id.value()),
+            };
+            if let Some(value) = value
+                && !given_keys.insert(value)
+            {
+                errors.push(
+                    format!("{path}.{field}"),
+                    if field == "title" {
+                        "duplicate_title"
+                    } else {
+                        "duplicate_remote_id"
+                    },
+                    format!("the body merges two addresses with the {field} {value:?}"),
+                );
+                continue;
+            }
+        }
         let existing = match (mode, key) {
             (AddressesMode::Replace, _) => None,
             (AddressesMode::Merge, AddressesKey::Title) => match &address.title {
@@ -549,7 +620,13 @@ fn next_addresses(
             }
             None => match new_address(address) {
                 Some(new) => result.push(new),
-                None => errors.push(format!("{path}.title"), "required", "an address needs a title"),
+                // A `null` title was already reported by `validate_address`.
+                None if address.title == Patch::Null => {}
+                None => errors.push(
+                    format!("{path}.title"),
+                    "required",
+                    "an address needs a title",
+                ),
             },
         }
     }
@@ -563,18 +640,24 @@ fn next_addresses(
                 format!("another address already has the title {:?}", address.title),
             );
         }
-        if let Some(remote_id) = &address.remote_id {
-            if !remote_ids.insert(remote_id.as_str()) {
-                errors.push(
-                    format!("addresses[{i}].remote_id"),
-                    "duplicate_remote_id",
-                    "another address already has this remote_id",
-                );
-            }
+        if address
+            .remote_id
+            .as_deref()
+            .is_some_and(|remote_id| !remote_ids.insert(remote_id))
+        {
+            errors.push(
+                format!("addresses[{i}].remote_id"),
+                "duplicate_remote_id",
+                "another address already has this remote_id",
+            );
         }
     }
     if result.len() > MAX_ITEMS {
-        errors.push("addresses", "too_many", format!("at most {MAX_ITEMS} addresses"));
+        errors.push(
+            "addresses",
+            "too_many",
+            format!("at most {MAX_ITEMS} addresses"),
+        );
     }
     result
 }
@@ -582,19 +665,29 @@ fn next_addresses(
 fn validate_address(path: &str, address: &AddressWrite, errors: &mut ValidationErrors) {
     match &address.title {
         Patch::Value(title) if title.trim().is_empty() => {
-            errors.push(format!("{path}.title"), "empty", "an address title must not be empty");
-        }
-        Patch::Null => errors.push(format!("{path}.title"), "required", "an address needs a title"),
-        _ => {}
-    }
-    if let Patch::Value(country) = &address.country {
-        if !iso::is_country(&country.to_ascii_uppercase()) {
             errors.push(
-                format!("{path}.country"),
-                "invalid_country",
-                "not an ISO 3166-1 alpha-2 country code",
+                format!("{path}.title"),
+                "empty",
+                "an address title must not be empty",
             );
         }
+        Patch::Null => errors.push(
+            format!("{path}.title"),
+            "required",
+            "an address needs a title",
+        ),
+        _ => {}
+    }
+    let country = blank_as_null(&address.country);
+    if country
+        .value()
+        .is_some_and(|c| !iso::is_country(&c.to_ascii_uppercase()))
+    {
+        errors.push(
+            format!("{path}.country"),
+            "invalid_country",
+            "not an ISO 3166-1 alpha-2 country code",
+        );
     }
     let texts = [
         ("title", &address.title),
@@ -637,9 +730,15 @@ fn new_address(write: &AddressWrite) -> Option<Address> {
 }
 
 fn merge_address(current: &Address, write: &AddressWrite) -> Address {
-    let text = |patch: &Patch<String>, current: &Option<String>| patch.clone().apply_to(current.clone());
+    let text = |patch: &Patch<String>, current: &Option<String>| {
+        blank_as_null(patch).apply_to(current.clone())
+    };
     Address {
-        title: write.title.value().cloned().unwrap_or_else(|| current.title.clone()),
+        title: write
+            .title
+            .value()
+            .cloned()
+            .unwrap_or_else(|| current.title.clone()),
         remote_id: text(&write.remote_id, &current.remote_id),
         kind: write.kind.clone().apply_to(current.kind),
         name: text(&write.name, &current.name),
@@ -650,9 +749,7 @@ fn merge_address(current: &Address, write: &AddressWrite) -> Address {
         city: text(&write.city, &current.city),
         region: text(&write.region, &current.region),
         postal_code: text(&write.postal_code, &current.postal_code),
-        country: write
-            .country
-            .clone()
+        country: blank_as_null(&write.country)
             .apply_to(current.country.clone())
             .map(|c| c.to_ascii_uppercase()),
         phone: text(&write.phone, &current.phone),
@@ -693,7 +790,11 @@ impl CodeSet<'_> {
             set.remove(code);
         }
         if set.len() > MAX_ITEMS {
-            errors.push(self.field, "too_many", format!("at most {MAX_ITEMS} {}", self.field));
+            errors.push(
+                self.field,
+                "too_many",
+                format!("at most {MAX_ITEMS} {}", self.field),
+            );
         }
         set.into_iter().collect()
     }
@@ -731,7 +832,11 @@ fn next_groups(
     errors: &mut ValidationErrors,
 ) -> Vec<GroupMembership> {
     let mut memberships: BTreeMap<String, bool> = match &write.groups {
-        Patch::Absent => base.groups.iter().map(|g| (g.code.clone(), g.subscribed)).collect(),
+        Patch::Absent => base
+            .groups
+            .iter()
+            .map(|g| (g.code.clone(), g.subscribed))
+            .collect(),
         Patch::Null => BTreeMap::new(),
         Patch::Value(refs) => resolve_groups("groups", refs, directory, errors).collect(),
     };
@@ -755,7 +860,10 @@ fn resolve_groups<'a>(
 ) -> impl Iterator<Item = (String, bool)> + 'a {
     refs.iter().enumerate().filter_map(move |(i, group)| {
         match directory.group_default_subscribed(group.code()) {
-            Some(default) => Some((group.code().to_owned(), group.subscribed().unwrap_or(default))),
+            Some(default) => Some((
+                group.code().to_owned(),
+                group.subscribed().unwrap_or(default),
+            )),
             None => {
                 errors.push(
                     format!("{field}[{i}]"),

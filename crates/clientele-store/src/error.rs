@@ -15,16 +15,19 @@ pub enum StoreError {
 /// A database failure as the domain sees it: unique-key clashes become
 /// [`DomainError::DuplicateKey`] here, in one place, for both backends.
 pub(crate) fn db_error(error: sqlx::Error) -> DomainError {
-    if let sqlx::Error::Database(db) = &error {
-        if db.is_unique_violation() {
-            // PostgreSQL names the constraint; SQLite names the column in the message.
-            let text = db.constraint().unwrap_or_else(|| db.message());
-            if let Some(key) = clashing_key(text) {
-                return DomainError::DuplicateKey(key);
-            }
-        }
+    if let sqlx::Error::Database(db) = &error
+        && db.is_unique_violation()
+        // PostgreSQL names the constraint; SQLite names the column in the message.
+        && let Some(key) = clashing_key(db.constraint().unwrap_or_else(|| db.message()))
+    {
+        return DomainError::DuplicateKey(key);
     }
-    DomainError::Storage(Box::new(error))
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            DomainError::Unavailable(Box::new(error))
+        }
+        _ => DomainError::Storage(Box::new(error)),
+    }
 }
 
 fn clashing_key(text: &str) -> Option<CustomerKey> {
@@ -53,7 +56,10 @@ mod tests {
             clashing_key("customers_external_id_key"),
             Some(CustomerKey::ExternalId)
         );
-        assert_eq!(clashing_key("customers_username_key"), Some(CustomerKey::Username));
+        assert_eq!(
+            clashing_key("customers_username_key"),
+            Some(CustomerKey::Username)
+        );
         assert_eq!(clashing_key("api_keys_lookup_hash_key"), None);
     }
 }

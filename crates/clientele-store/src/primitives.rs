@@ -68,8 +68,11 @@ pub(crate) trait Queries: Send + Sync {
         locator: &Locator,
     ) -> Result<Option<(CustomerId, Option<String>)>, DomainError>;
     async fn insert_api_key(&self, key: &NewApiKey, if_absent: bool) -> Result<bool, DomainError>;
-    async fn api_key_where(&self, column: KeyColumn, value: KeyValue<'_>)
-    -> Result<Option<ApiKey>, DomainError>;
+    async fn api_key_where(
+        &self,
+        column: KeyColumn,
+        value: KeyValue<'_>,
+    ) -> Result<Option<ApiKey>, DomainError>;
     async fn api_keys(&self) -> Result<Vec<ApiKey>, DomainError>;
     async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError>;
     async fn count_api_keys(&self) -> Result<i64, DomainError>;
@@ -379,7 +382,11 @@ macro_rules! sql_primitives {
                 let key = &new.key;
                 let teams = serde_json::to_string(&key.teams)
                     .map_err(|e| clientele_domain::DomainError::Storage(Box::new(e)))?;
-                let conflict = if if_absent { " ON CONFLICT (lookup_hash) DO NOTHING" } else { "" };
+                let conflict = if if_absent {
+                    " ON CONFLICT (lookup_hash) DO NOTHING"
+                } else {
+                    ""
+                };
                 let sql = format!(
                     "INSERT INTO api_keys (id, name, role, teams, lookup_hash, secret_encrypted, \
                      created_at) VALUES ($1, $2, $3, $4, $5, $6, $7){conflict}"
@@ -403,8 +410,8 @@ macro_rules! sql_primitives {
                 column: $crate::primitives::KeyColumn,
                 value: $crate::primitives::KeyValue<'_>,
             ) -> Result<Option<clientele_domain::ApiKey>, clientele_domain::DomainError> {
-                use $crate::primitives::{KeyColumn, KeyValue};
                 use sqlx::Row;
+                use $crate::primitives::{KeyColumn, KeyValue};
                 let column = match column {
                     KeyColumn::Id => "id",
                     KeyColumn::LookupHash => "lookup_hash",

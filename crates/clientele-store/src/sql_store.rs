@@ -74,7 +74,11 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn insert_api_key(&self, key: &NewApiKey) -> Result<(), DomainError> {
-        self.backend.writes().insert_api_key(key, false).await.map(|_| ())
+        self.backend
+            .writes()
+            .insert_api_key(key, false)
+            .await
+            .map(|_| ())
     }
 
     async fn insert_api_key_if_absent(&self, key: &NewApiKey) -> Result<bool, DomainError> {
@@ -83,13 +87,19 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn api_key_by_lookup(&self, lookup_hash: &[u8]) -> Result<Option<ApiKey>, DomainError> {
         let value = KeyValue::Bytes(lookup_hash);
-        self.backend.reads().api_key_where(KeyColumn::LookupHash, value).await
+        self.backend
+            .reads()
+            .api_key_where(KeyColumn::LookupHash, value)
+            .await
     }
 
     async fn api_key_by_id(&self, id: ApiKeyId) -> Result<Option<ApiKey>, DomainError> {
         let id = id.to_string();
         let value = KeyValue::Text(&id);
-        self.backend.reads().api_key_where(KeyColumn::Id, value).await
+        self.backend
+            .reads()
+            .api_key_where(KeyColumn::Id, value)
+            .await
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>, DomainError> {

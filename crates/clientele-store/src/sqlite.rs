@@ -6,9 +6,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use clientele_domain::{DomainError, PoolStats};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use crate::error::db_error;

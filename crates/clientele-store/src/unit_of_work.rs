@@ -108,13 +108,13 @@ pub(crate) async fn delete_customer(
 ) -> Result<(), DomainError> {
     let stored = tx.load(locator).await?.ok_or(DomainError::NotFound)?;
     let customer = &stored.customer;
-    if let Some(expected) = expected_version {
-        if customer.version != expected {
-            return Err(DomainError::VersionConflict {
-                expected,
-                actual: customer.version,
-            });
-        }
+    if let Some(expected) = expected_version
+        && customer.version != expected
+    {
+        return Err(DomainError::VersionConflict {
+            expected,
+            actual: customer.version,
+        });
     }
     tx.delete(customer.id).await?;
     tx.record_change(&ChangeRow {

@@ -1,0 +1,136 @@
+//! Who is calling: the API key behind a bearer secret, its role, and the bootstrap of the first
+//! admin key. Secrets are looked up by a keyed hash, never stored or compared in plain text.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use clientele_domain::{ApiKey, ApiKeyId, NewApiKey, Role, Timestamp};
+
+use crate::problem::{ApiError, ErrorCode};
+use crate::secrets::{MasterKey, generate_secret};
+use crate::state::AppState;
+
+/// The authenticated API key of a request.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub key: ApiKey,
+}
+
+impl Caller {
+    /// 403 unless the key's role includes `needed`.
+    pub fn require(&self, needed: Role) -> Result<(), ApiError> {
+        if self.key.role.allows(needed) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "this needs the {} role; the key has {}",
+                    needed.as_str(),
+                    self.key.role.as_str()
+                ),
+            ))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let secret = bearer_secret(parts)?;
+        let lookup_hash = state.master_key().lookup_hash(secret);
+        // The lookup is by an HMAC of the secret: an equality match on a keyed hash reveals
+        // nothing through timing about the secret itself.
+        match state.store().api_key_by_lookup(&lookup_hash).await? {
+            Some(key) => Ok(Caller { key }),
+            None => Err(unauthorized("the API key is unknown or revoked")),
+        }
+    }
+}
+
+fn bearer_secret(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| unauthorized("send Authorization: Bearer <API key secret>"))?;
+    let value = header
+        .to_str()
+        .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
+    let (scheme, secret) = value
+        .split_once(' ')
+        .ok_or_else(|| unauthorized("send Authorization: Bearer <API key secret>"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
+        return Err(unauthorized("send Authorization: Bearer <API key secret>"));
+    }
+    Ok(secret.trim())
+}
+
+fn unauthorized(detail: &str) -> ApiError {
+    ApiError::new(ErrorCode::Unauthorized, detail)
+}
+
+/// A new key with a fresh id, ready to store, for the given secret.
+pub fn new_api_key(
+    master_key: &MasterKey,
+    secret: &str,
+    name: String,
+    role: Role,
+    teams: Vec<String>,
+) -> NewApiKey {
+    NewApiKey {
+        key: ApiKey {
+            id: ApiKeyId::new(),
+            name,
+            role,
+            teams,
+            created_at: Timestamp::now(),
+            secret_encrypted: master_key.encrypt(secret.as_bytes()),
+        },
+        lookup_hash: master_key.lookup_hash(secret).to_vec(),
+    }
+}
+
+/// What start-up did about the first admin key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// `CLIENTELE_BOOTSTRAP_KEY` names a key, which exists now.
+    FromEnvironment,
+    /// No keys existed: this admin secret was created and must be shown once.
+    Generated(String),
+    /// Keys exist already; nothing to do.
+    Nothing,
+}
+
+/// Ensures an admin key exists: the one `bootstrap_secret` names, or a new one when the store
+/// has no keys at all.
+pub async fn bootstrap(
+    state: &AppState,
+    bootstrap_secret: Option<&str>,
+) -> Result<Bootstrap, ApiError> {
+    let store = state.store();
+    if let Some(secret) = bootstrap_secret {
+        let key = new_api_key(
+            state.master_key(),
+            secret,
+            "bootstrap".into(),
+            Role::Admin,
+            vec![],
+        );
+        store.insert_api_key_if_absent(&key).await?;
+        return Ok(Bootstrap::FromEnvironment);
+    }
+    if store.count_api_keys().await? > 0 {
+        return Ok(Bootstrap::Nothing);
+    }
+    let secret = generate_secret();
+    let key = new_api_key(
+        state.master_key(),
+        &secret,
+        "initial admin".into(),
+        Role::Admin,
+        vec![],
+    );
+    store.insert_api_key(&key).await?;
+    Ok(Bootstrap::Generated(secret))
+}

@@ -1,0 +1,240 @@
+//! Request parsing that fails as problems: JSON bodies whose unknown fields and wrong types are
+//! named by path, query strings with no unknown parameters, and `If-Match`. Axum's own
+//! rejections would answer in plain text; these never do.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{CONTENT_TYPE, IF_MATCH};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::problem::{ApiError, ErrorCode};
+use crate::state::AppState;
+
+/// A JSON body parsed strictly: malformed JSON is 400, a wrong type or an unknown field is 422
+/// naming the field, a body over the configured limit is 413.
+pub struct StrictJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for StrictJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        check_content_type(request.headers())?;
+        let bytes = read_body(request.into_body(), state.config().max_body_bytes).await?;
+        parse_json(&bytes).map(StrictJson)
+    }
+}
+
+fn check_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media_type = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if media_type == "application/json" || media_type.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("send the body as application/json, not {media_type}"),
+        ))
+    }
+}
+
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is larger than {limit} bytes"),
+        )
+    })
+}
+
+/// Parses a JSON object, collecting every field the target type does not know.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde would also build a struct from an array, positionally: only objects are bodies here.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::field("body", "invalid_type", "the body must be a JSON object"),
+                Err(e) => ApiError::new(ErrorCode::MalformedJson, e.to_string()),
+            },
+        );
+    }
+    let mut unknown = Vec::new();
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path));
+    let tracked = serde_ignored::Deserializer::new(&mut json, &mut on_unknown);
+    let value = serde_path_to_error::deserialize(tracked).map_err(|error| {
+        let field = error.path().to_string();
+        let inner = error.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => ApiError::field(
+                field_or_body(&field),
+                "invalid_type",
+                strip_position(&inner.to_string()),
+            ),
+            _ => ApiError::new(ErrorCode::MalformedJson, inner.to_string()),
+        }
+    })?;
+    json.end()
+        .map_err(|e| ApiError::new(ErrorCode::MalformedJson, e.to_string()))?;
+    if unknown.is_empty() {
+        return Ok(value);
+    }
+    let mut errors = clientele_domain::ValidationErrors::default();
+    for field in unknown {
+        errors.push(field, "unknown_field", "this field does not exist");
+    }
+    Err(ApiError::invalid(errors))
+}
+
+fn field_or_body(path: &str) -> &str {
+    if path == "." || path.is_empty() {
+        "body"
+    } else {
+        path
+    }
+}
+
+/// `invalid type: ... at line 1 column 20`: the position means nothing once the field is named.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// `addresses[0].street` from serde_ignored's path.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = field_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
+/// A query string parsed strictly: an unknown parameter is 422, since silently ignoring a
+/// misspelt filter would return the wrong customers.
+pub struct StrictQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for StrictQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let mut unknown = Vec::new();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path));
+        let tracked = serde_ignored::Deserializer::new(deserializer, &mut on_unknown);
+        let value = serde_path_to_error::deserialize(tracked).map_err(|error| {
+            let field = error.path().to_string();
+            let field = if field == "." {
+                "query".to_owned()
+            } else {
+                field
+            };
+            ApiError::field(field, "invalid_parameter", error.into_inner().to_string())
+        })?;
+        if let Some(name) = unknown.into_iter().next() {
+            return Err(ApiError::field(
+                name,
+                "unknown_parameter",
+                "this query parameter does not exist",
+            ));
+        }
+        Ok(StrictQuery(value))
+    }
+}
+
+/// The version an `If-Match` header requires: `"3"` (or a bare `3`); `*` requires only that the
+/// customer exists and is treated as no precondition.
+pub struct IfMatch(pub Option<i64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(IF_MATCH) else {
+            return Ok(IfMatch(None));
+        };
+        let text = value.to_str().unwrap_or_default().trim();
+        if text == "*" {
+            return Ok(IfMatch(None));
+        }
+        let unquoted = text.trim_start_matches("W/").trim_matches('"');
+        unquoted.parse().map(|v| IfMatch(Some(v))).map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidHeader,
+                "If-Match must be a version as the ETag gives it, e.g. \"3\"",
+            )
+        })
+    }
+}
+
+/// The `ETag` of a version.
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clientele_domain::CustomerWrite;
+
+    fn error_of(json: &str) -> ApiError {
+        match parse_json::<CustomerWrite>(json.as_bytes()) {
+            Ok(_) => panic!("{json} parsed"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn names_unknown_fields_at_any_depth() {
+        let error = error_of(r#"{"frist_name":"A","addresses":[{"title":"x","strete":"y"}]}"#);
+        assert_eq!(error.code, ErrorCode::ValidationFailed);
+        let fields: Vec<_> = error.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["frist_name", "addresses[0].strete"]);
+        assert!(error.errors.iter().all(|e| e.code == "unknown_field"));
+    }
+
+    #[test]
+    fn names_the_field_of_a_wrong_type() {
+        let error = error_of(r#"{"addresses":[{"title":"x","country":5}]}"#);
+        assert_eq!(error.code, ErrorCode::ValidationFailed);
+        assert_eq!(error.errors[0].field, "addresses[0].country");
+        assert_eq!(error.errors[0].code, "invalid_type");
+        assert!(!error.errors[0].message.contains("line"));
+    }
+
+    #[test]
+    fn malformed_json_is_a_bad_request() {
+        for body in ["{", "", "{\"a\":}", "{} {}", "[1"] {
+            assert_eq!(error_of(body).code, ErrorCode::MalformedJson, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_non_object_body_is_a_type_error() {
+        assert_eq!(error_of("[]").code, ErrorCode::ValidationFailed);
+    }
+}

@@ -1,0 +1,56 @@
+//! Prometheus metrics: requests by route and status, latency histograms, and the database pool.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+
+use crate::state::AppState;
+
+/// Latency buckets in seconds, from 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+pub(crate) fn recorder() -> PrometheusRecorder {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("http_request_duration_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .map(PrometheusBuilder::build_recorder)
+        .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder())
+}
+
+/// Middleware: counts each request by route template and status, and records its latency.
+pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::with_local_recorder(state.recorder(), || {
+        let labels = [("method", method), ("route", route), ("status", status)];
+        metrics::counter!("http_requests_total", &labels).increment(1);
+        metrics::histogram!("http_request_duration_seconds", &labels[..2]).record(elapsed);
+    });
+    response
+}
+
+/// The Prometheus text exposition, with the pool gauges read now.
+pub(crate) fn render(state: &AppState) -> String {
+    let pool = state.store().pool_stats();
+    let backend = state.store().backend();
+    metrics::with_local_recorder(state.recorder(), || {
+        metrics::gauge!("db_pool_connections", "backend" => backend).set(f64::from(pool.size));
+        metrics::gauge!("db_pool_idle_connections", "backend" => backend).set(f64::from(pool.idle));
+    });
+    state.recorder().handle().render()
+}

@@ -1,0 +1,47 @@
+//! The OpenAPI 3.1 document: the routers contribute their paths (`utoipa_axum`), this adds the
+//! frame, the security scheme and the shared schemas.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Clientele",
+        description = "The customer data hub: customers pushed by many backends, keyed by their own ids, \
+                       and an exact change feed to pull every change from. Errors are RFC 9457 problems.",
+        license(name = "Apache-2.0")
+    ),
+    components(schemas(
+        crate::problem::Problem,
+        clientele_domain::FieldError,
+        clientele_domain::Address,
+        clientele_domain::GroupMembership,
+        clientele_domain::write::AddressWrite,
+        clientele_domain::write::GroupRef,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "customers", description = "Customers, addressed by hub id or by a backend's own key"),
+        (name = "api-keys", description = "API keys and their roles (admin only)"),
+        (name = "operations", description = "Health, metrics and this document; no authentication"),
+    )
+)]
+pub(crate) struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key secret: `Authorization: Bearer ck_…`"))
+                    .build(),
+            ),
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! The one place errors become HTTP: every failure is an RFC 9457 problem
+//! (`application/problem+json`) with a stable `code` and, where a field is at fault, its path.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use clientele_domain::{DomainError, FieldError, ValidationErrors};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+macro_rules! error_codes {
+    ($($variant:ident => $status:ident, $code:literal, $title:literal;)*) => {
+        /// Every error code the API returns, with its status: a code can never drift from its status.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum ErrorCode { $($variant),* }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
+
+            pub fn status(self) -> StatusCode {
+                match self { $(ErrorCode::$variant => StatusCode::$status),* }
+            }
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $code),* }
+            }
+
+            pub fn title(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $title),* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    MalformedJson => BAD_REQUEST, "malformed_json", "The body is not well-formed JSON";
+    InvalidHeader => BAD_REQUEST, "invalid_header", "A request header is malformed";
+    Unauthorized => UNAUTHORIZED, "unauthorized", "Missing or invalid credentials";
+    Forbidden => FORBIDDEN, "forbidden", "The API key's role does not allow this";
+    NotFound => NOT_FOUND, "not_found", "No such resource";
+    RouteNotFound => NOT_FOUND, "route_not_found", "No such endpoint";
+    MethodNotAllowed => METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed on this endpoint";
+    DuplicateKey => CONFLICT, "duplicate_key", "Another customer already has this key";
+    VersionConflict => PRECONDITION_FAILED, "version_conflict", "The stored version differs from the expected one";
+    PayloadTooLarge => PAYLOAD_TOO_LARGE, "payload_too_large", "The request body is too large";
+    UnsupportedMediaType => UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "The body must be application/json";
+    ValidationFailed => UNPROCESSABLE_ENTITY, "validation_failed", "The request is not valid";
+    Internal => INTERNAL_SERVER_ERROR, "internal_error", "Internal server error";
+    Unavailable => SERVICE_UNAVAILABLE, "unavailable", "The service is temporarily unavailable";
+}
+
+/// An RFC 9457 problem document.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:clientele:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable snake_case machine-readable code.
+    pub code: String,
+    /// The fields at fault, when the problem is about the input.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// The error of every handler.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub detail: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn invalid(errors: ValidationErrors) -> Self {
+        let detail = match errors.0.as_slice() {
+            [one] => format!("{}: {}", one.field, one.message),
+            many => format!("{} fields are invalid", many.len()),
+        };
+        Self {
+            code: ErrorCode::ValidationFailed,
+            detail,
+            errors: errors.0,
+        }
+    }
+
+    pub fn field(field: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
+        Self::invalid(ValidationErrors::single(field, code, message))
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(ErrorCode::NotFound, "no such resource")
+    }
+
+    pub fn problem(&self) -> Problem {
+        Problem {
+            kind: format!("urn:clientele:problem:{}", self.code.as_str()),
+            title: self.code.title().to_owned(),
+            status: self.code.status().as_u16(),
+            detail: self.detail.clone(),
+            code: self.code.as_str().to_owned(),
+            errors: self.errors.clone(),
+        }
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(errors: ValidationErrors) -> Self {
+        ApiError::invalid(errors)
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(error: DomainError) -> Self {
+        match error {
+            DomainError::NotFound => ApiError::not_found(),
+            DomainError::DuplicateKey(key) => ApiError {
+                code: ErrorCode::DuplicateKey,
+                detail: format!("another customer already has this {key}"),
+                errors: vec![FieldError {
+                    field: key.as_str().to_owned(),
+                    code: "duplicate_key",
+                    message: format!("{key} must be unique"),
+                }],
+            },
+            DomainError::VersionConflict { expected, actual } => ApiError::new(
+                ErrorCode::VersionConflict,
+                format!("expected version {expected}, the stored version is {actual}"),
+            ),
+            DomainError::Validation(errors) => ApiError::invalid(errors),
+            DomainError::Unavailable(source) => {
+                tracing::warn!(error = %source, "storage unavailable");
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the database is busy or unreachable; retry",
+                )
+            }
+            DomainError::Storage(source) => {
+                tracing::error!(error = %source, details = ?source, "storage failed");
+                ApiError::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (self.code.status(), body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_errors_are_4xx_or_5xx() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "{} twice", code.as_str());
+            assert!(
+                code.as_str()
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_')
+            );
+            assert!(code.status().is_client_error() || code.status().is_server_error());
+        }
+    }
+
+    #[test]
+    fn a_duplicate_key_names_the_key() {
+        let error = ApiError::from(DomainError::DuplicateKey(
+            clientele_domain::CustomerKey::Email,
+        ));
+        let problem = error.problem();
+        assert_eq!(problem.status, 409);
+        assert_eq!(problem.code, "duplicate_key");
+        assert_eq!(problem.errors[0].field, "email");
+    }
+}

@@ -1,0 +1,162 @@
+//! `/v1/api-keys`: admins create, list and revoke keys. A secret is shown once, at creation.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use clientele_domain::{ApiKey, ApiKeyId, Role, ValidationErrors};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Caller, new_api_key};
+use crate::extract::StrictJson;
+use crate::problem::{ApiError, Problem};
+use crate::secrets::generate_secret;
+use crate::state::AppState;
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_api_key, list_api_keys))
+        .routes(routes!(revoke_api_key))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewKeyRequest {
+    name: String,
+    role: Role,
+    /// Restricts the key to customers of these teams.
+    #[serde(default)]
+    teams: Vec<String>,
+}
+
+/// A key as listed; the secret is never shown again after creation.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct KeyView {
+    id: String,
+    name: String,
+    role: Role,
+    teams: Vec<String>,
+    created_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct CreatedKey {
+    id: String,
+    /// The bearer secret (and the HMAC secret for signed requests). Shown this once.
+    secret: String,
+    name: String,
+    role: Role,
+    teams: Vec<String>,
+    created_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct KeyList {
+    data: Vec<KeyView>,
+}
+
+impl From<ApiKey> for KeyView {
+    fn from(key: ApiKey) -> Self {
+        KeyView {
+            id: key.id.to_string(),
+            name: key.name,
+            role: key.role,
+            teams: key.teams,
+            created_at: key.created_at.to_string(),
+        }
+    }
+}
+
+/// Create an API key (admin).
+#[utoipa::path(
+    post, path = "/v1/api-keys", tag = "api-keys",
+    request_body = NewKeyRequest,
+    responses((status = 201, body = CreatedKey), (status = 403, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = []))
+)]
+async fn create_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    StrictJson(request): StrictJson<NewKeyRequest>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    caller.require(Role::Admin)?;
+    let mut errors = ValidationErrors::default();
+    let name = request.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        errors.push("name", "invalid_name", "1 to 200 characters");
+    }
+    for (i, team) in request.teams.iter().enumerate() {
+        // Teams arrive with the teams API; until one exists, no code can name one.
+        errors.push(
+            format!("teams[{i}]"),
+            "unknown_team",
+            format!("there is no team {team:?}"),
+        );
+    }
+    errors.into_result()?;
+    let secret = generate_secret();
+    let new = new_api_key(
+        state.master_key(),
+        &secret,
+        name.to_owned(),
+        request.role,
+        request.teams,
+    );
+    state.store().insert_api_key(&new).await?;
+    let view = KeyView::from(new.key);
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            id: view.id,
+            secret,
+            name: view.name,
+            role: view.role,
+            teams: view.teams,
+            created_at: view.created_at,
+        }),
+    ))
+}
+
+/// List the live API keys (admin).
+#[utoipa::path(
+    get, path = "/v1/api-keys", tag = "api-keys",
+    responses((status = 200, body = KeyList), (status = 403, body = Problem)),
+    security(("bearer" = []))
+)]
+async fn list_api_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<KeyList>, ApiError> {
+    caller.require(Role::Admin)?;
+    let keys = state.store().list_api_keys().await?;
+    Ok(Json(KeyList {
+        data: keys.into_iter().map(KeyView::from).collect(),
+    }))
+}
+
+/// Revoke an API key at once (admin).
+#[utoipa::path(
+    delete, path = "/v1/api-keys/{id}", tag = "api-keys",
+    params(("id" = String, Path, description = "`key_…`")),
+    responses((status = 204), (status = 404, body = Problem)),
+    security(("bearer" = []))
+)]
+async fn revoke_api_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Admin)?;
+    let id: ApiKeyId = id.parse().map_err(|_| ApiError::not_found())?;
+    if state
+        .store()
+        .revoke_api_key(id, clientele_domain::Timestamp::now())
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found())
+    }
+}

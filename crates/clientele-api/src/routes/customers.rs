@@ -1,0 +1,438 @@
+//! `/v1/customers`: create, upsert, read, patch, delete (by id or by a unique key), list, and
+//! password checks.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::header::{CONTENT_TYPE, ETAG, LOCATION};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use clientele_domain::{
+    Customer, CustomerDoc, CustomerId, CustomerKey, CustomerWrite, ListQuery, Locator, Patch, Role,
+    SortOrder, WriteCommand, WriteOutcome, WriteTarget,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::Caller;
+use crate::cursor;
+use crate::extract::{IfMatch, StrictJson, StrictQuery, etag};
+use crate::password;
+use crate::problem::{ApiError, Problem};
+use crate::state::AppState;
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_customer, list_customers))
+        .routes(routes!(get_customer, patch_customer, delete_customer))
+        .routes(routes!(
+            get_customer_by_key,
+            put_customer_by_key,
+            patch_customer_by_key,
+            delete_customer_by_key
+        ))
+        .routes(routes!(verify_password))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct CreateParams {
+    /// Makes the create an upsert on this key: the body must carry it.
+    upsert: Option<CustomerKey>,
+}
+
+/// Create a customer, or upsert one on a unique key.
+#[utoipa::path(
+    post, path = "/v1/customers", tag = "customers",
+    params(CreateParams),
+    request_body = CustomerWrite,
+    responses(
+        (status = 201, description = "Created", body = Customer,
+         headers(("Location" = String), ("ETag" = String))),
+        (status = 200, description = "Upsert: updated or unchanged", body = Customer),
+        (status = 409, description = "Another customer has a unique key of the body", body = Problem),
+        (status = 422, description = "Invalid body", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn create_customer(
+    State(state): State<AppState>,
+    caller: Caller,
+    StrictQuery(params): StrictQuery<CreateParams>,
+    StrictJson(write): StrictJson<CustomerWrite>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Write)?;
+    let target = match params.upsert {
+        Some(key) => WriteTarget::Upsert(key, write.required_key(key)?.to_owned()),
+        None => WriteTarget::Create,
+    };
+    write_customer(&state, target, write, None).await
+}
+
+/// Read a customer by its hub id.
+#[utoipa::path(
+    get, path = "/v1/customers/{id}", tag = "customers",
+    params(("id" = String, Path, description = "`cus_…`")),
+    responses(
+        (status = 200, body = Customer, headers(("ETag" = String))),
+        (status = 404, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_customer(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Read)?;
+    read_customer(&state, by_id(&id)?).await
+}
+
+/// Change some fields of a customer: absent fields stay, `null` clears.
+#[utoipa::path(
+    patch, path = "/v1/customers/{id}", tag = "customers",
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "`\"<version>\"`")),
+    request_body = CustomerWrite,
+    responses(
+        (status = 200, body = Customer),
+        (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 412, body = Problem), (status = 422, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn patch_customer(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    IfMatch(expected): IfMatch,
+    StrictJson(write): StrictJson<CustomerWrite>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Write)?;
+    write_customer(&state, WriteTarget::Update(by_id(&id)?), write, expected).await
+}
+
+/// Erase a customer.
+#[utoipa::path(
+    delete, path = "/v1/customers/{id}", tag = "customers",
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)),
+    security(("bearer" = []))
+)]
+async fn delete_customer(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    IfMatch(expected): IfMatch,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Write)?;
+    state
+        .store()
+        .delete_customer(&by_id(&id)?, expected)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Read a customer by `external_id`, `email` or `username`.
+#[utoipa::path(
+    get, path = "/v1/customers/{key}/{value}", tag = "customers",
+    params(("key" = CustomerKey, Path), ("value" = String, Path, description = "URL-encoded")),
+    responses((status = 200, body = Customer), (status = 404, body = Problem)),
+    security(("bearer" = []))
+)]
+async fn get_customer_by_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((key, value)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Read)?;
+    read_customer(&state, by_key(&key, value)?.into()).await
+}
+
+/// Upsert the customer with this key value: 201 created, 200 updated or unchanged.
+#[utoipa::path(
+    put, path = "/v1/customers/{key}/{value}", tag = "customers",
+    params(("key" = CustomerKey, Path), ("value" = String, Path), ("If-Match" = Option<String>, Header)),
+    request_body = CustomerWrite,
+    responses(
+        (status = 201, body = Customer), (status = 200, body = Customer),
+        (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn put_customer_by_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((key, value)): Path<(String, String)>,
+    IfMatch(expected): IfMatch,
+    StrictJson(mut write): StrictJson<CustomerWrite>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Write)?;
+    let KeyPath(key, value) = by_key(&key, value)?;
+    write.bind_key(key, &value)?;
+    write_customer(&state, WriteTarget::Upsert(key, value), write, expected).await
+}
+
+/// Change some fields of the customer with this key value.
+#[utoipa::path(
+    patch, path = "/v1/customers/{key}/{value}", tag = "customers",
+    params(("key" = CustomerKey, Path), ("value" = String, Path), ("If-Match" = Option<String>, Header)),
+    request_body = CustomerWrite,
+    responses(
+        (status = 200, body = Customer), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn patch_customer_by_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((key, value)): Path<(String, String)>,
+    IfMatch(expected): IfMatch,
+    StrictJson(write): StrictJson<CustomerWrite>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Write)?;
+    let locator = by_key(&key, value)?.into();
+    write_customer(&state, WriteTarget::Update(locator), write, expected).await
+}
+
+/// Erase the customer with this key value.
+#[utoipa::path(
+    delete, path = "/v1/customers/{key}/{value}", tag = "customers",
+    params(("key" = CustomerKey, Path), ("value" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)),
+    security(("bearer" = []))
+)]
+async fn delete_customer_by_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((key, value)): Path<(String, String)>,
+    IfMatch(expected): IfMatch,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Write)?;
+    let locator = by_key(&key, value)?.into();
+    state.store().delete_customer(&locator, expected).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListParams {
+    /// 1 to 1000, default 100.
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// `created_at` (default), `-created_at`, `updated_at`, `-updated_at` or `last_name`.
+    sort: Option<String>,
+}
+
+/// A page of customers.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct CustomerPage {
+    data: Vec<Customer>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+pub(crate) const DEFAULT_LIMIT: u32 = 100;
+pub(crate) const MAX_LIMIT: u32 = 1000;
+
+/// List customers, keyset-paginated.
+#[utoipa::path(
+    get, path = "/v1/customers", tag = "customers",
+    params(ListParams),
+    responses((status = 200, body = CustomerPage), (status = 422, body = Problem)),
+    security(("bearer" = []))
+)]
+async fn list_customers(
+    State(state): State<AppState>,
+    caller: Caller,
+    StrictQuery(params): StrictQuery<ListParams>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Read)?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            "out_of_range",
+            format!("1 to {MAX_LIMIT}"),
+        ));
+    }
+    let sort = match params.sort.as_deref() {
+        None => SortOrder::default(),
+        Some(name) => SortOrder::parse(name).ok_or_else(|| {
+            ApiError::field(
+                "sort",
+                "invalid_sort",
+                "one of created_at, -created_at, updated_at, -updated_at, last_name",
+            )
+        })?,
+    };
+    let after = params
+        .cursor
+        .as_deref()
+        .map(|c| cursor::decode(c, sort))
+        .transpose()?;
+    let page = state
+        .store()
+        .list_customers(&ListQuery { limit, sort, after })
+        .await?;
+    let next_cursor = page.next.as_ref().map(|c| cursor::encode(c, sort));
+    Ok(json_response(
+        StatusCode::OK,
+        page_json(&page.items, next_cursor.as_deref()),
+    ))
+}
+
+/// `{"data": [...], "next_cursor": ...}` from stored documents, without re-encoding them.
+fn page_json(items: &[CustomerDoc], next_cursor: Option<&str>) -> String {
+    let size = items.iter().map(|d| d.json.len() + 1).sum::<usize>() + 64;
+    let mut body = String::with_capacity(size);
+    body.push_str("{\"data\":[");
+    for (i, doc) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&doc.json);
+    }
+    body.push_str("],\"next_cursor\":");
+    match next_cursor {
+        Some(cursor) => body.push_str(&serde_json::Value::from(cursor).to_string()),
+        None => body.push_str("null"),
+    }
+    body.push('}');
+    body
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PasswordCheck {
+    password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PasswordVerdict {
+    valid: bool,
+}
+
+/// Check a customer's password (a web shop's login); `valid` is false when none is set.
+#[utoipa::path(
+    post, path = "/v1/customers/{id}/verify-password", tag = "customers",
+    params(("id" = String, Path)),
+    request_body = PasswordCheck,
+    responses((status = 200, body = PasswordVerdict), (status = 404, body = Problem)),
+    security(("bearer" = []))
+)]
+async fn verify_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    StrictJson(check): StrictJson<PasswordCheck>,
+) -> Result<Json<PasswordVerdict>, ApiError> {
+    caller.require(Role::Read)?;
+    let (_, hash) = state
+        .store()
+        .password_hash(&by_id(&id)?)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let valid = match hash {
+        Some(hash) => password::verify_password(check.password, hash).await,
+        None => false,
+    };
+    Ok(Json(PasswordVerdict { valid }))
+}
+
+/// Hashes the password (off the async threads), runs the write, and answers with the customer.
+async fn write_customer(
+    state: &AppState,
+    target: WriteTarget,
+    mut write: CustomerWrite,
+    expected_version: Option<i64>,
+) -> Result<Response, ApiError> {
+    let password_hash = match std::mem::take(&mut write.password) {
+        Patch::Value(plain) => {
+            password::check_password(&plain)
+                .map_err(|reason| ApiError::field("password", "weak_password", reason))?;
+            let hash = password::hash_password(plain).await.map_err(|e| {
+                tracing::error!(error = %e, "password hashing failed");
+                ApiError::new(crate::problem::ErrorCode::Internal, "internal error")
+            })?;
+            Patch::Value(hash)
+        }
+        Patch::Null => Patch::Null,
+        Patch::Absent => Patch::Absent,
+    };
+    let command = WriteCommand {
+        target,
+        write,
+        password_hash,
+        expected_version,
+    };
+    let (outcome, customer) = state.store().write_customer(command).await?;
+    let status = match outcome {
+        WriteOutcome::Created => StatusCode::CREATED,
+        WriteOutcome::Updated | WriteOutcome::Unchanged => StatusCode::OK,
+    };
+    let body = serde_json::to_string(&customer).map_err(|e| {
+        tracing::error!(error = %e, "encoding a customer failed");
+        ApiError::new(crate::problem::ErrorCode::Internal, "internal error")
+    })?;
+    let mut response = json_response(status, body);
+    set_etag(&mut response, customer.version);
+    if outcome == WriteOutcome::Created
+        && let Ok(location) = HeaderValue::from_str(&format!("/v1/customers/{}", customer.id))
+    {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    Ok(response)
+}
+
+async fn read_customer(state: &AppState, locator: Locator) -> Result<Response, ApiError> {
+    let doc = state
+        .store()
+        .get_customer(&locator)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let mut response = json_response(StatusCode::OK, doc.json);
+    set_etag(&mut response, doc.version);
+    Ok(response)
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn set_etag(response: &mut Response, version: i64) {
+    if let Ok(value) = HeaderValue::from_str(&etag(version)) {
+        response.headers_mut().insert(ETAG, value);
+    }
+}
+
+/// An id that cannot be a customer id names no customer: 404, like any unknown id.
+fn by_id(id: &str) -> Result<Locator, ApiError> {
+    id.parse::<CustomerId>()
+        .map(Locator::Id)
+        .map_err(|_| ApiError::not_found())
+}
+
+struct KeyPath(CustomerKey, String);
+
+impl From<KeyPath> for Locator {
+    fn from(KeyPath(key, value): KeyPath) -> Self {
+        Locator::Key(key, value)
+    }
+}
+
+fn by_key(key: &str, value: String) -> Result<KeyPath, ApiError> {
+    let key = key.parse::<CustomerKey>().map_err(|()| {
+        ApiError::new(
+            crate::problem::ErrorCode::RouteNotFound,
+            "address customers by external_id, email or username",
+        )
+    })?;
+    Ok(KeyPath(key, value))
+}

@@ -1,0 +1,5 @@
+//! The routes, grouped by resource; each module's `router()` documents what it serves.
+
+pub(crate) mod api_keys;
+pub(crate) mod customers;
+pub(crate) mod ops;

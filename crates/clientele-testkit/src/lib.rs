@@ -1,0 +1,253 @@
+//! Test support: a real hub (the production router and store) served on `127.0.0.1:0` over a
+//! fresh SQLite file or a fresh PostgreSQL database, with an HTTP client holding an admin key.
+//!
+//! PostgreSQL tests use `CLIENTELE_TEST_POSTGRES_URL` (a server URL whose user may create
+//! databases). Without it they are skipped with a message, except under CI (`CI` set), where a
+//! missing PostgreSQL fails the run.
+
+mod process;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clientele_api::secrets::MasterKey;
+use clientele_api::{ApiConfig, AppState};
+use clientele_domain::Role;
+use clientele_store::StoreConfig;
+use reqwest::{Method, RequestBuilder};
+use serde_json::{Value, json};
+
+pub use process::HubProcess;
+
+/// The admin secret every test hub is bootstrapped with.
+pub const ADMIN_SECRET: &str = "ck_test_admin_secret_for_the_test_hub_only";
+
+/// Which database a test hub runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running hub for one test.
+pub struct TestHub {
+    pub backend: Backend,
+    pub base_url: String,
+    pub database_url: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    secret: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+impl TestHub {
+    pub async fn sqlite() -> TestHub {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+        Self::start_on(Backend::Sqlite, url, ApiConfig::default(), Arc::new(dir)).await
+    }
+
+    /// A hub on a new PostgreSQL database, or `None` (with a message) when none is configured.
+    pub async fn postgres() -> Option<TestHub> {
+        Self::postgres_with(ApiConfig::default()).await
+    }
+
+    pub async fn postgres_with(config: ApiConfig) -> Option<TestHub> {
+        let url = fresh_postgres_database().await?;
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Some(Self::start_on(Backend::Postgres, url, config, dir).await)
+    }
+
+    pub async fn start(backend: Backend, config: ApiConfig) -> Option<TestHub> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+                Some(Self::start_on(backend, url, config, Arc::new(dir)).await)
+            }
+            Backend::Postgres => Self::postgres_with(config).await,
+        }
+    }
+
+    async fn start_on(
+        backend: Backend,
+        database_url: String,
+        config: ApiConfig,
+        dir: Arc<tempfile::TempDir>,
+    ) -> TestHub {
+        let mut store_config = StoreConfig::new(&database_url);
+        store_config.max_connections = 8;
+        let store = clientele_store::connect(&store_config)
+            .await
+            .expect("open the test database");
+        let state = AppState::new(store, MasterKey::from_bytes(rand::random()), config);
+        clientele_api::auth::bootstrap(&state, Some(ADMIN_SECRET))
+            .await
+            .expect("bootstrap key");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base_url = format!("http://{}", listener.local_addr().expect("address"));
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let served = state.clone();
+        tokio::spawn(async move {
+            let stop = async {
+                let _ = stop.await;
+            };
+            let _ = clientele_api::serve(listener, served, stop, Duration::from_secs(5)).await;
+        });
+        TestHub {
+            backend,
+            base_url,
+            database_url,
+            client: reqwest::Client::new(),
+            state,
+            secret: ADMIN_SECRET.to_owned(),
+            shutdown: Some(shutdown),
+            _dir: dir,
+        }
+    }
+
+    /// The same hub seen through another API key.
+    pub fn as_key(&self, secret: &str) -> TestHub {
+        TestHub {
+            backend: self.backend,
+            base_url: self.base_url.clone(),
+            database_url: self.database_url.clone(),
+            client: self.client.clone(),
+            state: self.state.clone(),
+            secret: secret.to_owned(),
+            shutdown: None,
+            _dir: self._dir.clone(),
+        }
+    }
+
+    /// Creates a key with this role and returns its secret.
+    pub async fn create_key(&self, role: Role) -> String {
+        let response = self
+            .post("/v1/api-keys")
+            .json(&json!({"name": format!("{} key", role.as_str()), "role": role.as_str()}))
+            .send()
+            .await
+            .expect("create key");
+        assert_eq!(response.status(), 201, "creating a key");
+        let body: Value = response.json().await.expect("key json");
+        body["secret"].as_str().expect("secret").to_owned()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// A request with this hub's key as bearer.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.secret)
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.request(Method::GET, path)
+    }
+
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.request(Method::POST, path)
+    }
+
+    pub fn put(&self, path: &str) -> RequestBuilder {
+        self.request(Method::PUT, path)
+    }
+
+    pub fn patch(&self, path: &str) -> RequestBuilder {
+        self.request(Method::PATCH, path)
+    }
+
+    pub fn delete(&self, path: &str) -> RequestBuilder {
+        self.request(Method::DELETE, path)
+    }
+
+    /// Creates a customer from `body`, asserting 201, and returns it.
+    pub async fn create_customer(&self, body: Value) -> Value {
+        let response = self
+            .post("/v1/customers")
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        let status = response.status();
+        let json: Value = response.json().await.expect("json");
+        assert_eq!(status, 201, "create failed: {json}");
+        json
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// The server URL for PostgreSQL tests, if configured; panics under CI when it is not.
+pub fn postgres_server_url() -> Option<String> {
+    match std::env::var("CLIENTELE_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI needs PostgreSQL: set CLIENTELE_TEST_POSTGRES_URL (see .ci/run)")
+        }
+        _ => {
+            eprintln!(
+                "skipping a PostgreSQL test: CLIENTELE_TEST_POSTGRES_URL is not set \
+                 (e.g. postgres://postgres@127.0.0.1:5432/postgres)"
+            );
+            None
+        }
+    }
+}
+
+/// Creates an empty database named `clientele_test_<ulid>` and returns its URL.
+pub async fn fresh_postgres_database() -> Option<String> {
+    use sqlx::Connection;
+    let server = postgres_server_url()?;
+    let name = format!(
+        "clientele_test_{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let mut admin = sqlx::PgConnection::connect(&server)
+        .await
+        .expect("connect to CLIENTELE_TEST_POSTGRES_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create a test database");
+    let mut url = reqwest::Url::parse(&server).expect("CLIENTELE_TEST_POSTGRES_URL is a URL");
+    url.set_path(&name);
+    Some(url.to_string())
+}
+
+/// Runs each listed `async fn(TestHub)` as two tests: `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! hub_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::TestHub::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(hub) = $crate::TestHub::postgres().await {
+                        super::$name(hub).await;
+                    }
+                }
+            )*
+        }
+    };
+}
