@@ -270,15 +270,12 @@ impl CustomerWrite {
         }
     }
 
-    /// Binds the write to the key it is addressed by (`PUT /customers/{key}/{value}`): a body
-    /// without the key gets it, a body with the same value is fine, anything else is refused.
-    pub fn bind_key(&mut self, key: CustomerKey, value: &str) -> Result<(), ValidationErrors> {
+    /// Checks a write addressed by a key (`PUT /customers/{key}/{value}`) against the path: a
+    /// body without the key or with the same value is fine, anything else is refused.
+    pub fn bind_key(&self, key: CustomerKey, value: &str) -> Result<(), ValidationErrors> {
         let field = key.as_str();
-        match self.key_mut(key) {
-            slot @ Patch::Absent => {
-                *slot = Patch::Value(value.to_owned());
-                Ok(())
-            }
+        match self.key(key) {
+            Patch::Absent => Ok(()),
             Patch::Value(given) if key.normalize(given) == key.normalize(value) => Ok(()),
             Patch::Value(_) => Err(ValidationErrors::single(
                 field,
@@ -291,6 +288,16 @@ impl CustomerWrite {
                 format!("cannot clear the {field} the customer is addressed by"),
             )),
         }
+    }
+
+    /// The write that creates the customer an upsert on `key` found missing: the key's value
+    /// comes from the upsert when the body does not carry it.
+    pub fn for_upsert_create(&self, key: CustomerKey, value: &str) -> Option<CustomerWrite> {
+        self.key(key).is_absent().then(|| {
+            let mut write = self.clone();
+            *write.key_mut(key) = Patch::Value(value.to_owned());
+            write
+        })
     }
 
     /// The value of the key an upsert matches on, which the body must carry.

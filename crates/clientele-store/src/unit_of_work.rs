@@ -58,13 +58,19 @@ async fn write_in(
         }
     }
 
+    // An upsert that creates takes its key from the target when the body leaves it out.
+    let filled = match (&command.target, &stored) {
+        (WriteTarget::Upsert(key, value), None) => command.write.for_upsert_create(*key, value),
+        _ => None,
+    };
+    let write = filled.as_ref().unwrap_or(&command.write);
     let applied = {
         let ctx = ApplyContext {
             now: Timestamp::now(),
             directory: &EmptyDirectory,
             password: command.password_hash.clone().map(|_| ()),
         };
-        apply(&ctx, stored.as_ref().map(|s| &s.customer), &command.write)
+        apply(&ctx, stored.as_ref().map(|s| &s.customer), write)
     };
     let next = match applied? {
         Applied::Unchanged => {

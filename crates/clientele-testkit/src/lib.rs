@@ -190,6 +190,94 @@ impl Drop for TestHub {
     }
 }
 
+/// A response read whole: status, headers and the JSON body (`Null` when empty or not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends a request and reads the whole response.
+pub async fn call(request: RequestBuilder) -> Reply {
+    let response = request.send().await.expect("send the request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("read the body");
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Asserts that `reply` is an RFC 9457 problem with this HTTP status and `code`: content type
+/// `application/problem+json` and a body with a `type`, a `title`, a `detail`, the `code` and a
+/// `status` equal to the HTTP status.
+#[track_caller]
+pub fn assert_problem(reply: &Reply, status: u16, code: &str) {
+    assert_eq!(reply.status, status, "status of {reply:?}");
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json"),
+        "content type of {reply:?}"
+    );
+    let body = &reply.body;
+    for member in ["type", "title", "detail"] {
+        assert!(
+            body[member].as_str().is_some_and(|s| !s.is_empty()),
+            "a problem needs a non-empty {member}: {body}"
+        );
+    }
+    assert_eq!(body["status"], json!(status), "problem status: {body}");
+    assert_eq!(body["code"], json!(code), "problem code: {body}");
+}
+
+/// The `(field, code)` pairs of a problem's `errors`, in order.
+pub fn field_errors(reply: &Reply) -> Vec<(String, String)> {
+    reply.body["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| {
+                    (
+                        e["field"].as_str().unwrap_or_default().to_owned(),
+                        e["code"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Asserts that `reply` is a 422 `validation_failed` problem naming exactly these
+/// `(field, code)` errors, in this order, each with a message.
+#[track_caller]
+pub fn assert_invalid(reply: &Reply, expected: &[(&str, &str)]) {
+    assert_problem(reply, 422, "validation_failed");
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(field, code)| ((*field).to_owned(), (*code).to_owned()))
+        .collect();
+    assert_eq!(field_errors(reply), expected, "field errors of {}", reply.body);
+    let errors = reply.body["errors"].as_array().cloned().unwrap_or_default();
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["message"].as_str().is_some_and(|m| !m.is_empty())),
+        "every field error needs a message: {}",
+        reply.body
+    );
+}
+
 /// The server URL for PostgreSQL tests, if configured; panics under CI when it is not.
 pub fn postgres_server_url() -> Option<String> {
     match std::env::var("CLIENTELE_TEST_POSTGRES_URL") {

@@ -165,7 +165,7 @@ async fn put_customer_by_key(
     caller: Caller,
     Path((key, value)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
-    StrictJson(mut write): StrictJson<CustomerWrite>,
+    StrictJson(write): StrictJson<CustomerWrite>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Write)?;
     let KeyPath(key, value) = by_key(&key, value)?;

@@ -1261,32 +1261,38 @@ fn a_password_write_always_counts_as_a_change() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn bind_key_fills_in_or_checks_the_key() {
-    let mut absent = CustomerWrite::default();
+fn bind_key_accepts_an_absent_or_equal_key() {
+    let absent = CustomerWrite::default();
     assert_eq!(absent.bind_key(CustomerKey::ExternalId, "ext-1"), Ok(()));
-    assert_eq!(absent.external_id, Patch::Value("ext-1".to_owned()));
-    assert_eq!(absent.email, Patch::Absent);
-
-    let mut same = write(json!({"username": "ann"}));
+    let same = write(json!({"username": "ann"}));
     assert_eq!(same.bind_key(CustomerKey::Username, "ann"), Ok(()));
-    assert_eq!(same.username, Patch::Value("ann".to_owned()));
-
-    let mut email = write(json!({"email": "Ann@Example.com"}));
+    let email = write(json!({"email": "Ann@Example.com"}));
     assert_eq!(
         email.bind_key(CustomerKey::Email, "ann@example.COM"),
         Ok(())
     );
-    assert_eq!(
-        email.email,
-        Patch::Value("Ann@Example.com".to_owned()),
-        "the body's spelling is kept"
+}
+
+#[test]
+fn an_upsert_create_takes_the_key_only_when_the_body_lacks_it() {
+    let absent = CustomerWrite::default();
+    let filled = absent
+        .for_upsert_create(CustomerKey::ExternalId, "ext-1")
+        .expect("filled");
+    assert_eq!(filled.external_id, Patch::Value("ext-1".to_owned()));
+    assert_eq!(filled.email, Patch::Absent);
+    let given = write(json!({"email": "Ann@Example.com"}));
+    assert!(
+        given
+            .for_upsert_create(CustomerKey::Email, "ann@example.com")
+            .is_none()
     );
 }
 
 #[test]
 fn bind_key_refuses_a_different_or_null_key() {
     let mismatch = |body: Value, key: CustomerKey, value: &str| {
-        let mut w = write(body);
+        let w = write(body);
         match w.bind_key(key, value) {
             Err(e) => {
                 e.0.into_iter()
