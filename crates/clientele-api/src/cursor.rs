@@ -50,7 +50,8 @@ pub fn decode(text: &str, order: SortOrder) -> Result<Cursor, ApiError> {
     }
     let key = match (wire.time, wire.text) {
         (Some(t), None) => SortKey::Time(t),
-        (None, Some(t)) => SortKey::Text(t),
+        // Sort keys come from stored last names, which never hold NUL (nor may a query).
+        (None, Some(t)) if !t.contains('\0') => SortKey::Text(t),
         _ => return Err(invalid()),
     };
     let expected_text = order == SortOrder::LastNameAsc;

@@ -238,3 +238,20 @@ mod tests {
         assert_eq!(error_of("[]").code, ErrorCode::ValidationFailed);
     }
 }
+
+/// Sync items are parsed one by one from raw JSON slices of the envelope.
+#[cfg(test)]
+mod raw_items {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        items: Vec<Box<serde_json::value::RawValue>>,
+    }
+
+    #[test]
+    fn raw_items_pass_through_the_strict_parser_untouched() {
+        let parsed: Envelope = super::parse_json(br#"{"items":[{"a":1}, [2], "x"]}"#)
+            .unwrap_or_else(|e| panic!("{:?}", e.detail));
+        assert_eq!(parsed.items[0].get(), r#"{"a":1}"#);
+        assert_eq!(parsed.items.len(), 3);
+    }
+}

@@ -4,10 +4,12 @@
 pub mod auth;
 mod cursor;
 pub mod extract;
+pub mod idempotency;
 mod metrics;
 mod openapi;
 pub mod password;
 pub mod problem;
+pub mod response;
 mod routes;
 pub mod secrets;
 mod state;
@@ -42,6 +44,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::customers::router())
+        .merge(routes::sync::router())
         .merge(routes::api_keys::router())
         .merge(routes::ops::router())
 }
@@ -65,6 +68,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(ErrorCode::MethodNotAllowed, "this endpoint does not take this method")
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::middleware))
         // Bodies are read by `StrictJson` with the configured limit; lift axum's own default.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

@@ -40,6 +40,10 @@ error_codes! {
     RouteNotFound => NOT_FOUND, "route_not_found", "No such endpoint";
     MethodNotAllowed => METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed on this endpoint";
     DuplicateKey => CONFLICT, "duplicate_key", "Another customer already has this key";
+    IdempotencyInFlight => CONFLICT, "idempotency_in_flight", "A request with this Idempotency-Key is still running";
+    IdempotencyKeyReused => UNPROCESSABLE_ENTITY, "idempotency_key_reused", "The Idempotency-Key was used with a different request";
+    TooManyItems => PAYLOAD_TOO_LARGE, "too_many_items", "Too many items in one request";
+    SyncFailed => UNPROCESSABLE_ENTITY, "sync_failed", "An atomic sync had failing items; nothing was applied";
     VersionConflict => PRECONDITION_FAILED, "version_conflict", "The stored version differs from the expected one";
     PayloadTooLarge => PAYLOAD_TOO_LARGE, "payload_too_large", "The request body is too large";
     UnsupportedMediaType => UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "The body must be application/json";
@@ -121,9 +125,15 @@ impl From<ValidationErrors> for ApiError {
 
 impl From<DomainError> for ApiError {
     fn from(error: DomainError) -> Self {
+        ApiError::from(&error)
+    }
+}
+
+impl From<&DomainError> for ApiError {
+    fn from(error: &DomainError) -> Self {
         match error {
             DomainError::NotFound => ApiError::not_found(),
-            DomainError::DuplicateKey(key) => ApiError {
+            &DomainError::DuplicateKey(key) => ApiError {
                 code: ErrorCode::DuplicateKey,
                 detail: format!("another customer already has this {key}"),
                 errors: vec![FieldError {
@@ -132,11 +142,11 @@ impl From<DomainError> for ApiError {
                     message: format!("{key} must be unique"),
                 }],
             },
-            DomainError::VersionConflict { expected, actual } => ApiError::new(
+            &DomainError::VersionConflict { expected, actual } => ApiError::new(
                 ErrorCode::VersionConflict,
                 format!("expected version {expected}, the stored version is {actual}"),
             ),
-            DomainError::Validation(errors) => ApiError::invalid(errors),
+            DomainError::Validation(errors) => ApiError::invalid(errors.clone()),
             DomainError::Unavailable(source) => {
                 tracing::warn!(error = %source, "storage unavailable");
                 ApiError::new(

@@ -11,6 +11,7 @@ pub mod id;
 pub mod iso;
 pub mod patch;
 pub mod store;
+pub mod sync;
 pub mod timestamp;
 pub mod validation;
 pub mod write;
@@ -21,8 +22,9 @@ pub use error::DomainError;
 pub use id::{ApiKeyId, CustomerId};
 pub use patch::Patch;
 pub use store::{
-    ChangeKind, Cursor, CustomerDoc, ListQuery, Locator, Page, PoolStats, SortKey, SortOrder,
-    Store, WriteCommand, WriteOutcome, WriteTarget,
+    ChangeKind, ClaimOutcome, Completion, Cursor, CustomerDoc, IdempotencyClaim, ListQuery,
+    Locator, Page, PoolStats, SortKey, SortOrder, Store, StoredResponse, WriteCommand,
+    WriteOutcome, WriteTarget,
 };
 pub use timestamp::Timestamp;
 pub use validation::{FieldError, ValidationErrors};

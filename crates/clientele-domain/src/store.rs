@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 
+use crate::sync::{SyncBatch, SyncReport};
 use crate::{
     ApiKey, ApiKeyId, Customer, CustomerId, CustomerKey, CustomerWrite, DomainError, NewApiKey,
     Patch, Timestamp,
@@ -154,13 +155,91 @@ pub struct PoolStats {
     pub idle: u32,
 }
 
+/// A request's hold on an `Idempotency-Key` (per API key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyClaim {
+    pub api_key: ApiKeyId,
+    pub key: String,
+    /// A hash of method, path and body: the same key with another request is refused.
+    pub fingerprint: Vec<u8>,
+    pub at: Timestamp,
+}
+
+/// What claiming an idempotency key found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The key is this request's now: run it.
+    Claimed,
+    /// The same request ran before: answer with its response.
+    Replay(StoredResponse),
+    /// The same request is still running.
+    InFlight,
+    /// The key was used with a different request.
+    Reused,
+}
+
+/// A response as recorded for replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
+/// After this long a claim whose request never finished (its process died) may be taken over.
+pub const IDEMPOTENCY_LEASE_MICROS: i64 = 10 * 60 * 1_000_000;
+
+/// Completes an idempotency claim in the transaction of the write it answers for, so a write
+/// is never committed without the response a retry will replay.
+pub struct Completion<'a, T> {
+    pub claim: &'a IdempotencyClaim,
+    pub render: &'a (dyn Fn(&T) -> StoredResponse + Send + Sync),
+}
+
+impl<T> Clone for Completion<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Completion<'_, T> {}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates, upserts or updates one customer and records the change in the same transaction.
     async fn write_customer(
         &self,
         command: WriteCommand,
+        completion: Option<Completion<'_, (WriteOutcome, Customer)>>,
     ) -> Result<(WriteOutcome, Customer), DomainError>;
+
+    /// Applies a sync batch in one transaction (nothing at all when it is atomic and an item
+    /// failed).
+    async fn sync_customers(
+        &self,
+        batch: &SyncBatch,
+        completion: Option<Completion<'_, SyncReport>>,
+    ) -> Result<SyncReport, DomainError>;
+
+    async fn claim_idempotency(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<ClaimOutcome, DomainError>;
+
+    /// Records the response of a claimed request that wrote nothing (a refusal).
+    async fn complete_idempotency(
+        &self,
+        claim: &IdempotencyClaim,
+        response: &StoredResponse,
+    ) -> Result<(), DomainError>;
+
+    /// Gives up a claim (the request failed on the server side and may be retried).
+    async fn release_idempotency(&self, claim: &IdempotencyClaim) -> Result<(), DomainError>;
+
+    /// Forgets idempotency keys claimed before `before`; returns how many.
+    async fn purge_idempotency(&self, before: Timestamp) -> Result<u64, DomainError>;
 
     async fn get_customer(&self, locator: &Locator) -> Result<Option<CustomerDoc>, DomainError>;
 
@@ -169,6 +248,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         locator: &Locator,
         expected_version: Option<i64>,
+        completion: Option<Completion<'_, ()>>,
     ) -> Result<(), DomainError>;
 
     async fn list_customers(&self, query: &ListQuery) -> Result<Page, DomainError>;

@@ -57,7 +57,14 @@ pub const MAX_KEY: usize = 255;
 pub const MAX_ITEMS: usize = 1_000;
 
 pub(crate) fn check_text(errors: &mut ValidationErrors, field: &str, value: &str, max: usize) {
-    if value.chars().count() > max {
+    if value.contains('\0') {
+        // PostgreSQL text cannot hold NUL, SQLite can: refused on both, so they agree.
+        errors.push(
+            field,
+            "invalid_characters",
+            "must not contain NUL characters",
+        );
+    } else if value.chars().count() > max {
         errors.push(field, "too_long", format!("at most {max} characters"));
     }
 }

@@ -116,6 +116,18 @@ pub struct CustomerWrite {
     #[schema(value_type = Option<String>, write_only)]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub password: Patch<String>,
+    /// Sync items only: the current value of the batch key, when the item changes the key itself.
+    #[schema(ignore)]
+    #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
+    pub match_value: Option<String>,
+    /// Sync items only: `true` deletes the item's customer.
+    #[schema(ignore)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete: Option<bool>,
+    /// Sync items only: the version the item applies to.
+    #[schema(ignore)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<i64>,
     /// Read-only response fields are accepted (so a customer read can be written back) and ignored.
     #[schema(value_type = Option<String>, read_only)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -274,6 +286,9 @@ impl CustomerWrite {
     /// body without the key or with the same value is fine, anything else is refused.
     pub fn bind_key(&self, key: CustomerKey, value: &str) -> Result<(), ValidationErrors> {
         let field = key.as_str();
+        let mut errors = ValidationErrors::default();
+        check_key(&mut errors, field, value);
+        errors.into_result()?;
         match self.key(key) {
             Patch::Absent => Ok(()),
             Patch::Value(given) if key.normalize(given) == key.normalize(value) => Ok(()),
@@ -300,10 +315,30 @@ impl CustomerWrite {
         })
     }
 
+    /// Refuses the sync-item directives (`match`, `delete`, `expected_version`) outside sync items.
+    pub fn reject_sync_directives(&self) -> Result<(), ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let given = [
+            ("match", self.match_value.is_some()),
+            ("delete", self.delete.is_some()),
+            ("expected_version", self.expected_version.is_some()),
+        ];
+        for (field, present) in given {
+            if present {
+                errors.push(field, "unknown_field", "only sync items take this field");
+            }
+        }
+        errors.into_result()
+    }
+
     /// The value of the key an upsert matches on, which the body must carry.
     pub fn required_key(&self, key: CustomerKey) -> Result<&str, ValidationErrors> {
         match self.key(key) {
-            Patch::Value(v) => Ok(v),
+            Patch::Value(v) => {
+                let mut errors = ValidationErrors::default();
+                check_key(&mut errors, key.as_str(), v);
+                errors.into_result().map(|()| v.as_str())
+            }
             _ => Err(ValidationErrors::single(
                 key.as_str(),
                 "required",

@@ -7,12 +7,239 @@ use clientele_domain::{DomainError, PoolStats};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use clientele_domain::sync::{ChangeRecord, StoredCustomer};
+use clientele_domain::{CustomerId, CustomerKey};
+use sqlx::Row;
+
 use crate::error::db_error;
-use crate::primitives::sql_primitives;
+use crate::primitives::{
+    BatchTx, CustomerRow, decode_id, key_column, sql_primitives, stored_customer,
+};
 use crate::sql_store::{Backend, SqlStore};
 use crate::{StoreConfig, StoreError};
 
 sql_primitives!(Postgres, lock = " FOR UPDATE");
+
+fn ids(ids: &[CustomerId]) -> Vec<String> {
+    ids.iter().map(ToString::to_string).collect()
+}
+
+/// The columns of customer rows as parallel arrays, for `UNNEST`.
+#[derive(Default)]
+struct Columns {
+    id: Vec<String>,
+    external_id: Vec<Option<String>>,
+    email_norm: Vec<Option<String>>,
+    username: Vec<Option<String>>,
+    last_name_sort: Vec<String>,
+    archived: Vec<bool>,
+    version: Vec<i64>,
+    created_at: Vec<i64>,
+    updated_at: Vec<i64>,
+    password_hash: Vec<Option<String>>,
+    doc: Vec<String>,
+}
+
+impl Columns {
+    fn of(rows: &[CustomerRow<'_>]) -> Self {
+        let mut columns = Columns::default();
+        for row in rows {
+            let c = row.customer;
+            columns.id.push(c.id.to_string());
+            columns.external_id.push(c.external_id.clone());
+            columns.email_norm.push(row.email_norm.clone());
+            columns.username.push(c.username.clone());
+            columns.last_name_sort.push(row.last_name_sort.clone());
+            columns.archived.push(c.archived);
+            columns.version.push(c.version);
+            columns.created_at.push(c.created_at.as_micros());
+            columns.updated_at.push(c.updated_at.as_micros());
+            columns
+                .password_hash
+                .push(row.password_hash.map(str::to_owned));
+            columns.doc.push(row.doc.to_owned());
+        }
+        columns
+    }
+}
+
+#[async_trait]
+impl BatchTx for Transaction<'static, Postgres> {
+    async fn load_many(
+        &mut self,
+        key: CustomerKey,
+        values: &[String],
+    ) -> Result<Vec<StoredCustomer>, DomainError> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT doc, password_hash FROM customers WHERE {} = ANY($1) ORDER BY id FOR UPDATE",
+            key_column(key)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(values)
+            .fetch_all(&mut **self)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                stored_customer(
+                    row.try_get(0).map_err(db_error)?,
+                    row.try_get(1).map_err(db_error)?,
+                )
+            })
+            .collect()
+    }
+
+    async fn owners(
+        &mut self,
+        key: CustomerKey,
+        values: &[String],
+    ) -> Result<Vec<(String, CustomerId)>, DomainError> {
+        let column = key_column(key);
+        let sql = format!("SELECT {column}, id FROM customers WHERE {column} = ANY($1)");
+        let rows = sqlx::query(&sql)
+            .bind(values)
+            .fetch_all(&mut **self)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(db_error)?,
+                    decode_id(row.try_get(1).map_err(db_error)?)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn delete_many(&mut self, list: &[CustomerId]) -> Result<(), DomainError> {
+        if list.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM customers WHERE id = ANY($1)")
+            .bind(ids(list))
+            .execute(&mut **self)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn clear_keys(&mut self, list: &[CustomerId]) -> Result<(), DomainError> {
+        if list.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE customers SET external_id = NULL, email_norm = NULL, username = NULL \
+             WHERE id = ANY($1)",
+        )
+        .bind(ids(list))
+        .execute(&mut **self)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn update_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let c = Columns::of(rows);
+        sqlx::query(
+            "UPDATE customers AS c SET external_id = u.external_id, email_norm = u.email_norm, \
+             username = u.username, last_name_sort = u.last_name_sort, archived = u.archived, \
+             version = u.version, updated_at = u.updated_at, password_hash = u.password_hash, \
+             doc = u.doc \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], \
+                         $7::int8[], $8::int8[], $9::text[], $10::text[]) \
+               AS u(id, external_id, email_norm, username, last_name_sort, archived, version, \
+                    updated_at, password_hash, doc) \
+             WHERE c.id = u.id",
+        )
+        .bind(c.id)
+        .bind(c.external_id)
+        .bind(c.email_norm)
+        .bind(c.username)
+        .bind(c.last_name_sort)
+        .bind(c.archived)
+        .bind(c.version)
+        .bind(c.updated_at)
+        .bind(c.password_hash)
+        .bind(c.doc)
+        .execute(&mut **self)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let c = Columns::of(rows);
+        sqlx::query(
+            "INSERT INTO customers (id, external_id, email_norm, username, last_name_sort, \
+             archived, version, created_at, updated_at, password_hash, doc) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                                  $6::bool[], $7::int8[], $8::int8[], $9::int8[], $10::text[], \
+                                  $11::text[])",
+        )
+        .bind(c.id)
+        .bind(c.external_id)
+        .bind(c.email_norm)
+        .bind(c.username)
+        .bind(c.last_name_sort)
+        .bind(c.archived)
+        .bind(c.version)
+        .bind(c.created_at)
+        .bind(c.updated_at)
+        .bind(c.password_hash)
+        .bind(c.doc)
+        .execute(&mut **self)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn record_changes(&mut self, changes: &[ChangeRecord]) -> Result<(), DomainError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut customer_id = Vec::with_capacity(changes.len());
+        let mut external_id = Vec::with_capacity(changes.len());
+        let mut kind = Vec::with_capacity(changes.len());
+        let mut version = Vec::with_capacity(changes.len());
+        let mut at = Vec::with_capacity(changes.len());
+        let mut customer = Vec::with_capacity(changes.len());
+        for change in changes {
+            customer_id.push(change.customer_id.to_string());
+            external_id.push(change.external_id.clone());
+            kind.push(change.kind.as_str());
+            version.push(change.version);
+            at.push(change.at.as_micros());
+            customer.push(change.customer.clone());
+        }
+        // WITH ORDINALITY keeps the batch's order in the sequence numbers.
+        sqlx::query(
+            "INSERT INTO changes (customer_id, external_id, kind, version, at, customer) \
+             SELECT customer_id, external_id, kind, version, at, customer \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[]) \
+               WITH ORDINALITY AS u(customer_id, external_id, kind, version, at, customer, n) \
+             ORDER BY n",
+        )
+        .bind(customer_id)
+        .bind(external_id)
+        .bind(kind)
+        .bind(version)
+        .bind(at)
+        .bind(customer)
+        .execute(&mut **self)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+}
 
 pub struct PostgresBackend {
     pool: PgPool,

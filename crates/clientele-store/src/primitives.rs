@@ -4,16 +4,11 @@
 //! only the sqlx types and the row lock differ, so one macro instantiates them per backend.
 
 use async_trait::async_trait;
+use clientele_domain::sync::{ChangeRecord, StoredCustomer};
 use clientele_domain::{
-    ApiKey, ApiKeyId, ChangeKind, Customer, CustomerDoc, CustomerId, DomainError, ListQuery,
-    Locator, NewApiKey, Page, Timestamp,
+    ApiKey, ApiKeyId, ChangeKind, Customer, CustomerDoc, CustomerId, CustomerKey, DomainError,
+    IdempotencyClaim, ListQuery, Locator, NewApiKey, Page, StoredResponse, Timestamp,
 };
-
-/// A customer as a transaction loads it: the domain state plus what is stored beside it.
-pub(crate) struct StoredCustomer {
-    pub customer: Customer,
-    pub password_hash: Option<String>,
-}
 
 /// The columns of one `customers` row.
 pub(crate) struct CustomerRow<'a> {
@@ -56,6 +51,52 @@ pub(crate) trait CustomerTx: Send {
     async fn delete(&mut self, id: CustomerId) -> Result<(), DomainError>;
     async fn record_change(&mut self, change: &ChangeRow<'_>) -> Result<(), DomainError>;
     async fn commit(self) -> Result<(), DomainError>;
+
+    /// Records the response of the claim's request, in this transaction.
+    async fn complete_idempotency(
+        &mut self,
+        claim: &IdempotencyClaim,
+        response: &StoredResponse,
+    ) -> Result<(), DomainError>;
+}
+
+/// The batch writes of a sync, where the backends differ most: SQLite runs cached prepared
+/// statements row by row inside the one transaction (cheap in-process); PostgreSQL sends each
+/// kind of write as one statement over arrays, so a batch costs a handful of round trips.
+#[async_trait]
+pub(crate) trait BatchTx: Send {
+    /// The customers holding these batch-key values (normalized), locked for the transaction
+    /// where the backend locks rows, in id order so concurrent batches cannot deadlock.
+    async fn load_many(
+        &mut self,
+        key: CustomerKey,
+        values: &[String],
+    ) -> Result<Vec<StoredCustomer>, DomainError>;
+
+    /// Which customers hold these values (normalized) of a unique key.
+    async fn owners(
+        &mut self,
+        key: CustomerKey,
+        values: &[String],
+    ) -> Result<Vec<(String, CustomerId)>, DomainError>;
+
+    async fn delete_many(&mut self, ids: &[CustomerId]) -> Result<(), DomainError>;
+
+    /// Clears the unique keys of these customers before their updates set them again.
+    async fn clear_keys(&mut self, ids: &[CustomerId]) -> Result<(), DomainError>;
+
+    async fn update_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError>;
+
+    async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError>;
+
+    async fn record_changes(&mut self, changes: &[ChangeRecord]) -> Result<(), DomainError>;
+}
+
+/// A stored idempotency record, as the claim logic needs it.
+pub(crate) struct ClaimRow {
+    pub fingerprint: Vec<u8>,
+    pub created_at: i64,
+    pub response: Option<StoredResponse>,
 }
 
 /// The reads, served from the pool outside write transactions.
@@ -77,6 +118,52 @@ pub(crate) trait Queries: Send + Sync {
     async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError>;
     async fn count_api_keys(&self) -> Result<i64, DomainError>;
     async fn ping(&self) -> Result<(), DomainError>;
+
+    /// Inserts a claim unless the key has a record; says whether it inserted.
+    async fn insert_claim(&self, claim: &IdempotencyClaim) -> Result<bool, DomainError>;
+    async fn load_claim(&self, claim: &IdempotencyClaim) -> Result<Option<ClaimRow>, DomainError>;
+    /// Replaces the record created at `created_at` with this claim; false if it changed since.
+    async fn take_over_claim(
+        &self,
+        claim: &IdempotencyClaim,
+        created_at: i64,
+    ) -> Result<bool, DomainError>;
+    async fn complete_claim(
+        &self,
+        claim: &IdempotencyClaim,
+        response: &StoredResponse,
+    ) -> Result<(), DomainError>;
+    async fn release_claim(&self, claim: &IdempotencyClaim) -> Result<(), DomainError>;
+    async fn purge_claims(&self, before: Timestamp) -> Result<u64, DomainError>;
+}
+
+pub(crate) const COMPLETE_CLAIM_SQL: &str = "UPDATE idempotency_keys SET response_status = $3, \
+     response_headers = $4, response_body = $5, completed_at = $6 \
+     WHERE api_key_id = $1 AND key = $2";
+
+pub(crate) fn encode_headers(response: &StoredResponse) -> String {
+    serde_json::to_string(&response.headers).unwrap_or_else(|_| "[]".to_owned())
+}
+
+pub(crate) fn decode_claim(
+    fingerprint: Vec<u8>,
+    created_at: i64,
+    status: Option<i32>,
+    headers: Option<String>,
+    body: Option<Vec<u8>>,
+) -> ClaimRow {
+    let response = status.map(|status| StoredResponse {
+        status: u16::try_from(status).unwrap_or(500),
+        headers: headers
+            .and_then(|h| serde_json::from_str(&h).ok())
+            .unwrap_or_default(),
+        body: body.unwrap_or_default(),
+    });
+    ClaimRow {
+        fingerprint,
+        created_at,
+        response,
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -93,13 +180,42 @@ pub(crate) enum KeyValue<'a> {
 
 /// The `WHERE` column a locator selects on, and the value to bind.
 pub(crate) fn locator_column(locator: &Locator) -> (&'static str, String) {
-    use clientele_domain::CustomerKey;
     match locator {
         Locator::Id(id) => ("id", id.to_string()),
-        Locator::Key(CustomerKey::ExternalId, v) => ("external_id", v.clone()),
-        Locator::Key(CustomerKey::Email, v) => ("email_norm", v.to_lowercase()),
-        Locator::Key(CustomerKey::Username, v) => ("username", v.clone()),
+        Locator::Key(key, value) => (key_column(*key), key.normalize(value)),
     }
+}
+
+/// The column holding a unique key's normalized value.
+pub(crate) fn key_column(key: CustomerKey) -> &'static str {
+    match key {
+        CustomerKey::ExternalId => "external_id",
+        CustomerKey::Email => "email_norm",
+        CustomerKey::Username => "username",
+    }
+}
+
+/// A change record borrowed for a single-row insert.
+pub(crate) fn change_row(change: &ChangeRecord) -> ChangeRow<'_> {
+    ChangeRow {
+        customer_id: change.customer_id,
+        external_id: change.external_id.as_deref(),
+        kind: change.kind,
+        version: change.version,
+        at: change.at,
+        customer: change.customer.as_deref(),
+    }
+}
+
+/// Decodes `(doc, password_hash)` rows.
+pub(crate) fn stored_customer(
+    doc: &str,
+    password_hash: Option<String>,
+) -> Result<StoredCustomer, DomainError> {
+    Ok(StoredCustomer {
+        customer: decode_customer(doc)?,
+        password_hash,
+    })
 }
 
 pub(crate) fn decode_customer(doc: &str) -> Result<Customer, DomainError> {
@@ -161,7 +277,7 @@ macro_rules! sql_primitives {
             async fn load(
                 &mut self,
                 locator: &clientele_domain::Locator,
-            ) -> Result<Option<$crate::primitives::StoredCustomer>, clientele_domain::DomainError>
+            ) -> Result<Option<clientele_domain::sync::StoredCustomer>, clientele_domain::DomainError>
             {
                 use sqlx::Row;
                 let (column, value) = $crate::primitives::locator_column(locator);
@@ -176,7 +292,7 @@ macro_rules! sql_primitives {
                     .map_err($crate::error::db_error)?;
                 row.map(|row| {
                     let doc: &str = row.try_get(0).map_err($crate::error::db_error)?;
-                    Ok($crate::primitives::StoredCustomer {
+                    Ok(clientele_domain::sync::StoredCustomer {
                         customer: $crate::primitives::decode_customer(doc)?,
                         password_hash: row.try_get(1).map_err($crate::error::db_error)?,
                     })
@@ -273,6 +389,24 @@ macro_rules! sql_primitives {
                 sqlx::Transaction::commit(self)
                     .await
                     .map_err($crate::error::db_error)
+            }
+
+            async fn complete_idempotency(
+                &mut self,
+                claim: &clientele_domain::IdempotencyClaim,
+                response: &clientele_domain::StoredResponse,
+            ) -> Result<(), clientele_domain::DomainError> {
+                sqlx::query($crate::primitives::COMPLETE_CLAIM_SQL)
+                    .bind(claim.api_key.to_string())
+                    .bind(&claim.key)
+                    .bind(i32::from(response.status))
+                    .bind($crate::primitives::encode_headers(response))
+                    .bind(&response.body)
+                    .bind(clientele_domain::Timestamp::now().as_micros())
+                    .execute(&mut **self)
+                    .await
+                    .map_err($crate::error::db_error)?;
+                Ok(())
             }
         }
 
@@ -497,6 +631,118 @@ macro_rules! sql_primitives {
                     .execute(self)
                     .await
                     .map(|_| ())
+                    .map_err($crate::error::db_error)
+            }
+
+            async fn insert_claim(
+                &self,
+                claim: &clientele_domain::IdempotencyClaim,
+            ) -> Result<bool, clientele_domain::DomainError> {
+                let done = sqlx::query(
+                    "INSERT INTO idempotency_keys (api_key_id, key, fingerprint, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (api_key_id, key) DO NOTHING",
+                )
+                .bind(claim.api_key.to_string())
+                .bind(&claim.key)
+                .bind(&claim.fingerprint)
+                .bind(claim.at.as_micros())
+                .execute(self)
+                .await
+                .map_err($crate::error::db_error)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn load_claim(
+                &self,
+                claim: &clientele_domain::IdempotencyClaim,
+            ) -> Result<Option<$crate::primitives::ClaimRow>, clientele_domain::DomainError> {
+                use sqlx::Row;
+                let row = sqlx::query(
+                    "SELECT fingerprint, created_at, response_status, response_headers, \
+                     response_body FROM idempotency_keys WHERE api_key_id = $1 AND key = $2",
+                )
+                .bind(claim.api_key.to_string())
+                .bind(&claim.key)
+                .fetch_optional(self)
+                .await
+                .map_err($crate::error::db_error)?;
+                row.map(|row| {
+                    let db = $crate::error::db_error;
+                    Ok($crate::primitives::decode_claim(
+                        row.try_get(0).map_err(db)?,
+                        row.try_get(1).map_err(db)?,
+                        row.try_get(2).map_err(db)?,
+                        row.try_get(3).map_err(db)?,
+                        row.try_get(4).map_err(db)?,
+                    ))
+                })
+                .transpose()
+            }
+
+            async fn take_over_claim(
+                &self,
+                claim: &clientele_domain::IdempotencyClaim,
+                created_at: i64,
+            ) -> Result<bool, clientele_domain::DomainError> {
+                let done = sqlx::query(
+                    "UPDATE idempotency_keys SET fingerprint = $3, created_at = $4, \
+                     completed_at = NULL, response_status = NULL, response_headers = NULL, \
+                     response_body = NULL WHERE api_key_id = $1 AND key = $2 AND created_at = $5",
+                )
+                .bind(claim.api_key.to_string())
+                .bind(&claim.key)
+                .bind(&claim.fingerprint)
+                .bind(claim.at.as_micros())
+                .bind(created_at)
+                .execute(self)
+                .await
+                .map_err($crate::error::db_error)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn complete_claim(
+                &self,
+                claim: &clientele_domain::IdempotencyClaim,
+                response: &clientele_domain::StoredResponse,
+            ) -> Result<(), clientele_domain::DomainError> {
+                sqlx::query($crate::primitives::COMPLETE_CLAIM_SQL)
+                    .bind(claim.api_key.to_string())
+                    .bind(&claim.key)
+                    .bind(i32::from(response.status))
+                    .bind($crate::primitives::encode_headers(response))
+                    .bind(&response.body)
+                    .bind(clientele_domain::Timestamp::now().as_micros())
+                    .execute(self)
+                    .await
+                    .map_err($crate::error::db_error)?;
+                Ok(())
+            }
+
+            async fn release_claim(
+                &self,
+                claim: &clientele_domain::IdempotencyClaim,
+            ) -> Result<(), clientele_domain::DomainError> {
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE api_key_id = $1 AND key = $2 \
+                     AND response_status IS NULL",
+                )
+                .bind(claim.api_key.to_string())
+                .bind(&claim.key)
+                .execute(self)
+                .await
+                .map_err($crate::error::db_error)?;
+                Ok(())
+            }
+
+            async fn purge_claims(
+                &self,
+                before: clientele_domain::Timestamp,
+            ) -> Result<u64, clientele_domain::DomainError> {
+                sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                    .bind(before.as_micros())
+                    .execute(self)
+                    .await
+                    .map(|done| done.rows_affected())
                     .map_err($crate::error::db_error)
             }
         }

@@ -7,13 +7,16 @@ use clientele_domain::{
     NewApiKey, Page, PoolStats, Store, Timestamp, WriteCommand, WriteOutcome,
 };
 
-use crate::primitives::{CustomerTx, KeyColumn, KeyValue, Queries};
+use clientele_domain::sync::{SyncBatch, SyncReport};
+use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredResponse};
+
+use crate::primitives::{BatchTx, CustomerTx, KeyColumn, KeyValue, Queries};
 use crate::unit_of_work;
 
 /// What a database backend provides: write transactions and pools to run queries on.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
-    type Tx: CustomerTx;
+    type Tx: CustomerTx + BatchTx;
     type Reader: Queries;
 
     const NAME: &'static str;
@@ -45,8 +48,40 @@ impl<B: Backend> Store for SqlStore<B> {
     async fn write_customer(
         &self,
         command: WriteCommand,
+        completion: Option<Completion<'_, (WriteOutcome, Customer)>>,
     ) -> Result<(WriteOutcome, Customer), DomainError> {
-        unit_of_work::write_customer(|| self.backend.begin_write(), &command).await
+        unit_of_work::write_customer(|| self.backend.begin_write(), &command, completion).await
+    }
+
+    async fn sync_customers(
+        &self,
+        batch: &SyncBatch,
+        completion: Option<Completion<'_, SyncReport>>,
+    ) -> Result<SyncReport, DomainError> {
+        unit_of_work::sync_customers(|| self.backend.begin_write(), batch, completion).await
+    }
+
+    async fn claim_idempotency(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<ClaimOutcome, DomainError> {
+        unit_of_work::claim_idempotency(self.backend.writes(), claim).await
+    }
+
+    async fn complete_idempotency(
+        &self,
+        claim: &IdempotencyClaim,
+        response: &StoredResponse,
+    ) -> Result<(), DomainError> {
+        self.backend.writes().complete_claim(claim, response).await
+    }
+
+    async fn release_idempotency(&self, claim: &IdempotencyClaim) -> Result<(), DomainError> {
+        self.backend.writes().release_claim(claim).await
+    }
+
+    async fn purge_idempotency(&self, before: Timestamp) -> Result<u64, DomainError> {
+        self.backend.writes().purge_claims(before).await
     }
 
     async fn get_customer(&self, locator: &Locator) -> Result<Option<CustomerDoc>, DomainError> {
@@ -57,9 +92,10 @@ impl<B: Backend> Store for SqlStore<B> {
         &self,
         locator: &Locator,
         expected_version: Option<i64>,
+        completion: Option<Completion<'_, ()>>,
     ) -> Result<(), DomainError> {
         let tx = self.backend.begin_write().await?;
-        unit_of_work::delete_customer(tx, locator, expected_version).await
+        unit_of_work::delete_customer(tx, locator, expected_version, completion).await
     }
 
     async fn list_customers(&self, query: &ListQuery) -> Result<Page, DomainError> {

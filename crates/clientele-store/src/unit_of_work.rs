@@ -1,22 +1,25 @@
-//! The write logic, once for both backends: load the stored customer, apply the domain rules,
-//! persist the new state and its change record in the same transaction.
+//! The write logic, once for both backends: load the stored customers, apply the domain rules,
+//! persist the new state, its change records and the idempotent response in one transaction.
 
+use clientele_domain::store::{IDEMPOTENCY_LEASE_MICROS, IDEMPOTENCY_TTL_MICROS};
+use clientele_domain::sync::{self, SyncBatch, SyncReport};
 use clientele_domain::write::{Applied, ApplyContext, EmptyDirectory, apply};
 use clientele_domain::{
-    ChangeKind, Customer, DomainError, Locator, Patch, Timestamp, WriteCommand, WriteOutcome,
-    WriteTarget,
+    ChangeKind, ClaimOutcome, Completion, Customer, DomainError, IdempotencyClaim, Locator, Patch,
+    Timestamp, WriteCommand, WriteOutcome, WriteTarget,
 };
 
-use crate::primitives::{ChangeRow, CustomerRow, CustomerTx};
+use crate::primitives::{BatchTx, ChangeRow, CustomerRow, CustomerTx, Queries};
 
-/// How often an upsert is retried when a concurrent transaction created the same key first.
-const UPSERT_RACE_RETRIES: usize = 3;
+/// How often a write is retried when a concurrent transaction took a key it needed first.
+const RACE_RETRIES: usize = 3;
 
 /// Runs one customer write in its own transaction. An upsert that loses a race to create the same
 /// key retries, and then finds and updates the row the winner created.
 pub(crate) async fn write_customer<Tx, F, Fut>(
     begin: F,
     command: &WriteCommand,
+    completion: Option<Completion<'_, (WriteOutcome, Customer)>>,
 ) -> Result<(WriteOutcome, Customer), DomainError>
 where
     Tx: CustomerTx,
@@ -28,11 +31,15 @@ where
         let mut tx = begin().await?;
         match write_in(&mut tx, command).await {
             Ok(result) => {
+                if let Some(completion) = completion {
+                    let response = (completion.render)(&result);
+                    tx.complete_idempotency(completion.claim, &response).await?;
+                }
                 tx.commit().await?;
                 return Ok(result);
             }
             Err(DomainError::DuplicateKey(clash))
-                if attempt < UPSERT_RACE_RETRIES
+                if attempt < RACE_RETRIES
                     && matches!(command.target, WriteTarget::Upsert(key, _) if key == clash) =>
             {
                 attempt += 1;
@@ -111,6 +118,7 @@ pub(crate) async fn delete_customer(
     mut tx: impl CustomerTx,
     locator: &Locator,
     expected_version: Option<i64>,
+    completion: Option<Completion<'_, ()>>,
 ) -> Result<(), DomainError> {
     let stored = tx.load(locator).await?.ok_or(DomainError::NotFound)?;
     let customer = &stored.customer;
@@ -132,5 +140,122 @@ pub(crate) async fn delete_customer(
         customer: None,
     })
     .await?;
+    if let Some(completion) = completion {
+        let response = (completion.render)(&());
+        tx.complete_idempotency(completion.claim, &response).await?;
+    }
     tx.commit().await
+}
+
+/// Applies a sync batch in one transaction: one load of the addressed customers, one lookup per
+/// other unique key, the pure plan, then batched writes. A key taken concurrently (possible on
+/// PostgreSQL) makes the whole batch retry, which then sees the winner's row.
+pub(crate) async fn sync_customers<Tx, F, Fut>(
+    begin: F,
+    batch: &SyncBatch,
+    completion: Option<Completion<'_, SyncReport>>,
+) -> Result<SyncReport, DomainError>
+where
+    Tx: CustomerTx + BatchTx,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Tx, DomainError>>,
+{
+    let addressed = batch.addressed_values();
+    let claimed = batch.claimed_values();
+    let mut attempt = 0;
+    loop {
+        let mut tx = begin().await?;
+        match sync_in(&mut tx, batch, &addressed, &claimed).await {
+            Ok(report) if !report.applied => return Ok(report),
+            Ok(report) => {
+                if let Some(completion) = completion {
+                    let response = (completion.render)(&report);
+                    tx.complete_idempotency(completion.claim, &response).await?;
+                }
+                tx.commit().await?;
+                return Ok(report);
+            }
+            Err(DomainError::DuplicateKey(_)) if attempt < RACE_RETRIES => attempt += 1,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+async fn sync_in<Tx: CustomerTx + BatchTx>(
+    tx: &mut Tx,
+    batch: &SyncBatch,
+    addressed: &[String],
+    claimed: &[(clientele_domain::CustomerKey, Vec<String>)],
+) -> Result<SyncReport, DomainError> {
+    let loaded = tx.load_many(batch.key, addressed).await?;
+    let mut owners = Vec::new();
+    for (key, values) in claimed {
+        for (value, id) in tx.owners(*key, values).await? {
+            owners.push((*key, value, id));
+        }
+    }
+    let plan = sync::plan(batch, loaded, &owners, Timestamp::now(), &EmptyDirectory);
+    let report = SyncReport {
+        applied: !(batch.atomic && plan.results.iter().any(|r| r.error.is_some())),
+        results: plan.results,
+    };
+    if !report.applied {
+        return Ok(report);
+    }
+    tx.delete_many(&plan.deletes).await?;
+    tx.clear_keys(&plan.rekeyed).await?;
+    tx.update_many(&rows(&plan.updates)).await?;
+    // Inserts in key order, so that concurrent batches creating the same keys queue on the
+    // unique index in the same order instead of deadlocking.
+    let mut inserts = rows(&plan.inserts);
+    inserts.sort_by(|a, b| a.customer.key(batch.key).cmp(&b.customer.key(batch.key)));
+    tx.insert_many(&inserts).await?;
+    tx.record_changes(&plan.changes).await?;
+    Ok(report)
+}
+
+fn rows(planned: &[sync::PlannedRow]) -> Vec<CustomerRow<'_>> {
+    planned
+        .iter()
+        .map(|p| {
+            CustomerRow::new(
+                &p.stored.customer,
+                p.stored.password_hash.as_deref(),
+                &p.doc,
+            )
+        })
+        .collect()
+}
+
+/// Claims an idempotency key: a new key is this request's; a finished one replays; one still
+/// running is in flight, unless its lease ran out (its process died), when this request takes
+/// it over; an expired one starts afresh.
+pub(crate) async fn claim_idempotency(
+    queries: &impl Queries,
+    claim: &IdempotencyClaim,
+) -> Result<ClaimOutcome, DomainError> {
+    for _ in 0..RACE_RETRIES {
+        if queries.insert_claim(claim).await? {
+            return Ok(ClaimOutcome::Claimed);
+        }
+        let Some(stored) = queries.load_claim(claim).await? else {
+            continue; // purged in between: try to insert again
+        };
+        let age = claim.at.as_micros() - stored.created_at;
+        let abandoned = stored.response.is_none() && age > IDEMPOTENCY_LEASE_MICROS;
+        if age > IDEMPOTENCY_TTL_MICROS || abandoned {
+            if queries.take_over_claim(claim, stored.created_at).await? {
+                return Ok(ClaimOutcome::Claimed);
+            }
+            continue;
+        }
+        if stored.fingerprint != claim.fingerprint {
+            return Ok(ClaimOutcome::Reused);
+        }
+        return Ok(match stored.response {
+            Some(response) => ClaimOutcome::Replay(response),
+            None => ClaimOutcome::InFlight,
+        });
+    }
+    Ok(ClaimOutcome::InFlight)
 }

@@ -267,7 +267,12 @@ pub fn assert_invalid(reply: &Reply, expected: &[(&str, &str)]) {
         .iter()
         .map(|(field, code)| ((*field).to_owned(), (*code).to_owned()))
         .collect();
-    assert_eq!(field_errors(reply), expected, "field errors of {}", reply.body);
+    assert_eq!(
+        field_errors(reply),
+        expected,
+        "field errors of {}",
+        reply.body
+    );
     let errors = reply.body["errors"].as_array().cloned().unwrap_or_default();
     assert!(
         errors

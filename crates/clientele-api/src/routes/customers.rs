@@ -15,11 +15,13 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, WriteCaller};
 use crate::cursor;
 use crate::extract::{IfMatch, StrictJson, StrictQuery, etag};
+use crate::idempotency::Idempotency;
 use crate::password;
 use crate::problem::{ApiError, Problem};
+use crate::response::Rendered;
 use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -58,16 +60,16 @@ struct CreateParams {
 )]
 async fn create_customer(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: WriteCaller,
+    idempotency: Idempotency,
     StrictQuery(params): StrictQuery<CreateParams>,
     StrictJson(write): StrictJson<CustomerWrite>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Write)?;
     let target = match params.upsert {
         Some(key) => WriteTarget::Upsert(key, write.required_key(key)?.to_owned()),
         None => WriteTarget::Create,
     };
-    write_customer(&state, target, write, None).await
+    write_customer(&state, &idempotency, target, write, None).await
 }
 
 /// Read a customer by its hub id.
@@ -103,13 +105,20 @@ async fn get_customer(
 )]
 async fn patch_customer(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: WriteCaller,
+    idempotency: Idempotency,
     Path(id): Path<String>,
     IfMatch(expected): IfMatch,
     StrictJson(write): StrictJson<CustomerWrite>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Write)?;
-    write_customer(&state, WriteTarget::Update(by_id(&id)?), write, expected).await
+    write_customer(
+        &state,
+        &idempotency,
+        WriteTarget::Update(by_id(&id)?),
+        write,
+        expected,
+    )
+    .await
 }
 
 /// Erase a customer.
@@ -121,16 +130,12 @@ async fn patch_customer(
 )]
 async fn delete_customer(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: WriteCaller,
+    idempotency: Idempotency,
     Path(id): Path<String>,
     IfMatch(expected): IfMatch,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Role::Write)?;
-    state
-        .store()
-        .delete_customer(&by_id(&id)?, expected)
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+    delete(&state, &idempotency, &by_id(&id)?, expected).await
 }
 
 /// Read a customer by `external_id`, `email` or `username`.
@@ -146,7 +151,7 @@ async fn get_customer_by_key(
     Path((key, value)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Read)?;
-    read_customer(&state, by_key(&key, value)?.into()).await
+    read_customer(&state, lookup_by_key(&key, value)?).await
 }
 
 /// Upsert the customer with this key value: 201 created, 200 updated or unchanged.
@@ -162,15 +167,22 @@ async fn get_customer_by_key(
 )]
 async fn put_customer_by_key(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: WriteCaller,
+    idempotency: Idempotency,
     Path((key, value)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
     StrictJson(write): StrictJson<CustomerWrite>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Write)?;
     let KeyPath(key, value) = by_key(&key, value)?;
     write.bind_key(key, &value)?;
-    write_customer(&state, WriteTarget::Upsert(key, value), write, expected).await
+    write_customer(
+        &state,
+        &idempotency,
+        WriteTarget::Upsert(key, value),
+        write,
+        expected,
+    )
+    .await
 }
 
 /// Change some fields of the customer with this key value.
@@ -186,14 +198,21 @@ async fn put_customer_by_key(
 )]
 async fn patch_customer_by_key(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: WriteCaller,
+    idempotency: Idempotency,
     Path((key, value)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
     StrictJson(write): StrictJson<CustomerWrite>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Write)?;
-    let locator = by_key(&key, value)?.into();
-    write_customer(&state, WriteTarget::Update(locator), write, expected).await
+    let locator = lookup_by_key(&key, value)?;
+    write_customer(
+        &state,
+        &idempotency,
+        WriteTarget::Update(locator),
+        write,
+        expected,
+    )
+    .await
 }
 
 /// Erase the customer with this key value.
@@ -205,14 +224,13 @@ async fn patch_customer_by_key(
 )]
 async fn delete_customer_by_key(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: WriteCaller,
+    idempotency: Idempotency,
     Path((key, value)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Role::Write)?;
-    let locator = by_key(&key, value)?.into();
-    state.store().delete_customer(&locator, expected).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let locator = lookup_by_key(&key, value)?;
+    delete(&state, &idempotency, &locator, expected).await
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -305,7 +323,6 @@ fn page_json(items: &[CustomerDoc], next_cursor: Option<&str>) -> String {
 }
 
 #[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct PasswordCheck {
     password: String,
 }
@@ -342,17 +359,41 @@ async fn verify_password(
     Ok(Json(PasswordVerdict { valid }))
 }
 
-/// Hashes the password (off the async threads), runs the write, and answers with the customer.
+/// Hashes the password (off the async threads), runs the write, and answers with the customer;
+/// an idempotency key is completed in the write's own transaction.
 async fn write_customer(
     state: &AppState,
+    idempotency: &Idempotency,
     target: WriteTarget,
     mut write: CustomerWrite,
     expected_version: Option<i64>,
 ) -> Result<Response, ApiError> {
-    let password_hash = match std::mem::take(&mut write.password) {
+    write.reject_sync_directives()?;
+    let password = std::mem::take(&mut write.password);
+    let command = WriteCommand {
+        target,
+        write,
+        password_hash: hash_password(password, "password").await?,
+        expected_version,
+    };
+    let render = |result: &(WriteOutcome, Customer)| written(result).to_stored();
+    let result = state
+        .store()
+        .write_customer(command, idempotency.completion(&render))
+        .await?;
+    idempotency.completed();
+    Ok(written(&result).into_response())
+}
+
+/// Checks and hashes a password given in a write (`field` names it in errors).
+pub(crate) async fn hash_password(
+    password: Patch<String>,
+    field: &str,
+) -> Result<Patch<String>, ApiError> {
+    Ok(match password {
         Patch::Value(plain) => {
             password::check_password(&plain)
-                .map_err(|reason| ApiError::field("password", "weak_password", reason))?;
+                .map_err(|reason| ApiError::field(field, "weak_password", reason))?;
             let hash = password::hash_password(plain).await.map_err(|e| {
                 tracing::error!(error = %e, "password hashing failed");
                 ApiError::new(crate::problem::ErrorCode::Internal, "internal error")
@@ -361,30 +402,36 @@ async fn write_customer(
         }
         Patch::Null => Patch::Null,
         Patch::Absent => Patch::Absent,
-    };
-    let command = WriteCommand {
-        target,
-        write,
-        password_hash,
-        expected_version,
-    };
-    let (outcome, customer) = state.store().write_customer(command).await?;
+    })
+}
+
+/// The answer to a customer write: 201 with `Location` when created, else 200; `ETag` always.
+fn written((outcome, customer): &(WriteOutcome, Customer)) -> Rendered {
     let status = match outcome {
         WriteOutcome::Created => StatusCode::CREATED,
         WriteOutcome::Updated | WriteOutcome::Unchanged => StatusCode::OK,
     };
-    let body = serde_json::to_string(&customer).map_err(|e| {
-        tracing::error!(error = %e, "encoding a customer failed");
-        ApiError::new(crate::problem::ErrorCode::Internal, "internal error")
-    })?;
-    let mut response = json_response(status, body);
-    set_etag(&mut response, customer.version);
-    if outcome == WriteOutcome::Created
-        && let Ok(location) = HeaderValue::from_str(&format!("/v1/customers/{}", customer.id))
-    {
-        response.headers_mut().insert(LOCATION, location);
+    let rendered = Rendered::serialize(status, customer).header(ETAG, etag(customer.version));
+    if *outcome == WriteOutcome::Created {
+        rendered.header(LOCATION, format!("/v1/customers/{}", customer.id))
+    } else {
+        rendered
     }
-    Ok(response)
+}
+
+async fn delete(
+    state: &AppState,
+    idempotency: &Idempotency,
+    locator: &Locator,
+    expected_version: Option<i64>,
+) -> Result<StatusCode, ApiError> {
+    let render = |(): &()| Rendered::empty(StatusCode::NO_CONTENT).to_stored();
+    state
+        .store()
+        .delete_customer(locator, expected_version, idempotency.completion(&render))
+        .await?;
+    idempotency.completed();
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn read_customer(state: &AppState, locator: Locator) -> Result<Response, ApiError> {
@@ -425,6 +472,17 @@ impl From<KeyPath> for Locator {
     fn from(KeyPath(key, value): KeyPath) -> Self {
         Locator::Key(key, value)
     }
+}
+
+/// The customer a key path names, for reads, updates and deletes. A value with control
+/// characters is no stored key (writes refuse them), so it names no customer: 404, without
+/// handing the database a value it may not accept (PostgreSQL text cannot hold NUL).
+fn lookup_by_key(key: &str, value: String) -> Result<Locator, ApiError> {
+    let path = by_key(key, value)?;
+    if path.1.chars().any(char::is_control) {
+        return Err(ApiError::not_found());
+    }
+    Ok(path.into())
 }
 
 fn by_key(key: &str, value: String) -> Result<KeyPath, ApiError> {

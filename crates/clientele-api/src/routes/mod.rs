@@ -3,3 +3,4 @@
 pub(crate) mod api_keys;
 pub(crate) mod customers;
 pub(crate) mod ops;
+pub(crate) mod sync;

@@ -1,0 +1,254 @@
+//! `Idempotency-Key` on POST, PUT, PATCH and DELETE: for 24 hours, per API key, a repeat of the
+//! same request (method, path and body) gets the first response again with
+//! `Idempotent-Replayed: true` and changes nothing; the key with another request is 422; a repeat
+//! while the first still runs is 409.
+//!
+//! The middleware claims the key in the database (so it holds across restarts and across hub
+//! processes) before the handler runs. Handlers whose success writes data record the response in
+//! the same transaction as the write ([`IdempotencyContext::completion`]), so a write is never
+//! committed without the response its retry replays. Refusals, which write nothing, are
+//! recorded afterwards here; server errors release the key so that the request may be retried.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredResponse, Timestamp};
+use sha2::{Digest, Sha256};
+
+use crate::auth::Caller;
+use crate::extract::read_body;
+use crate::problem::{ApiError, ErrorCode};
+use crate::response::replay;
+use crate::state::AppState;
+
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// Marks a stored body encrypted under the master key (it held a secret); never sent.
+const SEALED: &str = "x-clientele-sealed";
+const MAX_KEY_LENGTH: usize = 255;
+
+/// A response extension: the body carries a secret and is stored for replays only encrypted.
+#[derive(Clone, Copy, Debug)]
+pub struct SensitiveBody;
+
+/// The claimed key of the request being handled, for handlers to complete in their transaction.
+#[derive(Clone, Debug)]
+pub struct IdempotencyContext {
+    pub claim: IdempotencyClaim,
+    completed: Arc<AtomicBool>,
+}
+
+impl IdempotencyContext {
+    /// The completion to pass to the store; once the store succeeded with it, call
+    /// [`IdempotencyContext::completed`].
+    pub fn completion<'a, T>(
+        &'a self,
+        render: &'a (dyn Fn(&T) -> StoredResponse + Send + Sync),
+    ) -> Completion<'a, T> {
+        Completion {
+            claim: &self.claim,
+            render,
+        }
+    }
+
+    pub fn completed(&self) {
+        self.completed.store(true, Ordering::Release);
+    }
+}
+
+/// The idempotency context of the request, if it carries a claimed key.
+pub struct Idempotency(pub Option<IdempotencyContext>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Idempotency {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Idempotency(
+            parts.extensions.get::<IdempotencyContext>().cloned(),
+        ))
+    }
+}
+
+impl Idempotency {
+    /// The store completion for this request, rendering with `render`.
+    pub fn completion<'a, T>(
+        &'a self,
+        render: &'a (dyn Fn(&T) -> StoredResponse + Send + Sync),
+    ) -> Option<Completion<'a, T>> {
+        self.0.as_ref().map(|context| context.completion(render))
+    }
+
+    pub fn completed(&self) {
+        if let Some(context) = &self.0 {
+            context.completed();
+        }
+    }
+}
+
+pub(crate) async fn middleware(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mutating = matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    let Some(header) = request.headers().get(&IDEMPOTENCY_KEY).filter(|_| mutating) else {
+        return next.run(request).await;
+    };
+    let key = match header.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= MAX_KEY_LENGTH => key.to_owned(),
+        _ => {
+            return ApiError::new(
+                ErrorCode::InvalidHeader,
+                format!("Idempotency-Key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters"),
+            )
+            .into_response();
+        }
+    };
+    match claim_and_run(&state, key, request, next).await {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+async fn claim_and_run(
+    state: &AppState,
+    key: String,
+    request: Request,
+    next: Next,
+) -> Result<Response, Response> {
+    let (mut parts, body) = request.into_parts();
+    let caller = Caller::from_request_parts(&mut parts, state)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let bytes = read_body(body, state.config().max_body_bytes)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let claim = IdempotencyClaim {
+        api_key: caller.key.id,
+        key,
+        fingerprint: fingerprint(&parts, &bytes),
+        at: Timestamp::now(),
+    };
+    parts.extensions.insert(caller);
+    let store = state.store();
+    match store.claim_idempotency(&claim).await.map_err(problem)? {
+        ClaimOutcome::Replay(stored) => return Ok(replayed(state, stored)),
+        ClaimOutcome::InFlight => {
+            return Err(ApiError::new(
+                ErrorCode::IdempotencyInFlight,
+                "a request with this Idempotency-Key is still running; retry later",
+            )
+            .into_response());
+        }
+        ClaimOutcome::Reused => {
+            let mut error = ApiError::field(
+                "Idempotency-Key",
+                "idempotency_key_reused",
+                "this key was used with a different request (method, path or body)",
+            );
+            error.code = ErrorCode::IdempotencyKeyReused;
+            return Err(error.into_response());
+        }
+        ClaimOutcome::Claimed => {}
+    }
+
+    let context = IdempotencyContext {
+        claim,
+        completed: Arc::new(AtomicBool::new(false)),
+    };
+    parts.extensions.insert(context.clone());
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    if context.completed.load(Ordering::Acquire) {
+        return Ok(response);
+    }
+    if response.status().is_server_error() {
+        if let Err(error) = store.release_idempotency(&context.claim).await {
+            tracing::error!(error = %error, "releasing an idempotency key failed");
+        }
+        return Ok(response);
+    }
+    record(state, &context.claim, response).await
+}
+
+/// Stores a response the handler did not record itself (a refusal, or a write outside the
+/// customer tables), then returns it.
+async fn record(
+    state: &AppState,
+    claim: &IdempotencyClaim,
+    response: Response,
+) -> Result<Response, Response> {
+    let (parts, body) = response.into_parts();
+    let sensitive = parts.extensions.get::<SensitiveBody>().is_some();
+    let bytes = to_bytes(body, usize::MAX)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "internal error").into_response())?;
+    let mut headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != "x-request-id")
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    let stored_body = if sensitive {
+        headers.push((SEALED.to_owned(), "1".to_owned()));
+        state.master_key().encrypt(&bytes)
+    } else {
+        bytes.to_vec()
+    };
+    let stored = StoredResponse {
+        status: parts.status.as_u16(),
+        headers,
+        body: stored_body,
+    };
+    if let Err(error) = state.store().complete_idempotency(claim, &stored).await {
+        tracing::error!(error = %error, "recording an idempotent response failed");
+    }
+    Ok(Response::from_parts(parts, Body::from(bytes)))
+}
+
+fn replayed(state: &AppState, mut stored: StoredResponse) -> Response {
+    if let Some(position) = stored.headers.iter().position(|(name, _)| name == SEALED) {
+        stored.headers.remove(position);
+        match state.master_key().decrypt(&stored.body) {
+            Ok(body) => stored.body = body,
+            Err(_) => {
+                tracing::error!(
+                    "a sealed idempotent response does not decrypt under this master key"
+                );
+                return ApiError::new(ErrorCode::Internal, "internal error").into_response();
+            }
+        }
+    }
+    let mut response = replay(stored);
+    response
+        .headers_mut()
+        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    response
+}
+
+/// SHA-256 over method, path with query, and body.
+fn fingerprint(parts: &Parts, body: &[u8]) -> Vec<u8> {
+    let path = parts.uri.path_and_query().map_or("", |p| p.as_str());
+    let mut hash = Sha256::new();
+    hash.update(parts.method.as_str().as_bytes());
+    hash.update(b"\n");
+    hash.update(path.as_bytes());
+    hash.update(b"\n");
+    hash.update(body);
+    hash.finalize().to_vec()
+}
+
+fn problem(error: clientele_domain::DomainError) -> Response {
+    ApiError::from(error).into_response()
+}
