@@ -249,6 +249,22 @@ fn fingerprint(parts: &Parts, body: &[u8]) -> Vec<u8> {
     hash.finalize().to_vec()
 }
 
+/// Forgets idempotency keys older than their 24 hours, every `every`, until the process stops.
+pub async fn purge_expired(state: AppState, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        let cutoff = Timestamp::from_micros(
+            Timestamp::now().as_micros() - clientele_domain::store::IDEMPOTENCY_TTL_MICROS,
+        );
+        match state.store().purge_idempotency(cutoff).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "forgot expired idempotency keys"),
+            Err(error) => tracing::warn!(error = %error, "purging idempotency keys failed"),
+        }
+    }
+}
+
 fn problem(error: clientele_domain::DomainError) -> Response {
     ApiError::from(error).into_response()
 }

@@ -225,12 +225,15 @@ pub fn plan(
         },
         plan: Plan::default(),
     };
+    let mut row_of = HashMap::with_capacity(loaded.len());
     for stored in loaded {
-        set.add_row(stored, true);
+        let id = stored.customer.id;
+        row_of.insert(id, set.add_row(stored, true));
     }
     for (key, value, id) in owners {
-        let known = set.rows.iter().position(|r| r.stored.customer.id == *id);
-        let owner = known.map_or(Owner::Elsewhere(*id), Owner::Row);
+        let owner = row_of
+            .get(id)
+            .map_or(Owner::Elsewhere(*id), |row| Owner::Row(*row));
         set.owners.entry((*key, value.clone())).or_insert(owner);
     }
     for item in &batch.items {

@@ -92,6 +92,33 @@ impl BatchTx for Transaction<'static, Postgres> {
             .collect()
     }
 
+    async fn versions(
+        &mut self,
+        key: CustomerKey,
+        values: &[String],
+    ) -> Result<Vec<(CustomerId, i64)>, DomainError> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id, version FROM customers WHERE {} = ANY($1)",
+            key_column(key)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(values)
+            .fetch_all(&mut **self)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    decode_id(row.try_get(0).map_err(db_error)?)?,
+                    row.try_get(1).map_err(db_error)?,
+                ))
+            })
+            .collect()
+    }
+
     async fn owners(
         &mut self,
         key: CustomerKey,
@@ -271,6 +298,10 @@ impl Backend for PostgresBackend {
 
     async fn begin_write(&self) -> Result<Self::Tx, DomainError> {
         self.pool.begin().await.map_err(db_error)
+    }
+
+    async fn begin_snapshot(&self) -> Result<Option<Self::Tx>, DomainError> {
+        Ok(None)
     }
 
     fn reads(&self) -> &PgPool {

@@ -73,6 +73,14 @@ pub(crate) trait BatchTx: Send {
         values: &[String],
     ) -> Result<Vec<StoredCustomer>, DomainError>;
 
+    /// The ids and versions of the customers holding these batch-key values (normalized): what
+    /// an optimistic plan checks is still so.
+    async fn versions(
+        &mut self,
+        key: CustomerKey,
+        values: &[String],
+    ) -> Result<Vec<(CustomerId, i64)>, DomainError>;
+
     /// Which customers hold these values (normalized) of a unique key.
     async fn owners(
         &mut self,
@@ -192,18 +200,6 @@ pub(crate) fn key_column(key: CustomerKey) -> &'static str {
         CustomerKey::ExternalId => "external_id",
         CustomerKey::Email => "email_norm",
         CustomerKey::Username => "username",
-    }
-}
-
-/// A change record borrowed for a single-row insert.
-pub(crate) fn change_row(change: &ChangeRecord) -> ChangeRow<'_> {
-    ChangeRow {
-        customer_id: change.customer_id,
-        external_id: change.external_id.as_deref(),
-        kind: change.kind,
-        version: change.version,
-        at: change.at,
-        customer: change.customer.as_deref(),
     }
 }
 

@@ -24,6 +24,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// A transaction that may write (on SQLite: the one writer connection, `BEGIN IMMEDIATE`).
     async fn begin_write(&self) -> Result<Self::Tx, DomainError>;
 
+    /// A read-only snapshot to plan a sync batch in before taking the write lock, where writes
+    /// are serialized (SQLite); `None` where planning inside the write transaction is better
+    /// (PostgreSQL locks only the rows a batch touches).
+    async fn begin_snapshot(&self) -> Result<Option<Self::Tx>, DomainError>;
+
     /// The pool that serves reads.
     fn reads(&self) -> &Self::Reader;
 
@@ -58,7 +63,7 @@ impl<B: Backend> Store for SqlStore<B> {
         batch: &SyncBatch,
         completion: Option<Completion<'_, SyncReport>>,
     ) -> Result<SyncReport, DomainError> {
-        unit_of_work::sync_customers(|| self.backend.begin_write(), batch, completion).await
+        unit_of_work::sync_customers(&self.backend, batch, completion).await
     }
 
     async fn claim_idempotency(

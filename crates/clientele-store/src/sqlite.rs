@@ -15,8 +15,7 @@ use sqlx::Row;
 
 use crate::error::db_error;
 use crate::primitives::{
-    BatchTx, CustomerRow, CustomerTx, change_row, decode_id, key_column, sql_primitives,
-    stored_customer,
+    BatchTx, CustomerRow, decode_id, key_column, sql_primitives, stored_customer,
 };
 use crate::sql_store::{Backend, SqlStore};
 use crate::{SqliteSync, StoreConfig, StoreError};
@@ -59,6 +58,33 @@ impl BatchTx for Transaction<'static, Sqlite> {
             .collect()
     }
 
+    async fn versions(
+        &mut self,
+        key: CustomerKey,
+        values: &[String],
+    ) -> Result<Vec<(CustomerId, i64)>, DomainError> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id, version FROM customers WHERE {} IN (SELECT value FROM json_each($1))",
+            key_column(key)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(json_list(values))
+            .fetch_all(&mut **self)
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    decode_id(row.try_get(0).map_err(db_error)?)?,
+                    row.try_get(1).map_err(db_error)?,
+                ))
+            })
+            .collect()
+    }
+
     async fn owners(
         &mut self,
         key: CustomerKey,
@@ -84,46 +110,148 @@ impl BatchTx for Transaction<'static, Sqlite> {
     }
 
     async fn delete_many(&mut self, ids: &[CustomerId]) -> Result<(), DomainError> {
-        for id in ids {
-            CustomerTx::delete(self, *id).await?;
-        }
-        Ok(())
+        self.for_ids(
+            "DELETE FROM customers WHERE id IN (SELECT value FROM json_each($1))",
+            ids,
+        )
+        .await
     }
 
     async fn clear_keys(&mut self, ids: &[CustomerId]) -> Result<(), DomainError> {
-        for id in ids {
-            sqlx::query(
-                "UPDATE customers SET external_id = NULL, email_norm = NULL, username = NULL \
-                 WHERE id = $1",
-            )
-            .bind(id.to_string())
-            .execute(&mut **self)
-            .await
-            .map_err(db_error)?;
-        }
-        Ok(())
+        let sql = "UPDATE customers SET external_id = NULL, email_norm = NULL, username = NULL \
+                   WHERE id IN (SELECT value FROM json_each($1))";
+        self.for_ids(sql, ids).await
     }
 
     async fn update_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {
-        for row in rows {
-            CustomerTx::update(self, row).await?;
+        for chunk in chunks(rows) {
+            let sql = format!(
+                "WITH u(id, external_id, email_norm, username, last_name_sort, archived, version, \
+                 updated_at, password_hash, doc) AS (VALUES {}) \
+                 UPDATE customers SET external_id = u.external_id, email_norm = u.email_norm, \
+                 username = u.username, last_name_sort = u.last_name_sort, \
+                 archived = u.archived, version = u.version, updated_at = u.updated_at, \
+                 password_hash = u.password_hash, doc = u.doc \
+                 FROM u WHERE customers.id = u.id",
+                placeholders(chunk.len(), 10)
+            );
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                let c = row.customer;
+                query = query
+                    .bind(c.id.to_string())
+                    .bind(c.external_id.as_deref())
+                    .bind(row.email_norm.as_deref())
+                    .bind(c.username.as_deref())
+                    .bind(row.last_name_sort.as_str())
+                    .bind(c.archived)
+                    .bind(c.version)
+                    .bind(c.updated_at.as_micros())
+                    .bind(row.password_hash)
+                    .bind(row.doc);
+            }
+            query.execute(&mut **self).await.map_err(db_error)?;
         }
         Ok(())
     }
 
     async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {
-        for row in rows {
-            CustomerTx::insert(self, row).await?;
+        for chunk in chunks(rows) {
+            let sql = format!(
+                "INSERT INTO customers (id, external_id, email_norm, username, last_name_sort, \
+                 archived, version, created_at, updated_at, password_hash, doc) VALUES {}",
+                placeholders(chunk.len(), 11)
+            );
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                let c = row.customer;
+                query = query
+                    .bind(c.id.to_string())
+                    .bind(c.external_id.as_deref())
+                    .bind(row.email_norm.as_deref())
+                    .bind(c.username.as_deref())
+                    .bind(row.last_name_sort.as_str())
+                    .bind(c.archived)
+                    .bind(c.version)
+                    .bind(c.created_at.as_micros())
+                    .bind(c.updated_at.as_micros())
+                    .bind(row.password_hash)
+                    .bind(row.doc);
+            }
+            query.execute(&mut **self).await.map_err(db_error)?;
         }
         Ok(())
     }
 
     async fn record_changes(&mut self, changes: &[ChangeRecord]) -> Result<(), DomainError> {
-        for change in changes {
-            self.record_change(&change_row(change)).await?;
+        for chunk in chunks(changes) {
+            let sql = format!(
+                "INSERT INTO changes (customer_id, external_id, kind, version, at, customer) \
+                 VALUES {}",
+                placeholders(chunk.len(), 6)
+            );
+            let mut query = sqlx::query(&sql);
+            for change in chunk {
+                query = query
+                    .bind(change.customer_id.to_string())
+                    .bind(change.external_id.as_deref())
+                    .bind(change.kind.as_str())
+                    .bind(change.version)
+                    .bind(change.at.as_micros())
+                    .bind(change.customer.as_deref());
+            }
+            query.execute(&mut **self).await.map_err(db_error)?;
         }
         Ok(())
     }
+}
+
+/// Runs a statement whose `$1` is a JSON list of customer ids.
+trait ForIds {
+    async fn for_ids(&mut self, sql: &str, ids: &[CustomerId]) -> Result<(), DomainError>;
+}
+
+impl ForIds for Transaction<'static, Sqlite> {
+    async fn for_ids(&mut self, sql: &str, ids: &[CustomerId]) -> Result<(), DomainError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        sqlx::query(sql)
+            .bind(json_list(&ids))
+            .execute(&mut **self)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+}
+
+/// Rows per multi-row statement at most: 11 columns x 256 rows stays far below SQLite's
+/// 32,766 bound variables.
+const CHUNK: usize = 256;
+
+/// Splits rows into chunks of 256 and then powers of two, so that a batch of any size uses at
+/// most nine statement shapes, each prepared once per connection and cached.
+fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let size = if rows.len() >= CHUNK {
+            CHUNK
+        } else {
+            1 << rows.len().ilog2()
+        };
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}
+
+/// `(?, ?, ...), (?, ?, ...)`: `rows` groups of `columns` anonymous parameters.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let group = format!("({})", vec!["?"; columns].join(", "));
+    vec![group; rows].join(", ")
 }
 
 pub struct SqliteBackend {
@@ -179,6 +307,10 @@ impl Backend for SqliteBackend {
             .map_err(db_error)
     }
 
+    async fn begin_snapshot(&self) -> Result<Option<Self::Tx>, DomainError> {
+        self.readers.begin().await.map(Some).map_err(db_error)
+    }
+
     fn reads(&self) -> &SqlitePool {
         &self.readers
     }
@@ -192,5 +324,26 @@ impl Backend for SqliteBackend {
             size: self.readers.size() + self.writer.size(),
             idle: (self.readers.num_idle() + self.writer.num_idle()) as u32,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_every_row_in_few_shapes() {
+        for len in [0, 1, 2, 3, 255, 256, 257, 1000] {
+            let rows: Vec<usize> = (0..len).collect();
+            let sizes: Vec<usize> = chunks(&rows).map(<[usize]>::len).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), len);
+            assert!(
+                sizes.iter().all(|s| s.is_power_of_two() && *s <= CHUNK),
+                "{sizes:?}"
+            );
+            let flat: Vec<usize> = chunks(&rows).flatten().copied().collect();
+            assert_eq!(flat, rows, "order kept");
+        }
+        assert_eq!(placeholders(2, 3), "(?, ?, ?), (?, ?, ?)");
     }
 }

@@ -5,11 +5,12 @@ use clientele_domain::store::{IDEMPOTENCY_LEASE_MICROS, IDEMPOTENCY_TTL_MICROS};
 use clientele_domain::sync::{self, SyncBatch, SyncReport};
 use clientele_domain::write::{Applied, ApplyContext, EmptyDirectory, apply};
 use clientele_domain::{
-    ChangeKind, ClaimOutcome, Completion, Customer, DomainError, IdempotencyClaim, Locator, Patch,
-    Timestamp, WriteCommand, WriteOutcome, WriteTarget,
+    ChangeKind, ClaimOutcome, Completion, Customer, CustomerId, CustomerKey, DomainError,
+    IdempotencyClaim, Locator, Patch, Timestamp, WriteCommand, WriteOutcome, WriteTarget,
 };
 
 use crate::primitives::{BatchTx, ChangeRow, CustomerRow, CustomerTx, Queries};
+use crate::sql_store::Backend;
 
 /// How often a write is retried when a concurrent transaction took a key it needed first.
 const RACE_RETRIES: usize = 3;
@@ -147,27 +148,86 @@ pub(crate) async fn delete_customer(
     tx.commit().await
 }
 
+/// What a sync plan was computed from: the addressed customers and the owners of the claimed
+/// key values.
+struct Inputs {
+    loaded: Vec<sync::StoredCustomer>,
+    owners: Vec<(CustomerKey, String, CustomerId)>,
+}
+
+impl Inputs {
+    /// The facts a plan depends on, comparable with a later read.
+    fn observed(&self) -> Observed {
+        let mut versions: Vec<_> = self
+            .loaded
+            .iter()
+            .map(|s| (s.customer.id, s.customer.version))
+            .collect();
+        versions.sort_unstable();
+        let mut owners = self.owners.clone();
+        owners.sort_unstable();
+        Observed { versions, owners }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+struct Observed {
+    versions: Vec<(CustomerId, i64)>,
+    owners: Vec<(CustomerKey, String, CustomerId)>,
+}
+
 /// Applies a sync batch in one transaction: one load of the addressed customers, one lookup per
-/// other unique key, the pure plan, then batched writes. A key taken concurrently (possible on
+/// other unique key, the pure plan, then batched writes.
+///
+/// Where writes are serialized (SQLite), the batch is planned optimistically on a read snapshot
+/// first; under the write lock only the versions and owners it saw are checked again (index
+/// lookups), and it is planned afresh only if they moved. A key taken concurrently (possible on
 /// PostgreSQL) makes the whole batch retry, which then sees the winner's row.
-pub(crate) async fn sync_customers<Tx, F, Fut>(
-    begin: F,
+pub(crate) async fn sync_customers<B: Backend>(
+    backend: &B,
     batch: &SyncBatch,
     completion: Option<Completion<'_, SyncReport>>,
-) -> Result<SyncReport, DomainError>
-where
-    Tx: CustomerTx + BatchTx,
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<Tx, DomainError>>,
-{
+) -> Result<SyncReport, DomainError> {
     let addressed = batch.addressed_values();
     let claimed = batch.claimed_values();
+    let mut optimistic = match backend.begin_snapshot().await? {
+        Some(mut snapshot) => {
+            let inputs = read_inputs(&mut snapshot, batch, &addressed, &claimed).await?;
+            let observed = inputs.observed();
+            Some((observed, plan(batch, inputs)))
+        }
+        None => None,
+    };
     let mut attempt = 0;
     loop {
-        let mut tx = begin().await?;
-        match sync_in(&mut tx, batch, &addressed, &claimed).await {
-            Ok(report) if !report.applied => return Ok(report),
-            Ok(report) => {
+        let mut tx = backend.begin_write().await?;
+        let plan = match optimistic.take() {
+            Some((observed, plan))
+                if still_observed(&mut tx, batch, &addressed, &claimed, &observed).await? =>
+            {
+                plan
+            }
+            _ => plan(
+                batch,
+                read_inputs(&mut tx, batch, &addressed, &claimed).await?,
+            ),
+        };
+        let report = SyncReport {
+            applied: !(batch.atomic && plan.results.iter().any(|r| r.error.is_some())),
+            results: Vec::new(),
+        };
+        if !report.applied {
+            return Ok(SyncReport {
+                results: plan.results,
+                ..report
+            });
+        }
+        match write_plan(&mut tx, batch, &plan).await {
+            Ok(()) => {
+                let report = SyncReport {
+                    results: plan.results,
+                    ..report
+                };
                 if let Some(completion) = completion {
                     let response = (completion.render)(&report);
                     tx.complete_idempotency(completion.claim, &response).await?;
@@ -181,12 +241,12 @@ where
     }
 }
 
-async fn sync_in<Tx: CustomerTx + BatchTx>(
+async fn read_inputs<Tx: BatchTx>(
     tx: &mut Tx,
     batch: &SyncBatch,
     addressed: &[String],
-    claimed: &[(clientele_domain::CustomerKey, Vec<String>)],
-) -> Result<SyncReport, DomainError> {
+    claimed: &[(CustomerKey, Vec<String>)],
+) -> Result<Inputs, DomainError> {
     let loaded = tx.load_many(batch.key, addressed).await?;
     let mut owners = Vec::new();
     for (key, values) in claimed {
@@ -194,14 +254,46 @@ async fn sync_in<Tx: CustomerTx + BatchTx>(
             owners.push((*key, value, id));
         }
     }
-    let plan = sync::plan(batch, loaded, &owners, Timestamp::now(), &EmptyDirectory);
-    let report = SyncReport {
-        applied: !(batch.atomic && plan.results.iter().any(|r| r.error.is_some())),
-        results: plan.results,
-    };
-    if !report.applied {
-        return Ok(report);
+    Ok(Inputs { loaded, owners })
+}
+
+async fn still_observed<Tx: BatchTx>(
+    tx: &mut Tx,
+    batch: &SyncBatch,
+    addressed: &[String],
+    claimed: &[(CustomerKey, Vec<String>)],
+    observed: &Observed,
+) -> Result<bool, DomainError> {
+    let mut versions = tx.versions(batch.key, addressed).await?;
+    versions.sort_unstable();
+    if versions != observed.versions {
+        return Ok(false);
     }
+    let mut owners = Vec::new();
+    for (key, values) in claimed {
+        for (value, id) in tx.owners(*key, values).await? {
+            owners.push((*key, value, id));
+        }
+    }
+    owners.sort_unstable();
+    Ok(owners == observed.owners)
+}
+
+fn plan(batch: &SyncBatch, inputs: Inputs) -> sync::Plan {
+    sync::plan(
+        batch,
+        inputs.loaded,
+        &inputs.owners,
+        Timestamp::now(),
+        &EmptyDirectory,
+    )
+}
+
+async fn write_plan<Tx: CustomerTx + BatchTx>(
+    tx: &mut Tx,
+    batch: &SyncBatch,
+    plan: &sync::Plan,
+) -> Result<(), DomainError> {
     tx.delete_many(&plan.deletes).await?;
     tx.clear_keys(&plan.rekeyed).await?;
     tx.update_many(&rows(&plan.updates)).await?;
@@ -210,8 +302,7 @@ async fn sync_in<Tx: CustomerTx + BatchTx>(
     let mut inserts = rows(&plan.inserts);
     inserts.sort_by(|a, b| a.customer.key(batch.key).cmp(&b.customer.key(batch.key)));
     tx.insert_many(&inserts).await?;
-    tx.record_changes(&plan.changes).await?;
-    Ok(report)
+    tx.record_changes(&plan.changes).await
 }
 
 fn rows(planned: &[sync::PlannedRow]) -> Vec<CustomerRow<'_>> {

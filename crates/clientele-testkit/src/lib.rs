@@ -167,6 +167,16 @@ impl TestHub {
         self.request(Method::DELETE, path)
     }
 
+    /// `POST /v1/customers/sync` with this body, read whole.
+    pub async fn sync(&self, body: &Value) -> Reply {
+        call(self.post("/v1/customers/sync").json(body)).await
+    }
+
+    /// The number of rows in `table`, counted in the hub's database itself.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        count_rows(&self.database_url, table).await
+    }
+
     /// Creates a customer from `body`, asserting 201, and returns it.
     pub async fn create_customer(&self, body: Value) -> Value {
         let response = self
@@ -281,6 +291,77 @@ pub fn assert_invalid(reply: &Reply, expected: &[(&str, &str)]) {
         "every field error needs a message: {}",
         reply.body
     );
+}
+
+/// The number of rows in `table` of the SQLite or PostgreSQL database at `database_url`, read
+/// straight from the database (not through the hub).
+pub async fn count_rows(database_url: &str, table: &str) -> i64 {
+    let sql = format!("SELECT COUNT(*) FROM {table}");
+    if database_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(database_url)
+            .await
+            .expect("open the SQLite database");
+        let (count,): (i64,) = sqlx::query_as(&sql)
+            .fetch_one(&pool)
+            .await
+            .expect("count rows");
+        pool.close().await;
+        count
+    } else {
+        let pool = sqlx::PgPool::connect(database_url)
+            .await
+            .expect("open the PostgreSQL database");
+        let (count,): (i64,) = sqlx::query_as(&sql)
+            .fetch_one(&pool)
+            .await
+            .expect("count rows");
+        pool.close().await;
+        count
+    }
+}
+
+/// The first column of every row `sql` selects, as bytes (`None` for NULL): a `BLOB`/`BYTEA`
+/// column as stored, a text column as UTF-8. Read straight from the SQLite or PostgreSQL
+/// database at `database_url`.
+pub async fn column_bytes(database_url: &str, sql: &str) -> Vec<Option<Vec<u8>>> {
+    use sqlx::Row as _;
+    if database_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(database_url)
+            .await
+            .expect("open the SQLite database");
+        let rows = sqlx::query(sql).fetch_all(&pool).await.expect("query");
+        let values = rows
+            .iter()
+            .map(|row| {
+                row.try_get::<Option<Vec<u8>>, _>(0)
+                    .or_else(|_| {
+                        row.try_get::<Option<String>, _>(0)
+                            .map(|s| s.map(String::into_bytes))
+                    })
+                    .expect("a bytes or text column")
+            })
+            .collect();
+        pool.close().await;
+        values
+    } else {
+        let pool = sqlx::PgPool::connect(database_url)
+            .await
+            .expect("open the PostgreSQL database");
+        let rows = sqlx::query(sql).fetch_all(&pool).await.expect("query");
+        let values = rows
+            .iter()
+            .map(|row| {
+                row.try_get::<Option<Vec<u8>>, _>(0)
+                    .or_else(|_| {
+                        row.try_get::<Option<String>, _>(0)
+                            .map(|s| s.map(String::into_bytes))
+                    })
+                    .expect("a bytes or text column")
+            })
+            .collect();
+        pool.close().await;
+        values
+    }
 }
 
 /// The server URL for PostgreSQL tests, if configured; panics under CI when it is not.

@@ -104,6 +104,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Bootstrap::Nothing => {}
     }
 
+    tokio::spawn(clientele_api::idempotency::purge_expired(
+        state.clone(),
+        Duration::from_secs(600),
+    ));
+
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

@@ -1,8 +1,8 @@
 //! `/v1/api-keys`: admins create, list and revoke keys. A secret is shown once, at creation.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use clientele_domain::{ApiKey, ApiKeyId, Role, ValidationErrors};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{AdminCaller, new_api_key};
 use crate::extract::StrictJson;
+use crate::idempotency::SensitiveBody;
 use crate::problem::{ApiError, Problem};
 use crate::secrets::generate_secret;
 use crate::state::AppState;
@@ -79,7 +80,7 @@ async fn create_api_key(
     State(state): State<AppState>,
     _caller: AdminCaller,
     StrictJson(request): StrictJson<NewKeyRequest>,
-) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+) -> Result<(StatusCode, Extension<SensitiveBody>, Json<CreatedKey>), ApiError> {
     let mut errors = ValidationErrors::default();
     let name = request.name.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
@@ -108,8 +109,10 @@ async fn create_api_key(
     );
     state.store().insert_api_key(&new).await?;
     let view = KeyView::from(new.key);
+    // The body holds the secret: an idempotent replay keeps it only encrypted.
     Ok((
         StatusCode::CREATED,
+        Extension(SensitiveBody),
         Json(CreatedKey {
             id: view.id,
             secret,

@@ -1,0 +1,500 @@
+//! Operations and the HTTP frame: health, metrics, the OpenAPI document, problems for unknown
+//! routes, wrong methods, wrong media types and oversized bodies, and request ids.
+
+use std::collections::BTreeSet;
+
+use clientele_api::ApiConfig;
+use clientele_testkit::{Reply, TestHub, assert_problem, call, hub_tests};
+use serde_json::{Value, json};
+
+hub_tests!(
+    healthz_answers_without_credentials,
+    metrics_are_prometheus_text_by_route_template,
+    openapi_document_is_openapi_3_1,
+    openapi_documents_every_route,
+    documented_operations_are_served,
+    an_unknown_route_is_a_problem,
+    a_wrong_method_is_a_problem,
+    a_body_that_is_not_json_is_unsupported,
+    a_body_over_the_limit_is_refused,
+    every_response_carries_a_request_id,
+    a_given_request_id_is_echoed,
+);
+
+/// A well-formed customer id that no customer has.
+const MISSING_CUSTOMER: &str = "cus_01JD3Y6Q4X8K2M5N7P9R1T3V5W";
+
+/// Every problem in this file also has an absolute URI as its `type`.
+#[track_caller]
+fn assert_problem_here(reply: &Reply, status: u16, code: &str) {
+    assert_problem(reply, status, code);
+    let kind = reply.body["type"].as_str().unwrap_or_default();
+    assert!(
+        kind.contains(':') && !kind.contains(' '),
+        "type is a URI: {kind}"
+    );
+}
+
+async fn healthz_answers_without_credentials(hub: TestHub) {
+    let reply = call(hub.client.get(hub.url("/healthz"))).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(reply.body["status"], "ok");
+    let backend = match hub.backend {
+        clientele_testkit::Backend::Sqlite => "sqlite",
+        clientele_testkit::Backend::Postgres => "postgres",
+    };
+    assert_eq!(reply.body["database"], backend);
+
+    // Credentials, good or bad, do not matter to it.
+    let reply = call(
+        hub.client
+            .get(hub.url("/healthz"))
+            .bearer_auth("ck_not_a_real_secret"),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(call(hub.get("/healthz")).await.status, 200);
+}
+
+/// The value of the sample whose name is `name` and whose labels include all of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+async fn metrics_are_prometheus_text_by_route_template(hub: TestHub) {
+    let customer = hub.create_customer(json!({"first_name": "Ada"})).await;
+    let id = customer["id"].as_str().expect("id").to_owned();
+    for _ in 0..3 {
+        assert_eq!(
+            call(hub.get(&format!("/v1/customers/{id}"))).await.status,
+            200
+        );
+    }
+    let missing = call(hub.get(&format!("/v1/customers/{MISSING_CUSTOMER}"))).await;
+    assert_problem_here(&missing, 404, "not_found");
+    let unknown = call(hub.get("/v1/no-such-thing/12345")).await;
+    assert_problem_here(&unknown, 404, "route_not_found");
+
+    let response = hub
+        .client
+        .get(hub.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(response.status(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain"),
+        "Prometheus text format: {content_type}"
+    );
+    let text = response.text().await.expect("text");
+
+    assert!(
+        text.contains("# TYPE http_requests_total counter"),
+        "{text}"
+    );
+    let route = r#"route="/v1/customers/{id}""#;
+    assert_eq!(
+        sample(
+            &text,
+            "http_requests_total",
+            &[route, r#"method="GET""#, r#"status="200""#]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "http_requests_total",
+            &[route, r#"method="GET""#, r#"status="404""#]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "http_requests_total",
+            &[
+                r#"route="/v1/customers""#,
+                r#"method="POST""#,
+                r#"status="201""#
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE http_request_duration_seconds histogram"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "http_request_duration_seconds_bucket",
+            &[route, r#"method="GET""#, r#"le="+Inf""#]
+        ),
+        Some(4.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "http_request_duration_seconds_count",
+            &[route, r#"method="GET""#]
+        ),
+        Some(4.0),
+        "{text}"
+    );
+    let pool = sample(&text, "db_pool_connections", &[]).expect("db_pool_connections");
+    assert!(pool >= 1.0, "the pool has a connection: {text}");
+    assert!(text.contains("db_pool_idle_connections"), "{text}");
+
+    // Labels are route templates: no ids, no unknown paths (label cardinality stays bounded).
+    assert!(!text.contains(&id), "a customer id became a label: {text}");
+    assert!(!text.contains(MISSING_CUSTOMER), "{text}");
+    assert!(!text.contains("no-such-thing"), "{text}");
+}
+
+async fn openapi_json(hub: &TestHub) -> Value {
+    let reply = call(hub.client.get(hub.url("/openapi.json"))).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    reply.body
+}
+
+async fn openapi_document_is_openapi_3_1(hub: TestHub) {
+    let document = openapi_json(&hub).await;
+    let version = document["openapi"].as_str().expect("openapi");
+    assert!(version.starts_with("3.1"), "{version}");
+    assert!(
+        document["info"]["title"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
+    assert!(document["info"]["version"].is_string());
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for schema in ["Problem", "Customer", "FieldError"] {
+        assert!(
+            document["components"]["schemas"][schema].is_object(),
+            "schema {schema} is documented"
+        );
+    }
+    // The same document every time: generated from the code, not from the request.
+    assert_eq!(openapi_json(&hub).await, document);
+}
+
+/// Every route of the contract implemented so far, with the methods it takes.
+const ROUTES: &[(&str, &[&str])] = &[
+    ("/v1/customers", &["get", "post"]),
+    ("/v1/customers/{id}", &["get", "patch", "delete"]),
+    (
+        "/v1/customers/{key}/{value}",
+        &["get", "put", "patch", "delete"],
+    ),
+    ("/v1/customers/{id}/verify-password", &["post"]),
+    ("/v1/api-keys", &["get", "post"]),
+    ("/v1/api-keys/{id}", &["delete"]),
+    ("/healthz", &["get"]),
+    ("/metrics", &["get"]),
+];
+
+const HTTP_METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+async fn openapi_documents_every_route(hub: TestHub) {
+    let document = openapi_json(&hub).await;
+    let paths = document["paths"].as_object().expect("paths");
+    for (path, methods) in ROUTES {
+        let item = paths
+            .get(*path)
+            .unwrap_or_else(|| panic!("{path} is not documented"));
+        let documented: BTreeSet<&str> = item
+            .as_object()
+            .expect("a path item")
+            .keys()
+            .map(String::as_str)
+            .filter(|k| HTTP_METHODS.contains(k))
+            .collect();
+        for method in *methods {
+            assert!(
+                documented.contains(method),
+                "{method} {path} is not documented (documented: {documented:?})"
+            );
+            let operation = &item[*method];
+            let responses = operation["responses"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{method} {path} has no responses"));
+            assert!(
+                responses.keys().any(|s| s.starts_with('2')),
+                "{method} {path} documents no success"
+            );
+            if *path != "/healthz" && *path != "/metrics" {
+                assert!(
+                    responses.keys().any(|s| s.starts_with('4')),
+                    "{method} {path} documents no 4xx response: {:?}",
+                    responses.keys().collect::<Vec<_>>()
+                );
+                assert!(
+                    operation["security"].is_array(),
+                    "{method} {path} documents no security requirement"
+                );
+            }
+            // Path parameters are declared.
+            for param in path.split('/').filter(|s| s.starts_with('{')) {
+                let name = param.trim_matches(['{', '}']);
+                let declared = operation["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .chain(item["parameters"].as_array().into_iter().flatten())
+                    .any(|p| p["name"] == name && p["in"] == "path");
+                assert!(declared, "{method} {path} does not declare {name}");
+            }
+        }
+    }
+}
+
+async fn documented_operations_are_served(hub: TestHub) {
+    // The other way round: whatever the document promises, the server answers (not a 404
+    // route_not_found or a 405).
+    let document = openapi_json(&hub).await;
+    let paths = document["paths"].as_object().expect("paths");
+    assert!(paths.len() >= ROUTES.len());
+    for (path, item) in paths {
+        let concrete = path
+            .replace("{id}/", &format!("{MISSING_CUSTOMER}/"))
+            .replace("{key}", "external_id")
+            .replace("{value}", "nobody")
+            .replace("{id}", MISSING_CUSTOMER);
+        for method in item
+            .as_object()
+            .expect("a path item")
+            .keys()
+            .filter(|k| HTTP_METHODS.contains(&k.as_str()))
+        {
+            let method: reqwest::Method = method.to_uppercase().parse().expect("a method");
+            let reply = call(
+                hub.request(method.clone(), &concrete)
+                    .json(&json!({"password": "x"})),
+            )
+            .await;
+            assert_ne!(reply.status, 405, "{method} {concrete}: {:?}", reply.body);
+            assert_ne!(
+                reply.body["code"], "route_not_found",
+                "{method} {concrete}: {:?}",
+                reply.body
+            );
+            assert!(reply.status < 500, "{method} {concrete}: {:?}", reply.body);
+            if reply.status >= 400 {
+                let code = reply.body["code"].as_str().unwrap_or_default().to_owned();
+                assert_problem_here(&reply, reply.status, &code);
+            }
+        }
+    }
+}
+
+async fn an_unknown_route_is_a_problem(hub: TestHub) {
+    for path in [
+        "/",
+        "/v1",
+        "/v2/customers",
+        "/v1/customer",
+        "/v1/customers/external_id/A/extra",
+        "/openapi.yaml",
+    ] {
+        let reply = call(hub.get(path)).await;
+        assert_problem_here(&reply, 404, "route_not_found");
+        // Without credentials too: an unknown route is not a secret.
+        let reply = call(hub.client.get(hub.url(path))).await;
+        assert_problem_here(&reply, 404, "route_not_found");
+    }
+    // Customers are addressed by external_id, email or username only.
+    for path in ["/v1/customers/phone/123", "/v1/customers/id/x"] {
+        let reply = call(hub.get(path)).await;
+        assert_problem_here(&reply, 404, "route_not_found");
+        let reply = call(hub.put(path).json(&json!({}))).await;
+        assert_problem_here(&reply, 404, "route_not_found");
+    }
+    let reply = call(hub.post("/v1/nothing").json(&json!({}))).await;
+    assert_problem_here(&reply, 404, "route_not_found");
+}
+
+async fn a_wrong_method_is_a_problem(hub: TestHub) {
+    let attempts = [
+        hub.client.delete(hub.url("/healthz")),
+        hub.client.post(hub.url("/healthz")),
+        hub.client.post(hub.url("/metrics")),
+        hub.client.put(hub.url("/openapi.json")),
+        hub.put("/v1/customers"),
+        hub.delete("/v1/customers"),
+        hub.post(&format!("/v1/customers/{MISSING_CUSTOMER}")),
+        hub.get(&format!("/v1/customers/{MISSING_CUSTOMER}/verify-password")),
+        hub.delete("/v1/api-keys"),
+        hub.get("/v1/api-keys/key_01JD3Y6Q4X8K2M5N7P9R1T3V5W"),
+    ];
+    for request in attempts {
+        let reply = call(request).await;
+        assert_problem_here(&reply, 405, "method_not_allowed");
+    }
+}
+
+async fn a_body_that_is_not_json_is_unsupported(hub: TestHub) {
+    let customer = hub.create_customer(json!({"first_name": "Ada"})).await;
+    let path = format!("/v1/customers/{}", customer["id"].as_str().expect("id"));
+    let body = r#"{"first_name": "Grace"}"#;
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+    ] {
+        let attempts = [
+            hub.post("/v1/customers"),
+            hub.patch(&path),
+            hub.put("/v1/customers/external_id/P-1"),
+            hub.post("/v1/api-keys"),
+        ];
+        for request in attempts {
+            let reply = call(request.header("content-type", content_type).body(body)).await;
+            assert_problem_here(&reply, 415, "unsupported_media_type");
+        }
+    }
+    // Nothing was written.
+    let list = call(hub.get("/v1/customers")).await;
+    assert_eq!(list.body["data"].as_array().map(Vec::len), Some(1));
+    assert_eq!(list.body["data"][0]["first_name"], "Ada");
+
+    // JSON with a charset, or a +json type, is JSON.
+    let reply = call(
+        hub.patch(&path)
+            .header("content-type", "application/json; charset=utf-8")
+            .body(body),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["first_name"], "Grace");
+    let reply = call(
+        hub.patch(&path)
+            .header("content-type", "application/merge-patch+json")
+            .body(r#"{"last_name": "Hopper"}"#),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["last_name"], "Hopper");
+}
+
+async fn a_body_over_the_limit_is_refused(hub: TestHub) {
+    let small = TestHub::start(
+        hub.backend,
+        ApiConfig {
+            max_body_bytes: 1024,
+        },
+    )
+    .await
+    .expect("a second hub on the same backend");
+    let big = json!({"first_name": "Ada", "note": "n".repeat(2000)});
+    let fits = json!({"first_name": "Ada", "note": "n".repeat(900)});
+    assert!(serde_json::to_vec(&fits).expect("json").len() < 1024);
+
+    let reply = call(small.post("/v1/customers").json(&big)).await;
+    assert_problem_here(&reply, 413, "payload_too_large");
+    let reply = call(small.post("/v1/api-keys").json(&big)).await;
+    assert_problem_here(&reply, 413, "payload_too_large");
+    let reply = call(small.put("/v1/customers/external_id/P-1").json(&big)).await;
+    assert_problem_here(&reply, 413, "payload_too_large");
+    // A body far over the limit too.
+    let huge = json!({"note": "n".repeat(4 * 1024 * 1024)});
+    let reply = call(small.post("/v1/customers").json(&huge)).await;
+    assert_problem_here(&reply, 413, "payload_too_large");
+
+    let list = call(small.get("/v1/customers")).await;
+    assert_eq!(list.body["data"], json!([]), "nothing was written");
+    let reply = call(small.post("/v1/customers").json(&fits)).await;
+    assert_eq!(reply.status, 201, "a body under the limit: {}", reply.body);
+
+    // The default limit takes the same body.
+    let reply = call(hub.post("/v1/customers").json(&big)).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+}
+
+async fn every_response_carries_a_request_id(hub: TestHub) {
+    let customer = hub.create_customer(json!({"first_name": "Ada"})).await;
+    let path = format!("/v1/customers/{}", customer["id"].as_str().expect("id"));
+    let requests = [
+        hub.client.get(hub.url("/healthz")),
+        hub.client.get(hub.url("/metrics")),
+        hub.client.get(hub.url("/openapi.json")),
+        hub.get(&path),
+        hub.post("/v1/customers")
+            .json(&json!({"first_name": "Grace"})),
+        hub.delete(&path),
+        hub.get(&path),
+        hub.client.get(hub.url("/v1/customers")),
+        hub.post("/v1/customers").json(&json!({"frist_name": "x"})),
+        hub.post("/v1/customers")
+            .header("content-type", "application/json")
+            .body("{"),
+        hub.get("/v1/nowhere"),
+        hub.client.delete(hub.url("/healthz")),
+        hub.post("/v1/customers")
+            .header("content-type", "text/plain")
+            .body("x"),
+    ];
+    let mut ids = BTreeSet::new();
+    for request in requests {
+        let reply = call(request).await;
+        let id = reply
+            .header("x-request-id")
+            .unwrap_or_else(|| panic!("no x-request-id on a {} response", reply.status))
+            .to_owned();
+        assert!(!id.is_empty());
+        assert!(ids.insert(id.clone()), "request id {id} was given twice");
+        if reply.status >= 400 {
+            // Every 4xx here is a problem document.
+            let code = reply.body["code"].as_str().unwrap_or_default().to_owned();
+            assert_problem_here(&reply, reply.status, &code);
+        }
+    }
+}
+
+async fn a_given_request_id_is_echoed(hub: TestHub) {
+    let reply = call(hub.get("/v1/customers").header("x-request-id", "abc")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-request-id"), Some("abc"));
+    let reply = call(
+        hub.client
+            .get(hub.url("/healthz"))
+            .header("x-request-id", "abc"),
+    )
+    .await;
+    assert_eq!(reply.header("x-request-id"), Some("abc"));
+    // On problems too.
+    let reply = call(
+        hub.client
+            .get(hub.url("/v1/customers"))
+            .header("x-request-id", "abc"),
+    )
+    .await;
+    assert_problem_here(&reply, 401, "unauthorized");
+    assert_eq!(reply.header("x-request-id"), Some("abc"));
+    let reply = call(hub.get("/v1/nowhere").header("x-request-id", "req-42")).await;
+    assert_problem_here(&reply, 404, "route_not_found");
+    assert_eq!(reply.header("x-request-id"), Some("req-42"));
+}
