@@ -281,6 +281,13 @@ impl WorkingSet<'_> {
         let key_value = write.key(self.key).value();
         let found = by_match.or_else(|| key_value.and_then(|v| self.find(v)));
 
+        if key_value.is_none() && write.match_value.is_none() {
+            return ItemResult::failed(ValidationErrors::single(
+                field,
+                "required",
+                format!("each item needs the batch key {field}"),
+            ));
+        }
         if write.delete == Some(true) {
             return match found {
                 Some(index) => self.delete(index, write.expected_version),
@@ -291,7 +298,7 @@ impl WorkingSet<'_> {
             return ItemResult::failed(ValidationErrors::single(
                 field,
                 "required",
-                format!("each item needs the batch key {field}"),
+                format!("an item that is not a delete needs the batch key {field}"),
             ));
         }
         let current = found.map(|i| &self.rows[i].stored);
