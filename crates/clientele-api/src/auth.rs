@@ -164,6 +164,6 @@ pub async fn bootstrap(
         Role::Admin,
         vec![],
     );
-    store.insert_api_key(&key).await?;
+    store.insert_api_key(&key, None).await?;
     Ok(Bootstrap::Generated(secret))
 }

@@ -33,10 +33,6 @@ pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-
 const SEALED: &str = "x-clientele-sealed";
 const MAX_KEY_LENGTH: usize = 255;
 
-/// A response extension: the body carries a secret and is stored for replays only encrypted.
-#[derive(Clone, Copy, Debug)]
-pub struct SensitiveBody;
-
 /// The claimed key of the request being handled, for handlers to complete in their transaction.
 #[derive(Clone, Debug)]
 pub struct IdempotencyContext {
@@ -188,11 +184,10 @@ async fn record(
     response: Response,
 ) -> Result<Response, Response> {
     let (parts, body) = response.into_parts();
-    let sensitive = parts.extensions.get::<SensitiveBody>().is_some();
     let bytes = to_bytes(body, usize::MAX)
         .await
         .map_err(|_| ApiError::new(ErrorCode::Internal, "internal error").into_response())?;
-    let mut headers: Vec<(String, String)> = parts
+    let headers: Vec<(String, String)> = parts
         .headers
         .iter()
         .filter(|(name, _)| *name != "x-request-id")
@@ -200,21 +195,22 @@ async fn record(
             Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
         })
         .collect();
-    let stored_body = if sensitive {
-        headers.push((SEALED.to_owned(), "1".to_owned()));
-        state.master_key().encrypt(&bytes)
-    } else {
-        bytes.to_vec()
-    };
     let stored = StoredResponse {
         status: parts.status.as_u16(),
         headers,
-        body: stored_body,
+        body: bytes.to_vec(),
     };
     if let Err(error) = state.store().complete_idempotency(claim, &stored).await {
         tracing::error!(error = %error, "recording an idempotent response failed");
     }
     Ok(Response::from_parts(parts, Body::from(bytes)))
+}
+
+/// A response whose body holds a secret, as stored for replays: encrypted under the master key.
+pub fn sealed(state: &AppState, mut response: StoredResponse) -> StoredResponse {
+    response.body = state.master_key().encrypt(&response.body);
+    response.headers.push((SEALED.to_owned(), "1".to_owned()));
+    response
 }
 
 fn replayed(state: &AppState, mut stored: StoredResponse) -> Response {

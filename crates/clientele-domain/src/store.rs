@@ -259,7 +259,12 @@ pub trait Store: Send + Sync + 'static {
         locator: &Locator,
     ) -> Result<Option<(CustomerId, Option<String>)>, DomainError>;
 
-    async fn insert_api_key(&self, key: &NewApiKey) -> Result<(), DomainError>;
+    /// Stores a new key; an idempotent creation records its response in the same transaction.
+    async fn insert_api_key(
+        &self,
+        key: &NewApiKey,
+        completion: Option<Completion<'_, ()>>,
+    ) -> Result<(), DomainError>;
 
     /// Stores `key` unless a key with the same lookup hash exists; says whether it stored it.
     async fn insert_api_key_if_absent(&self, key: &NewApiKey) -> Result<bool, DomainError>;

@@ -52,6 +52,14 @@ pub(crate) trait CustomerTx: Send {
     async fn record_change(&mut self, change: &ChangeRow<'_>) -> Result<(), DomainError>;
     async fn commit(self) -> Result<(), DomainError>;
 
+    /// Stores an API key (unless one with its lookup hash exists, when `if_absent`); says
+    /// whether it stored it.
+    async fn insert_api_key(
+        &mut self,
+        key: &NewApiKey,
+        if_absent: bool,
+    ) -> Result<bool, DomainError>;
+
     /// Records the response of the claim's request, in this transaction.
     async fn complete_idempotency(
         &mut self,
@@ -116,7 +124,6 @@ pub(crate) trait Queries: Send + Sync {
         &self,
         locator: &Locator,
     ) -> Result<Option<(CustomerId, Option<String>)>, DomainError>;
-    async fn insert_api_key(&self, key: &NewApiKey, if_absent: bool) -> Result<bool, DomainError>;
     async fn api_key_where(
         &self,
         column: KeyColumn,
@@ -387,6 +394,37 @@ macro_rules! sql_primitives {
                     .map_err($crate::error::db_error)
             }
 
+            async fn insert_api_key(
+                &mut self,
+                new: &clientele_domain::NewApiKey,
+                if_absent: bool,
+            ) -> Result<bool, clientele_domain::DomainError> {
+                let key = &new.key;
+                let teams = serde_json::to_string(&key.teams)
+                    .map_err(|e| clientele_domain::DomainError::Storage(Box::new(e)))?;
+                let conflict = if if_absent {
+                    " ON CONFLICT (lookup_hash) DO NOTHING"
+                } else {
+                    ""
+                };
+                let sql = format!(
+                    "INSERT INTO api_keys (id, name, role, teams, lookup_hash, secret_encrypted, \
+                     created_at) VALUES ($1, $2, $3, $4, $5, $6, $7){conflict}"
+                );
+                let done = sqlx::query(&sql)
+                    .bind(key.id.to_string())
+                    .bind(&key.name)
+                    .bind(key.role.as_str())
+                    .bind(teams)
+                    .bind(&new.lookup_hash)
+                    .bind(&key.secret_encrypted)
+                    .bind(key.created_at.as_micros())
+                    .execute(&mut **self)
+                    .await
+                    .map_err($crate::error::db_error)?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn complete_idempotency(
                 &mut self,
                 claim: &clientele_domain::IdempotencyClaim,
@@ -502,37 +540,6 @@ macro_rules! sql_primitives {
                     ))
                 })
                 .transpose()
-            }
-
-            async fn insert_api_key(
-                &self,
-                new: &clientele_domain::NewApiKey,
-                if_absent: bool,
-            ) -> Result<bool, clientele_domain::DomainError> {
-                let key = &new.key;
-                let teams = serde_json::to_string(&key.teams)
-                    .map_err(|e| clientele_domain::DomainError::Storage(Box::new(e)))?;
-                let conflict = if if_absent {
-                    " ON CONFLICT (lookup_hash) DO NOTHING"
-                } else {
-                    ""
-                };
-                let sql = format!(
-                    "INSERT INTO api_keys (id, name, role, teams, lookup_hash, secret_encrypted, \
-                     created_at) VALUES ($1, $2, $3, $4, $5, $6, $7){conflict}"
-                );
-                let done = sqlx::query(&sql)
-                    .bind(key.id.to_string())
-                    .bind(&key.name)
-                    .bind(key.role.as_str())
-                    .bind(teams)
-                    .bind(&new.lookup_hash)
-                    .bind(&key.secret_encrypted)
-                    .bind(key.created_at.as_micros())
-                    .execute(self)
-                    .await
-                    .map_err($crate::error::db_error)?;
-                Ok(done.rows_affected() == 1)
             }
 
             async fn api_key_where(

@@ -114,16 +114,25 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend.reads().password_hash(locator).await
     }
 
-    async fn insert_api_key(&self, key: &NewApiKey) -> Result<(), DomainError> {
-        self.backend
-            .writes()
-            .insert_api_key(key, false)
-            .await
-            .map(|_| ())
+    async fn insert_api_key(
+        &self,
+        key: &NewApiKey,
+        completion: Option<Completion<'_, ()>>,
+    ) -> Result<(), DomainError> {
+        let mut tx = self.backend.begin_write().await?;
+        tx.insert_api_key(key, false).await?;
+        if let Some(completion) = completion {
+            let response = (completion.render)(&());
+            tx.complete_idempotency(completion.claim, &response).await?;
+        }
+        tx.commit().await
     }
 
     async fn insert_api_key_if_absent(&self, key: &NewApiKey) -> Result<bool, DomainError> {
-        self.backend.writes().insert_api_key(key, true).await
+        let mut tx = self.backend.begin_write().await?;
+        let inserted = tx.insert_api_key(key, true).await?;
+        tx.commit().await?;
+        Ok(inserted)
     }
 
     async fn api_key_by_lookup(&self, lookup_hash: &[u8]) -> Result<Option<ApiKey>, DomainError> {

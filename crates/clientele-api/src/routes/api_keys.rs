@@ -1,8 +1,8 @@
 //! `/v1/api-keys`: admins create, list and revoke keys. A secret is shown once, at creation.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::{Extension, Json};
 use clientele_domain::{ApiKey, ApiKeyId, Role, ValidationErrors};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -11,8 +11,9 @@ use utoipa_axum::routes;
 
 use crate::auth::{AdminCaller, new_api_key};
 use crate::extract::StrictJson;
-use crate::idempotency::SensitiveBody;
+use crate::idempotency::{Idempotency, sealed};
 use crate::problem::{ApiError, Problem};
+use crate::response::Rendered;
 use crate::secrets::generate_secret;
 use crate::state::AppState;
 
@@ -79,8 +80,9 @@ impl From<ApiKey> for KeyView {
 async fn create_api_key(
     State(state): State<AppState>,
     _caller: AdminCaller,
+    idempotency: Idempotency,
     StrictJson(request): StrictJson<NewKeyRequest>,
-) -> Result<(StatusCode, Extension<SensitiveBody>, Json<CreatedKey>), ApiError> {
+) -> Result<Rendered, ApiError> {
     let mut errors = ValidationErrors::default();
     let name = request.name.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
@@ -107,21 +109,28 @@ async fn create_api_key(
         request.role,
         request.teams,
     );
-    state.store().insert_api_key(&new).await?;
-    let view = KeyView::from(new.key);
-    // The body holds the secret: an idempotent replay keeps it only encrypted.
-    Ok((
+    let view = KeyView::from(new.key.clone());
+    let created = Rendered::serialize(
         StatusCode::CREATED,
-        Extension(SensitiveBody),
-        Json(CreatedKey {
+        &CreatedKey {
             id: view.id,
             secret,
             name: view.name,
             role: view.role,
             teams: view.teams,
             created_at: view.created_at,
-        }),
-    ))
+        },
+    );
+    // The body holds the secret: an idempotent replay keeps it only encrypted, and it is
+    // recorded in the transaction that stores the key.
+    let replay = sealed(&state, created.to_stored());
+    let render = |(): &()| replay.clone();
+    state
+        .store()
+        .insert_api_key(&new, idempotency.completion(&render))
+        .await?;
+    idempotency.completed();
+    Ok(created)
 }
 
 /// List the live API keys (admin).
