@@ -10,13 +10,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use clientele_domain::sync::{ChangeRecord, StoredCustomer};
-use clientele_domain::{CustomerId, CustomerKey};
-use sqlx::Row;
+use clientele_domain::{Customer, CustomerId, CustomerKey};
 
 use crate::error::db_error;
-use crate::primitives::{
-    BatchTx, CustomerRow, decode_id, key_column, sql_primitives, stored_customer,
-};
+use crate::primitives::{BatchTx, CustomerRow, decode_id, key_column, sql_primitives};
 use crate::sql_store::{Backend, SqlStore};
 use crate::{SqliteSync, StoreConfig, StoreError};
 
@@ -35,27 +32,20 @@ impl BatchTx for Transaction<'static, Sqlite> {
         key: CustomerKey,
         values: &[String],
     ) -> Result<Vec<StoredCustomer>, DomainError> {
-        if values.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT doc, password_hash FROM customers \
-             WHERE {} IN (SELECT value FROM json_each($1))",
-            key_column(key)
-        );
-        let rows = sqlx::query(&sql)
-            .bind(json_list(values))
-            .fetch_all(&mut **self)
-            .await
-            .map_err(db_error)?;
-        rows.iter()
-            .map(|row| {
-                stored_customer(
-                    row.try_get(0).map_err(db_error)?,
-                    row.try_get(1).map_err(db_error)?,
-                )
+        let rows: Vec<(Customer, Option<String>)> = self
+            .aggregate(
+                "json_array(json(doc), password_hash)",
+                key_column(key),
+                values,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(customer, password_hash)| StoredCustomer {
+                customer,
+                password_hash,
             })
-            .collect()
+            .collect())
     }
 
     async fn versions(
@@ -63,25 +53,11 @@ impl BatchTx for Transaction<'static, Sqlite> {
         key: CustomerKey,
         values: &[String],
     ) -> Result<Vec<(CustomerId, i64)>, DomainError> {
-        if values.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT id, version FROM customers WHERE {} IN (SELECT value FROM json_each($1))",
-            key_column(key)
-        );
-        let rows = sqlx::query(&sql)
-            .bind(json_list(values))
-            .fetch_all(&mut **self)
-            .await
-            .map_err(db_error)?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    decode_id(row.try_get(0).map_err(db_error)?)?,
-                    row.try_get(1).map_err(db_error)?,
-                ))
-            })
+        let rows: Vec<(String, i64)> = self
+            .aggregate("json_array(id, version)", key_column(key), values)
+            .await?;
+        rows.into_iter()
+            .map(|(id, version)| Ok((decode_id(&id)?, version)))
             .collect()
     }
 
@@ -91,21 +67,11 @@ impl BatchTx for Transaction<'static, Sqlite> {
         values: &[String],
     ) -> Result<Vec<(String, CustomerId)>, DomainError> {
         let column = key_column(key);
-        let sql = format!(
-            "SELECT {column}, id FROM customers WHERE {column} IN (SELECT value FROM json_each($1))"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(json_list(values))
-            .fetch_all(&mut **self)
-            .await
-            .map_err(db_error)?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get(0).map_err(db_error)?,
-                    decode_id(row.try_get(1).map_err(db_error)?)?,
-                ))
-            })
+        let rows: Vec<(String, String)> = self
+            .aggregate(&format!("json_array({column}, id)"), column, values)
+            .await?;
+        rows.into_iter()
+            .map(|(value, id)| Ok((value, decode_id(&id)?)))
             .collect()
     }
 
@@ -206,12 +172,44 @@ impl BatchTx for Transaction<'static, Sqlite> {
     }
 }
 
-/// Runs a statement whose `$1` is a JSON list of customer ids.
-trait ForIds {
+/// Set-at-a-time statements over JSON lists.
+trait JsonLists {
+    /// Runs a statement whose `$1` is a JSON list of customer ids.
     async fn for_ids(&mut self, sql: &str, ids: &[CustomerId]) -> Result<(), DomainError>;
+
+    /// `json_group_array(<expr>)` over the customers whose `column` is one of `values`,
+    /// decoded: the whole result crosses from the connection's worker thread as one value
+    /// instead of a message per row, which dominates the cost of reading a batch.
+    async fn aggregate<T: serde::de::DeserializeOwned>(
+        &mut self,
+        expr: &str,
+        column: &str,
+        values: &[String],
+    ) -> Result<Vec<T>, DomainError>;
 }
 
-impl ForIds for Transaction<'static, Sqlite> {
+impl JsonLists for Transaction<'static, Sqlite> {
+    async fn aggregate<T: serde::de::DeserializeOwned>(
+        &mut self,
+        expr: &str,
+        column: &str,
+        values: &[String],
+    ) -> Result<Vec<T>, DomainError> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT json_group_array({expr}) FROM customers \
+             WHERE {column} IN (SELECT value FROM json_each($1))"
+        );
+        let json: String = sqlx::query_scalar(&sql)
+            .bind(json_list(values))
+            .fetch_one(&mut **self)
+            .await
+            .map_err(db_error)?;
+        serde_json::from_str(&json).map_err(|e| DomainError::Storage(Box::new(e)))
+    }
+
     async fn for_ids(&mut self, sql: &str, ids: &[CustomerId]) -> Result<(), DomainError> {
         if ids.is_empty() {
             return Ok(());
