@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use clientele_domain::sync::{ChangeRecord, StoredCustomer};
 use clientele_domain::{
-    ApiKey, ApiKeyId, ChangeKind, Customer, CustomerDoc, CustomerId, CustomerKey, DomainError,
+    ApiKey, ApiKeyId, Customer, CustomerDoc, CustomerId, CustomerKey, DomainError,
     IdempotencyClaim, ListQuery, Locator, NewApiKey, Page, StoredResponse, Timestamp,
 };
 
@@ -31,25 +31,11 @@ impl<'a> CustomerRow<'a> {
     }
 }
 
-/// One change record.
-pub(crate) struct ChangeRow<'a> {
-    pub customer_id: CustomerId,
-    pub external_id: Option<&'a str>,
-    pub kind: ChangeKind,
-    pub version: i64,
-    pub at: Timestamp,
-    pub customer: Option<&'a str>,
-}
-
 /// The writes of one transaction. Loads lock the row where the backend can (PostgreSQL
 /// `FOR UPDATE`); SQLite serializes write transactions instead.
 #[async_trait]
 pub(crate) trait CustomerTx: Send {
     async fn load(&mut self, locator: &Locator) -> Result<Option<StoredCustomer>, DomainError>;
-    async fn insert(&mut self, row: &CustomerRow<'_>) -> Result<(), DomainError>;
-    async fn update(&mut self, row: &CustomerRow<'_>) -> Result<(), DomainError>;
-    async fn delete(&mut self, id: CustomerId) -> Result<(), DomainError>;
-    async fn record_change(&mut self, change: &ChangeRow<'_>) -> Result<(), DomainError>;
     async fn commit(self) -> Result<(), DomainError>;
 
     /// Stores an API key (unless one with its lookup hash exists, when `if_absent`); says
@@ -301,91 +287,6 @@ macro_rules! sql_primitives {
                     })
                 })
                 .transpose()
-            }
-
-            async fn insert(
-                &mut self,
-                row: &$crate::primitives::CustomerRow<'_>,
-            ) -> Result<(), clientele_domain::DomainError> {
-                let c = row.customer;
-                sqlx::query(
-                    "INSERT INTO customers (id, external_id, email_norm, username, last_name_sort, \
-                     archived, version, created_at, updated_at, password_hash, doc) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(c.id.to_string())
-                .bind(c.external_id.as_deref())
-                .bind(row.email_norm.as_deref())
-                .bind(c.username.as_deref())
-                .bind(&row.last_name_sort)
-                .bind(c.archived)
-                .bind(c.version)
-                .bind(c.created_at.as_micros())
-                .bind(c.updated_at.as_micros())
-                .bind(row.password_hash)
-                .bind(row.doc)
-                .execute(&mut **self)
-                .await
-                .map_err($crate::error::db_error)?;
-                Ok(())
-            }
-
-            async fn update(
-                &mut self,
-                row: &$crate::primitives::CustomerRow<'_>,
-            ) -> Result<(), clientele_domain::DomainError> {
-                let c = row.customer;
-                sqlx::query(
-                    "UPDATE customers SET external_id = $2, email_norm = $3, username = $4, \
-                     last_name_sort = $5, archived = $6, version = $7, updated_at = $8, \
-                     password_hash = $9, doc = $10 WHERE id = $1",
-                )
-                .bind(c.id.to_string())
-                .bind(c.external_id.as_deref())
-                .bind(row.email_norm.as_deref())
-                .bind(c.username.as_deref())
-                .bind(&row.last_name_sort)
-                .bind(c.archived)
-                .bind(c.version)
-                .bind(c.updated_at.as_micros())
-                .bind(row.password_hash)
-                .bind(row.doc)
-                .execute(&mut **self)
-                .await
-                .map_err($crate::error::db_error)?;
-                Ok(())
-            }
-
-            async fn delete(
-                &mut self,
-                id: clientele_domain::CustomerId,
-            ) -> Result<(), clientele_domain::DomainError> {
-                sqlx::query("DELETE FROM customers WHERE id = $1")
-                    .bind(id.to_string())
-                    .execute(&mut **self)
-                    .await
-                    .map_err($crate::error::db_error)?;
-                Ok(())
-            }
-
-            async fn record_change(
-                &mut self,
-                change: &$crate::primitives::ChangeRow<'_>,
-            ) -> Result<(), clientele_domain::DomainError> {
-                sqlx::query(
-                    "INSERT INTO changes (customer_id, external_id, kind, version, at, customer) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(change.customer_id.to_string())
-                .bind(change.external_id)
-                .bind(change.kind.as_str())
-                .bind(change.version)
-                .bind(change.at.as_micros())
-                .bind(change.customer)
-                .execute(&mut **self)
-                .await
-                .map_err($crate::error::db_error)?;
-                Ok(())
             }
 
             async fn commit(self) -> Result<(), clientele_domain::DomainError> {

@@ -2,14 +2,14 @@
 //! persist the new state, its change records and the idempotent response in one transaction.
 
 use clientele_domain::store::{IDEMPOTENCY_LEASE_MICROS, IDEMPOTENCY_TTL_MICROS};
-use clientele_domain::sync::{self, SyncBatch, SyncReport};
+use clientele_domain::sync::{self, ChangeRecord, SyncBatch, SyncReport};
 use clientele_domain::write::{Applied, ApplyContext, EmptyDirectory, apply};
 use clientele_domain::{
     ChangeKind, ClaimOutcome, Completion, Customer, CustomerId, CustomerKey, DomainError,
     IdempotencyClaim, Locator, Patch, Timestamp, WriteCommand, WriteOutcome, WriteTarget,
 };
 
-use crate::primitives::{BatchTx, ChangeRow, CustomerRow, CustomerTx, Queries};
+use crate::primitives::{BatchTx, CustomerRow, CustomerTx, Queries};
 use crate::sql_store::Backend;
 
 /// How often a write is retried when a concurrent transaction took a key it needed first.
@@ -23,7 +23,7 @@ pub(crate) async fn write_customer<Tx, F, Fut>(
     completion: Option<Completion<'_, (WriteOutcome, Customer)>>,
 ) -> Result<(WriteOutcome, Customer), DomainError>
 where
-    Tx: CustomerTx,
+    Tx: CustomerTx + BatchTx,
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Tx, DomainError>>,
 {
@@ -51,7 +51,7 @@ where
 }
 
 async fn write_in(
-    tx: &mut impl CustomerTx,
+    tx: &mut (impl CustomerTx + BatchTx),
     command: &WriteCommand,
 ) -> Result<(WriteOutcome, Customer), DomainError> {
     let stored = match &command.target {
@@ -96,27 +96,27 @@ async fn write_in(
     };
     let row = CustomerRow::new(&next, password_hash, &doc);
     let (outcome, kind) = if stored.is_some() {
-        tx.update(&row).await?;
+        tx.update_many(std::slice::from_ref(&row)).await?;
         (WriteOutcome::Updated, ChangeKind::Updated)
     } else {
-        tx.insert(&row).await?;
+        tx.insert_many(std::slice::from_ref(&row)).await?;
         (WriteOutcome::Created, ChangeKind::Created)
     };
-    tx.record_change(&ChangeRow {
+    let change = ChangeRecord {
         customer_id: next.id,
-        external_id: next.external_id.as_deref(),
+        external_id: next.external_id.clone(),
         kind,
         version: next.version,
         at: next.updated_at,
-        customer: Some(&doc),
-    })
-    .await?;
+        customer: Some(doc),
+    };
+    tx.record_changes(&[change]).await?;
     Ok((outcome, next))
 }
 
 /// Erases a customer and records the deletion (its version one past the last one).
 pub(crate) async fn delete_customer(
-    mut tx: impl CustomerTx,
+    mut tx: impl CustomerTx + BatchTx,
     locator: &Locator,
     expected_version: Option<i64>,
     completion: Option<Completion<'_, ()>>,
@@ -131,16 +131,16 @@ pub(crate) async fn delete_customer(
             actual: customer.version,
         });
     }
-    tx.delete(customer.id).await?;
-    tx.record_change(&ChangeRow {
+    tx.delete_many(&[customer.id]).await?;
+    let change = ChangeRecord {
         customer_id: customer.id,
-        external_id: customer.external_id.as_deref(),
+        external_id: customer.external_id.clone(),
         kind: ChangeKind::Deleted,
         version: customer.version + 1,
         at: Timestamp::now(),
         customer: None,
-    })
-    .await?;
+    };
+    tx.record_changes(&[change]).await?;
     if let Some(completion) = completion {
         let response = (completion.render)(&());
         tx.complete_idempotency(completion.claim, &response).await?;
