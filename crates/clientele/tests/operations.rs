@@ -208,6 +208,7 @@ const ROUTES: &[(&str, &[&str])] = &[
         &["get", "put", "patch", "delete"],
     ),
     ("/v1/customers/{id}/verify-password", &["post"]),
+    ("/v1/customers/sync", &["post"]),
     ("/v1/api-keys", &["get", "post"]),
     ("/v1/api-keys/{id}", &["delete"]),
     ("/healthz", &["get"]),
