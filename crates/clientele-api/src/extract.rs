@@ -19,9 +19,23 @@ impl<T: DeserializeOwned> FromRequest<AppState> for StrictJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        check_content_type(request.headers())?;
-        let bytes = read_body(request.into_body(), state.config().max_body_bytes).await?;
+        let JsonBytes(bytes) = JsonBytes::from_request(request, state).await?;
         parse_json(&bytes).map(StrictJson)
+    }
+}
+
+/// A JSON body's bytes (content type checked, size bounded), for handlers that parse types
+/// borrowing from the body with [`parse_json`].
+pub struct JsonBytes(pub Bytes);
+
+impl FromRequest<AppState> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        check_content_type(request.headers())?;
+        read_body(request.into_body(), state.config().max_body_bytes)
+            .await
+            .map(JsonBytes)
     }
 }
 
@@ -57,7 +71,7 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 /// Parses a JSON object, collecting every field the target type does not know.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
     // serde would also build a struct from an array, positionally: only objects are bodies here.
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_some_and(|b| *b != b'{') {

@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Caller;
-use crate::extract::{StrictJson, parse_json};
+use crate::extract::{JsonBytes, parse_json};
 use crate::idempotency::Idempotency;
 use crate::problem::{ApiError, ErrorCode, Problem};
 use crate::response::Rendered;
@@ -29,15 +29,17 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, ToSchema)]
-pub(crate) struct SyncRequest {
+pub(crate) struct SyncRequest<'a> {
     /// The key that identifies each item's customer.
     key: CustomerKey,
     /// All items apply, or none does (422 naming the failures).
     #[serde(default)]
     atomic: bool,
     /// At most 1000 items, applied in order.
+    /// Borrowed from the request body: each item is parsed on its own, without a copy.
+    #[serde(borrow)]
     #[schema(value_type = Vec<SyncItemSchema>)]
-    customers: Vec<Box<RawValue>>,
+    customers: Vec<&'a RawValue>,
 }
 
 /// A sync item: a customer body (see `CustomerWrite`) identified by its `key` field.
@@ -94,9 +96,10 @@ async fn sync_customers(
     State(state): State<AppState>,
     caller: Caller,
     idempotency: Idempotency,
-    StrictJson(request): StrictJson<SyncRequest>,
+    JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Write)?;
+    let request: SyncRequest<'_> = parse_json(&body)?;
     if request.customers.len() > MAX_ITEMS {
         return Err(ApiError::new(
             ErrorCode::TooManyItems,
@@ -124,9 +127,13 @@ async fn sync_customers(
 
 /// Parses each item on its own; passwords are hashed two at a time (Argon2 is CPU- and
 /// memory-bound, and this machine class has two cores).
-async fn parse_items(raw: Vec<Box<RawValue>>) -> Result<Vec<SyncItem>, ApiError> {
-    let parsed = raw.into_iter().map(|item| async move {
-        let mut write = match parse_json::<CustomerWrite>(item.get().as_bytes()) {
+async fn parse_items(raw: Vec<&RawValue>) -> Result<Vec<SyncItem>, ApiError> {
+    let parsed: Vec<Result<CustomerWrite, ApiError>> = raw
+        .into_iter()
+        .map(|item| parse_json::<CustomerWrite>(item.get().as_bytes()))
+        .collect();
+    let hashed = parsed.into_iter().map(|parsed| async move {
+        let mut write = match parsed {
             Ok(write) => write,
             Err(error) => return Ok(SyncItem::Invalid(item_errors(error))),
         };
@@ -143,7 +150,7 @@ async fn parse_items(raw: Vec<Box<RawValue>>) -> Result<Vec<SyncItem>, ApiError>
             password_hash,
         })))
     });
-    futures::stream::iter(parsed)
+    futures::stream::iter(hashed)
         .buffered(2)
         .collect::<Vec<_>>()
         .await
