@@ -44,10 +44,16 @@ impl FromRequestParts<AppState> for Caller {
         }
         let secret = bearer_secret(parts)?;
         let lookup_hash = state.master_key().lookup_hash(secret);
+        if let Some(key) = state.keys().get(&lookup_hash) {
+            return Ok(Caller { key });
+        }
         // The lookup is by an HMAC of the secret: an equality match on a keyed hash reveals
         // nothing through timing about the secret itself.
         match state.store().api_key_by_lookup(&lookup_hash).await? {
-            Some(key) => Ok(Caller { key }),
+            Some(key) => {
+                state.keys().put(lookup_hash, key.clone());
+                Ok(Caller { key })
+            }
             None => Err(unauthorized("the API key is unknown or revoked")),
         }
     }
@@ -79,6 +85,44 @@ impl FromRequestParts<AppState> for AdminCaller {
         let caller = Caller::from_request_parts(parts, state).await?;
         caller.require(Role::Admin)?;
         Ok(AdminCaller(caller))
+    }
+}
+
+/// Keys recently looked up by their secret's hash, for one second: a busy client costs one key
+/// query per second instead of one per request. A revocation through this process clears the
+/// cache at once; another hub process on the same database sees it within the second.
+#[derive(Default)]
+pub(crate) struct KeyCache {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (ApiKey, std::time::Instant)>>,
+}
+
+const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+const KEY_CACHE_ENTRIES: usize = 10_000;
+
+impl KeyCache {
+    fn get(&self, lookup_hash: &[u8; 32]) -> Option<ApiKey> {
+        let entries = self.entries.lock().ok()?;
+        let (key, at) = entries.get(lookup_hash)?;
+        (at.elapsed() < KEY_CACHE_TTL).then(|| key.clone())
+    }
+
+    fn put(&self, lookup_hash: [u8; 32], key: ApiKey) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= KEY_CACHE_ENTRIES {
+                entries.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
+                if entries.len() >= KEY_CACHE_ENTRIES {
+                    entries.clear();
+                }
+            }
+            entries.insert(lookup_hash, (key, std::time::Instant::now()));
+        }
+    }
+
+    /// Forgets every cached key (after a revocation).
+    pub(crate) fn clear(&self) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.clear();
+        }
     }
 }
 

@@ -33,6 +33,7 @@ struct Inner {
     config: ApiConfig,
     /// Per application rather than global, so that several hubs can run in one process (tests).
     recorder: PrometheusRecorder,
+    keys: crate::auth::KeyCache,
 }
 
 impl AppState {
@@ -44,6 +45,7 @@ impl AppState {
                 master_key,
                 config,
                 recorder,
+                keys: crate::auth::KeyCache::default(),
             }),
         }
     }
@@ -62,5 +64,9 @@ impl AppState {
 
     pub fn recorder(&self) -> &PrometheusRecorder {
         &self.inner.recorder
+    }
+
+    pub(crate) fn keys(&self) -> &crate::auth::KeyCache {
+        &self.inner.keys
     }
 }

@@ -167,6 +167,7 @@ async fn revoke_api_key(
         .revoke_api_key(id, clientele_domain::Timestamp::now())
         .await?
     {
+        state.keys().clear();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found())
