@@ -1,0 +1,276 @@
+//! `sync-bench`: bulk sync throughput (`POST /v1/customers/sync`) of a real hub process, beside
+//! a raw upsert of the same rows measured in the same run. See docs/benchmarks.md.
+//!
+//! Per backend: the raw floor (`INSERT ... ON CONFLICT DO UPDATE`, one transaction, one prepared
+//! statement, the hub's own schema), then the hub: N customers with one address each, batches of
+//! 1000, C concurrent clients; the same N re-sent unchanged; and the server's peak RSS.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use clientele_testkit::{ADMIN_SECRET, HubProcess};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(
+    name = "sync-bench",
+    about = "Bulk sync throughput of a real hub beside a raw upsert"
+)]
+struct Args {
+    /// The `clientele` binary (build it in release mode first).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/release/clientele"))]
+    hub_binary: PathBuf,
+    /// `sqlite`, `postgres` or `both`.
+    #[arg(long, default_value = "both")]
+    backend: String,
+    /// Customers per run.
+    #[arg(long, default_value_t = 100_000)]
+    customers: usize,
+    /// Also sync this many customers on SQLite (the 1,000,000 target); 0 skips it.
+    #[arg(long, default_value_t = 1_000_000)]
+    large: usize,
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+}
+
+/// One measured run.
+struct Run {
+    what: String,
+    items: usize,
+    seconds: f64,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.items as f64 / self.seconds
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.hub_binary.exists(),
+        "{} does not exist: run scripts/bench.sh",
+        args.hub_binary.display()
+    );
+    let backends: &[&str] = match args.backend.as_str() {
+        "both" => &["sqlite", "postgres"],
+        "sqlite" => &["sqlite"],
+        "postgres" => &["postgres"],
+        other => bail!("unknown backend {other}"),
+    };
+    for backend in backends {
+        measure(&args, backend).await?;
+    }
+    Ok(())
+}
+
+async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
+    let raw = raw_upsert(backend, args.customers).await?;
+    let dir = tempfile::tempdir()?;
+    let url = database_url(backend, dir.path()).await?;
+    let mut hub = HubProcess::start(&args.hub_binary, &url, dir.path());
+    let first = sync_all(args, &hub, args.customers, "first send").await?;
+    let again = sync_all(args, &hub, args.customers, "unchanged re-send").await?;
+    let rss = peak_rss_mib(hub.child.id())?;
+    hub.kill_9();
+
+    println!(
+        "\n== {backend}: bulk sync, {} customers, batches of {}, {} clients",
+        args.customers, args.batch, args.clients
+    );
+    println!("{:<34} {:>12} {:>10}", "", "customers/s", "seconds");
+    for run in [&raw, &first, &again] {
+        println!(
+            "{:<34} {:>12.0} {:>10.2}",
+            run.what,
+            run.rate(),
+            run.seconds
+        );
+    }
+    println!(
+        "hub time / raw floor time: {:.2} (target <= 3); unchanged re-send {:.2}x as fast as the first (target >= 2); server peak RSS {rss} MiB",
+        raw.rate() / first.rate(),
+        again.rate() / first.rate()
+    );
+    println!(
+        "{}",
+        json!({"backend": backend, "scenario": "sync", "customers": args.customers,
+               "rps": first.rate().round(), "unchanged_rps": again.rate().round(),
+               "raw_rps": raw.rate().round(), "ratio": raw.rate() / first.rate(),
+               "peak_rss_mib": rss})
+    );
+
+    if backend == "sqlite" && args.large > 0 {
+        let dir = tempfile::tempdir()?;
+        let url = database_url(backend, dir.path()).await?;
+        let mut hub = HubProcess::start(&args.hub_binary, &url, dir.path());
+        let large = sync_all(args, &hub, args.large, "large first send").await?;
+        let rss = peak_rss_mib(hub.child.id())?;
+        hub.kill_9();
+        println!(
+            "{} customers on sqlite: {:.1} s ({:.0}/s), server peak RSS {rss} MiB",
+            args.large,
+            large.seconds,
+            large.rate()
+        );
+        println!(
+            "{}",
+            json!({"backend": backend, "scenario": "sync_large", "customers": args.large,
+                   "seconds": large.seconds, "rps": large.rate().round(), "peak_rss_mib": rss})
+        );
+    }
+    Ok(())
+}
+
+async fn database_url(backend: &str, dir: &std::path::Path) -> anyhow::Result<String> {
+    if backend == "sqlite" {
+        return Ok(format!("sqlite://{}", dir.join("hub.db").display()));
+    }
+    clientele_testkit::fresh_postgres_database()
+        .await
+        .context("set CLIENTELE_TEST_POSTGRES_URL to a PostgreSQL server")
+}
+
+/// A customer as a backend would send it: names, contact data, a tag and one address.
+fn customer(i: usize) -> Value {
+    json!({
+        "external_id": format!("erp-{i:08}"),
+        "first_name": format!("First{i}"),
+        "last_name": format!("Last{}", i % 5000),
+        "email": format!("customer{i}@example.com"),
+        "phone": format!("+35840{i:08}"),
+        "tags": ["retail"],
+        "addresses": [{"title": "Home", "kind": "billing", "line1": format!("Street {}", i % 977),
+                       "postal_code": format!("{:05}", i % 99999), "city": "Helsinki", "country": "FI"}]
+    })
+}
+
+/// Sends `n` customers in batches over `clients` concurrent keep-alive connections. Bodies are
+/// encoded before the clock starts, so the client's JSON work is not measured.
+async fn sync_all(args: &Args, hub: &HubProcess, n: usize, what: &str) -> anyhow::Result<Run> {
+    let bodies: Arc<Vec<String>> = Arc::new(
+        (0..n)
+            .step_by(args.batch)
+            .map(|start| {
+                let items: Vec<Value> =
+                    (start..(start + args.batch).min(n)).map(customer).collect();
+                json!({"key": "external_id", "customers": items}).to_string()
+            })
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let url = hub.url("/v1/customers/sync");
+    let started = Instant::now();
+    let workers = (0..args.clients).map(|_| {
+        let (bodies, next, url) = (bodies.clone(), next.clone(), url.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(120))
+                .build()?;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(index) else {
+                    return anyhow::Ok(());
+                };
+                let response = client
+                    .post(&url)
+                    .bearer_auth(ADMIN_SECRET)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await?;
+                let status = response.status();
+                let report: Value = response.json().await?;
+                if status != 200 || report["summary"]["failed"] != 0 {
+                    bail!("batch {index}: {status} {}", report["summary"]);
+                }
+            }
+        })
+    });
+    for worker in futures::future::join_all(workers).await {
+        worker??;
+    }
+    Ok(Run {
+        what: format!("hub sync, {what}"),
+        items: n,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The floor: the same number of rows upserted into the hub's own `customers` table with one
+/// prepared `INSERT ... ON CONFLICT DO UPDATE` in one transaction, docs of the hub's size.
+async fn raw_upsert(backend: &str, n: usize) -> anyhow::Result<Run> {
+    let dir = tempfile::tempdir()?;
+    let url = database_url(backend, dir.path()).await?;
+    // The hub's own migrations and settings, then a plain pool beside it.
+    drop(clientele_store::connect(&clientele_store::StoreConfig::new(&url)).await?);
+    let sql = "INSERT INTO customers (id, external_id, email_norm, username, last_name_sort, \
+               archived, version, created_at, updated_at, password_hash, doc) \
+               VALUES ($1, $2, $3, NULL, $4, $5, 1, $6, $6, NULL, $7) \
+               ON CONFLICT (external_id) DO UPDATE SET email_norm = excluded.email_norm, \
+               last_name_sort = excluded.last_name_sort, archived = excluded.archived, \
+               version = customers.version + 1, updated_at = excluded.updated_at, \
+               doc = excluded.doc";
+    let rows: Vec<(String, String, String, String, String)> = (0..n)
+        .map(|i| {
+            let doc = customer(i).to_string();
+            (
+                format!("cus_{}", ulid::Ulid::new()),
+                format!("erp-{i:08}"),
+                format!("customer{i}@example.com"),
+                format!("last{}", i % 5000),
+                doc,
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    macro_rules! upsert_all {
+        ($pool:expr) => {{
+            let mut tx = $pool.begin().await?;
+            for (id, external_id, email, last_name, doc) in &rows {
+                sqlx::query(sql)
+                    .bind(id)
+                    .bind(external_id)
+                    .bind(email)
+                    .bind(last_name)
+                    .bind(false)
+                    .bind(1_795_000_000_000_000_i64)
+                    .bind(doc)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }};
+    }
+    if backend == "sqlite" {
+        let pool = sqlx::SqlitePool::connect(&url).await?;
+        upsert_all!(pool);
+    } else {
+        let pool = sqlx::PgPool::connect(&url).await?;
+        upsert_all!(pool);
+    }
+    Ok(Run {
+        what: "raw upsert (one tx, prepared)".into(),
+        items: n,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn peak_rss_mib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM")?;
+    Ok(kib / 1024)
+}
