@@ -90,11 +90,20 @@ pub fn parse_json<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T
         let field = error.path().to_string();
         let inner = error.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Data => ApiError::field(
-                field_or_body(&field),
-                "invalid_type",
-                strip_position(&inner.to_string()),
-            ),
+            serde_json::error::Category::Data => {
+                let message = strip_position(&inner.to_string());
+                match missing_field(&message) {
+                    Some(name) => {
+                        let path = if field == "." {
+                            name.to_owned()
+                        } else {
+                            format!("{field}.{name}")
+                        };
+                        ApiError::field(path, "required", format!("{name} is required"))
+                    }
+                    None => ApiError::field(field_or_body(&field), "invalid_type", message),
+                }
+            }
             _ => ApiError::new(ErrorCode::MalformedJson, inner.to_string()),
         }
     })?;
@@ -108,6 +117,11 @@ pub fn parse_json<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T
         errors.push(field, "unknown_field", "this field does not exist");
     }
     Err(ApiError::invalid(errors))
+}
+
+/// The field serde names in "missing field `name`".
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.strip_suffix('`')
 }
 
 fn field_or_body(path: &str) -> &str {
@@ -238,6 +252,22 @@ mod tests {
         assert_eq!(error.errors[0].field, "addresses[0].country");
         assert_eq!(error.errors[0].code, "invalid_type");
         assert!(!error.errors[0].message.contains("line"));
+    }
+
+    #[test]
+    fn a_missing_required_field_is_named() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Key {
+            name: String,
+            role: String,
+        }
+        let error = match parse_json::<Key>(br#"{"name":"x"}"#) {
+            Ok(key) => panic!("parsed {key:?}"),
+            Err(error) => error,
+        };
+        assert_eq!(error.errors[0].field, "role");
+        assert_eq!(error.errors[0].code, "required");
     }
 
     #[test]
