@@ -61,13 +61,42 @@ fn check_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// How much of an oversized body is read and discarded before the 413 is sent, so that a client
+/// still uploading gets the answer instead of a reset connection. Past this the connection is
+/// simply closed.
+const DRAIN_BYTES: usize = 64 * 1024 * 1024;
+
+/// Reads a whole body of at most `limit` bytes.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the body is larger than {limit} bytes"),
-        )
-    })
+    use axum::body::HttpBody;
+    use futures::StreamExt;
+
+    let announced = usize::try_from(body.size_hint().lower()).unwrap_or(limit);
+    let mut bytes = Vec::with_capacity(announced.min(limit));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                ErrorCode::MalformedJson,
+                format!("the body could not be read: {e}"),
+            )
+        })?;
+        if bytes.len() + chunk.len() > limit {
+            let mut drained = bytes.len() + chunk.len();
+            while drained < DRAIN_BYTES {
+                match stream.next().await {
+                    Some(Ok(chunk)) => drained += chunk.len(),
+                    _ => break,
+                }
+            }
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the body is larger than {limit} bytes"),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(bytes))
 }
 
 /// Parses a JSON object, collecting every field the target type does not know.
