@@ -24,7 +24,7 @@ impl<'a> CustomerRow<'a> {
         Self {
             customer,
             email_norm: customer.email.as_deref().map(str::to_lowercase),
-            last_name_sort: customer.last_name.as_deref().unwrap_or("").to_lowercase(),
+            last_name_sort: sort_key(customer.last_name.as_deref()),
             password_hash,
             doc,
         }
@@ -177,6 +177,20 @@ pub(crate) enum KeyColumn {
 pub(crate) enum KeyValue<'a> {
     Text(&'a str),
     Bytes(&'a [u8]),
+}
+
+/// Characters of a last name the sort index holds: a name may have 1000 characters (4000 bytes),
+/// more than a PostgreSQL B-tree entry may; names equal this far are ordered by id.
+const SORT_KEY_CHARS: usize = 100;
+
+/// The lower-cased prefix of a last name that `sort=last_name` orders by.
+fn sort_key(last_name: Option<&str>) -> String {
+    last_name
+        .unwrap_or("")
+        .chars()
+        .take(SORT_KEY_CHARS)
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 /// The `WHERE` column a locator selects on, and the value to bind.

@@ -24,6 +24,7 @@ hub_tests!(
     listing_pages_by_keyset_in_every_sort_order,
     paging_never_repeats_or_skips_while_others_write,
     every_change_is_recorded_with_the_customer_as_of_it,
+    the_longest_valid_names_are_stored_and_sorted,
 );
 
 fn gillie_customer() -> Value {
@@ -703,6 +704,25 @@ async fn every_change_is_recorded_with_the_customer_as_of_it(hub: TestHub) {
         rows.iter().all(|r| r.3.as_deref() == Some("c-1")),
         "each record names the external id"
     );
+}
+
+async fn the_longest_valid_names_are_stored_and_sorted(hub: TestHub) {
+    // 1000 characters is the limit; 4-byte characters make 4000 bytes, past PostgreSQL's
+    // largest B-tree entry if the sort column held the whole name.
+    // Varied characters, so that PostgreSQL cannot compress the index entry below its limit.
+    let long: String = (0..1000u32)
+        .filter_map(|i| char::from_u32(0x1F300 + (i * 7919) % 0x2FF))
+        .collect();
+    assert_eq!(long.chars().count(), 1000);
+    let created = call(hub.post("/v1/customers").json(&json!({"last_name": long}))).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.body["last_name"], long.as_str());
+    let other = format!("{long}x");
+    let refused = call(hub.post("/v1/customers").json(&json!({"last_name": other}))).await;
+    assert_eq!(refused.status, 422);
+    let sorted = walk(&hub, "&sort=last_name", 1).await;
+    assert_eq!(sorted.len(), 1);
+    assert_eq!(sorted[0]["last_name"], long.as_str());
 }
 
 /// `(kind, version, customer, external_id)` of every change record, in order.
