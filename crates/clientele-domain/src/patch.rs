@@ -18,14 +18,6 @@ impl<T> Patch<T> {
         matches!(self, Patch::Absent)
     }
 
-    pub fn as_ref(&self) -> Patch<&T> {
-        match self {
-            Patch::Absent => Patch::Absent,
-            Patch::Null => Patch::Null,
-            Patch::Value(v) => Patch::Value(v),
-        }
-    }
-
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Patch<U> {
         match self {
             Patch::Absent => Patch::Absent,

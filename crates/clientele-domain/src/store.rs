@@ -105,19 +105,6 @@ impl SortOrder {
             .find(|(o, _)| *o == self)
             .map_or("created_at", |(_, name)| name)
     }
-
-    /// The sort key of a customer under this order (the id breaks ties).
-    pub fn key_of(self, customer: &Customer) -> SortKey {
-        match self {
-            SortOrder::CreatedAsc | SortOrder::CreatedDesc => {
-                SortKey::Time(customer.created_at.as_micros())
-            }
-            SortOrder::UpdatedAsc | SortOrder::UpdatedDesc => {
-                SortKey::Time(customer.updated_at.as_micros())
-            }
-            SortOrder::LastNameAsc => SortKey::Text(customer.last_name.clone().unwrap_or_default()),
-        }
-    }
 }
 
 /// The value a keyset page continues from.

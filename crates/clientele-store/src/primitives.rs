@@ -129,18 +129,9 @@ pub(crate) trait Queries: Send + Sync {
         claim: &IdempotencyClaim,
         created_at: i64,
     ) -> Result<bool, DomainError>;
-    async fn complete_claim(
-        &self,
-        claim: &IdempotencyClaim,
-        response: &StoredResponse,
-    ) -> Result<(), DomainError>;
     async fn release_claim(&self, claim: &IdempotencyClaim) -> Result<(), DomainError>;
     async fn purge_claims(&self, before: Timestamp) -> Result<u64, DomainError>;
 }
-
-pub(crate) const COMPLETE_CLAIM_SQL: &str = "UPDATE idempotency_keys SET response_status = $3, \
-     response_headers = $4, response_body = $5, completed_at = $6 \
-     WHERE api_key_id = $1 AND key = $2";
 
 pub(crate) fn encode_headers(response: &StoredResponse) -> String {
     serde_json::to_string(&response.headers).unwrap_or_else(|_| "[]".to_owned())
@@ -345,7 +336,10 @@ macro_rules! sql_primitives {
                 claim: &clientele_domain::IdempotencyClaim,
                 response: &clientele_domain::StoredResponse,
             ) -> Result<(), clientele_domain::DomainError> {
-                sqlx::query($crate::primitives::COMPLETE_CLAIM_SQL)
+                sqlx::query(
+                    "UPDATE idempotency_keys SET response_status = $3, response_headers = $4, \
+                     response_body = $5, completed_at = $6 WHERE api_key_id = $1 AND key = $2",
+                )
                     .bind(claim.api_key.to_string())
                     .bind(&claim.key)
                     .bind(i32::from(response.status))
@@ -616,24 +610,6 @@ macro_rules! sql_primitives {
                 .await
                 .map_err($crate::error::db_error)?;
                 Ok(done.rows_affected() == 1)
-            }
-
-            async fn complete_claim(
-                &self,
-                claim: &clientele_domain::IdempotencyClaim,
-                response: &clientele_domain::StoredResponse,
-            ) -> Result<(), clientele_domain::DomainError> {
-                sqlx::query($crate::primitives::COMPLETE_CLAIM_SQL)
-                    .bind(claim.api_key.to_string())
-                    .bind(&claim.key)
-                    .bind(i32::from(response.status))
-                    .bind($crate::primitives::encode_headers(response))
-                    .bind(&response.body)
-                    .bind(clientele_domain::Timestamp::now().as_micros())
-                    .execute(self)
-                    .await
-                    .map_err($crate::error::db_error)?;
-                Ok(())
             }
 
             async fn release_claim(

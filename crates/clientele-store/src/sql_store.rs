@@ -78,7 +78,9 @@ impl<B: Backend> Store for SqlStore<B> {
         claim: &IdempotencyClaim,
         response: &StoredResponse,
     ) -> Result<(), DomainError> {
-        self.backend.writes().complete_claim(claim, response).await
+        let mut tx = self.backend.begin_write().await?;
+        tx.complete_idempotency(claim, response).await?;
+        tx.commit().await
     }
 
     async fn release_idempotency(&self, claim: &IdempotencyClaim) -> Result<(), DomainError> {

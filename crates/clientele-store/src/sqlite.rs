@@ -92,31 +92,18 @@ impl BatchTx for Transaction<'static, Sqlite> {
     async fn update_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {
         for chunk in chunks(rows) {
             let sql = format!(
-                "WITH u(id, external_id, email_norm, username, last_name_sort, archived, version, \
-                 updated_at, password_hash, doc) AS (VALUES {}) \
+                "WITH u({ROW_COLUMNS}) AS (VALUES {}) \
                  UPDATE customers SET external_id = u.external_id, email_norm = u.email_norm, \
                  username = u.username, last_name_sort = u.last_name_sort, \
                  archived = u.archived, version = u.version, updated_at = u.updated_at, \
                  password_hash = u.password_hash, doc = u.doc \
                  FROM u WHERE customers.id = u.id",
-                placeholders(chunk.len(), 10)
+                placeholders(chunk.len(), 11)
             );
-            let mut query = sqlx::query(&sql);
-            for row in chunk {
-                let c = row.customer;
-                query = query
-                    .bind(c.id.to_string())
-                    .bind(c.external_id.as_deref())
-                    .bind(row.email_norm.as_deref())
-                    .bind(c.username.as_deref())
-                    .bind(row.last_name_sort.as_str())
-                    .bind(c.archived)
-                    .bind(c.version)
-                    .bind(c.updated_at.as_micros())
-                    .bind(row.password_hash)
-                    .bind(row.doc);
-            }
-            query.execute(&mut **self).await.map_err(db_error)?;
+            bind_rows(sqlx::query(&sql), chunk)
+                .execute(&mut **self)
+                .await
+                .map_err(db_error)?;
         }
         Ok(())
     }
@@ -124,27 +111,13 @@ impl BatchTx for Transaction<'static, Sqlite> {
     async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {
         for chunk in chunks(rows) {
             let sql = format!(
-                "INSERT INTO customers (id, external_id, email_norm, username, last_name_sort, \
-                 archived, version, created_at, updated_at, password_hash, doc) VALUES {}",
+                "INSERT INTO customers ({ROW_COLUMNS}) VALUES {}",
                 placeholders(chunk.len(), 11)
             );
-            let mut query = sqlx::query(&sql);
-            for row in chunk {
-                let c = row.customer;
-                query = query
-                    .bind(c.id.to_string())
-                    .bind(c.external_id.as_deref())
-                    .bind(row.email_norm.as_deref())
-                    .bind(c.username.as_deref())
-                    .bind(row.last_name_sort.as_str())
-                    .bind(c.archived)
-                    .bind(c.version)
-                    .bind(c.created_at.as_micros())
-                    .bind(c.updated_at.as_micros())
-                    .bind(row.password_hash)
-                    .bind(row.doc);
-            }
-            query.execute(&mut **self).await.map_err(db_error)?;
+            bind_rows(sqlx::query(&sql), chunk)
+                .execute(&mut **self)
+                .await
+                .map_err(db_error)?;
         }
         Ok(())
     }
@@ -222,6 +195,32 @@ impl JsonLists for Transaction<'static, Sqlite> {
             .map_err(db_error)?;
         Ok(())
     }
+}
+
+/// The columns of a customer row, in the order [`bind_rows`] binds them.
+const ROW_COLUMNS: &str = "id, external_id, email_norm, username, last_name_sort, archived, \
+                           version, created_at, updated_at, password_hash, doc";
+
+fn bind_rows<'q>(
+    mut query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    rows: &'q [CustomerRow<'_>],
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    for row in rows {
+        let c = row.customer;
+        query = query
+            .bind(c.id.to_string())
+            .bind(c.external_id.as_deref())
+            .bind(row.email_norm.as_deref())
+            .bind(c.username.as_deref())
+            .bind(row.last_name_sort.as_str())
+            .bind(c.archived)
+            .bind(c.version)
+            .bind(c.created_at.as_micros())
+            .bind(c.updated_at.as_micros())
+            .bind(row.password_hash)
+            .bind(row.doc);
+    }
+    query
 }
 
 /// Rows per multi-row statement at most: 11 columns x 256 rows stays far below SQLite's

@@ -25,7 +25,130 @@ hub_tests!(
     a_repeat_while_the_first_runs_is_409_and_then_replays,
     a_created_api_key_replays_its_secret_which_is_stored_sealed,
     get_ignores_the_header_and_malformed_keys_are_400,
+    an_expired_key_is_forgotten,
+    claims_expire_and_abandoned_ones_are_taken_over,
 );
+
+/// A key past its 24 hours is purged: the same request then runs afresh. Keys claimed after the
+/// cut-off stay.
+async fn an_expired_key_is_forgotten(hub: TestHub) {
+    let body = json!({"note": "once"});
+    let send = |key: &str| {
+        call(
+            hub.post("/v1/customers")
+                .header(IDEMPOTENCY_KEY, key)
+                .json(&body),
+        )
+    };
+    let first = send("old").await;
+    assert_eq!(first.status, 201);
+    let cutoff = clientele_domain::Timestamp::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let kept = send("new").await;
+    assert_eq!(kept.status, 201);
+
+    let purged = hub
+        .state
+        .store()
+        .purge_idempotency(cutoff)
+        .await
+        .expect("purge");
+    assert_eq!(purged, 1, "only the key claimed before the cut-off");
+
+    let again = send("old").await;
+    assert_eq!(again.status, 201);
+    assert_eq!(
+        again.header(REPLAYED),
+        None,
+        "an expired key runs the request again"
+    );
+    assert_ne!(again.body["id"], first.body["id"]);
+    let replayed = send("new").await;
+    assert_eq!(replayed.header(REPLAYED), Some("true"));
+    assert_eq!(replayed.body["id"], kept.body["id"]);
+}
+
+/// The claim rules in time: a finished key replays within 24 hours and starts afresh after; an
+/// unfinished one is in flight for 10 minutes, then another request may take it over.
+async fn claims_expire_and_abandoned_ones_are_taken_over(hub: TestHub) {
+    use clientele_domain::{ClaimOutcome, IdempotencyClaim, StoredResponse, Timestamp};
+    const MINUTE: i64 = 60 * 1_000_000;
+    let store = hub.state.store();
+    let api_key = clientele_domain::ApiKeyId::new();
+    let claim = |key: &str, fingerprint: u8, minutes: i64| IdempotencyClaim {
+        api_key,
+        key: key.to_owned(),
+        fingerprint: vec![fingerprint],
+        at: Timestamp::from_micros(Timestamp::now().as_micros() + minutes * MINUTE),
+    };
+    let response = StoredResponse {
+        status: 201,
+        headers: vec![],
+        body: b"{}".to_vec(),
+    };
+
+    assert_eq!(
+        store
+            .claim_idempotency(&claim("done", 1, 0))
+            .await
+            .expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    store
+        .complete_idempotency(&claim("done", 1, 0), &response)
+        .await
+        .expect("complete");
+    let later = store
+        .claim_idempotency(&claim("done", 1, 23 * 60))
+        .await
+        .expect("claim");
+    assert_eq!(later, ClaimOutcome::Replay(response.clone()));
+    let other = store
+        .claim_idempotency(&claim("done", 2, 23 * 60))
+        .await
+        .expect("claim");
+    assert_eq!(other, ClaimOutcome::Reused);
+    let expired = store
+        .claim_idempotency(&claim("done", 2, 25 * 60))
+        .await
+        .expect("claim");
+    assert_eq!(
+        expired,
+        ClaimOutcome::Claimed,
+        "after 24 hours the key is free"
+    );
+
+    assert_eq!(
+        store
+            .claim_idempotency(&claim("running", 1, 0))
+            .await
+            .expect("claim"),
+        ClaimOutcome::Claimed
+    );
+    let soon = store
+        .claim_idempotency(&claim("running", 1, 9))
+        .await
+        .expect("claim");
+    assert_eq!(soon, ClaimOutcome::InFlight);
+    let abandoned = store
+        .claim_idempotency(&claim("running", 1, 11))
+        .await
+        .expect("claim");
+    assert_eq!(
+        abandoned,
+        ClaimOutcome::Claimed,
+        "a claim unfinished for 10 minutes is taken over"
+    );
+    let taken = store
+        .claim_idempotency(&claim("running", 1, 12))
+        .await
+        .expect("claim");
+    assert_eq!(
+        taken,
+        ClaimOutcome::InFlight,
+        "the new holder's lease runs from its own claim"
+    );
+}
 
 const BINARY: &str = env!("CARGO_BIN_EXE_clientele");
 const IDEMPOTENCY_KEY: &str = "Idempotency-Key";

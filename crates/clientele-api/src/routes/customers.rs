@@ -3,8 +3,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::header::{CONTENT_TYPE, ETAG, LOCATION};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
+use axum::http::header::{ETAG, LOCATION};
 use axum::response::{IntoResponse, Response};
 use clientele_domain::{
     Customer, CustomerDoc, CustomerId, CustomerKey, CustomerWrite, ListQuery, Locator, Patch, Role,
@@ -296,10 +296,11 @@ async fn list_customers(
         .list_customers(&ListQuery { limit, sort, after })
         .await?;
     let next_cursor = page.next.as_ref().map(|c| cursor::encode(c, sort));
-    Ok(json_response(
+    Ok(Rendered::json(
         StatusCode::OK,
         page_json(&page.items, next_cursor.as_deref()),
-    ))
+    )
+    .into_response())
 }
 
 /// `{"data": [...], "next_cursor": ...}` from stored documents, without re-encoding them.
@@ -440,23 +441,9 @@ async fn read_customer(state: &AppState, locator: Locator) -> Result<Response, A
         .get_customer(&locator)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    let mut response = json_response(StatusCode::OK, doc.json);
-    set_etag(&mut response, doc.version);
-    Ok(response)
-}
-
-fn json_response(status: StatusCode, body: String) -> Response {
-    let mut response = (status, body).into_response();
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-fn set_etag(response: &mut Response, version: i64) {
-    if let Ok(value) = HeaderValue::from_str(&etag(version)) {
-        response.headers_mut().insert(ETAG, value);
-    }
+    Ok(Rendered::json(StatusCode::OK, doc.json)
+        .header(ETAG, etag(doc.version))
+        .into_response())
 }
 
 /// An id that cannot be a customer id names no customer: 404, like any unknown id.
