@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use crate::validation::is_valid_key;
 use crate::write::{Applied, ApplyContext, apply};
 use crate::{
     ChangeKind, Customer, CustomerId, CustomerKey, CustomerWrite, Directory, DomainError, Patch,
@@ -140,11 +141,13 @@ pub struct Plan {
 
 impl SyncBatch {
     /// The batch-key values the store must load (normalized): every item's key and `match`.
+    /// Malformed values are left out: no customer has them, and their items fail validation.
     pub fn addressed_values(&self) -> Vec<String> {
         let mut values: Vec<String> = self
             .commands()
             .flat_map(|c| [c.write.key(self.key).value(), c.write.match_value.as_ref()])
             .flatten()
+            .filter(|v| is_valid_key(v))
             .map(|v| self.key.normalize(v))
             .collect();
         values.sort_unstable();
@@ -162,6 +165,7 @@ impl SyncBatch {
                 let mut values: Vec<String> = self
                     .commands()
                     .filter_map(|c| c.write.key(key).value())
+                    .filter(|v| is_valid_key(v))
                     .map(|v| key.normalize(v))
                     .collect();
                 values.sort_unstable();
@@ -277,6 +281,17 @@ impl WorkingSet<'_> {
     fn apply_item(&mut self, command: &SyncCommand) -> ItemResult {
         let write = &command.write;
         let field = self.key.as_str();
+        if write
+            .match_value
+            .as_deref()
+            .is_some_and(|v| !is_valid_key(v))
+        {
+            return ItemResult::failed(ValidationErrors::single(
+                "match",
+                "invalid_key",
+                "match must be a key value: 1 to 255 characters, no control characters",
+            ));
+        }
         let by_match = write.match_value.as_deref().and_then(|v| self.find(v));
         let key_value = write.key(self.key).value();
         let found = by_match.or_else(|| key_value.and_then(|v| self.find(v)));

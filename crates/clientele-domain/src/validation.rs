@@ -69,6 +69,13 @@ pub(crate) fn check_text(errors: &mut ValidationErrors, field: &str, value: &str
     }
 }
 
+/// Whether a value can be a unique key (what [`check_key`] accepts).
+pub fn is_valid_key(value: &str) -> bool {
+    let mut errors = ValidationErrors::default();
+    check_key(&mut errors, "", value);
+    errors.is_empty()
+}
+
 pub(crate) fn check_key(errors: &mut ValidationErrors, field: &str, value: &str) {
     if value.is_empty() {
         errors.push(field, "empty", "must not be empty; use null to clear it");

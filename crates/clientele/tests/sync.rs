@@ -12,6 +12,7 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 
 hub_tests!(
+    malformed_keys_fail_their_item_not_the_batch,
     sync_by_external_id_creates_updates_leaves_unchanged_and_deletes,
     sync_by_email_matches_case_insensitively,
     sync_by_username_creates_updates_leaves_unchanged_and_deletes,
@@ -1077,5 +1078,34 @@ async fn concurrent_overlapping_batches_lose_no_update(hub: TestHub) {
         hub.count_rows("changes").await,
         total as i64,
         "one change per item"
+    );
+}
+
+/// Key values are looked up for the whole batch before items are validated: a value the
+/// database cannot hold (a NUL character) must fail its item, not the batch.
+async fn malformed_keys_fail_their_item_not_the_batch(hub: TestHub) {
+    let reply = hub
+        .sync(&json!({"key": "external_id", "customers": [
+            {"external_id": "ok-1"},
+            {"external_id": "bad\0id"},
+            {"external_id": "ok-2", "match": "old\0id"},
+            {"external_id": "ok-3", "email": "a\0@example.com"},
+            {"external_id": "ok-4"}
+        ]}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let statuses: Vec<_> = reply.body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["created", "failed", "failed", "failed", "created"]
+    );
+    assert_eq!(
+        reply.body["results"][2]["error"]["errors"][0]["field"],
+        "match"
     );
 }
