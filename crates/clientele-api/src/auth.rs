@@ -4,7 +4,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use clientele_domain::{ApiKey, ApiKeyId, NewApiKey, Role, Timestamp};
+use clientele_domain::{ApiKey, ApiKeyId, NewApiKey, Role, Scope, Timestamp};
 
 use crate::problem::{ApiError, ErrorCode};
 use crate::secrets::{MasterKey, generate_secret};
@@ -17,6 +17,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The customers this caller may see and change.
+    pub fn scope(&self) -> Scope {
+        self.key.scope()
+    }
+
     /// 403 unless the key's role includes `needed`.
     pub fn require(&self, needed: Role) -> Result<(), ApiError> {
         if self.key.role.allows(needed) {

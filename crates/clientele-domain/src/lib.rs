@@ -10,6 +10,7 @@ pub mod error;
 pub mod id;
 pub mod iso;
 pub mod patch;
+pub mod scope;
 pub mod store;
 pub mod sync;
 pub mod timestamp;
@@ -21,6 +22,7 @@ pub use customer::{Address, AddressKind, Customer, CustomerKey, GroupMembership}
 pub use error::DomainError;
 pub use id::{ApiKeyId, CustomerId};
 pub use patch::Patch;
+pub use scope::Scope;
 pub use store::{
     ChangeKind, ClaimOutcome, Completion, Cursor, CustomerDoc, IdempotencyClaim, ListQuery,
     Locator, Page, PoolStats, SortKey, SortOrder, Store, StoredResponse, WriteCommand,
