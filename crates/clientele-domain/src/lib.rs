@@ -24,8 +24,8 @@ pub use id::{ApiKeyId, CustomerId};
 pub use patch::Patch;
 pub use scope::Scope;
 pub use store::{
-    ChangeKind, ClaimOutcome, Completion, Cursor, CustomerDoc, IdempotencyClaim, ListQuery,
-    Locator, Page, PoolStats, SortKey, SortOrder, Store, StoredResponse, WriteCommand,
+    ChangeKind, ClaimOutcome, Completion, Cursor, CustomerDoc, CustomerFilter, IdempotencyClaim,
+    ListQuery, Locator, Page, PoolStats, SortKey, SortOrder, Store, StoredResponse, WriteCommand,
     WriteOutcome, WriteTarget,
 };
 pub use timestamp::Timestamp;

@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 
+use crate::Scope;
 use crate::sync::{SyncBatch, SyncReport};
 use crate::{
     ApiKey, ApiKeyId, Customer, CustomerId, CustomerKey, CustomerWrite, DomainError, NewApiKey,
@@ -126,6 +127,34 @@ pub struct ListQuery {
     pub limit: u32,
     pub sort: SortOrder,
     pub after: Option<Cursor>,
+    pub filter: CustomerFilter,
+    /// The customers the caller may see; a team scope filters like a `team` filter.
+    pub scope: Scope,
+}
+
+/// The filters of `GET /v1/customers`, all combined with AND; `None` means not filtered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CustomerFilter {
+    /// Inclusive.
+    pub created_after: Option<Timestamp>,
+    /// Exclusive.
+    pub created_before: Option<Timestamp>,
+    /// Inclusive.
+    pub updated_after: Option<Timestamp>,
+    /// Exclusive.
+    pub updated_before: Option<Timestamp>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub external_id: Option<String>,
+    pub tag: Option<String>,
+    pub group: Option<String>,
+    /// With `group`: members of the group's descendants count too.
+    pub include_subgroups: bool,
+    pub team: Option<String>,
+    /// `None` is `any`.
+    pub archived: Option<bool>,
+    /// Case-insensitive prefix over names, email, phone, company and external id.
+    pub q: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

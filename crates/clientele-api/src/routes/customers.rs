@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::http::header::{ETAG, LOCATION};
 use axum::response::{IntoResponse, Response};
 use clientele_domain::{
-    Customer, CustomerDoc, CustomerId, CustomerKey, CustomerWrite, ListQuery, Locator, Patch, Role,
-    SortOrder, WriteCommand, WriteOutcome, WriteTarget,
+    Customer, CustomerDoc, CustomerFilter, CustomerId, CustomerKey, CustomerWrite, ListQuery,
+    Locator, Patch, Role, Scope, SortOrder, WriteCommand, WriteOutcome, WriteTarget,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -293,7 +293,13 @@ async fn list_customers(
         .transpose()?;
     let page = state
         .store()
-        .list_customers(&ListQuery { limit, sort, after })
+        .list_customers(&ListQuery {
+            limit,
+            sort,
+            after,
+            filter: CustomerFilter::default(),
+            scope: Scope::All,
+        })
         .await?;
     let next_cursor = page.next.as_ref().map(|c| cursor::encode(c, sort));
     Ok(Rendered::json(
