@@ -12,6 +12,7 @@ pub mod id;
 pub mod iso;
 pub mod patch;
 pub mod scope;
+pub mod search;
 pub mod store;
 pub mod sync;
 pub mod timestamp;

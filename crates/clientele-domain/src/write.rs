@@ -511,7 +511,7 @@ pub fn apply(
     }
 }
 
-fn blank_customer(now: Timestamp) -> Customer {
+pub(crate) fn blank_customer(now: Timestamp) -> Customer {
     Customer {
         id: CustomerId::new(),
         external_id: None,

@@ -8,6 +8,7 @@
 mod error;
 mod feed;
 mod primitives;
+mod search;
 mod sql_store;
 mod unit_of_work;
 

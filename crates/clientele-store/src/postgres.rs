@@ -18,7 +18,11 @@ use crate::primitives::{
 use crate::sql_store::{Backend, SqlStore};
 use crate::{StoreConfig, StoreError};
 
-sql_primitives!(Postgres, lock = " FOR UPDATE");
+sql_primitives!(
+    Postgres,
+    lock = " FOR UPDATE",
+    dialect = crate::search::Dialect::Postgres
+);
 crate::feed::feed_primitives!(
     Postgres,
     teams_match = "teams && $3::text[]",
@@ -207,7 +211,7 @@ impl BatchTx for Transaction<'static, Postgres> {
         .execute(&mut **self)
         .await
         .map_err(db_error)?;
-        Ok(())
+        write_terms(self, rows, true).await
     }
 
     async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {
@@ -236,7 +240,7 @@ impl BatchTx for Transaction<'static, Postgres> {
         .execute(&mut **self)
         .await
         .map_err(db_error)?;
-        Ok(())
+        write_terms(self, rows, false).await
     }
 
     async fn record_changes(&mut self, changes: &[ChangeRecord]) -> Result<(), DomainError> {
@@ -291,6 +295,36 @@ impl BatchTx for Transaction<'static, Postgres> {
         .map_err(db_error)?;
         Ok(())
     }
+}
+
+/// Writes the search terms of these rows, replacing their old ones when `replace`.
+async fn write_terms(
+    tx: &mut Transaction<'static, Postgres>,
+    rows: &[CustomerRow<'_>],
+    replace: bool,
+) -> Result<(), DomainError> {
+    if replace {
+        let list: Vec<String> = rows.iter().map(|r| r.customer.id.to_string()).collect();
+        sqlx::query("DELETE FROM customer_terms WHERE customer_id = ANY($1)")
+            .bind(list)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+    }
+    let (terms, ids) = crate::search::term_pairs(rows);
+    if terms.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO customer_terms (term, customer_id) \
+         SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(terms)
+    .bind(ids)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(())
 }
 
 pub struct PostgresBackend {

@@ -240,32 +240,9 @@ pub(crate) fn decode_api_key(
     })
 }
 
-/// The `SELECT` of a customer page for a sort order, continuing after a cursor or not.
-pub(crate) fn page_sql(query: &ListQuery) -> String {
-    use clientele_domain::SortOrder::*;
-    let (column, direction) = match query.sort {
-        CreatedAsc => ("created_at", "ASC"),
-        CreatedDesc => ("created_at", "DESC"),
-        UpdatedAsc => ("updated_at", "ASC"),
-        UpdatedDesc => ("updated_at", "DESC"),
-        LastNameAsc => ("last_name_sort", "ASC"),
-    };
-    let compare = if direction == "ASC" { ">" } else { "<" };
-    let filter = if query.after.is_some() {
-        format!("WHERE ({column}, id) {compare} ($1, $2) ")
-    } else {
-        String::new()
-    };
-    let limit = if query.after.is_some() { "$3" } else { "$1" };
-    format!(
-        "SELECT id, version, doc, created_at, updated_at, last_name_sort FROM customers \
-         {filter}ORDER BY {column} {direction}, id {direction} LIMIT {limit}"
-    )
-}
-
 /// Implements [`CustomerTx`] for a backend's transaction and [`Queries`] for its pool.
 macro_rules! sql_primitives {
-    ($db:ty, lock = $lock:literal) => {
+    ($db:ty, lock = $lock:literal, dialect = $dialect:expr) => {
         #[async_trait::async_trait]
         impl $crate::primitives::CustomerTx for sqlx::Transaction<'static, $db> {
             async fn load(
@@ -384,18 +361,17 @@ macro_rules! sql_primitives {
             ) -> Result<clientele_domain::Page, clientele_domain::DomainError> {
                 use clientele_domain::{Cursor, CustomerDoc, SortKey, SortOrder};
                 use sqlx::Row;
-                let sql = $crate::primitives::page_sql(query);
-                let mut statement = sqlx::query(&sql);
-                if let Some(after) = &query.after {
-                    statement = match &after.key {
-                        SortKey::Time(t) => statement.bind(*t),
-                        SortKey::Text(t) => statement.bind(t.clone()),
+                use $crate::search::Bind;
+                let page = $crate::search::page_sql(query, $dialect);
+                let mut statement = sqlx::query(&page.sql);
+                for bind in page.binds {
+                    statement = match bind {
+                        Bind::Int(value) => statement.bind(value),
+                        Bind::Text(value) => statement.bind(value),
                     };
-                    statement = statement.bind(after.id.to_string());
                 }
-                // One row more than asked tells whether there is a next page.
+                // The query asks for one row more than the limit: whether there is a next page.
                 let rows = statement
-                    .bind(i64::from(query.limit) + 1)
                     .fetch_all(self)
                     .await
                     .map_err($crate::error::db_error)?;

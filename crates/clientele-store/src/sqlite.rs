@@ -17,7 +17,7 @@ use crate::primitives::{BatchTx, CustomerRow, decode_id, key_column, sql_primiti
 use crate::sql_store::{Backend, SqlStore};
 use crate::{SqliteSync, StoreConfig, StoreError};
 
-sql_primitives!(Sqlite, lock = "");
+sql_primitives!(Sqlite, lock = "", dialect = crate::search::Dialect::Sqlite);
 crate::feed::feed_primitives!(
     Sqlite,
     teams_match = "EXISTS (SELECT 1 FROM json_each(changes.teams) AS t \
@@ -111,7 +111,7 @@ impl BatchTx for Transaction<'static, Sqlite> {
                 .await
                 .map_err(db_error)?;
         }
-        Ok(())
+        self.write_terms(rows, true).await
     }
 
     async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {
@@ -125,7 +125,7 @@ impl BatchTx for Transaction<'static, Sqlite> {
                 .await
                 .map_err(db_error)?;
         }
-        Ok(())
+        self.write_terms(rows, false).await
     }
 
     async fn record_changes(&mut self, changes: &[ChangeRecord]) -> Result<(), DomainError> {
@@ -154,6 +154,13 @@ impl BatchTx for Transaction<'static, Sqlite> {
 
 /// Set-at-a-time statements over JSON lists.
 trait JsonLists {
+    /// Writes the search terms of these rows, replacing their old ones when `replace`.
+    async fn write_terms(
+        &mut self,
+        rows: &[CustomerRow<'_>],
+        replace: bool,
+    ) -> Result<(), DomainError>;
+
     /// Runs a statement whose `$1` is a JSON list of customer ids.
     async fn for_ids(&mut self, sql: &str, ids: &[CustomerId]) -> Result<(), DomainError>;
 
@@ -169,6 +176,36 @@ trait JsonLists {
 }
 
 impl JsonLists for Transaction<'static, Sqlite> {
+    async fn write_terms(
+        &mut self,
+        rows: &[CustomerRow<'_>],
+        replace: bool,
+    ) -> Result<(), DomainError> {
+        if replace {
+            let ids: Vec<CustomerId> = rows.iter().map(|r| r.customer.id).collect();
+            self.for_ids(
+                "DELETE FROM customer_terms WHERE customer_id IN (SELECT value FROM json_each($1))",
+                &ids,
+            )
+            .await?;
+        }
+        let (terms, ids) = crate::search::term_pairs(rows);
+        if terms.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT OR IGNORE INTO customer_terms (term, customer_id) \
+             SELECT t.value, i.value FROM json_each($1) AS t JOIN json_each($2) AS i \
+             ON i.key = t.key",
+        )
+        .bind(json_list(&terms))
+        .bind(json_list(&ids))
+        .execute(&mut **self)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
     async fn aggregate<T: serde::de::DeserializeOwned>(
         &mut self,
         expr: &str,

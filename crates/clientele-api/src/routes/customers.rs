@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::http::header::{ETAG, LOCATION};
 use axum::response::{IntoResponse, Response};
 use clientele_domain::{
-    Customer, CustomerDoc, CustomerFilter, CustomerId, CustomerKey, CustomerWrite, ListQuery,
-    Locator, Patch, Role, Scope, SortOrder, WriteCommand, WriteOutcome, WriteTarget,
+    Customer, CustomerDoc, CustomerId, CustomerKey, CustomerWrite, ListQuery, Locator, Patch, Role,
+    Scope, SortOrder, WriteCommand, WriteOutcome, WriteTarget,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -235,13 +235,32 @@ async fn delete_customer_by_key(
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-struct ListParams {
+pub(crate) struct ListParams {
     /// 1 to 1000, default 100.
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// `created_at` (default), `-created_at`, `updated_at`, `-updated_at` or `last_name`.
     sort: Option<String>,
+    /// RFC 3339 timestamp; customers created at or after it.
+    pub(crate) created_after: Option<String>,
+    /// RFC 3339 timestamp; customers created before it.
+    pub(crate) created_before: Option<String>,
+    /// RFC 3339 timestamp; customers last changed at or after it.
+    pub(crate) updated_after: Option<String>,
+    /// RFC 3339 timestamp; customers last changed before it.
+    pub(crate) updated_before: Option<String>,
+    /// Exactly this email, compared case-insensitively.
+    pub(crate) email: Option<String>,
+    /// Exactly this phone number, as `phone` or `phone_alt`.
+    pub(crate) phone: Option<String>,
+    /// Exactly this external id.
+    pub(crate) external_id: Option<String>,
+    /// `true`, `false` or `any` (default).
+    pub(crate) archived: Option<String>,
+    /// Case-insensitive prefix of a name (first, last, display; or one of their words), the
+    /// email, a phone number, the company or the external id.
+    pub(crate) q: Option<String>,
 }
 
 /// A page of customers.
@@ -318,7 +337,7 @@ async fn list_customers(
             limit,
             sort,
             after,
-            filter: CustomerFilter::default(),
+            filter: params.filter()?,
             scope: Scope::All,
         })
         .await?;

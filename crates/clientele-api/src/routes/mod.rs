@@ -3,5 +3,6 @@
 pub(crate) mod api_keys;
 pub(crate) mod changes;
 pub(crate) mod customers;
+mod list_filters;
 pub(crate) mod ops;
 pub(crate) mod sync;

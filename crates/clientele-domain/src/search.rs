@@ -1,0 +1,103 @@
+//! The `q` search: which terms of a customer a prefix can match, and how a query is normalized.
+//! A term is a whole value (first, last and display name, company, email, phone numbers,
+//! external id) or one word of it, lower-cased; a query matches a customer when it is a prefix
+//! of one of its terms. The store keeps the terms in an index, so a search is a range scan.
+
+use crate::Customer;
+
+/// Characters of a term the index holds (a PostgreSQL B-tree entry is bounded); a longer query
+/// is cut the same way, so it still finds what it is a prefix of.
+pub const TERM_CHARS: usize = 100;
+
+/// A value or query as it is indexed: lower-cased and cut to [`TERM_CHARS`] characters.
+pub fn normalize_term(text: &str) -> String {
+    text.trim()
+        .chars()
+        .take(TERM_CHARS)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The distinct terms of a customer, sorted.
+pub fn search_terms(customer: &Customer) -> Vec<String> {
+    let values = [
+        &customer.first_name,
+        &customer.last_name,
+        &customer.name,
+        &customer.company,
+        &customer.email,
+        &customer.phone,
+        &customer.phone_alt,
+        &customer.external_id,
+    ];
+    let mut terms = Vec::new();
+    for value in values.into_iter().flatten() {
+        terms.push(normalize_term(value));
+        let words: Vec<&str> = value.split_whitespace().collect();
+        if words.len() > 1 {
+            terms.extend(words.into_iter().map(normalize_term));
+        }
+    }
+    terms.retain(|t| !t.is_empty());
+    terms.sort_unstable();
+    terms.dedup();
+    terms
+}
+
+/// The half-open range `[low, high)` of terms that start with the normalized query: `high` is
+/// the query followed by the largest character, so byte order (`COLLATE "C"`, SQLite's binary
+/// order) keeps every term with this prefix inside.
+pub fn prefix_range(query: &str) -> (String, String) {
+    let low = normalize_term(query);
+    let mut high = low.clone();
+    high.push(char::MAX);
+    (low, high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terms_are_whole_values_and_their_words_lower_cased() {
+        let mut customer = crate::write::blank_customer(crate::Timestamp::now());
+        customer.first_name = Some("Ada".into());
+        customer.last_name = Some("Lovelace".into());
+        customer.name = Some("Ada Lovelace".into());
+        customer.company = Some("Analytical  Engines".into());
+        customer.email = Some("Ada@Example.org".into());
+        customer.phone = Some("+44 20 7946".into());
+        assert_eq!(
+            search_terms(&customer),
+            [
+                "+44",
+                "+44 20 7946",
+                "20",
+                "7946",
+                "ada",
+                "ada lovelace",
+                "ada@example.org",
+                "analytical",
+                "analytical  engines",
+                "engines",
+                "lovelace",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_prefix_range_holds_exactly_the_terms_with_that_prefix() {
+        let (low, high) = prefix_range(" LoV");
+        assert_eq!(low, "lov");
+        for inside in ["lov", "love", "lovelace", "lov\u{10fffe}"] {
+            assert!(low.as_str() <= inside && inside < high.as_str(), "{inside}");
+        }
+        for outside in ["lou", "low", "lo", "mov"] {
+            assert!(
+                !(low.as_str() <= outside && outside < high.as_str()),
+                "{outside}"
+            );
+        }
+        assert_eq!(normalize_term(&"x".repeat(500)).len(), TERM_CHARS);
+    }
+}

@@ -1,0 +1,13 @@
+-- The `q` prefix search: every search term of a customer (see clientele_domain::search),
+-- written in the transaction of each write. A prefix query is a range scan of the primary key.
+CREATE TABLE customer_terms (
+    term        TEXT NOT NULL,
+    customer_id TEXT NOT NULL REFERENCES customers (id) ON DELETE CASCADE,
+    PRIMARY KEY (term, customer_id)
+) WITHOUT ROWID;
+CREATE INDEX customer_terms_by_customer ON customer_terms (customer_id);
+
+-- Customers stored before this migration get their terms at the next start.
+CREATE TABLE customer_terms_backfill (done INTEGER NOT NULL);
+INSERT INTO customer_terms_backfill (done) VALUES (0);
+

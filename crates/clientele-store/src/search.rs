@@ -1,0 +1,210 @@
+//! List and search SQL: the `WHERE` of every filter of `GET /v1/customers`, keyset pagination
+//! for every sort, and the search terms written with each customer row.
+
+use clientele_domain::search::{normalize_term, prefix_range, search_terms};
+use clientele_domain::{CustomerFilter, CustomerKey, ListQuery, SortKey, SortOrder};
+
+use crate::primitives::CustomerRow;
+
+/// Where the SQL of the two backends differs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    fn archived(self, archived: bool) -> &'static str {
+        // Literals, not parameters, so that the planner may use partial indexes.
+        match (self, archived) {
+            (Dialect::Sqlite, true) => "archived = 1",
+            (Dialect::Sqlite, false) => "archived = 0",
+            (Dialect::Postgres, true) => "archived",
+            (Dialect::Postgres, false) => "NOT archived",
+        }
+    }
+
+    /// A top-level text field of the stored document.
+    fn doc_field(self, field: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("json_extract(doc, '$.{field}')"),
+            Dialect::Postgres => format!("(doc::jsonb ->> '{field}')"),
+        }
+    }
+}
+
+/// A bound parameter of a page query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Bind {
+    Int(i64),
+    Text(String),
+}
+
+/// A page query and its parameters, in `$n` order.
+pub(crate) struct PageSql {
+    pub sql: String,
+    pub binds: Vec<Bind>,
+}
+
+struct Builder {
+    conditions: Vec<String>,
+    binds: Vec<Bind>,
+}
+
+impl Builder {
+    /// Binds a value and returns its placeholder.
+    fn bind(&mut self, value: Bind) -> String {
+        self.binds.push(value);
+        format!("${}", self.binds.len())
+    }
+
+    fn time(&mut self, column: &str, op: &str, value: Option<clientele_domain::Timestamp>) {
+        if let Some(value) = value {
+            let p = self.bind(Bind::Int(value.as_micros()));
+            self.conditions.push(format!("{column} {op} {p}"));
+        }
+    }
+}
+
+/// The `SELECT` of a customer page: filters, then the keyset condition, ordered by the sort
+/// key and id, one row more than the limit (it tells whether there is a next page).
+pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect) -> PageSql {
+    let (column, direction) = sort_column(query.sort);
+    let mut b = Builder {
+        conditions: Vec::new(),
+        binds: Vec::new(),
+    };
+    filter_conditions(&mut b, &query.filter, dialect);
+    if let Some(after) = &query.after {
+        let key = b.bind(match &after.key {
+            SortKey::Time(t) => Bind::Int(*t),
+            SortKey::Text(t) => Bind::Text(t.clone()),
+        });
+        let id = b.bind(Bind::Text(after.id.to_string()));
+        let compare = if direction == "ASC" { ">" } else { "<" };
+        b.conditions
+            .push(format!("({column}, id) {compare} ({key}, {id})"));
+    }
+    let limit = b.bind(Bind::Int(i64::from(query.limit) + 1));
+    let filter = if b.conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {} ", b.conditions.join(" AND "))
+    };
+    PageSql {
+        sql: format!(
+            "SELECT id, version, doc, created_at, updated_at, last_name_sort FROM customers \
+             {filter}ORDER BY {column} {direction}, id {direction} LIMIT {limit}"
+        ),
+        binds: b.binds,
+    }
+}
+
+fn sort_column(sort: SortOrder) -> (&'static str, &'static str) {
+    use SortOrder::*;
+    match sort {
+        CreatedAsc => ("created_at", "ASC"),
+        CreatedDesc => ("created_at", "DESC"),
+        UpdatedAsc => ("updated_at", "ASC"),
+        UpdatedDesc => ("updated_at", "DESC"),
+        LastNameAsc => ("last_name_sort", "ASC"),
+    }
+}
+
+fn filter_conditions(b: &mut Builder, filter: &CustomerFilter, dialect: Dialect) {
+    b.time("created_at", ">=", filter.created_after);
+    b.time("created_at", "<", filter.created_before);
+    b.time("updated_at", ">=", filter.updated_after);
+    b.time("updated_at", "<", filter.updated_before);
+    if let Some(email) = &filter.email {
+        let p = b.bind(Bind::Text(CustomerKey::Email.normalize(email)));
+        b.conditions.push(format!("email_norm = {p}"));
+    }
+    if let Some(external_id) = &filter.external_id {
+        let p = b.bind(Bind::Text(external_id.clone()));
+        b.conditions.push(format!("external_id = {p}"));
+    }
+    if let Some(phone) = &filter.phone {
+        // Found through the term index, then compared exactly with either number.
+        let term = b.bind(Bind::Text(normalize_term(phone)));
+        let exact = b.bind(Bind::Text(phone.clone()));
+        b.conditions.push(format!(
+            "id IN (SELECT customer_id FROM customer_terms WHERE term = {term}) \
+             AND {exact} IN ({}, {})",
+            dialect.doc_field("phone"),
+            dialect.doc_field("phone_alt")
+        ));
+    }
+    if let Some(archived) = filter.archived {
+        b.conditions.push(dialect.archived(archived).to_owned());
+    }
+    if let Some(q) = &filter.q {
+        let (low, high) = prefix_range(q);
+        let low = b.bind(Bind::Text(low));
+        let high = b.bind(Bind::Text(high));
+        b.conditions.push(format!(
+            "id IN (SELECT customer_id FROM customer_terms WHERE term >= {low} AND term < {high})"
+        ));
+    }
+}
+
+/// The `(term, customer id)` pairs of these rows, as two parallel lists.
+pub(crate) fn term_pairs(rows: &[CustomerRow<'_>]) -> (Vec<String>, Vec<String>) {
+    let mut terms = Vec::new();
+    let mut ids = Vec::new();
+    for row in rows {
+        let id = row.customer.id.to_string();
+        for term in search_terms(row.customer) {
+            terms.push(term);
+            ids.push(id.clone());
+        }
+    }
+    (terms, ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clientele_domain::{Cursor, CustomerId, Scope, Timestamp};
+
+    #[test]
+    fn filters_and_the_cursor_bind_in_placeholder_order() {
+        let query = ListQuery {
+            limit: 10,
+            sort: SortOrder::UpdatedDesc,
+            after: Some(Cursor {
+                key: SortKey::Time(5),
+                id: CustomerId::new(),
+            }),
+            filter: CustomerFilter {
+                created_after: Some(Timestamp::from_micros(1)),
+                email: Some("A@B.c".into()),
+                archived: Some(false),
+                q: Some("Sm".into()),
+                ..CustomerFilter::default()
+            },
+            scope: Scope::All,
+        };
+        let page = page_sql(&query, Dialect::Sqlite);
+        assert!(page.sql.contains("created_at >= $1"), "{}", page.sql);
+        assert!(page.sql.contains("email_norm = $2"), "{}", page.sql);
+        assert!(page.sql.contains("archived = 0"), "{}", page.sql);
+        assert!(
+            page.sql.contains("term >= $3 AND term < $4"),
+            "{}",
+            page.sql
+        );
+        assert!(
+            page.sql.contains("(updated_at, id) < ($5, $6)"),
+            "{}",
+            page.sql
+        );
+        assert!(
+            page.sql
+                .ends_with("ORDER BY updated_at DESC, id DESC LIMIT $7")
+        );
+        assert_eq!(page.binds.len(), 7);
+        assert_eq!(page.binds[1], Bind::Text("a@b.c".into()));
+        assert_eq!(page.binds[6], Bind::Int(11));
+    }
+}
