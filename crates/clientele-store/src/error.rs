@@ -10,6 +10,8 @@ pub enum StoreError {
     Connect(#[source] sqlx::Error),
     #[error("cannot migrate the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot index stored customers for search: {0}")]
+    Backfill(#[source] clientele_domain::DomainError),
 }
 
 /// A database failure as the domain sees it: unique-key clashes become

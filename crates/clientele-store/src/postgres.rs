@@ -23,6 +23,7 @@ sql_primitives!(
     lock = " FOR UPDATE",
     dialect = crate::search::Dialect::Postgres
 );
+crate::search::backfill_primitives!(Postgres);
 crate::feed::feed_primitives!(
     Postgres,
     teams_match = "teams && $3::text[]",
@@ -211,7 +212,7 @@ impl BatchTx for Transaction<'static, Postgres> {
         .execute(&mut **self)
         .await
         .map_err(db_error)?;
-        write_terms(self, rows, true).await
+        self.write_terms(rows, true).await
     }
 
     async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {
@@ -240,7 +241,15 @@ impl BatchTx for Transaction<'static, Postgres> {
         .execute(&mut **self)
         .await
         .map_err(db_error)?;
-        write_terms(self, rows, false).await
+        self.write_terms(rows, false).await
+    }
+
+    async fn write_terms(
+        &mut self,
+        rows: &[CustomerRow<'_>],
+        replace: bool,
+    ) -> Result<(), DomainError> {
+        store_terms(self, rows, replace).await
     }
 
     async fn record_changes(&mut self, changes: &[ChangeRecord]) -> Result<(), DomainError> {
@@ -298,7 +307,7 @@ impl BatchTx for Transaction<'static, Postgres> {
 }
 
 /// Writes the search terms of these rows, replacing their old ones when `replace`.
-async fn write_terms(
+async fn store_terms(
     tx: &mut Transaction<'static, Postgres>,
     rows: &[CustomerRow<'_>],
     replace: bool,
@@ -348,7 +357,11 @@ impl PostgresStore {
             .map_err(StoreError::Connect)?;
         // sqlx takes an advisory lock, so hub processes starting together migrate once.
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        let store = SqlStore::new(PostgresBackend { pool: pool.clone() });
+        let backend = PostgresBackend { pool: pool.clone() };
+        crate::search::backfill_terms(&backend)
+            .await
+            .map_err(StoreError::Backfill)?;
+        let store = SqlStore::new(backend);
         tokio::spawn(listen_for_changes(pool, store.feed_signal().clone()));
         Ok(store)
     }

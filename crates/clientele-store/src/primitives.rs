@@ -92,6 +92,13 @@ pub(crate) trait BatchTx: Send {
     async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError>;
 
     async fn record_changes(&mut self, changes: &[ChangeRecord]) -> Result<(), DomainError>;
+
+    /// Writes the search terms of these rows (`q`), replacing their old ones when `replace`.
+    async fn write_terms(
+        &mut self,
+        rows: &[CustomerRow<'_>],
+        replace: bool,
+    ) -> Result<(), DomainError>;
 }
 
 /// A stored idempotency record, as the claim logic needs it.

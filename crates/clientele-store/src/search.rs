@@ -4,7 +4,8 @@
 use clientele_domain::search::{normalize_term, prefix_range, search_terms};
 use clientele_domain::{CustomerFilter, CustomerKey, ListQuery, SortKey, SortOrder};
 
-use crate::primitives::CustomerRow;
+use crate::primitives::{BatchTx, CustomerRow, CustomerTx, Queries, decode_customer};
+use crate::sql_store::Backend;
 
 /// Where the SQL of the two backends differs.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -145,6 +146,92 @@ fn filter_conditions(b: &mut Builder, filter: &CustomerFilter, dialect: Dialect)
         b.conditions.push(format!(
             "id IN (SELECT customer_id FROM customer_terms WHERE term >= {low} AND term < {high})"
         ));
+    }
+}
+
+/// The state of the one-time indexing of customers stored before the search index existed.
+#[async_trait::async_trait]
+pub(crate) trait BackfillTx: Send {
+    async fn terms_backfill_pending(&mut self) -> Result<bool, clientele_domain::DomainError>;
+    async fn finish_terms_backfill(&mut self) -> Result<(), clientele_domain::DomainError>;
+}
+
+/// Implements [`BackfillTx`] for a backend's transaction (the SQL is the same on both).
+macro_rules! backfill_primitives {
+    ($db:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::search::BackfillTx for sqlx::Transaction<'static, $db> {
+            async fn terms_backfill_pending(
+                &mut self,
+            ) -> Result<bool, clientele_domain::DomainError> {
+                let pending: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM customer_terms_backfill WHERE NOT done",
+                )
+                .fetch_one(&mut **self)
+                .await
+                .map_err($crate::error::db_error)?;
+                Ok(pending > 0)
+            }
+
+            async fn finish_terms_backfill(&mut self) -> Result<(), clientele_domain::DomainError> {
+                sqlx::query("UPDATE customer_terms_backfill SET done = (1 = 1)")
+                    .execute(&mut **self)
+                    .await
+                    .map_err($crate::error::db_error)?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(crate) use backfill_primitives;
+
+/// Indexes the search terms of customers stored before the search index existed, 1000 per
+/// transaction, once (a flag set by the migration says whether it is still due). New writes
+/// index their own terms meanwhile; rewriting a customer's terms twice is harmless.
+pub(crate) async fn backfill_terms<B: Backend>(
+    backend: &B,
+) -> Result<u64, clientele_domain::DomainError> {
+    let mut after = None;
+    let mut indexed = 0;
+    loop {
+        let mut tx = backend.begin_write().await?;
+        if !tx.terms_backfill_pending().await? {
+            return Ok(indexed);
+        }
+        let page = backend
+            .reads()
+            .customer_page(&ListQuery {
+                limit: 1000,
+                sort: SortOrder::CreatedAsc,
+                after,
+                filter: CustomerFilter::default(),
+                scope: clientele_domain::Scope::All,
+            })
+            .await?;
+        let customers = page
+            .items
+            .iter()
+            .map(|doc| decode_customer(&doc.json))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows: Vec<CustomerRow<'_>> = customers
+            .iter()
+            .zip(&page.items)
+            .map(|(customer, doc)| CustomerRow::new(customer, None, &doc.json))
+            .collect();
+        tx.write_terms(&rows, true).await?;
+        indexed += rows.len() as u64;
+        if page.next.is_none() {
+            tx.finish_terms_backfill().await?;
+        }
+        tx.commit().await?;
+        after = page.next;
+        if after.is_none() {
+            if indexed > 0 {
+                tracing::info!(indexed, "indexed stored customers for search");
+            }
+            return Ok(indexed);
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use crate::unit_of_work;
 /// What a database backend provides: write transactions and pools to run queries on.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
-    type Tx: CustomerTx + BatchTx + FeedTx;
+    type Tx: CustomerTx + BatchTx + FeedTx + crate::search::BackfillTx;
     type Reader: Queries + FeedQueries;
 
     const NAME: &'static str;

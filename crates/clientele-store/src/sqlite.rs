@@ -18,6 +18,7 @@ use crate::sql_store::{Backend, SqlStore};
 use crate::{SqliteSync, StoreConfig, StoreError};
 
 sql_primitives!(Sqlite, lock = "", dialect = crate::search::Dialect::Sqlite);
+crate::search::backfill_primitives!(Sqlite);
 crate::feed::feed_primitives!(
     Sqlite,
     teams_match = "EXISTS (SELECT 1 FROM json_each(changes.teams) AS t \
@@ -128,6 +129,37 @@ impl BatchTx for Transaction<'static, Sqlite> {
         self.write_terms(rows, false).await
     }
 
+    async fn write_terms(
+        &mut self,
+        rows: &[CustomerRow<'_>],
+        replace: bool,
+    ) -> Result<(), DomainError> {
+        if replace {
+            let ids: Vec<CustomerId> = rows.iter().map(|r| r.customer.id).collect();
+            JsonLists::for_ids(
+                self,
+                "DELETE FROM customer_terms WHERE customer_id IN (SELECT value FROM json_each($1))",
+                &ids,
+            )
+            .await?;
+        }
+        let (terms, ids) = crate::search::term_pairs(rows);
+        if terms.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT OR IGNORE INTO customer_terms (term, customer_id) \
+             SELECT t.value, i.value FROM json_each($1) AS t JOIN json_each($2) AS i \
+             ON i.key = t.key",
+        )
+        .bind(json_list(&terms))
+        .bind(json_list(&ids))
+        .execute(&mut **self)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
     async fn record_changes(&mut self, changes: &[ChangeRecord]) -> Result<(), DomainError> {
         for chunk in chunks(changes) {
             let sql = format!(
@@ -154,13 +186,6 @@ impl BatchTx for Transaction<'static, Sqlite> {
 
 /// Set-at-a-time statements over JSON lists.
 trait JsonLists {
-    /// Writes the search terms of these rows, replacing their old ones when `replace`.
-    async fn write_terms(
-        &mut self,
-        rows: &[CustomerRow<'_>],
-        replace: bool,
-    ) -> Result<(), DomainError>;
-
     /// Runs a statement whose `$1` is a JSON list of customer ids.
     async fn for_ids(&mut self, sql: &str, ids: &[CustomerId]) -> Result<(), DomainError>;
 
@@ -176,36 +201,6 @@ trait JsonLists {
 }
 
 impl JsonLists for Transaction<'static, Sqlite> {
-    async fn write_terms(
-        &mut self,
-        rows: &[CustomerRow<'_>],
-        replace: bool,
-    ) -> Result<(), DomainError> {
-        if replace {
-            let ids: Vec<CustomerId> = rows.iter().map(|r| r.customer.id).collect();
-            self.for_ids(
-                "DELETE FROM customer_terms WHERE customer_id IN (SELECT value FROM json_each($1))",
-                &ids,
-            )
-            .await?;
-        }
-        let (terms, ids) = crate::search::term_pairs(rows);
-        if terms.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT OR IGNORE INTO customer_terms (term, customer_id) \
-             SELECT t.value, i.value FROM json_each($1) AS t JOIN json_each($2) AS i \
-             ON i.key = t.key",
-        )
-        .bind(json_list(&terms))
-        .bind(json_list(&ids))
-        .execute(&mut **self)
-        .await
-        .map_err(db_error)?;
-        Ok(())
-    }
-
     async fn aggregate<T: serde::de::DeserializeOwned>(
         &mut self,
         expr: &str,
@@ -335,7 +330,11 @@ impl SqliteStore {
             .connect_with(options.pragma("cache_size", "-8192").read_only(true))
             .await
             .map_err(StoreError::Connect)?;
-        Ok(SqlStore::new(SqliteBackend { writer, readers }))
+        let backend = SqliteBackend { writer, readers };
+        crate::search::backfill_terms(&backend)
+            .await
+            .map_err(StoreError::Backfill)?;
+        Ok(SqlStore::new(backend))
     }
 }
 

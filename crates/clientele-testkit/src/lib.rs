@@ -364,6 +364,23 @@ pub async fn column_bytes(database_url: &str, sql: &str) -> Vec<Option<Vec<u8>>>
     }
 }
 
+/// Runs one SQL statement straight on the SQLite or PostgreSQL database at `database_url`.
+pub async fn execute(database_url: &str, sql: &str) {
+    if database_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(database_url)
+            .await
+            .expect("open the SQLite database");
+        sqlx::query(sql).execute(&pool).await.expect("execute");
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(database_url)
+            .await
+            .expect("open the PostgreSQL database");
+        sqlx::query(sql).execute(&pool).await.expect("execute");
+        pool.close().await;
+    }
+}
+
 /// The server URL for PostgreSQL tests, if configured; panics under CI when it is not.
 pub fn postgres_server_url() -> Option<String> {
     match std::env::var("CLIENTELE_TEST_POSTGRES_URL") {

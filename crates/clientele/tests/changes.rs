@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clientele_domain::{ChangeQuery, Scope, Timestamp};
 use clientele_testkit::{
-    ADMIN_SECRET, HubProcess, TestHub, assert_invalid, assert_problem, call,
+    ADMIN_SECRET, HubProcess, TestHub, assert_invalid, assert_problem, call, execute,
     fresh_postgres_database, hub_tests,
 };
 use futures::future::join_all;
@@ -376,18 +376,6 @@ async fn a_team_scope_sees_only_its_teams_changes(hub: TestHub) {
     assert_eq!(none.next_after, 0);
     let all = store.changes(&query(Scope::All)).await.expect("feed");
     assert_eq!(all.events.len(), 4);
-}
-
-async fn execute(database_url: &str, sql: &str) {
-    if database_url.starts_with("sqlite:") {
-        let pool = sqlx::SqlitePool::connect(database_url).await.expect("open");
-        sqlx::query(sql).execute(&pool).await.expect("execute");
-        pool.close().await;
-    } else {
-        let pool = sqlx::PgPool::connect(database_url).await.expect("open");
-        sqlx::query(sql).execute(&pool).await.expect("execute");
-        pool.close().await;
-    }
 }
 
 /// What writers were told: every (customer, version) they created, updated or deleted.

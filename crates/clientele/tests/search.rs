@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use clientele_domain::Timestamp;
-use clientele_testkit::{TestHub, assert_invalid, call, hub_tests};
+use clientele_testkit::{TestHub, assert_invalid, call, execute, hub_tests};
 use serde_json::{Value, json};
 
 hub_tests!(
@@ -15,6 +15,7 @@ hub_tests!(
     time_windows_include_after_and_exclude_before,
     q_is_a_case_insensitive_prefix_of_names_email_phone_company_and_external_id,
     search_terms_follow_updates_and_deletes,
+    customers_stored_before_the_search_index_are_indexed_at_start,
     bad_filter_values_are_named,
     a_cursor_walk_is_stable_while_other_customers_change,
 );
@@ -470,4 +471,46 @@ async fn a_cursor_walk_is_stable_while_other_customers_change(hub: TestHub) {
             assert_eq!(times, 1, "sort={sort}: unmodified {id} came {times} times");
         }
     }
+}
+
+async fn customers_stored_before_the_search_index_are_indexed_at_start(hub: TestHub) {
+    // 1007 customers: the backfill takes more than one page of 1000.
+    for i in 0..7 {
+        hub.create_customer(json!({"external_id": format!("old-{i}"), "last_name": "Early"}))
+            .await;
+    }
+    let sync: Vec<Value> = (0..1000)
+        .map(|i| json!({"external_id": format!("bulk-{i}"), "last_name": "Bulk"}))
+        .collect();
+    let reply = hub
+        .sync(&json!({"key": "external_id", "customers": sync}))
+        .await;
+    assert_eq!(reply.status, 200);
+    // As a database from before the index: no terms, and the backfill still due.
+    execute(&hub.database_url, "DELETE FROM customer_terms").await;
+    execute(
+        &hub.database_url,
+        "UPDATE customer_terms_backfill SET done = (1 = 0)",
+    )
+    .await;
+    assert!(walk(&hub, "q=early", 100).await.is_empty());
+    let store = clientele_store::connect(&clientele_store::StoreConfig::new(&hub.database_url))
+        .await
+        .expect("reopen");
+    drop(store);
+    assert_eq!(walk(&hub, "q=early", 100).await.len(), 7);
+    assert_eq!(walk(&hub, "q=bulk", 1000).await.len(), 1000);
+    let before = hub.count_rows("customer_terms").await;
+    // Done once: a second start indexes nothing again.
+    execute(
+        &hub.database_url,
+        "DELETE FROM customer_terms WHERE term = 'early'",
+    )
+    .await;
+    drop(
+        clientele_store::connect(&clientele_store::StoreConfig::new(&hub.database_url))
+            .await
+            .expect("reopen"),
+    );
+    assert_eq!(hub.count_rows("customer_terms").await, before - 7);
 }

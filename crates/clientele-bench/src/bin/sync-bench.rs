@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
+use clientele_bench::{backends, database_url, peak_rss_mib};
 use clientele_testkit::{ADMIN_SECRET, HubProcess};
 use serde_json::{Value, json};
 
@@ -60,13 +61,7 @@ async fn main() -> anyhow::Result<()> {
         "{} does not exist: run scripts/bench.sh",
         args.hub_binary.display()
     );
-    let backends: &[&str] = match args.backend.as_str() {
-        "both" => &["sqlite", "postgres"],
-        "sqlite" => &["sqlite"],
-        "postgres" => &["postgres"],
-        other => bail!("unknown backend {other}"),
-    };
-    for backend in backends {
+    for backend in backends(&args.backend)? {
         measure(&args, backend).await?;
     }
     Ok(())
@@ -128,15 +123,6 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-async fn database_url(backend: &str, dir: &std::path::Path) -> anyhow::Result<String> {
-    if backend == "sqlite" {
-        return Ok(format!("sqlite://{}", dir.join("hub.db").display()));
-    }
-    clientele_testkit::fresh_postgres_database()
-        .await
-        .context("set CLIENTELE_TEST_POSTGRES_URL to a PostgreSQL server")
 }
 
 /// A customer as a backend would send it: names, contact data, a tag and one address.
@@ -263,14 +249,4 @@ async fn raw_upsert(backend: &str, n: usize) -> anyhow::Result<Run> {
         items: n,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-fn peak_rss_mib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM")?;
-    Ok(kib / 1024)
 }

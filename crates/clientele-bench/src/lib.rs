@@ -1,0 +1,35 @@
+//! What the benchmark binaries share: backend selection, fresh databases and the server's
+//! peak memory.
+
+use anyhow::{Context, bail};
+
+/// The backends a `--backend` value names: `sqlite`, `postgres` or `both`.
+pub fn backends(name: &str) -> anyhow::Result<&'static [&'static str]> {
+    Ok(match name {
+        "both" => &["sqlite", "postgres"],
+        "sqlite" => &["sqlite"],
+        "postgres" => &["postgres"],
+        other => bail!("unknown backend {other}"),
+    })
+}
+
+/// A fresh database: a file in `dir` for SQLite, a new database for PostgreSQL.
+pub async fn database_url(backend: &str, dir: &std::path::Path) -> anyhow::Result<String> {
+    if backend == "sqlite" {
+        return Ok(format!("sqlite://{}", dir.join("hub.db").display()));
+    }
+    clientele_testkit::fresh_postgres_database()
+        .await
+        .context("set CLIENTELE_TEST_POSTGRES_URL to a PostgreSQL server")
+}
+
+/// The peak resident memory of a process, in MiB.
+pub fn peak_rss_mib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM")?;
+    Ok(kib / 1024)
+}
