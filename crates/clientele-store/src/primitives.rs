@@ -368,20 +368,45 @@ macro_rules! sql_primitives {
             ) -> Result<clientele_domain::Page, clientele_domain::DomainError> {
                 use clientele_domain::{Cursor, CustomerDoc, SortKey, SortOrder};
                 use sqlx::Row;
-                use $crate::search::Bind;
-                let page = $crate::search::page_sql(query, $dialect);
-                let mut statement = sqlx::query(&page.sql);
-                for bind in page.binds {
-                    statement = match bind {
-                        Bind::Int(value) => statement.bind(value),
-                        Bind::Text(value) => statement.bind(value),
-                    };
+                use $crate::search::{Bind, Strategy};
+                async fn fetch(
+                    pool: &sqlx::Pool<$db>,
+                    query: &clientele_domain::ListQuery,
+                    strategy: Strategy,
+                ) -> Result<Vec<<$db as sqlx::Database>::Row>, clientele_domain::DomainError> {
+                    let page = $crate::search::page_sql(query, $dialect, strategy);
+                    let mut statement = sqlx::query(&page.sql);
+                    for bind in page.binds {
+                        statement = match bind {
+                            Bind::Int(value) => statement.bind(value),
+                            Bind::Text(value) => statement.bind(value),
+                        };
+                    }
+                    statement
+                        .fetch_all(pool)
+                        .await
+                        .map_err($crate::error::db_error)
                 }
+                let strategy = match &query.filter.q {
+                    Some(q) => {
+                        let (low, high) = clientele_domain::search::prefix_range(q);
+                        let matches: i64 = sqlx::query_scalar($crate::search::COUNT_MATCHES)
+                            .bind(low)
+                            .bind(high)
+                            .bind($crate::search::PROBE_FROM_MATCHES)
+                            .fetch_one(self)
+                            .await
+                            .map_err($crate::error::db_error)?;
+                        $crate::search::Strategy::for_matches(matches)
+                    }
+                    None => Strategy::Terms,
+                };
                 // The query asks for one row more than the limit: whether there is a next page.
-                let rows = statement
-                    .fetch_all(self)
-                    .await
-                    .map_err($crate::error::db_error)?;
+                let mut rows = fetch(self, query, strategy).await?;
+                if strategy != Strategy::Terms && rows.len() <= query.limit as usize {
+                    // The window held too few matches to fill the page: let the terms decide.
+                    rows = fetch(self, query, Strategy::Terms).await?;
+                }
                 let more = rows.len() > query.limit as usize;
                 let mut items = Vec::with_capacity(rows.len().min(query.limit as usize));
                 let mut next = None;

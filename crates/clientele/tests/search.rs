@@ -16,6 +16,7 @@ hub_tests!(
     q_is_a_case_insensitive_prefix_of_names_email_phone_company_and_external_id,
     search_terms_follow_updates_and_deletes,
     customers_stored_before_the_search_index_are_indexed_at_start,
+    a_q_with_many_matches_pages_through_all_of_them,
     bad_filter_values_are_named,
     a_cursor_walk_is_stable_while_other_customers_change,
 );
@@ -513,4 +514,34 @@ async fn customers_stored_before_the_search_index_are_indexed_at_start(hub: Test
             .expect("reopen"),
     );
     assert_eq!(hub.count_rows("customer_terms").await, before - 7);
+}
+
+/// Over 10,000 matching terms the search walks the sort order and probes terms instead of
+/// sorting every match; the pages are the same either way.
+async fn a_q_with_many_matches_pages_through_all_of_them(hub: TestHub) {
+    for batch in 0..11 {
+        let items: Vec<Value> = (0..1000)
+            .map(|i| {
+                let n = batch * 1000 + i;
+                json!({"external_id": format!("m-{n:05}"), "last_name": format!("Many{}", n % 7),
+                       "archived": n >= 10_995})
+            })
+            .collect();
+        let reply = hub
+            .sync(&json!({"key": "external_id", "customers": items}))
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    for sort in ["created_at", "-updated_at", "last_name"] {
+        let all = walk(&hub, &format!("q=many&sort={sort}"), 1000).await;
+        assert_eq!(all.len(), 11_000, "sort={sort}");
+        let unique: BTreeSet<String> = ids(&all).into_iter().collect();
+        assert_eq!(unique.len(), 11_000);
+        assert_eq!(all, sorted(all.clone(), sort), "sort={sort}");
+    }
+    // Matches too rare in the sort order for the probing window: the terms decide.
+    let archived = walk(&hub, "q=many&archived=true", 100).await;
+    assert_eq!(archived.len(), 5);
+    let one = walk(&hub, "q=m-10997", 100).await;
+    assert_eq!(one.len(), 1);
 }
