@@ -368,44 +368,57 @@ macro_rules! sql_primitives {
             ) -> Result<clientele_domain::Page, clientele_domain::DomainError> {
                 use clientele_domain::{Cursor, CustomerDoc, SortKey, SortOrder};
                 use sqlx::Row;
-                use $crate::search::{Bind, Strategy};
-                async fn fetch(
-                    pool: &sqlx::Pool<$db>,
-                    query: &clientele_domain::ListQuery,
-                    strategy: Strategy,
-                ) -> Result<Vec<<$db as sqlx::Database>::Row>, clientele_domain::DomainError> {
-                    let page = $crate::search::page_sql(query, $dialect, strategy);
-                    let mut statement = sqlx::query(&page.sql);
-                    for bind in page.binds {
+                use $crate::search::{Bind, PageSql, Plan, Strategy};
+                fn bind_all<'q>(
+                    mut statement: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+                    binds: Vec<Bind>,
+                ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+                    for bind in binds {
                         statement = match bind {
                             Bind::Int(value) => statement.bind(value),
                             Bind::Text(value) => statement.bind(value),
                         };
                     }
                     statement
+                }
+                async fn fetch(
+                    pool: &sqlx::Pool<$db>,
+                    page: PageSql,
+                ) -> Result<Vec<<$db as sqlx::Database>::Row>, clientele_domain::DomainError> {
+                    bind_all(sqlx::query(&page.sql), page.binds)
                         .fetch_all(pool)
                         .await
                         .map_err($crate::error::db_error)
                 }
-                let strategy = match &query.filter.q {
-                    Some(q) => {
-                        let (low, high) = clientele_domain::search::prefix_range(q);
-                        let matches: i64 = sqlx::query_scalar($crate::search::COUNT_MATCHES)
-                            .bind(low)
-                            .bind(high)
-                            .bind($crate::search::PROBE_FROM_MATCHES)
-                            .fetch_one(self)
-                            .await
-                            .map_err($crate::error::db_error)?;
-                        $crate::search::Strategy::for_matches(matches)
-                    }
-                    None => Strategy::Terms,
+                /// Whether a capped count reaches its cap.
+                async fn reaches(
+                    pool: &sqlx::Pool<$db>,
+                    count: Option<(PageSql, i64)>,
+                ) -> Result<bool, clientele_domain::DomainError> {
+                    let Some((page, cap)) = count else {
+                        return Ok(false);
+                    };
+                    let rows = fetch(pool, page).await?;
+                    let counted: i64 = match rows.first() {
+                        Some(row) => row.try_get(0).map_err($crate::error::db_error)?,
+                        None => 0,
+                    };
+                    Ok(counted >= cap)
+                }
+                let plan = Plan {
+                    q: if reaches(self, $crate::search::count_matches_sql(query)).await? {
+                        Strategy::Probe
+                    } else {
+                        Strategy::Terms
+                    },
+                    wide_window: reaches(self, $crate::search::window_count_sql(query)).await?,
                 };
                 // The query asks for one row more than the limit: whether there is a next page.
-                let mut rows = fetch(self, query, strategy).await?;
-                if strategy != Strategy::Terms && rows.len() <= query.limit as usize {
+                let mut rows = fetch(self, $crate::search::page_sql(query, $dialect, plan)).await?;
+                if plan.q == Strategy::Probe && rows.len() <= query.limit as usize {
                     // The window held too few matches to fill the page: let the terms decide.
-                    rows = fetch(self, query, Strategy::Terms).await?;
+                    let terms = Plan { q: Strategy::Terms, ..plan };
+                    rows = fetch(self, $crate::search::page_sql(query, $dialect, terms)).await?;
                 }
                 let more = rows.len() > query.limit as usize;
                 let mut items = Vec::with_capacity(rows.len().min(query.limit as usize));

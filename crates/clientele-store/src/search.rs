@@ -57,31 +57,75 @@ pub(crate) enum Strategy {
     Probe,
 }
 
-/// Matching term entries counted, at most, to choose a [`Strategy`]: around the square root of
-/// 100 (a page) x 1,000,000 customers, where both cost the same.
-pub(crate) const PROBE_FROM_MATCHES: i64 = 10_000;
+/// Matching term entries counted, at most, to choose a [`Strategy`]. Sorting matches costs a
+/// row fetch each (a few µs); probing costs an index probe per customer walked. Measured on
+/// 1,000,000 customers, see docs/benchmarks.md.
+const PROBE_FROM_MATCHES: i64 = 3_000;
 
-/// Rows of the sort order a probing search looks at before the terms decide.
-const PROBE_WINDOW: u32 = 50_000;
+/// Customers of the sort order a probing search looks at before the terms decide.
+const PROBE_WINDOW: u32 = 30_000;
 
-/// `$1`, `$2`: the prefix range; `$3`: [`PROBE_FROM_MATCHES`]. Counts matching term entries,
-/// up to that many.
-pub(crate) const COUNT_MATCHES: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM customer_terms \
-     WHERE term >= $1 AND term < $2 LIMIT $3) AS m";
+/// How a page query is planned, decided from cheap capped counts (neither SQLite without
+/// statistics nor a fixed SQL text can know how many rows a filter selects).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub q: Strategy,
+    /// A time window on another column than the sort key selects many customers: walk the sort
+    /// order and filter, instead of reading the whole window and sorting it.
+    pub wide_window: bool,
+}
 
-impl Strategy {
-    pub(crate) fn for_matches(matches: i64) -> Strategy {
-        if matches >= PROBE_FROM_MATCHES {
-            Strategy::Probe
-        } else {
-            Strategy::Terms
-        }
+/// Customers counted, at most, in a time window to tell whether it is wide.
+const WIDE_WINDOW: i64 = 3_000;
+
+/// `SELECT COUNT(*)` of the customers in the query's time windows on columns other than its
+/// sort key, up to [`WIDE_WINDOW`], and that cap; `None` when there are no such windows.
+pub(crate) fn window_count_sql(query: &ListQuery) -> Option<(PageSql, i64)> {
+    let (column, _) = sort_column(query.sort);
+    let mut b = Builder {
+        conditions: Vec::new(),
+        binds: Vec::new(),
+        unindexed: None,
+    };
+    time_conditions(&mut b, &query.filter);
+    b.conditions.retain(|c| !c.starts_with(column));
+    if b.conditions.is_empty() {
+        return None;
     }
+    let cap = b.bind(Bind::Int(WIDE_WINDOW));
+    let sql = format!(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM customers WHERE {} LIMIT {cap}) AS m",
+        b.conditions.join(" AND ")
+    );
+    let page = PageSql {
+        sql,
+        binds: b.binds,
+    };
+    Some((page, WIDE_WINDOW))
+}
+
+/// `SELECT COUNT(*)` of the term entries the query's `q` matches, up to
+/// [`PROBE_FROM_MATCHES`], and that cap; `None` without `q`.
+pub(crate) fn count_matches_sql(query: &ListQuery) -> Option<(PageSql, i64)> {
+    let (low, high) = prefix_range(query.filter.q.as_deref()?);
+    let page = PageSql {
+        sql: "SELECT COUNT(*) FROM (SELECT 1 FROM customer_terms \
+              WHERE term >= $1 AND term < $2 LIMIT $3) AS m"
+            .to_owned(),
+        binds: vec![
+            Bind::Text(low),
+            Bind::Text(high),
+            Bind::Int(PROBE_FROM_MATCHES),
+        ],
+    };
+    Some((page, PROBE_FROM_MATCHES))
 }
 
 struct Builder {
     conditions: Vec<String>,
     binds: Vec<Bind>,
+    /// The sort column: with a wide window, the other time columns must not drive the query.
+    unindexed: Option<&'static str>,
 }
 
 impl Builder {
@@ -94,37 +138,45 @@ impl Builder {
     fn time(&mut self, column: &str, op: &str, value: Option<clientele_domain::Timestamp>) {
         if let Some(value) = value {
             let p = self.bind(Bind::Int(value.as_micros()));
-            self.conditions.push(format!("{column} {op} {p}"));
+            if self.unindexed.is_some_and(|sort| sort != column) {
+                // An expression, which no index serves: the planner walks the sort order.
+                self.conditions.push(format!("({column} + 0) {op} {p}"));
+            } else {
+                self.conditions.push(format!("{column} {op} {p}"));
+            }
         }
     }
 }
 
 /// The `SELECT` of a customer page: filters, then the keyset condition, ordered by the sort
 /// key and id, one row more than the limit (it tells whether there is a next page).
-pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, strategy: Strategy) -> PageSql {
+pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageSql {
     let (column, direction) = sort_column(query.sort);
     let mut b = Builder {
         conditions: Vec::new(),
         binds: Vec::new(),
+        unindexed: plan.wide_window.then_some(column),
     };
+    time_conditions(&mut b, &query.filter);
     filter_conditions(&mut b, &query.filter, dialect);
-    let probe = match (&query.filter.q, strategy) {
+    let probe = match (&query.filter.q, plan.q) {
         (Some(q), Strategy::Probe) => Some(prefix_range(q)),
         _ => None,
     };
     if probe.is_none() {
         q_condition(&mut b, &query.filter);
     }
-    if let Some(after) = &query.after {
+    let ascending = direction == "ASC";
+    let keyset = query.after.as_ref().map(|after| {
         let key = b.bind(match &after.key {
             SortKey::Time(t) => Bind::Int(*t),
             SortKey::Text(t) => Bind::Text(t.clone()),
         });
         let id = b.bind(Bind::Text(after.id.to_string()));
-        let compare = if direction == "ASC" { ">" } else { "<" };
-        b.conditions
-            .push(format!("({column}, id) {compare} ({key}, {id})"));
-    }
+        let compare = if ascending { ">" } else { "<" };
+        format!("({column}, id) {compare} ({key}, {id})")
+    });
+    b.conditions.extend(keyset.clone());
     let filter = if b.conditions.is_empty() {
         String::new()
     } else {
@@ -138,18 +190,29 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, strategy: Strategy) 
             format!("SELECT {columns} FROM customers {filter}{order} LIMIT {limit}")
         }
         Some((low, high)) => {
-            // A scalar subquery, which neither database turns into a join: one index probe
-            // per customer of the window, in sort order.
+            // The window: the next PROBE_WINDOW customers of the sort order, as a bound on the
+            // sort key found by one index-only walk (a range, so nothing is materialized).
             let window = b.bind(Bind::Int(i64::from(PROBE_WINDOW)));
+            let after = keyset.map_or(String::new(), |k| format!("WHERE {k} "));
+            let within = if ascending { "<=" } else { ">=" };
+            let bound = format!(
+                "{column} {within} COALESCE((SELECT {column} FROM customers {after}{order} \
+                 LIMIT 1 OFFSET {window}), {column})"
+            );
+            // A scalar subquery, which neither database turns into a join: one index probe
+            // per customer of the window, in sort order, until the page is full.
             let low = b.bind(Bind::Text(low));
             let high = b.bind(Bind::Text(high));
+            let probe = format!(
+                "(SELECT 1 FROM customer_terms WHERE customer_id = customers.id \
+                 AND term >= {low} AND term < {high} LIMIT 1) IS NOT NULL"
+            );
             let limit = b.bind(Bind::Int(i64::from(query.limit) + 1));
-            format!(
-                "SELECT {columns} FROM (SELECT {columns} FROM customers {filter}{order} \
-                 LIMIT {window}) AS w WHERE (SELECT 1 FROM customer_terms \
-                 WHERE customer_id = w.id AND term >= {low} AND term < {high} LIMIT 1) \
-                 IS NOT NULL {order} LIMIT {limit}"
-            )
+            let filter = format!(
+                "{filter}{}{bound} AND {probe} ",
+                if filter.is_empty() { "WHERE " } else { "AND " }
+            );
+            format!("SELECT {columns} FROM customers {filter}{order} LIMIT {limit}")
         }
     };
     PageSql {
@@ -169,11 +232,14 @@ fn sort_column(sort: SortOrder) -> (&'static str, &'static str) {
     }
 }
 
-fn filter_conditions(b: &mut Builder, filter: &CustomerFilter, dialect: Dialect) {
+fn time_conditions(b: &mut Builder, filter: &CustomerFilter) {
     b.time("created_at", ">=", filter.created_after);
     b.time("created_at", "<", filter.created_before);
     b.time("updated_at", ">=", filter.updated_after);
     b.time("updated_at", "<", filter.updated_before);
+}
+
+fn filter_conditions(b: &mut Builder, filter: &CustomerFilter, dialect: Dialect) {
     if let Some(email) = &filter.email {
         let p = b.bind(Bind::Text(CustomerKey::Email.normalize(email)));
         b.conditions.push(format!("email_norm = {p}"));
@@ -332,7 +398,14 @@ mod tests {
             },
             scope: Scope::All,
         };
-        let page = page_sql(&query, Dialect::Sqlite, Strategy::Terms);
+        let page = page_sql(
+            &query,
+            Dialect::Sqlite,
+            Plan {
+                q: Strategy::Terms,
+                wide_window: false,
+            },
+        );
         assert!(page.sql.contains("created_at >= $1"), "{}", page.sql);
         assert!(page.sql.contains("email_norm = $2"), "{}", page.sql);
         assert!(page.sql.contains("archived = 0"), "{}", page.sql);

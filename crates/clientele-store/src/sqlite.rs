@@ -147,13 +147,14 @@ impl BatchTx for Transaction<'static, Sqlite> {
         if terms.is_empty() {
             return Ok(());
         }
+        // One JSON array of [term, id] pairs: one statement, read in one pass.
+        let pairs: Vec<(&String, &String)> = terms.iter().zip(&ids).collect();
+        let pairs = serde_json::to_string(&pairs).map_err(|e| DomainError::Storage(Box::new(e)))?;
         sqlx::query(
             "INSERT OR IGNORE INTO customer_terms (term, customer_id) \
-             SELECT t.value, i.value FROM json_each($1) AS t JOIN json_each($2) AS i \
-             ON i.key = t.key",
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($1)",
         )
-        .bind(json_list(&terms))
-        .bind(json_list(&ids))
+        .bind(pairs)
         .execute(&mut **self)
         .await
         .map_err(db_error)?;

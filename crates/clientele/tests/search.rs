@@ -516,7 +516,7 @@ async fn customers_stored_before_the_search_index_are_indexed_at_start(hub: Test
     assert_eq!(hub.count_rows("customer_terms").await, before - 7);
 }
 
-/// Over 10,000 matching terms the search walks the sort order and probes terms instead of
+/// From 3,000 matching terms on, the search walks the sort order and probes terms instead of
 /// sorting every match; the pages are the same either way.
 async fn a_q_with_many_matches_pages_through_all_of_them(hub: TestHub) {
     for batch in 0..11 {
@@ -539,6 +539,26 @@ async fn a_q_with_many_matches_pages_through_all_of_them(hub: TestHub) {
         assert_eq!(unique.len(), 11_000);
         assert_eq!(all, sorted(all.clone(), sort), "sort={sort}");
     }
+    // A wide time window on another column than the sort key walks the sort order instead.
+    let all = walk(&hub, "sort=created_at", 1000).await;
+    let since = all[500]["updated_at"]
+        .as_str()
+        .expect("ts")
+        .replace('+', "%2B");
+    let expected: Vec<Value> = sorted(
+        all.iter()
+            .filter(|c| text(c, "updated_at") >= text(&all[500], "updated_at"))
+            .cloned()
+            .collect(),
+        "-created_at",
+    );
+    let got = walk(
+        &hub,
+        &format!("updated_after={since}&sort=-created_at"),
+        1000,
+    )
+    .await;
+    assert_eq!(ids(&got), ids(&expected));
     // Matches too rare in the sort order for the probing window: the terms decide.
     let archived = walk(&hub, "q=many&archived=true", 100).await;
     assert_eq!(archived.len(), 5);
