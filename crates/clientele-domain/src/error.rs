@@ -1,5 +1,6 @@
 //! The one error type of the domain and of the [`crate::Store`] boundary.
 
+use crate::group::InUse;
 use crate::{CustomerKey, ValidationErrors};
 
 #[derive(Debug, thiserror::Error)]
@@ -10,6 +11,9 @@ pub enum DomainError {
     DuplicateKey(CustomerKey),
     #[error("version {actual} does not match the expected {expected}")]
     VersionConflict { expected: i64, actual: i64 },
+    /// A group or team that is still referenced cannot be deleted.
+    #[error("still in use: {0:?}")]
+    InUse(InUse),
     #[error("invalid input")]
     Validation(ValidationErrors),
     /// The database is out of reach for now (pool exhausted, connection lost): retrying may help.

@@ -2,7 +2,8 @@
 //! its teams; everything else does not exist for it (the HTTP layer answers 404, never 403, so
 //! the key cannot learn what exists outside its teams).
 
-use crate::{ApiKey, Customer};
+use crate::write::{Applied, ApplyContext, apply};
+use crate::{ApiKey, Customer, CustomerWrite, DomainError, Patch, ValidationErrors};
 
 /// The customers a caller may see and change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +34,74 @@ impl Scope {
             Scope::All => None,
             Scope::Teams(teams) => Some(teams),
         }
+    }
+}
+
+impl Scope {
+    /// Applies a customer write for a caller with this scope: a customer outside it does not
+    /// exist (`NotFound`); a new customer without teams gets the scope's teams; the write may
+    /// name only the scope's teams (another team is as unknown as a missing one, so the key
+    /// learns nothing about teams it is not in) and must leave the customer in one of them.
+    pub fn apply(
+        &self,
+        ctx: &ApplyContext<'_>,
+        current: Option<&Customer>,
+        write: &CustomerWrite,
+    ) -> Result<Applied, DomainError> {
+        let Scope::Teams(own) = self else {
+            return Ok(apply(ctx, current, write)?);
+        };
+        if current.is_some_and(|c| !self.admits(c)) {
+            return Err(DomainError::NotFound);
+        }
+        let filled;
+        let write = if current.is_none() && write.teams.is_absent() && write.add_teams.is_none() {
+            filled = CustomerWrite {
+                teams: Patch::Value(own.clone()),
+                ..write.clone()
+            };
+            &filled
+        } else {
+            write
+        };
+        let mut foreign = ValidationErrors::default();
+        let named = [
+            ("teams", write.teams.value()),
+            ("add_teams", write.add_teams.as_ref()),
+        ];
+        for (field, codes) in named {
+            for (i, code) in codes.into_iter().flatten().enumerate() {
+                if ctx.directory.team_exists(code) && !own.contains(code) {
+                    foreign.push(
+                        format!("{field}[{i}]"),
+                        "unknown_team",
+                        format!("there is no team {code:?}"),
+                    );
+                }
+            }
+        }
+        let applied = match apply(ctx, current, write) {
+            Err(mut errors) => {
+                errors.0.extend(foreign.0);
+                return Err(errors.into());
+            }
+            Ok(applied) => applied,
+        };
+        foreign.into_result()?;
+        let teams = match (&applied, current) {
+            (Applied::Changed(next), _) => &next.teams,
+            (Applied::Unchanged, Some(current)) => &current.teams,
+            (Applied::Unchanged, None) => return Ok(applied),
+        };
+        if !self.admits_teams(teams) {
+            return Err(ValidationErrors::single(
+                "teams",
+                "outside_scope",
+                "the customer must stay in at least one of the API key's teams",
+            )
+            .into());
+        }
+        Ok(applied)
     }
 }
 
