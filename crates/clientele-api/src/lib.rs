@@ -46,6 +46,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::customers::router())
         .merge(routes::sync::router())
         .merge(routes::api_keys::router())
+        .merge(routes::groups::router())
+        .merge(routes::teams::router())
+        .merge(routes::tags::router())
         .merge(routes::ops::router())
 }
 

@@ -23,6 +23,8 @@ use utoipa::{Modify, OpenApi};
     modifiers(&BearerAuth),
     tags(
         (name = "customers", description = "Customers, addressed by hub id or by a backend's own key"),
+        (name = "groups", description = "Customer groups, a hierarchy without cycles (`write` to change, `read` to read)"),
+        (name = "teams", description = "Teams; an API key restricted to teams sees only their customers, everything else is 404 for it"),
         (name = "api-keys", description = "API keys and their roles (admin only)"),
         (name = "operations", description = "Health, metrics and this document; no authentication"),
     )

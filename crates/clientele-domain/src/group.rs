@@ -327,7 +327,7 @@ impl Hierarchy {
 }
 
 /// The groups and teams a write may name, loaded from the store for the codes it names.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KnownCodes {
     /// Group code → its `subscribable` (the default subscription of a new membership).
     pub groups: HashMap<String, bool>,

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use clientele_domain::group::is_valid_code;
 use clientele_domain::{ApiKey, ApiKeyId, Role, ValidationErrors};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -92,22 +93,33 @@ async fn create_api_key(
             "1 to 200 characters, no control characters",
         );
     }
+    let codes: Vec<String> = request
+        .teams
+        .iter()
+        .filter(|code| is_valid_code(code))
+        .cloned()
+        .collect();
+    let known = state.store().known_codes(&[], &codes).await?;
     for (i, team) in request.teams.iter().enumerate() {
-        // Teams arrive with the teams API; until one exists, no code can name one.
-        errors.push(
-            format!("teams[{i}]"),
-            "unknown_team",
-            format!("there is no team {team:?}"),
-        );
+        if !known.teams.contains(team) {
+            errors.push(
+                format!("teams[{i}]"),
+                "unknown_team",
+                format!("there is no team {team:?}"),
+            );
+        }
     }
     errors.into_result()?;
+    let mut teams = request.teams;
+    teams.sort_unstable();
+    teams.dedup();
     let secret = generate_secret();
     let new = new_api_key(
         state.master_key(),
         &secret,
         name.to_owned(),
         request.role,
-        request.teams,
+        teams,
     );
     let view = KeyView::from(new.key.clone());
     let created = Rendered::serialize(

@@ -2,5 +2,8 @@
 
 pub(crate) mod api_keys;
 pub(crate) mod customers;
+pub(crate) mod groups;
 pub(crate) mod ops;
 pub(crate) mod sync;
+pub(crate) mod tags;
+pub(crate) mod teams;
