@@ -139,10 +139,13 @@ pub(crate) fn membership_conditions(query: &ListQuery, first: usize) -> (Vec<Str
         let n = first + binds.len();
         conditions.push(if filter.include_subgroups {
             format!(
-                "EXISTS (WITH RECURSIVE sub(code) AS (SELECT CAST(${n} AS TEXT) UNION \
-                 SELECT g.code FROM groups g JOIN sub ON g.parent = sub.code) \
-                 SELECT 1 FROM customer_groups fg JOIN sub ON fg.group_code = sub.code \
-                 WHERE fg.customer_id = customers.id)"
+                // The subgroup set does not depend on the customer: computed once, then
+                // each customer is checked by its membership index.
+                "EXISTS (SELECT 1 FROM customer_groups fg WHERE fg.customer_id = customers.id \
+                 AND fg.group_code IN (WITH RECURSIVE sub(code) AS \
+                 (SELECT code FROM groups WHERE code = ${n} \
+                 UNION SELECT g.code FROM groups g JOIN sub ON g.parent = sub.code) \
+                 SELECT code FROM sub))"
             )
         } else {
             format!(

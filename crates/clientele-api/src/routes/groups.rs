@@ -112,7 +112,7 @@ async fn get_group(
 /// List every group, by code.
 #[utoipa::path(
     get, path = "/v1/groups", tag = "groups",
-    responses((status = 200, body = GroupList)),
+    responses((status = 200, body = GroupList), (status = 403, body = Problem)),
     security(("bearer" = []))
 )]
 async fn list_groups(

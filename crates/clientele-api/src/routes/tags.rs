@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Caller;
-use crate::problem::ApiError;
+use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -33,7 +33,7 @@ pub(crate) struct TagList {
 /// List tags with customer counts.
 #[utoipa::path(
     get, path = "/v1/tags", tag = "customers",
-    responses((status = 200, body = TagList)),
+    responses((status = 200, body = TagList), (status = 403, body = Problem)),
     security(("bearer" = []))
 )]
 async fn list_tags(

@@ -82,7 +82,7 @@ async fn get_team(
 /// List every team, by code.
 #[utoipa::path(
     get, path = "/v1/teams", tag = "teams",
-    responses((status = 200, body = TeamList)),
+    responses((status = 200, body = TeamList), (status = 403, body = Problem)),
     security(("bearer" = []))
 )]
 async fn list_teams(
