@@ -344,12 +344,14 @@ impl Directory for KnownCodes {
     }
 }
 
-/// The group and team codes some writes name (what a store must look up), sorted and unique.
+/// The group and team codes some writes by a caller with this scope may name (what a store must
+/// look up: the scope's teams too, which new customers get), sorted and unique.
 pub fn named_codes<'a>(
+    scope: &crate::Scope,
     writes: impl IntoIterator<Item = &'a CustomerWrite>,
 ) -> (Vec<String>, Vec<String>) {
     let mut groups = Vec::new();
-    let mut teams = Vec::new();
+    let mut teams: Vec<String> = scope.teams().unwrap_or_default().to_vec();
     for write in writes {
         let refs = write
             .groups

@@ -62,6 +62,13 @@ async fn write_in(
         WriteTarget::Upsert(key, value) => tx.load(&Locator::Key(*key, value.clone())).await?,
         WriteTarget::Update(locator) => Some(tx.load(locator).await?.ok_or(DomainError::NotFound)?),
     };
+    // A customer outside the caller's scope does not exist for it, whatever the precondition.
+    if stored
+        .as_ref()
+        .is_some_and(|s| !command.scope.admits(&s.customer))
+    {
+        return Err(DomainError::NotFound);
+    }
     if let Some(expected) = command.expected_version {
         let actual = stored.as_ref().map_or(0, |s| s.customer.version);
         if actual != expected {
@@ -75,7 +82,7 @@ async fn write_in(
         _ => None,
     };
     let write = filled.as_ref().unwrap_or(&command.write);
-    let (groups, teams) = named_codes([write]);
+    let (groups, teams) = named_codes(&command.scope, [write]);
     let directory = tx.known_codes(&groups, &teams).await?;
     let applied = {
         let ctx = ApplyContext {
@@ -218,10 +225,11 @@ struct Codes {
 
 impl Codes {
     fn of(batch: &SyncBatch) -> Self {
-        let (groups, teams) = named_codes(batch.items.iter().filter_map(|item| match item {
+        let writes = batch.items.iter().filter_map(|item| match item {
             sync::SyncItem::Write(command) => Some(&command.write),
             sync::SyncItem::Invalid(_) => None,
-        }));
+        });
+        let (groups, teams) = named_codes(&batch.scope, writes);
         Codes { groups, teams }
     }
 }

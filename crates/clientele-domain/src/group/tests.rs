@@ -118,9 +118,11 @@ fn named_codes_lists_each_valid_code_once() {
         "add_teams": ["south", "north"],
     }))
     .unwrap();
-    let (groups, teams) = named_codes([&write]);
+    let (groups, teams) = named_codes(&crate::Scope::All, [&write]);
     assert_eq!(groups, ["news", "vip"]);
     assert_eq!(teams, ["north", "south"]);
+    let scope = crate::Scope::Teams(vec!["west".into()]);
+    assert_eq!(named_codes(&scope, [&write]).1, ["north", "south", "west"]);
 }
 
 proptest! {
