@@ -170,6 +170,9 @@ pub(crate) fn membership_conditions(query: &ListQuery, first: usize) -> (Vec<Str
     (conditions, binds)
 }
 
+/// Codes per lookup statement at most (SQLite binds at most 32,766 parameters, PostgreSQL 65,535).
+pub(crate) const CODES_PER_QUERY: usize = 4096;
+
 /// Rows of `columns` parameters per multi-row statement at most.
 pub(crate) const MEMBERSHIP_CHUNK: usize = 256;
 
@@ -227,7 +230,8 @@ macro_rules! directory_primitives {
                 use $crate::directory::list;
                 let db = $crate::error::db_error;
                 let mut known = clientele_domain::KnownCodes::default();
-                if !groups.is_empty() {
+                // Chunked only to stay under the backends' bound-parameter limits.
+                for groups in groups.chunks($crate::directory::CODES_PER_QUERY) {
                     let sql = format!(
                         "SELECT code, subscribable FROM groups WHERE code IN ({}){}",
                         list(1, groups.len()),
@@ -243,7 +247,7 @@ macro_rules! directory_primitives {
                             .insert(row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?);
                     }
                 }
-                if !teams.is_empty() {
+                for teams in teams.chunks($crate::directory::CODES_PER_QUERY) {
                     let sql = format!(
                         "SELECT code FROM teams WHERE code IN ({}){}",
                         list(1, teams.len()),

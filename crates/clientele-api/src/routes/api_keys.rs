@@ -24,11 +24,15 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_api_key))
 }
 
+/// Most teams one key may be restricted to.
+const MAX_KEY_TEAMS: usize = 100;
+
 #[derive(Deserialize, ToSchema)]
 pub(crate) struct NewKeyRequest {
     name: String,
     role: Role,
-    /// Restricts the key to customers of these teams.
+    /// Restricts the key to customers of these (existing) teams, at most 100: other customers
+    /// do not exist for it (404), customers it creates without `teams` get these.
     #[serde(default)]
     teams: Vec<String>,
 }
@@ -91,6 +95,13 @@ async fn create_api_key(
             "name",
             "invalid_name",
             "1 to 200 characters, no control characters",
+        );
+    }
+    if request.teams.len() > MAX_KEY_TEAMS {
+        errors.push(
+            "teams",
+            "too_many",
+            format!("at most {MAX_KEY_TEAMS} teams"),
         );
     }
     let codes: Vec<String> = request

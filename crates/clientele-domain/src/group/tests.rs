@@ -43,13 +43,13 @@ fn a_new_group_takes_defaults_and_an_unchanged_write_keeps_it() {
     let mut hierarchy = Hierarchy::default();
     let (outcome, group) = hierarchy
         .apply("vip", &GroupWrite::default(), now())
-        .unwrap();
+        .expect("accepted");
     assert_eq!(outcome, WriteOutcome::Created);
     assert!(!group.subscribable);
     assert_eq!(group.parent, None);
     let (outcome, _) = hierarchy
         .apply("vip", &GroupWrite::default(), now())
-        .unwrap();
+        .expect("accepted");
     assert_eq!(outcome, WriteOutcome::Unchanged);
 }
 
@@ -58,22 +58,24 @@ fn a_parent_must_exist_and_must_not_close_a_cycle() {
     let mut hierarchy = Hierarchy::default();
     let error = hierarchy
         .apply("a", &with_parent(Some("nope")), now())
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(error.0[0].code, "unknown_group");
     let error = hierarchy
         .apply("a", &with_parent(Some("a")), now())
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(error.0[0].code, "parent_cycle");
-    hierarchy.apply("a", &GroupWrite::default(), now()).unwrap();
+    hierarchy
+        .apply("a", &GroupWrite::default(), now())
+        .expect("accepted");
     hierarchy
         .apply("b", &with_parent(Some("a")), now())
-        .unwrap();
+        .expect("accepted");
     hierarchy
         .apply("c", &with_parent(Some("b")), now())
-        .unwrap();
+        .expect("accepted");
     let error = hierarchy
         .apply("a", &with_parent(Some("c")), now())
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(
         (error.0[0].field.as_str(), error.0[0].code),
         ("parent", "parent_cycle")
@@ -117,7 +119,7 @@ fn named_codes_lists_each_valid_code_once() {
         "teams": ["north"],
         "add_teams": ["south", "north"],
     }))
-    .unwrap();
+    .expect("accepted");
     let (groups, teams) = named_codes(&crate::Scope::All, [&write]);
     assert_eq!(groups, ["news", "vip"]);
     assert_eq!(teams, ["north", "south"]);
@@ -135,7 +137,7 @@ proptest! {
         let codes: Vec<String> = (0..8).map(|i| format!("g{i}")).collect();
         let mut hierarchy = Hierarchy::default();
         for code in &codes {
-            hierarchy.apply(code, &GroupWrite::default(), now()).unwrap();
+            hierarchy.apply(code, &GroupWrite::default(), now()).expect("accepted");
         }
         for (child, parent) in moves {
             let parent = parent.map(|p| codes[p].as_str());
