@@ -130,6 +130,77 @@ mod tests {
         assert!(Scope::All.admits_teams(&teams(&["north"])));
     }
 
+    fn write(body: serde_json::Value) -> CustomerWrite {
+        serde_json::from_value(body).expect("a customer write")
+    }
+
+    fn directory() -> crate::KnownCodes {
+        crate::KnownCodes {
+            teams: ["north", "south"].iter().map(|t| t.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn created(result: Result<Applied, DomainError>) -> Customer {
+        match result {
+            Ok(Applied::Changed(customer)) => *customer,
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+
+    fn field_codes(result: Result<Applied, DomainError>) -> Vec<(String, &'static str)> {
+        match result {
+            Err(DomainError::Validation(errors)) => {
+                errors.0.into_iter().map(|e| (e.field, e.code)).collect()
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_scoped_create_without_teams_gets_the_scopes_teams() {
+        let directory = directory();
+        let ctx = ApplyContext {
+            now: crate::Timestamp::from_micros(0),
+            directory: &directory,
+            password: Patch::Absent,
+        };
+        let scope = Scope::Teams(teams(&["north"]));
+        let customer = created(scope.apply(&ctx, None, &write(serde_json::json!({}))));
+        assert_eq!(customer.teams, ["north"]);
+        let customer = created(Scope::All.apply(&ctx, None, &write(serde_json::json!({}))));
+        assert!(customer.teams.is_empty());
+    }
+
+    #[test]
+    fn a_scoped_write_names_only_its_teams_and_keeps_the_customer_in_one() {
+        let directory = directory();
+        let ctx = ApplyContext {
+            now: crate::Timestamp::from_micros(0),
+            directory: &directory,
+            password: Patch::Absent,
+        };
+        let scope = Scope::Teams(teams(&["north"]));
+        let body = serde_json::json!({"teams": ["north", "south", "ghost"]});
+        assert_eq!(
+            field_codes(scope.apply(&ctx, None, &write(body))),
+            [
+                ("teams[2]".to_owned(), "unknown_team"),
+                ("teams[1]".to_owned(), "unknown_team")
+            ]
+        );
+        let own = created(scope.apply(&ctx, None, &write(serde_json::json!({}))));
+        let body = serde_json::json!({"remove_teams": ["north"]});
+        assert_eq!(
+            field_codes(scope.apply(&ctx, Some(&own), &write(body))),
+            [("teams".to_owned(), "outside_scope")]
+        );
+        let foreign =
+            created(Scope::All.apply(&ctx, None, &write(serde_json::json!({"teams": ["south"]}))));
+        let result = scope.apply(&ctx, Some(&foreign), &write(serde_json::json!({})));
+        assert!(matches!(result, Err(DomainError::NotFound)), "{result:?}");
+    }
+
     #[test]
     fn a_team_scope_admits_only_customers_sharing_a_team() {
         let scope = Scope::Teams(teams(&["north", "west"]));
