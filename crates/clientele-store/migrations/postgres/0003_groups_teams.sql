@@ -41,3 +41,9 @@ CREATE TABLE customer_teams (
     PRIMARY KEY (customer_id, team_code)
 );
 CREATE INDEX customer_teams_by_team ON customer_teams (team_code, customer_id);
+
+-- Customers stored before this migration carry tags in their documents only (groups and teams
+-- could not be set before it): index them.
+INSERT INTO customer_tags (customer_id, tag)
+SELECT c.id, t.tag FROM customers c, jsonb_array_elements_text(c.doc::jsonb -> 'tags') AS t(tag)
+ON CONFLICT DO NOTHING;
