@@ -136,12 +136,30 @@ async fn write_in(
     Ok((outcome, next))
 }
 
-fn same_memberships(a: &Customer, b: &Customer) -> bool {
-    a.tags == b.tags && a.groups == b.groups && a.teams == b.teams
+/// A customer's tags, groups and teams: what its membership rows hold.
+#[derive(PartialEq)]
+struct MembershipSet<'a> {
+    tags: &'a [String],
+    groups: &'a [clientele_domain::GroupMembership],
+    teams: &'a [String],
 }
 
-fn has_memberships(c: &Customer) -> bool {
-    !(c.tags.is_empty() && c.groups.is_empty() && c.teams.is_empty())
+impl<'a> MembershipSet<'a> {
+    fn of(c: &'a Customer) -> Self {
+        Self {
+            tags: &c.tags,
+            groups: &c.groups,
+            teams: &c.teams,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tags.is_empty() && self.groups.is_empty() && self.teams.is_empty()
+    }
+}
+
+fn same_memberships(a: &Customer, b: &Customer) -> bool {
+    MembershipSet::of(a) == MembershipSet::of(b)
 }
 
 /// Erases a customer and records the deletion (its version one past the last one); its
@@ -351,12 +369,16 @@ async fn still_observed<Tx: BatchTx + DirectoryTx>(
 }
 
 fn plan(batch: &SyncBatch, inputs: Inputs) -> Planned {
-    // Customers that had membership rows: an update of any other one has none to replace.
-    let had_memberships = inputs
+    // The stored memberships of customers that have any: an update leaving them as they are
+    // writes no membership rows, and one of a customer without any deletes none.
+    let stored_memberships = inputs
         .loaded
         .iter()
-        .filter(|s| has_memberships(&s.customer))
-        .map(|s| s.customer.id)
+        .filter(|s| !MembershipSet::of(&s.customer).is_empty())
+        .map(|s| {
+            let c = &s.customer;
+            (c.id, (c.tags.clone(), c.groups.clone(), c.teams.clone()))
+        })
         .collect();
     let plan = sync::plan(
         batch,
@@ -367,14 +389,40 @@ fn plan(batch: &SyncBatch, inputs: Inputs) -> Planned {
     );
     Planned {
         plan,
-        had_memberships,
+        stored_memberships,
     }
 }
+
+/// Tags, groups and teams, owned.
+type OwnedMemberships = (
+    Vec<String>,
+    Vec<clientele_domain::GroupMembership>,
+    Vec<String>,
+);
 
 /// A sync plan and what the write of its membership rows needs to know.
 struct Planned {
     plan: sync::Plan,
-    had_memberships: std::collections::HashSet<CustomerId>,
+    stored_memberships: std::collections::HashMap<CustomerId, OwnedMemberships>,
+}
+
+impl Planned {
+    /// Whether an updated customer's membership rows must be replaced (it had some), and
+    /// whether they change at all.
+    fn membership_change(&self, customer: &Customer) -> (bool, bool) {
+        let next = MembershipSet::of(customer);
+        match self.stored_memberships.get(&customer.id) {
+            None => (false, !next.is_empty()),
+            Some((tags, groups, teams)) => {
+                let stored = MembershipSet {
+                    tags,
+                    groups,
+                    teams,
+                };
+                (true, stored != next)
+            }
+        }
+    }
 }
 
 async fn write_plan<Tx: CustomerTx + BatchTx + DirectoryTx>(
@@ -392,16 +440,24 @@ async fn write_plan<Tx: CustomerTx + BatchTx + DirectoryTx>(
     let mut inserts = rows(&plan.inserts);
     inserts.sort_by(|a, b| a.customer.key(batch.key).cmp(&b.customer.key(batch.key)));
     tx.insert_many(&inserts).await?;
-    let replaced: Vec<CustomerId> = updates
-        .iter()
-        .map(|row| row.customer.id)
-        .filter(|id| planned.had_memberships.contains(id))
-        .collect();
-    let changed: Vec<CustomerRow<'_>> = updates
-        .into_iter()
-        .chain(inserts)
-        .filter(|row| has_memberships(row.customer))
-        .collect();
+    let mut replaced = Vec::new();
+    let mut changed = Vec::new();
+    for row in updates {
+        match planned.membership_change(row.customer) {
+            (_, false) => {}
+            (had_rows, true) => {
+                if had_rows {
+                    replaced.push(row.customer.id);
+                }
+                changed.push(row);
+            }
+        }
+    }
+    changed.extend(
+        inserts
+            .into_iter()
+            .filter(|row| !MembershipSet::of(row.customer).is_empty()),
+    );
     tx.write_memberships(&replaced, &changed).await?;
     tx.record_changes(&plan.changes).await
 }

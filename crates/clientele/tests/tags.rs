@@ -66,6 +66,25 @@ async fn tag_counts_follow_every_write_path(hub: TestHub) {
         counts(&hub).await,
         json!({"data": [{"tag": "vip", "count": 1}]})
     );
+    // Updates that keep the tags keep the rows; a customer without tags may gain some.
+    hub.create_customer(json!({"external_id": "plain"})).await;
+    let reply = hub
+        .sync(&json!({"key": "external_id", "customers": [
+            {"external_id": "d", "note": "tags untouched"},
+            {"external_id": "plain", "add_tags": ["vip"]},
+        ]}))
+        .await;
+    assert_eq!(reply.body["summary"]["updated"], 2, "{}", reply.body);
+    assert_eq!(
+        counts(&hub).await,
+        json!({"data": [{"tag": "vip", "count": 2}]})
+    );
+    assert_eq!(
+        call(hub.delete("/v1/customers/external_id/plain"))
+            .await
+            .status,
+        204
+    );
     // An atomic batch that fails writes no membership rows either.
     let reply = hub
         .sync(&json!({"key": "external_id", "atomic": true, "customers": [
