@@ -99,6 +99,18 @@ async fn group_codes_and_bodies_are_validated(hub: TestHub) {
         let reply = call(hub.put(&format!("/v1/groups/{code}")).json(&json!({}))).await;
         assert_invalid(&reply, &[("code", "invalid_code")]);
     }
+    for path in ["/v1/groups/a%00b", "/v1/groups/no%20space"] {
+        let reply = call(hub.put(path).json(&json!({}))).await;
+        assert_invalid(&reply, &[("code", "invalid_code")]);
+        assert_problem(&call(hub.get(path)).await, 404, "not_found");
+        assert_problem(&call(hub.delete(path)).await, 404, "not_found");
+    }
+    let reply = call(
+        hub.post("/v1/groups/sync")
+            .json(&json!({"groups": [{"code": "a\u{0}b"}, {"code": "ok", "parent": "a\u{0}b"}]})),
+    )
+    .await;
+    assert_eq!(reply.body["summary"]["failed"], 2, "{}", reply.body);
     let reply = call(hub.put("/v1/groups/vip").json(&json!({"code": "other"}))).await;
     assert_invalid(&reply, &[("code", "code_mismatch")]);
     let reply = call(hub.put("/v1/groups/vip").json(&json!({"titel": "typo"}))).await;

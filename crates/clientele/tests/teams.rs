@@ -63,6 +63,12 @@ async fn a_team_is_created_read_renamed_listed_and_deleted(hub: TestHub) {
 async fn team_codes_and_bodies_are_validated(hub: TestHub) {
     let reply = call(hub.put("/v1/teams/no%20space").json(&json!({}))).await;
     assert_invalid(&reply, &[("code", "invalid_code")]);
+    let reply = call(hub.put("/v1/teams/a%00b").json(&json!({}))).await;
+    assert_invalid(&reply, &[("code", "invalid_code")]);
+    for path in ["/v1/teams/a%00b", "/v1/teams/no%20space"] {
+        assert_problem(&call(hub.get(path)).await, 404, "not_found");
+        assert_problem(&call(hub.delete(path)).await, 404, "not_found");
+    }
     let reply = call(hub.put("/v1/teams/t").json(&json!({"code": "u"}))).await;
     assert_invalid(&reply, &[("code", "code_mismatch")]);
     let reply = call(hub.put("/v1/teams/t").json(&json!({"title": "x"}))).await;

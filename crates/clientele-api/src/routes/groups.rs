@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::http::header::LOCATION;
-use clientele_domain::group::MAX_SYNC_GROUPS;
+use clientele_domain::group::{MAX_SYNC_GROUPS, is_valid_code};
 use clientele_domain::{DomainError, Group, GroupWrite, Role, WriteOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -33,6 +33,16 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 #[derive(Serialize, ToSchema)]
 pub(crate) struct GroupList {
     data: Vec<Group>,
+}
+
+/// The group or team code of a path that reads or deletes: a code that cannot exist names
+/// nothing (404), without handing the database a value it may not accept.
+pub(crate) fn existing_code(code: &str) -> Result<&str, ApiError> {
+    if is_valid_code(code) {
+        Ok(code)
+    } else {
+        Err(ApiError::not_found())
+    }
 }
 
 /// The status of a written group or team: 201 created, else 200.
@@ -103,7 +113,7 @@ async fn get_group(
     caller.require(Role::Read)?;
     state
         .store()
-        .get_group(&code)
+        .get_group(existing_code(&code)?)
         .await?
         .map(Json)
         .ok_or_else(ApiError::not_found)
@@ -137,7 +147,7 @@ async fn delete_group(
     _caller: WriteCaller,
     Path(code): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.store().delete_group(&code).await?;
+    state.store().delete_group(existing_code(&code)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

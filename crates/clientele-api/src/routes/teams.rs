@@ -6,7 +6,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::http::header::LOCATION;
-use clientele_domain::{Role, Team, TeamWrite, WriteOutcome};
+use clientele_domain::group::check_code;
+use clientele_domain::{Role, Team, TeamWrite, ValidationErrors, WriteOutcome};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -16,7 +17,7 @@ use crate::auth::{Caller, WriteCaller};
 use crate::extract::StrictJson;
 use crate::problem::{ApiError, Problem};
 use crate::response::Rendered;
-use crate::routes::groups::status_of;
+use crate::routes::groups::{existing_code, status_of};
 use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -49,6 +50,10 @@ async fn put_team(
     Path(code): Path<String>,
     StrictJson(write): StrictJson<TeamWrite>,
 ) -> Result<Rendered, ApiError> {
+    // Refused before the store reads it: PostgreSQL text cannot hold every string a path can.
+    let mut errors = ValidationErrors::default();
+    check_code(&mut errors, "code", &code);
+    errors.into_result()?;
     let (outcome, team) = state.store().write_team(&code, &write).await?;
     let rendered = Rendered::serialize(status_of(outcome), &team);
     Ok(if outcome == WriteOutcome::Created {
@@ -73,7 +78,7 @@ async fn get_team(
     caller.require(Role::Read)?;
     state
         .store()
-        .get_team(&code)
+        .get_team(existing_code(&code)?)
         .await?
         .map(Json)
         .ok_or_else(ApiError::not_found)
@@ -106,6 +111,6 @@ async fn delete_team(
     _caller: WriteCaller,
     Path(code): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.store().delete_team(&code).await?;
+    state.store().delete_team(existing_code(&code)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
