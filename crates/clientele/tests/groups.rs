@@ -15,6 +15,7 @@ hub_tests!(
     memberships_change_on_every_write_path,
     unknown_groups_are_refused_everywhere,
     the_group_filter_lists_members_and_optionally_subgroups,
+    concurrent_re_parentings_never_make_a_cycle,
 );
 
 pub async fn put_group(hub: &TestHub, code: &str, body: Value) -> Value {
@@ -482,4 +483,37 @@ async fn the_group_filter_lists_members_and_optionally_subgroups(hub: TestHub) {
     assert_eq!(reply.status, 422);
     let reply = call(hub.get("/v1/customers?group=a%00b")).await;
     assert_invalid(&reply, &[("group", "invalid_parameter")]);
+}
+
+async fn concurrent_re_parentings_never_make_a_cycle(hub: TestHub) {
+    let codes = ["a", "b", "c"];
+    for _ in 0..5 {
+        for code in codes {
+            put_group(&hub, code, json!({"parent": null})).await;
+        }
+        // Each group asks for the next one as its parent, all at once: any two would be fine,
+        // all three close a cycle, so at least one must be refused.
+        let requests = codes
+            .iter()
+            .zip(codes.iter().cycle().skip(1))
+            .map(|(code, parent)| {
+                call(
+                    hub.put(&format!("/v1/groups/{code}"))
+                        .json(&json!({"parent": parent})),
+                )
+            });
+        let replies = futures::future::join_all(requests).await;
+        let refused = replies.iter().filter(|r| r.status == 422).count();
+        assert!(replies.iter().all(|r| r.status == 200 || r.status == 422));
+        assert!(refused >= 1, "{replies:?}");
+        let list = call(hub.get("/v1/groups")).await;
+        let with_parent = list.body["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .filter(|g| !g["parent"].is_null())
+            .count();
+        assert_eq!(with_parent, 3 - refused, "{}", list.body);
+        assert!(with_parent < 3, "a cycle: {}", list.body);
+    }
 }
