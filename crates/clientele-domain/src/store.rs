@@ -44,6 +44,14 @@ pub struct WriteCommand {
     pub scope: Scope,
 }
 
+/// A keyset page of a list ordered by a name (group and team codes, tags), in byte order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamePage {
+    /// The last name of the previous page.
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
 /// A tag and how many customers (that the caller may see) carry it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TagCount {
@@ -318,8 +326,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_group(&self, code: &str) -> Result<Option<Group>, DomainError>;
 
-    /// Every group, by code.
-    async fn list_groups(&self) -> Result<Vec<Group>, DomainError>;
+    /// Groups by code, after `after`, at most `limit`.
+    async fn list_groups(&self, page: &NamePage) -> Result<Vec<Group>, DomainError>;
 
     /// Deletes a group without subgroups or members (else [`DomainError::InUse`]).
     async fn delete_group(&self, code: &str) -> Result<(), DomainError>;
@@ -332,8 +340,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_team(&self, code: &str) -> Result<Option<Team>, DomainError>;
 
-    /// Every team, by code.
-    async fn list_teams(&self) -> Result<Vec<Team>, DomainError>;
+    /// Teams by code, after `after`, at most `limit`.
+    async fn list_teams(&self, page: &NamePage) -> Result<Vec<Team>, DomainError>;
 
     /// Deletes a team no customer and no live API key belongs to (else [`DomainError::InUse`]).
     async fn delete_team(&self, code: &str) -> Result<(), DomainError>;
@@ -345,8 +353,13 @@ pub trait Store: Send + Sync + 'static {
         teams: &[String],
     ) -> Result<KnownCodes, DomainError>;
 
-    /// Every tag with the number of customers in `scope` carrying it, by tag.
-    async fn tag_counts(&self, scope: &Scope) -> Result<Vec<TagCount>, DomainError>;
+    /// Tags with the number of customers in `scope` carrying them, by tag, after `after`, at
+    /// most `limit`.
+    async fn tag_counts(
+        &self,
+        scope: &Scope,
+        page: &NamePage,
+    ) -> Result<Vec<TagCount>, DomainError>;
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), DomainError>;

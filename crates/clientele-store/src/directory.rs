@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 use clientele_domain::{
-    CustomerId, DomainError, Group, KnownCodes, ListQuery, Scope, TagCount, Team,
+    CustomerId, DomainError, Group, KnownCodes, ListQuery, NamePage, Scope, TagCount, Team,
 };
 
 use crate::primitives::CustomerRow;
@@ -52,10 +52,14 @@ pub(crate) trait DirectoryTx: Send {
 #[async_trait]
 pub(crate) trait DirectoryQueries: Send + Sync {
     async fn group(&self, code: &str) -> Result<Option<Group>, DomainError>;
-    async fn groups(&self) -> Result<Vec<Group>, DomainError>;
+    async fn groups(&self, page: &NamePage) -> Result<Vec<Group>, DomainError>;
     async fn team(&self, code: &str) -> Result<Option<Team>, DomainError>;
-    async fn teams(&self) -> Result<Vec<Team>, DomainError>;
-    async fn tag_counts(&self, scope: &Scope) -> Result<Vec<TagCount>, DomainError>;
+    async fn teams(&self, page: &NamePage) -> Result<Vec<Team>, DomainError>;
+    async fn tag_counts(
+        &self,
+        scope: &Scope,
+        page: &NamePage,
+    ) -> Result<Vec<TagCount>, DomainError>;
 }
 
 /// `($1, $2), ($3, $4)`: `rows` groups of `columns` numbered parameters from `$first`.
@@ -501,12 +505,15 @@ macro_rules! directory_primitives {
 
             async fn groups(
                 &self,
+                page: &clientele_domain::NamePage,
             ) -> Result<Vec<clientele_domain::Group>, clientele_domain::DomainError> {
                 let sql = format!(
-                    "SELECT {} FROM groups ORDER BY code",
+                    "SELECT {} FROM groups WHERE code > $1 ORDER BY code LIMIT $2",
                     $crate::directory::GROUP_COLUMNS
                 );
                 let rows = sqlx::query(&sql)
+                    .bind(page.after.as_deref().unwrap_or(""))
+                    .bind(i64::from(page.limit))
                     .fetch_all(self)
                     .await
                     .map_err($crate::error::db_error)?;
@@ -531,12 +538,15 @@ macro_rules! directory_primitives {
 
             async fn teams(
                 &self,
+                page: &clientele_domain::NamePage,
             ) -> Result<Vec<clientele_domain::Team>, clientele_domain::DomainError> {
                 let sql = format!(
-                    "SELECT {} FROM teams ORDER BY code",
+                    "SELECT {} FROM teams WHERE code > $1 ORDER BY code LIMIT $2",
                     $crate::directory::TEAM_COLUMNS
                 );
                 let rows = sqlx::query(&sql)
+                    .bind(page.after.as_deref().unwrap_or(""))
+                    .bind(i64::from(page.limit))
                     .fetch_all(self)
                     .await
                     .map_err($crate::error::db_error)?;
@@ -546,17 +556,21 @@ macro_rules! directory_primitives {
             async fn tag_counts(
                 &self,
                 scope: &clientele_domain::Scope,
+                page: &clientele_domain::NamePage,
             ) -> Result<Vec<clientele_domain::TagCount>, clientele_domain::DomainError> {
                 use sqlx::Row;
                 let db = $crate::error::db_error;
-                let (condition, teams) = $crate::directory::scope_condition(scope, 1)
-                    .map_or((String::new(), Vec::new()), |(c, t)| (format!("WHERE {c}"), t));
+                let (condition, teams) = $crate::directory::scope_condition(scope, 3)
+                    .map_or((String::new(), Vec::new()), |(c, t)| (format!("AND {c}"), t));
                 let sql = format!(
                     "SELECT ct.tag, COUNT(*) FROM customer_tags ct \
-                     JOIN customers ON customers.id = ct.customer_id {condition} \
-                     GROUP BY ct.tag ORDER BY ct.tag"
+                     JOIN customers ON customers.id = ct.customer_id \
+                     WHERE ct.tag > $1 {condition} \
+                     GROUP BY ct.tag ORDER BY ct.tag LIMIT $2"
                 );
-                let mut query = sqlx::query(&sql);
+                let mut query = sqlx::query(&sql)
+                    .bind(page.after.as_deref().unwrap_or(""))
+                    .bind(i64::from(page.limit));
                 for team in teams {
                     query = query.bind(team);
                 }

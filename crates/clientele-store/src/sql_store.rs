@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use clientele_domain::group::Hierarchy;
 use clientele_domain::{
     ApiKey, ApiKeyId, Customer, CustomerDoc, CustomerId, DomainError, Group, GroupWrite,
-    KnownCodes, ListQuery, Locator, NewApiKey, Page, PoolStats, Scope, Store, TagCount, Team,
-    TeamWrite, Timestamp, ValidationErrors, WriteCommand, WriteOutcome,
+    KnownCodes, ListQuery, Locator, NamePage, NewApiKey, Page, PoolStats, Scope, Store, TagCount,
+    Team, TeamWrite, Timestamp, ValidationErrors, WriteCommand, WriteOutcome,
 };
 
 use clientele_domain::sync::{SyncBatch, SyncReport};
@@ -187,8 +187,8 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend.reads().group(code).await
     }
 
-    async fn list_groups(&self) -> Result<Vec<Group>, DomainError> {
-        self.backend.reads().groups().await
+    async fn list_groups(&self, page: &NamePage) -> Result<Vec<Group>, DomainError> {
+        self.backend.reads().groups(page).await
     }
 
     async fn delete_group(&self, code: &str) -> Result<(), DomainError> {
@@ -217,8 +217,8 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend.reads().team(code).await
     }
 
-    async fn list_teams(&self) -> Result<Vec<Team>, DomainError> {
-        self.backend.reads().teams().await
+    async fn list_teams(&self, page: &NamePage) -> Result<Vec<Team>, DomainError> {
+        self.backend.reads().teams(page).await
     }
 
     async fn delete_team(&self, code: &str) -> Result<(), DomainError> {
@@ -238,8 +238,12 @@ impl<B: Backend> Store for SqlStore<B> {
         Ok(known)
     }
 
-    async fn tag_counts(&self, scope: &Scope) -> Result<Vec<TagCount>, DomainError> {
-        self.backend.reads().tag_counts(scope).await
+    async fn tag_counts(
+        &self,
+        scope: &Scope,
+        page: &NamePage,
+    ) -> Result<Vec<TagCount>, DomainError> {
+        self.backend.reads().tag_counts(scope, page).await
     }
 
     async fn ping(&self) -> Result<(), DomainError> {

@@ -201,7 +201,7 @@ async fn a_foreign_customer_does_not_exist_on_any_endpoint(hub: TestHub) {
         );
     }
     let reply = call(scoped.get("/v1/tags")).await;
-    assert_eq!(reply.body, json!({"data": [{"tag": "shared", "count": 1}]}));
+    assert_eq!(reply.body["data"], json!([{"tag": "shared", "count": 1}]));
 
     // Nothing of all that changed it.
     let stored = call(hub.get(&by_id)).await;
@@ -234,7 +234,7 @@ async fn a_scoped_key_lists_and_counts_only_its_customers(hub: TestHub) {
         assert_eq!(second.body["data"][0]["external_id"], "shared");
         assert_eq!(second.body["next_cursor"], Value::Null);
         let reply = call(key.get("/v1/tags")).await;
-        assert_eq!(reply.body, json!({"data": [{"tag": "shared", "count": 2}]}));
+        assert_eq!(reply.body["data"], json!([{"tag": "shared", "count": 2}]));
         assert_eq!(
             call(key.get(&format!("/v1/customers/{}", id(&own))))
                 .await
@@ -259,8 +259,8 @@ async fn a_scoped_key_lists_and_counts_only_its_customers(hub: TestHub) {
     assert_eq!(all.body["data"].as_array().map(Vec::len), Some(4));
     let all = call(hub.get("/v1/tags")).await;
     assert_eq!(
-        all.body,
-        json!({"data": [{"tag": "secret", "count": 1}, {"tag": "shared", "count": 3}]})
+        all.body["data"],
+        json!([{"tag": "secret", "count": 1}, {"tag": "shared", "count": 3}])
     );
 }
 

@@ -6,13 +6,15 @@ use serde_json::{Value, json};
 
 hub_tests!(
     tag_counts_follow_every_write_path,
+    tag_counts_page_by_tag,
     the_tag_filter_combines_with_the_others_and_pages,
 );
 
 async fn counts(hub: &TestHub) -> Value {
     let reply = call(hub.get("/v1/tags")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.body
+    assert_eq!(reply.body["next_cursor"], Value::Null);
+    json!({"data": reply.body["data"]})
 }
 
 async fn tag_counts_follow_every_write_path(hub: TestHub) {
@@ -150,5 +152,34 @@ async fn the_tag_filter_combines_with_the_others_and_pages(hub: TestHub) {
         }
         seen.sort();
         assert_eq!(seen, ["00", "02", "04", "06", "08", "10"], "sort {sort}");
+    }
+}
+
+async fn tag_counts_page_by_tag(hub: TestHub) {
+    let tags: Vec<String> = (0..7).map(|i| format!("t{i}")).collect();
+    hub.create_customer(json!({"external_id": "a", "tags": tags}))
+        .await;
+    hub.create_customer(json!({"external_id": "b", "tags": ["t3"]}))
+        .await;
+    let mut seen = Vec::new();
+    let mut path = "/v1/tags?limit=3".to_owned();
+    loop {
+        let reply = call(hub.get(&path)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let data = reply.body["data"].as_array().expect("data");
+        assert!(data.len() <= 3);
+        seen.extend(data.iter().map(|t| (t["tag"].clone(), t["count"].clone())));
+        match reply.body["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/tags?limit=3&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let expected: Vec<(Value, Value)> = (0..7)
+        .map(|i| (json!(format!("t{i}")), json!(if i == 3 { 2 } else { 1 })))
+        .collect();
+    assert_eq!(seen, expected);
+    for query in ["limit=0", "limit=1001", "cursor=%21%21", "colour=red"] {
+        let reply = call(hub.get(&format!("/v1/tags?{query}"))).await;
+        assert_eq!(reply.status, 422, "{query}: {}", reply.body);
     }
 }

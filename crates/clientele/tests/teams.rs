@@ -55,6 +55,12 @@ async fn a_team_is_created_read_renamed_listed_and_deleted(hub: TestHub) {
         .map(|t| t["code"].as_str().expect("code"))
         .collect();
     assert_eq!(codes, ["east", "north"]);
+    let first = call(hub.get("/v1/teams?limit=1")).await;
+    assert_eq!(first.body["data"][0]["code"], "east");
+    let cursor = first.body["next_cursor"].as_str().expect("a next page");
+    let second = call(hub.get(&format!("/v1/teams?limit=1&cursor={cursor}"))).await;
+    assert_eq!(second.body["data"][0]["code"], "north");
+    assert_eq!(second.body["next_cursor"], Value::Null);
     assert_eq!(call(hub.delete("/v1/teams/north")).await.status, 204);
     assert_problem(&call(hub.get("/v1/teams/north")).await, 404, "not_found");
     assert_problem(&call(hub.delete("/v1/teams/north")).await, 404, "not_found");

@@ -16,9 +16,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, WriteCaller};
-use crate::extract::{JsonBytes, StrictJson, parse_json};
+use crate::extract::{JsonBytes, StrictJson, StrictQuery, parse_json};
 use crate::problem::{ApiError, ErrorCode, Problem};
 use crate::response::Rendered;
+use crate::routes::name_page::{NamePageParams, paged};
 use crate::routes::sync::item_errors;
 use crate::state::AppState;
 
@@ -29,10 +30,12 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(put_group, get_group, delete_group))
 }
 
-/// Every group, by code.
+/// A page of groups, by code.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct GroupList {
     data: Vec<Group>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 /// The group or team code of a path that reads or deletes: a code that cannot exist names
@@ -119,19 +122,23 @@ async fn get_group(
         .ok_or_else(ApiError::not_found)
 }
 
-/// List every group, by code.
+/// List groups by code, keyset-paginated (1000 per page unless `limit` says fewer).
 #[utoipa::path(
     get, path = "/v1/groups", tag = "groups",
-    responses((status = 200, body = GroupList), (status = 403, body = Problem)),
+    params(NamePageParams),
+    responses((status = 200, body = GroupList), (status = 403, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = []))
 )]
 async fn list_groups(
     State(state): State<AppState>,
     caller: Caller,
+    StrictQuery(params): StrictQuery<NamePageParams>,
 ) -> Result<Json<GroupList>, ApiError> {
     caller.require(Role::Read)?;
-    let data = state.store().list_groups().await?;
-    Ok(Json(GroupList { data }))
+    let page = params.page()?;
+    let groups = state.store().list_groups(&page).await?;
+    let (data, next_cursor) = paged(groups, &page, |g| &g.code);
+    Ok(Json(GroupList { data, next_cursor }))
 }
 
 /// Delete a group: 409 `group_has_subgroups` while it has subgroups, 409 `group_in_use` while

@@ -3,6 +3,7 @@
 pub(crate) mod api_keys;
 pub(crate) mod customers;
 pub(crate) mod groups;
+pub(crate) mod name_page;
 pub(crate) mod ops;
 pub(crate) mod sync;
 pub(crate) mod tags;

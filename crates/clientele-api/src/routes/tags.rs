@@ -10,7 +10,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Caller;
+use crate::extract::StrictQuery;
 use crate::problem::{ApiError, Problem};
+use crate::routes::name_page::{NamePageParams, paged};
 use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -24,24 +26,30 @@ pub(crate) struct TagCount {
     count: i64,
 }
 
-/// Every tag in use, by tag.
+/// A page of the tags in use, by tag.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct TagList {
     data: Vec<TagCount>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
-/// List tags with customer counts.
+/// List tags with customer counts, keyset-paginated (1000 per page unless `limit` says fewer).
 #[utoipa::path(
     get, path = "/v1/tags", tag = "customers",
-    responses((status = 200, body = TagList), (status = 403, body = Problem)),
+    params(NamePageParams),
+    responses((status = 200, body = TagList), (status = 403, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = []))
 )]
 async fn list_tags(
     State(state): State<AppState>,
     caller: Caller,
+    StrictQuery(params): StrictQuery<NamePageParams>,
 ) -> Result<Json<TagList>, ApiError> {
     caller.require(Role::Read)?;
-    let counts = state.store().tag_counts(&caller.scope()).await?;
+    let page = params.page()?;
+    let counts = state.store().tag_counts(&caller.scope(), &page).await?;
+    let (counts, next_cursor) = paged(counts, &page, |c| &c.tag);
     Ok(Json(TagList {
         data: counts
             .into_iter()
@@ -50,5 +58,6 @@ async fn list_tags(
                 count: c.count,
             })
             .collect(),
+        next_cursor,
     }))
 }

@@ -14,10 +14,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, WriteCaller};
-use crate::extract::StrictJson;
+use crate::extract::{StrictJson, StrictQuery};
 use crate::problem::{ApiError, Problem};
 use crate::response::Rendered;
 use crate::routes::groups::{existing_code, status_of};
+use crate::routes::name_page::{NamePageParams, paged};
 use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -26,10 +27,12 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(put_team, get_team, delete_team))
 }
 
-/// Every team, by code.
+/// A page of teams, by code.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct TeamList {
     data: Vec<Team>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 /// Create or rename a team: absent `name` keeps it, `null` clears it.
@@ -84,19 +87,23 @@ async fn get_team(
         .ok_or_else(ApiError::not_found)
 }
 
-/// List every team, by code.
+/// List teams by code, keyset-paginated (1000 per page unless `limit` says fewer).
 #[utoipa::path(
     get, path = "/v1/teams", tag = "teams",
-    responses((status = 200, body = TeamList), (status = 403, body = Problem)),
+    params(NamePageParams),
+    responses((status = 200, body = TeamList), (status = 403, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = []))
 )]
 async fn list_teams(
     State(state): State<AppState>,
     caller: Caller,
+    StrictQuery(params): StrictQuery<NamePageParams>,
 ) -> Result<Json<TeamList>, ApiError> {
     caller.require(Role::Read)?;
-    let data = state.store().list_teams().await?;
-    Ok(Json(TeamList { data }))
+    let page = params.page()?;
+    let teams = state.store().list_teams(&page).await?;
+    let (data, next_cursor) = paged(teams, &page, |t| &t.code);
+    Ok(Json(TeamList { data, next_cursor }))
 }
 
 /// Delete a team: 409 `team_in_use` while customers or live API keys belong to it.
