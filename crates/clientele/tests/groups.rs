@@ -16,6 +16,7 @@ hub_tests!(
     unknown_groups_are_refused_everywhere,
     the_group_filter_lists_members_and_optionally_subgroups,
     concurrent_re_parentings_never_make_a_cycle,
+    group_writes_are_idempotent_with_a_key,
 );
 
 pub async fn put_group(hub: &TestHub, code: &str, body: Value) -> Value {
@@ -516,4 +517,33 @@ async fn concurrent_re_parentings_never_make_a_cycle(hub: TestHub) {
         assert_eq!(with_parent, 3 - refused, "{}", list.body);
         assert!(with_parent < 3, "a cycle: {}", list.body);
     }
+}
+
+async fn group_writes_are_idempotent_with_a_key(hub: TestHub) {
+    let put = || {
+        call(
+            hub.put("/v1/groups/once")
+                .header("Idempotency-Key", "group-once")
+                .json(&json!({"title": "Once"})),
+        )
+    };
+    let first = put().await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    // Changed in between: the replay still answers the first response and changes nothing.
+    put_group(&hub, "once", json!({"title": "Changed"})).await;
+    let replay = put().await;
+    assert_eq!(replay.status, 201);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.body, first.body);
+    assert_eq!(
+        call(hub.get("/v1/groups/once")).await.body["title"],
+        "Changed"
+    );
+    let reused = call(
+        hub.put("/v1/groups/other")
+            .header("Idempotency-Key", "group-once")
+            .json(&json!({})),
+    )
+    .await;
+    assert_problem(&reused, 422, "idempotency_key_reused");
 }
