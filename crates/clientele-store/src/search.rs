@@ -86,9 +86,9 @@ pub(crate) fn window_count_sql(query: &ListQuery) -> Option<(PageSql, i64)> {
         conditions: Vec::new(),
         binds: Vec::new(),
         unindexed: None,
+        skipped: Some(column),
     };
     time_conditions(&mut b, &query.filter);
-    b.conditions.retain(|c| !c.starts_with(column));
     if b.conditions.is_empty() {
         return None;
     }
@@ -126,6 +126,8 @@ struct Builder {
     binds: Vec<Bind>,
     /// The sort column: with a wide window, the other time columns must not drive the query.
     unindexed: Option<&'static str>,
+    /// Time conditions on this column are left out (counting the windows off the sort key).
+    skipped: Option<&'static str>,
 }
 
 impl Builder {
@@ -136,7 +138,7 @@ impl Builder {
     }
 
     fn time(&mut self, column: &str, op: &str, value: Option<clientele_domain::Timestamp>) {
-        if let Some(value) = value {
+        if let Some(value) = value.filter(|_| self.skipped != Some(column)) {
             let p = self.bind(Bind::Int(value.as_micros()));
             if self.unindexed.is_some_and(|sort| sort != column) {
                 // An expression, which no index serves: the planner walks the sort order.
@@ -156,9 +158,15 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
         conditions: Vec::new(),
         binds: Vec::new(),
         unindexed: plan.wide_window.then_some(column),
+        skipped: None,
     };
     time_conditions(&mut b, &query.filter);
+    implied_time_conditions(&mut b, &query.filter);
     filter_conditions(&mut b, &query.filter, dialect);
+    // Tags, groups, teams and the caller's team scope.
+    let (memberships, texts) = crate::directory::membership_conditions(query, b.binds.len() + 1);
+    b.conditions.extend(memberships);
+    b.binds.extend(texts.into_iter().map(Bind::Text));
     let probe = match (&query.filter.q, plan.q) {
         (Some(q), Strategy::Probe) => Some(prefix_range(q)),
         _ => None,
@@ -237,6 +245,23 @@ fn time_conditions(b: &mut Builder, filter: &CustomerFilter) {
     b.time("created_at", "<", filter.created_before);
     b.time("updated_at", ">=", filter.updated_after);
     b.time("updated_at", "<", filter.updated_before);
+}
+
+/// Conditions that follow from the time windows.
+fn implied_time_conditions(b: &mut Builder, filter: &CustomerFilter) {
+    // A customer is never updated before it was created, so these follow and let the other
+    // time index seek to where the matches begin.
+    let implied = |given: Option<clientele_domain::Timestamp>, other| given.filter(|_| other);
+    b.time(
+        "updated_at",
+        ">=",
+        implied(filter.created_after, filter.updated_after.is_none()),
+    );
+    b.time(
+        "created_at",
+        "<",
+        implied(filter.updated_before, filter.created_before.is_none()),
+    );
 }
 
 fn filter_conditions(b: &mut Builder, filter: &CustomerFilter, dialect: Dialect) {
@@ -398,33 +423,55 @@ mod tests {
             },
             scope: Scope::All,
         };
-        let page = page_sql(
-            &query,
-            Dialect::Sqlite,
-            Plan {
-                q: Strategy::Terms,
-                wide_window: false,
-            },
-        );
-        assert!(page.sql.contains("created_at >= $1"), "{}", page.sql);
-        assert!(page.sql.contains("email_norm = $2"), "{}", page.sql);
-        assert!(page.sql.contains("archived = 0"), "{}", page.sql);
+        let terms = Plan {
+            q: Strategy::Terms,
+            wide_window: false,
+        };
+        let page = page_sql(&query, Dialect::Sqlite, terms);
+        let expected = [
+            "created_at >= $1",
+            "updated_at >= $2", // implied: never updated before created
+            "email_norm = $3",
+            "archived = 0",
+            "term >= $4 AND term < $5",
+            "(updated_at, id) < ($6, $7)",
+            "ORDER BY updated_at DESC, id DESC LIMIT $8",
+        ];
+        for part in expected {
+            assert!(page.sql.contains(part), "{part}: {}", page.sql);
+        }
+        assert_eq!(page.binds.len(), 8);
+        assert_eq!(page.binds[2], Bind::Text("a@b.c".into()));
+        assert_eq!(page.binds[7], Bind::Int(11));
+
+        let probing = Plan {
+            q: Strategy::Probe,
+            wide_window: true,
+        };
+        let page = page_sql(&query, Dialect::Postgres, probing);
+        let expected = [
+            "(created_at + 0) >= $1",
+            "updated_at >= $2",
+            "NOT archived",
+            "updated_at >= COALESCE((SELECT updated_at FROM customers WHERE (updated_at, id) < ($4, $5)",
+            "LIMIT 1 OFFSET $6",
+            "term >= $7 AND term < $8 LIMIT 1) IS NOT NULL",
+            "LIMIT $9",
+        ];
+        for part in expected {
+            assert!(page.sql.contains(part), "{part}: {}", page.sql);
+        }
+        let (count, cap) = window_count_sql(&query).expect("a window off the sort key");
+        assert_eq!(cap, WIDE_WINDOW);
         assert!(
-            page.sql.contains("term >= $3 AND term < $4"),
+            count.sql.contains("WHERE created_at >= $1 LIMIT $2"),
             "{}",
-            page.sql
+            count.sql
         );
-        assert!(
-            page.sql.contains("(updated_at, id) < ($5, $6)"),
-            "{}",
-            page.sql
-        );
-        assert!(
-            page.sql
-                .ends_with("ORDER BY updated_at DESC, id DESC LIMIT $7")
-        );
-        assert_eq!(page.binds.len(), 7);
-        assert_eq!(page.binds[1], Bind::Text("a@b.c".into()));
-        assert_eq!(page.binds[6], Bind::Int(11));
+        let by_created = ListQuery {
+            sort: SortOrder::CreatedAsc,
+            ..query.clone()
+        };
+        assert!(window_count_sql(&by_created).is_none());
     }
 }

@@ -27,6 +27,7 @@ hub_tests!(
     a_purged_position_is_expired_and_the_list_position_resyncs,
     list_then_follow_misses_nothing,
     a_team_scope_sees_only_its_teams_changes,
+    a_team_scoped_key_follows_only_its_teams_customers,
     concurrent_writers_and_a_follower_see_every_change_once_in_commit_order,
 );
 
@@ -557,4 +558,81 @@ async fn postgres_a_long_poll_wakes_on_a_change_through_another_hub_process() {
         latency < Duration::from_millis(500),
         "woke {latency:?} after the write"
     );
+}
+
+/// A key restricted to teams sees the changes of customers that were in one of its teams as of
+/// each change (for a deletion: before it), over HTTP.
+async fn a_team_scoped_key_follows_only_its_teams_customers(hub: TestHub) {
+    for team in ["north", "south"] {
+        let reply = call(
+            hub.put(&format!("/v1/teams/{team}"))
+                .json(&json!({"name": team})),
+        )
+        .await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+    let key = |teams: Value| {
+        let hub = &hub;
+        async move {
+            let reply = call(
+                hub.post("/v1/api-keys")
+                    .json(&json!({"name": "scoped", "role": "read", "teams": teams})),
+            )
+            .await;
+            assert_eq!(reply.status, 201, "{}", reply.body);
+            hub.as_key(reply.body["secret"].as_str().expect("secret"))
+        }
+    };
+    let north = key(json!(["north"])).await;
+    let south = key(json!(["south"])).await;
+    let both = key(json!(["north", "south"])).await;
+
+    let a = hub
+        .create_customer(json!({"external_id": "a", "teams": ["north"]}))
+        .await;
+    let b = hub
+        .create_customer(json!({"external_id": "b", "teams": ["south"]}))
+        .await;
+    hub.create_customer(json!({"external_id": "c"})).await;
+    let a_id = a["id"].as_str().expect("id");
+    let moved = call(
+        hub.patch(&format!("/v1/customers/{a_id}"))
+            .json(&json!({"teams": ["south"]})),
+    )
+    .await;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    let b_id = b["id"].as_str().expect("id");
+    assert_eq!(
+        call(hub.delete(&format!("/v1/customers/{b_id}")))
+            .await
+            .status,
+        204
+    );
+
+    let seen = |events: Vec<Value>| -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|e| (text_of(e, "external_id"), text_of(e, "type")))
+            .collect()
+    };
+    let pair = |id: &str, kind: &str| (id.to_owned(), kind.to_owned());
+    assert_eq!(seen(read_all(&north, 0, 2).await), [pair("a", "created")]);
+    assert_eq!(
+        seen(read_all(&south, 0, 2).await),
+        [
+            pair("b", "created"),
+            pair("a", "updated"),
+            pair("b", "deleted")
+        ]
+    );
+    assert_eq!(seen(read_all(&both, 0, 1).await).len(), 4);
+    assert_eq!(seen(read_all(&hub, 0, 100).await).len(), 5);
+    // An empty page for a scoped key still moves nothing: next_after stays where it was.
+    let page = feed(&north, "after=1&limit=100").await;
+    assert_eq!(page["data"], json!([]));
+    assert_eq!(page["next_after"], 1);
+}
+
+fn text_of(value: &Value, field: &str) -> String {
+    value[field].as_str().unwrap_or_default().to_owned()
 }

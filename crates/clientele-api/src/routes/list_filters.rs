@@ -18,7 +18,10 @@ impl ListParams {
             external_id: text("external_id", &self.external_id)?,
             archived: archived(self.archived.as_deref())?,
             q: text("q", &self.q)?.filter(|q| !q.trim().is_empty()),
-            ..CustomerFilter::default()
+            tag: self.tag.clone(),
+            group: self.group.clone(),
+            include_subgroups: self.include_subgroups.unwrap_or(false),
+            team: self.team.clone(),
         })
     }
 }
