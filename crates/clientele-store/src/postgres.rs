@@ -32,7 +32,7 @@ sql_primitives!(
 crate::search::backfill_primitives!(Postgres);
 crate::feed::feed_primitives!(
     Postgres,
-    teams_match = "teams && $3::text[]",
+    teams_match = "teams::jsonb ?| $3::text[]",
     teams_param = <[String]>::to_vec
 );
 
@@ -291,8 +291,7 @@ impl BatchTx for Transaction<'static, Postgres> {
         // WITH ORDINALITY keeps the batch's order in the sequence numbers.
         sqlx::query(
             "INSERT INTO changes (customer_id, external_id, kind, version, at, customer, teams) \
-             SELECT customer_id, external_id, kind, version, at, customer, \
-                    ARRAY(SELECT jsonb_array_elements_text(teams::jsonb)) \
+             SELECT customer_id, external_id, kind, version, at, customer, teams \
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[], \
                          $7::text[]) \
                WITH ORDINALITY AS u(customer_id, external_id, kind, version, at, customer, teams, n) \

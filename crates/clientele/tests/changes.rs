@@ -329,11 +329,7 @@ async fn a_team_scope_sees_only_its_teams_changes(hub: TestHub) {
         hub.create_customer(json!({"external_id": format!("t-{i}")}))
             .await;
     }
-    let (north, both) = if hub.backend == clientele_testkit::Backend::Sqlite {
-        (r#"'["north"]'"#, r#"'["south","north"]'"#)
-    } else {
-        ("ARRAY['north']", "ARRAY['south','north']")
-    };
+    let (north, both) = (r#"'["north"]'"#, r#"'["south","north"]'"#);
     let url = hub.database_url.clone();
     execute(
         &url,

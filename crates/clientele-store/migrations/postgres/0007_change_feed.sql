@@ -2,7 +2,7 @@
 -- Commit order: every transaction that records changes takes the advisory lock
 -- 0x636c6e74 ('clnt') right before it draws its sequence numbers and holds it until commit,
 -- so seq order is commit order (see docs/change-feed.md).
-ALTER TABLE changes ADD COLUMN teams TEXT[] NOT NULL DEFAULT '{}';
+ALTER TABLE changes ADD COLUMN teams TEXT NOT NULL DEFAULT '[]';  -- JSON array of team codes
 
 -- The highest seq purged by retention: a consumer whose position is below it missed changes.
 CREATE TABLE change_feed_horizon (
