@@ -3,10 +3,11 @@
 -- (byte order, COLLATE "C", so the range [q, q || U+10FFFF) holds exactly the prefixed terms).
 CREATE TABLE customer_terms (
     term        TEXT COLLATE "C" NOT NULL,
-    customer_id TEXT NOT NULL REFERENCES customers (id) ON DELETE CASCADE,
+    customer_id TEXT COLLATE "C" NOT NULL REFERENCES customers (id) ON DELETE CASCADE,
     PRIMARY KEY (term, customer_id)
 );
-CREATE INDEX customer_terms_by_customer ON customer_terms (customer_id);
+-- (customer_id, term): a probe "does this customer have a term in the range" is one index lookup.
+CREATE INDEX customer_terms_by_customer ON customer_terms (customer_id, term);
 
 -- Customers stored before this migration get their terms at the next start.
 CREATE TABLE customer_terms_backfill (done BOOLEAN NOT NULL);
