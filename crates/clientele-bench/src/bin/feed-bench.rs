@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use clientele_bench::{backends, database_url, peak_rss_mib};
+use clientele_bench::{backends, database_url, drop_database, peak_rss_mib};
 use clientele_testkit::{ADMIN_SECRET, HubProcess};
 use serde_json::{Value, json};
 
@@ -258,6 +258,7 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
     }
     let rss = peak_rss_mib(hub.child.id())?;
     hub.kill_9();
+    drop_database(&url).await?;
     println!(
         "{}",
         json!({"backend": backend, "scenario": "feed_search", "customers": n,
