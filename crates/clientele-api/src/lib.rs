@@ -9,9 +9,11 @@ mod metrics;
 mod openapi;
 pub mod password;
 pub mod problem;
+pub mod rate_limit;
 pub mod response;
 mod routes;
 pub mod secrets;
+pub mod signed;
 mod state;
 
 use std::future::Future;
@@ -69,6 +71,8 @@ pub fn app(state: AppState) -> Router {
             ApiError::new(ErrorCode::MethodNotAllowed, "this endpoint does not take this method")
         })
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::middleware))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::middleware))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), signed::middleware))
         // Bodies are read by `StrictJson` with the configured limit; lift axum's own default.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

@@ -41,7 +41,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hmac::{Hmac, Mac as _};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -198,35 +198,8 @@ pub fn generate_secret() -> String {
     secret
 }
 
-/// `METHOD \n PATH_AND_QUERY \n TIMESTAMP \n NONCE \n hex(SHA-256(body))`, as in `API.md`.
-pub fn string_to_sign(
-    method: &str,
-    path_and_query: &str,
-    timestamp: &str,
-    nonce: &str,
-    body: &[u8],
-) -> String {
-    let body_hash = hex::encode(Sha256::digest(body));
-    format!("{method}\n{path_and_query}\n{timestamp}\n{nonce}\n{body_hash}")
-}
-
-/// Lower-case hex HMAC-SHA256 of `string_to_sign` under `secret` (for clients and tests).
-pub fn sign(secret: &[u8], string_to_sign: &[u8]) -> String {
-    hex::encode(hmac_sha256(secret, &[string_to_sign]))
-}
-
-/// Checks a hex HMAC-SHA256 signature in constant time; false for non-hex or a wrong length.
-pub fn verify_signature(secret: &[u8], string_to_sign: &[u8], signature_hex: &str) -> bool {
-    let Ok(signature) = hex::decode(signature_hex) else {
-        return false;
-    };
-    if signature.len() != 32 {
-        return false;
-    }
-    let mut mac = new_mac(secret);
-    mac.update(string_to_sign);
-    mac.verify_slice(&signature).is_ok()
-}
+/// The signed-request scheme lives in the domain, where clients can reuse it.
+pub use clientele_domain::signing::{sign, string_to_sign, verify as verify_signature};
 
 /// Constant-time equality (for equal lengths; a length mismatch returns false early).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

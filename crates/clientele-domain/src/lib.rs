@@ -11,6 +11,7 @@ pub mod id;
 pub mod iso;
 pub mod patch;
 pub mod scope;
+pub mod signing;
 pub mod store;
 pub mod sync;
 pub mod timestamp;

@@ -257,6 +257,18 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets idempotency keys claimed before `before`; returns how many.
     async fn purge_idempotency(&self, before: Timestamp) -> Result<u64, DomainError>;
 
+    /// Records the nonce of an accepted signed request; `false` when this key used it before
+    /// (a replay). Shared by every hub process on the database.
+    async fn record_nonce(
+        &self,
+        key: ApiKeyId,
+        nonce: &str,
+        at: Timestamp,
+    ) -> Result<bool, DomainError>;
+
+    /// Forgets nonces recorded before `before`; returns how many.
+    async fn purge_nonces(&self, before: Timestamp) -> Result<u64, DomainError>;
+
     async fn get_customer(&self, locator: &Locator) -> Result<Option<CustomerDoc>, DomainError>;
 
     /// Hard-deletes (erases) a customer and records a `deleted` change.

@@ -91,6 +91,19 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend.writes().purge_claims(before).await
     }
 
+    async fn record_nonce(
+        &self,
+        key: ApiKeyId,
+        nonce: &str,
+        at: Timestamp,
+    ) -> Result<bool, DomainError> {
+        self.backend.writes().insert_nonce(key, nonce, at).await
+    }
+
+    async fn purge_nonces(&self, before: Timestamp) -> Result<u64, DomainError> {
+        self.backend.writes().purge_nonces(before).await
+    }
+
     async fn get_customer(&self, locator: &Locator) -> Result<Option<CustomerDoc>, DomainError> {
         self.backend.reads().customer_doc(locator).await
     }
