@@ -47,6 +47,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::customers::router())
         .merge(routes::sync::router())
+        .merge(routes::orders::router())
         .merge(routes::api_keys::router())
         .merge(routes::ops::router())
 }

@@ -152,6 +152,10 @@ impl From<&DomainError> for ApiError {
                 ErrorCode::VersionConflict,
                 format!("expected version {expected}, the stored version is {actual}"),
             ),
+            DomainError::CustomerHasOrders => ApiError::new(
+                ErrorCode::CustomerHasOrders,
+                "orders reference this customer; it cannot be deleted",
+            ),
             DomainError::Validation(errors) => ApiError::invalid(errors.clone()),
             DomainError::Unavailable(source) => {
                 tracing::warn!(error = %source, "storage unavailable");

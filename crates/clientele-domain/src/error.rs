@@ -10,6 +10,9 @@ pub enum DomainError {
     DuplicateKey(CustomerKey),
     #[error("version {actual} does not match the expected {expected}")]
     VersionConflict { expected: i64, actual: i64 },
+    /// Orders reference the customer, which therefore cannot be deleted.
+    #[error("orders reference this customer")]
+    CustomerHasOrders,
     #[error("invalid input")]
     Validation(ValidationErrors),
     /// The database is out of reach for now (pool exhausted, connection lost): retrying may help.

@@ -9,6 +9,7 @@ pub mod customer;
 pub mod error;
 pub mod id;
 pub mod iso;
+pub mod order;
 pub mod patch;
 pub mod scope;
 pub mod signing;
@@ -21,7 +22,7 @@ pub mod write;
 pub use api_key::{ApiKey, NewApiKey, Role};
 pub use customer::{Address, AddressKind, Customer, CustomerKey, GroupMembership};
 pub use error::DomainError;
-pub use id::{ApiKeyId, CustomerId};
+pub use id::{ApiKeyId, CustomerId, OrderId};
 pub use patch::Patch;
 pub use scope::Scope;
 pub use store::{

@@ -6,10 +6,11 @@
 use async_trait::async_trait;
 
 use crate::Scope;
+use crate::order::{NewOrder, Order, OrderPage};
 use crate::sync::{SyncBatch, SyncReport};
 use crate::{
     ApiKey, ApiKeyId, Customer, CustomerId, CustomerKey, CustomerWrite, DomainError, NewApiKey,
-    Patch, Timestamp,
+    OrderId, Patch, Timestamp,
 };
 
 /// How a request addresses one customer.
@@ -309,6 +310,28 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError>;
 
     async fn count_api_keys(&self) -> Result<i64, DomainError>;
+
+    /// Stores an order for the customer `new` names, in one transaction with its idempotent
+    /// response. A customer missing or outside `scope` is [`DomainError::NotFound`].
+    async fn create_order(
+        &self,
+        new: &NewOrder,
+        scope: &Scope,
+        completion: Option<Completion<'_, Order>>,
+    ) -> Result<Order, DomainError>;
+
+    /// The order, unless it is missing or its customer is outside `scope`.
+    async fn get_order(&self, id: OrderId, scope: &Scope) -> Result<Option<Order>, DomainError>;
+
+    /// A page of the customer's orders in creation order after `after`; `None` when the
+    /// customer is missing or outside `scope`.
+    async fn customer_orders(
+        &self,
+        customer: &Locator,
+        scope: &Scope,
+        after: Option<OrderId>,
+        limit: u32,
+    ) -> Result<Option<OrderPage>, DomainError>;
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), DomainError>;

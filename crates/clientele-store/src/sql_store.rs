@@ -4,20 +4,22 @@
 use async_trait::async_trait;
 use clientele_domain::{
     ApiKey, ApiKeyId, Customer, CustomerDoc, CustomerId, DomainError, ListQuery, Locator,
-    NewApiKey, Page, PoolStats, Store, Timestamp, WriteCommand, WriteOutcome,
+    NewApiKey, OrderId, Page, PoolStats, Scope, Store, Timestamp, WriteCommand, WriteOutcome,
 };
 
+use clientele_domain::order::{NewOrder, Order, OrderPage};
 use clientele_domain::sync::{SyncBatch, SyncReport};
 use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredResponse};
 
+use crate::orders::{self, OrderQueries, OrderTx};
 use crate::primitives::{BatchTx, CustomerTx, KeyColumn, KeyValue, Queries};
 use crate::unit_of_work;
 
 /// What a database backend provides: write transactions and pools to run queries on.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
-    type Tx: CustomerTx + BatchTx;
-    type Reader: Queries;
+    type Tx: CustomerTx + BatchTx + OrderTx;
+    type Reader: Queries + OrderQueries;
 
     const NAME: &'static str;
 
@@ -177,6 +179,30 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn count_api_keys(&self) -> Result<i64, DomainError> {
         self.backend.reads().count_api_keys().await
+    }
+
+    async fn create_order(
+        &self,
+        new: &NewOrder,
+        scope: &Scope,
+        completion: Option<Completion<'_, Order>>,
+    ) -> Result<Order, DomainError> {
+        let tx = self.backend.begin_write().await?;
+        orders::create_order(tx, new, scope, completion).await
+    }
+
+    async fn get_order(&self, id: OrderId, scope: &Scope) -> Result<Option<Order>, DomainError> {
+        orders::get_order(self.backend.reads(), id, scope).await
+    }
+
+    async fn customer_orders(
+        &self,
+        customer: &Locator,
+        scope: &Scope,
+        after: Option<OrderId>,
+        limit: u32,
+    ) -> Result<Option<OrderPage>, DomainError> {
+        orders::customer_orders(self.backend.reads(), customer, scope, after, limit).await
     }
 
     async fn ping(&self) -> Result<(), DomainError> {

@@ -1,6 +1,8 @@
 //! The write logic, once for both backends: load the stored customers, apply the domain rules,
 //! persist the new state, its change records and the idempotent response in one transaction.
 
+use std::collections::HashSet;
+
 use clientele_domain::store::{IDEMPOTENCY_LEASE_MICROS, IDEMPOTENCY_TTL_MICROS};
 use clientele_domain::sync::{self, ChangeRecord, SyncBatch, SyncReport};
 use clientele_domain::write::{Applied, ApplyContext, EmptyDirectory, apply};
@@ -9,6 +11,7 @@ use clientele_domain::{
     IdempotencyClaim, Locator, Patch, Timestamp, WriteCommand, WriteOutcome, WriteTarget,
 };
 
+use crate::orders::OrderTx;
 use crate::primitives::{BatchTx, CustomerRow, CustomerTx, Queries};
 use crate::sql_store::Backend;
 
@@ -116,7 +119,7 @@ async fn write_in(
 
 /// Erases a customer and records the deletion (its version one past the last one).
 pub(crate) async fn delete_customer(
-    mut tx: impl CustomerTx + BatchTx,
+    mut tx: impl CustomerTx + BatchTx + OrderTx,
     locator: &Locator,
     expected_version: Option<i64>,
     completion: Option<Completion<'_, ()>>,
@@ -130,6 +133,9 @@ pub(crate) async fn delete_customer(
             expected,
             actual: customer.version,
         });
+    }
+    if !tx.customers_with_orders(&[customer.id]).await?.is_empty() {
+        return Err(DomainError::CustomerHasOrders);
     }
     tx.delete_many(&[customer.id]).await?;
     let change = ChangeRecord {
@@ -153,6 +159,8 @@ pub(crate) async fn delete_customer(
 struct Inputs {
     loaded: Vec<sync::StoredCustomer>,
     owners: Vec<(CustomerKey, String, CustomerId)>,
+    /// The loaded customers that orders reference (read only when the batch deletes).
+    with_orders: HashSet<CustomerId>,
 }
 
 impl Inputs {
@@ -166,7 +174,13 @@ impl Inputs {
         versions.sort_unstable();
         let mut owners = self.owners.clone();
         owners.sort_unstable();
-        Observed { versions, owners }
+        let mut with_orders: Vec<_> = self.with_orders.iter().copied().collect();
+        with_orders.sort_unstable();
+        Observed {
+            versions,
+            owners,
+            with_orders,
+        }
     }
 }
 
@@ -174,6 +188,7 @@ impl Inputs {
 struct Observed {
     versions: Vec<(CustomerId, i64)>,
     owners: Vec<(CustomerKey, String, CustomerId)>,
+    with_orders: Vec<CustomerId>,
 }
 
 /// Applies a sync batch in one transaction: one load of the addressed customers, one lookup per
@@ -241,7 +256,7 @@ pub(crate) async fn sync_customers<B: Backend>(
     }
 }
 
-async fn read_inputs<Tx: BatchTx>(
+async fn read_inputs<Tx: BatchTx + OrderTx>(
     tx: &mut Tx,
     batch: &SyncBatch,
     addressed: &[String],
@@ -254,10 +269,34 @@ async fn read_inputs<Tx: BatchTx>(
             owners.push((*key, value, id));
         }
     }
-    Ok(Inputs { loaded, owners })
+    let ids: Vec<CustomerId> = loaded.iter().map(|s| s.customer.id).collect();
+    let with_orders = with_orders(tx, batch, &ids).await?.into_iter().collect();
+    Ok(Inputs {
+        loaded,
+        owners,
+        with_orders,
+    })
 }
 
-async fn still_observed<Tx: BatchTx>(
+/// Which of these customers orders reference, in one query; none is asked for when the batch
+/// deletes nothing.
+async fn with_orders<Tx: OrderTx>(
+    tx: &mut Tx,
+    batch: &SyncBatch,
+    ids: &[CustomerId],
+) -> Result<Vec<CustomerId>, DomainError> {
+    let deletes = batch.items.iter().any(
+        |item| matches!(item, sync::SyncItem::Write(command) if command.write.delete == Some(true)),
+    );
+    if !deletes {
+        return Ok(Vec::new());
+    }
+    let mut found = tx.customers_with_orders(ids).await?;
+    found.sort_unstable();
+    Ok(found)
+}
+
+async fn still_observed<Tx: BatchTx + OrderTx>(
     tx: &mut Tx,
     batch: &SyncBatch,
     addressed: &[String],
@@ -267,6 +306,10 @@ async fn still_observed<Tx: BatchTx>(
     let mut versions = tx.versions(batch.key, addressed).await?;
     versions.sort_unstable();
     if versions != observed.versions {
+        return Ok(false);
+    }
+    let ids: Vec<CustomerId> = versions.iter().map(|(id, _)| *id).collect();
+    if with_orders(tx, batch, &ids).await? != observed.with_orders {
         return Ok(false);
     }
     let mut owners = Vec::new();
@@ -280,12 +323,13 @@ async fn still_observed<Tx: BatchTx>(
 }
 
 fn plan(batch: &SyncBatch, inputs: Inputs) -> sync::Plan {
-    sync::plan(
+    sync::plan_with_orders(
         batch,
         inputs.loaded,
         &inputs.owners,
         Timestamp::now(),
         &EmptyDirectory,
+        &inputs.with_orders,
     )
 }
 
