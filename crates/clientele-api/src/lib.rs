@@ -48,6 +48,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::customers::router())
         .merge(routes::sync::router())
         .merge(routes::orders::router())
+        .merge(routes::schema::router())
         .merge(routes::api_keys::router())
         .merge(routes::ops::router())
 }

@@ -20,11 +20,13 @@ use utoipa::{Modify, OpenApi};
         clientele_domain::write::AddressWrite,
         clientele_domain::write::GroupRef,
         clientele_domain::order::CustomerRef,
+        clientele_domain::schema::FieldType,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "customers", description = "Customers, addressed by hub id or by a backend's own key"),
         (name = "orders", description = "Orders of customers (a customer with orders cannot be deleted)"),
+        (name = "schema", description = "Required fields and typed custom fields of customers"),
         (name = "api-keys", description = "API keys and their roles (admin only)"),
         (name = "operations", description = "Health, metrics and this document; no authentication"),
     )

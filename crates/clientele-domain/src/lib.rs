@@ -11,6 +11,7 @@ pub mod id;
 pub mod iso;
 pub mod order;
 pub mod patch;
+pub mod schema;
 pub mod scope;
 pub mod signing;
 pub mod store;

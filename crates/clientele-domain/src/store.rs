@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::Scope;
 use crate::order::{NewOrder, Order, OrderPage};
+use crate::schema::Schema;
 use crate::sync::{SyncBatch, SyncReport};
 use crate::{
     ApiKey, ApiKeyId, Customer, CustomerId, CustomerKey, CustomerWrite, DomainError, NewApiKey,
@@ -332,6 +333,16 @@ pub trait Store: Send + Sync + 'static {
         after: Option<OrderId>,
         limit: u32,
     ) -> Result<Option<OrderPage>, DomainError>;
+
+    /// The customer schema in force (the default when none was set).
+    async fn get_schema(&self) -> Result<Schema, DomainError>;
+
+    /// Replaces the customer schema; stored customers are not revalidated.
+    async fn put_schema(
+        &self,
+        schema: &Schema,
+        completion: Option<Completion<'_, Schema>>,
+    ) -> Result<(), DomainError>;
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), DomainError>;

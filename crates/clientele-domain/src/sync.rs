@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::schema::{NO_SCHEMA, Schema};
 use crate::validation::is_valid_key;
 use crate::write::{Applied, ApplyContext, apply};
 use crate::{
@@ -220,17 +221,26 @@ pub fn plan(
     now: Timestamp,
     directory: &dyn Directory,
 ) -> Plan {
-    plan_with_orders(batch, loaded, owners, now, directory, &HashSet::new())
+    plan_with(
+        batch,
+        loaded,
+        owners,
+        now,
+        directory,
+        &NO_SCHEMA,
+        &HashSet::new(),
+    )
 }
 
-/// [`plan`], where deleting one of the `with_orders` customers fails its item with
-/// [`DomainError::CustomerHasOrders`].
-pub fn plan_with_orders(
+/// [`plan`], with items checked against `schema`, and where deleting one of the `with_orders`
+/// customers fails its item with [`DomainError::CustomerHasOrders`].
+pub fn plan_with(
     batch: &SyncBatch,
     loaded: Vec<StoredCustomer>,
     owners: &[(CustomerKey, String, CustomerId)],
     now: Timestamp,
     directory: &dyn Directory,
+    schema: &Schema,
     with_orders: &HashSet<CustomerId>,
 ) -> Plan {
     let mut set = WorkingSet {
@@ -242,6 +252,7 @@ pub fn plan_with_orders(
             now,
             directory,
             password: Patch::Absent,
+            schema,
         },
         plan: Plan::default(),
     };

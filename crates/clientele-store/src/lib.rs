@@ -8,6 +8,7 @@
 mod error;
 mod orders;
 mod primitives;
+mod schema_store;
 mod sql_store;
 mod unit_of_work;
 

@@ -8,17 +8,19 @@ use clientele_domain::{
 };
 
 use clientele_domain::order::{NewOrder, Order, OrderPage};
+use clientele_domain::schema::Schema;
 use clientele_domain::sync::{SyncBatch, SyncReport};
 use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredResponse};
 
 use crate::orders::{self, OrderQueries, OrderTx};
 use crate::primitives::{BatchTx, CustomerTx, KeyColumn, KeyValue, Queries};
+use crate::schema_store::{self, SchemaTx};
 use crate::unit_of_work;
 
 /// What a database backend provides: write transactions and pools to run queries on.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
-    type Tx: CustomerTx + BatchTx + OrderTx;
+    type Tx: CustomerTx + BatchTx + OrderTx + SchemaTx;
     type Reader: Queries + OrderQueries;
 
     const NAME: &'static str;
@@ -203,6 +205,19 @@ impl<B: Backend> Store for SqlStore<B> {
         limit: u32,
     ) -> Result<Option<OrderPage>, DomainError> {
         orders::customer_orders(self.backend.reads(), customer, scope, after, limit).await
+    }
+
+    async fn get_schema(&self) -> Result<Schema, DomainError> {
+        // On the write connection's transaction, as writes read it: never an older snapshot.
+        schema_store::get(self.backend.begin_write().await?).await
+    }
+
+    async fn put_schema(
+        &self,
+        schema: &Schema,
+        completion: Option<Completion<'_, Schema>>,
+    ) -> Result<(), DomainError> {
+        schema_store::put(self.backend.begin_write().await?, schema, completion).await
     }
 
     async fn ping(&self) -> Result<(), DomainError> {

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use clientele_domain::schema::Schema;
 use clientele_domain::store::{IDEMPOTENCY_LEASE_MICROS, IDEMPOTENCY_TTL_MICROS};
 use clientele_domain::sync::{self, ChangeRecord, SyncBatch, SyncReport};
 use clientele_domain::write::{Applied, ApplyContext, EmptyDirectory, apply};
@@ -13,6 +14,7 @@ use clientele_domain::{
 
 use crate::orders::OrderTx;
 use crate::primitives::{BatchTx, CustomerRow, CustomerTx, Queries};
+use crate::schema_store::{self, SchemaTx};
 use crate::sql_store::Backend;
 
 /// How often a write is retried when a concurrent transaction took a key it needed first.
@@ -26,7 +28,7 @@ pub(crate) async fn write_customer<Tx, F, Fut>(
     completion: Option<Completion<'_, (WriteOutcome, Customer)>>,
 ) -> Result<(WriteOutcome, Customer), DomainError>
 where
-    Tx: CustomerTx + BatchTx,
+    Tx: CustomerTx + BatchTx + SchemaTx,
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Tx, DomainError>>,
 {
@@ -54,9 +56,10 @@ where
 }
 
 async fn write_in(
-    tx: &mut (impl CustomerTx + BatchTx),
+    tx: &mut (impl CustomerTx + BatchTx + SchemaTx),
     command: &WriteCommand,
 ) -> Result<(WriteOutcome, Customer), DomainError> {
+    let schema = schema_store::load(tx).await?;
     let stored = match &command.target {
         WriteTarget::Create => None,
         WriteTarget::Upsert(key, value) => tx.load(&Locator::Key(*key, value.clone())).await?,
@@ -80,6 +83,7 @@ async fn write_in(
             now: Timestamp::now(),
             directory: &EmptyDirectory,
             password: command.password_hash.clone().map(|_| ()),
+            schema: &schema,
         };
         apply(&ctx, stored.as_ref().map(|s| &s.customer), write)
     };
@@ -161,6 +165,7 @@ struct Inputs {
     owners: Vec<(CustomerKey, String, CustomerId)>,
     /// The loaded customers that orders reference (read only when the batch deletes).
     with_orders: HashSet<CustomerId>,
+    schema: Schema,
 }
 
 impl Inputs {
@@ -180,15 +185,17 @@ impl Inputs {
             versions,
             owners,
             with_orders,
+            schema: self.schema.clone(),
         }
     }
 }
 
-#[derive(PartialEq, Eq)]
+#[derive(PartialEq)]
 struct Observed {
     versions: Vec<(CustomerId, i64)>,
     owners: Vec<(CustomerKey, String, CustomerId)>,
     with_orders: Vec<CustomerId>,
+    schema: Schema,
 }
 
 /// Applies a sync batch in one transaction: one load of the addressed customers, one lookup per
@@ -256,7 +263,7 @@ pub(crate) async fn sync_customers<B: Backend>(
     }
 }
 
-async fn read_inputs<Tx: BatchTx + OrderTx>(
+async fn read_inputs<Tx: BatchTx + OrderTx + SchemaTx>(
     tx: &mut Tx,
     batch: &SyncBatch,
     addressed: &[String],
@@ -275,6 +282,7 @@ async fn read_inputs<Tx: BatchTx + OrderTx>(
         loaded,
         owners,
         with_orders,
+        schema: schema_store::load(tx).await?,
     })
 }
 
@@ -296,7 +304,7 @@ async fn with_orders<Tx: OrderTx>(
     Ok(found)
 }
 
-async fn still_observed<Tx: BatchTx + OrderTx>(
+async fn still_observed<Tx: BatchTx + OrderTx + SchemaTx>(
     tx: &mut Tx,
     batch: &SyncBatch,
     addressed: &[String],
@@ -309,7 +317,9 @@ async fn still_observed<Tx: BatchTx + OrderTx>(
         return Ok(false);
     }
     let ids: Vec<CustomerId> = versions.iter().map(|(id, _)| *id).collect();
-    if with_orders(tx, batch, &ids).await? != observed.with_orders {
+    if with_orders(tx, batch, &ids).await? != observed.with_orders
+        || schema_store::load(tx).await? != observed.schema
+    {
         return Ok(false);
     }
     let mut owners = Vec::new();
@@ -323,12 +333,13 @@ async fn still_observed<Tx: BatchTx + OrderTx>(
 }
 
 fn plan(batch: &SyncBatch, inputs: Inputs) -> sync::Plan {
-    sync::plan_with_orders(
+    sync::plan_with(
         batch,
         inputs.loaded,
         &inputs.owners,
         Timestamp::now(),
         &EmptyDirectory,
+        &inputs.schema,
         &inputs.with_orders,
     )
 }

@@ -4,4 +4,5 @@ pub(crate) mod api_keys;
 pub(crate) mod customers;
 pub(crate) mod ops;
 pub(crate) mod orders;
+pub(crate) mod schema;
 pub(crate) mod sync;
