@@ -45,7 +45,6 @@ pub struct OrderPage {
 /// The customer an order belongs to, by one of its keys: `{"external_id": "..."}` (or `id`,
 /// `email`, `username`).
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CustomerRef {
     pub id: Option<String>,
     pub external_id: Option<String>,

@@ -79,6 +79,22 @@ impl TestHub {
         }
     }
 
+    /// A hub whose ordinary keys may make `burst` requests at once, then `per_second`; with
+    /// `limit_bootstrap` the test admin key is limited too.
+    pub async fn with_rate_limit(
+        backend: Backend,
+        per_second: f64,
+        burst: f64,
+        limit_bootstrap: bool,
+    ) -> Option<TestHub> {
+        let config = ApiConfig {
+            rate_limit: Some(clientele_api::rate_limit::RateLimit { per_second, burst }),
+            rate_limit_bootstrap: limit_bootstrap,
+            ..ApiConfig::default()
+        };
+        Self::start(backend, config).await
+    }
+
     async fn start_on(
         backend: Backend,
         database_url: String,

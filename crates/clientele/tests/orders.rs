@@ -116,6 +116,12 @@ async fn invalid_orders_name_every_fault(hub: TestHub) {
     .await;
     assert_problem(&reply, 422, "validation_failed");
     assert_eq!(reply.body["errors"][0]["field"], "totl");
+    let reply = call(hub.post("/v1/orders").json(&json!({
+        "reference": "A", "customer": {"external_id": "P-1", "extrnal": 1}, "total": 1, "currency": "EUR"
+    })))
+    .await;
+    assert_problem(&reply, 422, "validation_failed");
+    assert_eq!(reply.body["errors"][0]["field"], "customer.extrnal");
     assert_eq!(hub.count_rows("orders").await, 0);
 }
 

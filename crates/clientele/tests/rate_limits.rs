@@ -1,8 +1,6 @@
 //! Rate limiting per API key over HTTP: a token bucket per key and hub process, 429
 //! `rate_limited` with `Retry-After`, the bootstrap key exempt unless configured.
 
-use clientele_api::ApiConfig;
-use clientele_api::rate_limit::RateLimit;
 use clientele_domain::Role;
 use clientele_testkit::{TestHub, assert_problem, call, hub_tests};
 use reqwest::Method;
@@ -15,15 +13,7 @@ hub_tests!(
 
 /// A hub (on the test's backend) whose keys may make three requests, then one a second.
 async fn tiny(hub: &TestHub, limit_bootstrap: bool) -> TestHub {
-    let config = ApiConfig {
-        rate_limit: Some(RateLimit {
-            per_second: 1.0,
-            burst: 3.0,
-        }),
-        rate_limit_bootstrap: limit_bootstrap,
-        ..ApiConfig::default()
-    };
-    TestHub::start(hub.backend, config)
+    TestHub::with_rate_limit(hub.backend, 1.0, 3.0, limit_bootstrap)
         .await
         .expect("a hub with a tiny rate limit")
 }

@@ -17,6 +17,7 @@ hub_tests!(
     a_wrong_secret_or_revoked_key_is_refused,
     signed_requests_keep_the_keys_role,
     a_replay_is_refused_by_another_hub_process,
+    nonces_are_purged_only_after_twice_the_window,
 );
 
 fn now() -> i64 {
@@ -206,4 +207,27 @@ async fn a_replay_is_refused_by_another_hub_process(hub: TestHub) {
     ))
     .await;
     assert_refused(&reply, "signature_replayed", "X-Clientele-Nonce");
+}
+
+async fn nonces_are_purged_only_after_twice_the_window(hub: TestHub) {
+    use clientele_domain::Timestamp;
+    let key = hub.create_key_pair(Role::Read).await;
+    let reply =
+        call(hub.signed_with(&key, Method::GET, "/v1/customers", b"", now(), "purge-me-1")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(hub.count_rows("request_nonces").await, 1);
+
+    let store = hub.state.store();
+    let window_ago = Timestamp::from_micros(Timestamp::now().as_micros() - 600 * 1_000_000);
+    assert_eq!(store.purge_nonces(window_ago).await.expect("purge"), 0);
+    let replay = hub.signed_with(&key, Method::GET, "/v1/customers", b"", now(), "purge-me-1");
+    assert_refused(
+        &call(replay).await,
+        "signature_replayed",
+        "X-Clientele-Nonce",
+    );
+
+    let later = Timestamp::from_micros(Timestamp::now().as_micros() + 1_000_000);
+    assert_eq!(store.purge_nonces(later).await.expect("purge"), 1);
+    assert_eq!(hub.count_rows("request_nonces").await, 0);
 }
