@@ -2,7 +2,7 @@
 //! `rate_limited` with `Retry-After`, the bootstrap key exempt unless configured.
 
 use clientele_domain::Role;
-use clientele_testkit::{TestHub, assert_problem, call, hub_tests};
+use clientele_testkit::{ADMIN_SECRET, HubProcess, TestHub, assert_problem, call, hub_tests};
 use reqwest::Method;
 
 hub_tests!(
@@ -79,4 +79,39 @@ async fn signed_requests_spend_the_same_bucket(hub: TestHub) {
     }
     let reply = call(hub.signed(&key, Method::GET, "/v1/customers", b"")).await;
     assert_problem(&reply, 429, "rate_limited");
+}
+
+/// The `serve` flags reach the limiter: the real binary with a burst of 2 for every key, the
+/// bootstrap key included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_flags_configure_the_limit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+    let flags = [
+        "--rate-limit",
+        "0.5",
+        "--rate-burst",
+        "2",
+        "--rate-limit-bootstrap",
+    ];
+    let mut hub = HubProcess::start_with(
+        std::path::Path::new(env!("CARGO_BIN_EXE_clientele")),
+        &url,
+        dir.path(),
+        &flags,
+    );
+    let client = reqwest::Client::new();
+    let get = || {
+        client
+            .get(hub.url("/v1/customers"))
+            .bearer_auth(ADMIN_SECRET)
+    };
+    assert_eq!(call(get()).await.status, 200);
+    assert_eq!(call(get()).await.status, 200);
+    let reply = call(get()).await;
+    assert_problem(&reply, 429, "rate_limited");
+    // One token takes 2 s at 0.5/s (less as time passes since the last one was spent).
+    let retry = reply.header("retry-after").expect("Retry-After");
+    assert!(retry == "2" || retry == "1", "Retry-After {retry}");
+    hub.kill_9();
 }
