@@ -165,15 +165,7 @@ impl TestHub {
 
     /// Creates a key with this role and returns its secret.
     pub async fn create_key(&self, role: Role) -> String {
-        let response = self
-            .post("/v1/api-keys")
-            .json(&json!({"name": format!("{} key", role.as_str()), "role": role.as_str()}))
-            .send()
-            .await
-            .expect("create key");
-        assert_eq!(response.status(), 201, "creating a key");
-        let body: Value = response.json().await.expect("key json");
-        body["secret"].as_str().expect("secret").to_owned()
+        self.create_key_pair(role).await.secret
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -20,7 +20,7 @@ impl TestHub {
     pub async fn create_key_pair(&self, role: Role) -> KeyPair {
         let response = self
             .post("/v1/api-keys")
-            .json(&json!({"name": format!("signing {} key", role.as_str()), "role": role.as_str()}))
+            .json(&json!({"name": format!("{} key", role.as_str()), "role": role.as_str()}))
             .send()
             .await
             .expect("create key");
