@@ -16,6 +16,7 @@ hub_tests!(
     an_idempotent_order_is_created_once,
     reading_orders_needs_read_and_writing_needs_write,
     a_team_restricted_key_sees_no_orders_outside_its_teams,
+    orders_racing_deletes_never_leave_an_orphan,
 );
 
 async fn order(hub: &TestHub, body: Value) -> Value {
@@ -345,4 +346,51 @@ async fn a_team_restricted_key_sees_no_orders_outside_its_teams(hub: TestHub) {
     assert_eq!(hub.count_rows("orders").await, 1);
     // The unrestricted key still sees it.
     assert_eq!(call(hub.get(&path)).await.status, 200);
+}
+
+/// An order and a delete of its customer racing: either the order is stored and the delete is
+/// refused, or the delete wins and the order is refused as for an unknown customer. Never an
+/// order without its customer, never a 500.
+async fn orders_racing_deletes_never_leave_an_orphan(hub: TestHub) {
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let customer = hub
+            .create_customer(json!({"external_id": format!("R-{n}")}))
+            .await;
+        ids.push(customer["id"].as_str().expect("id").to_owned());
+    }
+    let races = ids.iter().enumerate().map(|(n, id)| {
+        let hub = &hub;
+        async move {
+            let order = call(hub.post("/v1/orders").json(&json!({
+                "reference": "race", "customer_id": id, "total": 1, "currency": "EUR"
+            })));
+            let delete = async {
+                if n % 2 == 0 {
+                    call(hub.delete(&format!("/v1/customers/{id}"))).await
+                } else {
+                    hub.sync(&json!({"key": "external_id",
+                                     "customers": [{"external_id": format!("R-{n}"), "delete": true}]}))
+                        .await
+                }
+            };
+            let (order, delete) = tokio::join!(order, delete);
+            (id, order, delete)
+        }
+    });
+    for (id, order, delete) in futures::future::join_all(races).await {
+        let deleted = match delete.status {
+            204 => true,
+            409 => false,
+            200 => delete.body["results"][0]["status"] == "deleted",
+            other => panic!("delete answered {other}: {}", delete.body),
+        };
+        let exists = call(hub.get(&format!("/v1/customers/{id}"))).await.status == 200;
+        assert_eq!(exists, !deleted);
+        if deleted {
+            assert_invalid(&order, &[("customer_id", "unknown_customer")]);
+        } else {
+            assert_eq!(order.status, 201, "{}", order.body);
+        }
+    }
 }
