@@ -50,6 +50,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::orders::router())
         .merge(routes::schema::router())
         .merge(routes::api_keys::router())
+        .merge(routes::groups::router())
+        .merge(routes::teams::router())
+        .merge(routes::tags::router())
         .merge(routes::ops::router())
 }
 

@@ -11,10 +11,10 @@ use std::collections::{HashMap, HashSet};
 
 use crate::schema::{NO_SCHEMA, Schema};
 use crate::validation::is_valid_key;
-use crate::write::{Applied, ApplyContext, apply};
+use crate::write::{Applied, ApplyContext};
 use crate::{
     ChangeKind, Customer, CustomerId, CustomerKey, CustomerWrite, Directory, DomainError, Patch,
-    Timestamp, ValidationErrors,
+    Scope, Timestamp, ValidationErrors,
 };
 
 /// Most items in one sync request.
@@ -26,6 +26,8 @@ pub struct SyncBatch {
     /// All items apply, or none does.
     pub atomic: bool,
     pub items: Vec<SyncItem>,
+    /// The customers the caller may see: an item addressing another one fails `not_found`.
+    pub scope: Scope,
 }
 
 #[derive(Debug)]
@@ -207,6 +209,7 @@ struct WorkingSet<'a> {
     rows: Vec<Row>,
     owners: HashMap<(CustomerKey, String), Owner>,
     ctx: ApplyContext<'a>,
+    scope: &'a Scope,
     plan: Plan,
     /// Stored customers that orders reference: deleting them fails the item.
     with_orders: &'a HashSet<CustomerId>,
@@ -254,6 +257,7 @@ pub fn plan_with(
             password: Patch::Absent,
             schema,
         },
+        scope: &batch.scope,
         plan: Plan::default(),
     };
     let mut row_of = HashMap::with_capacity(loaded.len());
@@ -330,6 +334,10 @@ impl WorkingSet<'_> {
                 format!("each item needs the batch key {field}"),
             ));
         }
+        // A customer outside the caller's scope does not exist for it.
+        if found.is_some_and(|i| !self.scope.admits(&self.rows[i].stored.customer)) {
+            return ItemResult::failed(DomainError::NotFound);
+        }
         if write.delete == Some(true) {
             return match found {
                 Some(index) => self.delete(index, write.expected_version),
@@ -351,7 +359,10 @@ impl WorkingSet<'_> {
             }
         }
         self.ctx.password = command.password_hash.clone().map(|_| ());
-        let next = match apply(&self.ctx, current.map(|s| &s.customer), write) {
+        let next = match self
+            .scope
+            .apply(&self.ctx, current.map(|s| &s.customer), write)
+        {
             Err(errors) => return ItemResult::failed(errors),
             // Only a stored customer can be unchanged.
             Ok(Applied::Unchanged) => {

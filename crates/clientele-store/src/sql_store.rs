@@ -2,9 +2,11 @@
 //! every code path above connection handling.
 
 use async_trait::async_trait;
+use clientele_domain::group::Hierarchy;
 use clientele_domain::{
-    ApiKey, ApiKeyId, Customer, CustomerDoc, CustomerId, DomainError, ListQuery, Locator,
-    NewApiKey, OrderId, Page, PoolStats, Scope, Store, Timestamp, WriteCommand, WriteOutcome,
+    ApiKey, ApiKeyId, Customer, CustomerDoc, CustomerId, DomainError, Group, GroupWrite,
+    KnownCodes, ListQuery, Locator, NamePage, NewApiKey, OrderId, Page, PoolStats, Scope, Store,
+    TagCount, Team, TeamWrite, Timestamp, ValidationErrors, WriteCommand, WriteOutcome,
 };
 
 use clientele_domain::order::{NewOrder, Order, OrderPage};
@@ -12,6 +14,7 @@ use clientele_domain::schema::Schema;
 use clientele_domain::sync::{SyncBatch, SyncReport};
 use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredResponse};
 
+use crate::directory::{DirectoryQueries, DirectoryTx};
 use crate::orders::{self, OrderQueries, OrderTx};
 use crate::primitives::{BatchTx, CustomerTx, KeyColumn, KeyValue, Queries};
 use crate::schema_store::{self, SchemaTx};
@@ -20,8 +23,8 @@ use crate::unit_of_work;
 /// What a database backend provides: write transactions and pools to run queries on.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
-    type Tx: CustomerTx + BatchTx + OrderTx + SchemaTx;
-    type Reader: Queries + OrderQueries;
+    type Tx: CustomerTx + BatchTx + DirectoryTx + OrderTx + SchemaTx;
+    type Reader: Queries + DirectoryQueries + OrderQueries;
 
     const NAME: &'static str;
 
@@ -115,11 +118,12 @@ impl<B: Backend> Store for SqlStore<B> {
     async fn delete_customer(
         &self,
         locator: &Locator,
+        scope: &Scope,
         expected_version: Option<i64>,
         completion: Option<Completion<'_, ()>>,
     ) -> Result<(), DomainError> {
         let tx = self.backend.begin_write().await?;
-        unit_of_work::delete_customer(tx, locator, expected_version, completion).await
+        unit_of_work::delete_customer(tx, locator, scope, expected_version, completion).await
     }
 
     async fn list_customers(&self, query: &ListQuery) -> Result<Page, DomainError> {
@@ -218,6 +222,82 @@ impl<B: Backend> Store for SqlStore<B> {
         completion: Option<Completion<'_, Schema>>,
     ) -> Result<(), DomainError> {
         schema_store::put(self.backend.begin_write().await?, schema, completion).await
+    }
+
+    async fn write_groups(
+        &self,
+        items: &[Result<GroupWrite, ValidationErrors>],
+    ) -> Result<Vec<Result<(WriteOutcome, Group), DomainError>>, DomainError> {
+        let mut tx = self.backend.begin_write().await?;
+        let plan = Hierarchy::new(tx.lock_groups().await?).plan(items, Timestamp::now());
+        if !plan.upserts.is_empty() {
+            tx.upsert_groups(&plan.upserts).await?;
+            tx.commit().await?;
+        }
+        Ok(plan.results)
+    }
+
+    async fn get_group(&self, code: &str) -> Result<Option<Group>, DomainError> {
+        self.backend.reads().group(code).await
+    }
+
+    async fn list_groups(&self, page: &NamePage) -> Result<Vec<Group>, DomainError> {
+        self.backend.reads().groups(page).await
+    }
+
+    async fn delete_group(&self, code: &str) -> Result<(), DomainError> {
+        let mut tx = self.backend.begin_write().await?;
+        tx.lock_groups().await?;
+        tx.delete_group(code).await?;
+        tx.commit().await
+    }
+
+    async fn write_team(
+        &self,
+        code: &str,
+        write: &TeamWrite,
+    ) -> Result<(WriteOutcome, Team), DomainError> {
+        let mut tx = self.backend.begin_write().await?;
+        let stored = tx.team_for_update(code).await?;
+        let (outcome, team) = write.apply(code, stored.as_ref(), Timestamp::now())?;
+        if outcome != WriteOutcome::Unchanged {
+            tx.upsert_team(&team).await?;
+            tx.commit().await?;
+        }
+        Ok((outcome, team))
+    }
+
+    async fn get_team(&self, code: &str) -> Result<Option<Team>, DomainError> {
+        self.backend.reads().team(code).await
+    }
+
+    async fn list_teams(&self, page: &NamePage) -> Result<Vec<Team>, DomainError> {
+        self.backend.reads().teams(page).await
+    }
+
+    async fn delete_team(&self, code: &str) -> Result<(), DomainError> {
+        let mut tx = self.backend.begin_write().await?;
+        tx.delete_team(code).await?;
+        tx.commit().await
+    }
+
+    async fn known_codes(
+        &self,
+        groups: &[String],
+        teams: &[String],
+    ) -> Result<KnownCodes, DomainError> {
+        let mut tx = self.backend.begin_write().await?;
+        let known = tx.known_codes(groups, teams).await?;
+        tx.commit().await?;
+        Ok(known)
+    }
+
+    async fn tag_counts(
+        &self,
+        scope: &Scope,
+        page: &NamePage,
+    ) -> Result<Vec<TagCount>, DomainError> {
+        self.backend.reads().tag_counts(scope, page).await
     }
 
     async fn ping(&self) -> Result<(), DomainError> {

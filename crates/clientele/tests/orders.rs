@@ -15,7 +15,7 @@ hub_tests!(
     sync_refuses_deleting_customers_with_orders_per_item,
     an_idempotent_order_is_created_once,
     reading_orders_needs_read_and_writing_needs_write,
-    a_team_restricted_key_sees_no_orders_outside_its_teams,
+    a_team_restricted_key_sees_only_orders_of_its_teams,
     orders_racing_deletes_never_leave_an_orphan,
 );
 
@@ -300,52 +300,76 @@ async fn reading_orders_needs_read_and_writing_needs_write(hub: TestHub) {
     assert_problem(&call(anonymous.get(&path)).await, 401, "unauthorized");
 }
 
-/// A write key restricted to `teams`, stored directly: the API refuses team codes until the
-/// teams API exists, but the store and the scope checks already handle such keys.
+/// A write key restricted to `teams` (created through the API; the teams must exist).
 async fn team_key(hub: &TestHub, teams: &[&str]) -> TestHub {
-    let secret = clientele_api::secrets::generate_secret();
-    let key = clientele_api::auth::new_api_key(
-        hub.state.master_key(),
-        &secret,
-        "team key".into(),
-        Role::Write,
-        teams.iter().map(|t| (*t).to_owned()).collect(),
-    );
-    hub.state
-        .store()
-        .insert_api_key(&key, None)
-        .await
-        .expect("store the key");
-    hub.as_key(&secret)
-}
-
-async fn a_team_restricted_key_sees_no_orders_outside_its_teams(hub: TestHub) {
-    // Customers without teams are outside every team scope.
-    let customer = hub.create_customer(json!({"external_id": "P-1"})).await;
-    let id = customer["id"].as_str().expect("id");
-    let created = order(
-        &hub,
-        json!({"reference": "A", "customer_id": id, "total": 1, "currency": "EUR"}),
-    )
-    .await;
-    let north = team_key(&hub, &["north"]).await;
-    let path = format!("/v1/orders/{}", created["id"].as_str().expect("id"));
-    assert_problem(&call(north.get(&path)).await, 404, "not_found");
-    let list = format!("/v1/customers/{id}/orders");
-    assert_problem(&call(north.get(&list)).await, 404, "not_found");
-    let reply = call(north.post("/v1/orders").json(&json!({
-        "reference": "B", "customer_id": id, "total": 1, "currency": "EUR"
+    let reply = call(hub.post("/v1/api-keys").json(&json!({
+        "name": "team key", "role": "write", "teams": teams
     })))
     .await;
-    assert_invalid(&reply, &[("customer_id", "unknown_customer")]);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    hub.as_key(reply.body["secret"].as_str().expect("secret"))
+}
+
+async fn a_team_restricted_key_sees_only_orders_of_its_teams(hub: TestHub) {
+    for team in ["north", "south"] {
+        let reply = call(hub.put(&format!("/v1/teams/{team}")).json(&json!({}))).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+    let foreign = hub
+        .create_customer(json!({"external_id": "F-1", "teams": ["south"]}))
+        .await;
+    let own = hub
+        .create_customer(json!({"external_id": "O-1", "teams": ["north"]}))
+        .await;
+    let teamless = hub.create_customer(json!({"external_id": "T-1"})).await;
+    let mut orders = Vec::new();
+    for customer in [&foreign, &own, &teamless] {
+        let created = order(
+            &hub,
+            json!({"reference": "A", "customer_id": customer["id"], "total": 1, "currency": "EUR"}),
+        )
+        .await;
+        orders.push(format!(
+            "/v1/orders/{}",
+            created["id"].as_str().expect("id")
+        ));
+    }
+    let north = team_key(&hub, &["north"]).await;
+
+    // Its own customer's orders: readable, listable, and it may order for it.
+    assert_eq!(call(north.get(&orders[1])).await.status, 200);
+    let own_id = own["id"].as_str().expect("id");
+    let list = call(north.get(&format!("/v1/customers/{own_id}/orders"))).await;
+    assert_eq!(list.status, 200);
+    assert_eq!(list.body["data"].as_array().map(Vec::len), Some(1));
     let reply = call(north.post("/v1/orders").json(&json!({
-        "reference": "B", "customer": {"external_id": "P-1"}, "total": 1, "currency": "EUR"
+        "reference": "B", "customer": {"external_id": "O-1"}, "total": 2, "currency": "EUR"
+    })))
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+
+    // Everything outside its teams does not exist for it.
+    for (customer, path) in [(&foreign, &orders[0]), (&teamless, &orders[2])] {
+        assert_problem(&call(north.get(path)).await, 404, "not_found");
+        let id = customer["id"].as_str().expect("id");
+        let list = format!("/v1/customers/{id}/orders");
+        assert_problem(&call(north.get(&list)).await, 404, "not_found");
+        let reply = call(north.post("/v1/orders").json(&json!({
+            "reference": "B", "customer_id": id, "total": 1, "currency": "EUR"
+        })))
+        .await;
+        assert_invalid(&reply, &[("customer_id", "unknown_customer")]);
+    }
+    let reply = call(north.post("/v1/orders").json(&json!({
+        "reference": "B", "customer": {"external_id": "F-1"}, "total": 1, "currency": "EUR"
     })))
     .await;
     assert_invalid(&reply, &[("customer.external_id", "unknown_customer")]);
-    assert_eq!(hub.count_rows("orders").await, 1);
-    // The unrestricted key still sees it.
-    assert_eq!(call(hub.get(&path)).await.status, 200);
+    assert_eq!(hub.count_rows("orders").await, 4);
+    // The unrestricted key still sees them all.
+    for path in &orders {
+        assert_eq!(call(hub.get(path)).await.status, 200);
+    }
 }
 
 /// An order and a delete of its customer racing: either the order is stored and the delete is
