@@ -7,6 +7,8 @@ pub(crate) mod groups;
 mod list_filters;
 pub(crate) mod name_page;
 pub(crate) mod ops;
+pub(crate) mod orders;
+pub(crate) mod schema;
 pub(crate) mod sync;
 pub(crate) mod tags;
 pub(crate) mod teams;
