@@ -13,7 +13,8 @@ pub const DEFAULT_CHANGE_RETENTION: Duration = Duration::from_secs(30 * 24 * 360
 /// Purges change records older than `retention`, every `every`, forever.
 pub async fn purge_old_changes(state: AppState, retention: Duration, every: Duration) {
     let retention = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
-    let mut ticks = tokio::time::interval(every);
+    // The first purge after one period, not during start-up.
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         ticks.tick().await;
         let cutoff = Timestamp::from_micros(Timestamp::now().as_micros().saturating_sub(retention));
