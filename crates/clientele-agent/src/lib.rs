@@ -2,4 +2,12 @@
 
 pub mod fields;
 pub mod job;
+pub mod mapping;
+pub mod mirror;
+pub mod progress;
+pub mod push;
+pub mod report;
+pub mod run;
+pub mod source;
+pub mod state;
 pub mod transform;

@@ -46,7 +46,7 @@ impl Transform {
     }
 
     /// Runs the program on one row: it must give exactly one object.
-    pub fn apply(&self, row: Value) -> Result<Value, String> {
+    pub fn apply(&self, row: Value) -> Result<serde_json::Map<String, Value>, String> {
         let input: Val = serde_json::from_value(row).map_err(|error| error.to_string())?;
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
         let mut outputs = self.filter.id.run((ctx, input)).map(unwrap_valr);
@@ -61,7 +61,7 @@ impl Transform {
         let value: Value = serde_json::from_str(&first.to_string())
             .map_err(|error| format!("the transform gave a value that is not JSON: {error}"))?;
         match value {
-            Value::Object(_) => Ok(value),
+            Value::Object(object) => Ok(object),
             other => Err(format!(
                 "the transform must give an object, it gave {other}"
             )),
@@ -93,7 +93,7 @@ mod tests {
             .apply(json!({"person_id": "p1", "email": "Ann@X.EXAMPLE", "street": "Main 1", "zip": "00100"}))
             .expect("runs");
         assert_eq!(
-            out,
+            Value::Object(out),
             json!({"external_id": "p1", "email": "ann@x.example", "addresses": [{"title": "Primary address",
                 "kind": "billing", "line1": "Main 1", "postal_code": "00100", "country": "FI"}]})
         );
