@@ -10,6 +10,7 @@ mod openapi;
 pub mod password;
 pub mod problem;
 pub mod response;
+pub mod retention;
 mod routes;
 pub mod secrets;
 mod state;
@@ -45,6 +46,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::customers::router())
         .merge(routes::sync::router())
+        .merge(routes::changes::router())
         .merge(routes::api_keys::router())
         .merge(routes::ops::router())
 }

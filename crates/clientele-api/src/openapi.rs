@@ -23,6 +23,7 @@ use utoipa::{Modify, OpenApi};
     modifiers(&BearerAuth),
     tags(
         (name = "customers", description = "Customers, addressed by hub id or by a backend's own key"),
+        (name = "changes", description = "The change feed: every committed change, in commit order"),
         (name = "api-keys", description = "API keys and their roles (admin only)"),
         (name = "operations", description = "Health, metrics and this document; no authentication"),
     )

@@ -45,6 +45,7 @@ error_codes! {
     TooManyItems => PAYLOAD_TOO_LARGE, "too_many_items", "Too many items in one request";
     SyncFailed => UNPROCESSABLE_ENTITY, "sync_failed", "An atomic sync had failing items; nothing was applied";
     VersionConflict => PRECONDITION_FAILED, "version_conflict", "The stored version differs from the expected one";
+    CursorExpired => GONE, "cursor_expired", "The change-feed position is older than the changes kept";
     PayloadTooLarge => PAYLOAD_TOO_LARGE, "payload_too_large", "The request body is too large";
     UnsupportedMediaType => UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "The body must be application/json";
     ValidationFailed => UNPROCESSABLE_ENTITY, "validation_failed", "The request is not valid";
@@ -146,6 +147,19 @@ impl From<&DomainError> for ApiError {
                 ErrorCode::VersionConflict,
                 format!("expected version {expected}, the stored version is {actual}"),
             ),
+            &DomainError::CursorExpired { after, horizon } => ApiError {
+                code: ErrorCode::CursorExpired,
+                detail: format!(
+                    "changes up to seq {horizon} are no longer kept, so the feed cannot continue \
+                     after {after}. Resync: page through GET /v1/customers, then follow the feed \
+                     from the feed_position that list response reported"
+                ),
+                errors: vec![FieldError {
+                    field: "after".to_owned(),
+                    code: "cursor_expired",
+                    message: format!("must be at least {horizon}"),
+                }],
+            },
             DomainError::Validation(errors) => ApiError::invalid(errors.clone()),
             DomainError::Unavailable(source) => {
                 tracing::warn!(error = %source, "storage unavailable");

@@ -10,6 +10,9 @@ pub enum DomainError {
     DuplicateKey(CustomerKey),
     #[error("version {actual} does not match the expected {expected}")]
     VersionConflict { expected: i64, actual: i64 },
+    /// A change-feed position older than the retained changes: the consumer must resync.
+    #[error("changes after {after} are no longer kept (kept from {horizon})")]
+    CursorExpired { after: i64, horizon: i64 },
     #[error("invalid input")]
     Validation(ValidationErrors),
     /// The database is out of reach for now (pool exhausted, connection lost): retrying may help.

@@ -7,6 +7,7 @@
 pub mod api_key;
 pub mod customer;
 pub mod error;
+pub mod feed;
 pub mod id;
 pub mod iso;
 pub mod patch;
@@ -20,6 +21,7 @@ pub mod write;
 pub use api_key::{ApiKey, NewApiKey, Role};
 pub use customer::{Address, AddressKind, Customer, CustomerKey, GroupMembership};
 pub use error::DomainError;
+pub use feed::{ChangeEvent, ChangePage, ChangeQuery};
 pub use id::{ApiKeyId, CustomerId};
 pub use patch::Patch;
 pub use scope::Scope;

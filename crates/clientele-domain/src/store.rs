@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 
 use crate::Scope;
+use crate::feed::{ChangePage, ChangeQuery};
 use crate::sync::{SyncBatch, SyncReport};
 use crate::{
     ApiKey, ApiKeyId, Customer, CustomerId, CustomerKey, CustomerWrite, DomainError, NewApiKey,
@@ -268,6 +269,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), DomainError>;
 
     async fn list_customers(&self, query: &ListQuery) -> Result<Page, DomainError>;
+
+    /// A page of the change feed after `query.after`, in commit order; waits up to
+    /// `query.wait` for a first change. [`DomainError::CursorExpired`] when changes after
+    /// `query.after` were purged.
+    async fn changes(&self, query: &ChangeQuery) -> Result<ChangePage, DomainError>;
+
+    /// The feed position now: every change up to it is committed and visible to reads that
+    /// start after this call, and every later change gets a greater seq.
+    async fn feed_position(&self) -> Result<i64, DomainError>;
+
+    /// Forgets the changes recorded before `before` (retention); returns how many. A cursor
+    /// below the purged ones is expired from then on.
+    async fn purge_changes(&self, before: Timestamp) -> Result<u64, DomainError>;
 
     /// The customer's id and stored password hash (`None` when no password is set).
     async fn password_hash(

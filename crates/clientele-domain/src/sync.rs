@@ -117,6 +117,8 @@ pub struct ChangeRecord {
     pub at: Timestamp,
     /// The customer's JSON; `None` for a deletion.
     pub customer: Option<String>,
+    /// The customer's teams as of the change (before it, for a deletion): who may see it.
+    pub teams: Vec<String>,
 }
 
 /// A customer row to write, with its response JSON.
@@ -461,6 +463,7 @@ impl WorkingSet<'_> {
                 customer.updated_at
             },
             customer: doc,
+            teams: customer.teams.clone(),
         });
     }
 

@@ -6,6 +6,7 @@
 //! [`postgres`] own connection set-up, migrations and the read paths.
 
 mod error;
+mod feed;
 mod primitives;
 mod sql_store;
 mod unit_of_work;

@@ -19,6 +19,16 @@ use crate::sql_store::{Backend, SqlStore};
 use crate::{StoreConfig, StoreError};
 
 sql_primitives!(Postgres, lock = " FOR UPDATE");
+crate::feed::feed_primitives!(
+    Postgres,
+    teams_match = "teams && $3::text[]",
+    teams_param = <[String]>::to_vec
+);
+
+/// The advisory lock that orders commits of change-recording transactions (`'clnt'`).
+const FEED_LOCK: i64 = 0x636c_6e74;
+/// The channel hub processes `LISTEN` on for committed changes.
+const FEED_CHANNEL: &str = "clientele_changes";
 
 fn ids(ids: &[CustomerId]) -> Vec<String> {
     ids.iter().map(ToString::to_string).collect()
@@ -239,6 +249,7 @@ impl BatchTx for Transaction<'static, Postgres> {
         let mut version = Vec::with_capacity(changes.len());
         let mut at = Vec::with_capacity(changes.len());
         let mut customer = Vec::with_capacity(changes.len());
+        let mut teams = Vec::with_capacity(changes.len());
         for change in changes {
             customer_id.push(change.customer_id.to_string());
             external_id.push(change.external_id.clone());
@@ -246,13 +257,26 @@ impl BatchTx for Transaction<'static, Postgres> {
             version.push(change.version);
             at.push(change.at.as_micros());
             customer.push(change.customer.clone());
+            teams.push(serde_json::to_string(&change.teams).unwrap_or_else(|_| "[]".into()));
         }
+        // Sequence numbers handed out before commit could become visible out of order. So the
+        // seqs are drawn last, under a lock held until commit: whoever draws after us commits
+        // after us, and seq order is commit order (docs/change-feed.md). The notification is
+        // delivered at commit, to every hub process listening.
+        sqlx::query("SELECT pg_advisory_xact_lock($1), pg_notify($2, '')")
+            .bind(FEED_LOCK)
+            .bind(FEED_CHANNEL)
+            .execute(&mut **self)
+            .await
+            .map_err(db_error)?;
         // WITH ORDINALITY keeps the batch's order in the sequence numbers.
         sqlx::query(
-            "INSERT INTO changes (customer_id, external_id, kind, version, at, customer) \
-             SELECT customer_id, external_id, kind, version, at, customer \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[]) \
-               WITH ORDINALITY AS u(customer_id, external_id, kind, version, at, customer, n) \
+            "INSERT INTO changes (customer_id, external_id, kind, version, at, customer, teams) \
+             SELECT customer_id, external_id, kind, version, at, customer, \
+                    ARRAY(SELECT jsonb_array_elements_text(teams::jsonb)) \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[], \
+                         $7::text[]) \
+               WITH ORDINALITY AS u(customer_id, external_id, kind, version, at, customer, teams, n) \
              ORDER BY n",
         )
         .bind(customer_id)
@@ -261,6 +285,7 @@ impl BatchTx for Transaction<'static, Postgres> {
         .bind(version)
         .bind(at)
         .bind(customer)
+        .bind(teams)
         .execute(&mut **self)
         .await
         .map_err(db_error)?;
@@ -289,7 +314,41 @@ impl PostgresStore {
             .map_err(StoreError::Connect)?;
         // sqlx takes an advisory lock, so hub processes starting together migrate once.
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(SqlStore::new(PostgresBackend { pool }))
+        let store = SqlStore::new(PostgresBackend { pool: pool.clone() });
+        tokio::spawn(listen_for_changes(pool, store.feed_signal().clone()));
+        Ok(store)
+    }
+}
+
+/// Forwards `NOTIFY clientele_changes` (sent at the commit of every change, by any hub process
+/// on this database) to this process's long polls; reconnects when the connection drops. Until
+/// it is back, long polls still look again every second.
+async fn listen_for_changes(pool: PgPool, signal: crate::feed::FeedSignal) {
+    loop {
+        match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(mut listener) => {
+                if let Err(error) = listener.listen(FEED_CHANNEL).await {
+                    tracing::warn!(error = %error, "cannot LISTEN for changes");
+                } else {
+                    // A change may have been committed while no one listened.
+                    signal.notify();
+                    loop {
+                        match listener.recv().await {
+                            Ok(_) => signal.notify(),
+                            Err(error) => {
+                                tracing::warn!(error = %error, "change listener lost");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(error = %error, "cannot connect the change listener"),
+        }
+        if pool.is_closed() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

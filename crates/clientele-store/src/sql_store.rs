@@ -3,21 +3,22 @@
 
 use async_trait::async_trait;
 use clientele_domain::{
-    ApiKey, ApiKeyId, Customer, CustomerDoc, CustomerId, DomainError, ListQuery, Locator,
-    NewApiKey, Page, PoolStats, Store, Timestamp, WriteCommand, WriteOutcome,
+    ApiKey, ApiKeyId, ChangePage, ChangeQuery, Customer, CustomerDoc, CustomerId, DomainError,
+    ListQuery, Locator, NewApiKey, Page, PoolStats, Store, Timestamp, WriteCommand, WriteOutcome,
 };
 
 use clientele_domain::sync::{SyncBatch, SyncReport};
 use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredResponse};
 
+use crate::feed::{self, FeedQueries, FeedSignal, FeedTx};
 use crate::primitives::{BatchTx, CustomerTx, KeyColumn, KeyValue, Queries};
 use crate::unit_of_work;
 
 /// What a database backend provides: write transactions and pools to run queries on.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
-    type Tx: CustomerTx + BatchTx;
-    type Reader: Queries;
+    type Tx: CustomerTx + BatchTx + FeedTx;
+    type Reader: Queries + FeedQueries;
 
     const NAME: &'static str;
 
@@ -40,11 +41,20 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
 pub struct SqlStore<B> {
     backend: B,
+    /// Wakes change-feed long polls after commits that recorded changes.
+    feed: FeedSignal,
 }
 
 impl<B> SqlStore<B> {
     pub(crate) fn new(backend: B) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            feed: FeedSignal::new(),
+        }
+    }
+
+    pub(crate) fn feed_signal(&self) -> &FeedSignal {
+        &self.feed
     }
 }
 
@@ -55,7 +65,13 @@ impl<B: Backend> Store for SqlStore<B> {
         command: WriteCommand,
         completion: Option<Completion<'_, (WriteOutcome, Customer)>>,
     ) -> Result<(WriteOutcome, Customer), DomainError> {
-        unit_of_work::write_customer(|| self.backend.begin_write(), &command, completion).await
+        let result =
+            unit_of_work::write_customer(|| self.backend.begin_write(), &command, completion)
+                .await?;
+        if result.0 != WriteOutcome::Unchanged {
+            self.feed.notify();
+        }
+        Ok(result)
     }
 
     async fn sync_customers(
@@ -63,7 +79,11 @@ impl<B: Backend> Store for SqlStore<B> {
         batch: &SyncBatch,
         completion: Option<Completion<'_, SyncReport>>,
     ) -> Result<SyncReport, DomainError> {
-        unit_of_work::sync_customers(&self.backend, batch, completion).await
+        let report = unit_of_work::sync_customers(&self.backend, batch, completion).await?;
+        if report.applied {
+            self.feed.notify();
+        }
+        Ok(report)
     }
 
     async fn claim_idempotency(
@@ -102,7 +122,31 @@ impl<B: Backend> Store for SqlStore<B> {
         completion: Option<Completion<'_, ()>>,
     ) -> Result<(), DomainError> {
         let tx = self.backend.begin_write().await?;
-        unit_of_work::delete_customer(tx, locator, expected_version, completion).await
+        unit_of_work::delete_customer(tx, locator, expected_version, completion).await?;
+        self.feed.notify();
+        Ok(())
+    }
+
+    async fn changes(&self, query: &ChangeQuery) -> Result<ChangePage, DomainError> {
+        feed::change_page(self.backend.reads(), &self.feed, query).await
+    }
+
+    async fn feed_position(&self) -> Result<i64, DomainError> {
+        let (last, purged) = self.backend.reads().feed_marks().await?;
+        Ok(last.max(purged))
+    }
+
+    async fn purge_changes(&self, before: Timestamp) -> Result<u64, DomainError> {
+        let mut purged = 0;
+        loop {
+            let mut tx = self.backend.begin_write().await?;
+            let (deleted, more) = tx.purge_chunk(before).await?;
+            tx.commit().await?;
+            purged += deleted;
+            if !more {
+                return Ok(purged);
+            }
+        }
     }
 
     async fn list_customers(&self, query: &ListQuery) -> Result<Page, DomainError> {

@@ -18,6 +18,12 @@ use crate::sql_store::{Backend, SqlStore};
 use crate::{SqliteSync, StoreConfig, StoreError};
 
 sql_primitives!(Sqlite, lock = "");
+crate::feed::feed_primitives!(
+    Sqlite,
+    teams_match = "EXISTS (SELECT 1 FROM json_each(changes.teams) AS t \
+                   WHERE t.value IN (SELECT value FROM json_each($3)))",
+    teams_param = json_list
+);
 
 /// Binds a list as one JSON array parameter, read back with `json_each`: one statement for
 /// any number of values, and one cached prepared statement.
@@ -125,9 +131,9 @@ impl BatchTx for Transaction<'static, Sqlite> {
     async fn record_changes(&mut self, changes: &[ChangeRecord]) -> Result<(), DomainError> {
         for chunk in chunks(changes) {
             let sql = format!(
-                "INSERT INTO changes (customer_id, external_id, kind, version, at, customer) \
-                 VALUES {}",
-                placeholders(chunk.len(), 6)
+                "INSERT INTO changes (customer_id, external_id, kind, version, at, customer, \
+                 teams) VALUES {}",
+                placeholders(chunk.len(), 7)
             );
             let mut query = sqlx::query(&sql);
             for change in chunk {
@@ -137,7 +143,8 @@ impl BatchTx for Transaction<'static, Sqlite> {
                     .bind(change.kind.as_str())
                     .bind(change.version)
                     .bind(change.at.as_micros())
-                    .bind(change.customer.as_deref());
+                    .bind(change.customer.as_deref())
+                    .bind(json_list(&change.teams));
             }
             query.execute(&mut **self).await.map_err(db_error)?;
         }

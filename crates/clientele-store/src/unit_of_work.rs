@@ -109,6 +109,7 @@ async fn write_in(
         version: next.version,
         at: next.updated_at,
         customer: Some(doc),
+        teams: next.teams.clone(),
     };
     tx.record_changes(&[change]).await?;
     Ok((outcome, next))
@@ -139,6 +140,7 @@ pub(crate) async fn delete_customer(
         version: customer.version + 1,
         at: Timestamp::now(),
         customer: None,
+        teams: customer.teams.clone(),
     };
     tx.record_changes(&[change]).await?;
     if let Some(completion) = completion {

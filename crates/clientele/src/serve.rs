@@ -42,6 +42,11 @@ pub struct ServeArgs {
     /// SQLite durability: `normal` survives a crash of the server process, `full` also power loss.
     #[arg(long, env = "CLIENTELE_SQLITE_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Normal)]
     sqlite_synchronous: Synchronous,
+    /// How long change records are kept for the change feed (`30d`, `12h`, `90m`, `45s`). A
+    /// consumer further behind gets 410 `cursor_expired` and resyncs from the list.
+    #[arg(long, env = "CLIENTELE_CHANGE_RETENTION", default_value = "30d",
+          value_parser = clientele_api::retention::parse_duration)]
+    change_retention: Duration,
     /// Log format.
     #[arg(long, env = "CLIENTELE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -107,6 +112,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(clientele_api::idempotency::purge_expired(
         state.clone(),
         Duration::from_secs(600),
+    ));
+
+    tokio::spawn(clientele_api::retention::purge_old_changes(
+        state.clone(),
+        args.change_retention,
+        (args.change_retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600)),
     ));
 
     let listener = tokio::net::TcpListener::bind(args.listen)

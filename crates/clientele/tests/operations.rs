@@ -209,6 +209,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ),
     ("/v1/customers/{id}/verify-password", &["post"]),
     ("/v1/customers/sync", &["post"]),
+    ("/v1/changes", &["get"]),
     ("/v1/api-keys", &["get", "post"]),
     ("/v1/api-keys/{id}", &["delete"]),
     ("/healthz", &["get"]),

@@ -250,16 +250,41 @@ pub(crate) struct CustomerPage {
     data: Vec<Customer>,
     /// Pass as `cursor` for the next page; `null` on the last page.
     next_cursor: Option<String>,
+    /// The change-feed position taken before this page was read (also in the
+    /// `Clientele-Feed-Position` header): to resync, list every page, then follow
+    /// `GET /v1/changes?after=` the first page's position; no change is missed.
+    feed_position: i64,
 }
+
+/// The response header carrying a list's change-feed position.
+pub(crate) const FEED_POSITION: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("clientele-feed-position");
 
 pub(crate) const DEFAULT_LIMIT: u32 = 100;
 pub(crate) const MAX_LIMIT: u32 = 1000;
+
+/// A page size of a list or of the feed: 1 to 1000, default 100.
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::field(
+            "limit",
+            "out_of_range",
+            format!("1 to {MAX_LIMIT}"),
+        ))
+    }
+}
 
 /// List customers, keyset-paginated.
 #[utoipa::path(
     get, path = "/v1/customers", tag = "customers",
     params(ListParams),
-    responses((status = 200, body = CustomerPage), (status = 422, body = Problem)),
+    responses(
+        (status = 200, body = CustomerPage, headers(("Clientele-Feed-Position" = i64))),
+        (status = 422, body = Problem),
+    ),
     security(("bearer" = []))
 )]
 async fn list_customers(
@@ -268,14 +293,7 @@ async fn list_customers(
     StrictQuery(params): StrictQuery<ListParams>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Read)?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::field(
-            "limit",
-            "out_of_range",
-            format!("1 to {MAX_LIMIT}"),
-        ));
-    }
+    let limit = page_limit(params.limit)?;
     let sort = match params.sort.as_deref() {
         None => SortOrder::default(),
         Some(name) => SortOrder::parse(name).ok_or_else(|| {
@@ -291,6 +309,9 @@ async fn list_customers(
         .as_deref()
         .map(|c| cursor::decode(c, sort))
         .transpose()?;
+    // Taken before the page is read: every change after it reaches the feed from this
+    // position, every change up to it is in the list.
+    let feed_position = state.store().feed_position().await?;
     let page = state
         .store()
         .list_customers(&ListQuery {
@@ -304,13 +325,14 @@ async fn list_customers(
     let next_cursor = page.next.as_ref().map(|c| cursor::encode(c, sort));
     Ok(Rendered::json(
         StatusCode::OK,
-        page_json(&page.items, next_cursor.as_deref()),
+        page_json(&page.items, next_cursor.as_deref(), feed_position),
     )
+    .header(FEED_POSITION, feed_position.to_string())
     .into_response())
 }
 
 /// `{"data": [...], "next_cursor": ...}` from stored documents, without re-encoding them.
-fn page_json(items: &[CustomerDoc], next_cursor: Option<&str>) -> String {
+fn page_json(items: &[CustomerDoc], next_cursor: Option<&str>, feed_position: i64) -> String {
     let size = items.iter().map(|d| d.json.len() + 1).sum::<usize>() + 64;
     let mut body = String::with_capacity(size);
     body.push_str("{\"data\":[");
@@ -325,6 +347,8 @@ fn page_json(items: &[CustomerDoc], next_cursor: Option<&str>) -> String {
         Some(cursor) => body.push_str(&serde_json::Value::from(cursor).to_string()),
         None => body.push_str("null"),
     }
+    body.push_str(",\"feed_position\":");
+    body.push_str(&feed_position.to_string());
     body.push('}');
     body
 }

@@ -1,6 +1,7 @@
 //! The routes, grouped by resource; each module's `router()` documents what it serves.
 
 pub(crate) mod api_keys;
+pub(crate) mod changes;
 pub(crate) mod customers;
 pub(crate) mod ops;
 pub(crate) mod sync;
