@@ -276,11 +276,13 @@ impl Mirror {
                 tuples.push(format!("({})", marks.join(", ")));
             }
             let sql = format!(
-                "INSERT INTO {} ({}) VALUES {} ON CONFLICT (id) DO UPDATE SET {}",
-                self.table,
+                // An event older than the row (replayed after a resync) changes nothing.
+                "INSERT INTO {table} ({}) VALUES {} ON CONFLICT (id) DO UPDATE SET {} \
+                 WHERE {table}.version IS NULL OR excluded.version >= {table}.version",
                 names.join(", "),
                 tuples.join(", "),
-                updates.join(", ")
+                updates.join(", "),
+                table = self.table,
             );
             sqlx::query_with(&sql, args).execute(&mut *tx).await?;
         }
@@ -352,6 +354,23 @@ impl Mirror {
             }
         }
         Ok(())
+    }
+
+    /// Removes the rows (with an id) whose id is not in `keep`: after a resync from the list.
+    pub async fn delete_except(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        keep: &[String],
+    ) -> anyhow::Result<()> {
+        let keep: std::collections::HashSet<&str> = keep.iter().map(String::as_str).collect();
+        let sql = format!("SELECT id FROM {} WHERE id IS NOT NULL", self.table);
+        let ids: Vec<String> = sqlx::query_scalar(&sql).fetch_all(&mut *tx).await?;
+        let gone: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !keep.contains(id))
+            .collect();
+        self.delete(tx, &gone).await
     }
 
     /// Records what the hub has for these rows: (id, version, hash).

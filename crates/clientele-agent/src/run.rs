@@ -78,8 +78,8 @@ async fn run_once(
             .run()
             .await?
         }
-        Command::Pull => todo_pull(),
-        Command::Sync => todo_pull(),
+        Command::Pull => crate::pull::run(job, client, &progress, options.dry_run).await?,
+        Command::Sync => crate::sync::run(job, client, &report, &progress, options.dry_run).await?,
     }
     println!("{}", progress.summary());
     Ok(())
@@ -166,4 +166,3 @@ mod tests {
         assert!(parse_duration("0s").is_err());
     }
 }
-fn todo_pull() {}
