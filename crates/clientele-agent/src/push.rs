@@ -212,9 +212,18 @@ impl Push {
         let mut after = String::new();
         loop {
             let page = self.state.vanished_after(&after, 1000).await?;
-            let Some((last, _)) = page.last() else { break };
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
             after = last.clone();
-            for (key, hub_value) in page {
+            for (key, hub_value, pending) in page {
+                if pending && !self.customer_exists(&hub_value).await? {
+                    // Sent once, never acknowledged, and gone from the source: nothing to undo.
+                    if !self.dry_run {
+                        self.state.commit(&[Outcome::Removed { key }]).await?;
+                    }
+                    continue;
+                }
                 let mut item = Map::new();
                 item.insert(hub_field.into(), Value::String(hub_value.clone()));
                 item.insert(flag.into(), Value::Bool(true));
@@ -230,6 +239,23 @@ impl Push {
             }
         }
         Ok(())
+    }
+
+    async fn customer_exists(&self, hub_value: &str) -> anyhow::Result<bool> {
+        let path = format!(
+            "/v1/customers/{}/{}",
+            self.job.sync.key.field(),
+            clientele_client::encode_segment(hub_value)
+        );
+        match self
+            .client
+            .request::<Value>(reqwest::Method::GET, &path, None, None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(error) if error.status() == Some(404) => Ok(false),
+            Err(error) => Err(error).context("cannot look up a customer that left the source"),
+        }
     }
 
     async fn plan(&mut self, planned: Planned) -> anyhow::Result<()> {
@@ -263,6 +289,17 @@ impl Push {
             }
         }
         let batch = std::mem::take(&mut self.pending);
+        let first_sends: Vec<Outcome> = batch
+            .iter()
+            .filter(|planned| planned.action == Action::Create)
+            .map(|planned| Outcome::Pending {
+                key: planned.key.clone(),
+                hub_value: planned.hub_value.clone(),
+            })
+            .collect();
+        if !first_sends.is_empty() {
+            self.state.commit(&first_sends).await?;
+        }
         let sender = BatchSender {
             client: self.client.clone(),
             state: self.state.clone(),

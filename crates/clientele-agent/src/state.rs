@@ -25,6 +25,14 @@ pub struct Entry {
 /// The hub acknowledged an item; what the state records for it.
 #[derive(Debug, Clone)]
 pub enum Outcome {
+    /// About to be sent for the first time: known from now on, so that if the hub takes it and
+    /// the run dies before recording that, a later run still knows the key (its hash is empty
+    /// and matches nothing, so the row is sent again; if it left the source meanwhile, the hub
+    /// is asked whether the customer exists before `on_missing` applies).
+    Pending {
+        key: String,
+        hub_value: String,
+    },
     Stored {
         key: String,
         hub_value: String,
@@ -116,8 +124,10 @@ impl StateStore {
         let mut stored = Vec::new();
         let mut archived = Vec::new();
         let mut removed = Vec::new();
+        let mut pending = Vec::new();
         for outcome in outcomes {
             match outcome {
+                Outcome::Pending { key, hub_value } => pending.push(json!([key, hub_value])),
                 Outcome::Stored {
                     key,
                     hub_value,
@@ -129,6 +139,16 @@ impl StateStore {
             }
         }
         let mut tx = self.pool.begin().await?;
+        if !pending.is_empty() {
+            sqlx::query(
+                "INSERT INTO pushed (key, hub_value, hash, hub_id, gone)
+                 SELECT value ->> 0, value ->> 1, '', NULL, 0 FROM json_each(?1) WHERE true
+                 ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(Value::Array(pending).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
         if !stored.is_empty() {
             sqlx::query(
                 "INSERT INTO pushed (key, hub_value, hash, hub_id, gone)
@@ -172,14 +192,14 @@ impl StateStore {
         Ok(())
     }
 
-    /// Live keys not seen in this run, as (key, hub value), `limit` at a time after `after`.
+    /// Live keys not seen in this run, as (key, hub value, pending), `limit` at a time after `after`.
     pub async fn vanished_after(
         &self,
         after: &str,
         limit: i64,
-    ) -> anyhow::Result<Vec<(String, String)>> {
+    ) -> anyhow::Result<Vec<(String, String, bool)>> {
         let rows = sqlx::query_as(
-            "SELECT key, hub_value FROM pushed
+            "SELECT key, hub_value, hash = '' FROM pushed
              WHERE gone = 0 AND key > ?1 AND key NOT IN (SELECT key FROM seen)
              ORDER BY key LIMIT ?2",
         )
@@ -229,8 +249,32 @@ mod tests {
         let vanished = state.vanished_after("", 10).await.expect("vanished");
         assert_eq!(
             vanished,
-            vec![("b".into(), "hb".into()), ("c".into(), "hc".into())]
+            vec![
+                ("b".into(), "hb".into(), false),
+                ("c".into(), "hc".into(), false)
+            ]
         );
+        state
+            .commit(&[
+                Outcome::Pending {
+                    key: "d".into(),
+                    hub_value: "hd".into(),
+                },
+                Outcome::Pending {
+                    key: "a".into(),
+                    hub_value: "x".into(),
+                },
+            ])
+            .await
+            .expect("pending");
+        let a = &state.lookup(&["a"]).await.expect("lookup")["a"];
+        assert_eq!(a.hash, "00", "pending never overwrites");
+        let vanished = state.vanished_after("c", 10).await.expect("vanished");
+        assert_eq!(vanished, vec![("d".into(), "hd".into(), true)]);
+        state
+            .commit(&[Outcome::Removed { key: "d".into() }])
+            .await
+            .expect("commit");
 
         state
             .commit(&[
