@@ -68,8 +68,9 @@ impl Mapper {
                 self.source_key
             ),
         })?;
-        let mut item = self.rename(&row);
+        let mut item;
         if let Some(transform) = &self.transform {
+            item = self.rename(row.clone());
             // The program sees the raw columns and the renamed fields side by side.
             let mut input = row;
             for (field, value) in &item {
@@ -90,6 +91,8 @@ impl Mapper {
                     });
                 }
             };
+        } else {
+            item = self.rename(row);
         }
         let hub_field = self.hub_key.field();
         let hub_value = match item.get(hub_field) {
@@ -111,15 +114,16 @@ impl Mapper {
         })
     }
 
-    fn rename(&self, row: &Map<String, Value>) -> Map<String, Value> {
+    fn rename(&self, row: Map<String, Value>) -> Map<String, Value> {
         let mut item = Map::new();
         for (column, value) in row {
-            let field = match self.renames.get(column) {
-                Some(field) => field.as_str(),
-                None if fields::is_writable(column) => column.as_str(),
+            let field = match self.renames.get(&column) {
+                Some(field) => field.clone(),
+                None if fields::is_writable(&column) => column,
                 None => continue,
             };
-            item.insert(field.to_owned(), fields::coerce(field, value.clone()));
+            let value = fields::coerce(&field, value);
+            item.insert(field, value);
         }
         item
     }
@@ -154,7 +158,7 @@ fn write_canonical_object(out: &mut Vec<u8>, object: &Map<String, Value>) {
         if index > 0 {
             out.push(b',');
         }
-        write_scalar(out, &Value::String(name.clone()));
+        write_str(out, name);
         out.push(b':');
         write_canonical(out, value);
     }
@@ -176,6 +180,11 @@ pub fn write_canonical(out: &mut Vec<u8>, value: &Value) {
         }
         scalar => write_scalar(out, scalar),
     }
+}
+
+fn write_str(out: &mut Vec<u8>, text: &str) {
+    // Serializing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 fn write_scalar(out: &mut Vec<u8>, value: &Value) {

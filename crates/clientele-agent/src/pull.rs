@@ -26,14 +26,17 @@ pub async fn run(
     let section = job.mirror()?;
     let mirror = Mirror::open(&job.database_url(&section.url), &section.table).await?;
     let mut position = mirror.position().await?;
+    // One page ahead: the next page is on its way while this one is written.
+    let mut next = prefetch(client, position);
     loop {
-        let page = match client.changes(position, PAGE, None).await {
+        let page = match next.await.context("the feed reader stopped")? {
             Ok(page) => page,
             Err(error) if error.status() == Some(410) && !dry_run => {
                 eprintln!(
                     "pull: the hub no longer has changes after {position}; reloading every customer"
                 );
                 position = resync(&mirror, client, progress).await?;
+                next = prefetch(client, position);
                 continue;
             }
             Err(error) => return Err(error).context("cannot read the change feed"),
@@ -41,6 +44,7 @@ pub async fn run(
         if page.data.is_empty() {
             break;
         }
+        next = prefetch(client, page.next_after);
         count(progress, &page.data);
         if dry_run {
             for change in last_per_customer(&page.data) {
@@ -58,6 +62,14 @@ pub async fn run(
         progress.tick();
     }
     Ok(())
+}
+
+fn prefetch(
+    client: &Client,
+    after: i64,
+) -> tokio::task::JoinHandle<Result<clientele_client::ChangePage, ClientError>> {
+    let client = client.clone();
+    tokio::spawn(async move { client.changes(after, PAGE, None).await })
 }
 
 fn count(progress: &Progress, changes: &[Change]) {

@@ -28,6 +28,40 @@ use crate::report::Report;
 use crate::source::Source;
 use crate::state::{Outcome, StateStore};
 
+/// A source row after mapping and hashing (done on its own task, beside reading and planning).
+struct MappedSourceRow {
+    number: u64,
+    key: Option<String>,
+    mapped: Result<crate::mapping::MappedRow, crate::mapping::RowError>,
+}
+
+/// Maps and hashes chunks as they come from the source, on a task of its own, so reading,
+/// mapping and comparing with the state use the machine's cores side by side.
+fn map_stage(
+    mut chunks: tokio::sync::mpsc::Receiver<crate::source::Chunk>,
+    mapper: Arc<Mapper>,
+) -> tokio::sync::mpsc::Receiver<anyhow::Result<Vec<MappedSourceRow>>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Some(chunk) = chunks.recv().await {
+            let mapped = chunk.map(|rows| {
+                rows.into_iter()
+                    .map(|row| MappedSourceRow {
+                        number: row.number,
+                        key: mapper.key_of(&row.columns),
+                        mapped: mapper.map(row.columns),
+                    })
+                    .collect()
+            });
+            let failed = mapped.is_err();
+            if sender.send(mapped).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
 /// One item planned for the hub, with what the state needs once it is acknowledged.
 #[derive(Debug)]
 struct Planned {
@@ -106,13 +140,14 @@ impl Push {
 
     pub async fn run(mut self) -> anyhow::Result<()> {
         let source = Source::from_job(&self.job)?;
-        let mapper = Mapper::new(&self.job, &self.job.source()?.key).map_err(anyhow::Error::msg)?;
+        let mapper =
+            Arc::new(Mapper::new(&self.job, &self.job.source()?.key).map_err(anyhow::Error::msg)?);
         let live_before = self.state.live_count().await?;
         let mut known_seen = 0u64;
-        let mut chunks = source.stream();
+        let mut chunks = map_stage(source.stream(), mapper.clone());
         while let Some(chunk) = chunks.recv().await {
             let chunk = chunk?;
-            known_seen += self.plan_chunk(&mapper, chunk).await?;
+            known_seen += self.plan_chunk(chunk).await?;
             self.progress.tick();
         }
         if self.job.sync.on_missing != OnMissing::Ignore && known_seen < live_before {
@@ -128,29 +163,25 @@ impl Push {
 
     /// Maps and hashes a chunk, looks its keys up in one query, and plans the rows that changed.
     /// Returns how many of its keys the state knew as live.
-    async fn plan_chunk(
-        &mut self,
-        mapper: &Mapper,
-        chunk: Vec<crate::source::SourceRow>,
-    ) -> anyhow::Result<u64> {
+    async fn plan_chunk(&mut self, chunk: Vec<MappedSourceRow>) -> anyhow::Result<u64> {
         let counters = self.progress.counters.clone();
         Counters::add(&counters.rows, chunk.len() as u64);
-        let keys: Vec<Option<String>> = chunk
-            .iter()
-            .map(|row| mapper.key_of(&row.columns))
-            .collect();
         let known = {
-            let lookup: Vec<&str> = keys.iter().flatten().map(String::as_str).collect();
+            let lookup: Vec<&str> = chunk.iter().filter_map(|row| row.key.as_deref()).collect();
             self.state.lookup(&lookup).await?
         };
         let mut live_seen = 0;
-        for (row, key) in chunk.into_iter().zip(keys) {
+        for MappedSourceRow {
+            number,
+            key,
+            mapped,
+        } in chunk
+        {
             let entry = key.as_ref().and_then(|key| known.get(key));
             if entry.is_some_and(|entry| !entry.gone) {
                 live_seen += 1;
             }
-            let number = row.number;
-            let mapped = match mapper.map(row.columns) {
+            let mapped = match mapped {
                 Ok(mapped) => mapped,
                 Err(error) => {
                     Counters::add(&counters.failed, 1);
@@ -339,11 +370,20 @@ impl BatchSender {
             atomic: false,
             customers: &items,
         };
-        let response = self
-            .client
-            .sync_customers(&request, &idempotency_key)
-            .await
-            .context("the hub did not take a batch")?;
+        // A killed run leaves its last batches claimed on the hub until the claim's lease ends.
+        // Every item is a keyed upsert of absolute content (or an archive or delete), so applying
+        // the batch again under a fresh key cannot duplicate anything: it comes back unchanged.
+        let mut generation = 0;
+        let response = loop {
+            let key = match generation {
+                0 => idempotency_key.clone(),
+                n => format!("{idempotency_key}-{n}"),
+            };
+            match self.client.sync_customers(&request, &key).await {
+                Err(error) if error.is_idempotency_in_flight() && generation < 3 => generation += 1,
+                outcome => break outcome.context("the hub did not take a batch")?,
+            }
+        };
         self.settle(batch, response.body).await
     }
 

@@ -61,6 +61,13 @@ impl ClientError {
         }
     }
 
+    /// The hub still runs (or, after a crash, holds until its lease ends) a request with the same
+    /// `Idempotency-Key`.
+    pub fn is_idempotency_in_flight(&self) -> bool {
+        self.problem()
+            .is_some_and(|problem| problem.code.as_deref() == Some("idempotency_in_flight"))
+    }
+
     /// The hub's problem object, if it answered with one.
     pub fn problem(&self) -> Option<&Problem> {
         match self {
@@ -277,7 +284,10 @@ impl Client {
                 }
             }
             let decoded = decode(method.clone(), path_and_query, response).await;
+            // A few short waits only: a first attempt whose client died holds its key until the
+            // hub's lease runs out, and callers that can use a fresh key would rather do so.
             if in_flight_elsewhere(&decoded)
+                && attempt < IN_FLIGHT_RETRIES
                 && let Some(delay) = self.retry.delay(attempt, None)
             {
                 tokio::time::sleep(delay).await;
@@ -288,6 +298,8 @@ impl Client {
         }
     }
 }
+
+const IN_FLIGHT_RETRIES: u32 = 3;
 
 /// A retry whose first attempt (lost on the network) is still running on the hub gets 409: it is
 /// worth waiting for, since the next try gets the first attempt's replay.
