@@ -425,27 +425,29 @@ first_name = "fname"
 
     #[test]
     fn an_unknown_key_is_named_with_its_line() {
-        let error = parse(&GOOD.replace("table = \"people\"", "tabel = \"people\"")).unwrap_err();
+        let error =
+            parse(&GOOD.replace("table = \"people\"", "tabel = \"people\"")).expect_err("refused");
         assert_eq!(error.line, 7, "{error}");
         assert_eq!(error.key, "tabel", "{error}");
     }
 
     #[test]
     fn a_bad_value_is_named_with_its_line() {
-        let error = parse(&GOOD.replace("\"delete\"", "\"shred\"")).unwrap_err();
+        let error = parse(&GOOD.replace("\"delete\"", "\"shred\"")).expect_err("refused");
         assert_eq!(error.line, 12, "{error}");
         assert!(
             error.message.contains("shred") || error.message.contains("variant"),
             "{error}"
         );
-        let error = parse(&GOOD.replace("batch_size = 500", "batch_size = 5000")).unwrap_err();
+        let error =
+            parse(&GOOD.replace("batch_size = 500", "batch_size = 5000")).expect_err("refused");
         assert_eq!(
             (error.line, error.key.as_str()),
             (13, "sync.batch_size"),
             "{error}"
         );
-        let error =
-            parse(&GOOD.replace("first_name = \"fname\"", "frist_name = \"fname\"")).unwrap_err();
+        let error = parse(&GOOD.replace("first_name = \"fname\"", "frist_name = \"fname\""))
+            .expect_err("refused");
         assert_eq!(
             (error.line, error.key.as_str()),
             (17, "fields.frist_name"),
@@ -459,7 +461,7 @@ first_name = "fname"
             "table = \"people\"",
             "table = \"people\"\nquery = \"SELECT 1\"",
         ))
-        .unwrap_err();
+        .expect_err("refused");
         assert_eq!(error.key, "source.query");
         assert_eq!(error.line, 8);
     }
@@ -468,7 +470,7 @@ first_name = "fname"
     fn a_broken_transform_is_refused() {
         let error = parse(&format!("{GOOD}\n[mirror]\nurl = \"sqlite://m.db\"\n")).map(|_| ());
         assert!(error.is_ok());
-        let error = parse(&format!("{GOOD}transform = '{{ a: '\n")).unwrap_err();
+        let error = parse(&format!("{GOOD}transform = '{{ a: '\n")).expect_err("refused");
         assert_eq!(error.key, "fields.transform", "{error}");
         assert_eq!(error.line, 18, "{error}");
         let job = parse(&format!(

@@ -253,7 +253,9 @@ mod tests {
     #[test]
     fn rows_without_a_key_are_refused() {
         let mapper = Mapper::new(&job(""), "person_id").expect("mapper");
-        let error = mapper.map(object(json!({"fname": "Ann"}))).unwrap_err();
+        let error = mapper
+            .map(object(json!({"fname": "Ann"})))
+            .expect_err("refused");
         assert_eq!(error.code, "missing_key");
     }
 }

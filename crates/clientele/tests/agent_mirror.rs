@@ -43,22 +43,26 @@ async fn mirror_sql(url: &str, sql: &str) {
         .expect("mirror sql");
 }
 
-/// Mirror rows by external id: (id, first_name, version, tags as stored).
-async fn mirror_rows(
-    url: &str,
-) -> BTreeMap<String, (Option<String>, Option<String>, Option<i64>, Option<String>)> {
+/// A mirror row: (id, first_name, version, tags as stored).
+type MirrorRow = (Option<String>, Option<String>, Option<i64>, Option<String>);
+/// The same with the external id in front, as selected.
+type KeyedRow = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
+/// Mirror rows by external id.
+async fn mirror_rows(url: &str) -> BTreeMap<String, MirrorRow> {
     sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(url).await.expect("mirror");
-    let rows: Vec<(
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<i64>,
-        Option<String>,
-    )> = sqlx::query_as("SELECT external_id, id, first_name, version, tags FROM customers")
-        .fetch_all(&mut conn)
-        .await
-        .expect("rows");
+    let rows: Vec<KeyedRow> =
+        sqlx::query_as("SELECT external_id, id, first_name, version, tags FROM customers")
+            .fetch_all(&mut conn)
+            .await
+            .expect("rows");
     rows.into_iter()
         .map(|(key, id, first, version, tags)| {
             (key.unwrap_or_default(), (id, first, version, tags))
