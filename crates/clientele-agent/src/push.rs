@@ -100,6 +100,8 @@ pub struct Push {
     progress: Progress,
     dry_run: bool,
     job_id: String,
+    /// Tells this run's fallback idempotency keys from every other run's.
+    run_id: String,
     in_flight: JoinSet<anyhow::Result<()>>,
     pending: Vec<Planned>,
 }
@@ -133,6 +135,7 @@ impl Push {
             progress,
             dry_run,
             job_id,
+            run_id: run_id(),
             in_flight: JoinSet::new(),
             pending: Vec::new(),
         })
@@ -338,10 +341,20 @@ impl Push {
             progress: self.progress.clone(),
             hub_key: self.job.sync.key.field(),
             job_id: self.job_id.clone(),
+            run_id: self.run_id.clone(),
         };
         self.in_flight.spawn(sender.send(batch));
         Ok(())
     }
+}
+
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos())
+        .unwrap_or_default();
+    let digest = Sha256::digest(format!("{nanos}/{}", std::process::id()));
+    hex::encode(&digest[..8])
 }
 
 struct BatchSender {
@@ -351,6 +364,7 @@ struct BatchSender {
     progress: Progress,
     hub_key: &'static str,
     job_id: String,
+    run_id: String,
 }
 
 impl BatchSender {
@@ -373,17 +387,15 @@ impl BatchSender {
         // A killed run leaves its last batches claimed on the hub until the claim's lease ends.
         // Every item is a keyed upsert of absolute content (or an archive or delete), so applying
         // the batch again under a fresh key cannot duplicate anything: it comes back unchanged.
-        let mut generation = 0;
-        let response = loop {
-            let key = match generation {
-                0 => idempotency_key.clone(),
-                n => format!("{idempotency_key}-{n}"),
-            };
-            match self.client.sync_customers(&request, &key).await {
-                Err(error) if error.is_idempotency_in_flight() && generation < 3 => generation += 1,
-                outcome => break outcome.context("the hub did not take a batch")?,
+        // The fallback key is this run's own, so no claim of an earlier run can block it.
+        let response = match self.client.sync_customers(&request, &idempotency_key).await {
+            Err(error) if error.is_idempotency_in_flight() => {
+                let key = format!("{idempotency_key}-{}", self.run_id);
+                self.client.sync_customers(&request, &key).await
             }
-        };
+            outcome => outcome,
+        }
+        .context("the hub did not take a batch")?;
         self.settle(batch, response.body).await
     }
 

@@ -3,12 +3,10 @@
 //! the source's size.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use anyhow::{Context, anyhow};
 use futures::TryStreamExt;
 use serde_json::{Map, Value};
-use sqlx::{Column, Row, TypeInfo, ValueRef};
 use tokio::sync::mpsc;
 
 use crate::job::Job;
@@ -74,7 +72,14 @@ impl Source {
         let source = self.clone();
         tokio::spawn(async move {
             let outcome = match &source {
-                Source::Sqlite { url, query } => read_sqlite(url, query, &sender).await,
+                Source::Sqlite { url, query } => {
+                    let (url, query) = (url.clone(), query.clone());
+                    let blocking_sender = sender.clone();
+                    tokio::task::spawn_blocking(move || read_sqlite(&url, &query, &blocking_sender))
+                        .await
+                        .map_err(|error| anyhow!(error))
+                        .and_then(|result| result)
+                }
                 Source::Postgres { url, query } => read_postgres(url, query, &sender).await,
                 Source::Csv(path) => {
                     let path = path.clone();
@@ -157,56 +162,57 @@ impl<'a> Chunker<'a> {
     }
 }
 
-async fn read_sqlite(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> {
+/// Read with rusqlite on a blocking thread: one row at a time straight from SQLite, with no
+/// per-row hand-off between threads (sqlx's SQLite worker costs more than the row itself here).
+fn read_sqlite(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> {
+    use rusqlite::types::ValueRef as Raw;
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or(path);
     // Read-only: a mistyped path must not create an empty database that then "has no rows".
-    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
-        .with_context(|| format!("bad SQLite source URL {url}"))?
-        .read_only(true);
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .with_context(|| format!("cannot open the SQLite source {url}"))?;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open the SQLite source {url}"))?;
+    let mut statement = conn
+        .prepare(query)
+        .with_context(|| format!("the source query failed ({query})"))?;
+    let names: Vec<String> = statement
+        .column_names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let mut rows = statement
+        .query([])
+        .with_context(|| format!("the source query failed ({query})"))?;
     let mut chunker = Chunker::new(sender);
+    while let Some(row) = rows
+        .next()
+        .with_context(|| format!("the source query failed ({query})"))?
     {
-        let mut rows = sqlx::query(query).fetch(&pool);
-        while let Some(row) = rows
-            .try_next()
-            .await
-            .with_context(|| format!("the source query failed ({query})"))?
-        {
-            if !chunker.push(sqlite_columns(&row)?).await {
-                return Ok(());
-            }
-        }
-    }
-    chunker.finish().await;
-    pool.close().await;
-    Ok(())
-}
-
-/// SQLite types each value, not each column: the value's own storage class decides.
-fn sqlite_columns(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<Map<String, Value>> {
-    let mut columns = Map::new();
-    for (index, column) in row.columns().iter().enumerate() {
-        let raw = row.try_get_raw(index)?;
-        let value = if raw.is_null() {
-            Value::Null
-        } else {
-            match raw.type_info().name() {
-                "INTEGER" => Value::from(row.try_get::<i64, _>(index)?),
-                "REAL" => serde_json::Number::from_f64(row.try_get::<f64, _>(index)?)
+        let mut columns = Map::new();
+        for (index, name) in names.iter().enumerate() {
+            // SQLite types each value, not each column: the value's own storage class decides.
+            let value = match row.get_ref(index)? {
+                Raw::Null => Value::Null,
+                Raw::Integer(number) => Value::from(number),
+                Raw::Real(number) => serde_json::Number::from_f64(number)
                     .map(Value::Number)
                     .unwrap_or(Value::Null),
-                "BLOB" => Value::String(
-                    String::from_utf8_lossy(&row.try_get::<Vec<u8>, _>(index)?).into_owned(),
-                ),
-                _ => Value::String(row.try_get::<String, _>(index)?),
-            }
-        };
-        columns.insert(column.name().to_owned(), value);
+                Raw::Text(bytes) | Raw::Blob(bytes) => {
+                    Value::String(String::from_utf8_lossy(bytes).into_owned())
+                }
+            };
+            columns.insert(name.clone(), value);
+        }
+        if !chunker.push_blocking(columns) {
+            return Ok(());
+        }
     }
-    Ok(columns)
+    chunker.finish_blocking();
+    Ok(())
 }
 
 async fn read_postgres(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> {
