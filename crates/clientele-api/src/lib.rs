@@ -48,6 +48,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(routes::sync::router())
         .merge(routes::changes::router())
         .merge(routes::api_keys::router())
+        .merge(routes::groups::router())
+        .merge(routes::teams::router())
+        .merge(routes::tags::router())
         .merge(routes::ops::router())
 }
 

@@ -9,7 +9,11 @@ use utoipa::{Modify, OpenApi};
     info(
         title = "Clientele",
         description = "The customer data hub: customers pushed by many backends, keyed by their own ids, \
-                       and an exact change feed to pull every change from. Errors are RFC 9457 problems.",
+                       and an exact change feed to pull every change from. Errors are RFC 9457 problems. \
+                       An API key restricted to teams sees only customers of its teams: any other customer is \
+                       404 `not_found` for it on every endpoint (never 403 or 412); customers it creates without \
+                       `teams` get its teams; naming another team is 422 `unknown_team`; a write leaving a customer \
+                       outside its teams is 422 `outside_scope`.",
         license(name = "Apache-2.0")
     ),
     components(schemas(
@@ -24,6 +28,8 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "customers", description = "Customers, addressed by hub id or by a backend's own key"),
         (name = "changes", description = "The change feed: every committed change, in commit order"),
+        (name = "groups", description = "Customer groups, a hierarchy without cycles (`write` to change, `read` to read)"),
+        (name = "teams", description = "Teams; an API key restricted to teams sees only their customers, everything else is 404 for it"),
         (name = "api-keys", description = "API keys and their roles (admin only)"),
         (name = "operations", description = "Health, metrics and this document; no authentication"),
     )

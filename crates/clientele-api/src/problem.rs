@@ -40,6 +40,9 @@ error_codes! {
     RouteNotFound => NOT_FOUND, "route_not_found", "No such endpoint";
     MethodNotAllowed => METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed on this endpoint";
     DuplicateKey => CONFLICT, "duplicate_key", "Another customer already has this key";
+    GroupHasSubgroups => CONFLICT, "group_has_subgroups", "The group has subgroups";
+    GroupInUse => CONFLICT, "group_in_use", "Customers are still members of the group";
+    TeamInUse => CONFLICT, "team_in_use", "Customers or API keys still belong to the team";
     IdempotencyInFlight => CONFLICT, "idempotency_in_flight", "A request with this Idempotency-Key is still running";
     IdempotencyKeyReused => UNPROCESSABLE_ENTITY, "idempotency_key_reused", "The Idempotency-Key was used with a different request";
     TooManyItems => PAYLOAD_TOO_LARGE, "too_many_items", "Too many items in one request";
@@ -161,6 +164,28 @@ impl From<&DomainError> for ApiError {
                 }],
             },
             DomainError::Validation(errors) => ApiError::invalid(errors.clone()),
+            &DomainError::InUse(what) => {
+                use clientele_domain::InUse;
+                let (code, detail) = match what {
+                    InUse::GroupHasSubgroups => (
+                        ErrorCode::GroupHasSubgroups,
+                        "delete or move the group's subgroups first",
+                    ),
+                    InUse::GroupHasMembers => (
+                        ErrorCode::GroupInUse,
+                        "remove the group from its customers first",
+                    ),
+                    InUse::TeamHasMembers => (
+                        ErrorCode::TeamInUse,
+                        "remove the team from its customers first",
+                    ),
+                    InUse::TeamHasKeys => (
+                        ErrorCode::TeamInUse,
+                        "revoke the API keys restricted to the team first",
+                    ),
+                };
+                ApiError::new(code, detail)
+            }
             DomainError::Unavailable(source) => {
                 tracing::warn!(error = %source, "storage unavailable");
                 ApiError::new(

@@ -1,5 +1,6 @@
 //! The one error type of the domain and of the [`crate::Store`] boundary.
 
+use crate::group::InUse;
 use crate::{CustomerKey, ValidationErrors};
 
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +14,9 @@ pub enum DomainError {
     /// A change-feed position older than the retained changes: the consumer must resync.
     #[error("changes after {after} are no longer kept (kept from {horizon})")]
     CursorExpired { after: i64, horizon: i64 },
+    /// A group or team that is still referenced cannot be deleted.
+    #[error("still in use: {0:?}")]
+    InUse(InUse),
     #[error("invalid input")]
     Validation(ValidationErrors),
     /// The database is out of reach for now (pool exhausted, connection lost): retrying may help.

@@ -8,6 +8,7 @@ pub mod api_key;
 pub mod customer;
 pub mod error;
 pub mod feed;
+pub mod group;
 pub mod id;
 pub mod iso;
 pub mod patch;
@@ -22,13 +23,14 @@ pub use api_key::{ApiKey, NewApiKey, Role};
 pub use customer::{Address, AddressKind, Customer, CustomerKey, GroupMembership};
 pub use error::DomainError;
 pub use feed::{ChangeEvent, ChangePage, ChangeQuery};
+pub use group::{Group, GroupWrite, InUse, KnownCodes, Team, TeamWrite};
 pub use id::{ApiKeyId, CustomerId};
 pub use patch::Patch;
 pub use scope::Scope;
 pub use store::{
     ChangeKind, ClaimOutcome, Completion, Cursor, CustomerDoc, CustomerFilter, IdempotencyClaim,
-    ListQuery, Locator, Page, PoolStats, SortKey, SortOrder, Store, StoredResponse, WriteCommand,
-    WriteOutcome, WriteTarget,
+    ListQuery, Locator, NamePage, Page, PoolStats, SortKey, SortOrder, Store, StoredResponse,
+    TagCount, WriteCommand, WriteOutcome, WriteTarget,
 };
 pub use timestamp::Timestamp;
 pub use validation::{FieldError, ValidationErrors};

@@ -2,7 +2,8 @@
 //! its teams; everything else does not exist for it (the HTTP layer answers 404, never 403, so
 //! the key cannot learn what exists outside its teams).
 
-use crate::{ApiKey, Customer};
+use crate::write::{Applied, ApplyContext, apply};
+use crate::{ApiKey, Customer, CustomerWrite, DomainError, Patch, ValidationErrors};
 
 /// The customers a caller may see and change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +37,74 @@ impl Scope {
     }
 }
 
+impl Scope {
+    /// Applies a customer write for a caller with this scope: a customer outside it does not
+    /// exist (`NotFound`); a new customer without teams gets the scope's teams; the write may
+    /// name only the scope's teams (another team is as unknown as a missing one, so the key
+    /// learns nothing about teams it is not in) and must leave the customer in one of them.
+    pub fn apply(
+        &self,
+        ctx: &ApplyContext<'_>,
+        current: Option<&Customer>,
+        write: &CustomerWrite,
+    ) -> Result<Applied, DomainError> {
+        let Scope::Teams(own) = self else {
+            return Ok(apply(ctx, current, write)?);
+        };
+        if current.is_some_and(|c| !self.admits(c)) {
+            return Err(DomainError::NotFound);
+        }
+        let filled;
+        let write = if current.is_none() && write.teams.is_absent() && write.add_teams.is_none() {
+            filled = CustomerWrite {
+                teams: Patch::Value(own.clone()),
+                ..write.clone()
+            };
+            &filled
+        } else {
+            write
+        };
+        let mut foreign = ValidationErrors::default();
+        let named = [
+            ("teams", write.teams.value()),
+            ("add_teams", write.add_teams.as_ref()),
+        ];
+        for (field, codes) in named {
+            for (i, code) in codes.into_iter().flatten().enumerate() {
+                if ctx.directory.team_exists(code) && !own.contains(code) {
+                    foreign.push(
+                        format!("{field}[{i}]"),
+                        "unknown_team",
+                        format!("there is no team {code:?}"),
+                    );
+                }
+            }
+        }
+        let applied = match apply(ctx, current, write) {
+            Err(mut errors) => {
+                errors.0.extend(foreign.0);
+                return Err(errors.into());
+            }
+            Ok(applied) => applied,
+        };
+        foreign.into_result()?;
+        let teams = match (&applied, current) {
+            (Applied::Changed(next), _) => &next.teams,
+            (Applied::Unchanged, Some(current)) => &current.teams,
+            (Applied::Unchanged, None) => return Ok(applied),
+        };
+        if !self.admits_teams(teams) {
+            return Err(ValidationErrors::single(
+                "teams",
+                "outside_scope",
+                "the customer must stay in at least one of the API key's teams",
+            )
+            .into());
+        }
+        Ok(applied)
+    }
+}
+
 impl ApiKey {
     /// The customers this key may see: all of them unless the key is restricted to teams.
     pub fn scope(&self) -> Scope {
@@ -59,6 +128,77 @@ mod tests {
     fn an_unrestricted_scope_admits_customers_without_teams() {
         assert!(Scope::All.admits_teams(&[]));
         assert!(Scope::All.admits_teams(&teams(&["north"])));
+    }
+
+    fn write(body: serde_json::Value) -> CustomerWrite {
+        serde_json::from_value(body).expect("a customer write")
+    }
+
+    fn directory() -> crate::KnownCodes {
+        crate::KnownCodes {
+            teams: ["north", "south"].iter().map(|t| t.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn created(result: Result<Applied, DomainError>) -> Customer {
+        match result {
+            Ok(Applied::Changed(customer)) => *customer,
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+
+    fn field_codes(result: Result<Applied, DomainError>) -> Vec<(String, &'static str)> {
+        match result {
+            Err(DomainError::Validation(errors)) => {
+                errors.0.into_iter().map(|e| (e.field, e.code)).collect()
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_scoped_create_without_teams_gets_the_scopes_teams() {
+        let directory = directory();
+        let ctx = ApplyContext {
+            now: crate::Timestamp::from_micros(0),
+            directory: &directory,
+            password: Patch::Absent,
+        };
+        let scope = Scope::Teams(teams(&["north"]));
+        let customer = created(scope.apply(&ctx, None, &write(serde_json::json!({}))));
+        assert_eq!(customer.teams, ["north"]);
+        let customer = created(Scope::All.apply(&ctx, None, &write(serde_json::json!({}))));
+        assert!(customer.teams.is_empty());
+    }
+
+    #[test]
+    fn a_scoped_write_names_only_its_teams_and_keeps_the_customer_in_one() {
+        let directory = directory();
+        let ctx = ApplyContext {
+            now: crate::Timestamp::from_micros(0),
+            directory: &directory,
+            password: Patch::Absent,
+        };
+        let scope = Scope::Teams(teams(&["north"]));
+        let body = serde_json::json!({"teams": ["north", "south", "ghost"]});
+        assert_eq!(
+            field_codes(scope.apply(&ctx, None, &write(body))),
+            [
+                ("teams[2]".to_owned(), "unknown_team"),
+                ("teams[1]".to_owned(), "unknown_team")
+            ]
+        );
+        let own = created(scope.apply(&ctx, None, &write(serde_json::json!({}))));
+        let body = serde_json::json!({"remove_teams": ["north"]});
+        assert_eq!(
+            field_codes(scope.apply(&ctx, Some(&own), &write(body))),
+            [("teams".to_owned(), "outside_scope")]
+        );
+        let foreign =
+            created(Scope::All.apply(&ctx, None, &write(serde_json::json!({"teams": ["south"]}))));
+        let result = scope.apply(&ctx, Some(&foreign), &write(serde_json::json!({})));
+        assert!(matches!(result, Err(DomainError::NotFound)), "{result:?}");
     }
 
     #[test]

@@ -7,10 +7,11 @@ use async_trait::async_trait;
 
 use crate::Scope;
 use crate::feed::{ChangePage, ChangeQuery};
+use crate::group::{Group, GroupWrite, KnownCodes, Team, TeamWrite};
 use crate::sync::{SyncBatch, SyncReport};
 use crate::{
     ApiKey, ApiKeyId, Customer, CustomerId, CustomerKey, CustomerWrite, DomainError, NewApiKey,
-    Patch, Timestamp,
+    Patch, Timestamp, ValidationErrors,
 };
 
 /// How a request addresses one customer.
@@ -40,6 +41,23 @@ pub struct WriteCommand {
     pub password_hash: Patch<String>,
     /// `If-Match`: the write applies only to this version.
     pub expected_version: Option<i64>,
+    /// The customers the caller may see and change (see [`Scope::apply`]).
+    pub scope: Scope,
+}
+
+/// A keyset page of a list ordered by a name (group and team codes, tags), in byte order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamePage {
+    /// The last name of the previous page.
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// A tag and how many customers (that the caller may see) carry it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagCount {
+    pub tag: String,
+    pub count: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,6 +282,7 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_customer(
         &self,
         locator: &Locator,
+        scope: &Scope,
         expected_version: Option<i64>,
         completion: Option<Completion<'_, ()>>,
     ) -> Result<(), DomainError>;
@@ -311,6 +330,50 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError>;
 
     async fn count_api_keys(&self) -> Result<i64, DomainError>;
+
+    /// Applies group writes in order in one transaction (`PUT` is a batch of one); each item
+    /// fails alone. An item that could not be read is passed as its errors.
+    async fn write_groups(
+        &self,
+        items: &[Result<GroupWrite, ValidationErrors>],
+    ) -> Result<Vec<Result<(WriteOutcome, Group), DomainError>>, DomainError>;
+
+    async fn get_group(&self, code: &str) -> Result<Option<Group>, DomainError>;
+
+    /// Groups by code, after `after`, at most `limit`.
+    async fn list_groups(&self, page: &NamePage) -> Result<Vec<Group>, DomainError>;
+
+    /// Deletes a group without subgroups or members (else [`DomainError::InUse`]).
+    async fn delete_group(&self, code: &str) -> Result<(), DomainError>;
+
+    async fn write_team(
+        &self,
+        code: &str,
+        write: &TeamWrite,
+    ) -> Result<(WriteOutcome, Team), DomainError>;
+
+    async fn get_team(&self, code: &str) -> Result<Option<Team>, DomainError>;
+
+    /// Teams by code, after `after`, at most `limit`.
+    async fn list_teams(&self, page: &NamePage) -> Result<Vec<Team>, DomainError>;
+
+    /// Deletes a team no customer and no live API key belongs to (else [`DomainError::InUse`]).
+    async fn delete_team(&self, code: &str) -> Result<(), DomainError>;
+
+    /// Which of these group and team codes exist.
+    async fn known_codes(
+        &self,
+        groups: &[String],
+        teams: &[String],
+    ) -> Result<KnownCodes, DomainError>;
+
+    /// Tags with the number of customers in `scope` carrying them, by tag, after `after`, at
+    /// most `limit`.
+    async fn tag_counts(
+        &self,
+        scope: &Scope,
+        page: &NamePage,
+    ) -> Result<Vec<TagCount>, DomainError>;
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), DomainError>;

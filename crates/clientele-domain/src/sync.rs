@@ -10,10 +10,10 @@
 use std::collections::HashMap;
 
 use crate::validation::is_valid_key;
-use crate::write::{Applied, ApplyContext, apply};
+use crate::write::{Applied, ApplyContext};
 use crate::{
     ChangeKind, Customer, CustomerId, CustomerKey, CustomerWrite, Directory, DomainError, Patch,
-    Timestamp, ValidationErrors,
+    Scope, Timestamp, ValidationErrors,
 };
 
 /// Most items in one sync request.
@@ -25,6 +25,8 @@ pub struct SyncBatch {
     /// All items apply, or none does.
     pub atomic: bool,
     pub items: Vec<SyncItem>,
+    /// The customers the caller may see: an item addressing another one fails `not_found`.
+    pub scope: Scope,
 }
 
 #[derive(Debug)]
@@ -208,6 +210,7 @@ struct WorkingSet<'a> {
     rows: Vec<Row>,
     owners: HashMap<(CustomerKey, String), Owner>,
     ctx: ApplyContext<'a>,
+    scope: &'a Scope,
     plan: Plan,
 }
 
@@ -229,6 +232,7 @@ pub fn plan(
             directory,
             password: Patch::Absent,
         },
+        scope: &batch.scope,
         plan: Plan::default(),
     };
     let mut row_of = HashMap::with_capacity(loaded.len());
@@ -305,6 +309,10 @@ impl WorkingSet<'_> {
                 format!("each item needs the batch key {field}"),
             ));
         }
+        // A customer outside the caller's scope does not exist for it.
+        if found.is_some_and(|i| !self.scope.admits(&self.rows[i].stored.customer)) {
+            return ItemResult::failed(DomainError::NotFound);
+        }
         if write.delete == Some(true) {
             return match found {
                 Some(index) => self.delete(index, write.expected_version),
@@ -326,7 +334,10 @@ impl WorkingSet<'_> {
             }
         }
         self.ctx.password = command.password_hash.clone().map(|_| ());
-        let next = match apply(&self.ctx, current.map(|s| &s.customer), write) {
+        let next = match self
+            .scope
+            .apply(&self.ctx, current.map(|s| &s.customer), write)
+        {
             Err(errors) => return ItemResult::failed(errors),
             // Only a stored customer can be unchanged.
             Ok(Applied::Unchanged) => {

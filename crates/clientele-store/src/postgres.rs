@@ -18,6 +18,12 @@ use crate::primitives::{
 use crate::sql_store::{Backend, SqlStore};
 use crate::{StoreConfig, StoreError};
 
+crate::directory::directory_primitives!(
+    Postgres,
+    share = " FOR SHARE",
+    update = " FOR UPDATE",
+    serialize_groups = "LOCK TABLE groups IN SHARE ROW EXCLUSIVE MODE"
+);
 sql_primitives!(Postgres, lock = " FOR UPDATE");
 crate::feed::feed_primitives!(
     Postgres,

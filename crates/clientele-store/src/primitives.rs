@@ -240,8 +240,9 @@ pub(crate) fn decode_api_key(
     })
 }
 
-/// The `SELECT` of a customer page for a sort order, continuing after a cursor or not.
-pub(crate) fn page_sql(query: &ListQuery) -> String {
+/// The `SELECT` of a customer page for a sort order, continuing after a cursor or not, and the
+/// text parameters of its filters (bound after the cursor's, before the limit).
+pub(crate) fn page_sql(query: &ListQuery) -> (String, Vec<String>) {
     use clientele_domain::SortOrder::*;
     let (column, direction) = match query.sort {
         CreatedAsc => ("created_at", "ASC"),
@@ -251,16 +252,24 @@ pub(crate) fn page_sql(query: &ListQuery) -> String {
         LastNameAsc => ("last_name_sort", "ASC"),
     };
     let compare = if direction == "ASC" { ">" } else { "<" };
-    let filter = if query.after.is_some() {
-        format!("WHERE ({column}, id) {compare} ($1, $2) ")
-    } else {
+    let mut conditions = Vec::new();
+    if query.after.is_some() {
+        conditions.push(format!("({column}, id) {compare} ($1, $2)"));
+    }
+    let first = if query.after.is_some() { 3 } else { 1 };
+    let (memberships, binds) = crate::directory::membership_conditions(query, first);
+    conditions.extend(memberships);
+    let filter = if conditions.is_empty() {
         String::new()
+    } else {
+        format!("WHERE {} ", conditions.join(" AND "))
     };
-    let limit = if query.after.is_some() { "$3" } else { "$1" };
-    format!(
+    let limit = first + binds.len();
+    let sql = format!(
         "SELECT id, version, doc, created_at, updated_at, last_name_sort FROM customers \
-         {filter}ORDER BY {column} {direction}, id {direction} LIMIT {limit}"
-    )
+         {filter}ORDER BY {column} {direction}, id {direction} LIMIT ${limit}"
+    );
+    (sql, binds)
 }
 
 /// Implements [`CustomerTx`] for a backend's transaction and [`Queries`] for its pool.
@@ -384,7 +393,7 @@ macro_rules! sql_primitives {
             ) -> Result<clientele_domain::Page, clientele_domain::DomainError> {
                 use clientele_domain::{Cursor, CustomerDoc, SortKey, SortOrder};
                 use sqlx::Row;
-                let sql = $crate::primitives::page_sql(query);
+                let (sql, binds) = $crate::primitives::page_sql(query);
                 let mut statement = sqlx::query(&sql);
                 if let Some(after) = &query.after {
                     statement = match &after.key {
@@ -392,6 +401,9 @@ macro_rules! sql_primitives {
                         SortKey::Text(t) => statement.bind(t.clone()),
                     };
                     statement = statement.bind(after.id.to_string());
+                }
+                for value in binds {
+                    statement = statement.bind(value);
                 }
                 // One row more than asked tells whether there is a next page.
                 let rows = statement

@@ -2,23 +2,26 @@
 //! every code path above connection handling.
 
 use async_trait::async_trait;
+use clientele_domain::group::Hierarchy;
 use clientele_domain::{
     ApiKey, ApiKeyId, ChangePage, ChangeQuery, Customer, CustomerDoc, CustomerId, DomainError,
-    ListQuery, Locator, NewApiKey, Page, PoolStats, Store, Timestamp, WriteCommand, WriteOutcome,
+    Group, GroupWrite, KnownCodes, ListQuery, Locator, NamePage, NewApiKey, Page, PoolStats, Scope,
+    Store, TagCount, Team, TeamWrite, Timestamp, ValidationErrors, WriteCommand, WriteOutcome,
 };
 
 use clientele_domain::sync::{SyncBatch, SyncReport};
 use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredResponse};
 
 use crate::feed::{self, FeedQueries, FeedSignal, FeedTx};
+use crate::directory::{DirectoryQueries, DirectoryTx};
 use crate::primitives::{BatchTx, CustomerTx, KeyColumn, KeyValue, Queries};
 use crate::unit_of_work;
 
 /// What a database backend provides: write transactions and pools to run queries on.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
-    type Tx: CustomerTx + BatchTx + FeedTx;
-    type Reader: Queries + FeedQueries;
+    type Tx: CustomerTx + BatchTx + FeedTx + DirectoryTx;
+    type Reader: Queries + FeedQueries + DirectoryQueries;
 
     const NAME: &'static str;
 
@@ -118,11 +121,12 @@ impl<B: Backend> Store for SqlStore<B> {
     async fn delete_customer(
         &self,
         locator: &Locator,
+        scope: &Scope,
         expected_version: Option<i64>,
         completion: Option<Completion<'_, ()>>,
     ) -> Result<(), DomainError> {
         let tx = self.backend.begin_write().await?;
-        unit_of_work::delete_customer(tx, locator, expected_version, completion).await?;
+        unit_of_work::delete_customer(tx, locator, scope, expected_version, completion).await?;
         self.feed.notify();
         Ok(())
     }
@@ -208,6 +212,82 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn count_api_keys(&self) -> Result<i64, DomainError> {
         self.backend.reads().count_api_keys().await
+    }
+
+    async fn write_groups(
+        &self,
+        items: &[Result<GroupWrite, ValidationErrors>],
+    ) -> Result<Vec<Result<(WriteOutcome, Group), DomainError>>, DomainError> {
+        let mut tx = self.backend.begin_write().await?;
+        let plan = Hierarchy::new(tx.lock_groups().await?).plan(items, Timestamp::now());
+        if !plan.upserts.is_empty() {
+            tx.upsert_groups(&plan.upserts).await?;
+            tx.commit().await?;
+        }
+        Ok(plan.results)
+    }
+
+    async fn get_group(&self, code: &str) -> Result<Option<Group>, DomainError> {
+        self.backend.reads().group(code).await
+    }
+
+    async fn list_groups(&self, page: &NamePage) -> Result<Vec<Group>, DomainError> {
+        self.backend.reads().groups(page).await
+    }
+
+    async fn delete_group(&self, code: &str) -> Result<(), DomainError> {
+        let mut tx = self.backend.begin_write().await?;
+        tx.lock_groups().await?;
+        tx.delete_group(code).await?;
+        tx.commit().await
+    }
+
+    async fn write_team(
+        &self,
+        code: &str,
+        write: &TeamWrite,
+    ) -> Result<(WriteOutcome, Team), DomainError> {
+        let mut tx = self.backend.begin_write().await?;
+        let stored = tx.team_for_update(code).await?;
+        let (outcome, team) = write.apply(code, stored.as_ref(), Timestamp::now())?;
+        if outcome != WriteOutcome::Unchanged {
+            tx.upsert_team(&team).await?;
+            tx.commit().await?;
+        }
+        Ok((outcome, team))
+    }
+
+    async fn get_team(&self, code: &str) -> Result<Option<Team>, DomainError> {
+        self.backend.reads().team(code).await
+    }
+
+    async fn list_teams(&self, page: &NamePage) -> Result<Vec<Team>, DomainError> {
+        self.backend.reads().teams(page).await
+    }
+
+    async fn delete_team(&self, code: &str) -> Result<(), DomainError> {
+        let mut tx = self.backend.begin_write().await?;
+        tx.delete_team(code).await?;
+        tx.commit().await
+    }
+
+    async fn known_codes(
+        &self,
+        groups: &[String],
+        teams: &[String],
+    ) -> Result<KnownCodes, DomainError> {
+        let mut tx = self.backend.begin_write().await?;
+        let known = tx.known_codes(groups, teams).await?;
+        tx.commit().await?;
+        Ok(known)
+    }
+
+    async fn tag_counts(
+        &self,
+        scope: &Scope,
+        page: &NamePage,
+    ) -> Result<Vec<TagCount>, DomainError> {
+        self.backend.reads().tag_counts(scope, page).await
     }
 
     async fn ping(&self) -> Result<(), DomainError> {

@@ -17,6 +17,7 @@ use crate::primitives::{BatchTx, CustomerRow, decode_id, key_column, sql_primiti
 use crate::sql_store::{Backend, SqlStore};
 use crate::{SqliteSync, StoreConfig, StoreError};
 
+crate::directory::directory_primitives!(Sqlite, share = "", update = "", serialize_groups = "");
 sql_primitives!(Sqlite, lock = "");
 crate::feed::feed_primitives!(
     Sqlite,

@@ -1,14 +1,17 @@
 //! The write logic, once for both backends: load the stored customers, apply the domain rules,
 //! persist the new state, its change records and the idempotent response in one transaction.
 
+use clientele_domain::group::named_codes;
 use clientele_domain::store::{IDEMPOTENCY_LEASE_MICROS, IDEMPOTENCY_TTL_MICROS};
 use clientele_domain::sync::{self, ChangeRecord, SyncBatch, SyncReport};
-use clientele_domain::write::{Applied, ApplyContext, EmptyDirectory, apply};
+use clientele_domain::write::{Applied, ApplyContext};
 use clientele_domain::{
     ChangeKind, ClaimOutcome, Completion, Customer, CustomerId, CustomerKey, DomainError,
-    IdempotencyClaim, Locator, Patch, Timestamp, WriteCommand, WriteOutcome, WriteTarget,
+    IdempotencyClaim, KnownCodes, Locator, Patch, Scope, Timestamp, WriteCommand, WriteOutcome,
+    WriteTarget,
 };
 
+use crate::directory::DirectoryTx;
 use crate::primitives::{BatchTx, CustomerRow, CustomerTx, Queries};
 use crate::sql_store::Backend;
 
@@ -23,7 +26,7 @@ pub(crate) async fn write_customer<Tx, F, Fut>(
     completion: Option<Completion<'_, (WriteOutcome, Customer)>>,
 ) -> Result<(WriteOutcome, Customer), DomainError>
 where
-    Tx: CustomerTx + BatchTx,
+    Tx: CustomerTx + BatchTx + DirectoryTx,
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Tx, DomainError>>,
 {
@@ -51,7 +54,7 @@ where
 }
 
 async fn write_in(
-    tx: &mut (impl CustomerTx + BatchTx),
+    tx: &mut (impl CustomerTx + BatchTx + DirectoryTx),
     command: &WriteCommand,
 ) -> Result<(WriteOutcome, Customer), DomainError> {
     let stored = match &command.target {
@@ -59,6 +62,13 @@ async fn write_in(
         WriteTarget::Upsert(key, value) => tx.load(&Locator::Key(*key, value.clone())).await?,
         WriteTarget::Update(locator) => Some(tx.load(locator).await?.ok_or(DomainError::NotFound)?),
     };
+    // A customer outside the caller's scope does not exist for it, whatever the precondition.
+    if stored
+        .as_ref()
+        .is_some_and(|s| !command.scope.admits(&s.customer))
+    {
+        return Err(DomainError::NotFound);
+    }
     if let Some(expected) = command.expected_version {
         let actual = stored.as_ref().map_or(0, |s| s.customer.version);
         if actual != expected {
@@ -72,13 +82,17 @@ async fn write_in(
         _ => None,
     };
     let write = filled.as_ref().unwrap_or(&command.write);
+    let (groups, teams) = named_codes(&command.scope, [write]);
+    let directory = tx.known_codes(&groups, &teams).await?;
     let applied = {
         let ctx = ApplyContext {
             now: Timestamp::now(),
-            directory: &EmptyDirectory,
+            directory: &directory,
             password: command.password_hash.clone().map(|_| ()),
         };
-        apply(&ctx, stored.as_ref().map(|s| &s.customer), write)
+        command
+            .scope
+            .apply(&ctx, stored.as_ref().map(|s| &s.customer), write)
     };
     let next = match applied? {
         Applied::Unchanged => {
@@ -95,12 +109,20 @@ async fn write_in(
         Patch::Value(hash) => Some(hash.as_str()),
     };
     let row = CustomerRow::new(&next, password_hash, &doc);
-    let (outcome, kind) = if stored.is_some() {
-        tx.update_many(std::slice::from_ref(&row)).await?;
-        (WriteOutcome::Updated, ChangeKind::Updated)
-    } else {
-        tx.insert_many(std::slice::from_ref(&row)).await?;
-        (WriteOutcome::Created, ChangeKind::Created)
+    let rows = std::slice::from_ref(&row);
+    let (outcome, kind) = match &stored {
+        Some(stored) => {
+            tx.update_many(rows).await?;
+            if !same_memberships(&stored.customer, &next) {
+                tx.write_memberships(&[next.id], rows).await?;
+            }
+            (WriteOutcome::Updated, ChangeKind::Updated)
+        }
+        None => {
+            tx.insert_many(rows).await?;
+            tx.write_memberships(&[], rows).await?;
+            (WriteOutcome::Created, ChangeKind::Created)
+        }
     };
     let change = ChangeRecord {
         customer_id: next.id,
@@ -115,15 +137,46 @@ async fn write_in(
     Ok((outcome, next))
 }
 
-/// Erases a customer and records the deletion (its version one past the last one).
+/// A customer's tags, groups and teams: what its membership rows hold.
+#[derive(PartialEq)]
+struct MembershipSet<'a> {
+    tags: &'a [String],
+    groups: &'a [clientele_domain::GroupMembership],
+    teams: &'a [String],
+}
+
+impl<'a> MembershipSet<'a> {
+    fn of(c: &'a Customer) -> Self {
+        Self {
+            tags: &c.tags,
+            groups: &c.groups,
+            teams: &c.teams,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tags.is_empty() && self.groups.is_empty() && self.teams.is_empty()
+    }
+}
+
+fn same_memberships(a: &Customer, b: &Customer) -> bool {
+    MembershipSet::of(a) == MembershipSet::of(b)
+}
+
+/// Erases a customer and records the deletion (its version one past the last one); its
+/// membership rows go with it (`ON DELETE CASCADE`).
 pub(crate) async fn delete_customer(
     mut tx: impl CustomerTx + BatchTx,
     locator: &Locator,
+    scope: &Scope,
     expected_version: Option<i64>,
     completion: Option<Completion<'_, ()>>,
 ) -> Result<(), DomainError> {
     let stored = tx.load(locator).await?.ok_or(DomainError::NotFound)?;
     let customer = &stored.customer;
+    if !scope.admits(customer) {
+        return Err(DomainError::NotFound);
+    }
     if let Some(expected) = expected_version
         && customer.version != expected
     {
@@ -155,6 +208,7 @@ pub(crate) async fn delete_customer(
 struct Inputs {
     loaded: Vec<sync::StoredCustomer>,
     owners: Vec<(CustomerKey, String, CustomerId)>,
+    directory: KnownCodes,
 }
 
 impl Inputs {
@@ -168,7 +222,11 @@ impl Inputs {
         versions.sort_unstable();
         let mut owners = self.owners.clone();
         owners.sort_unstable();
-        Observed { versions, owners }
+        Observed {
+            versions,
+            owners,
+            directory: self.directory.clone(),
+        }
     }
 }
 
@@ -176,6 +234,24 @@ impl Inputs {
 struct Observed {
     versions: Vec<(CustomerId, i64)>,
     owners: Vec<(CustomerKey, String, CustomerId)>,
+    directory: KnownCodes,
+}
+
+/// The group and team codes a batch names.
+struct Codes {
+    groups: Vec<String>,
+    teams: Vec<String>,
+}
+
+impl Codes {
+    fn of(batch: &SyncBatch) -> Self {
+        let writes = batch.items.iter().filter_map(|item| match item {
+            sync::SyncItem::Write(command) => Some(&command.write),
+            sync::SyncItem::Invalid(_) => None,
+        });
+        let (groups, teams) = named_codes(&batch.scope, writes);
+        Codes { groups, teams }
+    }
 }
 
 /// Applies a sync batch in one transaction: one load of the addressed customers, one lookup per
@@ -192,9 +268,10 @@ pub(crate) async fn sync_customers<B: Backend>(
 ) -> Result<SyncReport, DomainError> {
     let addressed = batch.addressed_values();
     let claimed = batch.claimed_values();
+    let codes = Codes::of(batch);
     let mut optimistic = match backend.begin_snapshot().await? {
         Some(mut snapshot) => {
-            let inputs = read_inputs(&mut snapshot, batch, &addressed, &claimed).await?;
+            let inputs = read_inputs(&mut snapshot, batch, &addressed, &claimed, &codes).await?;
             let observed = inputs.observed();
             Some((observed, plan(batch, inputs)))
         }
@@ -205,29 +282,30 @@ pub(crate) async fn sync_customers<B: Backend>(
         let mut tx = backend.begin_write().await?;
         let plan = match optimistic.take() {
             Some((observed, plan))
-                if still_observed(&mut tx, batch, &addressed, &claimed, &observed).await? =>
+                if still_observed(&mut tx, batch, &addressed, &claimed, &codes, &observed)
+                    .await? =>
             {
                 plan
             }
             _ => plan(
                 batch,
-                read_inputs(&mut tx, batch, &addressed, &claimed).await?,
+                read_inputs(&mut tx, batch, &addressed, &claimed, &codes).await?,
             ),
         };
         let report = SyncReport {
-            applied: !(batch.atomic && plan.results.iter().any(|r| r.error.is_some())),
+            applied: !(batch.atomic && plan.plan.results.iter().any(|r| r.error.is_some())),
             results: Vec::new(),
         };
         if !report.applied {
             return Ok(SyncReport {
-                results: plan.results,
+                results: plan.plan.results,
                 ..report
             });
         }
         match write_plan(&mut tx, batch, &plan).await {
             Ok(()) => {
                 let report = SyncReport {
-                    results: plan.results,
+                    results: plan.plan.results,
                     ..report
                 };
                 if let Some(completion) = completion {
@@ -243,11 +321,12 @@ pub(crate) async fn sync_customers<B: Backend>(
     }
 }
 
-async fn read_inputs<Tx: BatchTx>(
+async fn read_inputs<Tx: BatchTx + DirectoryTx>(
     tx: &mut Tx,
     batch: &SyncBatch,
     addressed: &[String],
     claimed: &[(CustomerKey, Vec<String>)],
+    codes: &Codes,
 ) -> Result<Inputs, DomainError> {
     let loaded = tx.load_many(batch.key, addressed).await?;
     let mut owners = Vec::new();
@@ -256,16 +335,26 @@ async fn read_inputs<Tx: BatchTx>(
             owners.push((*key, value, id));
         }
     }
-    Ok(Inputs { loaded, owners })
+    let directory = tx.known_codes(&codes.groups, &codes.teams).await?;
+    Ok(Inputs {
+        loaded,
+        owners,
+        directory,
+    })
 }
 
-async fn still_observed<Tx: BatchTx>(
+async fn still_observed<Tx: BatchTx + DirectoryTx>(
     tx: &mut Tx,
     batch: &SyncBatch,
     addressed: &[String],
     claimed: &[(CustomerKey, Vec<String>)],
+    codes: &Codes,
     observed: &Observed,
 ) -> Result<bool, DomainError> {
+    // Also locks the named groups and teams where the backend locks rows.
+    if tx.known_codes(&codes.groups, &codes.teams).await? != observed.directory {
+        return Ok(false);
+    }
     let mut versions = tx.versions(batch.key, addressed).await?;
     versions.sort_unstable();
     if versions != observed.versions {
@@ -281,29 +370,97 @@ async fn still_observed<Tx: BatchTx>(
     Ok(owners == observed.owners)
 }
 
-fn plan(batch: &SyncBatch, inputs: Inputs) -> sync::Plan {
-    sync::plan(
+fn plan(batch: &SyncBatch, inputs: Inputs) -> Planned {
+    // The stored memberships of customers that have any: an update leaving them as they are
+    // writes no membership rows, and one of a customer without any deletes none.
+    let stored_memberships = inputs
+        .loaded
+        .iter()
+        .filter(|s| !MembershipSet::of(&s.customer).is_empty())
+        .map(|s| {
+            let c = &s.customer;
+            (c.id, (c.tags.clone(), c.groups.clone(), c.teams.clone()))
+        })
+        .collect();
+    let plan = sync::plan(
         batch,
         inputs.loaded,
         &inputs.owners,
         Timestamp::now(),
-        &EmptyDirectory,
-    )
+        &inputs.directory,
+    );
+    Planned {
+        plan,
+        stored_memberships,
+    }
 }
 
-async fn write_plan<Tx: CustomerTx + BatchTx>(
+/// Tags, groups and teams, owned.
+type OwnedMemberships = (
+    Vec<String>,
+    Vec<clientele_domain::GroupMembership>,
+    Vec<String>,
+);
+
+/// A sync plan and what the write of its membership rows needs to know.
+struct Planned {
+    plan: sync::Plan,
+    stored_memberships: std::collections::HashMap<CustomerId, OwnedMemberships>,
+}
+
+impl Planned {
+    /// Whether an updated customer's membership rows must be replaced (it had some), and
+    /// whether they change at all.
+    fn membership_change(&self, customer: &Customer) -> (bool, bool) {
+        let next = MembershipSet::of(customer);
+        match self.stored_memberships.get(&customer.id) {
+            None => (false, !next.is_empty()),
+            Some((tags, groups, teams)) => {
+                let stored = MembershipSet {
+                    tags,
+                    groups,
+                    teams,
+                };
+                (true, stored != next)
+            }
+        }
+    }
+}
+
+async fn write_plan<Tx: CustomerTx + BatchTx + DirectoryTx>(
     tx: &mut Tx,
     batch: &SyncBatch,
-    plan: &sync::Plan,
+    planned: &Planned,
 ) -> Result<(), DomainError> {
+    let plan = &planned.plan;
     tx.delete_many(&plan.deletes).await?;
     tx.clear_keys(&plan.rekeyed).await?;
-    tx.update_many(&rows(&plan.updates)).await?;
+    let updates = rows(&plan.updates);
+    tx.update_many(&updates).await?;
     // Inserts in key order, so that concurrent batches creating the same keys queue on the
     // unique index in the same order instead of deadlocking.
     let mut inserts = rows(&plan.inserts);
     inserts.sort_by(|a, b| a.customer.key(batch.key).cmp(&b.customer.key(batch.key)));
     tx.insert_many(&inserts).await?;
+    let mut replaced = Vec::new();
+    let mut changed = Vec::new();
+    for row in updates {
+        match planned.membership_change(row.customer) {
+            (_, false) => {}
+            (had_rows, true) => {
+                if had_rows {
+                    replaced.push(row.customer.id);
+                }
+                changed.push(row);
+            }
+        }
+    }
+    changed.extend(
+        inserts
+            .into_iter()
+            .filter(|row| !MembershipSet::of(row.customer).is_empty()),
+    );
+    tx.write_memberships(&replaced, &changed).await?;
     tx.record_changes(&plan.changes).await
 }
 

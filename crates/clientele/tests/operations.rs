@@ -212,6 +212,12 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/changes", &["get"]),
     ("/v1/api-keys", &["get", "post"]),
     ("/v1/api-keys/{id}", &["delete"]),
+    ("/v1/groups", &["get"]),
+    ("/v1/groups/sync", &["post"]),
+    ("/v1/groups/{code}", &["get", "put", "delete"]),
+    ("/v1/teams", &["get"]),
+    ("/v1/teams/{code}", &["get", "put", "delete"]),
+    ("/v1/tags", &["get"]),
     ("/healthz", &["get"]),
     ("/metrics", &["get"]),
 ];

@@ -457,8 +457,8 @@ async fn put_body_key_must_match_the_path(hub: TestHub) {
 }
 
 async fn unknown_query_parameter_is_refused(hub: TestHub) {
-    let reply = call(hub.get("/v1/customers?tag=x")).await;
-    assert_invalid(&reply, &[("tag", "unknown_parameter")]);
+    let reply = call(hub.get("/v1/customers?tags=x")).await;
+    assert_invalid(&reply, &[("tags", "unknown_parameter")]);
     let reply = call(hub.get("/v1/customers?limit=10&lmit=5")).await;
     assert_invalid(&reply, &[("lmit", "unknown_parameter")]);
     let reply = call(

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use clientele_domain::group::is_valid_code;
 use clientele_domain::{ApiKey, ApiKeyId, Role, ValidationErrors};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -23,11 +24,15 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_api_key))
 }
 
+/// Most teams one key may be restricted to.
+const MAX_KEY_TEAMS: usize = 100;
+
 #[derive(Deserialize, ToSchema)]
 pub(crate) struct NewKeyRequest {
     name: String,
     role: Role,
-    /// Restricts the key to customers of these teams.
+    /// Restricts the key to customers of these (existing) teams, at most 100: other customers
+    /// do not exist for it (404), customers it creates without `teams` get these.
     #[serde(default)]
     teams: Vec<String>,
 }
@@ -92,22 +97,40 @@ async fn create_api_key(
             "1 to 200 characters, no control characters",
         );
     }
-    for (i, team) in request.teams.iter().enumerate() {
-        // Teams arrive with the teams API; until one exists, no code can name one.
+    if request.teams.len() > MAX_KEY_TEAMS {
         errors.push(
-            format!("teams[{i}]"),
-            "unknown_team",
-            format!("there is no team {team:?}"),
+            "teams",
+            "too_many",
+            format!("at most {MAX_KEY_TEAMS} teams"),
         );
     }
+    let codes: Vec<String> = request
+        .teams
+        .iter()
+        .filter(|code| is_valid_code(code))
+        .cloned()
+        .collect();
+    let known = state.store().known_codes(&[], &codes).await?;
+    for (i, team) in request.teams.iter().enumerate() {
+        if !known.teams.contains(team) {
+            errors.push(
+                format!("teams[{i}]"),
+                "unknown_team",
+                format!("there is no team {team:?}"),
+            );
+        }
+    }
     errors.into_result()?;
+    let mut teams = request.teams;
+    teams.sort_unstable();
+    teams.dedup();
     let secret = generate_secret();
     let new = new_api_key(
         state.master_key(),
         &secret,
         name.to_owned(),
         request.role,
-        request.teams,
+        teams,
     );
     let view = KeyView::from(new.key.clone());
     let created = Rendered::serialize(

@@ -60,7 +60,7 @@ struct CreateParams {
 )]
 async fn create_customer(
     State(state): State<AppState>,
-    _caller: WriteCaller,
+    WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
     StrictQuery(params): StrictQuery<CreateParams>,
     StrictJson(write): StrictJson<CustomerWrite>,
@@ -69,7 +69,7 @@ async fn create_customer(
         Some(key) => WriteTarget::Upsert(key, write.required_key(key)?.to_owned()),
         None => WriteTarget::Create,
     };
-    write_customer(&state, &idempotency, target, write, None).await
+    write_customer(&state, &caller, &idempotency, target, write, None).await
 }
 
 /// Read a customer by its hub id.
@@ -88,7 +88,7 @@ async fn get_customer(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Read)?;
-    read_customer(&state, by_id(&id)?).await
+    read_customer(&state, &caller, by_id(&id)?).await
 }
 
 /// Change some fields of a customer: absent fields stay, `null` clears.
@@ -105,7 +105,7 @@ async fn get_customer(
 )]
 async fn patch_customer(
     State(state): State<AppState>,
-    _caller: WriteCaller,
+    WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
     Path(id): Path<String>,
     IfMatch(expected): IfMatch,
@@ -113,6 +113,7 @@ async fn patch_customer(
 ) -> Result<Response, ApiError> {
     write_customer(
         &state,
+        &caller,
         &idempotency,
         WriteTarget::Update(by_id(&id)?),
         write,
@@ -130,12 +131,12 @@ async fn patch_customer(
 )]
 async fn delete_customer(
     State(state): State<AppState>,
-    _caller: WriteCaller,
+    WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
     Path(id): Path<String>,
     IfMatch(expected): IfMatch,
 ) -> Result<StatusCode, ApiError> {
-    delete(&state, &idempotency, &by_id(&id)?, expected).await
+    delete(&state, &caller, &idempotency, &by_id(&id)?, expected).await
 }
 
 /// Read a customer by `external_id`, `email` or `username`.
@@ -151,7 +152,7 @@ async fn get_customer_by_key(
     Path((key, value)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Read)?;
-    read_customer(&state, lookup_by_key(&key, value)?).await
+    read_customer(&state, &caller, lookup_by_key(&key, value)?).await
 }
 
 /// Upsert the customer with this key value: 201 created, 200 updated or unchanged.
@@ -167,7 +168,7 @@ async fn get_customer_by_key(
 )]
 async fn put_customer_by_key(
     State(state): State<AppState>,
-    _caller: WriteCaller,
+    WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
     Path((key, value)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
@@ -177,6 +178,7 @@ async fn put_customer_by_key(
     write.bind_key(key, &value)?;
     write_customer(
         &state,
+        &caller,
         &idempotency,
         WriteTarget::Upsert(key, value),
         write,
@@ -198,7 +200,7 @@ async fn put_customer_by_key(
 )]
 async fn patch_customer_by_key(
     State(state): State<AppState>,
-    _caller: WriteCaller,
+    WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
     Path((key, value)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
@@ -207,6 +209,7 @@ async fn patch_customer_by_key(
     let locator = lookup_by_key(&key, value)?;
     write_customer(
         &state,
+        &caller,
         &idempotency,
         WriteTarget::Update(locator),
         write,
@@ -224,13 +227,13 @@ async fn patch_customer_by_key(
 )]
 async fn delete_customer_by_key(
     State(state): State<AppState>,
-    _caller: WriteCaller,
+    WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
     Path((key, value)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
 ) -> Result<StatusCode, ApiError> {
     let locator = lookup_by_key(&key, value)?;
-    delete(&state, &idempotency, &locator, expected).await
+    delete(&state, &caller, &idempotency, &locator, expected).await
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -242,6 +245,14 @@ struct ListParams {
     cursor: Option<String>,
     /// `created_at` (default), `-created_at`, `updated_at`, `-updated_at` or `last_name`.
     sort: Option<String>,
+    /// Only customers with this tag.
+    tag: Option<String>,
+    /// Only members of this group (code).
+    group: Option<String>,
+    /// With `group`: members of its subgroups, at any depth, too.
+    include_subgroups: Option<bool>,
+    /// Only customers of this team (code).
+    team: Option<String>,
 }
 
 /// A page of customers.
@@ -304,6 +315,23 @@ async fn list_customers(
             )
         })?,
     };
+    for (field, value) in [
+        ("tag", &params.tag),
+        ("group", &params.group),
+        ("team", &params.team),
+    ] {
+        // No stored tag or code holds control characters (and PostgreSQL text cannot hold NUL).
+        if value
+            .as_deref()
+            .is_some_and(|v| v.chars().any(char::is_control) || v.len() > 1000)
+        {
+            return Err(ApiError::field(
+                field,
+                "invalid_parameter",
+                "not a tag or code",
+            ));
+        }
+    }
     let after = params
         .cursor
         .as_deref()
@@ -318,8 +346,14 @@ async fn list_customers(
             limit,
             sort,
             after,
-            filter: CustomerFilter::default(),
-            scope: Scope::All,
+            filter: CustomerFilter {
+                tag: params.tag,
+                group: params.group,
+                include_subgroups: params.include_subgroups.unwrap_or(false),
+                team: params.team,
+                ..CustomerFilter::default()
+            },
+            scope: caller.scope(),
         })
         .await?;
     let next_cursor = page.next.as_ref().map(|c| cursor::encode(c, sort));
@@ -378,9 +412,13 @@ async fn verify_password(
     StrictJson(check): StrictJson<PasswordCheck>,
 ) -> Result<Json<PasswordVerdict>, ApiError> {
     caller.require(Role::Read)?;
+    let locator = by_id(&id)?;
+    if caller.scope() != Scope::All {
+        visible_customer(&state, &caller, &locator).await?;
+    }
     let (_, hash) = state
         .store()
-        .password_hash(&by_id(&id)?)
+        .password_hash(&locator)
         .await?
         .ok_or_else(ApiError::not_found)?;
     let valid = match hash {
@@ -394,6 +432,7 @@ async fn verify_password(
 /// an idempotency key is completed in the write's own transaction.
 async fn write_customer(
     state: &AppState,
+    caller: &Caller,
     idempotency: &Idempotency,
     target: WriteTarget,
     mut write: CustomerWrite,
@@ -406,6 +445,7 @@ async fn write_customer(
         write,
         password_hash: hash_password(password, "password").await?,
         expected_version,
+        scope: caller.scope(),
     };
     let render = |result: &(WriteOutcome, Customer)| written(result).to_stored();
     let result = state
@@ -452,6 +492,7 @@ fn written((outcome, customer): &(WriteOutcome, Customer)) -> Rendered {
 
 async fn delete(
     state: &AppState,
+    caller: &Caller,
     idempotency: &Idempotency,
     locator: &Locator,
     expected_version: Option<i64>,
@@ -459,21 +500,55 @@ async fn delete(
     let render = |(): &()| Rendered::empty(StatusCode::NO_CONTENT).to_stored();
     state
         .store()
-        .delete_customer(locator, expected_version, idempotency.completion(&render))
+        .delete_customer(
+            locator,
+            &caller.scope(),
+            expected_version,
+            idempotency.completion(&render),
+        )
         .await?;
     idempotency.completed();
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn read_customer(state: &AppState, locator: Locator) -> Result<Response, ApiError> {
-    let doc = state
-        .store()
-        .get_customer(&locator)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+async fn read_customer(
+    state: &AppState,
+    caller: &Caller,
+    locator: Locator,
+) -> Result<Response, ApiError> {
+    let doc = visible_customer(state, caller, &locator).await?;
     Ok(Rendered::json(StatusCode::OK, doc.json)
         .header(ETAG, etag(doc.version))
         .into_response())
+}
+
+/// The stored customer, if the caller may see it: one outside a team-restricted key's teams is
+/// 404 like a missing one.
+pub(crate) async fn visible_customer(
+    state: &AppState,
+    caller: &Caller,
+    locator: &Locator,
+) -> Result<CustomerDoc, ApiError> {
+    #[derive(Deserialize)]
+    struct Teams {
+        teams: Vec<String>,
+    }
+    let doc = state
+        .store()
+        .get_customer(locator)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let scope = caller.scope();
+    if scope != Scope::All {
+        let teams: Teams = serde_json::from_str(&doc.json).map_err(|e| {
+            tracing::error!(error = %e, "a stored customer document does not decode");
+            ApiError::new(crate::problem::ErrorCode::Internal, "internal error")
+        })?;
+        if !scope.admits_teams(&teams.teams) {
+            return Err(ApiError::not_found());
+        }
+    }
+    Ok(doc)
 }
 
 /// An id that cannot be a customer id names no customer: 404, like any unknown id.

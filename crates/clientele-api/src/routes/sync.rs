@@ -113,6 +113,7 @@ async fn sync_customers(
         key: request.key,
         atomic: request.atomic,
         items: parse_items(request.customers).await?,
+        scope: caller.scope(),
     };
     let render = |report: &SyncReport| rendered(report).to_stored();
     let report = state
@@ -158,7 +159,7 @@ async fn parse_items(raw: Vec<&RawValue>) -> Result<Vec<SyncItem>, ApiError> {
         .collect()
 }
 
-fn item_errors(error: ApiError) -> ValidationErrors {
+pub(crate) fn item_errors(error: ApiError) -> ValidationErrors {
     if error.errors.is_empty() {
         ValidationErrors::single("body", "invalid_type", error.detail)
     } else {

@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 
+use crate::write::apply;
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
@@ -46,6 +47,7 @@ fn batch_on(key: CustomerKey, items: Vec<SyncItem>) -> SyncBatch {
     SyncBatch {
         key,
         atomic: false,
+        scope: crate::Scope::All,
         items,
     }
 }

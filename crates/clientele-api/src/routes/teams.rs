@@ -1,0 +1,123 @@
+//! `/v1/teams`: the teams customers and API keys belong to. A team-restricted key sees only
+//! customers of its teams. Written with the `write` role, read with `read`; a team is deleted
+//! only when no customer and no live API key belongs to it.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::http::header::LOCATION;
+use clientele_domain::group::check_code;
+use clientele_domain::{Role, Team, TeamWrite, ValidationErrors, WriteOutcome};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Caller, WriteCaller};
+use crate::extract::{StrictJson, StrictQuery};
+use crate::problem::{ApiError, Problem};
+use crate::response::Rendered;
+use crate::routes::groups::{existing_code, status_of};
+use crate::routes::name_page::{NamePageParams, paged};
+use crate::state::AppState;
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_teams))
+        .routes(routes!(put_team, get_team, delete_team))
+}
+
+/// A page of teams, by code.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TeamList {
+    data: Vec<Team>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// Create or rename a team: absent `name` keeps it, `null` clears it.
+#[utoipa::path(
+    put, path = "/v1/teams/{code}", tag = "teams",
+    params(("code" = String, Path, description = "1 to 64 characters of `[A-Za-z0-9_.-]`")),
+    request_body = TeamWrite,
+    responses(
+        (status = 201, description = "Created", body = Team, headers(("Location" = String))),
+        (status = 200, description = "Updated or unchanged", body = Team),
+        (status = 422, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn put_team(
+    State(state): State<AppState>,
+    _caller: WriteCaller,
+    Path(code): Path<String>,
+    StrictJson(write): StrictJson<TeamWrite>,
+) -> Result<Rendered, ApiError> {
+    // Refused before the store reads it: PostgreSQL text cannot hold every string a path can.
+    let mut errors = ValidationErrors::default();
+    check_code(&mut errors, "code", &code);
+    errors.into_result()?;
+    let (outcome, team) = state.store().write_team(&code, &write).await?;
+    let rendered = Rendered::serialize(status_of(outcome), &team);
+    Ok(if outcome == WriteOutcome::Created {
+        rendered.header(LOCATION, format!("/v1/teams/{}", team.code))
+    } else {
+        rendered
+    })
+}
+
+/// Read a team.
+#[utoipa::path(
+    get, path = "/v1/teams/{code}", tag = "teams",
+    params(("code" = String, Path)),
+    responses((status = 200, body = Team), (status = 404, body = Problem)),
+    security(("bearer" = []))
+)]
+async fn get_team(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(code): Path<String>,
+) -> Result<Json<Team>, ApiError> {
+    caller.require(Role::Read)?;
+    state
+        .store()
+        .get_team(existing_code(&code)?)
+        .await?
+        .map(Json)
+        .ok_or_else(ApiError::not_found)
+}
+
+/// List teams by code, keyset-paginated (1000 per page unless `limit` says fewer).
+#[utoipa::path(
+    get, path = "/v1/teams", tag = "teams",
+    params(NamePageParams),
+    responses((status = 200, body = TeamList), (status = 403, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = []))
+)]
+async fn list_teams(
+    State(state): State<AppState>,
+    caller: Caller,
+    StrictQuery(params): StrictQuery<NamePageParams>,
+) -> Result<Json<TeamList>, ApiError> {
+    caller.require(Role::Read)?;
+    let page = params.page()?;
+    let teams = state.store().list_teams(&page).await?;
+    let (data, next_cursor) = paged(teams, &page, |t| &t.code);
+    Ok(Json(TeamList { data, next_cursor }))
+}
+
+/// Delete a team: 409 `team_in_use` while customers or live API keys belong to it.
+#[utoipa::path(
+    delete, path = "/v1/teams/{code}", tag = "teams",
+    params(("code" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = []))
+)]
+async fn delete_team(
+    State(state): State<AppState>,
+    _caller: WriteCaller,
+    Path(code): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.store().delete_team(existing_code(&code)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

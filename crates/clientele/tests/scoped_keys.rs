@@ -1,0 +1,434 @@
+//! Team-scoped API keys over HTTP, on SQLite and PostgreSQL. A key restricted to teams sees,
+//! lists, searches, changes, deletes, syncs and counts only customers of its teams; every other
+//! customer is 404 for it (never 403), on every endpoint that can address a customer. Customers
+//! it creates without `teams` get its teams; it cannot name a foreign team, nor leave a customer
+//! outside its teams.
+
+use clientele_testkit::{TestHub, assert_invalid, assert_problem, call, hub_tests};
+use serde_json::{Value, json};
+
+hub_tests!(
+    a_foreign_customer_does_not_exist_on_any_endpoint,
+    a_scoped_key_lists_and_counts_only_its_customers,
+    customers_a_scoped_key_creates_join_its_teams,
+    a_scoped_key_cannot_name_foreign_teams_or_orphan_a_customer,
+    a_scoped_key_syncs_only_its_customers,
+    an_unrestricted_key_still_sees_everything,
+);
+
+const PASSWORD: &str = "correct horse battery";
+
+/// Teams `north`, `south` and `east`; a foreign customer (south) and an own one (north); and a
+/// write key restricted to north.
+struct World {
+    scoped: TestHub,
+    foreign: Value,
+    own: Value,
+}
+
+async fn scoped_key(hub: &TestHub, role: &str, teams: &[&str]) -> TestHub {
+    let reply = call(hub.post("/v1/api-keys").json(&json!({
+        "name": "scoped", "role": role, "teams": teams
+    })))
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let mut sorted = teams.to_vec();
+    sorted.sort_unstable();
+    assert_eq!(
+        reply.body["teams"],
+        json!(sorted),
+        "key teams are a sorted set"
+    );
+    hub.as_key(reply.body["secret"].as_str().expect("secret"))
+}
+
+async fn world(hub: &TestHub) -> World {
+    for team in ["north", "south", "east"] {
+        let reply = call(hub.put(&format!("/v1/teams/{team}")).json(&json!({}))).await;
+        assert_eq!(reply.status, 201);
+    }
+    let foreign = hub
+        .create_customer(json!({
+            "external_id": "foreign", "email": "foreign@example.com", "username": "foreigner",
+            "teams": ["south"], "tags": ["secret", "shared"], "password": PASSWORD
+        }))
+        .await;
+    let own = hub
+        .create_customer(json!({
+            "external_id": "own", "email": "own@example.com", "username": "owner",
+            "teams": ["north"], "tags": ["shared"], "password": PASSWORD
+        }))
+        .await;
+    World {
+        scoped: scoped_key(hub, "write", &["north"]).await,
+        foreign,
+        own,
+    }
+}
+
+fn id(customer: &Value) -> &str {
+    customer["id"].as_str().expect("id")
+}
+
+/// Asserts the reply is the same 404 a customer that never existed gets.
+#[track_caller]
+fn assert_absent(reply: &clientele_testkit::Reply, what: &str) {
+    assert_problem(reply, 404, "not_found");
+    assert!(
+        !reply.body.to_string().contains("cus_"),
+        "{what}: a 404 reveals an id: {}",
+        reply.body
+    );
+}
+
+async fn a_foreign_customer_does_not_exist_on_any_endpoint(hub: TestHub) {
+    let World {
+        scoped, foreign, ..
+    } = world(&hub).await;
+    let by_id = format!("/v1/customers/{}", id(&foreign));
+    let by_keys = [
+        "/v1/customers/external_id/foreign",
+        "/v1/customers/email/foreign%40example.com",
+        "/v1/customers/username/foreigner",
+    ];
+    let missing = call(scoped.get("/v1/customers/cus_01JD3Y6Q4X8K2M5N7P9R1T3V5W")).await;
+    assert_problem(&missing, 404, "not_found");
+
+    // Read, by id and by every key.
+    let reply = call(scoped.get(&by_id)).await;
+    assert_absent(&reply, "GET by id");
+    assert_eq!(reply.body["detail"], missing.body["detail"]);
+    for path in by_keys {
+        assert_absent(&call(scoped.get(path)).await, path);
+    }
+    // Change: PATCH by id and key, PUT by key, with and without If-Match.
+    let change = json!({"note": "hijacked"});
+    assert_absent(
+        &call(scoped.patch(&by_id).json(&change)).await,
+        "PATCH by id",
+    );
+    assert_absent(
+        &call(
+            scoped
+                .patch(&by_id)
+                .header("If-Match", "\"7\"")
+                .json(&change),
+        )
+        .await,
+        "PATCH by id with If-Match",
+    );
+    for path in by_keys {
+        assert_absent(&call(scoped.patch(path).json(&change)).await, path);
+    }
+    assert_absent(
+        &call(scoped.put(by_keys[0]).json(&change)).await,
+        "PUT by external_id",
+    );
+    assert_absent(
+        &call(
+            scoped
+                .put(by_keys[2])
+                .json(&json!({"note": "x", "teams": ["north"]})),
+        )
+        .await,
+        "PUT by username",
+    );
+    assert_absent(
+        &call(
+            scoped
+                .post("/v1/customers?upsert=external_id")
+                .json(&json!({"external_id": "foreign", "note": "x"})),
+        )
+        .await,
+        "POST upsert",
+    );
+    // Delete, by id and key.
+    assert_absent(&call(scoped.delete(&by_id)).await, "DELETE by id");
+    for path in by_keys {
+        assert_absent(&call(scoped.delete(path)).await, path);
+    }
+    // Password check.
+    assert_absent(
+        &call(
+            scoped
+                .post(&format!("{by_id}/verify-password"))
+                .json(&json!({"password": PASSWORD})),
+        )
+        .await,
+        "verify-password",
+    );
+    // A create clashing with the invisible customer's key: 409 naming the key, not the customer.
+    let reply = call(
+        scoped
+            .post("/v1/customers")
+            .json(&json!({"email": "Foreign@Example.com"})),
+    )
+    .await;
+    assert_problem(&reply, 409, "duplicate_key");
+    assert!(
+        !reply.body.to_string().contains(id(&foreign)),
+        "{}",
+        reply.body
+    );
+    // Sync: an update, a key change (`match`) and a delete of the foreign customer all fail.
+    let reply = scoped
+        .sync(&json!({"key": "external_id", "customers": [
+            {"external_id": "foreign", "note": "x"},
+            {"external_id": "renamed", "match": "foreign"},
+            {"external_id": "foreign", "delete": true},
+        ]}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    for result in reply.body["results"].as_array().expect("results") {
+        assert_eq!(result["status"], "failed", "{result}");
+        assert_eq!(result["error"]["code"], "not_found", "{result}");
+        assert_eq!(result["id"], Value::Null);
+    }
+    let reply = scoped
+        .sync(&json!({"key": "email", "customers": [
+            {"email": "FOREIGN@example.com", "note": "x"},
+        ]}))
+        .await;
+    assert_eq!(reply.body["results"][0]["error"]["code"], "not_found");
+    // Listing and searching never show it; tag counts never count it.
+    for query in ["", "?team=south", "?tag=secret", "?limit=1000"] {
+        let reply = call(scoped.get(&format!("/v1/customers{query}"))).await;
+        assert_eq!(reply.status, 200);
+        assert!(
+            !reply.body.to_string().contains(id(&foreign)),
+            "list {query}: {}",
+            reply.body
+        );
+    }
+    let reply = call(scoped.get("/v1/tags")).await;
+    assert_eq!(reply.body["data"], json!([{"tag": "shared", "count": 1}]));
+
+    // Nothing of all that changed it.
+    let stored = call(hub.get(&by_id)).await;
+    assert_eq!(stored.status, 200);
+    assert_eq!(stored.body, foreign);
+}
+
+async fn a_scoped_key_lists_and_counts_only_its_customers(hub: TestHub) {
+    let World { scoped, own, .. } = world(&hub).await;
+    let shared = hub
+        .create_customer(json!({"external_id": "shared", "teams": ["south", "north"],
+                                "tags": ["shared"]}))
+        .await;
+    hub.create_customer(json!({"external_id": "nobody's"}))
+        .await;
+    let reader = scoped_key(&hub, "read", &["north", "east"]).await;
+    for key in [&scoped, &reader] {
+        let reply = call(key.get("/v1/customers")).await;
+        let ids: Vec<&str> = reply.body["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|c| c["external_id"].as_str().expect("external_id"))
+            .collect();
+        assert_eq!(ids, ["own", "shared"]);
+        // Paging through the scope one by one sees the same.
+        let first = call(key.get("/v1/customers?limit=1")).await;
+        let cursor = first.body["next_cursor"].as_str().expect("a next page");
+        let second = call(key.get(&format!("/v1/customers?limit=1&cursor={cursor}"))).await;
+        assert_eq!(second.body["data"][0]["external_id"], "shared");
+        assert_eq!(second.body["next_cursor"], Value::Null);
+        let reply = call(key.get("/v1/tags")).await;
+        assert_eq!(reply.body["data"], json!([{"tag": "shared", "count": 2}]));
+        assert_eq!(
+            call(key.get(&format!("/v1/customers/{}", id(&own))))
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            call(key.get(&format!("/v1/customers/{}", id(&shared))))
+                .await
+                .status,
+            200
+        );
+        let reply = call(
+            key.post(&format!("/v1/customers/{}/verify-password", id(&own)))
+                .json(&json!({"password": PASSWORD})),
+        )
+        .await;
+        assert_eq!(reply.body, json!({"valid": true}));
+    }
+    // The admin sees all four.
+    let all = call(hub.get("/v1/customers")).await;
+    assert_eq!(all.body["data"].as_array().map(Vec::len), Some(4));
+    let all = call(hub.get("/v1/tags")).await;
+    assert_eq!(
+        all.body["data"],
+        json!([{"tag": "secret", "count": 1}, {"tag": "shared", "count": 3}])
+    );
+}
+
+async fn customers_a_scoped_key_creates_join_its_teams(hub: TestHub) {
+    let World { scoped, .. } = world(&hub).await;
+    let created = call(
+        scoped
+            .post("/v1/customers")
+            .json(&json!({"external_id": "n1"})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.body["teams"], json!(["north"]));
+    let created = call(
+        scoped
+            .put("/v1/customers/external_id/n2")
+            .json(&json!({"first_name": "Ann"})),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    assert_eq!(created.body["teams"], json!(["north"]));
+    let created = call(
+        scoped
+            .post("/v1/customers?upsert=external_id")
+            .json(&json!({"external_id": "n3"})),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    assert_eq!(created.body["teams"], json!(["north"]));
+    let multi = scoped_key(&hub, "write", &["north", "east"]).await;
+    let created = call(
+        multi
+            .post("/v1/customers")
+            .json(&json!({"external_id": "n4"})),
+    )
+    .await;
+    assert_eq!(created.body["teams"], json!(["east", "north"]));
+    let created = call(
+        multi
+            .post("/v1/customers")
+            .json(&json!({"external_id": "n5", "teams": ["east"]})),
+    )
+    .await;
+    assert_eq!(
+        created.body["teams"],
+        json!(["east"]),
+        "given teams are kept"
+    );
+    // An update without teams keeps the customer's teams.
+    let reply = call(
+        scoped
+            .patch("/v1/customers/external_id/n1")
+            .json(&json!({"note": "hi"})),
+    )
+    .await;
+    assert_eq!(reply.body["teams"], json!(["north"]));
+    let reply = call(scoped.delete("/v1/customers/external_id/n1")).await;
+    assert_eq!(reply.status, 204);
+}
+
+async fn a_scoped_key_cannot_name_foreign_teams_or_orphan_a_customer(hub: TestHub) {
+    let World { scoped, own, .. } = world(&hub).await;
+    // A foreign team and a missing one look alike.
+    for team in ["south", "ghost"] {
+        let reply = call(
+            scoped
+                .post("/v1/customers")
+                .json(&json!({"external_id": "x", "teams": ["north", team]})),
+        )
+        .await;
+        assert_invalid(&reply, &[("teams[1]", "unknown_team")]);
+    }
+    let path = format!("/v1/customers/{}", id(&own));
+    let reply = call(scoped.patch(&path).json(&json!({"add_teams": ["south"]}))).await;
+    assert_invalid(&reply, &[("add_teams[0]", "unknown_team")]);
+    for body in [
+        json!({"teams": []}),
+        json!({"teams": null}),
+        json!({"remove_teams": ["north"]}),
+    ] {
+        let reply = call(scoped.patch(&path).json(&body)).await;
+        assert_invalid(&reply, &[("teams", "outside_scope")]);
+    }
+    let reply = call(
+        scoped
+            .post("/v1/customers")
+            .json(&json!({"external_id": "y", "teams": []})),
+    )
+    .await;
+    assert_invalid(&reply, &[("teams", "outside_scope")]);
+    let stored = call(hub.get(&path)).await;
+    assert_eq!(stored.body, own, "refused writes changed nothing");
+    assert_eq!(
+        call(hub.get("/v1/customers?limit=1000")).await.body["data"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+}
+
+async fn a_scoped_key_syncs_only_its_customers(hub: TestHub) {
+    let World { scoped, .. } = world(&hub).await;
+    let reply = scoped
+        .sync(&json!({"key": "external_id", "customers": [
+            {"external_id": "own", "note": "mine"},
+            {"external_id": "new"},
+            {"external_id": "new2", "teams": ["south"]},
+            {"external_id": "new3", "teams": []},
+            {"external_id": "foreign", "note": "theirs"},
+        ]}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let statuses: Vec<&str> = reply.body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].as_str().expect("status"))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["updated", "created", "failed", "failed", "failed"]
+    );
+    assert_eq!(
+        reply.body["results"][2]["error"]["errors"][0]["field"],
+        "teams[0]"
+    );
+    assert_eq!(
+        reply.body["results"][3]["error"]["errors"][0]["code"],
+        "outside_scope"
+    );
+    let new = call(hub.get("/v1/customers/external_id/new")).await;
+    assert_eq!(new.body["teams"], json!(["north"]));
+    let foreign = call(hub.get("/v1/customers/external_id/foreign")).await;
+    assert_eq!(foreign.body["note"], Value::Null);
+    assert_eq!(foreign.body["version"], 1);
+    // Atomic: the foreign item fails the whole batch.
+    let reply = scoped
+        .sync(&json!({"key": "external_id", "atomic": true, "customers": [
+            {"external_id": "own", "note": "again"},
+            {"external_id": "foreign", "delete": true},
+        ]}))
+        .await;
+    assert_problem(&reply, 422, "sync_failed");
+    assert_eq!(reply.body["results"][1]["error"]["code"], "not_found");
+    let own = call(hub.get("/v1/customers/external_id/own")).await;
+    assert_eq!(own.body["note"], "mine");
+}
+
+async fn an_unrestricted_key_still_sees_everything(hub: TestHub) {
+    let World { foreign, own, .. } = world(&hub).await;
+    let writer = hub.as_key(&hub.create_key(clientele_domain::Role::Write).await);
+    for customer in [&foreign, &own] {
+        let reply = call(writer.get(&format!("/v1/customers/{}", id(customer)))).await;
+        assert_eq!(reply.status, 200);
+    }
+    let created = call(
+        writer
+            .post("/v1/customers")
+            .json(&json!({"external_id": "free"})),
+    )
+    .await;
+    assert_eq!(created.body["teams"], json!([]), "no teams unless given");
+    let reply = call(
+        writer
+            .patch(&format!("/v1/customers/{}", id(&foreign)))
+            .json(&json!({"teams": ["north", "south"]})),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["teams"], json!(["north", "south"]));
+}
