@@ -12,8 +12,8 @@ use clientele_domain::{
 use clientele_domain::sync::{SyncBatch, SyncReport};
 use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredResponse};
 
-use crate::feed::{self, FeedQueries, FeedSignal, FeedTx};
 use crate::directory::{DirectoryQueries, DirectoryTx};
+use crate::feed::{self, FeedQueries, FeedSignal, FeedTx};
 use crate::primitives::{BatchTx, CustomerTx, KeyColumn, KeyValue, Queries};
 use crate::unit_of_work;
 
