@@ -14,6 +14,9 @@ pub enum DomainError {
     /// A change-feed position older than the retained changes: the consumer must resync.
     #[error("changes after {after} are no longer kept (kept from {horizon})")]
     CursorExpired { after: i64, horizon: i64 },
+    /// Orders reference the customer, which therefore cannot be deleted.
+    #[error("orders reference this customer")]
+    CustomerHasOrders,
     /// A group or team that is still referenced cannot be deleted.
     #[error("still in use: {0:?}")]
     InUse(InUse),

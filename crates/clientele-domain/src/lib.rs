@@ -11,8 +11,11 @@ pub mod feed;
 pub mod group;
 pub mod id;
 pub mod iso;
+pub mod order;
 pub mod patch;
+pub mod schema;
 pub mod scope;
+pub mod signing;
 pub mod store;
 pub mod sync;
 pub mod timestamp;
@@ -24,7 +27,7 @@ pub use customer::{Address, AddressKind, Customer, CustomerKey, GroupMembership}
 pub use error::DomainError;
 pub use feed::{ChangeEvent, ChangePage, ChangeQuery};
 pub use group::{Group, GroupWrite, InUse, KnownCodes, Team, TeamWrite};
-pub use id::{ApiKeyId, CustomerId};
+pub use id::{ApiKeyId, CustomerId, OrderId};
 pub use patch::Patch;
 pub use scope::Scope;
 pub use store::{

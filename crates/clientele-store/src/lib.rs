@@ -8,7 +8,9 @@
 mod directory;
 mod error;
 mod feed;
+mod orders;
 mod primitives;
+mod schema_store;
 mod sql_store;
 mod unit_of_work;
 

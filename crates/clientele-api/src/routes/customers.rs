@@ -126,7 +126,7 @@ async fn patch_customer(
 #[utoipa::path(
     delete, path = "/v1/customers/{id}", tag = "customers",
     params(("id" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, description = "`customer_has_orders`", body = Problem), (status = 412, body = Problem)),
     security(("bearer" = []))
 )]
 async fn delete_customer(
@@ -222,7 +222,7 @@ async fn patch_customer_by_key(
 #[utoipa::path(
     delete, path = "/v1/customers/{key}/{value}", tag = "customers",
     params(("key" = CustomerKey, Path), ("value" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, description = "`customer_has_orders`", body = Problem), (status = 412, body = Problem)),
     security(("bearer" = []))
 )]
 async fn delete_customer_by_key(
@@ -274,7 +274,7 @@ pub(crate) const FEED_POSITION: axum::http::HeaderName =
 pub(crate) const DEFAULT_LIMIT: u32 = 100;
 pub(crate) const MAX_LIMIT: u32 = 1000;
 
-/// A page size of a list or of the feed: 1 to 1000, default 100.
+/// A list's `limit`: [`DEFAULT_LIMIT`] when absent, 1 to [`MAX_LIMIT`] when given.
 pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
     if (1..=MAX_LIMIT).contains(&limit) {
@@ -552,7 +552,7 @@ pub(crate) async fn visible_customer(
 }
 
 /// An id that cannot be a customer id names no customer: 404, like any unknown id.
-fn by_id(id: &str) -> Result<Locator, ApiError> {
+pub(crate) fn by_id(id: &str) -> Result<Locator, ApiError> {
     id.parse::<CustomerId>()
         .map(Locator::Id)
         .map_err(|_| ApiError::not_found())
