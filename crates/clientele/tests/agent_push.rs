@@ -15,6 +15,7 @@ hub_tests!(
     rejected_rows_go_to_the_report_and_the_rest_goes_through,
     csv_and_jsonl_sources_with_a_transform,
     a_dry_run_prints_the_plan_and_changes_nothing,
+    every_repeats_the_run,
 );
 
 async fn change_count(hub: &TestHub) -> usize {
@@ -270,4 +271,36 @@ async fn a_dry_run_prints_the_plan_and_changes_nothing(hub: TestHub) {
     let customers = hub_customers(&hub).await;
     assert_eq!(customers["2"]["archived"], false);
     assert_eq!(customers["4"]["first_name"], "Name 4");
+}
+
+async fn every_repeats_the_run(hub: TestHub) {
+    let work = Workdir::new();
+    sqlite_source(&work.path("source.db"), &borrowed(&people(1..11))).await;
+    let job = work.job(&hub, PEOPLE_JOB);
+    let mut child = agent_command("push", &job, &["--every", "1s"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+    // A row added while it repeats is picked up by a later run.
+    upsert_people(
+        &mut sqlite_conn(&work).await,
+        &[(50, "Late", "late@example.com")],
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    child.kill().expect("kill");
+    let output = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summaries: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("push: created="))
+        .collect();
+    assert!(summaries.len() >= 3, "{stdout}");
+    assert!(summaries[0].contains("created=10"), "{stdout}");
+    assert!(
+        summaries[1].contains("created=0") && summaries[1].contains("unchanged=10"),
+        "{stdout}"
+    );
+    assert_eq!(hub_customers(&hub).await["50"]["first_name"], "Late");
 }
