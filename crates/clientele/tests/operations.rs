@@ -13,6 +13,7 @@ hub_tests!(
     openapi_document_is_openapi_3_1,
     openapi_documents_every_route,
     documented_operations_are_served,
+    documented_errors_are_the_problems_sent,
     an_unknown_route_is_a_problem,
     a_wrong_method_is_a_problem,
     a_body_that_is_not_json_is_unsupported,
@@ -285,11 +286,7 @@ async fn documented_operations_are_served(hub: TestHub) {
     let paths = document["paths"].as_object().expect("paths");
     assert!(paths.len() >= ROUTES.len());
     for (path, item) in paths {
-        let concrete = path
-            .replace("{id}/", &format!("{MISSING_CUSTOMER}/"))
-            .replace("{key}", "external_id")
-            .replace("{value}", "nobody")
-            .replace("{id}", MISSING_CUSTOMER);
+        let concrete = concrete_path(path);
         for method in item
             .as_object()
             .expect("a path item")
@@ -312,6 +309,98 @@ async fn documented_operations_are_served(hub: TestHub) {
             if reply.status >= 400 {
                 let code = reply.body["code"].as_str().unwrap_or_default().to_owned();
                 assert_problem_here(&reply, reply.status, &code);
+            }
+        }
+    }
+}
+
+/// A concrete path for a documented template, naming things that do not exist.
+fn concrete_path(template: &str) -> String {
+    template
+        .replace("{id}/", &format!("{MISSING_CUSTOMER}/"))
+        .replace("{key}", "external_id")
+        .replace("{value}", "nobody")
+        .replace("{code}", "nothing")
+        .replace("{id}", MISSING_CUSTOMER)
+}
+
+/// Asserts the operation documents `status` as a problem, and only as a problem.
+#[track_caller]
+fn assert_documents_problem(operation: &Value, status: u16, what: &str) {
+    let response = &operation["responses"][status.to_string()];
+    let content = response["content"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{what} does not document {status}: {operation}"));
+    assert_eq!(
+        content.keys().collect::<Vec<_>>(),
+        ["application/problem+json"],
+        "{what} {status}"
+    );
+    assert_eq!(
+        content["application/problem+json"]["schema"]["$ref"], "#/components/schemas/Problem",
+        "{what} {status}"
+    );
+}
+
+async fn documented_errors_are_the_problems_sent(hub: TestHub) {
+    // Found by schemathesis (scripts/fuzz-api.sh): the document said problems were
+    // application/json and left out the 400/401/403/413/415 that extractors and middleware send
+    // on every route, so a client generated from it could not expect them.
+    let document = openapi_json(&hub).await;
+    let paths = document["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("a path item") {
+            if !HTTP_METHODS.contains(&method.as_str()) {
+                continue;
+            }
+            let what = format!("{method} {path}");
+            for (status, response) in operation["responses"].as_object().expect("responses") {
+                if status.starts_with(['4', '5']) {
+                    assert_documents_problem(operation, status.parse().expect("a status"), &what);
+                    assert!(response["description"].is_string(), "{what} {status}");
+                }
+            }
+            if !operation["security"].is_array() {
+                continue;
+            }
+            let method: reqwest::Method = method.to_uppercase().parse().expect("a method");
+            let concrete = concrete_path(path);
+
+            // Without credentials: a documented 401.
+            let reply = call(hub.client.request(method.clone(), hub.url(&concrete))).await;
+            assert_problem_here(&reply, 401, "unauthorized");
+            assert_documents_problem(operation, 401, &what);
+            assert_documents_problem(operation, 403, &what);
+
+            if operation["requestBody"].is_object() {
+                // A body that is not JSON: a documented 400.
+                let reply = call(
+                    hub.request(method.clone(), &concrete)
+                        .header("content-type", "application/json")
+                        .body("{\"unterminated"),
+                )
+                .await;
+                assert_problem_here(&reply, 400, "malformed_json");
+                for status in [400, 413, 415, 422] {
+                    assert_documents_problem(operation, status, &what);
+                }
+            }
+            if method != reqwest::Method::GET {
+                let declared = operation["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header");
+                assert!(declared, "{what} does not declare Idempotency-Key");
+                // An Idempotency-Key that is too long: a documented 400.
+                let reply = call(
+                    hub.request(method.clone(), &concrete)
+                        .header("idempotency-key", "k".repeat(256))
+                        .json(&json!({})),
+                )
+                .await;
+                assert_problem_here(&reply, 400, "invalid_header");
+                assert_documents_problem(operation, 400, &what);
             }
         }
     }
