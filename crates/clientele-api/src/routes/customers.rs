@@ -162,6 +162,7 @@ async fn get_customer_by_key(
     request_body = CustomerWrite,
     responses(
         (status = 201, body = Customer), (status = 200, body = Customer),
+        (status = 404, description = "`{key}` is not a unique key (`route_not_found`), or the customer is outside the API key's teams", body = Problem),
         (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem),
     ),
     security(("bearer" = []))
