@@ -241,10 +241,12 @@ async fn delete_customer_by_key(
 #[into_params(parameter_in = Query)]
 struct ListParams {
     /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// `created_at` (default), `-created_at`, `updated_at`, `-updated_at` or `last_name`.
+    #[param(pattern = r"^(-?created_at|-?updated_at|last_name)$")]
     sort: Option<String>,
     /// Only customers with this tag.
     tag: Option<String>,
