@@ -67,7 +67,7 @@ for _ in $(seq 100); do
 done
 
 fuzz() {
-    "$venv/bin/schemathesis" run "$base/openapi.json" \
+    PYTHONPATH="$PWD/scripts" SCHEMATHESIS_HOOKS=fuzz_api_hooks "$venv/bin/schemathesis" run "$base/openapi.json" \
         --header "Authorization: Bearer $secret" \
         --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
         --phases "$phases" \
