@@ -200,6 +200,10 @@ pub async fn bootstrap(
             vec![],
         );
         store.insert_api_key_if_absent(&key).await?;
+        // The stored key may be older than this start (another id): find it by its secret.
+        if let Some(stored) = store.api_key_by_lookup(&key.lookup_hash).await? {
+            state.rate_limiter().bootstrap_key(stored.id);
+        }
         return Ok(Bootstrap::FromEnvironment);
     }
     if store.count_api_keys().await? > 0 {

@@ -10,9 +10,11 @@ mod openapi;
 mod openapi_problems;
 pub mod password;
 pub mod problem;
+pub mod rate_limit;
 pub mod response;
 mod routes;
 pub mod secrets;
+pub mod signed;
 mod state;
 
 use std::future::Future;
@@ -52,6 +54,8 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::customers::router())
         .merge(routes::sync::router())
+        .merge(routes::orders::router())
+        .merge(routes::schema::router())
         .merge(routes::api_keys::router())
         .merge(routes::groups::router())
         .merge(routes::teams::router())
@@ -79,6 +83,8 @@ pub fn app(state: AppState) -> Router {
             ApiError::new(ErrorCode::MethodNotAllowed, "this endpoint does not take this method")
         })
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::middleware))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::middleware))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), signed::middleware))
         // Bodies are read by `StrictJson` with the configured limit; lift axum's own default.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))

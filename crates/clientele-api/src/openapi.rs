@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document: the routers contribute their paths (`utoipa_axum`), this adds the
 //! frame, the security scheme and the shared schemas.
 
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
@@ -23,10 +23,14 @@ use utoipa::{Modify, OpenApi};
         clientele_domain::GroupMembership,
         clientele_domain::write::AddressWrite,
         clientele_domain::write::GroupRef,
+        clientele_domain::order::CustomerRef,
+        clientele_domain::schema::FieldType,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "customers", description = "Customers, addressed by hub id or by a backend's own key"),
+        (name = "orders", description = "Orders of customers (a customer with orders cannot be deleted)"),
+        (name = "schema", description = "Required fields and typed custom fields of customers"),
         (name = "groups", description = "Customer groups, a hierarchy without cycles (`write` to change, `read` to read)"),
         (name = "teams", description = "Teams; an API key restricted to teams sees only their customers, everything else is 404 for it"),
         (name = "api-keys", description = "API keys and their roles (admin only)"),
@@ -48,6 +52,19 @@ impl Modify for BearerAuth {
                     .description(Some("An API key secret: `Authorization: Bearer ck_…`"))
                     .build(),
             ),
+        );
+        // Signed requests authenticate every operation that takes a bearer secret; OpenAPI has
+        // no scheme for an HMAC over several headers, so this one documents them.
+        components.add_security_scheme(
+            "signed",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Clientele-Signature",
+                "Instead of a bearer secret: X-Clientele-Key (key id), X-Clientele-Timestamp (Unix \
+                 seconds, within 300 s), X-Clientele-Nonce (8 to 64 of [A-Za-z0-9_-], once per key) \
+                 and X-Clientele-Signature = lower-case hex HMAC-SHA256(secret, METHOD \\n \
+                 PATH_AND_QUERY \\n TIMESTAMP \\n NONCE \\n hex(SHA-256(body))). Refusals are 401 \
+                 signature_missing, signature_invalid, signature_expired or signature_replayed.",
+            ))),
         );
     }
 }

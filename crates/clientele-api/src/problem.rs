@@ -35,6 +35,10 @@ error_codes! {
     MalformedJson => BAD_REQUEST, "malformed_json", "The body is not well-formed JSON";
     InvalidHeader => BAD_REQUEST, "invalid_header", "A request header is malformed";
     Unauthorized => UNAUTHORIZED, "unauthorized", "Missing or invalid credentials";
+    SignatureMissing => UNAUTHORIZED, "signature_missing", "A signed request lacks one of its headers";
+    SignatureInvalid => UNAUTHORIZED, "signature_invalid", "The request signature does not verify";
+    SignatureExpired => UNAUTHORIZED, "signature_expired", "The signed request's timestamp is outside the 300 s window";
+    SignatureReplayed => UNAUTHORIZED, "signature_replayed", "This signed request was accepted before";
     Forbidden => FORBIDDEN, "forbidden", "The API key's role does not allow this";
     NotFound => NOT_FOUND, "not_found", "No such resource";
     RouteNotFound => NOT_FOUND, "route_not_found", "No such endpoint";
@@ -45,6 +49,8 @@ error_codes! {
     TeamInUse => CONFLICT, "team_in_use", "Customers or API keys still belong to the team";
     IdempotencyInFlight => CONFLICT, "idempotency_in_flight", "A request with this Idempotency-Key is still running";
     IdempotencyKeyReused => UNPROCESSABLE_ENTITY, "idempotency_key_reused", "The Idempotency-Key was used with a different request";
+    CustomerHasOrders => CONFLICT, "customer_has_orders", "Orders reference this customer";
+    RateLimited => TOO_MANY_REQUESTS, "rate_limited", "Too many requests for this API key";
     TooManyItems => PAYLOAD_TOO_LARGE, "too_many_items", "Too many items in one request";
     SyncFailed => UNPROCESSABLE_ENTITY, "sync_failed", "An atomic sync had failing items; nothing was applied";
     VersionConflict => PRECONDITION_FAILED, "version_conflict", "The stored version differs from the expected one";
@@ -148,6 +154,10 @@ impl From<&DomainError> for ApiError {
             &DomainError::VersionConflict { expected, actual } => ApiError::new(
                 ErrorCode::VersionConflict,
                 format!("expected version {expected}, the stored version is {actual}"),
+            ),
+            DomainError::CustomerHasOrders => ApiError::new(
+                ErrorCode::CustomerHasOrders,
+                "orders reference this customer; it cannot be deleted",
             ),
             DomainError::Validation(errors) => ApiError::invalid(errors.clone()),
             &DomainError::InUse(what) => {

@@ -41,7 +41,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hmac::{Hmac, Mac as _};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -198,35 +198,8 @@ pub fn generate_secret() -> String {
     secret
 }
 
-/// `METHOD \n PATH_AND_QUERY \n TIMESTAMP \n NONCE \n hex(SHA-256(body))`, as in `API.md`.
-pub fn string_to_sign(
-    method: &str,
-    path_and_query: &str,
-    timestamp: &str,
-    nonce: &str,
-    body: &[u8],
-) -> String {
-    let body_hash = hex::encode(Sha256::digest(body));
-    format!("{method}\n{path_and_query}\n{timestamp}\n{nonce}\n{body_hash}")
-}
-
-/// Lower-case hex HMAC-SHA256 of `string_to_sign` under `secret` (for clients and tests).
-pub fn sign(secret: &[u8], string_to_sign: &[u8]) -> String {
-    hex::encode(hmac_sha256(secret, &[string_to_sign]))
-}
-
-/// Checks a hex HMAC-SHA256 signature in constant time; false for non-hex or a wrong length.
-pub fn verify_signature(secret: &[u8], string_to_sign: &[u8], signature_hex: &str) -> bool {
-    let Ok(signature) = hex::decode(signature_hex) else {
-        return false;
-    };
-    if signature.len() != 32 {
-        return false;
-    }
-    let mut mac = new_mac(secret);
-    mac.update(string_to_sign);
-    mac.verify_slice(&signature).is_ok()
-}
+/// The signed-request scheme lives in the domain, where clients can reuse it.
+pub use clientele_domain::signing::{sign, string_to_sign, verify as verify_signature};
 
 /// Constant-time equality (for equal lengths; a length mismatch returns false early).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -626,15 +599,6 @@ mod tests {
     }
 
     #[test]
-    fn hmac_sha256_test_vector() {
-        let message = b"The quick brown fox jumps over the lazy dog";
-        let expected = "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8";
-        assert_eq!(sign(b"key", message), expected);
-        assert!(verify_signature(b"key", message, expected));
-        assert!(verify_signature(b"key", message, &expected.to_uppercase()));
-    }
-
-    #[test]
     fn verify_signature_rejects_bad_signatures() {
         let message = b"The quick brown fox jumps over the lazy dog";
         let good = sign(b"key", message);
@@ -655,27 +619,6 @@ mod tests {
             message,
             std::str::from_utf8(&flipped).unwrap()
         ));
-    }
-
-    #[test]
-    fn string_to_sign_layout() {
-        let empty_sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-        assert_eq!(
-            string_to_sign(
-                "GET",
-                "/v1/customers?limit=10",
-                "1700000000",
-                "abcDEF12_-",
-                b""
-            ),
-            format!("GET\n/v1/customers?limit=10\n1700000000\nabcDEF12_-\n{empty_sha256}")
-        );
-        let with_body = string_to_sign("POST", "/v1/customers", "1", "nonce123", b"{}");
-        assert_eq!(
-            with_body,
-            "POST\n/v1/customers\n1\nnonce123\n\
-             44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
-        );
     }
 
     #[test]

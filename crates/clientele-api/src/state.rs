@@ -12,12 +12,18 @@ use crate::secrets::MasterKey;
 pub struct ApiConfig {
     /// Largest accepted request body; larger bodies get 413.
     pub max_body_bytes: usize,
+    /// The token bucket of every API key, per hub process; `None` turns rate limiting off.
+    pub rate_limit: Option<crate::rate_limit::RateLimit>,
+    /// Whether the `CLIENTELE_BOOTSTRAP_KEY` key is rate limited too (it is exempt by default).
+    pub rate_limit_bootstrap: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 10 * 1024 * 1024,
+            rate_limit: Some(crate::rate_limit::RateLimit::DEFAULT),
+            rate_limit_bootstrap: false,
         }
     }
 }
@@ -34,13 +40,17 @@ struct Inner {
     /// Per application rather than global, so that several hubs can run in one process (tests).
     recorder: PrometheusRecorder,
     keys: crate::auth::KeyCache,
+    rate_limiter: crate::rate_limit::RateLimiter,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, master_key: MasterKey, config: ApiConfig) -> Self {
         let recorder = crate::metrics::recorder();
+        let rate_limiter =
+            crate::rate_limit::RateLimiter::new(config.rate_limit, config.rate_limit_bootstrap);
         Self {
             inner: Arc::new(Inner {
+                rate_limiter,
                 store,
                 master_key,
                 config,
@@ -68,5 +78,9 @@ impl AppState {
 
     pub(crate) fn keys(&self) -> &crate::auth::KeyCache {
         &self.inner.keys
+    }
+
+    pub(crate) fn rate_limiter(&self) -> &crate::rate_limit::RateLimiter {
+        &self.inner.rate_limiter
     }
 }

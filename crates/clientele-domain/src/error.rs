@@ -11,6 +11,9 @@ pub enum DomainError {
     DuplicateKey(CustomerKey),
     #[error("version {actual} does not match the expected {expected}")]
     VersionConflict { expected: i64, actual: i64 },
+    /// Orders reference the customer, which therefore cannot be deleted.
+    #[error("orders reference this customer")]
+    CustomerHasOrders,
     /// A group or team that is still referenced cannot be deleted.
     #[error("still in use: {0:?}")]
     InUse(InUse),

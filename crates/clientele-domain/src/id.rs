@@ -86,6 +86,12 @@ prefixed_id!(
     "key_"
 );
 
+prefixed_id!(
+    /// An order's hub-assigned id: `ord_` followed by a ULID.
+    OrderId,
+    "ord_"
+);
+
 /// A string that is not an id of the expected kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("not a valid id")]

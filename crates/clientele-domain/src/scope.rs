@@ -164,6 +164,7 @@ mod tests {
             now: crate::Timestamp::from_micros(0),
             directory: &directory,
             password: Patch::Absent,
+            schema: &crate::schema::NO_SCHEMA,
         };
         let scope = Scope::Teams(teams(&["north"]));
         let customer = created(scope.apply(&ctx, None, &write(serde_json::json!({}))));
@@ -179,6 +180,7 @@ mod tests {
             now: crate::Timestamp::from_micros(0),
             directory: &directory,
             password: Patch::Absent,
+            schema: &crate::schema::NO_SCHEMA,
         };
         let scope = Scope::Teams(teams(&["north"]));
         let body = serde_json::json!({"teams": ["north", "south", "ghost"]});

@@ -7,10 +7,12 @@ use async_trait::async_trait;
 
 use crate::Scope;
 use crate::group::{Group, GroupWrite, KnownCodes, Team, TeamWrite};
+use crate::order::{NewOrder, Order, OrderPage};
+use crate::schema::Schema;
 use crate::sync::{SyncBatch, SyncReport};
 use crate::{
     ApiKey, ApiKeyId, Customer, CustomerId, CustomerKey, CustomerWrite, DomainError, NewApiKey,
-    Patch, Timestamp, ValidationErrors,
+    OrderId, Patch, Timestamp, ValidationErrors,
 };
 
 /// How a request addresses one customer.
@@ -275,6 +277,18 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets idempotency keys claimed before `before`; returns how many.
     async fn purge_idempotency(&self, before: Timestamp) -> Result<u64, DomainError>;
 
+    /// Records the nonce of an accepted signed request; `false` when this key used it before
+    /// (a replay). Shared by every hub process on the database.
+    async fn record_nonce(
+        &self,
+        key: ApiKeyId,
+        nonce: &str,
+        at: Timestamp,
+    ) -> Result<bool, DomainError>;
+
+    /// Forgets nonces recorded before `before`; returns how many.
+    async fn purge_nonces(&self, before: Timestamp) -> Result<u64, DomainError>;
+
     async fn get_customer(&self, locator: &Locator) -> Result<Option<CustomerDoc>, DomainError>;
 
     /// Hard-deletes (erases) a customer and records a `deleted` change.
@@ -317,6 +331,37 @@ pub trait Store: Send + Sync + 'static {
 
     async fn count_api_keys(&self) -> Result<i64, DomainError>;
 
+    /// Stores an order for the customer `new` names, in one transaction with its idempotent
+    /// response. A customer missing or outside `scope` is [`DomainError::NotFound`].
+    async fn create_order(
+        &self,
+        new: &NewOrder,
+        scope: &Scope,
+        completion: Option<Completion<'_, Order>>,
+    ) -> Result<Order, DomainError>;
+
+    /// The order, unless it is missing or its customer is outside `scope`.
+    async fn get_order(&self, id: OrderId, scope: &Scope) -> Result<Option<Order>, DomainError>;
+
+    /// A page of the customer's orders in creation order after `after`; `None` when the
+    /// customer is missing or outside `scope`.
+    async fn customer_orders(
+        &self,
+        customer: &Locator,
+        scope: &Scope,
+        after: Option<OrderId>,
+        limit: u32,
+    ) -> Result<Option<OrderPage>, DomainError>;
+
+    /// The customer schema in force (the default when none was set).
+    async fn get_schema(&self) -> Result<Schema, DomainError>;
+
+    /// Replaces the customer schema; stored customers are not revalidated.
+    async fn put_schema(
+        &self,
+        schema: &Schema,
+        completion: Option<Completion<'_, Schema>>,
+    ) -> Result<(), DomainError>;
     /// Applies group writes in order in one transaction (`PUT` is a batch of one); each item
     /// fails alone. An item that could not be read is passed as its errors.
     async fn write_groups(

@@ -7,8 +7,9 @@
 //! then persists the plan in one transaction: one read per batch and batched writes, never a
 //! query per item.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use crate::schema::{NO_SCHEMA, Schema};
 use crate::validation::is_valid_key;
 use crate::write::{Applied, ApplyContext};
 use crate::{
@@ -210,6 +211,8 @@ struct WorkingSet<'a> {
     ctx: ApplyContext<'a>,
     scope: &'a Scope,
     plan: Plan,
+    /// Stored customers that orders reference: deleting them fails the item.
+    with_orders: &'a HashSet<CustomerId>,
 }
 
 /// Applies a batch in order to the loaded customers. `owners` lists, for the other unique keys,
@@ -221,7 +224,30 @@ pub fn plan(
     now: Timestamp,
     directory: &dyn Directory,
 ) -> Plan {
+    plan_with(
+        batch,
+        loaded,
+        owners,
+        now,
+        directory,
+        &NO_SCHEMA,
+        &HashSet::new(),
+    )
+}
+
+/// [`plan`], with items checked against `schema`, and where deleting one of the `with_orders`
+/// customers fails its item with [`DomainError::CustomerHasOrders`].
+pub fn plan_with(
+    batch: &SyncBatch,
+    loaded: Vec<StoredCustomer>,
+    owners: &[(CustomerKey, String, CustomerId)],
+    now: Timestamp,
+    directory: &dyn Directory,
+    schema: &Schema,
+    with_orders: &HashSet<CustomerId>,
+) -> Plan {
     let mut set = WorkingSet {
+        with_orders,
         key: batch.key,
         rows: Vec::with_capacity(loaded.len() + batch.items.len()),
         owners: HashMap::with_capacity(loaded.len() * 2 + owners.len()),
@@ -229,6 +255,7 @@ pub fn plan(
             now,
             directory,
             password: Patch::Absent,
+            schema,
         },
         scope: &batch.scope,
         plan: Plan::default(),
@@ -397,6 +424,10 @@ impl WorkingSet<'_> {
 
     fn delete(&mut self, index: usize, expected_version: Option<i64>) -> ItemResult {
         let version = self.rows[index].stored.customer.version;
+        let row = &self.rows[index];
+        if row.existed && self.with_orders.contains(&row.stored.customer.id) {
+            return ItemResult::failed(DomainError::CustomerHasOrders);
+        }
         if let Some(expected) = expected_version
             && expected != version
         {

@@ -354,6 +354,8 @@ pub struct ApplyContext<'a> {
     pub directory: &'a dyn Directory,
     /// The password change, already hashed by the caller: only whether one is set matters here.
     pub password: Patch<()>,
+    /// The custom fields and required fields writes are checked against.
+    pub schema: &'a crate::schema::Schema,
 }
 
 /// Merges `write` into `current` (or creates a customer when `current` is `None`), validating
@@ -496,6 +498,12 @@ pub fn apply(
         Patch::Null => false,
         Patch::Absent => base.has_password,
     };
+    if let Patch::Value(custom) = &write.custom {
+        ctx.schema.check_custom(custom, &mut errors);
+    }
+    if current.is_none() {
+        ctx.schema.check_required(&next, &mut errors);
+    }
 
     errors.into_result()?;
 

@@ -22,6 +22,12 @@ pub(crate) fn db_error(error: sqlx::Error) -> DomainError {
     {
         return DomainError::DuplicateKey(key);
     }
+    // The backstop of the orders check: deleting a customer orders reference.
+    if let sqlx::Error::Database(db) = &error
+        && db.is_foreign_key_violation()
+    {
+        return DomainError::CustomerHasOrders;
+    }
     match error {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             DomainError::Unavailable(Box::new(error))

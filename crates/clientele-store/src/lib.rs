@@ -7,7 +7,9 @@
 
 mod directory;
 mod error;
+mod orders;
 mod primitives;
+mod schema_store;
 mod sql_store;
 mod unit_of_work;
 

@@ -131,6 +131,15 @@ pub(crate) trait Queries: Send + Sync {
     ) -> Result<bool, DomainError>;
     async fn release_claim(&self, claim: &IdempotencyClaim) -> Result<(), DomainError>;
     async fn purge_claims(&self, before: Timestamp) -> Result<u64, DomainError>;
+
+    /// Records a signed request's nonce; false when the key used it already (a replay).
+    async fn insert_nonce(
+        &self,
+        key: ApiKeyId,
+        nonce: &str,
+        at: Timestamp,
+    ) -> Result<bool, DomainError>;
+    async fn purge_nonces(&self, before: Timestamp) -> Result<u64, DomainError>;
 }
 
 pub(crate) fn encode_headers(response: &StoredResponse) -> String {
@@ -645,6 +654,37 @@ macro_rules! sql_primitives {
                 before: clientele_domain::Timestamp,
             ) -> Result<u64, clientele_domain::DomainError> {
                 sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                    .bind(before.as_micros())
+                    .execute(self)
+                    .await
+                    .map(|done| done.rows_affected())
+                    .map_err($crate::error::db_error)
+            }
+
+            async fn insert_nonce(
+                &self,
+                key: clientele_domain::ApiKeyId,
+                nonce: &str,
+                at: clientele_domain::Timestamp,
+            ) -> Result<bool, clientele_domain::DomainError> {
+                let done = sqlx::query(
+                    "INSERT INTO request_nonces (api_key_id, nonce, seen_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (api_key_id, nonce) DO NOTHING",
+                )
+                .bind(key.to_string())
+                .bind(nonce)
+                .bind(at.as_micros())
+                .execute(self)
+                .await
+                .map_err($crate::error::db_error)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn purge_nonces(
+                &self,
+                before: clientele_domain::Timestamp,
+            ) -> Result<u64, clientele_domain::DomainError> {
+                sqlx::query("DELETE FROM request_nonces WHERE seen_at < $1")
                     .bind(before.as_micros())
                     .execute(self)
                     .await

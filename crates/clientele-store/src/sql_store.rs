@@ -5,22 +5,26 @@ use async_trait::async_trait;
 use clientele_domain::group::Hierarchy;
 use clientele_domain::{
     ApiKey, ApiKeyId, Customer, CustomerDoc, CustomerId, DomainError, Group, GroupWrite,
-    KnownCodes, ListQuery, Locator, NamePage, NewApiKey, Page, PoolStats, Scope, Store, TagCount,
-    Team, TeamWrite, Timestamp, ValidationErrors, WriteCommand, WriteOutcome,
+    KnownCodes, ListQuery, Locator, NamePage, NewApiKey, OrderId, Page, PoolStats, Scope, Store,
+    TagCount, Team, TeamWrite, Timestamp, ValidationErrors, WriteCommand, WriteOutcome,
 };
 
+use clientele_domain::order::{NewOrder, Order, OrderPage};
+use clientele_domain::schema::Schema;
 use clientele_domain::sync::{SyncBatch, SyncReport};
 use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredResponse};
 
 use crate::directory::{DirectoryQueries, DirectoryTx};
+use crate::orders::{self, OrderQueries, OrderTx};
 use crate::primitives::{BatchTx, CustomerTx, KeyColumn, KeyValue, Queries};
+use crate::schema_store::{self, SchemaTx};
 use crate::unit_of_work;
 
 /// What a database backend provides: write transactions and pools to run queries on.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + 'static {
-    type Tx: CustomerTx + BatchTx + DirectoryTx;
-    type Reader: Queries + DirectoryQueries;
+    type Tx: CustomerTx + BatchTx + DirectoryTx + OrderTx + SchemaTx;
+    type Reader: Queries + DirectoryQueries + OrderQueries;
 
     const NAME: &'static str;
 
@@ -92,6 +96,19 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn purge_idempotency(&self, before: Timestamp) -> Result<u64, DomainError> {
         self.backend.writes().purge_claims(before).await
+    }
+
+    async fn record_nonce(
+        &self,
+        key: ApiKeyId,
+        nonce: &str,
+        at: Timestamp,
+    ) -> Result<bool, DomainError> {
+        self.backend.writes().insert_nonce(key, nonce, at).await
+    }
+
+    async fn purge_nonces(&self, before: Timestamp) -> Result<u64, DomainError> {
+        self.backend.writes().purge_nonces(before).await
     }
 
     async fn get_customer(&self, locator: &Locator) -> Result<Option<CustomerDoc>, DomainError> {
@@ -168,6 +185,43 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn count_api_keys(&self) -> Result<i64, DomainError> {
         self.backend.reads().count_api_keys().await
+    }
+
+    async fn create_order(
+        &self,
+        new: &NewOrder,
+        scope: &Scope,
+        completion: Option<Completion<'_, Order>>,
+    ) -> Result<Order, DomainError> {
+        let tx = self.backend.begin_write().await?;
+        orders::create_order(tx, new, scope, completion).await
+    }
+
+    async fn get_order(&self, id: OrderId, scope: &Scope) -> Result<Option<Order>, DomainError> {
+        orders::get_order(self.backend.reads(), id, scope).await
+    }
+
+    async fn customer_orders(
+        &self,
+        customer: &Locator,
+        scope: &Scope,
+        after: Option<OrderId>,
+        limit: u32,
+    ) -> Result<Option<OrderPage>, DomainError> {
+        orders::customer_orders(self.backend.reads(), customer, scope, after, limit).await
+    }
+
+    async fn get_schema(&self) -> Result<Schema, DomainError> {
+        // On the write connection's transaction, as writes read it: never an older snapshot.
+        schema_store::get(self.backend.begin_write().await?).await
+    }
+
+    async fn put_schema(
+        &self,
+        schema: &Schema,
+        completion: Option<Completion<'_, Schema>>,
+    ) -> Result<(), DomainError> {
+        schema_store::put(self.backend.begin_write().await?, schema, completion).await
     }
 
     async fn write_groups(

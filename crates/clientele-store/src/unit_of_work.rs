@@ -1,7 +1,10 @@
 //! The write logic, once for both backends: load the stored customers, apply the domain rules,
 //! persist the new state, its change records and the idempotent response in one transaction.
 
+use std::collections::HashSet;
+
 use clientele_domain::group::named_codes;
+use clientele_domain::schema::Schema;
 use clientele_domain::store::{IDEMPOTENCY_LEASE_MICROS, IDEMPOTENCY_TTL_MICROS};
 use clientele_domain::sync::{self, ChangeRecord, SyncBatch, SyncReport};
 use clientele_domain::write::{Applied, ApplyContext};
@@ -12,7 +15,9 @@ use clientele_domain::{
 };
 
 use crate::directory::DirectoryTx;
+use crate::orders::OrderTx;
 use crate::primitives::{BatchTx, CustomerRow, CustomerTx, Queries};
+use crate::schema_store::{self, SchemaTx};
 use crate::sql_store::Backend;
 
 /// How often a write is retried when a concurrent transaction took a key it needed first.
@@ -26,7 +31,7 @@ pub(crate) async fn write_customer<Tx, F, Fut>(
     completion: Option<Completion<'_, (WriteOutcome, Customer)>>,
 ) -> Result<(WriteOutcome, Customer), DomainError>
 where
-    Tx: CustomerTx + BatchTx + DirectoryTx,
+    Tx: CustomerTx + BatchTx + DirectoryTx + SchemaTx,
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Tx, DomainError>>,
 {
@@ -54,9 +59,10 @@ where
 }
 
 async fn write_in(
-    tx: &mut (impl CustomerTx + BatchTx + DirectoryTx),
+    tx: &mut (impl CustomerTx + BatchTx + DirectoryTx + SchemaTx),
     command: &WriteCommand,
 ) -> Result<(WriteOutcome, Customer), DomainError> {
+    let schema = schema_store::load(tx).await?;
     let stored = match &command.target {
         WriteTarget::Create => None,
         WriteTarget::Upsert(key, value) => tx.load(&Locator::Key(*key, value.clone())).await?,
@@ -89,6 +95,7 @@ async fn write_in(
             now: Timestamp::now(),
             directory: &directory,
             password: command.password_hash.clone().map(|_| ()),
+            schema: &schema,
         };
         command
             .scope
@@ -165,7 +172,7 @@ fn same_memberships(a: &Customer, b: &Customer) -> bool {
 /// Erases a customer and records the deletion (its version one past the last one); its
 /// membership rows go with it (`ON DELETE CASCADE`).
 pub(crate) async fn delete_customer(
-    mut tx: impl CustomerTx + BatchTx,
+    mut tx: impl CustomerTx + BatchTx + OrderTx,
     locator: &Locator,
     scope: &Scope,
     expected_version: Option<i64>,
@@ -183,6 +190,9 @@ pub(crate) async fn delete_customer(
             expected,
             actual: customer.version,
         });
+    }
+    if !tx.customers_with_orders(&[customer.id]).await?.is_empty() {
+        return Err(DomainError::CustomerHasOrders);
     }
     tx.delete_many(&[customer.id]).await?;
     let change = ChangeRecord {
@@ -207,6 +217,9 @@ struct Inputs {
     loaded: Vec<sync::StoredCustomer>,
     owners: Vec<(CustomerKey, String, CustomerId)>,
     directory: KnownCodes,
+    /// The loaded customers that orders reference (read only when the batch deletes).
+    with_orders: HashSet<CustomerId>,
+    schema: Schema,
 }
 
 impl Inputs {
@@ -220,19 +233,25 @@ impl Inputs {
         versions.sort_unstable();
         let mut owners = self.owners.clone();
         owners.sort_unstable();
+        let mut with_orders: Vec<_> = self.with_orders.iter().copied().collect();
+        with_orders.sort_unstable();
         Observed {
             versions,
             owners,
             directory: self.directory.clone(),
+            with_orders,
+            schema: self.schema.clone(),
         }
     }
 }
 
-#[derive(PartialEq, Eq)]
+#[derive(PartialEq)]
 struct Observed {
     versions: Vec<(CustomerId, i64)>,
     owners: Vec<(CustomerKey, String, CustomerId)>,
     directory: KnownCodes,
+    with_orders: Vec<CustomerId>,
+    schema: Schema,
 }
 
 /// The group and team codes a batch names.
@@ -319,7 +338,7 @@ pub(crate) async fn sync_customers<B: Backend>(
     }
 }
 
-async fn read_inputs<Tx: BatchTx + DirectoryTx>(
+async fn read_inputs<Tx: BatchTx + DirectoryTx + OrderTx + SchemaTx>(
     tx: &mut Tx,
     batch: &SyncBatch,
     addressed: &[String],
@@ -334,14 +353,36 @@ async fn read_inputs<Tx: BatchTx + DirectoryTx>(
         }
     }
     let directory = tx.known_codes(&codes.groups, &codes.teams).await?;
+    let ids: Vec<CustomerId> = loaded.iter().map(|s| s.customer.id).collect();
+    let with_orders = with_orders(tx, batch, &ids).await?.into_iter().collect();
     Ok(Inputs {
         loaded,
         owners,
         directory,
+        with_orders,
+        schema: schema_store::load(tx).await?,
     })
 }
 
-async fn still_observed<Tx: BatchTx + DirectoryTx>(
+/// Which of these customers orders reference, in one query; none is asked for when the batch
+/// deletes nothing.
+async fn with_orders<Tx: OrderTx>(
+    tx: &mut Tx,
+    batch: &SyncBatch,
+    ids: &[CustomerId],
+) -> Result<Vec<CustomerId>, DomainError> {
+    let deletes = batch.items.iter().any(
+        |item| matches!(item, sync::SyncItem::Write(command) if command.write.delete == Some(true)),
+    );
+    if !deletes {
+        return Ok(Vec::new());
+    }
+    let mut found = tx.customers_with_orders(ids).await?;
+    found.sort_unstable();
+    Ok(found)
+}
+
+async fn still_observed<Tx: BatchTx + DirectoryTx + OrderTx + SchemaTx>(
     tx: &mut Tx,
     batch: &SyncBatch,
     addressed: &[String],
@@ -356,6 +397,12 @@ async fn still_observed<Tx: BatchTx + DirectoryTx>(
     let mut versions = tx.versions(batch.key, addressed).await?;
     versions.sort_unstable();
     if versions != observed.versions {
+        return Ok(false);
+    }
+    let ids: Vec<CustomerId> = versions.iter().map(|(id, _)| *id).collect();
+    if with_orders(tx, batch, &ids).await? != observed.with_orders
+        || schema_store::load(tx).await? != observed.schema
+    {
         return Ok(false);
     }
     let mut owners = Vec::new();
@@ -380,12 +427,14 @@ fn plan(batch: &SyncBatch, inputs: Inputs) -> Planned {
             (c.id, (c.tags.clone(), c.groups.clone(), c.teams.clone()))
         })
         .collect();
-    let plan = sync::plan(
+    let plan = sync::plan_with(
         batch,
         inputs.loaded,
         &inputs.owners,
         Timestamp::now(),
         &inputs.directory,
+        &inputs.schema,
+        &inputs.with_orders,
     );
     Planned {
         plan,

@@ -6,6 +6,7 @@
 //! missing PostgreSQL fails the run.
 
 mod process;
+mod signing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use reqwest::{Method, RequestBuilder};
 use serde_json::{Value, json};
 
 pub use process::HubProcess;
+pub use signing::KeyPair;
 
 /// The admin secret every test hub is bootstrapped with.
 pub const ADMIN_SECRET: &str = "ck_test_admin_secret_for_the_test_hub_only";
@@ -45,7 +47,14 @@ impl TestHub {
     pub async fn sqlite() -> TestHub {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("hub.db").display());
-        Self::start_on(Backend::Sqlite, url, ApiConfig::default(), Arc::new(dir)).await
+        Self::start_on(
+            Backend::Sqlite,
+            url,
+            ApiConfig::default(),
+            Arc::new(dir),
+            random_key(),
+        )
+        .await
     }
 
     /// A hub on a new PostgreSQL database, or `None` (with a message) when none is configured.
@@ -56,7 +65,7 @@ impl TestHub {
     pub async fn postgres_with(config: ApiConfig) -> Option<TestHub> {
         let url = fresh_postgres_database().await?;
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        Some(Self::start_on(Backend::Postgres, url, config, dir).await)
+        Some(Self::start_on(Backend::Postgres, url, config, dir, random_key()).await)
     }
 
     pub async fn start(backend: Backend, config: ApiConfig) -> Option<TestHub> {
@@ -64,10 +73,26 @@ impl TestHub {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}", dir.path().join("hub.db").display());
-                Some(Self::start_on(backend, url, config, Arc::new(dir)).await)
+                Some(Self::start_on(backend, url, config, Arc::new(dir), random_key()).await)
             }
             Backend::Postgres => Self::postgres_with(config).await,
         }
+    }
+
+    /// A hub whose ordinary keys may make `burst` requests at once, then `per_second`; with
+    /// `limit_bootstrap` the test admin key is limited too.
+    pub async fn with_rate_limit(
+        backend: Backend,
+        per_second: f64,
+        burst: f64,
+        limit_bootstrap: bool,
+    ) -> Option<TestHub> {
+        let config = ApiConfig {
+            rate_limit: Some(clientele_api::rate_limit::RateLimit { per_second, burst }),
+            rate_limit_bootstrap: limit_bootstrap,
+            ..ApiConfig::default()
+        };
+        Self::start(backend, config).await
     }
 
     async fn start_on(
@@ -75,13 +100,14 @@ impl TestHub {
         database_url: String,
         config: ApiConfig,
         dir: Arc<tempfile::TempDir>,
+        master_key: MasterKey,
     ) -> TestHub {
         let mut store_config = StoreConfig::new(&database_url);
         store_config.max_connections = 8;
         let store = clientele_store::connect(&store_config)
             .await
             .expect("open the test database");
-        let state = AppState::new(store, MasterKey::from_bytes(rand::random()), config);
+        let state = AppState::new(store, master_key, config);
         clientele_api::auth::bootstrap(&state, Some(ADMIN_SECRET))
             .await
             .expect("bootstrap key");
@@ -109,6 +135,20 @@ impl TestHub {
         }
     }
 
+    /// A second hub process on the same database and master key (its own pool, caches and
+    /// rate limits), as when several hubs serve one PostgreSQL database.
+    pub async fn another_process(&self, config: ApiConfig) -> TestHub {
+        let master_key = self.state.master_key().clone();
+        Self::start_on(
+            self.backend,
+            self.database_url.clone(),
+            config,
+            self._dir.clone(),
+            master_key,
+        )
+        .await
+    }
+
     /// The same hub seen through another API key.
     pub fn as_key(&self, secret: &str) -> TestHub {
         TestHub {
@@ -125,15 +165,7 @@ impl TestHub {
 
     /// Creates a key with this role and returns its secret.
     pub async fn create_key(&self, role: Role) -> String {
-        let response = self
-            .post("/v1/api-keys")
-            .json(&json!({"name": format!("{} key", role.as_str()), "role": role.as_str()}))
-            .send()
-            .await
-            .expect("create key");
-        assert_eq!(response.status(), 201, "creating a key");
-        let body: Value = response.json().await.expect("key json");
-        body["secret"].as_str().expect("secret").to_owned()
+        self.create_key_pair(role).await.secret
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -198,6 +230,10 @@ impl Drop for TestHub {
             let _ = shutdown.send(());
         }
     }
+}
+
+fn random_key() -> MasterKey {
+    MasterKey::from_bytes(rand::random())
 }
 
 /// A response read whole: status, headers and the JSON body (`Null` when empty or not JSON).

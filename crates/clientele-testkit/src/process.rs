@@ -17,6 +17,11 @@ impl HubProcess {
     /// Starts `binary serve` on `database_url` with the test admin key, in `dir`, and waits until
     /// it listens.
     pub fn start(binary: &Path, database_url: &str, dir: &Path) -> HubProcess {
+        Self::start_with(binary, database_url, dir, &[])
+    }
+
+    /// [`HubProcess::start`] with more `serve` flags.
+    pub fn start_with(binary: &Path, database_url: &str, dir: &Path, flags: &[&str]) -> HubProcess {
         let mut child = Command::new(binary)
             .args([
                 "serve",
@@ -25,6 +30,7 @@ impl HubProcess {
                 "--database",
                 database_url,
             ])
+            .args(flags)
             .current_dir(dir)
             .env("CLIENTELE_BOOTSTRAP_KEY", ADMIN_SECRET)
             .env("CLIENTELE_LOG_FORMAT", "json")

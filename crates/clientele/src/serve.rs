@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use clientele_api::auth::{Bootstrap, bootstrap};
+use clientele_api::rate_limit::RateLimit;
 use clientele_api::secrets::{MasterKey, MasterKeySource};
 use clientele_api::{ApiConfig, AppState};
 use clientele_store::{SqliteSync, StoreConfig};
@@ -42,6 +43,16 @@ pub struct ServeArgs {
     /// SQLite durability: `normal` survives a crash of the server process, `full` also power loss.
     #[arg(long, env = "CLIENTELE_SQLITE_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Normal)]
     sqlite_synchronous: Synchronous,
+    /// Requests per second each API key may make, per hub process (a token bucket; several
+    /// processes each grant it). 0 turns rate limiting off.
+    #[arg(long, env = "CLIENTELE_RATE_LIMIT", default_value_t = 1000.0)]
+    rate_limit: f64,
+    /// Requests an API key may make at once above its rate (the bucket's size).
+    #[arg(long, env = "CLIENTELE_RATE_BURST", default_value_t = 2000)]
+    rate_burst: u32,
+    /// Rate-limit the `CLIENTELE_BOOTSTRAP_KEY` key too (it is exempt by default).
+    #[arg(long, env = "CLIENTELE_RATE_LIMIT_BOOTSTRAP")]
+    rate_limit_bootstrap: bool,
     /// Log format.
     #[arg(long, env = "CLIENTELE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -82,6 +93,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let config = ApiConfig {
         max_body_bytes: args.max_body_bytes,
+        rate_limit: (args.rate_limit > 0.0).then_some(RateLimit {
+            per_second: args.rate_limit,
+            burst: f64::from(args.rate_burst.max(1)),
+        }),
+        rate_limit_bootstrap: args.rate_limit_bootstrap,
     };
     let state = AppState::new(store, master_key, config);
     let bootstrap_secret = std::env::var("CLIENTELE_BOOTSTRAP_KEY").ok();
@@ -104,6 +120,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Bootstrap::Nothing => {}
     }
 
+    tokio::spawn(clientele_api::signed::purge_expired(
+        state.clone(),
+        Duration::from_secs(60),
+    ));
     tokio::spawn(clientele_api::idempotency::purge_expired(
         state.clone(),
         Duration::from_secs(600),

@@ -588,6 +588,7 @@ async fn a_body_over_the_limit_is_refused(hub: TestHub) {
         hub.backend,
         ApiConfig {
             max_body_bytes: 1024,
+            ..ApiConfig::default()
         },
     )
     .await

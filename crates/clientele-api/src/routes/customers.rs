@@ -126,7 +126,7 @@ async fn patch_customer(
 #[utoipa::path(
     delete, path = "/v1/customers/{id}", tag = "customers",
     params(("id" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, description = "`customer_has_orders`", body = Problem), (status = 412, body = Problem)),
     security(("bearer" = []))
 )]
 async fn delete_customer(
@@ -223,7 +223,7 @@ async fn patch_customer_by_key(
 #[utoipa::path(
     delete, path = "/v1/customers/{key}/{value}", tag = "customers",
     params(("key" = CustomerKey, Path), ("value" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, description = "`customer_has_orders`", body = Problem), (status = 412, body = Problem)),
     security(("bearer" = []))
 )]
 async fn delete_customer_by_key(
@@ -269,6 +269,20 @@ pub(crate) struct CustomerPage {
 pub(crate) const DEFAULT_LIMIT: u32 = 100;
 pub(crate) const MAX_LIMIT: u32 = 1000;
 
+/// A list's `limit`: [`DEFAULT_LIMIT`] when absent, 1 to [`MAX_LIMIT`] when given.
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::field(
+            "limit",
+            "out_of_range",
+            format!("1 to {MAX_LIMIT}"),
+        ))
+    }
+}
+
 /// List customers, keyset-paginated.
 #[utoipa::path(
     get, path = "/v1/customers", tag = "customers",
@@ -282,14 +296,7 @@ async fn list_customers(
     StrictQuery(params): StrictQuery<ListParams>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Read)?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::field(
-            "limit",
-            "out_of_range",
-            format!("1 to {MAX_LIMIT}"),
-        ));
-    }
+    let limit = page_limit(params.limit)?;
     let sort = match params.sort.as_deref() {
         None => SortOrder::default(),
         Some(name) => SortOrder::parse(name).ok_or_else(|| {
@@ -531,7 +538,7 @@ pub(crate) async fn visible_customer(
 }
 
 /// An id that cannot be a customer id names no customer: 404, like any unknown id.
-fn by_id(id: &str) -> Result<Locator, ApiError> {
+pub(crate) fn by_id(id: &str) -> Result<Locator, ApiError> {
     id.parse::<CustomerId>()
         .map(Locator::Id)
         .map_err(|_| ApiError::not_found())

@@ -5,6 +5,8 @@ pub(crate) mod customers;
 pub(crate) mod groups;
 pub(crate) mod name_page;
 pub(crate) mod ops;
+pub(crate) mod orders;
+pub(crate) mod schema;
 pub(crate) mod sync;
 pub(crate) mod tags;
 pub(crate) mod teams;

@@ -66,6 +66,7 @@ fn stored(body: Value) -> StoredCustomer {
         now: Timestamp::from_micros(LOADED_AT),
         directory: &EmptyDirectory,
         password: Patch::Absent,
+        schema: &crate::schema::NO_SCHEMA,
     };
     match apply(&ctx, None, &write(body)) {
         Ok(Applied::Changed(customer)) => StoredCustomer {

@@ -39,6 +39,7 @@ fn ctx_at(now: i64) -> ApplyContext<'static> {
         now: Timestamp::from_micros(now),
         directory: &TestDirectory,
         password: Patch::Absent,
+        schema: &crate::schema::NO_SCHEMA,
     }
 }
 

@@ -1,0 +1,229 @@
+//! Rate limiting per API key: a token bucket per key, in this hub process. Several hub processes
+//! behind a load balancer each grant the configured rate (a per-process limit, documented in
+//! `clientele serve --help`). A limited request gets 429 `rate_limited` with `Retry-After`
+//! (whole seconds, at least 1) before it authenticates further, claims an idempotency key or
+//! touches the database.
+//!
+//! The bootstrap key is exempt unless configured otherwise: it is the operator's own key.
+//! Memory is bounded: buckets that refilled completely are the same as fresh ones and are
+//! dropped when the map grows past its bound, so revoked keys do not stay forever.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::HeaderValue;
+use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use clientele_domain::ApiKeyId;
+
+use crate::auth::Caller;
+use crate::problem::{ApiError, ErrorCode};
+use crate::state::AppState;
+
+/// A token bucket's settings: `per_second` tokens are added each second, up to `burst`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl RateLimit {
+    /// The default for ordinary keys: generous, to stop runaway clients rather than real work.
+    pub const DEFAULT: RateLimit = RateLimit {
+        per_second: 1000.0,
+        burst: 2000.0,
+    };
+}
+
+/// How many keys' buckets are kept before full ones are dropped.
+const MAX_BUCKETS: usize = 10_000;
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// The buckets of one hub process.
+pub(crate) struct RateLimiter {
+    limit: Option<RateLimit>,
+    limit_bootstrap: bool,
+    exempt: Mutex<Vec<ApiKeyId>>,
+    buckets: Mutex<HashMap<ApiKeyId, Bucket>>,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(limit: Option<RateLimit>, limit_bootstrap: bool) -> Self {
+        Self {
+            limit: limit.filter(|l| l.per_second > 0.0 && l.burst >= 1.0),
+            limit_bootstrap,
+            exempt: Mutex::new(Vec::new()),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Marks the bootstrap key, exempt unless bootstrap limiting was asked for.
+    pub(crate) fn bootstrap_key(&self, id: ApiKeyId) {
+        if !self.limit_bootstrap
+            && let Ok(mut exempt) = self.exempt.lock()
+            && !exempt.contains(&id)
+        {
+            exempt.push(id);
+        }
+    }
+
+    /// Takes one token of `key`'s bucket; `Err(seconds)` to wait when there is none.
+    fn take(&self, key: ApiKeyId, now: Instant) -> Result<(), u64> {
+        let Some(limit) = self.limit else {
+            return Ok(());
+        };
+        if self.exempt.lock().is_ok_and(|exempt| exempt.contains(&key)) {
+            return Ok(());
+        }
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&key) {
+            buckets.retain(|_, b| refill(b, limit, now) < limit.burst);
+            if buckets.len() >= MAX_BUCKETS {
+                // Everyone is busy: starting them all afresh errs on the generous side.
+                buckets.clear();
+            }
+        }
+        let bucket = buckets.entry(key).or_insert(Bucket {
+            tokens: limit.burst,
+            at: now,
+        });
+        bucket.tokens = refill(bucket, limit, now);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - bucket.tokens) / limit.per_second;
+            Err((wait.ceil() as u64).max(1))
+        }
+    }
+}
+
+/// The tokens a bucket holds at `now`.
+fn refill(bucket: &Bucket, limit: RateLimit, now: Instant) -> f64 {
+    let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+    (bucket.tokens + elapsed * limit.per_second).min(limit.burst)
+}
+
+/// Authenticates requests that carry a bearer secret (signed ones are already) and spends a
+/// token of their key. Requests without credentials pass: their handlers answer 401 (or serve
+/// them, for the unauthenticated endpoints).
+pub(crate) async fn middleware(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let caller = match parts.extensions.get::<Caller>() {
+        Some(caller) => Some(caller.clone()),
+        None if parts.headers.contains_key(AUTHORIZATION) => {
+            // Bad credentials pass on: the handler answers them (or needs none).
+            let caller = Caller::from_request_parts(&mut parts, &state).await.ok();
+            if let Some(caller) = &caller {
+                parts.extensions.insert(caller.clone());
+            }
+            caller
+        }
+        None => None,
+    };
+    if let Some(caller) = caller
+        && let Err(wait) = state.rate_limiter().take(caller.key.id, Instant::now())
+    {
+        let mut response = ApiError::new(
+            ErrorCode::RateLimited,
+            format!("this API key is over its request rate; retry in {wait} s"),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(wait));
+        return response;
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn limiter(per_second: f64, burst: f64) -> RateLimiter {
+        RateLimiter::new(Some(RateLimit { per_second, burst }), false)
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refills_at_the_rate() {
+        let limiter = limiter(2.0, 3.0);
+        let key = ApiKeyId::new();
+        let start = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(limiter.take(key, start), Ok(()));
+        }
+        assert_eq!(limiter.take(key, start), Err(1));
+        assert_eq!(
+            limiter.take(key, start + Duration::from_millis(500)),
+            Ok(())
+        );
+        assert!(
+            limiter
+                .take(key, start + Duration::from_millis(500))
+                .is_err()
+        );
+        // Another key has its own bucket.
+        assert_eq!(limiter.take(ApiKeyId::new(), start), Ok(()));
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_and_at_least_one() {
+        let limiter = limiter(0.1, 1.0);
+        let key = ApiKeyId::new();
+        let now = Instant::now();
+        assert_eq!(limiter.take(key, now), Ok(()));
+        assert_eq!(limiter.take(key, now), Err(10));
+    }
+
+    #[test]
+    fn bootstrap_keys_are_exempt_unless_configured_and_no_limit_means_none() {
+        let key = ApiKeyId::new();
+        let now = Instant::now();
+        let exempting = limiter(1.0, 1.0);
+        exempting.bootstrap_key(key);
+        for _ in 0..5 {
+            assert_eq!(exempting.take(key, now), Ok(()));
+        }
+        let strict = RateLimiter::new(
+            Some(RateLimit {
+                per_second: 1.0,
+                burst: 1.0,
+            }),
+            true,
+        );
+        strict.bootstrap_key(key);
+        assert_eq!(strict.take(key, now), Ok(()));
+        assert!(strict.take(key, now).is_err());
+        let off = RateLimiter::new(None, false);
+        for _ in 0..5 {
+            assert_eq!(off.take(key, now), Ok(()));
+        }
+    }
+
+    #[test]
+    fn the_bucket_map_stays_bounded() {
+        let limiter = limiter(1000.0, 1.0);
+        let now = Instant::now();
+        for _ in 0..(MAX_BUCKETS + 10) {
+            let _ = limiter.take(ApiKeyId::new(), now);
+        }
+        assert!(limiter.buckets.lock().map(|b| b.len()).unwrap_or(0) <= MAX_BUCKETS);
+    }
+}

@@ -1,0 +1,264 @@
+//! The customer schema over HTTP: `GET/PUT /v1/schema`, `required_on_create`, typed custom
+//! fields checked on every write path (create, upsert, PATCH, PUT by key, sync items), and
+//! stored customers left as they were when the schema changes.
+
+use clientele_api::ApiConfig;
+use clientele_domain::Role;
+use clientele_testkit::{TestHub, assert_invalid, assert_problem, call, hub_tests};
+use serde_json::{Value, json};
+
+hub_tests!(
+    the_schema_is_empty_until_set_and_reads_back,
+    an_invalid_schema_is_refused_with_paths,
+    only_admins_change_the_schema,
+    required_fields_apply_to_creates_only,
+    custom_fields_are_checked_on_every_write_path,
+    stored_customers_are_not_revalidated,
+    another_hub_process_sees_the_new_schema_at_once,
+);
+
+fn example() -> Value {
+    json!({
+        "required_on_create": ["currency"],
+        "custom_fields": {
+            "loyalty_tier": {"type": "enum", "values": ["gold", "silver"]},
+            "points": {"type": "integer", "min": 0},
+            "nick": {"type": "string", "max_length": 5},
+            "vip": {"type": "boolean"},
+            "since": {"type": "date"},
+            "ratio": {"type": "number", "min": 0, "max": 1}
+        }
+    })
+}
+
+async fn put_schema(hub: &TestHub, schema: &Value) {
+    let reply = call(hub.put("/v1/schema").json(schema)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+async fn the_schema_is_empty_until_set_and_reads_back(hub: TestHub) {
+    let reply = call(hub.get("/v1/schema")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.body,
+        json!({"required_on_create": [], "custom_fields": {}})
+    );
+    let reply = call(hub.put("/v1/schema").json(&example())).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body, example());
+    let reply = call(hub.get("/v1/schema")).await;
+    assert_eq!(reply.body, example());
+    // A schema is replaced whole.
+    put_schema(&hub, &json!({})).await;
+    let reply = call(hub.get("/v1/schema")).await;
+    assert_eq!(
+        reply.body,
+        json!({"required_on_create": [], "custom_fields": {}})
+    );
+}
+
+async fn an_invalid_schema_is_refused_with_paths(hub: TestHub) {
+    let reply = call(hub.put("/v1/schema").json(&json!({
+        "required_on_create": ["currency", "shoe_size"],
+        "custom_fields": {"points": {"type": "integer", "min": "zero"}, "tier": {"type": "enum"}},
+        "version": 2
+    })))
+    .await;
+    assert_invalid(
+        &reply,
+        &[
+            ("version", "unknown_field"),
+            ("custom_fields.points.min", "invalid_type"),
+            ("custom_fields.tier.values", "invalid_values"),
+            ("required_on_create[1]", "unknown_field"),
+        ],
+    );
+    let reply = call(
+        hub.put("/v1/schema")
+            .header("content-type", "application/json")
+            .body("{not json"),
+    )
+    .await;
+    assert_problem(&reply, 400, "malformed_json");
+    let reply = call(hub.get("/v1/schema")).await;
+    assert_eq!(reply.body["custom_fields"], json!({}), "nothing was stored");
+}
+
+async fn only_admins_change_the_schema(hub: TestHub) {
+    let writer = hub.as_key(&hub.create_key(Role::Write).await);
+    assert_problem(
+        &call(writer.put("/v1/schema").json(&example())).await,
+        403,
+        "forbidden",
+    );
+    assert_eq!(call(writer.get("/v1/schema")).await.status, 200);
+}
+
+async fn required_fields_apply_to_creates_only(hub: TestHub) {
+    put_schema(
+        &hub,
+        &json!({"required_on_create": ["currency", "email", "custom.tier"],
+                "custom_fields": {"tier": {"type": "string"}}}),
+    )
+    .await;
+    let reply = call(
+        hub.post("/v1/customers")
+            .json(&json!({"external_id": "P-1"})),
+    )
+    .await;
+    assert_invalid(
+        &reply,
+        &[
+            ("currency", "required"),
+            ("email", "required"),
+            ("custom.tier", "required"),
+        ],
+    );
+    let full = json!({"external_id": "P-1", "currency": "EUR", "email": "p@example.com",
+                      "custom": {"tier": "a"}});
+    let created = hub.create_customer(full).await;
+    let id = created["id"].as_str().expect("id");
+    // Updates need none of them, and may even clear them.
+    let reply = call(
+        hub.patch(&format!("/v1/customers/{id}"))
+            .json(&json!({"currency": null})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // An upsert that creates needs them; one that updates does not.
+    let reply = call(
+        hub.put("/v1/customers/external_id/P-2")
+            .json(&json!({"first_name": "X"})),
+    )
+    .await;
+    assert_problem(&reply, 422, "validation_failed");
+    let reply = call(
+        hub.put("/v1/customers/external_id/P-1")
+            .json(&json!({"first_name": "X"})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // A sync item that creates fails alone.
+    let reply = hub
+        .sync(&json!({"key": "external_id", "customers": [
+            {"external_id": "P-3"},
+            {"external_id": "P-1", "last_name": "Y"}
+        ]}))
+        .await;
+    assert_eq!(reply.body["results"][0]["status"], "failed");
+    assert_eq!(
+        reply.body["results"][0]["error"]["errors"][0]["code"],
+        "required"
+    );
+    assert_eq!(reply.body["results"][1]["status"], "updated");
+}
+
+async fn custom_fields_are_checked_on_every_write_path(hub: TestHub) {
+    put_schema(&hub, &json!({"custom_fields": example()["custom_fields"]})).await;
+    let bad = json!({"loyalty_tier": "bronze", "points": -1, "nick": "too long", "vip": "yes",
+                     "since": "2026-13-01", "ratio": 2, "undeclared": 1});
+    let expected = [
+        ("custom.loyalty_tier", "invalid_value"),
+        ("custom.nick", "too_long"),
+        ("custom.points", "out_of_range"),
+        ("custom.ratio", "out_of_range"),
+        ("custom.since", "invalid_date"),
+        ("custom.undeclared", "unknown_custom_field"),
+        ("custom.vip", "invalid_type"),
+    ];
+    let reply = call(
+        hub.post("/v1/customers")
+            .json(&json!({"external_id": "P-1", "custom": bad})),
+    )
+    .await;
+    assert_invalid(&reply, &expected);
+
+    let good = json!({"loyalty_tier": "gold", "points": 10, "nick": "abc", "vip": true,
+                      "since": "2024-02-29", "ratio": 0.5});
+    let created = hub
+        .create_customer(json!({"external_id": "P-1", "custom": good}))
+        .await;
+    assert_eq!(created["custom"], good);
+    let id = created["id"].as_str().expect("id");
+
+    let reply = call(
+        hub.patch(&format!("/v1/customers/{id}"))
+            .json(&json!({"custom": bad})),
+    )
+    .await;
+    assert_invalid(&reply, &expected);
+    let reply = call(
+        hub.put("/v1/customers/external_id/P-1")
+            .json(&json!({"custom": bad})),
+    )
+    .await;
+    assert_invalid(&reply, &expected);
+    let reply = call(
+        hub.post("/v1/customers?upsert=external_id")
+            .json(&json!({"external_id": "P-1", "custom": bad})),
+    )
+    .await;
+    assert_invalid(&reply, &expected);
+    let reply = hub
+        .sync(&json!({"key": "external_id", "customers": [{"external_id": "P-1", "custom": bad}]}))
+        .await;
+    assert_eq!(reply.body["results"][0]["status"], "failed");
+    assert_eq!(
+        reply.body["results"][0]["error"]["errors"]
+            .as_array()
+            .map(Vec::len),
+        Some(7)
+    );
+
+    let read = call(hub.get(&format!("/v1/customers/{id}"))).await;
+    assert_eq!(read.body["custom"], good, "nothing bad was stored");
+    assert_eq!(read.body["version"], 1);
+}
+
+async fn stored_customers_are_not_revalidated(hub: TestHub) {
+    let created = hub
+        .create_customer(json!({"external_id": "P-1", "custom": {"legacy": "x"}}))
+        .await;
+    put_schema(
+        &hub,
+        &json!({"required_on_create": ["email"],
+                             "custom_fields": {"points": {"type": "integer"}}}),
+    )
+    .await;
+    let id = created["id"].as_str().expect("id");
+    let read = call(hub.get(&format!("/v1/customers/{id}"))).await;
+    assert_eq!(read.body["custom"], json!({"legacy": "x"}));
+    // A write that leaves `custom` alone goes through; one that writes it is checked.
+    let reply = call(
+        hub.patch(&format!("/v1/customers/{id}"))
+            .json(&json!({"first_name": "A"})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = call(
+        hub.patch(&format!("/v1/customers/{id}"))
+            .json(&json!({"custom": {"legacy": "x"}})),
+    )
+    .await;
+    assert_invalid(&reply, &[("custom.legacy", "unknown_custom_field")]);
+}
+
+async fn another_hub_process_sees_the_new_schema_at_once(hub: TestHub) {
+    let other = hub.another_process(ApiConfig::default()).await;
+    // Warm the other process up with a write before the schema exists.
+    other
+        .create_customer(json!({"external_id": "P-0", "custom": {"x": 1}}))
+        .await;
+    put_schema(
+        &hub,
+        &json!({"custom_fields": {"points": {"type": "integer"}}}),
+    )
+    .await;
+    let reply = call(
+        other
+            .post("/v1/customers")
+            .json(&json!({"external_id": "P-1", "custom": {"x": 1}})),
+    )
+    .await;
+    assert_invalid(&reply, &[("custom.x", "unknown_custom_field")]);
+}
