@@ -1,8 +1,8 @@
 //! The problem responses every operation shares, written into the OpenAPI document once instead
 //! of in every handler's annotation: the extractors and middleware that refuse a request (auth,
-//! strict JSON and query parsing, `If-Match`, `Idempotency-Key`, the database being busy) run for
-//! many routes, so the document must say so for each of them. Also makes every error response
-//! `application/problem+json`, which is what the hub sends.
+//! strict JSON and query parsing, `If-Match`, `Idempotency-Key`, rate limits, the database being
+//! busy) run for many routes, so the document must say so for each of them. Also makes every
+//! error response `application/problem+json`, which is what the hub sends.
 
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::{
@@ -73,7 +73,12 @@ fn complete(method: HttpMethod, operation: &mut Operation) {
     if secured {
         codes.extend([
             ErrorCode::Unauthorized,
+            ErrorCode::SignatureMissing,
+            ErrorCode::SignatureInvalid,
+            ErrorCode::SignatureExpired,
+            ErrorCode::SignatureReplayed,
             ErrorCode::Forbidden,
+            ErrorCode::RateLimited,
             ErrorCode::Unavailable,
         ]);
         if write {

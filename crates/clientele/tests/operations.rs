@@ -372,6 +372,14 @@ async fn documented_errors_are_the_problems_sent(hub: TestHub) {
             assert_problem_here(&reply, 401, "unauthorized");
             assert_documents_problem(operation, 401, &what);
             assert_documents_problem(operation, 403, &what);
+            assert_documents_problem(operation, 429, &what);
+            let unauthorized = operation["responses"]["401"]["description"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                unauthorized.contains("`signature_invalid`"),
+                "{what}: {unauthorized}"
+            );
 
             if operation["requestBody"].is_object() {
                 // A body that is not JSON: a documented 400.
