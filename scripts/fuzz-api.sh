@@ -52,7 +52,11 @@ cleanup() {
     if [[ -n "$pg_database" ]]; then
         psql "$postgres_admin" -qc "DROP DATABASE IF EXISTS $pg_database WITH (FORCE)" || true
     fi
-    echo "server log: $work/server.log"
+    if [[ "${status:-1}" == 0 ]]; then
+        rm -rf "$work"
+    else
+        echo "server log: $work/server.log"
+    fi
 }
 trap cleanup EXIT
 
