@@ -12,6 +12,7 @@
 # Exit status: schemathesis's (0 when no check failed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo="$PWD"
 
 backend=sqlite
 if [[ "${1:-}" == "--postgres" ]]; then
@@ -70,15 +71,20 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
+# Run from target/ so that schemathesis's own cache (.schemathesis/) stays out of the sources.
 fuzz() {
-    PYTHONPATH="$PWD/scripts" SCHEMATHESIS_HOOKS=fuzz_api_hooks "$venv/bin/schemathesis" run "$base/openapi.json" \
-        --header "Authorization: Bearer $secret" \
-        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-        --phases "$phases" \
-        --max-examples "$examples" \
-        --workers "$workers" \
-        --report junit,ndjson --report-dir "target/fuzz-report-$backend" \
-        "$@"
+    (
+        cd target
+        PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$repo/scripts" SCHEMATHESIS_HOOKS=fuzz_api_hooks fuzz-venv/bin/schemathesis run \
+            "$base/openapi.json" \
+            --header "Authorization: Bearer $secret" \
+            --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+            --phases "$phases" \
+            --max-examples "$examples" \
+            --workers "$workers" \
+            --report junit,ndjson --report-dir "fuzz-report-$backend" \
+            "$@"
+    )
 }
 # Schemathesis reuses ids it saw in responses: revoking keys would soon revoke the very key it
 # authenticates with (a legitimate request), and every later request would be a 401. So key
