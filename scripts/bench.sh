@@ -23,3 +23,5 @@ echo "clientele-bench on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ): $(nproc)
 target/release/clientele-bench --hub-binary target/release/clientele "$@"
 # shellcheck disable=SC2086 # word splitting of the extra arguments is intended
 target/release/sync-bench --hub-binary target/release/clientele ${SYNC_BENCH_ARGS:-}
+# shellcheck disable=SC2086
+target/release/agent-bench --binary target/release/clientele ${AGENT_BENCH_ARGS:-}

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod idempotency;
 mod metrics;
 mod openapi;
+mod openapi_problems;
 pub mod password;
 pub mod problem;
 pub mod rate_limit;
@@ -41,7 +42,13 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The OpenAPI document of every route the router serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    routes_and_document().1
+}
+
+fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut document) = api_router().split_for_parts();
+    openapi_problems::document_problems(&mut document);
+    (router, document)
 }
 
 fn api_router() -> OpenApiRouter<AppState> {
@@ -61,7 +68,7 @@ fn api_router() -> OpenApiRouter<AppState> {
 /// The whole application: routes, problem fallbacks, metrics, request ids, tracing and panic
 /// containment.
 pub fn app(state: AppState) -> Router {
-    let (router, document) = api_router().split_for_parts();
+    let (router, document) = routes_and_document();
     let document = std::sync::Arc::new(document);
     router
         .route(

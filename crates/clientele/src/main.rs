@@ -1,5 +1,6 @@
-//! The `clientele` binary: `clientele serve` runs the hub.
+//! The `clientele` binary: `clientele serve` runs the hub; `push`, `pull` and `sync` run the agent.
 
+mod agent;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -15,6 +16,12 @@ struct Cli {
 enum Command {
     /// Run the hub's HTTP API.
     Serve(serve::ServeArgs),
+    /// Send new and changed source rows to the hub (AGENT.md).
+    Push(agent::AgentArgs),
+    /// Follow the hub's change feed into a mirror table.
+    Pull(agent::AgentArgs),
+    /// Keep a mirror table and the hub in step both ways.
+    Sync(agent::AgentArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -24,5 +31,14 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Push(args) => {
+            runtime.block_on(agent::run(clientele_agent::run::Command::Push, args))
+        }
+        Command::Pull(args) => {
+            runtime.block_on(agent::run(clientele_agent::run::Command::Pull, args))
+        }
+        Command::Sync(args) => {
+            runtime.block_on(agent::run(clientele_agent::run::Command::Sync, args))
+        }
     }
 }

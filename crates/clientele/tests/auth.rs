@@ -81,11 +81,20 @@ async fn rows(hub: &TestHub, sql: &str) -> Vec<BTreeMap<String, Option<Vec<u8>>>
                 .await
                 .expect("open the PostgreSQL database");
             let rows = sqlx::query(sql).fetch_all(&pool).await.expect("query");
+            // Text arrays (the change feed's `teams`) are joined with commas.
+            let cell = |row: &sqlx::postgres::PgRow, i: usize| {
+                if sqlx::TypeInfo::name(row.column(i).type_info()).ends_with("[]") {
+                    let items: Option<Vec<String>> = row.try_get(i).expect("a text array");
+                    items.map(|items| items.join(",").into_bytes())
+                } else {
+                    value(row, i)
+                }
+            };
             let result = rows
                 .iter()
                 .map(|row| {
                     (0..row.len())
-                        .map(|i| (row.column(i).name().to_owned(), value(row, i)))
+                        .map(|i| (row.column(i).name().to_owned(), cell(row, i)))
                         .collect()
                 })
                 .collect();

@@ -13,6 +13,7 @@ hub_tests!(
     upsert_on_external_id_creates_updates_and_leaves_unchanged,
     put_on_a_key_upserts_and_takes_the_key_from_the_path,
     every_unique_key_reads_patches_and_deletes,
+    a_path_key_that_is_not_unique_is_a_documented_404,
     key_values_are_url_decoded,
     absent_keeps_null_clears_and_an_equal_write_keeps_the_version,
     if_match_guards_patch_put_and_delete,
@@ -269,6 +270,31 @@ async fn every_unique_key_reads_patches_and_deletes(hub: TestHub) {
     let wrong_key = call(hub.get("/v1/customers/phone/123")).await;
     assert_eq!(wrong_key.status, 404);
     assert_eq!(wrong_key.body["code"], "route_not_found");
+}
+
+async fn a_path_key_that_is_not_unique_is_a_documented_404(hub: TestHub) {
+    // Found by schemathesis: PUT answered 404 without documenting it.
+    let document = call(hub.get("/openapi.json")).await.body;
+    let item = &document["paths"]["/v1/customers/{key}/{value}"];
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+        reqwest::Method::DELETE,
+    ] {
+        let reply = call(
+            hub.request(method.clone(), "/v1/customers/phone/123")
+                .json(&json!({"note": "n"})),
+        )
+        .await;
+        clientele_testkit::assert_problem(&reply, 404, "route_not_found");
+        let operation = &item[method.as_str().to_lowercase()];
+        assert!(
+            operation["responses"]["404"].is_object(),
+            "{method} does not document 404: {operation}"
+        );
+    }
+    assert_eq!(hub.count_rows("customers").await, 0);
 }
 
 async fn key_values_are_url_decoded(hub: TestHub) {

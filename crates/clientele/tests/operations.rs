@@ -13,6 +13,8 @@ hub_tests!(
     openapi_document_is_openapi_3_1,
     openapi_documents_every_route,
     documented_operations_are_served,
+    documented_errors_are_the_problems_sent,
+    documented_parameter_bounds_are_the_enforced_ones,
     an_unknown_route_is_a_problem,
     a_wrong_method_is_a_problem,
     a_body_that_is_not_json_is_unsupported,
@@ -286,11 +288,7 @@ async fn documented_operations_are_served(hub: TestHub) {
     let paths = document["paths"].as_object().expect("paths");
     assert!(paths.len() >= ROUTES.len());
     for (path, item) in paths {
-        let concrete = path
-            .replace("{id}/", &format!("{MISSING_CUSTOMER}/"))
-            .replace("{key}", "external_id")
-            .replace("{value}", "nobody")
-            .replace("{id}", MISSING_CUSTOMER);
+        let concrete = concrete_path(path);
         for method in item
             .as_object()
             .expect("a path item")
@@ -314,6 +312,192 @@ async fn documented_operations_are_served(hub: TestHub) {
                 let code = reply.body["code"].as_str().unwrap_or_default().to_owned();
                 assert_problem_here(&reply, reply.status, &code);
             }
+        }
+    }
+}
+
+/// A concrete path for a documented template, naming things that do not exist.
+fn concrete_path(template: &str) -> String {
+    template
+        .replace("{id}/", &format!("{MISSING_CUSTOMER}/"))
+        .replace("{key}", "external_id")
+        .replace("{value}", "nobody")
+        .replace("{code}", "nothing")
+        .replace("{id}", MISSING_CUSTOMER)
+}
+
+/// Asserts the operation documents `status` as a problem, and only as a problem.
+#[track_caller]
+fn assert_documents_problem(operation: &Value, status: u16, what: &str) {
+    let response = &operation["responses"][status.to_string()];
+    let content = response["content"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{what} does not document {status}: {operation}"));
+    assert_eq!(
+        content.keys().collect::<Vec<_>>(),
+        ["application/problem+json"],
+        "{what} {status}"
+    );
+    assert_eq!(
+        content["application/problem+json"]["schema"]["$ref"], "#/components/schemas/Problem",
+        "{what} {status}"
+    );
+}
+
+async fn documented_errors_are_the_problems_sent(hub: TestHub) {
+    // Found by schemathesis (scripts/fuzz-api.sh): the document said problems were
+    // application/json and left out the 400/401/403/413/415 that extractors and middleware send
+    // on every route, so a client generated from it could not expect them.
+    let document = openapi_json(&hub).await;
+    let paths = document["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("a path item") {
+            if !HTTP_METHODS.contains(&method.as_str()) {
+                continue;
+            }
+            let what = format!("{method} {path}");
+            for (status, response) in operation["responses"].as_object().expect("responses") {
+                if status.starts_with(['4', '5']) {
+                    assert_documents_problem(operation, status.parse().expect("a status"), &what);
+                    assert!(response["description"].is_string(), "{what} {status}");
+                }
+            }
+            if !operation["security"].is_array() {
+                continue;
+            }
+            let method: reqwest::Method = method.to_uppercase().parse().expect("a method");
+            let concrete = concrete_path(path);
+
+            // Without credentials: a documented 401.
+            let reply = call(hub.client.request(method.clone(), hub.url(&concrete))).await;
+            assert_problem_here(&reply, 401, "unauthorized");
+            assert_documents_problem(operation, 401, &what);
+            assert_documents_problem(operation, 403, &what);
+            assert_documents_problem(operation, 429, &what);
+            let unauthorized = operation["responses"]["401"]["description"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                unauthorized.contains("`signature_invalid`"),
+                "{what}: {unauthorized}"
+            );
+
+            if operation["requestBody"].is_object() {
+                // A body that is not JSON: a documented 400.
+                let reply = call(
+                    hub.request(method.clone(), &concrete)
+                        .header("content-type", "application/json")
+                        .body("{\"unterminated"),
+                )
+                .await;
+                assert_problem_here(&reply, 400, "malformed_json");
+                for status in [400, 413, 415, 422] {
+                    assert_documents_problem(operation, status, &what);
+                }
+            }
+            if method != reqwest::Method::GET {
+                let declared = operation["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header");
+                assert!(declared, "{what} does not declare Idempotency-Key");
+                // An Idempotency-Key that is too long: a documented 400.
+                let reply = call(
+                    hub.request(method.clone(), &concrete)
+                        .header("idempotency-key", "k".repeat(256))
+                        .json(&json!({})),
+                )
+                .await;
+                assert_problem_here(&reply, 400, "invalid_header");
+                assert_documents_problem(operation, 400, &what);
+            }
+        }
+    }
+}
+
+/// The schema of a documented parameter.
+fn parameter_schema<'a>(document: &'a Value, path: &str, method: &str, name: &str) -> &'a Value {
+    document["paths"][path][method]["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .map(|p| &p["schema"])
+        .unwrap_or_else(|| panic!("{method} {path} does not declare {name}"))
+}
+
+async fn documented_parameter_bounds_are_the_enforced_ones(hub: TestHub) {
+    // Found by schemathesis: the document allowed `limit=0`, any `sort` and any group or team
+    // code, so most generated requests were refused with 422 and tested little.
+    let document = openapi_json(&hub).await;
+    for path in ["/v1/customers", "/v1/groups", "/v1/teams", "/v1/tags"] {
+        let limit = parameter_schema(&document, path, "get", "limit");
+        assert_eq!(
+            (&limit["minimum"], &limit["maximum"]),
+            (&json!(1), &json!(1000)),
+            "{path}"
+        );
+        for (value, status) in [("0", 422), ("1", 200), ("1000", 200), ("1001", 422)] {
+            let reply = call(hub.get(&format!("{path}?limit={value}"))).await;
+            assert_eq!(
+                reply.status, status,
+                "{path}?limit={value}: {:?}",
+                reply.body
+            );
+        }
+    }
+
+    // The documented patterns, and what the hub accepts: the values each pattern admits
+    // (checked by hand; the test keeps the two in step).
+    assert_eq!(
+        parameter_schema(&document, "/v1/customers", "get", "sort")["pattern"],
+        "^(-?created_at|-?updated_at|last_name)$"
+    );
+    for (value, accepted) in [
+        ("created_at", true),
+        ("-created_at", true),
+        ("updated_at", true),
+        ("-updated_at", true),
+        ("last_name", true),
+        ("-last_name", false),
+        ("created_at ", false),
+        ("email", false),
+    ] {
+        let reply = call(hub.get("/v1/customers").query(&[("sort", value)])).await;
+        assert_eq!(
+            reply.status == 200,
+            accepted,
+            "sort {value:?}: {:?}",
+            reply.body
+        );
+    }
+
+    for path in ["/v1/groups/{code}", "/v1/teams/{code}"] {
+        for method in ["get", "put", "delete"] {
+            assert_eq!(
+                parameter_schema(&document, path, method, "code")["pattern"],
+                "^[A-Za-z0-9_.-]{1,64}$",
+                "{method} {path}"
+            );
+        }
+        let body = if path.starts_with("/v1/groups") {
+            json!({"title": "t"})
+        } else {
+            json!({"name": "n"})
+        };
+        let long = "x".repeat(64);
+        for code in ["vip", "A-b_c.9", long.as_str()] {
+            let reply = call(hub.put(&path.replace("{code}", code)).json(&body)).await;
+            assert_eq!(reply.status, 201, "{path} {code:?}: {:?}", reply.body);
+        }
+        for code in ["x".repeat(65).as_str(), "a%20b", "%C3%A9", "a%2Fb"] {
+            let reply = call(hub.put(&path.replace("{code}", code)).json(&body)).await;
+            assert!(
+                [404, 422].contains(&reply.status),
+                "{path} {code:?}: {:?}",
+                reply.body
+            );
         }
     }
 }

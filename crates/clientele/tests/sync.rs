@@ -28,6 +28,7 @@ hub_tests!(
     address_modes_on_patch_and_put,
     unchanged_items_write_no_change_record,
     concurrent_overlapping_batches_lose_no_update,
+    the_documented_item_is_a_customer_body,
 );
 
 const STATUSES: [&str; 5] = ["created", "updated", "unchanged", "deleted", "failed"];
@@ -1107,5 +1108,78 @@ async fn malformed_keys_fail_their_item_not_the_batch(hub: TestHub) {
     assert_eq!(
         reply.body["results"][2]["error"]["errors"][0]["field"],
         "match"
+    );
+}
+
+/// The property names a schema admits, through `$ref` and `allOf`.
+fn property_names(document: &Value, schema: &Value, names: &mut BTreeSet<String>) {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference.trim_start_matches("#/components/schemas/");
+        property_names(document, &document["components"]["schemas"][name], names);
+    }
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        property_names(document, part, names);
+    }
+    names.extend(
+        schema["properties"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.clone()),
+    );
+}
+
+async fn the_documented_item_is_a_customer_body(hub: TestHub) {
+    // Found by schemathesis: the document nested the customer's fields under a required
+    // `customer` property, which the hub refuses as an unknown field; an item is the customer
+    // body itself, plus `match`, `delete` and `expected_version`.
+    let document = call(hub.get("/openapi.json")).await.body;
+    let items =
+        &document["components"]["schemas"]["SyncRequest"]["properties"]["customers"]["items"];
+    let mut names = BTreeSet::new();
+    property_names(&document, items, &mut names);
+    for name in [
+        "external_id",
+        "email",
+        "addresses",
+        "match",
+        "delete",
+        "expected_version",
+    ] {
+        assert!(names.contains(name), "{name} is not documented: {names:?}");
+    }
+    assert!(!names.contains("customer"), "{names:?}");
+    let required: Vec<&Value> = document["components"]["schemas"]["SyncItemSchema"]
+        .pointer("/allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|part| part["required"].as_array())
+        .flatten()
+        .collect();
+    assert!(required.is_empty(), "nothing is required: {required:?}");
+
+    // The documented shape is the one the hub takes.
+    let reply = hub
+        .sync(&batch(
+            "external_id",
+            vec![json!({"external_id": "doc-1", "email": "doc-1@example.com"})],
+        ))
+        .await;
+    assert_eq!(
+        reply.body["results"][0]["status"], "created",
+        "{:?}",
+        reply.body
+    );
+    let reply = hub
+        .sync(&batch(
+            "external_id",
+            vec![json!({"customer": {"external_id": "doc-2"}})],
+        ))
+        .await;
+    assert_eq!(
+        reply.body["results"][0]["status"], "failed",
+        "{:?}",
+        reply.body
     );
 }

@@ -162,6 +162,7 @@ async fn get_customer_by_key(
     request_body = CustomerWrite,
     responses(
         (status = 201, body = Customer), (status = 200, body = Customer),
+        (status = 404, description = "`{key}` is not a unique key (`route_not_found`), or the customer is outside the API key's teams", body = Problem),
         (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem),
     ),
     security(("bearer" = []))
@@ -240,10 +241,12 @@ async fn delete_customer_by_key(
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
     /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// `created_at` (default), `-created_at`, `updated_at`, `-updated_at` or `last_name`.
+    #[param(pattern = r"^(-?created_at|-?updated_at|last_name)$")]
     sort: Option<String>,
     /// RFC 3339 timestamp; customers created at or after it.
     pub(crate) created_after: Option<String>,

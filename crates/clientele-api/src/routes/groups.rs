@@ -62,7 +62,7 @@ pub(crate) fn status_of(outcome: WriteOutcome) -> StatusCode {
 /// `parent_cycle`).
 #[utoipa::path(
     put, path = "/v1/groups/{code}", tag = "groups",
-    params(("code" = String, Path, description = "1 to 64 characters of `[A-Za-z0-9_.-]`")),
+    params(("code" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$", description = "1 to 64 characters of `[A-Za-z0-9_.-]`")),
     request_body = GroupWrite,
     responses(
         (status = 201, description = "Created", body = Group, headers(("Location" = String))),
@@ -104,7 +104,7 @@ async fn put_group(
 /// Read a group.
 #[utoipa::path(
     get, path = "/v1/groups/{code}", tag = "groups",
-    params(("code" = String, Path)),
+    params(("code" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$")),
     responses((status = 200, body = Group), (status = 404, body = Problem)),
     security(("bearer" = []))
 )]
@@ -145,7 +145,7 @@ async fn list_groups(
 /// customers are members (customers are never rewritten behind the caller's back).
 #[utoipa::path(
     delete, path = "/v1/groups/{code}", tag = "groups",
-    params(("code" = String, Path)),
+    params(("code" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$")),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = []))
 )]

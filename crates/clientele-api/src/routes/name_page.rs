@@ -16,6 +16,7 @@ pub(crate) const MAX_NAMES: u32 = 1000;
 #[into_params(parameter_in = Query)]
 pub(crate) struct NamePageParams {
     /// 1 to 1000, default 1000.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,

@@ -43,10 +43,12 @@ pub(crate) struct SyncRequest<'a> {
 }
 
 /// A sync item: a customer body (see `CustomerWrite`) identified by its `key` field.
-#[derive(ToSchema)]
+// Only documents the item: items are parsed one by one from the raw body. `Deserialize` is derived
+// for `flatten`, which makes the customer's fields the item's own, as they are on the wire.
+#[derive(Deserialize, ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct SyncItemSchema {
-    #[schema(inline)]
+    #[serde(flatten)]
     customer: CustomerWrite,
     /// The current value of the key, when the item changes the key itself.
     r#match: Option<String>,

@@ -38,7 +38,7 @@ pub(crate) struct TeamList {
 /// Create or rename a team: absent `name` keeps it, `null` clears it.
 #[utoipa::path(
     put, path = "/v1/teams/{code}", tag = "teams",
-    params(("code" = String, Path, description = "1 to 64 characters of `[A-Za-z0-9_.-]`")),
+    params(("code" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$", description = "1 to 64 characters of `[A-Za-z0-9_.-]`")),
     request_body = TeamWrite,
     responses(
         (status = 201, description = "Created", body = Team, headers(("Location" = String))),
@@ -69,7 +69,7 @@ async fn put_team(
 /// Read a team.
 #[utoipa::path(
     get, path = "/v1/teams/{code}", tag = "teams",
-    params(("code" = String, Path)),
+    params(("code" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$")),
     responses((status = 200, body = Team), (status = 404, body = Problem)),
     security(("bearer" = []))
 )]
@@ -109,7 +109,7 @@ async fn list_teams(
 /// Delete a team: 409 `team_in_use` while customers or live API keys belong to it.
 #[utoipa::path(
     delete, path = "/v1/teams/{code}", tag = "teams",
-    params(("code" = String, Path)),
+    params(("code" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$")),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = []))
 )]

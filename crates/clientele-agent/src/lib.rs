@@ -1,0 +1,15 @@
+//! The sync agent behind `clientele push | pull | sync` (`AGENT.md`).
+
+pub mod fields;
+pub mod job;
+pub mod mapping;
+pub mod mirror;
+pub mod progress;
+pub mod pull;
+pub mod push;
+pub mod report;
+pub mod run;
+pub mod source;
+pub mod state;
+pub mod sync;
+pub mod transform;

@@ -1,0 +1,261 @@
+//! From a source row to the customer item the hub receives, and the hash that says whether it
+//! changed: `[fields]` renames, columns named like hub fields, the optional transform, and a
+//! canonical JSON encoding hashed with SHA-256.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::fields;
+use crate::job::{HubKey, Job};
+use crate::transform::Transform;
+
+/// A row that cannot become a customer item (it goes to the report, the run goes on).
+#[derive(Debug, Clone)]
+pub struct RowError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// A row ready to send: the source key, the hub key's value, the item and its hash.
+#[derive(Debug, Clone)]
+pub struct MappedRow {
+    pub key: String,
+    pub hub_value: String,
+    pub item: Map<String, Value>,
+    pub hash: [u8; 16],
+}
+
+pub struct Mapper {
+    source_key: String,
+    hub_key: HubKey,
+    /// Source column → hub field.
+    renames: BTreeMap<String, String>,
+    transform: Option<Transform>,
+}
+
+impl Mapper {
+    pub fn new(job: &Job, source_key: &str) -> Result<Mapper, String> {
+        let renames = job
+            .fields
+            .iter()
+            .map(|(field, column)| (column.clone(), field.clone()))
+            .collect();
+        let transform = job
+            .transform
+            .as_deref()
+            .map(Transform::compile)
+            .transpose()?;
+        Ok(Mapper {
+            source_key: source_key.to_owned(),
+            hub_key: job.sync.key,
+            renames,
+            transform,
+        })
+    }
+
+    /// The source key of a raw row, as text (numbers are written out).
+    pub fn key_of(&self, row: &Map<String, Value>) -> Option<String> {
+        key_text(row.get(&self.source_key)?)
+    }
+
+    pub fn map(&self, row: Map<String, Value>) -> Result<MappedRow, RowError> {
+        let key = self.key_of(&row).ok_or_else(|| RowError {
+            code: "missing_key",
+            message: format!(
+                "the row has no value in its key column `{}`",
+                self.source_key
+            ),
+        })?;
+        let mut item;
+        if let Some(transform) = &self.transform {
+            item = self.rename(row.clone());
+            // The program sees the raw columns and the renamed fields side by side.
+            let mut input = row;
+            for (field, value) in &item {
+                input.entry(field.clone()).or_insert_with(|| value.clone());
+            }
+            item = match transform.apply(Value::Object(input)) {
+                Ok(object) => object
+                    .into_iter()
+                    .map(|(field, value)| {
+                        let value = fields::coerce(&field, value);
+                        (field, value)
+                    })
+                    .collect(),
+                Err(message) => {
+                    return Err(RowError {
+                        code: "transform_failed",
+                        message,
+                    });
+                }
+            };
+        } else {
+            item = self.rename(row);
+        }
+        let hub_field = self.hub_key.field();
+        let hub_value = match item.get(hub_field) {
+            Some(value) => key_text(value).ok_or_else(|| RowError {
+                code: "missing_key",
+                message: format!("`{hub_field}` must be a non-empty string"),
+            })?,
+            None => {
+                item.insert(hub_field.to_owned(), Value::String(key.clone()));
+                key.clone()
+            }
+        };
+        let hash = hash_item(&item);
+        Ok(MappedRow {
+            key,
+            hub_value,
+            item,
+            hash,
+        })
+    }
+
+    fn rename(&self, row: Map<String, Value>) -> Map<String, Value> {
+        let mut item = Map::new();
+        for (column, value) in row {
+            let field = match self.renames.get(&column) {
+                Some(field) => field.clone(),
+                None if fields::is_writable(&column) => column,
+                None => continue,
+            };
+            let value = fields::coerce(&field, value);
+            item.insert(field, value);
+        }
+        item
+    }
+}
+
+fn key_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) if !text.is_empty() => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+/// SHA-256 (first 16 bytes) over a canonical encoding: object keys sorted at every level, no
+/// whitespace, whatever order the source or the transform produced them in.
+pub fn hash_item(item: &Map<String, Value>) -> [u8; 16] {
+    let mut hasher = Sha256::new();
+    let mut buffer = Vec::with_capacity(256);
+    write_canonical_object(&mut buffer, item);
+    hasher.update(&buffer);
+    let digest = hasher.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
+fn write_canonical_object(out: &mut Vec<u8>, object: &Map<String, Value>) {
+    let mut entries: Vec<(&String, &Value)> = object.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    out.push(b'{');
+    for (index, (name, value)) in entries.into_iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        write_str(out, name);
+        out.push(b':');
+        write_canonical(out, value);
+    }
+    out.push(b'}');
+}
+
+pub fn write_canonical(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Object(object) => write_canonical_object(out, object),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_canonical(out, item);
+            }
+            out.push(b']');
+        }
+        scalar => write_scalar(out, scalar),
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, text: &str) {
+    // Serializing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+fn write_scalar(out: &mut Vec<u8>, value: &Value) {
+    // Serializing a scalar into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::PathBuf;
+
+    fn job(extra: &str) -> Job {
+        let text = format!(
+            "[hub]\nurl = \"http://h\"\n[source]\nurl = \"a.csv\"\nkey = \"person_id\"\n[fields]\nfirst_name = \"fname\"\n{extra}"
+        );
+        Job::parse(&text, "job.toml", PathBuf::from(".")).expect("job")
+    }
+
+    fn object(value: Value) -> Map<String, Value> {
+        value.as_object().expect("object").clone()
+    }
+
+    #[test]
+    fn renames_keep_hub_named_columns_and_drop_the_rest() {
+        let mapper = Mapper::new(&job(""), "person_id").expect("mapper");
+        let row = mapper
+            .map(object(json!({"person_id": 7, "fname": "Ann", "email": "a@x.example", "shoe_size": 40, "archived": 0})))
+            .expect("maps");
+        assert_eq!(row.key, "7");
+        assert_eq!(row.hub_value, "7");
+        assert_eq!(
+            Value::Object(row.item),
+            json!({"external_id": "7", "first_name": "Ann", "email": "a@x.example", "archived": false})
+        );
+    }
+
+    #[test]
+    fn the_hash_ignores_key_order_and_sees_every_change() {
+        let a = object(json!({"a": 1, "b": {"y": [1, 2], "x": null}}));
+        let b = object(json!({"b": {"x": null, "y": [1, 2]}, "a": 1}));
+        assert_eq!(hash_item(&a), hash_item(&b));
+        let c = object(json!({"b": {"x": null, "y": [2, 1]}, "a": 1}));
+        assert_ne!(hash_item(&a), hash_item(&c));
+    }
+
+    #[test]
+    fn the_transform_sees_raw_columns_and_its_output_is_hashed() {
+        let mapper = Mapper::new(
+            &job("transform = '{ external_id: (\"P\" + (.person_id|tostring)), first_name: .first_name, tags: [.tag] }'"),
+            "person_id",
+        )
+        .expect("mapper");
+        let row = mapper
+            .map(object(json!({"person_id": 3, "fname": "Bo", "tag": "vip"})))
+            .expect("maps");
+        assert_eq!(row.hub_value, "P3");
+        assert_eq!(
+            Value::Object(row.item.clone()),
+            json!({"external_id": "P3", "first_name": "Bo", "tags": ["vip"]})
+        );
+        assert_eq!(row.hash, hash_item(&row.item));
+    }
+
+    #[test]
+    fn rows_without_a_key_are_refused() {
+        let mapper = Mapper::new(&job(""), "person_id").expect("mapper");
+        let error = mapper
+            .map(object(json!({"fname": "Ann"})))
+            .expect_err("refused");
+        assert_eq!(error.code, "missing_key");
+    }
+}

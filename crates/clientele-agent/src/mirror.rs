@@ -1,0 +1,514 @@
+//! The mirror table (SQLite or PostgreSQL): one row per hub customer, one column per customer
+//! field named as in the API, arrays and objects as JSON text. Beside it, in the same database,
+//! `_clientele_feed` keeps the change-feed position (updated in the transaction that applies the
+//! rows it covers) and `_clientele_shadow` keeps, for `sync`, the version and hash of each row as
+//! the hub last had it — what tells a local edit from a hub change, and the agent's own writes
+//! from anyone else's.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use futures::TryStreamExt;
+use serde_json::{Map, Value};
+use sqlx::any::{AnyArguments, AnyPoolOptions};
+use sqlx::{AnyPool, Arguments};
+
+use crate::fields::{CUSTOMER_FIELDS, Kind, kind_of, writable_part};
+use crate::mapping::hash_item;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Debug)]
+pub struct Mirror {
+    pool: AnyPool,
+    dialect: Dialect,
+    table: String,
+}
+
+/// A mirror row as the hub last had it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shadow {
+    pub version: i64,
+    pub hash: String,
+}
+
+/// A row of the mirror table: where it is (`rowref`, for rows without an id) and its fields.
+#[derive(Clone, Debug)]
+pub struct LocalRow {
+    pub rowref: String,
+    pub fields: Map<String, Value>,
+}
+
+/// Statements stay under both backends' parameter limits.
+const ROWS_PER_STATEMENT: usize = 500;
+
+impl Mirror {
+    pub async fn open(url: &str, table: &str) -> anyhow::Result<Mirror> {
+        sqlx::any::install_default_drivers();
+        let lower = url.to_ascii_lowercase();
+        let (dialect, url) = if lower.starts_with("sqlite:") {
+            let url = if url.contains('?') {
+                url.to_owned()
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            (Dialect::Sqlite, url)
+        } else if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            (Dialect::Postgres, url.to_owned())
+        } else {
+            anyhow::bail!("the mirror URL must be sqlite://PATH or postgres://...");
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if dialect == Dialect::Sqlite { 1 } else { 4 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // WAL with NORMAL: durable across a killed process, one sync per checkpoint.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 30000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .with_context(|| format!("cannot open the mirror database {}", redact(&url)))?;
+        let mirror = Mirror {
+            pool,
+            dialect,
+            table: table.to_owned(),
+        };
+        mirror.ensure_tables().await?;
+        Ok(mirror)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    async fn ensure_tables(&self) -> anyhow::Result<()> {
+        if self.dialect == Dialect::Sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&self.pool)
+                .await?;
+        }
+        let columns: Vec<String> = CUSTOMER_FIELDS
+            .iter()
+            .map(|(name, kind)| {
+                if *name == "id" {
+                    // PostgreSQL keys cannot be NULL, and a local insert has no id yet.
+                    return match self.dialect {
+                        Dialect::Sqlite => "id TEXT PRIMARY KEY".to_owned(),
+                        Dialect::Postgres => "id TEXT UNIQUE".to_owned(),
+                    };
+                }
+                format!("{name} {}", self.sql_type(*kind))
+            })
+            .collect();
+        let statements = [
+            format!("CREATE TABLE IF NOT EXISTS {} ({})", self.table, columns.join(", ")),
+            "CREATE TABLE IF NOT EXISTS _clientele_feed (mirror_table TEXT PRIMARY KEY, position BIGINT NOT NULL)".to_owned(),
+            "CREATE TABLE IF NOT EXISTS _clientele_shadow (mirror_table TEXT NOT NULL, id TEXT NOT NULL, \
+             version BIGINT NOT NULL, hash TEXT NOT NULL, PRIMARY KEY (mirror_table, id))"
+                .to_owned(),
+        ];
+        for statement in statements {
+            sqlx::query(&statement).execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    fn sql_type(&self, kind: Kind) -> &'static str {
+        match (kind, self.dialect) {
+            (Kind::Text | Kind::Json, _) => "TEXT",
+            (Kind::Bool, Dialect::Sqlite) => "INTEGER",
+            (Kind::Bool, Dialect::Postgres) => "BOOLEAN",
+            (Kind::Number, Dialect::Sqlite) => "REAL",
+            (Kind::Number, Dialect::Postgres) => "DOUBLE PRECISION",
+            (Kind::Integer, _) => "BIGINT",
+        }
+    }
+
+    fn placeholder(&self, n: usize) -> String {
+        match self.dialect {
+            Dialect::Sqlite => "?".to_owned(),
+            Dialect::Postgres => format!("${n}"),
+        }
+    }
+
+    /// The change-feed position the mirror has applied up to (0 when new).
+    pub async fn position(&self) -> anyhow::Result<i64> {
+        let sql = format!(
+            "SELECT position FROM _clientele_feed WHERE mirror_table = {}",
+            self.placeholder(1)
+        );
+        let position: Option<i64> = sqlx::query_scalar(&sql)
+            .bind(&self.table)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(position.unwrap_or(0))
+    }
+
+    /// Every shadow entry for these ids.
+    pub async fn shadows(&self, ids: &[&str]) -> anyhow::Result<HashMap<String, Shadow>> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut args = AnyArguments::default();
+            args.add(self.table.clone()).map_err(anyhow::Error::msg)?;
+            let mut marks = Vec::with_capacity(chunk.len());
+            for (index, id) in chunk.iter().enumerate() {
+                args.add(id.to_string()).map_err(anyhow::Error::msg)?;
+                marks.push(self.placeholder(index + 2));
+            }
+            let sql = format!(
+                "SELECT id, version, hash FROM _clientele_shadow WHERE mirror_table = {} AND id IN ({})",
+                self.placeholder(1),
+                marks.join(", ")
+            );
+            let rows: Vec<(String, i64, String)> = sqlx::query_as_with(&sql, args)
+                .fetch_all(&self.pool)
+                .await?;
+            out.extend(
+                rows.into_iter()
+                    .map(|(id, version, hash)| (id, Shadow { version, hash })),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Local rows by id (normalized fields).
+    pub async fn rows_by_id(&self, ids: &[&str]) -> anyhow::Result<HashMap<String, LocalRow>> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut args = AnyArguments::default();
+            let mut marks = Vec::with_capacity(chunk.len());
+            for (index, id) in chunk.iter().enumerate() {
+                args.add(id.to_string()).map_err(anyhow::Error::msg)?;
+                marks.push(self.placeholder(index + 1));
+            }
+            let sql = format!("{} WHERE id IN ({})", self.select_rows(), marks.join(", "));
+            let rows: Vec<(String, String)> = sqlx::query_as_with(&sql, args)
+                .fetch_all(&self.pool)
+                .await?;
+            for (rowref, json) in rows {
+                let row = local_row(rowref, &json)?;
+                if let Some(Value::String(id)) = row.fields.get("id") {
+                    out.insert(id.clone(), row);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every row of the mirror table with its shadow, streamed, for `sync` to find local edits.
+    pub async fn scan(
+        &self,
+        mut visit: impl FnMut(LocalRow, Option<Shadow>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => format!(
+                "SELECT CAST(m.rowid AS TEXT), {}, s.version, s.hash FROM {} AS m \
+                 LEFT JOIN _clientele_shadow AS s ON s.mirror_table = ? AND s.id = m.id",
+                self.json_expression("m"),
+                self.table
+            ),
+            Dialect::Postgres => format!(
+                "SELECT m.ctid::text, row_to_json(m)::text, s.version, s.hash FROM {} AS m \
+                 LEFT JOIN _clientele_shadow AS s ON s.mirror_table = $1 AND s.id = m.id",
+                self.table
+            ),
+        };
+        let mut rows = sqlx::query_as::<_, (String, String, Option<i64>, Option<String>)>(&sql)
+            .bind(&self.table)
+            .fetch(&self.pool);
+        while let Some((rowref, json, version, hash)) = rows.try_next().await? {
+            let shadow = version
+                .zip(hash)
+                .map(|(version, hash)| Shadow { version, hash });
+            visit(local_row(rowref, &json)?, shadow)?;
+        }
+        Ok(())
+    }
+
+    fn select_rows(&self) -> String {
+        match self.dialect {
+            Dialect::Sqlite => format!(
+                "SELECT CAST(m.rowid AS TEXT), {} FROM {} AS m",
+                self.json_expression("m"),
+                self.table
+            ),
+            Dialect::Postgres => format!(
+                "SELECT m.ctid::text, row_to_json(m)::text FROM {} AS m",
+                self.table
+            ),
+        }
+    }
+
+    fn json_expression(&self, alias: &str) -> String {
+        let pairs: Vec<String> = CUSTOMER_FIELDS
+            .iter()
+            .map(|(name, _)| format!("'{name}', {alias}.{name}"))
+            .collect();
+        format!("json_object({})", pairs.join(", "))
+    }
+
+    pub async fn begin(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Upserts whole customers (as the hub sent them) by id.
+    pub async fn upsert(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        customers: &[&Value],
+    ) -> anyhow::Result<()> {
+        let names: Vec<&str> = CUSTOMER_FIELDS.iter().map(|(name, _)| *name).collect();
+        let updates: Vec<String> = names
+            .iter()
+            .filter(|name| **name != "id")
+            .map(|name| format!("{name} = excluded.{name}"))
+            .collect();
+        for chunk in customers.chunks(ROWS_PER_STATEMENT) {
+            let mut args = AnyArguments::default();
+            let mut tuples = Vec::with_capacity(chunk.len());
+            let mut n = 0;
+            for customer in chunk {
+                let mut marks = Vec::with_capacity(names.len());
+                for (name, kind) in CUSTOMER_FIELDS {
+                    n += 1;
+                    marks.push(self.placeholder(n));
+                    bind_value(&mut args, *kind, customer.get(*name))?;
+                }
+                tuples.push(format!("({})", marks.join(", ")));
+            }
+            let sql = format!(
+                // An event older than the row (replayed after a resync) changes nothing.
+                "INSERT INTO {table} ({}) VALUES {} ON CONFLICT (id) DO UPDATE SET {} \
+                 WHERE {table}.version IS NULL OR excluded.version >= {table}.version",
+                names.join(", "),
+                tuples.join(", "),
+                updates.join(", "),
+                table = self.table,
+            );
+            sqlx::query_with(&sql, args).execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Overwrites one local row (found by `rowref`) with a customer, e.g. after creating it.
+    pub async fn overwrite_row(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        rowref: &str,
+        customer: &Value,
+    ) -> anyhow::Result<()> {
+        let mut args = AnyArguments::default();
+        let mut sets = Vec::new();
+        for (index, (name, kind)) in CUSTOMER_FIELDS.iter().enumerate() {
+            sets.push(format!("{name} = {}", self.placeholder(index + 1)));
+            bind_value(&mut args, *kind, customer.get(*name))?;
+        }
+        let n = CUSTOMER_FIELDS.len() + 1;
+        let condition = match self.dialect {
+            Dialect::Sqlite => {
+                args.add(rowref.parse::<i64>().unwrap_or(-1))
+                    .map_err(anyhow::Error::msg)?;
+                "rowid = ?".to_owned()
+            }
+            Dialect::Postgres => {
+                args.add(rowref.to_owned()).map_err(anyhow::Error::msg)?;
+                format!("ctid = ${n}::tid")
+            }
+        };
+        let sql = format!(
+            "UPDATE {} SET {} WHERE {condition}",
+            self.table,
+            sets.join(", ")
+        );
+        sqlx::query_with(&sql, args).execute(&mut *tx).await?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, tx: &mut sqlx::AnyConnection, ids: &[&str]) -> anyhow::Result<()> {
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            for (table, column, extra) in [
+                (self.table.as_str(), "id", false),
+                ("_clientele_shadow", "id", true),
+            ] {
+                let mut args = AnyArguments::default();
+                let mut marks = Vec::new();
+                let mut n = 0;
+                if extra {
+                    n += 1;
+                    args.add(self.table.clone()).map_err(anyhow::Error::msg)?;
+                }
+                for id in chunk {
+                    n += 1;
+                    marks.push(self.placeholder(n));
+                    args.add(id.to_string()).map_err(anyhow::Error::msg)?;
+                }
+                let scope = if extra {
+                    format!("mirror_table = {} AND ", self.placeholder(1))
+                } else {
+                    String::new()
+                };
+                let sql = format!(
+                    "DELETE FROM {table} WHERE {scope}{column} IN ({})",
+                    marks.join(", ")
+                );
+                sqlx::query_with(&sql, args).execute(&mut *tx).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the rows (with an id) whose id is not in `keep`: after a resync from the list.
+    pub async fn delete_except(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        keep: &[String],
+    ) -> anyhow::Result<()> {
+        let keep: std::collections::HashSet<&str> = keep.iter().map(String::as_str).collect();
+        let sql = format!("SELECT id FROM {} WHERE id IS NOT NULL", self.table);
+        let ids: Vec<String> = sqlx::query_scalar(&sql).fetch_all(&mut *tx).await?;
+        let gone: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !keep.contains(id))
+            .collect();
+        self.delete(tx, &gone).await
+    }
+
+    /// Records what the hub has for these rows: (id, version, hash).
+    pub async fn set_shadows(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        shadows: &[(String, Shadow)],
+    ) -> anyhow::Result<()> {
+        for chunk in shadows.chunks(ROWS_PER_STATEMENT) {
+            let mut args = AnyArguments::default();
+            let mut tuples = Vec::new();
+            let mut n = 0;
+            for (id, shadow) in chunk {
+                tuples.push(format!(
+                    "({}, {}, {}, {})",
+                    self.placeholder(n + 1),
+                    self.placeholder(n + 2),
+                    self.placeholder(n + 3),
+                    self.placeholder(n + 4)
+                ));
+                n += 4;
+                args.add(self.table.clone()).map_err(anyhow::Error::msg)?;
+                args.add(id.clone()).map_err(anyhow::Error::msg)?;
+                args.add(shadow.version).map_err(anyhow::Error::msg)?;
+                args.add(shadow.hash.clone()).map_err(anyhow::Error::msg)?;
+            }
+            let sql = format!(
+                "INSERT INTO _clientele_shadow (mirror_table, id, version, hash) VALUES {} \
+                 ON CONFLICT (mirror_table, id) DO UPDATE SET version = excluded.version, hash = excluded.hash",
+                tuples.join(", ")
+            );
+            sqlx::query_with(&sql, args).execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn set_position(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        position: i64,
+    ) -> anyhow::Result<()> {
+        let sql = format!(
+            "INSERT INTO _clientele_feed (mirror_table, position) VALUES ({}, {}) \
+             ON CONFLICT (mirror_table) DO UPDATE SET position = excluded.position",
+            self.placeholder(1),
+            self.placeholder(2)
+        );
+        sqlx::query(&sql)
+            .bind(&self.table)
+            .bind(position)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+fn bind_value(
+    args: &mut AnyArguments<'_>,
+    kind: Kind,
+    value: Option<&Value>,
+) -> anyhow::Result<()> {
+    let value = value.filter(|value| !value.is_null());
+    let added = match kind {
+        Kind::Text => args.add(value.map(|value| match value {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        })),
+        Kind::Json => args.add(value.map(Value::to_string)),
+        Kind::Bool => args.add(value.and_then(Value::as_bool)),
+        Kind::Number => args.add(value.and_then(Value::as_f64)),
+        Kind::Integer => args.add(value.and_then(Value::as_i64)),
+    };
+    added.map_err(anyhow::Error::msg)
+}
+
+fn local_row(rowref: String, json: &str) -> anyhow::Result<LocalRow> {
+    let raw: Map<String, Value> = serde_json::from_str(json)?;
+    Ok(LocalRow {
+        rowref,
+        fields: normalize(&raw),
+    })
+}
+
+/// A customer in one canonical form whether it comes from the hub or from a mirror row (where
+/// booleans may be 0/1, numbers may be integral floats, arrays and objects are JSON text).
+pub fn normalize(raw: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (name, kind) in CUSTOMER_FIELDS {
+        let value = raw.get(*name).cloned().unwrap_or(Value::Null);
+        let value = match (kind, value) {
+            (_, Value::Null) => Value::Null,
+            (Kind::Bool, Value::Number(number)) => Value::Bool(number.as_i64().unwrap_or(0) != 0),
+            (Kind::Number, Value::Number(number)) => number
+                .as_f64()
+                .and_then(serde_json::Number::from_f64)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+            (Kind::Json, Value::String(text)) => {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            }
+            (_, value) => value,
+        };
+        out.insert((*name).to_owned(), value);
+    }
+    out
+}
+
+/// The hash of what a client may write of a customer (what `sync` compares to spot local edits).
+pub fn content_hash(normalized: &Map<String, Value>) -> String {
+    hex::encode(hash_item(&writable_part(normalized)))
+}
+
+pub fn is_mirror_field(name: &str) -> bool {
+    kind_of(name).is_some()
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}

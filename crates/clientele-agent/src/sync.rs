@@ -1,0 +1,359 @@
+//! `clientele sync`: both ways between the hub and the mirror table.
+//!
+//! The shadow table holds, per row, the version and content hash of the hub's copy as the agent
+//! last wrote or read it. A row whose content hash differs from its shadow was edited locally; a
+//! row without an id was inserted locally. A run first follows the feed: an event whose version
+//! the shadow already holds is the agent's own write coming back and is skipped (no echo); an
+//! event for a row edited on both sides is settled by `conflict`. Then local edits go up with
+//! `If-Match` on the shadow's version (a hub change that slipped in between is a 412, settled
+//! the same way) and local inserts are created; what the hub answers is written back with its
+//! new shadow, so the next run skips those events.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clientele_client::{ChangeType, Client, ClientError};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::fields::writable_part;
+use crate::job::{Conflict, Job};
+use crate::mirror::{LocalRow, Mirror, Shadow, content_hash};
+use crate::progress::{Counters, Progress};
+use crate::pull::{PAGE, last_per_customer, shadows_of};
+use crate::report::Report;
+
+pub async fn run(
+    job: &Arc<Job>,
+    client: &Client,
+    report: &Report,
+    progress: &Progress,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let section = job.mirror()?;
+    let mirror = Mirror::open(&job.database_url(&section.url), &section.table).await?;
+    let syncer = Syncer {
+        mirror,
+        client: client.clone(),
+        report: report.clone(),
+        progress: progress.clone(),
+        conflict: section.conflict,
+        dry_run,
+    };
+    syncer.pull_phase().await?;
+    syncer.push_phase().await?;
+    report.flush();
+    Ok(())
+}
+
+struct Syncer {
+    mirror: Mirror,
+    client: Client,
+    report: Report,
+    progress: Progress,
+    conflict: Conflict,
+    dry_run: bool,
+}
+
+/// Which side's copy a conflict keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Winner {
+    Hub,
+    Local,
+}
+
+/// A local edit to send.
+struct Edit {
+    id: String,
+    rowref: String,
+    fields: Map<String, Value>,
+    base_version: i64,
+}
+
+impl Syncer {
+    fn counters(&self) -> &Counters {
+        &self.progress.counters
+    }
+
+    fn settle(&self, local: &Map<String, Value>, hub: &Map<String, Value>) -> Winner {
+        match self.conflict {
+            Conflict::HubWins => Winner::Hub,
+            Conflict::SourceWins => Winner::Local,
+            Conflict::NewestWins => {
+                let local_at = local
+                    .get("updated_at")
+                    .and_then(Value::as_str)
+                    .and_then(parse_time);
+                let hub_at = hub
+                    .get("updated_at")
+                    .and_then(Value::as_str)
+                    .and_then(parse_time);
+                match (local_at, hub_at) {
+                    (Some(local_at), Some(hub_at)) if local_at > hub_at => Winner::Local,
+                    _ => Winner::Hub,
+                }
+            }
+        }
+    }
+
+    /// Hub changes down, page by page, each page with its feed position in one transaction.
+    async fn pull_phase(&self) -> anyhow::Result<()> {
+        let mut position = self.mirror.position().await?;
+        loop {
+            let page = self
+                .client
+                .changes(position, PAGE, None)
+                .await
+                .context("cannot read the change feed")?;
+            if page.data.is_empty() {
+                return Ok(());
+            }
+            Counters::add(&self.counters().rows, page.data.len() as u64);
+            let changes = last_per_customer(&page.data);
+            let ids: Vec<&str> = changes
+                .iter()
+                .map(|change| change.customer_id.as_str())
+                .collect();
+            let shadows = self.mirror.shadows(&ids).await?;
+            let locals = self.mirror.rows_by_id(&ids).await?;
+            let mut deleted = Vec::new();
+            let mut upserts: Vec<&Value> = Vec::new();
+            let mut kept_local: Vec<(String, Shadow)> = Vec::new();
+            for change in changes {
+                let id = change.customer_id.as_str();
+                let shadow = shadows.get(id);
+                if let (Some(shadow), Some(version)) = (shadow, change.version)
+                    && shadow.version >= version
+                {
+                    // Our own write (or one we already hold) coming back: no echo.
+                    continue;
+                }
+                let local = locals.get(id);
+                let edited = match (local, shadow) {
+                    (Some(local), Some(shadow)) => content_hash(&local.fields) != shadow.hash,
+                    _ => false,
+                };
+                let customer = match (&change.kind, &change.customer) {
+                    (ChangeType::Deleted, _) | (_, None) => {
+                        // An erasure in the hub is final, edited locally or not.
+                        deleted.push(id);
+                        Counters::add(&self.counters().deleted, 1);
+                        continue;
+                    }
+                    (_, Some(customer)) => customer,
+                };
+                let winner = match (edited, local, customer.as_object()) {
+                    (true, Some(local), Some(hub)) => self.settle(&local.fields, hub),
+                    _ => Winner::Hub,
+                };
+                if winner == Winner::Local {
+                    // Keep the local edit; it goes up against the hub's new version.
+                    let old_hash = shadow.map(|shadow| shadow.hash.clone()).unwrap_or_default();
+                    kept_local.push((
+                        id.to_owned(),
+                        Shadow {
+                            version: change.version.unwrap_or(0),
+                            hash: old_hash,
+                        },
+                    ));
+                    continue;
+                }
+                let counter = if change.kind == ChangeType::Created && local.is_none() {
+                    &self.counters().created
+                } else {
+                    &self.counters().updated
+                };
+                Counters::add(counter, 1);
+                if self.dry_run {
+                    println!("down {id}");
+                }
+                upserts.push(customer);
+            }
+            if !self.dry_run {
+                let mut tx = self.mirror.begin().await?;
+                self.mirror.delete(&mut tx, &deleted).await?;
+                self.mirror.upsert(&mut tx, &upserts).await?;
+                let mut shadows = shadows_of(&upserts);
+                shadows.extend(kept_local);
+                self.mirror.set_shadows(&mut tx, &shadows).await?;
+                self.mirror.set_position(&mut tx, page.next_after).await?;
+                tx.commit().await?;
+            }
+            position = page.next_after;
+            self.progress.tick();
+        }
+    }
+
+    /// Local inserts and edits up.
+    async fn push_phase(&self) -> anyhow::Result<()> {
+        let mut inserts: Vec<LocalRow> = Vec::new();
+        let mut edits: Vec<Edit> = Vec::new();
+        let mut first_seen: Vec<(String, Shadow)> = Vec::new();
+        self.mirror
+            .scan(|row, shadow| {
+                let id = row
+                    .fields
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                match (id, shadow) {
+                    (None, _) => inserts.push(row),
+                    (Some(id), Some(shadow)) => {
+                        if content_hash(&row.fields) != shadow.hash {
+                            edits.push(Edit {
+                                id,
+                                rowref: row.rowref,
+                                fields: row.fields,
+                                base_version: shadow.version,
+                            });
+                        }
+                    }
+                    (Some(id), None) => {
+                        // A row pulled before sync kept shadows: take it as the hub's copy.
+                        let version = row
+                            .fields
+                            .get("version")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(0);
+                        first_seen.push((
+                            id,
+                            Shadow {
+                                version,
+                                hash: content_hash(&row.fields),
+                            },
+                        ));
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        if !first_seen.is_empty() && !self.dry_run {
+            let mut tx = self.mirror.begin().await?;
+            self.mirror.set_shadows(&mut tx, &first_seen).await?;
+            tx.commit().await?;
+        }
+        for edit in edits {
+            Counters::add(&self.counters().rows, 1);
+            if self.dry_run {
+                println!("up {}", edit.id);
+                Counters::add(&self.counters().updated, 1);
+                continue;
+            }
+            self.send_edit(edit).await?;
+            self.progress.tick();
+        }
+        for row in inserts {
+            Counters::add(&self.counters().rows, 1);
+            if self.dry_run {
+                println!("create row {}", row.rowref);
+                Counters::add(&self.counters().created, 1);
+                continue;
+            }
+            self.send_insert(row).await?;
+            self.progress.tick();
+        }
+        Ok(())
+    }
+
+    async fn send_edit(&self, edit: Edit) -> anyhow::Result<()> {
+        let body = Value::Object(writable_part(&edit.fields));
+        let mut expected = edit.base_version;
+        // At most twice: a 412 settled for the local side is retried once against the new version.
+        for _ in 0..2 {
+            let key = idempotency_key("edit", &edit.id, expected, &body);
+            match self
+                .client
+                .patch_customer(&edit.id, &body, Some(expected), &key)
+                .await
+            {
+                Ok(response) => {
+                    let unchanged = response.body["version"].as_i64() == Some(expected);
+                    let counter = if unchanged {
+                        &self.counters().unchanged
+                    } else {
+                        &self.counters().updated
+                    };
+                    Counters::add(counter, 1);
+                    return self.write_back(&edit.rowref, &response.body).await;
+                }
+                Err(ClientError::Problem { status: 412, .. }) => {
+                    let hub = self.client.get_customer(&edit.id).await?;
+                    let winner = hub
+                        .as_object()
+                        .map(|hub| self.settle(&edit.fields, hub))
+                        .unwrap_or(Winner::Hub);
+                    match (winner, hub["version"].as_i64()) {
+                        (Winner::Local, Some(version)) => expected = version,
+                        _ => {
+                            Counters::add(&self.counters().updated, 1);
+                            return self.write_back(&edit.rowref, &hub).await;
+                        }
+                    }
+                }
+                Err(ClientError::Problem { status: 404, .. }) => {
+                    // Erased in the hub: the erasure wins.
+                    let mut tx = self.mirror.begin().await?;
+                    self.mirror.delete(&mut tx, &[edit.id.as_str()]).await?;
+                    tx.commit().await?;
+                    Counters::add(&self.counters().deleted, 1);
+                    return Ok(());
+                }
+                Err(error) => return self.rejected(Some(&edit.id), error),
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_insert(&self, row: LocalRow) -> anyhow::Result<()> {
+        let body: Map<String, Value> = writable_part(&row.fields)
+            .into_iter()
+            .filter(|(_, value)| !value.is_null())
+            .collect();
+        let body = Value::Object(body);
+        // The same row with the same content after a kill gets the hub's replay, not a twin.
+        let key = idempotency_key("create", &row.rowref, 0, &body);
+        match self.client.create_customer(&body, &key).await {
+            Ok(response) => {
+                Counters::add(&self.counters().created, 1);
+                self.write_back(&row.rowref, &response.body).await
+            }
+            Err(error) => {
+                self.rejected(row.fields.get("external_id").and_then(Value::as_str), error)
+            }
+        }
+    }
+
+    /// Writes the hub's answer into the row and records it as the shadow, in one transaction.
+    async fn write_back(&self, rowref: &str, customer: &Value) -> anyhow::Result<()> {
+        let mut tx = self.mirror.begin().await?;
+        self.mirror.overwrite_row(&mut tx, rowref, customer).await?;
+        self.mirror
+            .set_shadows(&mut tx, &shadows_of(&[customer]))
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn rejected(&self, key: Option<&str>, error: ClientError) -> anyhow::Result<()> {
+        match error {
+            ClientError::Problem {
+                status, problem, ..
+            } if (400..500).contains(&status) && status != 401 && status != 403 => {
+                Counters::add(&self.counters().failed, 1);
+                self.report.rejected(key, None, &problem);
+                Ok(())
+            }
+            error => Err(error.into()),
+        }
+    }
+}
+
+fn idempotency_key(kind: &str, row: &str, version: i64, body: &Value) -> String {
+    let mut digest = Sha256::new();
+    digest.update(format!("{kind}\n{row}\n{version}\n{body}").as_bytes());
+    format!("sync-{}", hex::encode(&digest.finalize()[..20]))
+}
+
+fn parse_time(text: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}

@@ -1,0 +1,180 @@
+//! The problem responses every operation shares, written into the OpenAPI document once instead
+//! of in every handler's annotation: the extractors and middleware that refuse a request (auth,
+//! strict JSON and query parsing, `If-Match`, `Idempotency-Key`, rate limits, the database being
+//! busy) run for many routes, so the document must say so for each of them. Also makes every
+//! error response `application/problem+json`, which is what the hub sends.
+
+use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::{
+    Content, HttpMethod, OpenApi, Ref, RefOr, Required, Response, ResponseBuilder, Schema,
+};
+
+use crate::problem::ErrorCode;
+
+const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Completes the document's error responses; see the module documentation.
+pub(crate) fn document_problems(openapi: &mut OpenApi) {
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            (HttpMethod::Get, &mut item.get),
+            (HttpMethod::Put, &mut item.put),
+            (HttpMethod::Post, &mut item.post),
+            (HttpMethod::Delete, &mut item.delete),
+            (HttpMethod::Patch, &mut item.patch),
+        ];
+        for (method, operation) in operations {
+            if let Some(operation) = operation {
+                complete(method, operation);
+            }
+        }
+    }
+}
+
+fn complete(method: HttpMethod, operation: &mut Operation) {
+    let secured = operation
+        .security
+        .as_ref()
+        .is_some_and(|requirements| !requirements.is_empty());
+    let has_body = operation.request_body.is_some();
+    let has = |location: ParameterIn| {
+        operation
+            .parameters
+            .iter()
+            .flatten()
+            .any(|p| p.parameter_in == location)
+    };
+    let has_query = has(ParameterIn::Query);
+    let has_if_match = operation
+        .parameters
+        .iter()
+        .flatten()
+        .any(|p| p.name.eq_ignore_ascii_case("if-match"));
+    let write = matches!(
+        method,
+        HttpMethod::Post | HttpMethod::Put | HttpMethod::Patch | HttpMethod::Delete
+    );
+
+    let mut codes: Vec<ErrorCode> = Vec::new();
+    if has_body {
+        codes.extend([
+            ErrorCode::MalformedJson,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::ValidationFailed,
+        ]);
+    }
+    if has_query {
+        codes.push(ErrorCode::ValidationFailed);
+    }
+    if has_if_match {
+        codes.push(ErrorCode::InvalidHeader);
+    }
+    if secured {
+        codes.extend([
+            ErrorCode::Unauthorized,
+            ErrorCode::SignatureMissing,
+            ErrorCode::SignatureInvalid,
+            ErrorCode::SignatureExpired,
+            ErrorCode::SignatureReplayed,
+            ErrorCode::Forbidden,
+            ErrorCode::RateLimited,
+            ErrorCode::Unavailable,
+        ]);
+        if write {
+            codes.extend([
+                ErrorCode::InvalidHeader,
+                ErrorCode::IdempotencyInFlight,
+                ErrorCode::IdempotencyKeyReused,
+            ]);
+            add_idempotency_key(operation);
+        }
+    }
+
+    let responses = &mut operation.responses.responses;
+    for code in codes {
+        let status = code.status().as_u16().to_string();
+        if !responses.contains_key(&status) {
+            responses.insert(status.clone(), problem_response(code).into());
+        }
+        if let Some(RefOr::T(response)) = responses.get_mut(&status) {
+            mention(response, code);
+        }
+    }
+    for (status, response) in responses.iter_mut() {
+        if let (true, RefOr::T(response)) = (status.starts_with(['4', '5']), response) {
+            as_problem(response);
+        }
+    }
+}
+
+fn problem_response(code: ErrorCode) -> Response {
+    ResponseBuilder::new()
+        .description(code.title())
+        .content(PROBLEM_JSON, problem_content())
+        .build()
+}
+
+/// Names `code` in the response's description, so readers see every code a status may carry.
+fn mention(response: &mut Response, code: ErrorCode) {
+    let tag = format!("`{}`", code.as_str());
+    let description = &mut response.description;
+    if description.contains(&tag) {
+        return;
+    }
+    if description.is_empty() {
+        code.title().clone_into(description);
+    }
+    match description
+        .strip_suffix(')')
+        .filter(|d| d.contains("(codes: "))
+    {
+        Some(listed) => *description = format!("{listed}, {tag})"),
+        None => description.push_str(&format!(" (codes: {tag})")),
+    }
+}
+
+/// The hub sends every 4xx and 5xx as `application/problem+json`.
+fn as_problem(response: &mut Response) {
+    if let Some(content) = response.content.shift_remove("application/json") {
+        response.content.insert(PROBLEM_JSON.to_owned(), content);
+    }
+    if response.content.is_empty() {
+        response
+            .content
+            .insert(PROBLEM_JSON.to_owned(), problem_content());
+    }
+}
+
+fn problem_content() -> Content {
+    Content::new(Some(RefOr::<Schema>::Ref(Ref::from_schema_name("Problem"))))
+}
+
+fn add_idempotency_key(operation: &mut Operation) {
+    let parameters = operation.parameters.get_or_insert_with(Vec::new);
+    if parameters
+        .iter()
+        .any(|p| p.name.eq_ignore_ascii_case("idempotency-key"))
+    {
+        return;
+    }
+    parameters.push(idempotency_key());
+}
+
+fn idempotency_key() -> Parameter {
+    ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "Up to 255 characters: for 24 hours a repeat of the same request gets the first \
+             response again (`Idempotent-Replayed: true`) and changes nothing",
+        ))
+        .schema(Some(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .min_length(Some(1))
+                .max_length(Some(255)),
+        ))
+        .build()
+}

@@ -1,0 +1,154 @@
+//! The agent's failures are clear and non-zero: a bad job file names its line and key, an
+//! unreachable hub, a refused key, a missing source table; and a PostgreSQL source works.
+
+mod agent_support;
+
+use agent_support::*;
+use clientele_testkit::TestHub;
+use sqlx::Connection;
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_job_file_names_the_line_and_the_key() {
+    let hub = TestHub::sqlite().await;
+    let work = Workdir::new();
+    let job = work.job(
+        &hub,
+        &PEOPLE_JOB.replace("table = \"people\"", "tabel = \"people\""),
+    );
+    let output = agent("push", &job, &[]).await;
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("line 7") && stderr.contains("tabel"),
+        "{stderr}"
+    );
+
+    let job = work.job(
+        &hub,
+        &PEOPLE_JOB.replace("concurrency = 4", "concurrency = 0"),
+    );
+    let stderr = stderr_of(&agent("push", &job, &[]).await);
+    assert!(
+        stderr.contains("line 15") && stderr.contains("sync.concurrency"),
+        "{stderr}"
+    );
+
+    let job = work.job(
+        &hub,
+        &format!("{PEOPLE_JOB}transform = '{{ external_id: '\n"),
+    );
+    let stderr = stderr_of(&agent("push", &job, &[]).await);
+    assert!(
+        stderr.contains("line 19") && stderr.contains("fields.transform"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_hub_a_bad_key_and_a_missing_table_are_clear_errors() {
+    let hub = TestHub::sqlite().await;
+    let work = Workdir::new();
+    sqlite_source(&work.path("source.db"), &borrowed(&people(1..3))).await;
+
+    let job = work.job(&hub, PEOPLE_JOB);
+    let text = std::fs::read_to_string(&job)
+        .expect("job")
+        .replace(&hub.base_url, "http://127.0.0.1:9");
+    std::fs::write(&job, text).expect("job");
+    let output = agent("push", &job, &[]).await;
+    assert!(!output.status.success());
+    assert!(
+        stderr_of(&output).contains("unreachable"),
+        "{}",
+        stderr_of(&output)
+    );
+
+    let job = work.job(&hub, PEOPLE_JOB);
+    let mut command = agent_command("push", &job, &[]);
+    command.env("CLIENTELE_TEST_AGENT_KEY", "ck_not_a_real_key");
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run"))
+        .await
+        .expect("join");
+    assert!(!output.status.success());
+    assert!(
+        stderr_of(&output).contains("refused the API key"),
+        "{}",
+        stderr_of(&output)
+    );
+
+    let mut command = agent_command("push", &job, &[]);
+    command.env_remove("CLIENTELE_TEST_AGENT_KEY");
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run"))
+        .await
+        .expect("join");
+    assert!(
+        stderr_of(&output).contains("hub.key_env"),
+        "{}",
+        stderr_of(&output)
+    );
+
+    let job = work.job(
+        &hub,
+        &PEOPLE_JOB.replace("table = \"people\"", "table = \"persons\""),
+    );
+    let output = agent("push", &job, &[]).await;
+    assert!(!output.status.success());
+    assert!(
+        stderr_of(&output).contains("no such table: persons"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert!(hub_customers(&hub).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_source_table_and_query() {
+    let Some(url) = clientele_testkit::fresh_postgres_database().await else {
+        return;
+    };
+    let hub = TestHub::sqlite().await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("pg");
+    for statement in [
+        "CREATE TABLE people (person_id BIGINT PRIMARY KEY, fname TEXT, email TEXT, vip BOOLEAN, discount NUMERIC(5,2), born DATE)",
+        "INSERT INTO people VALUES (1, 'Ann', 'ann@example.com', true, 12.50, '1990-05-01'), (2, 'Bo', NULL, false, NULL, NULL)",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut conn)
+            .await
+            .expect("setup");
+    }
+    let work = Workdir::new();
+    let sections = format!(
+        "[source]\nurl = \"{url}\"\ntable = \"people\"\nkey = \"person_id\"\n\n[sync]\nstate = \"pg.state.db\"\n\n[fields]\nfirst_name = \"fname\"\nemail_verified = \"vip\"\ndiscount_percent = \"discount\"\nbirthday = \"born\"\n"
+    );
+    let job = work.job(&hub, &sections);
+    let out = agent_ok("push", &job, &[]).await;
+    counts(&out, &[("created", 2), ("failed", 0)]);
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers["1"]["email_verified"], true);
+    assert_eq!(customers["1"]["discount_percent"], 12.5);
+    assert_eq!(customers["1"]["birthday"], "1990-05-01");
+    assert_eq!(customers["2"]["first_name"], "Bo");
+
+    sqlx::query("UPDATE people SET fname = 'Bob' WHERE person_id = 2")
+        .execute(&mut conn)
+        .await
+        .expect("update");
+    let job = work.job(
+        &hub,
+        &sections.replace(
+            "table = \"people\"",
+            "query = \"SELECT person_id, fname FROM people WHERE person_id = 2\"",
+        ),
+    );
+    let out = agent_ok("push", &job, &[]).await;
+    // The query sees one row: Bob is updated; the other row left this source and is archived.
+    counts(&out, &[("updated", 1), ("archived", 1)]);
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers["2"]["first_name"], "Bob");
+    assert_eq!(customers["1"]["archived"], true);
+}

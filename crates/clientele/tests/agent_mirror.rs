@@ -1,0 +1,241 @@
+//! `clientele pull` and `clientele sync` end to end: the real binary, a real hub on SQLite and
+//! PostgreSQL, and a mirror on the same kind of database. Pull with creates, updates and deletes
+//! and its position in the mirror; sync pushing local edits and inserts, pulling hub changes,
+//! settling conflicts by each policy, and never echoing its own writes.
+
+mod agent_support;
+
+use std::collections::BTreeMap;
+
+use agent_support::*;
+use clientele_testkit::{Backend, TestHub, call, hub_tests};
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+hub_tests!(
+    pull_follows_creates_updates_and_deletes,
+    sync_sends_local_edits_and_inserts_and_never_echoes,
+    sync_conflicts_hub_wins,
+    sync_conflicts_source_wins,
+    sync_conflicts_newest_wins,
+);
+
+/// A mirror database of the hub's kind: a SQLite file, or a fresh PostgreSQL database.
+async fn mirror_url(hub: &TestHub, work: &Workdir) -> String {
+    match hub.backend {
+        Backend::Sqlite => format!("sqlite://{}", work.path("mirror.db").display()),
+        Backend::Postgres => clientele_testkit::fresh_postgres_database()
+            .await
+            .expect("postgres"),
+    }
+}
+
+fn mirror_job(url: &str, conflict: &str) -> String {
+    format!("[mirror]\nurl = \"{url}\"\ntable = \"customers\"\nconflict = \"{conflict}\"\n")
+}
+
+async fn mirror_sql(url: &str, sql: &str) {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.expect("mirror");
+    sqlx::query(sql)
+        .execute(&mut conn)
+        .await
+        .expect("mirror sql");
+}
+
+/// A mirror row: (id, first_name, version, tags as stored).
+type MirrorRow = (Option<String>, Option<String>, Option<i64>, Option<String>);
+/// The same with the external id in front, as selected.
+type KeyedRow = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
+/// Mirror rows by external id.
+async fn mirror_rows(url: &str) -> BTreeMap<String, MirrorRow> {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.expect("mirror");
+    let rows: Vec<KeyedRow> =
+        sqlx::query_as("SELECT external_id, id, first_name, version, tags FROM customers")
+            .fetch_all(&mut conn)
+            .await
+            .expect("rows");
+    rows.into_iter()
+        .map(|(key, id, first, version, tags)| {
+            (key.unwrap_or_default(), (id, first, version, tags))
+        })
+        .collect()
+}
+
+async fn hub_sync(hub: &TestHub, items: Vec<Value>) {
+    let reply = hub
+        .sync(&json!({"key": "external_id", "customers": items}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["summary"]["failed"], 0, "{}", reply.body);
+}
+
+async fn seed(hub: &TestHub, n: usize) {
+    let items = (1..=n).map(|i| json!({"external_id": format!("e{i}"), "first_name": format!("First {i}"), "tags": ["t"]})).collect();
+    hub_sync(hub, items).await;
+}
+
+async fn pull_follows_creates_updates_and_deletes(hub: TestHub) {
+    let work = Workdir::new();
+    let url = mirror_url(&hub, &work).await;
+    let job = work.job(&hub, &mirror_job(&url, "hub_wins"));
+    seed(&hub, 30).await;
+    let out = agent_ok("pull", &job, &[]).await;
+    counts(&out, &[("created", 30), ("failed", 0)]);
+    let rows = mirror_rows(&url).await;
+    assert_eq!(rows.len(), 30);
+    assert_eq!(rows["e7"].1.as_deref(), Some("First 7"));
+    assert_eq!(rows["e7"].2, Some(1));
+    assert_eq!(
+        serde_json::from_str::<Value>(rows["e7"].3.as_deref().expect("tags")).expect("json"),
+        json!(["t"])
+    );
+
+    hub_sync(
+        &hub,
+        vec![
+            json!({"external_id": "e1", "first_name": "Changed"}),
+            json!({"external_id": "e2", "delete": true}),
+            json!({"external_id": "e31", "first_name": "New"}),
+        ],
+    )
+    .await;
+    let out = agent_ok("pull", &job, &[]).await;
+    counts(&out, &[("created", 1), ("updated", 1), ("deleted", 1)]);
+    let rows = mirror_rows(&url).await;
+    assert_eq!(rows.len(), 30);
+    assert_eq!(rows["e1"].1.as_deref(), Some("Changed"));
+    assert_eq!(rows["e1"].2, Some(2));
+    assert!(!rows.contains_key("e2"));
+    assert_eq!(rows["e31"].1.as_deref(), Some("New"));
+
+    // Nothing new: nothing applied; the position lives in the mirror database.
+    let out = agent_ok("pull", &job, &[]).await;
+    counts(&out, &[("created", 0), ("updated", 0), ("deleted", 0)]);
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("mirror");
+    let position: i64 =
+        sqlx::query_scalar("SELECT position FROM _clientele_feed WHERE mirror_table = 'customers'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("position");
+    assert!(position > 0);
+}
+
+async fn sync_sends_local_edits_and_inserts_and_never_echoes(hub: TestHub) {
+    let work = Workdir::new();
+    let url = mirror_url(&hub, &work).await;
+    let job = work.job(&hub, &mirror_job(&url, "newest_wins"));
+    seed(&hub, 5).await;
+    agent_ok("sync", &job, &[]).await;
+    assert_eq!(mirror_rows(&url).await.len(), 5);
+
+    mirror_sql(
+        &url,
+        "UPDATE customers SET first_name = 'Edited locally' WHERE external_id = 'e1'",
+    )
+    .await;
+    mirror_sql(&url, "INSERT INTO customers (external_id, first_name, tags) VALUES ('local1', 'Made here', '[\"x\"]')").await;
+    hub_sync(
+        &hub,
+        vec![json!({"external_id": "e2", "first_name": "Edited in the hub"})],
+    )
+    .await;
+    let out = agent_ok("sync", &job, &[]).await;
+    counts(&out, &[("created", 1), ("updated", 2), ("failed", 0)]);
+
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers["e1"]["first_name"], "Edited locally");
+    assert_eq!(customers["e1"]["version"], 2);
+    assert_eq!(customers["local1"]["first_name"], "Made here");
+    assert_eq!(customers["local1"]["tags"], json!(["x"]));
+    let rows = mirror_rows(&url).await;
+    assert_eq!(rows["e2"].1.as_deref(), Some("Edited in the hub"));
+    assert_eq!(
+        rows["local1"].0.as_deref(),
+        customers["local1"]["id"].as_str()
+    );
+    assert_eq!(rows["e1"].2, Some(2));
+
+    // The agent's own writes come back through the feed and are skipped: nothing moves.
+    let changes_before = hub.count_rows("changes").await;
+    for _ in 0..2 {
+        let out = agent_ok("sync", &job, &[]).await;
+        counts(
+            &out,
+            &[
+                ("created", 0),
+                ("updated", 0),
+                ("deleted", 0),
+                ("failed", 0),
+            ],
+        );
+    }
+    assert_eq!(hub.count_rows("changes").await, changes_before);
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers["e1"]["version"], 2);
+    assert_eq!(customers["local1"]["version"], 1);
+}
+
+/// Edits customer e1 on both sides (the local edit stamped `local_updated_at`) and syncs.
+async fn conflict(hub: &TestHub, policy: &str, local_updated_at: Option<&str>) -> (Value, String) {
+    let work = Workdir::new();
+    let url = mirror_url(hub, &work).await;
+    let job = work.job(hub, &mirror_job(&url, policy));
+    seed(hub, 2).await;
+    agent_ok("sync", &job, &[]).await;
+    let stamp = local_updated_at
+        .map(|at| format!(", updated_at = '{at}'"))
+        .unwrap_or_default();
+    mirror_sql(
+        &url,
+        &format!("UPDATE customers SET first_name = 'Local'{stamp} WHERE external_id = 'e1'"),
+    )
+    .await;
+    hub_sync(hub, vec![json!({"external_id": "e1", "first_name": "Hub"})]).await;
+    agent_ok("sync", &job, &[]).await;
+    let hub_copy = call(hub.get("/v1/customers/external_id/e1")).await.body;
+    let local = mirror_rows(&url).await["e1"].1.clone().unwrap_or_default();
+    // Settled for good: another run changes nothing on either side.
+    let out = agent_ok("sync", &job, &[]).await;
+    counts(&out, &[("created", 0), ("updated", 0)]);
+    assert_eq!(
+        mirror_rows(&url).await["e1"].1.clone().unwrap_or_default(),
+        local
+    );
+    (hub_copy, local)
+}
+
+async fn sync_conflicts_hub_wins(hub: TestHub) {
+    let (hub_copy, local) = conflict(&hub, "hub_wins", Some("2999-01-01T00:00:00.000Z")).await;
+    assert_eq!(hub_copy["first_name"], "Hub");
+    assert_eq!(local, "Hub");
+}
+
+async fn sync_conflicts_source_wins(hub: TestHub) {
+    let (hub_copy, local) = conflict(&hub, "source_wins", None).await;
+    assert_eq!(hub_copy["first_name"], "Local");
+    assert_eq!(local, "Local");
+}
+
+async fn sync_conflicts_newest_wins(hub: TestHub) {
+    // The local edit is stamped later than the hub's: it wins.
+    let (hub_copy, local) = conflict(&hub, "newest_wins", Some("2999-01-01T00:00:00.000Z")).await;
+    assert_eq!(hub_copy["first_name"], "Local");
+    assert_eq!(local, "Local");
+    // Unstamped, the local edit is older than the hub's change: the hub wins.
+    let other = TestHub::start(hub.backend, Default::default())
+        .await
+        .expect("hub");
+    let (hub_copy, local) = conflict(&other, "newest_wins", None).await;
+    assert_eq!(hub_copy["first_name"], "Hub");
+    assert_eq!(local, "Hub");
+}

@@ -1,0 +1,306 @@
+//! `clientele push` end to end, on a SQLite and a PostgreSQL hub: the real binary against a real
+//! hub. New, changed and vanished rows (archive and delete), nothing sent when nothing changed,
+//! rejected rows in the report without stopping the run, CSV, JSONL and PostgreSQL sources, a jq
+//! transform, the dry run, and clear errors for a bad job file, hub, key or table.
+
+mod agent_support;
+
+use agent_support::*;
+use clientele_testkit::{TestHub, hub_tests};
+use serde_json::Value;
+
+hub_tests!(
+    push_creates_changes_and_archives_and_skips_what_is_unchanged,
+    on_missing_delete_erases_and_ignore_leaves_alone,
+    rejected_rows_go_to_the_report_and_the_rest_goes_through,
+    csv_and_jsonl_sources_with_a_transform,
+    a_dry_run_prints_the_plan_and_changes_nothing,
+    every_repeats_the_run,
+);
+
+async fn change_count(hub: &TestHub) -> usize {
+    // The hub's change records are the proof that nothing was re-applied.
+    hub.count_rows("changes").await as usize
+}
+
+async fn push_creates_changes_and_archives_and_skips_what_is_unchanged(hub: TestHub) {
+    let work = Workdir::new();
+    let rows = people(1..251);
+    sqlite_source(&work.path("source.db"), &borrowed(&rows)).await;
+    let job = work.job(&hub, PEOPLE_JOB);
+
+    let out = agent_ok("push", &job, &[]).await;
+    counts(
+        &out,
+        &[
+            ("created", 250),
+            ("updated", 0),
+            ("unchanged", 0),
+            ("failed", 0),
+        ],
+    );
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers.len(), 250);
+    assert_eq!(customers["7"]["first_name"], "Name 7");
+    assert_eq!(customers["7"]["email"], "p7@example.com");
+    assert_eq!(customers["7"]["archived"], false);
+
+    // Nothing changed: nothing is sent, so the hub records no change at all.
+    let changes_before = change_count(&hub).await;
+    let out = agent_ok("push", &job, &[]).await;
+    counts(
+        &out,
+        &[
+            ("created", 0),
+            ("updated", 0),
+            ("unchanged", 250),
+            ("archived", 0),
+        ],
+    );
+    assert_eq!(change_count(&hub).await, changes_before);
+
+    // Three changed, two gone, one new.
+    let mut conn = sqlite_conn(&work).await;
+    upsert_people(
+        &mut conn,
+        &[
+            (1, "Renamed 1", "p1@example.com"),
+            (2, "Name 2", "new2@example.com"),
+            (3, "Renamed 3", "p3@example.com"),
+            (999, "Newcomer", "n@example.com"),
+        ],
+    )
+    .await;
+    source_sql(
+        &work.path("source.db"),
+        "DELETE FROM people WHERE person_id IN (10, 11)",
+    )
+    .await;
+    let out = agent_ok("push", &job, &[]).await;
+    counts(
+        &out,
+        &[
+            ("created", 1),
+            ("updated", 3),
+            ("unchanged", 245),
+            ("archived", 2),
+            ("deleted", 0),
+            ("failed", 0),
+        ],
+    );
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers.len(), 251);
+    assert_eq!(customers["1"]["first_name"], "Renamed 1");
+    assert_eq!(customers["2"]["email"], "new2@example.com");
+    assert_eq!(customers["999"]["first_name"], "Newcomer");
+    assert_eq!(customers["10"]["archived"], true);
+    assert_eq!(customers["11"]["archived"], true);
+    assert_eq!(customers["12"]["archived"], false);
+
+    // Archived once, not again; and a row that comes back is un-archived.
+    let out = agent_ok("push", &job, &[]).await;
+    counts(&out, &[("created", 0), ("updated", 0), ("archived", 0)]);
+    upsert_people(&mut conn, &[(10, "Name 10", "p10@example.com")]).await;
+    let out = agent_ok("push", &job, &[]).await;
+    counts(&out, &[("updated", 1), ("archived", 0)]);
+    assert_eq!(hub_customers(&hub).await["10"]["archived"], false);
+}
+
+async fn sqlite_conn(work: &Workdir) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    sqlx::SqliteConnection::connect(&format!("sqlite://{}", work.path("source.db").display()))
+        .await
+        .expect("source")
+}
+
+async fn on_missing_delete_erases_and_ignore_leaves_alone(hub: TestHub) {
+    let work = Workdir::new();
+    sqlite_source(&work.path("source.db"), &borrowed(&people(1..21))).await;
+    let job = work.job(&hub, &PEOPLE_JOB.replace("\"archive\"", "\"delete\""));
+    agent_ok("push", &job, &[]).await;
+    source_sql(
+        &work.path("source.db"),
+        "DELETE FROM people WHERE person_id <= 5",
+    )
+    .await;
+    let out = agent_ok("push", &job, &[]).await;
+    counts(&out, &[("deleted", 5), ("archived", 0), ("failed", 0)]);
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers.len(), 15);
+    assert!(!customers.contains_key("3"));
+
+    let job = work.job(&hub, &PEOPLE_JOB.replace("\"archive\"", "\"ignore\""));
+    source_sql(
+        &work.path("source.db"),
+        "DELETE FROM people WHERE person_id <= 10",
+    )
+    .await;
+    let out = agent_ok("push", &job, &[]).await;
+    counts(&out, &[("deleted", 0), ("archived", 0)]);
+    assert_eq!(hub_customers(&hub).await.len(), 15);
+}
+
+async fn rejected_rows_go_to_the_report_and_the_rest_goes_through(hub: TestHub) {
+    let work = Workdir::new();
+    sqlite_source(
+        &work.path("source.db"),
+        &[
+            (1, "Ann", "ann@example.com"),
+            (2, "Bad", "not-an-email"),
+            (3, "Cid", "cid@example.com"),
+        ],
+    )
+    .await;
+    source_sql(
+        &work.path("source.db"),
+        "INSERT INTO people (person_id, fname, email) VALUES (NULL, 'Nokey', 'x@example.com')",
+    )
+    .await;
+    // Row 1 gets an invalid currency, row 2 has a bad e-mail, row 4 has no key.
+    let job = work.job(&hub, &PEOPLE_JOB.replace("table = \"people\"", "query = \"SELECT CASE WHEN person_id = 4 THEN NULL ELSE person_id END AS person_id, fname, email, CASE WHEN person_id = 1 THEN 'XYZ' ELSE 'EUR' END AS currency FROM people ORDER BY fname\""));
+    let report = work.path("report.jsonl");
+    let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
+    let text = std::fs::read_to_string(&report).expect("report");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("json line"))
+        .collect();
+    let failed = summary(&out)["failed"];
+    assert_eq!(failed as usize, lines.len(), "{text}");
+    assert_eq!(failed, 3, "{out}\n{text}");
+    let currency = lines
+        .iter()
+        .find(|line| line["key"] == "1")
+        .expect("row 1 reported");
+    assert_eq!(currency["problem"]["status"], 422);
+    assert!(currency["problem"]["code"].is_string());
+    assert!(currency["row"].is_u64());
+    assert_eq!(currency["problem"]["errors"][0]["field"], "currency");
+    let email = lines
+        .iter()
+        .find(|line| line["key"] == "2")
+        .expect("row 2 reported");
+    assert_eq!(email["problem"]["errors"][0]["field"], "email");
+    assert_eq!(email["row"], 2);
+    assert!(
+        lines
+            .iter()
+            .any(|line| line["key"].is_null() && line["problem"]["code"] == "missing_key"),
+        "{text}"
+    );
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers["3"]["first_name"], "Cid");
+    assert!(!customers.contains_key("1"));
+    // Rejected rows are retried on the next run (their state was never recorded), and fail again.
+    let out = agent_ok("push", &job, &[]).await;
+    assert_eq!(summary(&out)["failed"], failed);
+}
+
+async fn csv_and_jsonl_sources_with_a_transform(hub: TestHub) {
+    let work = Workdir::new();
+    std::fs::write(
+        work.path("people.csv"),
+        "code,first,mail,tags,street,zip\nc1,Ann,ANN@Example.com,\"[\"\"vip\"\"]\",Main 1,00100\nc2,Bo,bo@example.com,,Side 2,00200\n",
+    )
+    .expect("csv");
+    let transform = r#"transform = '''
+{ external_id: .code, first_name: .first, email: (.mail | ascii_downcase), tags: (.tags // []),
+  addresses: [{title: "Primary address", kind: "billing", line1: .street, postal_code: .zip, country: "FI"}] }
+'''
+"#;
+    let job = work.job(
+        &hub,
+        &format!("[source]\nurl = \"people.csv\"\nkey = \"code\"\n\n[sync]\nstate = \"csv.state.db\"\n\n[fields]\n{transform}"),
+    );
+    let out = agent_ok("push", &job, &[]).await;
+    counts(&out, &[("created", 2), ("failed", 0)]);
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers["c1"]["email"], "ann@example.com");
+    assert_eq!(customers["c1"]["tags"], serde_json::json!(["vip"]));
+    assert_eq!(customers["c2"]["addresses"][0]["postal_code"], "00200");
+    assert_eq!(customers["c2"]["addresses"][0]["country"], "FI");
+    let out = agent_ok("push", &job, &[]).await;
+    counts(&out, &[("created", 0), ("updated", 0), ("unchanged", 2)]);
+
+    std::fs::write(
+        work.path("people.jsonl"),
+        "{\"id\": \"j1\", \"first_name\": \"Jo\", \"tags\": [\"a\", \"b\"], \"email_opt_out\": true}\n\n{\"id\": \"j2\", \"first_name\": \"Ky\"}\nnot json\n",
+    )
+    .expect("jsonl");
+    let job = work.job(
+        &hub,
+        "[source]\nurl = \"people.jsonl\"\nkey = \"id\"\n\n[sync]\nstate = \"jsonl.state.db\"\n",
+    );
+    let report = work.path("jsonl-report.jsonl");
+    let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
+    counts(&out, &[("created", 2), ("failed", 1)]);
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers["j1"]["email_opt_out"], true);
+    assert_eq!(customers["j1"]["tags"], serde_json::json!(["a", "b"]));
+    assert_eq!(customers["j2"]["first_name"], "Ky");
+    assert!(
+        std::fs::read_to_string(report)
+            .expect("report")
+            .contains("\"row\":3")
+    );
+}
+
+async fn a_dry_run_prints_the_plan_and_changes_nothing(hub: TestHub) {
+    let work = Workdir::new();
+    sqlite_source(&work.path("source.db"), &borrowed(&people(1..6))).await;
+    let job = work.job(&hub, PEOPLE_JOB);
+    let out = agent_ok("push", &job, &["--dry-run"]).await;
+    counts(&out, &[("created", 5)]);
+    assert!(out.lines().any(|line| line == "create 3"), "{out}");
+    assert!(hub_customers(&hub).await.is_empty());
+    agent_ok("push", &job, &[]).await;
+    source_sql(
+        &work.path("source.db"),
+        "DELETE FROM people WHERE person_id = 2",
+    )
+    .await;
+    source_sql(
+        &work.path("source.db"),
+        "UPDATE people SET fname = 'X' WHERE person_id = 4",
+    )
+    .await;
+    let out = agent_ok("push", &job, &["--dry-run"]).await;
+    counts(&out, &[("created", 0), ("updated", 1), ("archived", 1)]);
+    assert!(out.lines().any(|line| line == "archive 2"), "{out}");
+    assert!(out.lines().any(|line| line == "update 4"), "{out}");
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers["2"]["archived"], false);
+    assert_eq!(customers["4"]["first_name"], "Name 4");
+}
+
+async fn every_repeats_the_run(hub: TestHub) {
+    let work = Workdir::new();
+    sqlite_source(&work.path("source.db"), &borrowed(&people(1..11))).await;
+    let job = work.job(&hub, PEOPLE_JOB);
+    let mut child = agent_command("push", &job, &["--every", "1s"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+    // A row added while it repeats is picked up by a later run.
+    upsert_people(
+        &mut sqlite_conn(&work).await,
+        &[(50, "Late", "late@example.com")],
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    child.kill().expect("kill");
+    let output = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summaries: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("push: created="))
+        .collect();
+    assert!(summaries.len() >= 3, "{stdout}");
+    assert!(summaries[0].contains("created=10"), "{stdout}");
+    assert!(
+        summaries[1].contains("created=0") && summaries[1].contains("unchanged=10"),
+        "{stdout}"
+    );
+    assert_eq!(hub_customers(&hub).await["50"]["first_name"], "Late");
+}
