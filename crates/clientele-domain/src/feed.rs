@@ -33,7 +33,8 @@ pub struct ChangeEvent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChangePage {
     pub events: Vec<ChangeEvent>,
-    /// The seq to pass as `after` next: the last one returned, or the query's `after`.
+    /// The seq to pass as `after` next: the last one returned, or the query's `after`; for a
+    /// team-scoped reader whose page is not full, at least the last change it was shown past.
     pub next_after: i64,
 }
 

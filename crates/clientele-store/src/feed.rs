@@ -64,6 +64,13 @@ pub(crate) async fn change_page(
     let mut changed = signal.0.subscribe();
     loop {
         changed.borrow_and_update();
+        // A team-scoped reader skips the changes it may not see. Without a ceiling it would stay
+        // behind them and rescan them on every poll; the ceiling is read first, so every change
+        // at or below it has committed (seq order is commit order) and is in the rows below.
+        let ceiling = match query.scope {
+            Scope::All => None,
+            Scope::Teams(_) => Some(reads.feed_marks().await?.0),
+        };
         let events = reads
             .change_rows(query.after, query.limit, &query.scope)
             .await?;
@@ -76,7 +83,12 @@ pub(crate) async fn change_page(
         }
         let now = Instant::now();
         if !events.is_empty() || now >= deadline {
-            return Ok(ChangePage::new(events, query.after));
+            let short = events.len() < query.limit as usize;
+            let mut page = ChangePage::new(events, query.after);
+            if let Some(ceiling) = ceiling.filter(|_| short) {
+                page.next_after = page.next_after.max(ceiling);
+            }
+            return Ok(page);
         }
         let pause = (deadline - now).min(RECHECK);
         let _ = tokio::time::timeout(pause, changed.changed()).await;
