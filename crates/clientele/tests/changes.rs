@@ -62,7 +62,10 @@ async fn read_all(hub: &TestHub, mut after: i64, limit: u32) -> Vec<Value> {
         if batch.len() == limit as usize {
             assert_eq!(next, last, "a full page stops at its last event");
         } else {
-            assert!(next >= last, "a short page moves at least to its last event");
+            assert!(
+                next >= last,
+                "a short page moves at least to its last event"
+            );
         }
         after = next;
         all.extend(batch);
