@@ -27,6 +27,7 @@ hub_tests!(
     get_ignores_the_header_and_malformed_keys_are_400,
     an_expired_key_is_forgotten,
     claims_expire_and_abandoned_ones_are_taken_over,
+    a_request_the_client_abandons_frees_its_key_at_once,
 );
 
 /// A key past its 24 hours is purged: the same request then runs afresh. Keys claimed after the
@@ -474,6 +475,43 @@ async fn a_repeat_while_the_first_runs_is_409_and_then_replays(hub: TestHub) {
     assert_replay(&first, &replay);
     assert_eq!(hub.count_rows("customers").await, 50);
     assert_eq!(hub.count_rows("changes").await, 50);
+}
+
+async fn a_request_the_client_abandons_frees_its_key_at_once(hub: TestHub) {
+    // A thousand passwords to hash: the batch is still running long after the client left.
+    let items: Vec<Value> = (0..1000)
+        .map(|i| json!({"external_id": format!("gone-{i}"), "password": "a long enough password"}))
+        .collect();
+    let body = json!({"key": "external_id", "customers": items});
+    let first = tokio::spawn(call(
+        with_key(hub.post("/v1/customers/sync"), "abandoned").json(&body),
+    ));
+    wait_until_in_flight(&hub.database_url, "abandoned", &first).await;
+    first.abort();
+
+    // The server cancels the request and frees the key: a retry is taken at once, not after
+    // the claim's lease (the retry's body differs, so only a released key accepts it).
+    let retry_body = json!({"key": "external_id", "customers": [{"external_id": "retry"}]});
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let retry =
+            call(with_key(hub.post("/v1/customers/sync"), "abandoned").json(&retry_body)).await;
+        if retry.status != 409 {
+            assert_eq!(retry.status, 200, "{}", retry.body);
+            assert_eq!(retry.body["summary"]["created"], 1, "{}", retry.body);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned request still holds its key"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        hub.count_rows("customers").await,
+        1,
+        "the abandoned batch applied nothing"
+    );
 }
 
 async fn a_created_api_key_replays_its_secret_which_is_stored_sealed(hub: TestHub) {
