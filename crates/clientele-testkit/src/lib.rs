@@ -102,6 +102,7 @@ impl TestHub {
         dir: Arc<tempfile::TempDir>,
         master_key: MasterKey,
     ) -> TestHub {
+        show_hub_warnings_in_test_output();
         let mut store_config = StoreConfig::new(&database_url);
         store_config.max_connections = 8;
         let store = clientele_store::connect(&store_config)
@@ -477,4 +478,17 @@ macro_rules! hub_tests {
             )*
         }
     };
+}
+
+/// Sends the hub's warnings and errors (a storage failure behind a 500, say) to the test's
+/// captured output, so a failing test shows why the hub failed.
+fn show_hub_warnings_in_test_output() {
+    // Another test of the same binary may have installed it already.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
 }
