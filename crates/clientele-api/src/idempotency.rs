@@ -7,8 +7,9 @@
 //! processes) before the handler runs. Handlers whose success writes data record the response in
 //! the same transaction as the write ([`IdempotencyContext::completion`]), so a write is never
 //! committed without the response its retry replays. Refusals, which write nothing, are
-//! recorded afterwards here; server errors, and requests the client abandons, release the key so
-//! that the request may be retried at once.
+//! recorded afterwards here; server errors release the key so that the request may be retried.
+//! A request whose client went away still runs to its end ([`crate::detach`]), so its retry
+//! replays its answer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,14 +163,9 @@ async fn claim_and_run(
         completed: Arc::new(AtomicBool::new(false)),
     };
     parts.extensions.insert(context.clone());
-    let abandoned = ReleaseIfAbandoned {
-        state: state.clone(),
-        claim: Some(context.claim.clone()),
-    };
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
-    abandoned.disarm();
     if context.completed.load(Ordering::Acquire) {
         return Ok(response);
     }
@@ -180,38 +176,6 @@ async fn claim_and_run(
         return Ok(response);
     }
     record(state, &context.claim, response).await
-}
-
-/// Releases the claim of a request whose handler was dropped before it answered: the client
-/// went away, so the server cancelled the request and its transaction rolled back. Without
-/// this, a retry would get 409 until the claim's lease ran out. A claim already completed in the
-/// write's transaction is not touched (the release only removes claims without a response).
-struct ReleaseIfAbandoned {
-    state: AppState,
-    claim: Option<IdempotencyClaim>,
-}
-
-impl ReleaseIfAbandoned {
-    fn disarm(mut self) {
-        self.claim = None;
-    }
-}
-
-impl Drop for ReleaseIfAbandoned {
-    fn drop(&mut self) {
-        let Some(claim) = self.claim.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let state = self.state.clone();
-        runtime.spawn(async move {
-            if let Err(error) = state.store().release_idempotency(&claim).await {
-                tracing::error!(error = %error, "releasing an abandoned idempotency key failed");
-            }
-        });
-    }
 }
 
 /// Stores a response the handler did not record itself (a refusal, or a write outside the

@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod cursor;
+mod detach;
 pub mod extract;
 pub mod idempotency;
 mod metrics;
@@ -89,6 +90,7 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), signed::middleware))
         // Bodies are read by `StrictJson` with the configured limit; lift axum's own default.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(detach::run_to_completion))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

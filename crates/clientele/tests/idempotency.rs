@@ -27,7 +27,7 @@ hub_tests!(
     get_ignores_the_header_and_malformed_keys_are_400,
     an_expired_key_is_forgotten,
     claims_expire_and_abandoned_ones_are_taken_over,
-    a_request_the_client_abandons_frees_its_key_at_once,
+    a_request_the_client_abandons_runs_to_its_end_and_replays,
 );
 
 /// A key past its 24 hours is purged: the same request then runs afresh. Keys claimed after the
@@ -477,41 +477,38 @@ async fn a_repeat_while_the_first_runs_is_409_and_then_replays(hub: TestHub) {
     assert_eq!(hub.count_rows("changes").await, 50);
 }
 
-async fn a_request_the_client_abandons_frees_its_key_at_once(hub: TestHub) {
-    // A thousand passwords to hash: the batch is still running long after the client left.
-    let items: Vec<Value> = (0..1000)
-        .map(|i| json!({"external_id": format!("gone-{i}"), "password": "a long enough password"}))
-        .collect();
-    let body = json!({"key": "external_id", "customers": items});
-    let first = tokio::spawn(call(
-        with_key(hub.post("/v1/customers/sync"), "abandoned").json(&body),
-    ));
+async fn a_request_the_client_abandons_runs_to_its_end_and_replays(hub: TestHub) {
+    let body = slow_batch();
+    let send = || call(with_key(hub.post("/v1/customers/sync"), "abandoned").json(&body));
+    let first = tokio::spawn(send());
     wait_until_in_flight(&hub.database_url, "abandoned", &first).await;
+    // The client goes away mid-request; the server must neither cancel the batch halfway nor
+    // leave its key claimed without an answer.
     first.abort();
 
-    // The server cancels the request and frees the key: a retry is taken at once, not after
-    // the claim's lease (the retry's body differs, so only a released key accepts it).
-    let retry_body = json!({"key": "external_id", "customers": [{"external_id": "retry"}]});
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let retry =
-            call(with_key(hub.post("/v1/customers/sync"), "abandoned").json(&retry_body)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let retry = loop {
+        let retry = send().await;
         if retry.status != 409 {
-            assert_eq!(retry.status, 200, "{}", retry.body);
-            assert_eq!(retry.body["summary"]["created"], 1, "{}", retry.body);
-            break;
+            break retry;
         }
         assert!(
             Instant::now() < deadline,
-            "the abandoned request still holds its key"
+            "the abandoned request never finished"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        hub.count_rows("customers").await,
-        1,
-        "the abandoned batch applied nothing"
-    );
+    };
+    assert_eq!(retry.status, 200, "{}", retry.body);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.body["summary"]["created"], 50, "{}", retry.body);
+    assert_eq!(hub.count_rows("customers").await, 50);
+    assert_eq!(hub.count_rows("changes").await, 50);
+    // The writer is left in a clean state: the next write goes through.
+    let next = hub
+        .sync(&json!({"key": "external_id", "customers": [{"external_id": "next"}]}))
+        .await;
+    assert_eq!(next.status, 200, "{}", next.body);
+    assert_eq!(next.body["summary"]["created"], 1, "{}", next.body);
 }
 
 async fn a_created_api_key_replays_its_secret_which_is_stored_sealed(hub: TestHub) {
