@@ -38,6 +38,19 @@ pub(crate) fn db_error(error: sqlx::Error) -> DomainError {
     }
 }
 
+/// Whether a failed transaction is worth running again as it is: PostgreSQL aborted it to break
+/// a deadlock (`40P01`) or a serialization conflict (`40001`) with a concurrent one.
+pub(crate) fn is_transient(error: &DomainError) -> bool {
+    let DomainError::Storage(source) = error else {
+        return false;
+    };
+    source
+        .downcast_ref::<sqlx::Error>()
+        .and_then(sqlx::Error::as_database_error)
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == "40P01" || code == "40001")
+}
+
 fn clashing_key(text: &str) -> Option<CustomerKey> {
     if text.contains("external_id") {
         Some(CustomerKey::ExternalId)

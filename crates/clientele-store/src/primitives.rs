@@ -37,6 +37,9 @@ impl<'a> CustomerRow<'a> {
 pub(crate) trait CustomerTx: Send {
     async fn load(&mut self, locator: &Locator) -> Result<Option<StoredCustomer>, DomainError>;
     async fn commit(self) -> Result<(), DomainError>;
+    /// Ends the transaction now, releasing its locks before a retry (a dropped transaction
+    /// would keep them until its connection is next used).
+    async fn rollback(self) -> Result<(), DomainError>;
 
     /// Stores an API key (unless one with its lookup hash exists, when `if_absent`); says
     /// whether it stored it.
@@ -289,6 +292,12 @@ macro_rules! sql_primitives {
 
             async fn commit(self) -> Result<(), clientele_domain::DomainError> {
                 sqlx::Transaction::commit(self)
+                    .await
+                    .map_err($crate::error::db_error)
+            }
+
+            async fn rollback(self) -> Result<(), clientele_domain::DomainError> {
+                sqlx::Transaction::rollback(self)
                     .await
                     .map_err($crate::error::db_error)
             }

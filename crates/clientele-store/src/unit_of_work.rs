@@ -15,6 +15,7 @@ use clientele_domain::{
 };
 
 use crate::directory::DirectoryTx;
+use crate::error::is_transient;
 use crate::orders::OrderTx;
 use crate::primitives::{BatchTx, CustomerRow, CustomerTx, Queries};
 use crate::schema_store::{self, SchemaTx};
@@ -51,6 +52,11 @@ where
                 if attempt < RACE_RETRIES
                     && matches!(command.target, WriteTarget::Upsert(key, _) if key == clash) =>
             {
+                tx.rollback().await?;
+                attempt += 1;
+            }
+            Err(error) if attempt < RACE_RETRIES && is_transient(&error) => {
+                tx.rollback().await?;
                 attempt += 1;
             }
             Err(error) => return Err(error),
@@ -299,34 +305,33 @@ pub(crate) async fn sync_customers<B: Backend>(
     let mut attempt = 0;
     loop {
         let mut tx = backend.begin_write().await?;
-        let plan = match optimistic.take() {
-            Some((observed, plan))
-                if still_observed(&mut tx, batch, &addressed, &claimed, &codes, &observed)
-                    .await? =>
-            {
-                plan
+        let attempted = async {
+            let plan = match optimistic.take() {
+                Some((observed, plan))
+                    if still_observed(&mut tx, batch, &addressed, &claimed, &codes, &observed)
+                        .await? =>
+                {
+                    plan
+                }
+                _ => plan(
+                    batch,
+                    read_inputs(&mut tx, batch, &addressed, &claimed, &codes).await?,
+                ),
+            };
+            let applied = !(batch.atomic && plan.plan.results.iter().any(|r| r.error.is_some()));
+            if applied {
+                write_plan(&mut tx, batch, &plan).await?;
             }
-            _ => plan(
-                batch,
-                read_inputs(&mut tx, batch, &addressed, &claimed, &codes).await?,
-            ),
-        };
-        let report = SyncReport {
-            applied: !(batch.atomic && plan.plan.results.iter().any(|r| r.error.is_some())),
-            results: Vec::new(),
-        };
-        if !report.applied {
-            return Ok(SyncReport {
+            Ok::<_, DomainError>(SyncReport {
+                applied,
                 results: plan.plan.results,
-                ..report
-            });
+            })
         }
-        match write_plan(&mut tx, batch, &plan).await {
-            Ok(()) => {
-                let report = SyncReport {
-                    results: plan.plan.results,
-                    ..report
-                };
+        .await;
+        match attempted {
+            // An atomic batch with failures wrote nothing: the dropped transaction rolls back.
+            Ok(report) if !report.applied => return Ok(report),
+            Ok(report) => {
                 if let Some(completion) = completion {
                     let response = (completion.render)(&report);
                     tx.complete_idempotency(completion.claim, &response).await?;
@@ -334,7 +339,13 @@ pub(crate) async fn sync_customers<B: Backend>(
                 tx.commit().await?;
                 return Ok(report);
             }
-            Err(DomainError::DuplicateKey(_)) if attempt < RACE_RETRIES => attempt += 1,
+            Err(error)
+                if attempt < RACE_RETRIES
+                    && (matches!(error, DomainError::DuplicateKey(_)) || is_transient(&error)) =>
+            {
+                tx.rollback().await?;
+                attempt += 1;
+            }
             Err(error) => return Err(error),
         }
     }
