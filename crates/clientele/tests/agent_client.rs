@@ -6,13 +6,14 @@ mod agent_support;
 
 use agent_support::*;
 use clientele_client::{Client, ClientError, Credentials, SyncRequest};
-use clientele_testkit::{TestHub, call, hub_tests};
+use clientele_testkit::{ADMIN_SECRET, TestHub, call, hub_tests};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 hub_tests!(
     signed_requests_sync_and_replay,
-    the_agent_pushes_with_a_signed_key
+    the_agent_pushes_with_a_signed_key,
+    the_client_waits_out_429_as_retry_after_says
 );
 
 async fn signed_key(hub: &TestHub) -> (String, String) {
@@ -113,4 +114,38 @@ async fn the_agent_pushes_with_a_signed_key(hub: TestHub) {
     );
     counts(&stdout, &[("created", 30), ("failed", 0)]);
     assert_eq!(hub_customers(&hub).await.len(), 30);
+}
+
+async fn the_client_waits_out_429_as_retry_after_says(hub: TestHub) {
+    // One request a second, a burst of two, and the bootstrap key limited too.
+    let hub = TestHub::with_rate_limit(hub.backend, 1.0, 2.0, true)
+        .await
+        .expect("a rate-limited hub");
+    let mut limited = false;
+    for _ in 0..10 {
+        let reply = call(hub.get("/v1/customers?limit=1")).await;
+        if reply.status == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the hub never limited the key");
+
+    let client =
+        Client::new(&hub.base_url, Credentials::Bearer(ADMIN_SECRET.to_owned())).expect("client");
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let page: Value = client
+            .request(Method::GET, "/v1/customers?limit=1", None, None)
+            .await
+            .expect("the client retries after 429 until the bucket refills")
+            .body;
+        assert!(page["data"].is_array());
+    }
+    // The bucket was empty: three requests at one a second cannot all pass at once.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1500),
+        "the client did not wait for the bucket: {:?}",
+        started.elapsed()
+    );
 }
