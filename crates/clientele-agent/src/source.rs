@@ -122,31 +122,31 @@ impl<'a> Chunker<'a> {
         }
     }
 
-    /// `false` when the reader went away (nothing more is wanted).
-    async fn push(&mut self, columns: Map<String, Value>) -> bool {
+    /// Adds a row; returns the chunk it filled, if it filled one.
+    fn add(&mut self, columns: Map<String, Value>) -> Option<Vec<SourceRow>> {
         self.number += 1;
         self.rows.push(SourceRow {
             number: self.number,
             columns,
         });
-        if self.rows.len() < CHUNK_ROWS {
-            return true;
-        }
-        let full = std::mem::replace(&mut self.rows, Vec::with_capacity(CHUNK_ROWS));
-        self.sender.send(Ok(full)).await.is_ok()
+        (self.rows.len() >= CHUNK_ROWS)
+            .then(|| std::mem::replace(&mut self.rows, Vec::with_capacity(CHUNK_ROWS)))
     }
 
-    fn push_blocking(&mut self, columns: Map<String, Value>) -> bool {
-        self.number += 1;
-        self.rows.push(SourceRow {
-            number: self.number,
-            columns,
-        });
-        if self.rows.len() < CHUNK_ROWS {
-            return true;
+    /// `false` when the reader went away (nothing more is wanted).
+    async fn push(&mut self, columns: Map<String, Value>) -> bool {
+        match self.add(columns) {
+            Some(full) => self.sender.send(Ok(full)).await.is_ok(),
+            None => true,
         }
-        let full = std::mem::replace(&mut self.rows, Vec::with_capacity(CHUNK_ROWS));
-        self.sender.blocking_send(Ok(full)).is_ok()
+    }
+
+    /// [`Chunker::push`] for readers on a blocking thread.
+    fn push_blocking(&mut self, columns: Map<String, Value>) -> bool {
+        match self.add(columns) {
+            Some(full) => self.sender.blocking_send(Ok(full)).is_ok(),
+            None => true,
+        }
     }
 
     async fn finish(self) {

@@ -134,6 +134,15 @@ mod tests {
         serde_json::from_value(body).expect("a customer write")
     }
 
+    fn context(directory: &crate::KnownCodes) -> ApplyContext<'_> {
+        ApplyContext {
+            now: crate::Timestamp::from_micros(0),
+            directory,
+            password: Patch::Absent,
+            schema: &crate::schema::NO_SCHEMA,
+        }
+    }
+
     fn directory() -> crate::KnownCodes {
         crate::KnownCodes {
             teams: ["north", "south"].iter().map(|t| t.to_string()).collect(),
@@ -160,12 +169,7 @@ mod tests {
     #[test]
     fn a_scoped_create_without_teams_gets_the_scopes_teams() {
         let directory = directory();
-        let ctx = ApplyContext {
-            now: crate::Timestamp::from_micros(0),
-            directory: &directory,
-            password: Patch::Absent,
-            schema: &crate::schema::NO_SCHEMA,
-        };
+        let ctx = context(&directory);
         let scope = Scope::Teams(teams(&["north"]));
         let customer = created(scope.apply(&ctx, None, &write(serde_json::json!({}))));
         assert_eq!(customer.teams, ["north"]);
@@ -176,12 +180,7 @@ mod tests {
     #[test]
     fn a_scoped_write_names_only_its_teams_and_keeps_the_customer_in_one() {
         let directory = directory();
-        let ctx = ApplyContext {
-            now: crate::Timestamp::from_micros(0),
-            directory: &directory,
-            password: Patch::Absent,
-            schema: &crate::schema::NO_SCHEMA,
-        };
+        let ctx = context(&directory);
         let scope = Scope::Teams(teams(&["north"]));
         let body = serde_json::json!({"teams": ["north", "south", "ghost"]});
         assert_eq!(

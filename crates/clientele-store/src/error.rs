@@ -67,6 +67,52 @@ fn clashing_key(text: &str) -> Option<CustomerKey> {
 mod tests {
     use super::*;
 
+    /// A database error with a given SQLSTATE, as a driver would return it.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn failed_with(code: &'static str) -> DomainError {
+        db_error(sqlx::Error::Database(Box::new(Sqlstate(code))))
+    }
+
+    #[test]
+    fn deadlocks_and_serialization_failures_are_worth_a_retry_and_nothing_else_is() {
+        assert!(is_transient(&failed_with("40P01")));
+        assert!(is_transient(&failed_with("40001")));
+        assert!(!is_transient(&failed_with("22001")));
+        assert!(!is_transient(&db_error(sqlx::Error::RowNotFound)));
+        assert!(!is_transient(&DomainError::NotFound));
+    }
+
     #[test]
     fn names_the_key_from_either_backends_message() {
         assert_eq!(
