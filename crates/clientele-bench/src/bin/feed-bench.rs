@@ -4,6 +4,10 @@
 //! Per backend: loads N customers through bulk sync (batches of 1000), then measures reading the
 //! whole change feed in pages of 1000; the first page of every list filter and `q` search under
 //! every sort; and a cursor walk, comparing its 1000th page with its first.
+//!
+//! `--keep DIR` keeps the loaded database (and the hub's files) in `DIR` and reuses it on the
+//! next run with the same `DIR`, so that query plans can be compared on the same data without
+//! loading a million customers again (the hub applies any new migration to it at start).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +37,13 @@ struct Args {
     /// Runs per list query (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Keep the loaded database in this directory (one per backend inside it) and reuse it when
+    /// it is there already, instead of loading afresh and dropping it at the end.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// Measure only the first pages (not the whole feed nor the cursor walk).
+    #[arg(long)]
+    pages_only: bool,
 }
 
 const SURNAMES: [&str; 40] = [
@@ -119,36 +130,87 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let url = database_url(backend, dir.path()).await?;
-    let mut hub = HubProcess::start(&args.hub_binary, &url, dir.path());
+    let temporary = tempfile::tempdir()?;
+    let dir = match &args.keep {
+        Some(keep) => keep.join(backend),
+        None => temporary.path().to_owned(),
+    };
+    std::fs::create_dir_all(&dir)?;
+    // A kept database is named in this file; it exists once the load has finished.
+    let kept = dir.join("database_url");
+    let reused = args.keep.is_some() && kept.exists();
+    let url = if reused {
+        std::fs::read_to_string(&kept)?.trim().to_owned()
+    } else {
+        database_url(backend, &dir).await?
+    };
+    let mut hub = HubProcess::start(&args.hub_binary, &url, &dir);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
     println!("\n== {backend}: {} customers", args.customers);
 
-    let started = Instant::now();
-    load(args, &hub).await?;
-    let load_seconds = started.elapsed().as_secs_f64();
-    println!(
-        "load through sync: {load_seconds:.1} s ({:.0} customers/s)",
-        args.customers as f64 / load_seconds
-    );
-    if backend == "postgres" {
-        // Fresh statistics, as autovacuum would gather shortly after a bulk load.
-        let pool = sqlx::PgPool::connect(&url).await?;
-        sqlx::query("ANALYZE").execute(&pool).await?;
-        pool.close().await;
+    let mut load_seconds = 0.0;
+    if reused {
+        println!("reusing the database loaded in {}", dir.display());
+    } else {
+        let started = Instant::now();
+        load(args, &hub).await?;
+        load_seconds = started.elapsed().as_secs_f64();
+        println!(
+            "load through sync: {load_seconds:.1} s ({:.0} customers/s)",
+            args.customers as f64 / load_seconds
+        );
+        if backend == "postgres" {
+            // What autovacuum does shortly after a bulk load: statistics, and the visibility
+            // map that lets index-only scans skip the table.
+            let pool = sqlx::PgPool::connect(&url).await?;
+            sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
+            pool.close().await;
+        }
+        if args.keep.is_some() {
+            std::fs::write(&kept, &url)?;
+        }
     }
 
     // The whole feed, pages of 1000.
+    let feed_rate = if args.pages_only {
+        0.0
+    } else {
+        read_feed(&client, &hub).await?
+    };
+
+    let report = first_pages(args, &client, &hub).await?;
+
+    let walks = if args.pages_only {
+        Vec::new()
+    } else {
+        cursor_walks(args, &client, &hub).await?
+    };
+    let rss = peak_rss_mib(hub.child.id())?;
+    hub.kill_9();
+    if args.keep.is_none() {
+        drop_database(&url).await?;
+    }
+    println!(
+        "{}",
+        json!({"backend": backend, "scenario": "feed_search", "customers": args.customers,
+               "load_seconds": load_seconds, "feed_events_per_s": feed_rate.round(),
+               "slowest_first_page_ms": report.worst.0, "slowest_query": report.worst.1,
+               "first_pages": report.rows, "walks": walks, "peak_rss_mib": rss})
+    );
+    Ok(())
+}
+
+/// Reads the whole change feed in pages of 1000; returns events per second.
+async fn read_feed(client: &reqwest::Client, hub: &HubProcess) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut after = 0_i64;
     let mut events = 0_usize;
     loop {
         let body = get(
-            &client,
-            &hub,
+            client,
+            hub,
             &format!("/v1/changes?after={after}&limit=1000"),
         )
         .await?;
@@ -169,8 +231,20 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
     println!(
         "whole feed: {events} events in {feed_seconds:.2} s = {feed_rate:.0} events/s (target >= 100000)"
     );
+    Ok(feed_rate)
+}
 
-    // First pages of every filter under every sort.
+/// The first-page medians of every filter under every sort, and the slowest of them.
+struct FirstPages {
+    rows: Vec<Value>,
+    worst: (f64, String),
+}
+
+async fn first_pages(
+    args: &Args,
+    client: &reqwest::Client,
+    hub: &HubProcess,
+) -> anyhow::Result<FirstPages> {
     let sorts = [
         "created_at",
         "-created_at",
@@ -180,8 +254,8 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
     ];
     let n = args.customers;
     let mid = first_customer_field(
-        &client,
-        &hub,
+        client,
+        hub,
         &format!("sort=created_at&external_id=erp-{:08}", n / 2),
         "created_at",
     )
@@ -214,12 +288,12 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         "{:<44} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "first page, ms (median)", sorts[0], sorts[1], sorts[2], sorts[3], sorts[4]
     );
-    let mut report = Vec::new();
+    let mut rows = Vec::new();
     for filter in &filters {
         let mut row = Vec::new();
         for sort in sorts {
             let query = format!("/v1/customers?sort={sort}&{filter}");
-            let ms = median_ms(args.runs, || get(&client, &hub, &query)).await?;
+            let ms = median_ms(args.runs, || get(client, hub, &query)).await?;
             if ms > worst.0 {
                 worst = (ms, query.clone());
             }
@@ -234,39 +308,36 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
             "{:<44} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
             label, row[0], row[1], row[2], row[3], row[4]
         );
-        report.push(json!({"filter": filter, "ms": row}));
+        rows.push(json!({"filter": filter, "ms": row}));
     }
     println!(
         "slowest first page: {:.2} ms for {} (target <= 20)",
         worst.0, worst.1
     );
+    Ok(FirstPages { rows, worst })
+}
 
-    // A cursor walk: page 1 against page 1000 (limit 100), per sort.
+/// A cursor walk per sort: page 1 against page 1000 (limit 100).
+async fn cursor_walks(
+    args: &Args,
+    client: &reqwest::Client,
+    hub: &HubProcess,
+) -> anyhow::Result<Vec<Value>> {
     let mut walks = Vec::new();
     for sort in ["created_at", "-updated_at", "last_name"] {
         let first = format!("/v1/customers?sort={sort}&limit=100");
         let mut path = first.clone();
         for _ in 1..1000 {
-            let body: Value = serde_json::from_str(&get(&client, &hub, &path).await?)?;
+            let body: Value = serde_json::from_str(&get(client, hub, &path).await?)?;
             let cursor = body["next_cursor"].as_str().context("a next page")?;
             path = format!("{first}&cursor={cursor}");
         }
-        let page1 = median_ms(args.runs, || get(&client, &hub, &first)).await?;
-        let page1000 = median_ms(args.runs, || get(&client, &hub, &path)).await?;
+        let page1 = median_ms(args.runs, || get(client, hub, &first)).await?;
+        let page1000 = median_ms(args.runs, || get(client, hub, &path)).await?;
         println!("cursor walk sort={sort}: page 1 {page1:.2} ms, page 1000 {page1000:.2} ms");
         walks.push(json!({"sort": sort, "page1_ms": page1, "page1000_ms": page1000}));
     }
-    let rss = peak_rss_mib(hub.child.id())?;
-    hub.kill_9();
-    drop_database(&url).await?;
-    println!(
-        "{}",
-        json!({"backend": backend, "scenario": "feed_search", "customers": n,
-               "load_seconds": load_seconds, "feed_events_per_s": feed_rate.round(),
-               "slowest_first_page_ms": worst.0, "slowest_query": worst.1,
-               "first_pages": report, "walks": walks, "peak_rss_mib": rss})
-    );
-    Ok(())
+    Ok(walks)
 }
 
 async fn get(client: &reqwest::Client, hub: &HubProcess, path: &str) -> anyhow::Result<String> {
