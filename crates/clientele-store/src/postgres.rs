@@ -330,16 +330,17 @@ async fn store_terms(
             .await
             .map_err(db_error)?;
     }
-    let (terms, ids) = crate::search::term_pairs(rows);
-    if terms.is_empty() {
+    let rows = crate::search::term_rows(rows);
+    if rows.terms.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO customer_terms (term, customer_id) \
-         SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+        "INSERT INTO customer_terms (term, customer_id, name_prefix) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[]) ON CONFLICT DO NOTHING",
     )
-    .bind(terms)
-    .bind(ids)
+    .bind(rows.terms)
+    .bind(rows.ids)
+    .bind(rows.name_prefix)
     .execute(&mut **tx)
     .await
     .map_err(db_error)?;

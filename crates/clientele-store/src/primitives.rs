@@ -386,7 +386,7 @@ macro_rules! sql_primitives {
             ) -> Result<clientele_domain::Page, clientele_domain::DomainError> {
                 use clientele_domain::{Cursor, CustomerDoc, SortKey, SortOrder};
                 use sqlx::Row;
-                use $crate::search::{Bind, PageSql, Plan, Strategy};
+                use $crate::search::{Bind, PageSql, Part, Plan, Strategy};
                 fn bind_all<'q>(
                     mut statement: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
                     binds: Vec<Bind>,
@@ -423,21 +423,56 @@ macro_rules! sql_primitives {
                     };
                     Ok(counted >= cap)
                 }
+                /// A page of one part of the matches: probing within a window of the sort
+                /// order, or if that window does not fill the page, from the term index.
+                async fn probe_or_terms(
+                    pool: &sqlx::Pool<$db>,
+                    query: &clientele_domain::ListQuery,
+                    plan: Plan,
+                ) -> Result<Vec<<$db as sqlx::Database>::Row>, clientele_domain::DomainError> {
+                    let rows = fetch(pool, $crate::search::page_sql(query, $dialect, plan)).await?;
+                    if plan.q == Strategy::Probe && rows.len() <= query.limit as usize {
+                        let terms = Plan { q: Strategy::Terms, ..plan };
+                        return fetch(pool, $crate::search::page_sql(query, $dialect, terms)).await;
+                    }
+                    Ok(rows)
+                }
+                let matches = |part| $crate::search::count_matches_sql(query, part);
+                let strategy = |many| if many { Strategy::Probe } else { Strategy::Terms };
                 let plan = Plan {
-                    q: if reaches(self, $crate::search::count_matches_sql(query)).await? {
-                        Strategy::Probe
-                    } else {
-                        Strategy::Terms
-                    },
+                    q: strategy(reaches(self, matches(Part::All)).await?),
                     wide_window: reaches(self, $crate::search::window_count_sql(query)).await?,
+                    part: Part::All,
                 };
                 // The query asks for one row more than the limit: whether there is a next page.
-                let mut rows = fetch(self, $crate::search::page_sql(query, $dialect, plan)).await?;
-                if plan.q == Strategy::Probe && rows.len() <= query.limit as usize {
-                    // The window held too few matches to fill the page: let the terms decide.
-                    let terms = Plan { q: Strategy::Terms, ..plan };
-                    rows = fetch(self, $crate::search::page_sql(query, $dialect, terms)).await?;
-                }
+                let rows = if plan.splits_by_name(query) {
+                    // The matches in the prefix range of the sort key, and the others: each
+                    // part's first rows, merged in sort order (the parts are disjoint).
+                    let range = Plan { part: Part::NameRange, ..plan };
+                    let mut rows = fetch(self, $crate::search::page_sql(query, $dialect, range))
+                        .await?;
+                    let others = Plan {
+                        q: strategy(reaches(self, matches(Part::OutsideNameRange)).await?),
+                        part: Part::OutsideNameRange,
+                        ..plan
+                    };
+                    rows.extend(probe_or_terms(self, query, others).await?);
+                    let mut keyed = rows
+                        .into_iter()
+                        .map(|row| {
+                            let key: (String, String) = (
+                                row.try_get(5).map_err($crate::error::db_error)?,
+                                row.try_get(0).map_err($crate::error::db_error)?,
+                            );
+                            Ok((key, row))
+                        })
+                        .collect::<Result<Vec<_>, clientele_domain::DomainError>>()?;
+                    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+                    keyed.truncate(query.limit as usize + 1);
+                    keyed.into_iter().map(|(_, row)| row).collect()
+                } else {
+                    probe_or_terms(self, query, plan).await?
+                };
                 let more = rows.len() > query.limit as usize;
                 let mut items = Vec::with_capacity(rows.len().min(query.limit as usize));
                 let mut next = None;

@@ -1,5 +1,6 @@
 //! List and search SQL: the `WHERE` of every filter of `GET /v1/customers`, keyset pagination
-//! for every sort, and the search terms written with each customer row.
+//! for every sort, and the search terms written with each customer row. How a page is planned
+//! is described in docs/search.md.
 
 use clientele_domain::search::{normalize_term, prefix_range, search_terms};
 use clientele_domain::{CustomerFilter, CustomerKey, ListQuery, SortKey, SortOrder};
@@ -65,6 +66,22 @@ const PROBE_FROM_MATCHES: i64 = 3_000;
 /// Customers of the sort order a probing search looks at before the terms decide.
 const PROBE_WINDOW: u32 = 30_000;
 
+/// Which of a `q`'s matches a page query selects. Under `sort=last_name` a common prefix of
+/// last names selects customers that sit together in the sort order, far from its start: they
+/// are read by seeking the sort index to the prefix, and the other matches separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// Every match.
+    All,
+    /// The matches whose last-name sort key starts with `q`: a range of the last_name order,
+    /// walked with a probe of each customer's terms (the sort key and the terms are normalized
+    /// apart, so the range alone does not prove a match).
+    NameRange,
+    /// The matches outside that range: each has a matching term that is not a prefix of its
+    /// sort key (one that is would put the customer in the range), so only those terms count.
+    OutsideNameRange,
+}
+
 /// How a page query is planned, decided from cheap capped counts (neither SQLite without
 /// statistics nor a fixed SQL text can know how many rows a filter selects).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +90,15 @@ pub(crate) struct Plan {
     /// A time window on another column than the sort key selects many customers: walk the sort
     /// order and filter, instead of reading the whole window and sorting it.
     pub wide_window: bool,
+    pub part: Part,
+}
+
+impl Plan {
+    /// Whether the page is the merge of a [`Part::NameRange`] and a [`Part::OutsideNameRange`]
+    /// query: many matches (sorting them all is what a seek avoids) under `sort=last_name`.
+    pub fn splits_by_name(&self, query: &ListQuery) -> bool {
+        self.q == Strategy::Probe && query.sort == SortOrder::LastNameAsc
+    }
 }
 
 /// Customers counted, at most, in a time window to tell whether it is wide.
@@ -104,14 +130,22 @@ pub(crate) fn window_count_sql(query: &ListQuery) -> Option<(PageSql, i64)> {
     Some((page, WIDE_WINDOW))
 }
 
-/// `SELECT COUNT(*)` of the term entries the query's `q` matches, up to
-/// [`PROBE_FROM_MATCHES`], and that cap; `None` without `q`.
-pub(crate) fn count_matches_sql(query: &ListQuery) -> Option<(PageSql, i64)> {
+/// `SELECT COUNT(*)` of the term entries the query's `q` matches (only those that are not a
+/// prefix of their customer's last-name sort key, for [`Part::OutsideNameRange`]), up to
+/// [`PROBE_FROM_MATCHES`], and that cap; `None` without `q`. An index-only range scan on both
+/// backends (PostgreSQL's primary key includes `name_prefix`).
+pub(crate) fn count_matches_sql(query: &ListQuery, part: Part) -> Option<(PageSql, i64)> {
     let (low, high) = prefix_range(query.filter.q.as_deref()?);
+    let others = if part == Part::OutsideNameRange {
+        " AND NOT name_prefix"
+    } else {
+        ""
+    };
     let page = PageSql {
-        sql: "SELECT COUNT(*) FROM (SELECT 1 FROM customer_terms \
-              WHERE term >= $1 AND term < $2 LIMIT $3) AS m"
-            .to_owned(),
+        sql: format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM customer_terms \
+             WHERE term >= $1 AND term < $2{others} LIMIT $3) AS m"
+        ),
         binds: vec![
             Bind::Text(low),
             Bind::Text(high),
@@ -167,12 +201,17 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
     let (memberships, texts) = crate::directory::membership_conditions(query, b.binds.len() + 1);
     b.conditions.extend(memberships);
     b.binds.extend(texts.into_iter().map(Bind::Text));
-    let probe = match (&query.filter.q, plan.q) {
-        (Some(q), Strategy::Probe) => Some(prefix_range(q)),
+    let range = query.filter.q.as_deref().map(prefix_range);
+    if let Some((low, high)) = &range {
+        name_range_condition(&mut b, plan.part, low, high);
+    }
+    // NameRange probes within its range; Probe within a window of the sort order.
+    let probe = match (&range, plan.q, plan.part) {
+        (Some(range), _, Part::NameRange) | (Some(range), Strategy::Probe, _) => Some(range),
         _ => None,
     };
-    if probe.is_none() {
-        q_condition(&mut b, &query.filter);
+    if let (Some((low, high)), None) = (&range, probe) {
+        q_condition(&mut b, plan.part, low, high);
     }
     let ascending = direction == "ASC";
     let keyset = query.after.as_ref().map(|after| {
@@ -192,33 +231,47 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
     };
     let order = format!("ORDER BY {column} {direction}, id {direction}");
     let columns = "id, version, doc, created_at, updated_at, last_name_sort";
+    let limit = |b: &mut Builder| b.bind(Bind::Int(i64::from(query.limit) + 1));
     let sql = match probe {
         None => {
-            let limit = b.bind(Bind::Int(i64::from(query.limit) + 1));
+            let limit = limit(&mut b);
             format!("SELECT {columns} FROM customers {filter}{order} LIMIT {limit}")
         }
         Some((low, high)) => {
-            // The window: the next PROBE_WINDOW customers of the sort order, as a bound on the
-            // sort key found by one index-only walk (a range, so nothing is materialized).
-            let window = b.bind(Bind::Int(i64::from(PROBE_WINDOW)));
-            let after = keyset.map_or(String::new(), |k| format!("WHERE {k} "));
-            let within = if ascending { "<=" } else { ">=" };
-            let bound = format!(
-                "{column} {within} COALESCE((SELECT {column} FROM customers {after}{order} \
-                 LIMIT 1 OFFSET {window}), {column})"
-            );
+            let mut conditions = Vec::new();
+            if plan.part != Part::NameRange {
+                // The window: the next PROBE_WINDOW customers of the sort order (archived ones
+                // only, through their small index, when only they are asked for), as a bound
+                // on the sort key found by one index-only walk (nothing is materialized).
+                let window = b.bind(Bind::Int(i64::from(PROBE_WINDOW)));
+                let mut walked: Vec<String> = keyset.into_iter().collect();
+                if query.filter.archived == Some(true) {
+                    walked.push(dialect.archived(true).to_owned());
+                }
+                let after = if walked.is_empty() {
+                    String::new()
+                } else {
+                    format!("WHERE {} ", walked.join(" AND "))
+                };
+                let within = if ascending { "<=" } else { ">=" };
+                conditions.push(format!(
+                    "{column} {within} COALESCE((SELECT {column} FROM customers {after}{order} \
+                     LIMIT 1 OFFSET {window}), {column})"
+                ));
+            }
             // A scalar subquery, which neither database turns into a join: one index probe
-            // per customer of the window, in sort order, until the page is full.
-            let low = b.bind(Bind::Text(low));
-            let high = b.bind(Bind::Text(high));
-            let probe = format!(
+            // per customer walked, in sort order, until the page is full.
+            let low = b.bind(Bind::Text(low.clone()));
+            let high = b.bind(Bind::Text(high.clone()));
+            conditions.push(format!(
                 "(SELECT 1 FROM customer_terms WHERE customer_id = customers.id \
                  AND term >= {low} AND term < {high} LIMIT 1) IS NOT NULL"
-            );
-            let limit = b.bind(Bind::Int(i64::from(query.limit) + 1));
+            ));
+            let limit = limit(&mut b);
             let filter = format!(
-                "{filter}{}{bound} AND {probe} ",
-                if filter.is_empty() { "WHERE " } else { "AND " }
+                "{filter}{}{} ",
+                if filter.is_empty() { "WHERE " } else { "AND " },
+                conditions.join(" AND ")
             );
             format!("SELECT {columns} FROM customers {filter}{order} LIMIT {limit}")
         }
@@ -289,15 +342,31 @@ fn filter_conditions(b: &mut Builder, filter: &CustomerFilter, dialect: Dialect)
     }
 }
 
-fn q_condition(b: &mut Builder, filter: &CustomerFilter) {
-    if let Some(q) = &filter.q {
-        let (low, high) = prefix_range(q);
-        let low = b.bind(Bind::Text(low));
-        let high = b.bind(Bind::Text(high));
-        b.conditions.push(format!(
-            "id IN (SELECT customer_id FROM customer_terms WHERE term >= {low} AND term < {high})"
-        ));
-    }
+/// Confines a [`Part`] to its side of the last-name range of `q`.
+fn name_range_condition(b: &mut Builder, part: Part, low: &str, high: &str) {
+    let condition = match part {
+        Part::All => return,
+        Part::NameRange => "last_name_sort >= {low} AND last_name_sort < {high}",
+        Part::OutsideNameRange => "(last_name_sort < {low} OR last_name_sort >= {high})",
+    };
+    let low = b.bind(Bind::Text(low.to_owned()));
+    let high = b.bind(Bind::Text(high.to_owned()));
+    b.conditions
+        .push(condition.replace("{low}", &low).replace("{high}", &high));
+}
+
+fn q_condition(b: &mut Builder, part: Part, low: &str, high: &str) {
+    let others = if part == Part::OutsideNameRange {
+        " AND NOT name_prefix"
+    } else {
+        ""
+    };
+    let low = b.bind(Bind::Text(low.to_owned()));
+    let high = b.bind(Bind::Text(high.to_owned()));
+    b.conditions.push(format!(
+        "id IN (SELECT customer_id FROM customer_terms \
+         WHERE term >= {low} AND term < {high}{others})"
+    ));
 }
 
 /// The state of the one-time indexing of customers stored before the search index existed.
@@ -386,18 +455,27 @@ pub(crate) async fn backfill_terms<B: Backend>(
     }
 }
 
-/// The `(term, customer id)` pairs of these rows, as two parallel lists.
-pub(crate) fn term_pairs(rows: &[CustomerRow<'_>]) -> (Vec<String>, Vec<String>) {
-    let mut terms = Vec::new();
-    let mut ids = Vec::new();
+/// The `(term, customer id, name_prefix)` rows of these customers, as parallel lists.
+#[derive(Default)]
+pub(crate) struct TermRows {
+    pub terms: Vec<String>,
+    pub ids: Vec<String>,
+    /// Whether the term is a prefix of the customer's last-name sort key (see [`Part`]).
+    pub name_prefix: Vec<bool>,
+}
+
+pub(crate) fn term_rows(rows: &[CustomerRow<'_>]) -> TermRows {
+    let mut out = TermRows::default();
     for row in rows {
         let id = row.customer.id.to_string();
         for term in search_terms(row.customer) {
-            terms.push(term);
-            ids.push(id.clone());
+            out.name_prefix
+                .push(row.last_name_sort.starts_with(term.as_str()));
+            out.terms.push(term);
+            out.ids.push(id.clone());
         }
     }
-    (terms, ids)
+    out
 }
 
 #[cfg(test)]
@@ -426,6 +504,7 @@ mod tests {
         let terms = Plan {
             q: Strategy::Terms,
             wide_window: false,
+            part: Part::All,
         };
         let page = page_sql(&query, Dialect::Sqlite, terms);
         let expected = [
@@ -447,6 +526,7 @@ mod tests {
         let probing = Plan {
             q: Strategy::Probe,
             wide_window: true,
+            part: Part::All,
         };
         let page = page_sql(&query, Dialect::Postgres, probing);
         let expected = [
@@ -473,5 +553,88 @@ mod tests {
             ..query.clone()
         };
         assert!(window_count_sql(&by_created).is_none());
+    }
+
+    #[test]
+    fn a_search_by_last_name_splits_at_the_prefix_range_of_the_sort_key() {
+        let query = ListQuery {
+            limit: 10,
+            sort: SortOrder::LastNameAsc,
+            after: None,
+            filter: CustomerFilter {
+                archived: Some(true),
+                q: Some("Vir".into()),
+                ..CustomerFilter::default()
+            },
+            scope: Scope::All,
+        };
+        let plan = Plan {
+            q: Strategy::Probe,
+            wide_window: false,
+            part: Part::All,
+        };
+        assert!(plan.splits_by_name(&query));
+        let by_created = ListQuery {
+            sort: SortOrder::CreatedAsc,
+            ..query.clone()
+        };
+        assert!(!plan.splits_by_name(&by_created));
+
+        // The range: sought in the sort index, each customer probed, no window.
+        let range = page_sql(
+            &query,
+            Dialect::Postgres,
+            Plan {
+                part: Part::NameRange,
+                ..plan
+            },
+        );
+        for part in [
+            "last_name_sort >= $1 AND last_name_sort < $2",
+            "term >= $3 AND term < $4 LIMIT 1) IS NOT NULL",
+            "WHERE archived AND",
+        ] {
+            assert!(range.sql.contains(part), "{part}: {}", range.sql);
+        }
+        assert!(!range.sql.contains("OFFSET"), "{}", range.sql);
+        assert_eq!(range.binds[0], Bind::Text("vir".into()));
+
+        // The rest, probed: a window over archived customers only.
+        let others = page_sql(
+            &query,
+            Dialect::Postgres,
+            Plan {
+                part: Part::OutsideNameRange,
+                ..plan
+            },
+        );
+        for part in [
+            "(last_name_sort < $1 OR last_name_sort >= $2)",
+            "FROM customers WHERE archived ORDER BY last_name_sort ASC, id ASC LIMIT 1 OFFSET $3",
+        ] {
+            assert!(others.sql.contains(part), "{part}: {}", others.sql);
+        }
+        // Or read through the terms that are not a prefix of their customer's sort key.
+        let few = page_sql(
+            &query,
+            Dialect::Sqlite,
+            Plan {
+                q: Strategy::Terms,
+                part: Part::OutsideNameRange,
+                ..plan
+            },
+        );
+        assert!(
+            few.sql
+                .contains("term >= $3 AND term < $4 AND NOT name_prefix)"),
+            "{}",
+            few.sql
+        );
+        let (count, _) = count_matches_sql(&query, Part::OutsideNameRange).expect("q");
+        assert!(
+            count.sql.contains("AND NOT name_prefix LIMIT $3"),
+            "{}",
+            count.sql
+        );
     }
 }

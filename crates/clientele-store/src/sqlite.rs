@@ -144,18 +144,23 @@ impl BatchTx for Transaction<'static, Sqlite> {
             )
             .await?;
         }
-        let (terms, ids) = crate::search::term_pairs(rows);
-        if terms.is_empty() {
+        let rows = crate::search::term_rows(rows);
+        if rows.terms.is_empty() {
             return Ok(());
         }
-        // One JSON array of [term, id] pairs: one statement, read in one pass.
-        let pairs: Vec<(&String, &String)> = terms.iter().zip(&ids).collect();
-        let pairs = serde_json::to_string(&pairs).map_err(|e| DomainError::Storage(Box::new(e)))?;
+        // One JSON array of [term, id, name_prefix] triples: one statement, read in one pass.
+        let triples: Vec<(&String, &String, u8)> = (rows.terms.iter().zip(&rows.ids))
+            .zip(&rows.name_prefix)
+            .map(|((term, id), prefix)| (term, id, u8::from(*prefix)))
+            .collect();
+        let triples =
+            serde_json::to_string(&triples).map_err(|e| DomainError::Storage(Box::new(e)))?;
         sqlx::query(
-            "INSERT OR IGNORE INTO customer_terms (term, customer_id) \
-             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($1)",
+            "INSERT OR IGNORE INTO customer_terms (term, customer_id, name_prefix) \
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+             json_extract(value, '$[2]') FROM json_each($1)",
         )
-        .bind(pairs)
+        .bind(triples)
         .execute(&mut **self)
         .await
         .map_err(db_error)?;

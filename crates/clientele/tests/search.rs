@@ -17,6 +17,7 @@ hub_tests!(
     search_terms_follow_updates_and_deletes,
     customers_stored_before_the_search_index_are_indexed_at_start,
     a_q_with_many_matches_pages_through_all_of_them,
+    a_common_last_name_prefix_is_merged_with_the_other_matches_in_name_order,
     bad_filter_values_are_named,
     a_cursor_walk_is_stable_while_other_customers_change,
 );
@@ -564,4 +565,106 @@ async fn a_q_with_many_matches_pages_through_all_of_them(hub: TestHub) {
     assert_eq!(archived.len(), 5);
     let one = walk(&hub, "q=m-10997", 100).await;
     assert_eq!(one.len(), 1);
+}
+
+/// Whether `q` is a prefix of one of the customer's terms (docs/search.md), computed here.
+fn matches_q(c: &Value, q: &str) -> bool {
+    let q = q.to_lowercase();
+    [
+        "first_name",
+        "last_name",
+        "name",
+        "company",
+        "email",
+        "phone",
+        "phone_alt",
+        "external_id",
+    ]
+    .iter()
+    .any(|field| {
+        let value = text(c, field).to_lowercase();
+        !value.is_empty()
+            && (value.starts_with(&q) || value.split_whitespace().any(|w| w.starts_with(&q)))
+    })
+}
+
+/// With 3,000 matching terms and more under `sort=last_name`, the customers whose last name
+/// starts with `q` are read by seeking the sort order to the prefix and merged with the other
+/// matches (probed in the sort order when they are many, read through their terms when few);
+/// the pages must be those of the plain selection, across cursors that cross from one part to
+/// the other.
+async fn a_common_last_name_prefix_is_merged_with_the_other_matches_in_name_order(hub: TestHub) {
+    let last_names = ["Aalto", "Malm", "Mann-", "Mann", "Zorn"];
+    for batch in 0..10 {
+        let items: Vec<Value> = (0..1000)
+            .map(|i| {
+                let n = batch * 1000 + i;
+                let mut last = last_names[n % 5].to_owned();
+                if last.ends_with('-') {
+                    last.push_str(&(n % 50).to_string());
+                }
+                let mut item = json!({
+                    "external_id": format!("n-{n:05}"),
+                    "first_name": if n % 2 == 0 { "Mats" } else { "Anna" },
+                    "last_name": last,
+                    "archived": n % 10 == 3,
+                });
+                if n % 97 == 0 {
+                    item["company"] = json!("Mango Oy");
+                }
+                item
+            })
+            .collect();
+        let reply = hub
+            .sync(&json!({"key": "external_id", "customers": items}))
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    // Some renames, so that a term's flag must follow its customer's new last name.
+    let all = walk(&hub, "sort=created_at", 1000).await;
+    for c in all.iter().step_by(501) {
+        let id = c["id"].as_str().expect("id");
+        let reply = call(
+            hub.patch(&format!("/v1/customers/{id}"))
+                .json(&json!({"last_name": "Aaltonen"})),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+    }
+    let all = walk(&hub, "sort=created_at", 1000).await;
+    let middle = text(&all[all.len() / 2], "created_at");
+    // "ma": 6,000 in the range and 2,000+ matches before and after it ("Mats Aalto", "Mats
+    // Zorn"); "man": 4,000 in the range, the rest few ("Mango Oy"); "mal": no others.
+    for query in [
+        "q=ma".to_owned(),
+        "q=man".to_owned(),
+        "q=mal".to_owned(),
+        "q=mats".to_owned(),
+        "q=ma&archived=true".to_owned(),
+        "q=man&archived=false".to_owned(),
+        format!("q=ma&created_after={}", middle.replace('+', "%2B")),
+    ] {
+        let (q, rest) = query[2..].split_once('&').unwrap_or((&query[2..], ""));
+        let expected: Vec<Value> = all
+            .iter()
+            .filter(|c| matches_q(c, q))
+            .filter(|c| match rest {
+                "archived=true" => c["archived"] == true,
+                "archived=false" => c["archived"] == false,
+                "" => true,
+                _ => text(c, "created_at") >= middle,
+            })
+            .cloned()
+            .collect();
+        assert!(expected.len() > 100, "{query}");
+        let expected = sorted(expected, "last_name");
+        for limit in [700, 1000] {
+            let got = walk(&hub, &format!("sort=last_name&{query}"), limit).await;
+            assert_eq!(
+                ids(&got),
+                ids(&expected),
+                "sort=last_name&{query}, limit {limit}"
+            );
+        }
+    }
 }
