@@ -113,6 +113,7 @@ pub(crate) fn window_count_sql(query: &ListQuery) -> Option<(PageSql, i64)> {
         binds: Vec::new(),
         unindexed: None,
         skipped: Some(column),
+        only: None,
     };
     time_conditions(&mut b, &query.filter);
     if b.conditions.is_empty() {
@@ -162,6 +163,8 @@ struct Builder {
     unindexed: Option<&'static str>,
     /// Time conditions on this column are left out (counting the windows off the sort key).
     skipped: Option<&'static str>,
+    /// Only time conditions on this column are written (where a probing window starts).
+    only: Option<&'static str>,
 }
 
 impl Builder {
@@ -172,7 +175,8 @@ impl Builder {
     }
 
     fn time(&mut self, column: &str, op: &str, value: Option<clientele_domain::Timestamp>) {
-        if let Some(value) = value.filter(|_| self.skipped != Some(column)) {
+        let wanted = self.skipped != Some(column) && self.only.is_none_or(|only| only == column);
+        if let Some(value) = value.filter(|_| wanted) {
             let p = self.bind(Bind::Int(value.as_micros()));
             if self.unindexed.is_some_and(|sort| sort != column) {
                 // An expression, which no index serves: the planner walks the sort order.
@@ -193,6 +197,7 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
         binds: Vec::new(),
         unindexed: plan.wide_window.then_some(column),
         skipped: None,
+        only: None,
     };
     time_conditions(&mut b, &query.filter);
     implied_time_conditions(&mut b, &query.filter);
@@ -234,6 +239,19 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
     let limit = |b: &mut Builder| b.bind(Bind::Int(i64::from(query.limit) + 1));
     let sql = match probe {
         None => {
+            // Matches read through the term index are sorted: an expression no index serves,
+            // so that a planner misled by its estimates cannot walk the whole sort order
+            // looking for them (PostgreSQL did, for a prefix whose terms are mostly skipped).
+            let order = if range.is_some() {
+                let key = if query.sort == SortOrder::LastNameAsc {
+                    format!("{column} || ''")
+                } else {
+                    format!("{column} + 0")
+                };
+                format!("ORDER BY {key} {direction}, id {direction}")
+            } else {
+                order
+            };
             let limit = limit(&mut b);
             format!("SELECT {columns} FROM customers {filter}{order} LIMIT {limit}")
         }
@@ -243,8 +261,15 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
                 // The window: the next PROBE_WINDOW customers of the sort order (archived ones
                 // only, through their small index, when only they are asked for), as a bound
                 // on the sort key found by one index-only walk (nothing is materialized).
+                // It starts where the walk does: after the cursor, within the time conditions
+                // on the sort key itself.
                 let window = b.bind(Bind::Int(i64::from(PROBE_WINDOW)));
-                let mut walked: Vec<String> = keyset.into_iter().collect();
+                let mark = b.conditions.len();
+                (b.only, b.unindexed) = (Some(column), None);
+                time_conditions(&mut b, &query.filter);
+                implied_time_conditions(&mut b, &query.filter);
+                let mut walked: Vec<String> = b.conditions.drain(mark..).collect();
+                walked.extend(keyset);
                 if query.filter.archived == Some(true) {
                     walked.push(dialect.archived(true).to_owned());
                 }
@@ -253,10 +278,16 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
                 } else {
                     format!("WHERE {} ", walked.join(" AND "))
                 };
-                let within = if ascending { "<=" } else { ">=" };
+                // Without a window's end (fewer customers left), the last key: a bound that is
+                // not a NULL keeps the condition an index range, so the walk stops there.
+                let (within, last) = if ascending {
+                    ("<=", "MAX")
+                } else {
+                    (">=", "MIN")
+                };
                 conditions.push(format!(
                     "{column} {within} COALESCE((SELECT {column} FROM customers {after}{order} \
-                     LIMIT 1 OFFSET {window}), {column})"
+                     LIMIT 1 OFFSET {window}), (SELECT {last}({column}) FROM customers))"
                 ));
             }
             // A scalar subquery, which neither database turns into a join: one index probe
@@ -347,7 +378,8 @@ fn name_range_condition(b: &mut Builder, part: Part, low: &str, high: &str) {
     let condition = match part {
         Part::All => return,
         Part::NameRange => "last_name_sort >= {low} AND last_name_sort < {high}",
-        Part::OutsideNameRange => "(last_name_sort < {low} OR last_name_sort >= {high})",
+        // Not an OR of two ranges, which a planner may read as two index scans and sort.
+        Part::OutsideNameRange => "NOT (last_name_sort >= {low} AND last_name_sort < {high})",
     };
     let low = b.bind(Bind::Text(low.to_owned()));
     let high = b.bind(Bind::Text(high.to_owned()));
@@ -514,7 +546,7 @@ mod tests {
             "archived = 0",
             "term >= $4 AND term < $5",
             "(updated_at, id) < ($6, $7)",
-            "ORDER BY updated_at DESC, id DESC LIMIT $8",
+            "ORDER BY updated_at + 0 DESC, id DESC LIMIT $8",
         ];
         for part in expected {
             assert!(page.sql.contains(part), "{part}: {}", page.sql);
@@ -533,10 +565,11 @@ mod tests {
             "(created_at + 0) >= $1",
             "updated_at >= $2",
             "NOT archived",
-            "updated_at >= COALESCE((SELECT updated_at FROM customers WHERE (updated_at, id) < ($4, $5)",
-            "LIMIT 1 OFFSET $6",
-            "term >= $7 AND term < $8 LIMIT 1) IS NOT NULL",
-            "LIMIT $9",
+            "updated_at >= COALESCE((SELECT updated_at FROM customers \
+             WHERE updated_at >= $7 AND (updated_at, id) < ($4, $5) ORDER BY",
+            "LIMIT 1 OFFSET $6), (SELECT MIN(updated_at) FROM customers))",
+            "term >= $8 AND term < $9 LIMIT 1) IS NOT NULL",
+            "LIMIT $10",
         ];
         for part in expected {
             assert!(page.sql.contains(part), "{part}: {}", page.sql);
@@ -609,8 +642,9 @@ mod tests {
             },
         );
         for part in [
-            "(last_name_sort < $1 OR last_name_sort >= $2)",
-            "FROM customers WHERE archived ORDER BY last_name_sort ASC, id ASC LIMIT 1 OFFSET $3",
+            "NOT (last_name_sort >= $1 AND last_name_sort < $2)",
+            "FROM customers WHERE archived ORDER BY last_name_sort ASC, id ASC LIMIT 1 OFFSET $3), \
+             (SELECT MAX(last_name_sort) FROM customers))",
         ] {
             assert!(others.sql.contains(part), "{part}: {}", others.sql);
         }
@@ -624,12 +658,12 @@ mod tests {
                 ..plan
             },
         );
-        assert!(
-            few.sql
-                .contains("term >= $3 AND term < $4 AND NOT name_prefix)"),
-            "{}",
-            few.sql
-        );
+        for part in [
+            "term >= $3 AND term < $4 AND NOT name_prefix)",
+            "ORDER BY last_name_sort || '' ASC, id ASC",
+        ] {
+            assert!(few.sql.contains(part), "{part}: {}", few.sql);
+        }
         let (count, _) = count_matches_sql(&query, Part::OutsideNameRange).expect("q");
         assert!(
             count.sql.contains("AND NOT name_prefix LIMIT $3"),
