@@ -5,6 +5,7 @@
 //! primitives that [`primitives`] implements for both backends from the same SQL; [`sqlite`] and
 //! [`postgres`] own connection set-up, migrations and the read paths.
 
+mod checkpoint;
 mod directory;
 mod error;
 mod feed;
