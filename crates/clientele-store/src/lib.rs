@@ -9,6 +9,7 @@ mod checkpoint;
 mod directory;
 mod error;
 mod feed;
+mod group_commit;
 mod orders;
 mod primitives;
 mod schema_store;
