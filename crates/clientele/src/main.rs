@@ -5,11 +5,6 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc rather than glibc's malloc: the hub allocates per request and per row (JSON documents,
-/// rows of bulk sync) from many threads, where glibc's arenas showed up as a fifth of its CPU.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "clientele", version, about = "The customer data hub")]
 struct Cli {
