@@ -5,9 +5,11 @@
 //! primitives that [`primitives`] implements for both backends from the same SQL; [`sqlite`] and
 //! [`postgres`] own connection set-up, migrations and the read paths.
 
+mod checkpoint;
 mod directory;
 mod error;
 mod feed;
+mod group_commit;
 mod orders;
 mod primitives;
 mod schema_store;

@@ -17,6 +17,7 @@ use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredRespons
 
 use crate::directory::{DirectoryQueries, DirectoryTx};
 use crate::feed::{self, FeedQueries, FeedSignal, FeedTx};
+use crate::group_commit::{self, CreateGroups};
 use crate::orders::{self, OrderQueries, OrderTx};
 use crate::primitives::{BatchTx, CustomerTx, KeyColumn, KeyValue, Queries};
 use crate::schema_store::{self, SchemaTx};
@@ -55,6 +56,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
 pub struct SqlStore<B> {
     backend: B,
+    /// Concurrent single creates, written together.
+    creates: CreateGroups,
     /// Wakes change-feed long polls after commits that recorded changes.
     feed: FeedSignal,
 }
@@ -63,6 +66,7 @@ impl<B> SqlStore<B> {
     pub(crate) fn new(backend: B) -> Self {
         Self {
             backend,
+            creates: CreateGroups::default(),
             feed: FeedSignal::new(),
         }
     }
@@ -79,9 +83,12 @@ impl<B: Backend> Store for SqlStore<B> {
         command: WriteCommand,
         completion: Option<Completion<'_, (WriteOutcome, Customer)>>,
     ) -> Result<(WriteOutcome, Customer), DomainError> {
-        let result =
+        let result = if group_commit::groupable(&command, completion.is_some()) {
+            self.creates.create(&self.backend, command).await?
+        } else {
             unit_of_work::write_customer(|| self.backend.begin_write(), &command, completion)
-                .await?;
+                .await?
+        };
         if result.0 != WriteOutcome::Unchanged {
             self.feed.notify();
         }

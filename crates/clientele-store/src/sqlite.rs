@@ -12,6 +12,7 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 use clientele_domain::sync::{ChangeRecord, StoredCustomer};
 use clientele_domain::{Customer, CustomerId, CustomerKey};
 
+use crate::checkpoint::{self, Checkpointer};
 use crate::error::db_error;
 use crate::primitives::{BatchTx, CustomerRow, decode_id, key_column, sql_primitives};
 use crate::sql_store::{Backend, SqlStore};
@@ -295,6 +296,8 @@ fn placeholders(rows: usize, columns: usize) -> String {
 pub struct SqliteBackend {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Copies the WAL back into the database file beside the writer; stops with the store.
+    _checkpointer: Checkpointer,
 }
 
 pub type SqliteStore = SqlStore<SqliteBackend>;
@@ -319,7 +322,10 @@ impl SqliteStore {
             .max_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(config.acquire_timeout)
-            .connect_with(options.clone().pragma("cache_size", "-65536"))
+            .connect_with(options.clone().pragma("cache_size", "-65536").pragma(
+                "wal_autocheckpoint",
+                checkpoint::WRITER_BACKSTOP_PAGES.to_string(),
+            ))
             .await
             .map_err(StoreError::Connect)?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
@@ -329,10 +335,22 @@ impl SqliteStore {
             .max_connections(config.max_connections.max(1))
             .test_before_acquire(false)
             .acquire_timeout(config.acquire_timeout)
-            .connect_with(options.pragma("cache_size", "-8192").read_only(true))
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("cache_size", "-8192")
+                    .read_only(true),
+            )
             .await
             .map_err(StoreError::Connect)?;
-        let backend = SqliteBackend { writer, readers };
+        let checkpointer = Checkpointer::start(options.pragma("cache_size", "-2048"))
+            .await
+            .map_err(StoreError::Connect)?;
+        let backend = SqliteBackend {
+            writer,
+            readers,
+            _checkpointer: checkpointer,
+        };
         crate::search::backfill_terms(&backend)
             .await
             .map_err(StoreError::Backfill)?;

@@ -19,6 +19,7 @@ hub_tests!(
     if_match_guards_patch_put_and_delete,
     unique_keys_clash_with_409_naming_the_key,
     racing_creates_of_one_key_give_one_customer_and_409s,
+    a_burst_of_creates_gets_each_its_own_answer,
     racing_upserts_of_one_key_give_one_customer,
     racing_patches_lose_no_update,
     deleted_customers_are_gone_and_unknown_ids_are_404,
@@ -499,6 +500,86 @@ async fn racing_creates_of_one_key_give_one_customer_and_409s(hub: TestHub) {
             .filter(|r| r.status == 409)
             .all(|r| r.body["errors"][0]["field"] == "email")
     );
+}
+
+/// Concurrent creates are written in groups (one transaction for many): each still gets the
+/// answer it would get alone, and only the accepted ones are stored and recorded.
+async fn a_burst_of_creates_gets_each_its_own_answer(hub: TestHub) {
+    hub.create_customer(json!({"external_id": "taken"})).await;
+    let group = call(hub.put("/v1/groups/vip").json(&json!({"title": "VIP"}))).await;
+    assert_eq!(group.status, 201, "{}", group.body);
+    // (body, expected status, field of the error)
+    let mut cases: Vec<(Value, u16, Option<&str>)> = Vec::new();
+    for i in 0..12 {
+        let body = json!({"external_id": format!("ok-{i}"), "email": format!("ok{i}@example.com"),
+                          "first_name": "Burst", "tags": ["burst"], "groups": ["vip"]});
+        cases.push((body, 201, None));
+    }
+    for i in 0..6 {
+        cases.push((
+            json!({"external_id": "taken", "note": i.to_string()}),
+            409,
+            Some("external_id"),
+        ));
+        cases.push((
+            json!({"username": "u", "country": "XX"}),
+            422,
+            Some("country"),
+        ));
+        cases.push((json!({"groups": ["no-such-group"]}), 422, Some("groups[0]")));
+    }
+    let replies = join_all(
+        cases
+            .iter()
+            .map(|(body, _, _)| call(hub.post("/v1/customers").json(body))),
+    )
+    .await;
+    for ((body, status, field), reply) in cases.iter().zip(&replies) {
+        assert_eq!(reply.status, *status, "{body} -> {}", reply.body);
+        if let Some(field) = field {
+            assert_eq!(reply.body["errors"][0]["field"], *field, "{}", reply.body);
+        }
+    }
+    // Creates racing for one new email within the burst: exactly one wins.
+    let same = join_all((0..8).map(|i| {
+        call(
+            hub.post("/v1/customers")
+                .json(&json!({"email": "Same@Example.com", "note": i.to_string()})),
+        )
+    }))
+    .await;
+    let statuses: Vec<u16> = same.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        7,
+        "{statuses:?}"
+    );
+
+    let created: Vec<&Value> = replies
+        .iter()
+        .chain(&same)
+        .filter(|r| r.status == 201)
+        .map(|r| &r.body)
+        .collect();
+    for customer in &created {
+        let id = customer["id"].as_str().expect("id");
+        let stored = call(hub.get(&format!("/v1/customers/{id}"))).await;
+        assert_eq!(stored.body, **customer, "stored as answered");
+    }
+    let vip = call(hub.get("/v1/customers?group=vip&limit=100")).await;
+    assert_eq!(vip.body["data"].as_array().expect("data").len(), 12);
+    let rows = change_rows(&hub).await;
+    assert_eq!(
+        rows.len(),
+        1 + created.len(),
+        "one record per stored customer"
+    );
+    assert!(rows.iter().all(|r| r.0 == "created" && r.1 == 1));
 }
 
 async fn racing_upserts_of_one_key_give_one_customer(hub: TestHub) {

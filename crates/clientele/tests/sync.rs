@@ -28,6 +28,7 @@ hub_tests!(
     address_modes_on_patch_and_put,
     unchanged_items_write_no_change_record,
     concurrent_overlapping_batches_lose_no_update,
+    batches_crossing_on_a_second_unique_key_both_finish,
     the_documented_item_is_a_customer_body,
 );
 
@@ -1008,6 +1009,42 @@ async fn unchanged_items_write_no_change_record(hub: TestHub) {
     assert_eq!(read["version"], 2);
     assert_eq!(read["note"], "changed");
     assert_eq!(read_by(&hub, "external_id", "u-8").await["version"], 1);
+}
+
+/// Two batches keyed by external id whose new customers claim the same emails in opposite
+/// orders: inserts follow the batch key, so on PostgreSQL each batch can end up waiting on the
+/// other's email index entry (when both inserts run at the same moment), a lock cycle the
+/// database breaks by aborting one. Whichever way they interleave, the loser runs again and
+/// finds the other's customers: each email is created exactly once, and the items that lost it
+/// fail with `duplicate_key` on `email`, never the request.
+async fn batches_crossing_on_a_second_unique_key_both_finish(hub: TestHub) {
+    const ITEMS: usize = 1000;
+    for round in 0..3 {
+        let email = |n: usize| format!("r{round}-{n:03}@example.com");
+        let one: Vec<Value> = (0..ITEMS)
+            .map(|n| json!({"external_id": format!("r{round}-a{n:03}"), "email": email(n)}))
+            .collect();
+        let other: Vec<Value> = (0..ITEMS)
+            .map(|n| json!({"external_id": format!("r{round}-b{n:03}"), "email": email(ITEMS - 1 - n)}))
+            .collect();
+        let (one, other) = (batch("external_id", one), batch("external_id", other));
+        let (first, second) = futures::join!(hub.sync(&one), hub.sync(&other));
+        let mut created = 0;
+        for reply in [&first, &second] {
+            assert_eq!(reply.status, 200, "a batch failed: {}", reply.body);
+            created += reply.body["summary"]["created"].as_u64().expect("count");
+            for result in reply.body["results"].as_array().expect("results") {
+                if result["status"] == "failed" {
+                    assert_eq!(
+                        result["error"]["errors"][0]["code"], "duplicate_key",
+                        "{result}"
+                    );
+                    assert_eq!(result["error"]["errors"][0]["field"], "email", "{result}");
+                }
+            }
+        }
+        assert_eq!(created, ITEMS as u64, "each email is created exactly once");
+    }
 }
 
 async fn concurrent_overlapping_batches_lose_no_update(hub: TestHub) {

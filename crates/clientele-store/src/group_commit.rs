@@ -1,0 +1,261 @@
+//! Group commit for single creates: concurrent `POST /v1/customers` requests of one hub process
+//! are written together, in one transaction with multi-row statements.
+//!
+//! A create costs a handful of statements, and on SQLite every statement is a hand-off to the
+//! writer connection's thread and back; with one writer, those hand-offs — not the disk — bounded
+//! single creates to about a thousand a second. Whoever finds the group lock free becomes the
+//! leader: it takes every create queued so far (its own included) and writes them as one group,
+//! the way bulk sync writes a batch. The others wait for their answer, or for the lock if their
+//! create came too late for the running group. Each create still gets exactly the answer it
+//! would get alone: one that fails validation or claims a key taken (in the database or by an
+//! earlier create of the group) fails on its own; if the group as a whole cannot be written (a
+//! key taken concurrently by another hub process, a storage error), every create of it runs
+//! again on its own, through the single-write path.
+
+use std::collections::HashSet;
+
+use clientele_domain::group::named_codes;
+use clientele_domain::sync::ChangeRecord;
+use clientele_domain::write::{Applied, ApplyContext};
+use clientele_domain::{
+    ChangeKind, Customer, CustomerKey, DomainError, Patch, Timestamp, WriteCommand, WriteOutcome,
+    WriteTarget,
+};
+use tokio::sync::oneshot;
+
+use crate::directory::DirectoryTx;
+use crate::primitives::{BatchTx, CustomerRow, CustomerTx};
+use crate::schema_store::{self, SchemaTx};
+use crate::sql_store::Backend;
+use crate::unit_of_work;
+
+/// Most creates written in one group: bounds one transaction's size and the wait of the first.
+const MAX_GROUP: usize = 256;
+
+type Answer = Result<(WriteOutcome, Customer), DomainError>;
+
+struct Job {
+    command: WriteCommand,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// The creates waiting for a leader, and the lock a leader holds while it writes a group.
+#[derive(Default)]
+pub(crate) struct CreateGroups {
+    queued: std::sync::Mutex<Vec<Job>>,
+    leader: tokio::sync::Mutex<()>,
+}
+
+/// Whether a write may join a group: a plain create, answered by its outcome alone. Creates with
+/// an idempotency record to complete or a version precondition take the single-write path.
+pub(crate) fn groupable(command: &WriteCommand, has_completion: bool) -> bool {
+    matches!(command.target, WriteTarget::Create)
+        && command.expected_version.is_none()
+        && !has_completion
+}
+
+impl CreateGroups {
+    /// Creates one customer, written together with whatever other creates are queued.
+    pub(crate) async fn create<B: Backend>(&self, backend: &B, command: WriteCommand) -> Answer {
+        let (answer, mut answered) = oneshot::channel();
+        self.queue().push(Job { command, answer });
+        loop {
+            tokio::select! {
+                biased;
+                answer = &mut answered => return answer.unwrap_or_else(|_| Err(abandoned())),
+                _leader = self.leader.lock() => {
+                    let group = self.take_group();
+                    if !group.is_empty() {
+                        write_group(backend, group).await;
+                    }
+                    // Our create was in this group or an earlier one, or (past MAX_GROUP) is
+                    // still queued for the next leader, which may be us again.
+                    if let Ok(answer) = answered.try_recv() {
+                        return answer;
+                    }
+                }
+            }
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Job>> {
+        // A panic while the lock was held cannot leave the queue half-changed: push and drain
+        // are single calls.
+        self.queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take_group(&self) -> Vec<Job> {
+        let mut queued = self.queue();
+        let take = queued.len().min(MAX_GROUP);
+        queued.drain(..take).collect()
+    }
+}
+
+fn abandoned() -> DomainError {
+    DomainError::Storage("the group write of this create was abandoned".into())
+}
+
+/// Writes a group and answers each of its creates.
+async fn write_group<B: Backend>(backend: &B, group: Vec<Job>) {
+    let commands: Vec<&WriteCommand> = group.iter().map(|job| &job.command).collect();
+    match write_together(backend, &commands).await {
+        Ok(answers) => {
+            for (job, answer) in group.into_iter().zip(answers) {
+                // The requester is gone only if its task panicked; nothing to tell.
+                let _ = job.answer.send(answer);
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%error, creates = group.len(), "group write failed; writing alone");
+            for job in group {
+                let answer =
+                    unit_of_work::write_customer(|| backend.begin_write(), &job.command, None)
+                        .await;
+                let _ = job.answer.send(answer);
+            }
+        }
+    }
+}
+
+/// Writes every create that passes its checks in one transaction. `Err` means the group could
+/// not be written as a whole (nothing was); the creates' own failures are in the answers.
+async fn write_together<B: Backend>(
+    backend: &B,
+    commands: &[&WriteCommand],
+) -> Result<Vec<Answer>, DomainError> {
+    let mut tx = backend.begin_write().await?;
+    let answers = plan_and_write(&mut tx, commands).await?;
+    tx.commit().await?;
+    Ok(answers)
+}
+
+async fn plan_and_write(
+    tx: &mut (impl CustomerTx + BatchTx + DirectoryTx + SchemaTx),
+    commands: &[&WriteCommand],
+) -> Result<Vec<Answer>, DomainError> {
+    let schema = schema_store::load(tx).await?;
+    let (mut groups, mut teams) = (Vec::new(), Vec::new());
+    for command in commands {
+        let (g, t) = named_codes(&command.scope, [&command.write]);
+        groups.extend(g);
+        teams.extend(t);
+    }
+    for codes in [&mut groups, &mut teams] {
+        codes.sort_unstable();
+        codes.dedup();
+    }
+    // A superset of each create's codes answers each lookup of its own the same way.
+    let directory = tx.known_codes(&groups, &teams).await?;
+
+    // Each create's answer; `None` until it is written.
+    let mut answers: Vec<Option<Answer>> = Vec::with_capacity(commands.len());
+    let mut created = Vec::new();
+    for command in commands {
+        let ctx = ApplyContext {
+            now: Timestamp::now(),
+            directory: &directory,
+            password: command.password_hash.clone().map(|_| ()),
+            schema: &schema,
+        };
+        answers.push(match command.scope.apply(&ctx, None, &command.write) {
+            Ok(Applied::Changed(next)) => {
+                created.push((answers.len(), *next));
+                None
+            }
+            // A create always changes something; as on the single-write path.
+            Ok(Applied::Unchanged) => Some(Err(DomainError::NotFound)),
+            Err(error) => Some(Err(error)),
+        });
+    }
+
+    let taken = taken_keys(tx, created.iter().map(|(_, c)| c)).await?;
+    let mut claimed: HashSet<(CustomerKey, String)> = HashSet::new();
+    let mut accepted = Vec::with_capacity(created.len());
+    for (index, customer) in created {
+        let keys = unique_keys(&customer);
+        if let Some((key, _)) = keys
+            .iter()
+            .find(|k| taken.contains(*k) || claimed.contains(*k))
+        {
+            answers[index] = Some(Err(DomainError::DuplicateKey(*key)));
+            continue;
+        }
+        claimed.extend(keys);
+        accepted.push((index, customer));
+    }
+
+    let docs: Vec<String> = accepted
+        .iter()
+        .map(|(_, c)| serde_json::to_string(c).map_err(|e| DomainError::Storage(Box::new(e))))
+        .collect::<Result<_, _>>()?;
+    let rows: Vec<CustomerRow<'_>> = accepted
+        .iter()
+        .zip(&docs)
+        .map(|((index, customer), doc)| {
+            let hash = match &commands[*index].password_hash {
+                Patch::Value(hash) => Some(hash.as_str()),
+                Patch::Absent | Patch::Null => None,
+            };
+            CustomerRow::new(customer, hash, doc)
+        })
+        .collect();
+    tx.insert_many(&rows).await?;
+    tx.write_memberships(&[], &rows).await?;
+    let changes: Vec<ChangeRecord> = rows
+        .iter()
+        .map(|row| ChangeRecord {
+            customer_id: row.customer.id,
+            external_id: row.customer.external_id.clone(),
+            kind: ChangeKind::Created,
+            version: row.customer.version,
+            at: row.customer.updated_at,
+            customer: Some(row.doc.to_owned()),
+            teams: row.customer.teams.clone(),
+        })
+        .collect();
+    tx.record_changes(&changes).await?;
+    drop(rows);
+    for (index, customer) in accepted {
+        answers[index] = Some(Ok((WriteOutcome::Created, customer)));
+    }
+    Ok(answers
+        .into_iter()
+        .map(|answer| answer.unwrap_or_else(|| Err(abandoned())))
+        .collect())
+}
+
+/// The unique-key values a new customer claims, normalized as the unique indexes compare them.
+fn unique_keys(customer: &Customer) -> Vec<(CustomerKey, String)> {
+    CustomerKey::ALL
+        .into_iter()
+        .filter_map(|key| customer.key(key).map(|value| (key, key.normalize(value))))
+        .collect()
+}
+
+/// Which of the keys these customers claim already belong to a stored customer: one query per
+/// kind of key.
+async fn taken_keys<'a>(
+    tx: &mut impl BatchTx,
+    customers: impl Iterator<Item = &'a Customer>,
+) -> Result<HashSet<(CustomerKey, String)>, DomainError> {
+    let claims: Vec<(CustomerKey, String)> = customers.flat_map(unique_keys).collect();
+    let mut taken = HashSet::new();
+    for key in CustomerKey::ALL {
+        let mut values: Vec<String> = claims
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+            .collect();
+        if values.is_empty() {
+            continue;
+        }
+        values.sort_unstable();
+        values.dedup();
+        for (value, _) in tx.owners(key, &values).await? {
+            taken.insert((key, value));
+        }
+    }
+    Ok(taken)
+}
