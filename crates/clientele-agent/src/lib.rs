@@ -1,5 +1,6 @@
 //! The sync agent behind `clientele push | pull | sync` (`AGENT.md`).
 
+pub mod compare;
 pub mod fields;
 pub mod job;
 pub mod mapping;

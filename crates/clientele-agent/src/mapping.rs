@@ -1,6 +1,8 @@
-//! From a source row to the customer item the hub receives, and the hash that says whether it
-//! changed: `[fields]` renames, columns named like hub fields, the optional transform, and a
-//! canonical JSON encoding hashed with SHA-256.
+//! From a source row to the customer item the hub receives, and the hashes that say whether it
+//! changed: `[fields]` renames, columns named like hub fields, the optional transform, a
+//! canonical JSON encoding of the item hashed with SHA-256 (the item hash), and the row hash:
+//! the raw row's values hashed under the job's mapping identity, which is cheap enough to take
+//! for every row and lets an unchanged row skip the mapping altogether.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +11,15 @@ use sha2::{Digest, Sha256};
 
 use crate::fields;
 use crate::job::{HubKey, Job};
+use crate::source::SourceRow;
 use crate::transform::Transform;
+
+/// Names the mapping code: bump it when renames, coercions or the item's encoding change, so
+/// that every row hash changes with it and each row is mapped (and compared) again.
+const MAPPING_VERSION: &str = "clientele-agent mapping 1";
+
+/// The hash of the raw row under one job's mapping: equal row hashes mean equal items.
+pub type RowHash = [u8; 16];
 
 /// A row that cannot become a customer item (it goes to the report, the run goes on).
 #[derive(Debug, Clone)]
@@ -33,6 +43,9 @@ pub struct Mapper {
     /// Source column → hub field.
     renames: BTreeMap<String, String>,
     transform: Option<Transform>,
+    /// SHA-256 already fed with everything of the job that decides the item: every row hash
+    /// starts from it, so editing the mapping or the transform changes every row hash.
+    identity: Sha256,
 }
 
 impl Mapper {
@@ -47,20 +60,45 @@ impl Mapper {
             .as_deref()
             .map(Transform::compile)
             .transpose()?;
+        let mut identity = Sha256::new();
+        let description = serde_json::json!([
+            MAPPING_VERSION,
+            source_key,
+            job.sync.key.field(),
+            job.fields,
+            job.transform,
+        ]);
+        identity.update(description.to_string().as_bytes());
         Ok(Mapper {
             source_key: source_key.to_owned(),
             hub_key: job.sync.key,
             renames,
             transform,
+            identity,
         })
     }
 
     /// The source key of a raw row, as text (numbers are written out).
-    pub fn key_of(&self, row: &Map<String, Value>) -> Option<String> {
+    pub fn key_of(&self, row: &SourceRow) -> Option<String> {
         key_text(row.get(&self.source_key)?)
     }
 
-    pub fn map(&self, row: Map<String, Value>) -> Result<MappedRow, RowError> {
+    /// The row hash: every column's name and value, in the source's order, under the job's
+    /// mapping identity. `buffer` is scratch space, reused from row to row.
+    pub fn row_hash(&self, row: &SourceRow, buffer: &mut Vec<u8>) -> RowHash {
+        buffer.clear();
+        for (name, value) in row.columns() {
+            write_str(buffer, name);
+            buffer.push(b':');
+            write_canonical(buffer, value);
+            buffer.push(b',');
+        }
+        let mut hasher = self.identity.clone();
+        hasher.update(&buffer[..]);
+        first_16(&hasher.finalize())
+    }
+
+    pub fn map(&self, row: SourceRow) -> Result<MappedRow, RowError> {
         let key = self.key_of(&row).ok_or_else(|| RowError {
             code: "missing_key",
             message: format!(
@@ -68,6 +106,7 @@ impl Mapper {
                 self.source_key
             ),
         })?;
+        let row = row.into_map();
         let mut item;
         if let Some(transform) = &self.transform {
             item = self.rename(row.clone());
@@ -144,7 +183,10 @@ pub fn hash_item(item: &Map<String, Value>) -> [u8; 16] {
     let mut buffer = Vec::with_capacity(256);
     write_canonical_object(&mut buffer, item);
     hasher.update(&buffer);
-    let digest = hasher.finalize();
+    first_16(&hasher.finalize())
+}
+
+fn first_16(digest: &[u8]) -> [u8; 16] {
     let mut out = [0u8; 16];
     out.copy_from_slice(&digest[..16]);
     out
@@ -205,8 +247,30 @@ mod tests {
         Job::parse(&text, "job.toml", PathBuf::from(".")).expect("job")
     }
 
-    fn object(value: Value) -> Map<String, Value> {
-        value.as_object().expect("object").clone()
+    fn object(value: Value) -> SourceRow {
+        SourceRow::from_map(1, value.as_object().expect("object").clone())
+    }
+
+    #[test]
+    fn the_row_hash_follows_the_values_and_the_job() {
+        let mut buffer = Vec::new();
+        let plain = Mapper::new(&job(""), "person_id").expect("mapper");
+        let row = object(json!({"person_id": 7, "fname": "Ann"}));
+        let hash = plain.row_hash(&row, &mut buffer);
+        assert_eq!(hash, plain.row_hash(&row.clone(), &mut buffer));
+        let changed = object(json!({"person_id": 7, "fname": "Anne"}));
+        assert_ne!(hash, plain.row_hash(&changed, &mut buffer));
+        // A value of another type is another value.
+        let typed = object(json!({"person_id": "7", "fname": "Ann"}));
+        assert_ne!(hash, plain.row_hash(&typed, &mut buffer));
+        // Another mapping or transform makes every row hash another one.
+        let renamed = Mapper::new(&job("last_name = \"fname\""), "person_id").expect("mapper");
+        assert_ne!(hash, renamed.row_hash(&row, &mut buffer));
+        let transformed =
+            Mapper::new(&job("transform = '{ first_name: .fname }'"), "person_id").expect("mapper");
+        assert_ne!(hash, transformed.row_hash(&row, &mut buffer));
+        let other_key = Mapper::new(&job(""), "fname").expect("mapper");
+        assert_ne!(hash, other_key.row_hash(&row, &mut buffer));
     }
 
     #[test]
@@ -225,10 +289,11 @@ mod tests {
 
     #[test]
     fn the_hash_ignores_key_order_and_sees_every_change() {
-        let a = object(json!({"a": 1, "b": {"y": [1, 2], "x": null}}));
-        let b = object(json!({"b": {"x": null, "y": [1, 2]}, "a": 1}));
+        let item = |value: Value| value.as_object().expect("object").clone();
+        let a = item(json!({"a": 1, "b": {"y": [1, 2], "x": null}}));
+        let b = item(json!({"b": {"x": null, "y": [1, 2]}, "a": 1}));
         assert_eq!(hash_item(&a), hash_item(&b));
-        let c = object(json!({"b": {"x": null, "y": [2, 1]}, "a": 1}));
+        let c = item(json!({"b": {"x": null, "y": [2, 1]}, "a": 1}));
         assert_ne!(hash_item(&a), hash_item(&c));
     }
 

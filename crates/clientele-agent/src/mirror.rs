@@ -16,6 +16,9 @@ use sqlx::{AnyPool, Arguments};
 use crate::fields::{CUSTOMER_FIELDS, Kind, kind_of, writable_part};
 use crate::mapping::hash_item;
 
+mod row;
+pub use row::MirrorRow;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
     Sqlite,
@@ -273,37 +276,67 @@ impl Mirror {
         tx: &mut sqlx::AnyConnection,
         customers: &[&Value],
     ) -> anyhow::Result<()> {
+        let rows: Vec<MirrorRow> = customers
+            .iter()
+            .map(|customer| MirrorRow::from_customer(customer))
+            .collect();
+        self.upsert_rows(tx, &rows.iter().collect::<Vec<_>>()).await
+    }
+
+    /// Upserts rows by id, [`ROWS_PER_STATEMENT`] to a statement. An event older than the row
+    /// (replayed after a resync) changes nothing.
+    pub async fn upsert_rows(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        rows: &[&MirrorRow],
+    ) -> anyhow::Result<()> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut args = AnyArguments::default();
+            for row in chunk {
+                row.bind(&mut args)?;
+            }
+            sqlx::query_with(&self.upsert_sql(chunk.len()), args)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The upsert of `rows` rows: the same text for the same count, so the prepared statement
+    /// of a full chunk is reused from the connection's cache.
+    fn upsert_sql(&self, rows: usize) -> String {
+        use std::fmt::Write;
+        let columns = CUSTOMER_FIELDS.len();
         let names: Vec<&str> = CUSTOMER_FIELDS.iter().map(|(name, _)| *name).collect();
+        let mut sql = format!("INSERT INTO {} ({}) VALUES ", self.table, names.join(", "));
+        for row in 0..rows {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for column in 0..columns {
+                if column > 0 {
+                    sql.push_str(", ");
+                }
+                match self.dialect {
+                    Dialect::Sqlite => sql.push('?'),
+                    Dialect::Postgres => {
+                        let _ = write!(sql, "${}", row * columns + column + 1);
+                    }
+                }
+            }
+            sql.push(')');
+        }
         let updates: Vec<String> = names
             .iter()
             .filter(|name| **name != "id")
             .map(|name| format!("{name} = excluded.{name}"))
             .collect();
-        for chunk in customers.chunks(ROWS_PER_STATEMENT) {
-            let mut args = AnyArguments::default();
-            let mut tuples = Vec::with_capacity(chunk.len());
-            let mut n = 0;
-            for customer in chunk {
-                let mut marks = Vec::with_capacity(names.len());
-                for (name, kind) in CUSTOMER_FIELDS {
-                    n += 1;
-                    marks.push(self.placeholder(n));
-                    bind_value(&mut args, *kind, customer.get(*name))?;
-                }
-                tuples.push(format!("({})", marks.join(", ")));
-            }
-            let sql = format!(
-                // An event older than the row (replayed after a resync) changes nothing.
-                "INSERT INTO {table} ({}) VALUES {} ON CONFLICT (id) DO UPDATE SET {} \
-                 WHERE {table}.version IS NULL OR excluded.version >= {table}.version",
-                names.join(", "),
-                tuples.join(", "),
-                updates.join(", "),
-                table = self.table,
-            );
-            sqlx::query_with(&sql, args).execute(&mut *tx).await?;
-        }
-        Ok(())
+        let _ = write!(
+            sql,
+            " ON CONFLICT (id) DO UPDATE SET {} \
+             WHERE {table}.version IS NULL OR excluded.version >= {table}.version",
+            updates.join(", "),
+            table = self.table,
+        );
+        sql
     }
 
     /// Overwrites one local row (found by `rowref`) with a customer, e.g. after creating it.
@@ -313,12 +346,14 @@ impl Mirror {
         rowref: &str,
         customer: &Value,
     ) -> anyhow::Result<()> {
+        let row = MirrorRow::from_customer(customer);
         let mut args = AnyArguments::default();
-        let mut sets = Vec::new();
-        for (index, (name, kind)) in CUSTOMER_FIELDS.iter().enumerate() {
-            sets.push(format!("{name} = {}", self.placeholder(index + 1)));
-            bind_value(&mut args, *kind, customer.get(*name))?;
-        }
+        row.bind(&mut args)?;
+        let sets: Vec<String> = CUSTOMER_FIELDS
+            .iter()
+            .enumerate()
+            .map(|(index, (name, _))| format!("{name} = {}", self.placeholder(index + 1)))
+            .collect();
         let n = CUSTOMER_FIELDS.len() + 1;
         let condition = match self.dialect {
             Dialect::Sqlite => {
@@ -442,25 +477,6 @@ impl Mirror {
             .await?;
         Ok(())
     }
-}
-
-fn bind_value(
-    args: &mut AnyArguments<'_>,
-    kind: Kind,
-    value: Option<&Value>,
-) -> anyhow::Result<()> {
-    let value = value.filter(|value| !value.is_null());
-    let added = match kind {
-        Kind::Text => args.add(value.map(|value| match value {
-            Value::String(text) => text.clone(),
-            other => other.to_string(),
-        })),
-        Kind::Json => args.add(value.map(Value::to_string)),
-        Kind::Bool => args.add(value.and_then(Value::as_bool)),
-        Kind::Number => args.add(value.and_then(Value::as_f64)),
-        Kind::Integer => args.add(value.and_then(Value::as_i64)),
-    };
-    added.map_err(anyhow::Error::msg)
 }
 
 fn local_row(rowref: String, json: &str) -> anyhow::Result<LocalRow> {

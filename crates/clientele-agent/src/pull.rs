@@ -1,21 +1,47 @@
-//! `clientele pull`: follows the change feed into the mirror table. Each feed page is applied in
-//! one transaction with the new feed position, so a killed pull resumes exactly where its last
-//! committed page ended. A position the hub no longer keeps (410 `cursor_expired`) is recovered
+//! `clientele pull`: follows the change feed into the mirror table. A reader task fetches pages
+//! ahead and decodes them straight into mirror rows; the writer applies the pages waiting (one
+//! or several) in one transaction with the new feed position, so a killed pull resumes exactly
+//! where its last committed page ended. A position the hub no longer keeps (410 `cursor_expired`) is recovered
 //! by listing every customer and following the feed from the list's position.
 
 use std::collections::HashMap;
 
 use anyhow::Context;
-use clientele_client::{Change, ChangeType, Client, ClientError};
+use clientele_client::{ChangeType, Client, ClientError};
 use reqwest::Method;
+use serde::Deserialize;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use crate::job::Job;
-use crate::mirror::{Mirror, Shadow, content_hash, normalize};
+use crate::mirror::{Mirror, MirrorRow, Shadow, content_hash, normalize};
 use crate::progress::{Counters, Progress};
 
 /// Feed events per request (the hub's maximum page).
 pub const PAGE: u32 = 1000;
+
+/// Pages read ahead of the writer: reading (HTTP and decoding) and writing overlap, and a
+/// writer that falls behind finds several pages waiting.
+const READ_AHEAD: usize = 4;
+
+/// The most pages applied in one transaction (the ones already waiting, never waiting for more).
+const PAGES_PER_TRANSACTION: usize = 8;
+
+/// A feed page, its customers decoded straight into mirror rows.
+#[derive(Deserialize)]
+struct FeedPage {
+    data: Vec<FeedChange>,
+    next_after: i64,
+}
+
+#[derive(Deserialize)]
+struct FeedChange {
+    #[serde(rename = "type")]
+    kind: ChangeType,
+    customer_id: String,
+    #[serde(default)]
+    customer: Option<MirrorRow>,
+}
 
 pub async fn run(
     job: &Job,
@@ -26,53 +52,92 @@ pub async fn run(
     let section = job.mirror()?;
     let mirror = Mirror::open(&job.database_url(&section.url), &section.table).await?;
     let mut position = mirror.position().await?;
-    // One page ahead: the next page is on its way while this one is written.
-    let mut next = prefetch(client, position);
+    let mut pages = read_feed(client, position);
+    // A page read while filling a transaction that must wait its turn: the end, or a failure.
+    let mut held: Option<PageResult> = None;
     loop {
-        let page = match next.await.context("the feed reader stopped")? {
+        let next = match held.take() {
+            Some(page) => page,
+            None => pages.recv().await.context("the feed reader stopped")?,
+        };
+        let first = match next {
             Ok(page) => page,
             Err(error) if error.status() == Some(410) && !dry_run => {
                 eprintln!(
                     "pull: the hub no longer has changes after {position}; reloading every customer"
                 );
                 position = resync(&mirror, client, progress).await?;
-                next = prefetch(client, position);
+                pages = read_feed(client, position);
                 continue;
             }
             Err(error) => return Err(error).context("cannot read the change feed"),
         };
-        if page.data.is_empty() {
+        if first.data.is_empty() {
             break;
         }
-        next = prefetch(client, page.next_after);
-        count(progress, &page.data);
-        if dry_run {
-            for change in last_per_customer(&page.data) {
-                let verb = if change.kind == ChangeType::Deleted {
-                    "delete"
-                } else {
-                    "upsert"
-                };
-                println!("{verb} {}", change.customer_id);
+        let mut batch = vec![first];
+        while batch.len() < PAGES_PER_TRANSACTION {
+            match pages.try_recv() {
+                Ok(Ok(page)) if !page.data.is_empty() => batch.push(page),
+                Ok(other) => {
+                    held = Some(other);
+                    break;
+                }
+                Err(_) => break,
             }
-        } else {
-            apply_page(&mirror, &page.data, page.next_after, false).await?;
         }
-        position = page.next_after;
+        for page in &batch {
+            count(progress, &page.data);
+            if dry_run {
+                for change in last_per_customer(&page.data, |change| &change.customer_id) {
+                    let verb = if change.kind == ChangeType::Deleted {
+                        "delete"
+                    } else {
+                        "upsert"
+                    };
+                    println!("{verb} {}", change.customer_id);
+                }
+            }
+        }
+        position = batch.last().map_or(position, |page| page.next_after);
+        if !dry_run {
+            apply_pages(&mirror, &batch, position).await?;
+        }
         progress.tick();
     }
     Ok(())
 }
 
-fn prefetch(
-    client: &Client,
-    after: i64,
-) -> tokio::task::JoinHandle<Result<clientele_client::ChangePage, ClientError>> {
+type PageResult = Result<FeedPage, ClientError>;
+
+/// Reads the feed from `after` on its own task, [`READ_AHEAD`] pages ahead; it stops after an
+/// empty page or a failure (both are passed on).
+fn read_feed(client: &Client, mut after: i64) -> mpsc::Receiver<PageResult> {
+    let (sender, receiver) = mpsc::channel(READ_AHEAD);
     let client = client.clone();
-    tokio::spawn(async move { client.changes(after, PAGE, None).await })
+    tokio::spawn(async move {
+        loop {
+            let path = format!("/v1/changes?after={after}&limit={PAGE}");
+            let page = client
+                .request::<FeedPage>(Method::GET, &path, None, None)
+                .await
+                .map(|response| response.body);
+            let last = match &page {
+                Ok(page) => {
+                    after = page.next_after;
+                    page.data.is_empty()
+                }
+                Err(_) => true,
+            };
+            if sender.send(page).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    receiver
 }
 
-fn count(progress: &Progress, changes: &[Change]) {
+fn count(progress: &Progress, changes: &[FeedChange]) {
     let counters = &progress.counters;
     Counters::add(&counters.rows, changes.len() as u64);
     for change in changes {
@@ -86,40 +151,34 @@ fn count(progress: &Progress, changes: &[Change]) {
 }
 
 /// The last event of each customer in a page, in feed order: earlier ones are superseded.
-pub fn last_per_customer(changes: &[Change]) -> Vec<&Change> {
+pub fn last_per_customer<T>(changes: &[T], customer_id: impl Fn(&T) -> &str) -> Vec<&T> {
     let mut last: HashMap<&str, usize> = HashMap::with_capacity(changes.len());
     for (index, change) in changes.iter().enumerate() {
-        last.insert(change.customer_id.as_str(), index);
+        last.insert(customer_id(change), index);
     }
     changes
         .iter()
         .enumerate()
-        .filter(|(index, change)| last.get(change.customer_id.as_str()) == Some(index))
+        .filter(|(index, change)| last.get(customer_id(change)) == Some(index))
         .map(|(_, change)| change)
         .collect()
 }
 
-/// Applies a page of hub changes as they are (rows, optionally their shadows) and the feed
-/// position, in one transaction.
-pub async fn apply_page(
-    mirror: &Mirror,
-    changes: &[Change],
-    next_after: i64,
-    with_shadows: bool,
-) -> anyhow::Result<()> {
-    let mut deleted = Vec::new();
-    let mut customers = Vec::new();
-    for change in last_per_customer(changes) {
-        match (&change.kind, &change.customer) {
-            (ChangeType::Deleted, _) | (_, None) => deleted.push(change.customer_id.as_str()),
-            (_, Some(customer)) => customers.push(customer),
-        }
-    }
+/// Applies pages of hub changes in feed order, and the feed position after the last one, in
+/// one transaction: a killed pull resumes after the last committed page, never in between.
+async fn apply_pages(mirror: &Mirror, pages: &[FeedPage], next_after: i64) -> anyhow::Result<()> {
     let mut tx = mirror.begin().await?;
-    mirror.delete(&mut tx, &deleted).await?;
-    mirror.upsert(&mut tx, &customers).await?;
-    if with_shadows {
-        mirror.set_shadows(&mut tx, &shadows_of(&customers)).await?;
+    for page in pages {
+        let mut deleted = Vec::new();
+        let mut rows = Vec::new();
+        for change in last_per_customer(&page.data, |change| &change.customer_id) {
+            match (&change.kind, &change.customer) {
+                (ChangeType::Deleted, _) | (_, None) => deleted.push(change.customer_id.as_str()),
+                (_, Some(row)) => rows.push(row),
+            }
+        }
+        mirror.delete(&mut tx, &deleted).await?;
+        mirror.upsert_rows(&mut tx, &rows).await?;
     }
     mirror.set_position(&mut tx, next_after).await?;
     tx.commit().await?;

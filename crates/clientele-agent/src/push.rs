@@ -1,7 +1,8 @@
 //! `clientele push`: source rows to the hub through `POST /v1/customers/sync`.
 //!
-//! Each row is mapped and hashed; rows whose hash and hub key match the state are not sent at
-//! all. Changed rows go out in batches of `batch_size`, `concurrency` at a time, each batch with
+//! Rows whose row hash the state holds are dropped unmapped (`compare`); the others are mapped,
+//! and those whose item hash and hub key match the state are not sent either (the state just
+//! learns their new row hash). Changed rows go out in batches of `batch_size`, `concurrency` at a time, each batch with
 //! an `Idempotency-Key` derived from the job and the batch's bytes. The state records a batch's
 //! outcomes only once the hub answered, in one transaction. After a kill, the rows of batches
 //! that were acknowledged but not recorded are sent again: keyed upserts of the same content come
@@ -21,46 +22,13 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
+use crate::compare::{Candidate, Compared};
 use crate::job::{Job, OnMissing};
-use crate::mapping::Mapper;
+use crate::mapping::{Mapper, RowHash};
 use crate::progress::{Counters, Progress};
 use crate::report::Report;
 use crate::source::Source;
 use crate::state::{Outcome, StateStore};
-
-/// A source row after mapping and hashing (done on its own task, beside reading and planning).
-struct MappedSourceRow {
-    number: u64,
-    key: Option<String>,
-    mapped: Result<crate::mapping::MappedRow, crate::mapping::RowError>,
-}
-
-/// Maps and hashes chunks as they come from the source, on a task of its own, so reading,
-/// mapping and comparing with the state use the machine's cores side by side.
-fn map_stage(
-    mut chunks: tokio::sync::mpsc::Receiver<crate::source::Chunk>,
-    mapper: Arc<Mapper>,
-) -> tokio::sync::mpsc::Receiver<anyhow::Result<Vec<MappedSourceRow>>> {
-    let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(async move {
-        while let Some(chunk) = chunks.recv().await {
-            let mapped = chunk.map(|rows| {
-                rows.into_iter()
-                    .map(|row| MappedSourceRow {
-                        number: row.number,
-                        key: mapper.key_of(&row.columns),
-                        mapped: mapper.map(row.columns),
-                    })
-                    .collect()
-            });
-            let failed = mapped.is_err();
-            if sender.send(mapped).await.is_err() || failed {
-                return;
-            }
-        }
-    });
-    receiver
-}
 
 /// One item planned for the hub, with what the state needs once it is acknowledged.
 #[derive(Debug)]
@@ -69,6 +37,8 @@ struct Planned {
     row: Option<u64>,
     hub_value: String,
     hash: String,
+    /// The row hash of the source row the item came from (none for archives and deletes).
+    row_hash: Option<RowHash>,
     action: Action,
     item: Map<String, Value>,
 }
@@ -147,10 +117,10 @@ impl Push {
             Arc::new(Mapper::new(&self.job, &self.job.source()?.key).map_err(anyhow::Error::msg)?);
         let live_before = self.state.live_count().await?;
         let mut known_seen = 0u64;
-        let mut chunks = map_stage(source.stream(), mapper.clone());
+        let mut chunks =
+            crate::compare::spawn(source.stream(), mapper.clone(), self.state.reader()?);
         while let Some(chunk) = chunks.recv().await {
-            let chunk = chunk?;
-            known_seen += self.plan_chunk(chunk).await?;
+            known_seen += self.plan_chunk(chunk?).await?;
             self.progress.tick();
         }
         if self.job.sync.on_missing != OnMissing::Ignore && known_seen < live_before {
@@ -164,26 +134,21 @@ impl Push {
         Ok(())
     }
 
-    /// Maps and hashes a chunk, looks its keys up in one query, and plans the rows that changed.
-    /// Returns how many of its keys the state knew as live.
-    async fn plan_chunk(&mut self, chunk: Vec<MappedSourceRow>) -> anyhow::Result<u64> {
+    /// Plans the rows of a compared chunk whose items changed, and records the new row hash of
+    /// those whose items did not. Returns how many of its keys the state knew as live.
+    async fn plan_chunk(&mut self, chunk: Compared) -> anyhow::Result<u64> {
         let counters = self.progress.counters.clone();
-        Counters::add(&counters.rows, chunk.len() as u64);
-        let known = {
-            let lookup: Vec<&str> = chunk.iter().filter_map(|row| row.key.as_deref()).collect();
-            self.state.lookup(&lookup).await?
-        };
-        let mut live_seen = 0;
-        for MappedSourceRow {
+        Counters::add(&counters.rows, chunk.rows);
+        Counters::add(&counters.unchanged, chunk.same);
+        let mut refreshed = Vec::new();
+        for Candidate {
             number,
             key,
+            row_hash,
             mapped,
-        } in chunk
+            entry,
+        } in chunk.candidates
         {
-            let entry = key.as_ref().and_then(|key| known.get(key));
-            if entry.is_some_and(|entry| !entry.gone) {
-                live_seen += 1;
-            }
             let mapped = match mapped {
                 Ok(mapped) => mapped,
                 Err(error) => {
@@ -200,6 +165,11 @@ impl Push {
                     if !entry.gone && entry.hash == hash && entry.hub_value == mapped.hub_value =>
                 {
                     Counters::add(&counters.unchanged, 1);
+                    refreshed.push(Outcome::Refreshed {
+                        key: mapped.key,
+                        hash,
+                        row_hash,
+                    });
                     continue;
                 }
                 Some(entry) => {
@@ -219,12 +189,16 @@ impl Push {
                 row: Some(number),
                 hub_value: mapped.hub_value,
                 hash,
+                row_hash: Some(row_hash),
                 action,
                 item,
             })
             .await?;
         }
-        Ok(live_seen)
+        if !refreshed.is_empty() && !self.dry_run {
+            self.state.commit(&refreshed).await?;
+        }
+        Ok(chunk.live_seen)
     }
 
     /// Second pass: every key of the source is marked seen; live keys left unseen get `on_missing`.
@@ -232,10 +206,7 @@ impl Push {
         self.state.clear_seen().await?;
         let mut chunks = source.stream();
         while let Some(chunk) = chunks.recv().await {
-            let keys: Vec<String> = chunk?
-                .iter()
-                .filter_map(|row| mapper.key_of(&row.columns))
-                .collect();
+            let keys: Vec<String> = chunk?.iter().filter_map(|row| mapper.key_of(row)).collect();
             self.state.add_seen(&keys).await?;
         }
         let hub_field = self.job.sync.key.field();
@@ -266,6 +237,7 @@ impl Push {
                     row: None,
                     hub_value,
                     hash: String::new(),
+                    row_hash: None,
                     action,
                     item,
                 })
@@ -448,6 +420,7 @@ impl BatchSender {
                         key: planned.key,
                         hub_value: planned.hub_value,
                         hash: planned.hash,
+                        row_hash: planned.row_hash,
                         hub_id: result.id,
                     });
                 }

@@ -3,6 +3,7 @@
 //! the source's size.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use futures::TryStreamExt;
@@ -11,11 +12,40 @@ use tokio::sync::mpsc;
 
 use crate::job::Job;
 
-/// One source row: its 1-based position in the source, and its columns.
-#[derive(Debug)]
+/// One source row: its 1-based position in the source, and its values by column. Rows of a
+/// table share one list of column names, so a row costs its values only.
+#[derive(Debug, Clone)]
 pub struct SourceRow {
     pub number: u64,
-    pub columns: Map<String, Value>,
+    pub names: Arc<[String]>,
+    pub values: Vec<Value>,
+}
+
+impl SourceRow {
+    /// A row of a source whose rows each name their own columns (JSONL, PostgreSQL).
+    pub fn from_map(number: u64, columns: Map<String, Value>) -> SourceRow {
+        let (names, values): (Vec<String>, Vec<Value>) = columns.into_iter().unzip();
+        SourceRow {
+            number,
+            names: names.into(),
+            values,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        let index = self.names.iter().position(|column| column == name)?;
+        self.values.get(index)
+    }
+
+    /// The row as a JSON object (a later column wins over an earlier one of the same name).
+    pub fn into_map(self) -> Map<String, Value> {
+        self.names.iter().cloned().zip(self.values).collect()
+    }
+
+    /// `(name, value)` in column order.
+    pub fn columns(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.names.iter().map(String::as_str).zip(&self.values)
+    }
 }
 
 pub type Chunk = anyhow::Result<Vec<SourceRow>>;
@@ -123,27 +153,28 @@ impl<'a> Chunker<'a> {
     }
 
     /// Adds a row; returns the chunk it filled, if it filled one.
-    fn add(&mut self, columns: Map<String, Value>) -> Option<Vec<SourceRow>> {
+    fn add(&mut self, names: &Arc<[String]>, values: Vec<Value>) -> Option<Vec<SourceRow>> {
         self.number += 1;
         self.rows.push(SourceRow {
             number: self.number,
-            columns,
+            names: names.clone(),
+            values,
         });
         (self.rows.len() >= CHUNK_ROWS)
             .then(|| std::mem::replace(&mut self.rows, Vec::with_capacity(CHUNK_ROWS)))
     }
 
     /// `false` when the reader went away (nothing more is wanted).
-    async fn push(&mut self, columns: Map<String, Value>) -> bool {
-        match self.add(columns) {
+    async fn push(&mut self, names: &Arc<[String]>, values: Vec<Value>) -> bool {
+        match self.add(names, values) {
             Some(full) => self.sender.send(Ok(full)).await.is_ok(),
             None => true,
         }
     }
 
     /// [`Chunker::push`] for readers on a blocking thread.
-    fn push_blocking(&mut self, columns: Map<String, Value>) -> bool {
-        match self.add(columns) {
+    fn push_blocking(&mut self, names: &Arc<[String]>, values: Vec<Value>) -> bool {
+        match self.add(names, values) {
             Some(full) => self.sender.blocking_send(Ok(full)).is_ok(),
             None => true,
         }
@@ -179,7 +210,7 @@ fn read_sqlite(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> anyhow::
     let mut statement = conn
         .prepare(query)
         .with_context(|| format!("the source query failed ({query})"))?;
-    let names: Vec<String> = statement
+    let names: Arc<[String]> = statement
         .column_names()
         .into_iter()
         .map(str::to_owned)
@@ -192,8 +223,8 @@ fn read_sqlite(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> anyhow::
         .next()
         .with_context(|| format!("the source query failed ({query})"))?
     {
-        let mut columns = Map::new();
-        for (index, name) in names.iter().enumerate() {
+        let mut values = Vec::with_capacity(names.len());
+        for index in 0..names.len() {
             // SQLite types each value, not each column: the value's own storage class decides.
             let value = match row.get_ref(index)? {
                 Raw::Null => Value::Null,
@@ -205,9 +236,9 @@ fn read_sqlite(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> anyhow::
                     Value::String(String::from_utf8_lossy(bytes).into_owned())
                 }
             };
-            columns.insert(name.clone(), value);
+            values.push(value);
         }
-        if !chunker.push_blocking(columns) {
+        if !chunker.push_blocking(&names, values) {
             return Ok(());
         }
     }
@@ -232,7 +263,8 @@ async fn read_postgres(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> 
             .with_context(|| format!("the source query failed ({query})"))?
         {
             let columns: Map<String, Value> = serde_json::from_str(&text)?;
-            if !chunker.push(columns).await {
+            let (names, values): (Vec<String>, Vec<Value>) = columns.into_iter().unzip();
+            if !chunker.push(&names.into(), values).await {
                 return Ok(());
             }
         }
@@ -245,7 +277,7 @@ async fn read_postgres(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> 
 fn read_csv(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> {
     let mut reader = csv::Reader::from_path(path)
         .with_context(|| format!("cannot open the CSV source {}", path.display()))?;
-    let headers = reader.headers()?.clone();
+    let names: Arc<[String]> = reader.headers()?.iter().map(str::to_owned).collect();
     let mut chunker = Chunker::new(sender);
     let mut record = csv::StringRecord::new();
     while reader
@@ -253,19 +285,18 @@ fn read_csv(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> 
         .with_context(|| format!("{}: bad CSV", path.display()))?
     {
         // An empty CSV cell is an unset value, not an empty string.
-        let columns = headers
+        let values = record
             .iter()
-            .zip(record.iter())
-            .map(|(name, cell)| {
-                let value = if cell.is_empty() {
+            .take(names.len())
+            .map(|cell| {
+                if cell.is_empty() {
                     Value::Null
                 } else {
                     Value::String(cell.to_owned())
-                };
-                (name.to_owned(), value)
+                }
             })
             .collect();
-        if !chunker.push_blocking(columns) {
+        if !chunker.push_blocking(&names, values) {
             return Ok(());
         }
     }
@@ -296,7 +327,8 @@ fn read_jsonl(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()
                 bad
             }
         };
-        if !chunker.push_blocking(columns) {
+        let (names, values): (Vec<String>, Vec<Value>) = columns.into_iter().unzip();
+        if !chunker.push_blocking(&names.into(), values) {
             return Ok(());
         }
     }

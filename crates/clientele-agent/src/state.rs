@@ -1,10 +1,11 @@
-//! What push remembers between runs, in a SQLite file: per source key, the hash of what the hub
-//! last acknowledged, the hub key's value, the hub id, and whether the key has left the source
-//! (archived). A batch's outcomes are committed in one transaction after the hub acknowledged
-//! it, so a run killed at any moment leaves the state describing acknowledged writes only.
+//! What push remembers between runs, in a SQLite file: per source key, the item hash of what the
+//! hub last acknowledged, the row hash of the source row it came from, the hub key's value, the
+//! hub id, and whether the key has left the source (archived). A batch's outcomes are committed
+//! in one transaction after the hub acknowledged it, so a run killed at any moment leaves the
+//! state describing acknowledged writes only. Writes go through sqlx; the per-row reads of a run
+//! go through [`StateReader`], a rusqlite connection on the comparing thread.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::Context;
@@ -14,12 +15,27 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use crate::mapping::RowHash;
+
+mod reader;
+pub use reader::StateReader;
+
 /// What the state holds for one source key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub hub_value: String,
     pub hash: String,
     pub gone: bool,
+}
+
+/// What the state says about a source row, given its key and row hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Live, and acknowledged from a row with this very row hash: the row is unchanged.
+    Same,
+    /// Known, but the row must be mapped and its item compared.
+    Known(Entry),
+    Unknown,
 }
 
 /// The hub acknowledged an item; what the state records for it.
@@ -37,7 +53,19 @@ pub enum Outcome {
         key: String,
         hub_value: String,
         hash: String,
+        row_hash: Option<RowHash>,
         hub_id: Option<String>,
+    },
+    /// The row changed but its item did not (or an older state had no row hash): only the row
+    /// hash is new. Guarded by the item hash, so it never vouches for an item the hub lacks.
+    ///
+    /// A row hash is stored followed by the item hash it was recorded with, and it counts only
+    /// while that still is the item hash: an older agent that updates `hash` alone (a
+    /// downgrade, then an upgrade) can never leave a row hash that matches a stale item.
+    Refreshed {
+        key: String,
+        hash: String,
+        row_hash: RowHash,
     },
     Archived {
         key: String,
@@ -50,6 +78,7 @@ pub enum Outcome {
 #[derive(Clone, Debug)]
 pub struct StateStore {
     pool: SqlitePool,
+    path: PathBuf,
 }
 
 const SCHEMA: &[&str] = &[
@@ -63,6 +92,9 @@ const SCHEMA: &[&str] = &[
     // Scratch space for the keys of one run, to find the keys that left the source.
     "CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY) WITHOUT ROWID",
 ];
+
+/// The row hash came after the first state files; those gain it empty (matching no row).
+const ROW_HASH_COLUMN: &str = "ALTER TABLE pushed ADD COLUMN row_hash TEXT";
 
 impl StateStore {
     pub async fn open(path: &Path) -> anyhow::Result<StateStore> {
@@ -80,7 +112,23 @@ impl StateStore {
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await?;
         }
-        Ok(StateStore { pool })
+        let has_row_hash: bool = sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM pragma_table_info('pushed') WHERE name = 'row_hash'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if !has_row_hash {
+            sqlx::query(ROW_HASH_COLUMN).execute(&pool).await?;
+        }
+        Ok(StateStore {
+            pool,
+            path: path.to_owned(),
+        })
+    }
+
+    /// A reader for the per-row probes of a run, on a connection of its own.
+    pub fn reader(&self) -> anyhow::Result<StateReader> {
+        StateReader::open(&self.path)
     }
 
     /// Keys that are in the hub and in the source as far as the state knows.
@@ -91,40 +139,13 @@ impl StateStore {
         Ok(count as u64)
     }
 
-    /// The entries of these keys, in one statement.
-    pub async fn lookup(&self, keys: &[&str]) -> anyhow::Result<HashMap<String, Entry>> {
-        if keys.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let keys = serde_json::to_string(keys)?;
-        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT key, hub_value, hash, gone FROM pushed
-             WHERE key IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(keys)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(key, hub_value, hash, gone)| {
-                (
-                    key,
-                    Entry {
-                        hub_value,
-                        hash,
-                        gone: gone != 0,
-                    },
-                )
-            })
-            .collect())
-    }
-
     /// Records one acknowledged batch, all of it or nothing.
     pub async fn commit(&self, outcomes: &[Outcome]) -> anyhow::Result<()> {
         let mut stored = Vec::new();
         let mut archived = Vec::new();
         let mut removed = Vec::new();
         let mut pending = Vec::new();
+        let mut refreshed = Vec::new();
         for outcome in outcomes {
             match outcome {
                 Outcome::Pending { key, hub_value } => pending.push(json!([key, hub_value])),
@@ -132,8 +153,20 @@ impl StateStore {
                     key,
                     hub_value,
                     hash,
+                    row_hash,
                     hub_id,
-                } => stored.push(json!([key, hub_value, hash, hub_id])),
+                } => stored.push(json!([
+                    key,
+                    hub_value,
+                    hash,
+                    row_hash.map(hex::encode),
+                    hub_id
+                ])),
+                Outcome::Refreshed {
+                    key,
+                    hash,
+                    row_hash,
+                } => refreshed.push(json!([key, hash, hex::encode(row_hash)])),
                 Outcome::Archived { key } => archived.push(Value::String(key.clone())),
                 Outcome::Removed { key } => removed.push(Value::String(key.clone())),
             }
@@ -151,13 +184,24 @@ impl StateStore {
         }
         if !stored.is_empty() {
             sqlx::query(
-                "INSERT INTO pushed (key, hub_value, hash, hub_id, gone)
-                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 0 FROM json_each(?1)
-                 WHERE true
+                "INSERT INTO pushed (key, hub_value, hash, row_hash, hub_id, gone)
+                 SELECT value ->> 0, value ->> 1, value ->> 2, (value ->> 3) || (value ->> 2),
+                     value ->> 4, 0
+                 FROM json_each(?1) WHERE true
                  ON CONFLICT (key) DO UPDATE SET hub_value = excluded.hub_value,
-                     hash = excluded.hash, hub_id = coalesce(excluded.hub_id, pushed.hub_id), gone = 0",
+                     hash = excluded.hash, row_hash = excluded.row_hash,
+                     hub_id = coalesce(excluded.hub_id, pushed.hub_id), gone = 0",
             )
             .bind(Value::Array(stored).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !refreshed.is_empty() {
+            sqlx::query(
+                "UPDATE pushed SET row_hash = (r.value ->> 2) || pushed.hash FROM json_each(?1) AS r
+                 WHERE pushed.key = r.value ->> 0 AND pushed.hash = r.value ->> 1",
+            )
+            .bind(Value::Array(refreshed).to_string())
             .execute(&mut *tx)
             .await?;
         }
@@ -216,6 +260,24 @@ impl StateStore {
 mod tests {
     use super::*;
 
+    const ROW: RowHash = [7; 16];
+
+    fn probe(state: &StateStore, key: &str) -> Probe {
+        let mut reader = state.reader().expect("reader");
+        let mut probes = reader
+            .probe_all([(Some(key), &ROW)].into_iter())
+            .expect("probe");
+        probes.pop().expect("one probe")
+    }
+
+    fn known(hub_value: &str, hash: &str, gone: bool) -> Probe {
+        Probe::Known(Entry {
+            hub_value: hub_value.into(),
+            hash: hash.into(),
+            gone,
+        })
+    }
+
     #[tokio::test]
     async fn outcomes_are_recorded_and_vanished_keys_found() {
         let dir = tempfile::tempdir().expect("dir");
@@ -226,6 +288,7 @@ mod tests {
             key: key.into(),
             hub_value: format!("h{key}"),
             hash: "00".into(),
+            row_hash: (key == "a").then_some(ROW),
             hub_id: Some(format!("cus_{key}")),
         };
         state
@@ -233,16 +296,28 @@ mod tests {
             .await
             .expect("commit");
         assert_eq!(state.live_count().await.expect("count"), 3);
-        let found = state.lookup(&["a", "z"]).await.expect("lookup");
-        assert_eq!(found.len(), 1);
-        assert_eq!(
-            found["a"],
-            Entry {
-                hub_value: "ha".into(),
-                hash: "00".into(),
-                gone: false
-            }
-        );
+        assert_eq!(probe(&state, "a"), Probe::Same);
+        assert_eq!(probe(&state, "b"), known("hb", "00", false));
+        assert_eq!(probe(&state, "z"), Probe::Unknown);
+
+        // A new row hash for an unchanged item; a guard on a stale item hash records nothing.
+        state
+            .commit(&[
+                Outcome::Refreshed {
+                    key: "b".into(),
+                    hash: "00".into(),
+                    row_hash: ROW,
+                },
+                Outcome::Refreshed {
+                    key: "c".into(),
+                    hash: "ff".into(),
+                    row_hash: ROW,
+                },
+            ])
+            .await
+            .expect("refresh");
+        assert_eq!(probe(&state, "b"), Probe::Same);
+        assert_eq!(probe(&state, "c"), known("hc", "00", false));
 
         state.clear_seen().await.expect("clear");
         state.add_seen(&["a".into()]).await.expect("seen");
@@ -267,8 +342,7 @@ mod tests {
             ])
             .await
             .expect("pending");
-        let a = &state.lookup(&["a"]).await.expect("lookup")["a"];
-        assert_eq!(a.hash, "00", "pending never overwrites");
+        assert_eq!(probe(&state, "a"), Probe::Same, "pending never overwrites");
         let vanished = state.vanished_after("c", 10).await.expect("vanished");
         assert_eq!(vanished, vec![("d".into(), "hd".into(), true)]);
         state
@@ -278,13 +352,48 @@ mod tests {
 
         state
             .commit(&[
-                Outcome::Archived { key: "b".into() },
+                Outcome::Archived { key: "a".into() },
                 Outcome::Removed { key: "c".into() },
             ])
             .await
             .expect("commit");
         assert_eq!(state.live_count().await.expect("count"), 1);
-        assert!(state.lookup(&["b"]).await.expect("lookup")["b"].gone);
-        assert!(state.lookup(&["c"]).await.expect("lookup").is_empty());
+        // An archived key is never the same, whatever its row hash: it must be un-archived.
+        assert_eq!(probe(&state, "a"), known("ha", "00", true));
+        assert_eq!(probe(&state, "c"), Probe::Unknown);
+    }
+
+    #[tokio::test]
+    async fn a_state_file_without_row_hashes_gains_the_column() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("old.db");
+        {
+            let conn = rusqlite::Connection::open(&path).expect("create");
+            conn.execute_batch(
+                "CREATE TABLE pushed (key TEXT PRIMARY KEY, hub_value TEXT NOT NULL,
+                     hash TEXT NOT NULL, hub_id TEXT, gone INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+                 INSERT INTO pushed VALUES ('k', 'hk', 'ab', 'cus_k', 0);",
+            )
+            .expect("old schema");
+        }
+        let state = StateStore::open(&path).await.expect("open");
+        assert_eq!(probe(&state, "k"), known("hk", "ab", false));
+        state
+            .commit(&[Outcome::Refreshed {
+                key: "k".into(),
+                hash: "ab".into(),
+                row_hash: ROW,
+            }])
+            .await
+            .expect("refresh");
+        assert_eq!(probe(&state, "k"), Probe::Same);
+        drop(state);
+
+        // An older agent records a new item and leaves the row hash as it was.
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute("UPDATE pushed SET hash = 'cd' WHERE key = 'k'", [])
+            .expect("older agent");
+        let state = StateStore::open(&path).await.expect("opens again");
+        assert_eq!(probe(&state, "k"), known("hk", "cd", false));
     }
 }

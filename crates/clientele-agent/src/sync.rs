@@ -109,7 +109,7 @@ impl Syncer {
                 return Ok(());
             }
             Counters::add(&self.counters().rows, page.data.len() as u64);
-            let changes = last_per_customer(&page.data);
+            let changes = last_per_customer(&page.data, |change| &change.customer_id);
             let ids: Vec<&str> = changes
                 .iter()
                 .map(|change| change.customer_id.as_str())

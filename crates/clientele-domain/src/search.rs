@@ -18,9 +18,10 @@ pub fn normalize_term(text: &str) -> String {
         .collect()
 }
 
-/// The distinct terms of a customer, sorted.
-pub fn search_terms(customer: &Customer) -> Vec<String> {
-    let values = [
+/// The fields a customer's terms are made of: terms (and anything else the index keeps of
+/// them) change only when one of these does.
+pub fn searchable_fields(customer: &Customer) -> [Option<&str>; 8] {
+    [
         &customer.first_name,
         &customer.last_name,
         &customer.name,
@@ -29,9 +30,20 @@ pub fn search_terms(customer: &Customer) -> Vec<String> {
         &customer.phone,
         &customer.phone_alt,
         &customer.external_id,
-    ];
+    ]
+    .map(Option::as_deref)
+}
+
+/// Whether two states of a customer have the same terms, without computing them: an update
+/// that leaves these fields alone need not touch the term index.
+pub fn same_searchable_fields(a: &Customer, b: &Customer) -> bool {
+    searchable_fields(a) == searchable_fields(b)
+}
+
+/// The distinct terms of a customer, sorted.
+pub fn search_terms(customer: &Customer) -> Vec<String> {
     let mut terms = Vec::new();
-    for value in values.into_iter().flatten() {
+    for value in searchable_fields(customer).into_iter().flatten() {
         terms.push(normalize_term(value));
         let words: Vec<&str> = value.split_whitespace().collect();
         if words.len() > 1 {
@@ -57,6 +69,32 @@ pub fn prefix_range(query: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_searchable_fields_change_the_terms() {
+        let mut a = crate::write::blank_customer(crate::Timestamp::now());
+        a.first_name = Some("Ada".into());
+        let mut b = a.clone();
+        b.note = Some("not searchable".into());
+        b.version += 1;
+        assert!(same_searchable_fields(&a, &b));
+        assert_eq!(search_terms(&a), search_terms(&b));
+        for change in [
+            |c: &mut Customer| c.first_name = Some("Eve".into()),
+            |c: &mut Customer| c.last_name = Some("Lee".into()),
+            |c: &mut Customer| c.name = Some("Ada L".into()),
+            |c: &mut Customer| c.company = Some("Co".into()),
+            |c: &mut Customer| c.email = Some("a@b.c".into()),
+            |c: &mut Customer| c.phone = Some("1".into()),
+            |c: &mut Customer| c.phone_alt = Some("2".into()),
+            |c: &mut Customer| c.external_id = Some("x".into()),
+        ] {
+            let mut c = a.clone();
+            change(&mut c);
+            assert!(!same_searchable_fields(&a, &c));
+            assert_ne!(search_terms(&a), search_terms(&c));
+        }
+    }
 
     #[test]
     fn terms_are_whole_values_and_their_words_lower_cased() {

@@ -8,9 +8,9 @@
 //! the way bulk sync writes a batch. The others wait for their answer, or for the lock if their
 //! create came too late for the running group. Each create still gets exactly the answer it
 //! would get alone: one that fails validation or claims a key taken (in the database or by an
-//! earlier create of the group) fails on its own; if the group as a whole cannot be written (a
-//! key taken concurrently by another hub process, a storage error), every create of it runs
-//! again on its own, through the single-write path.
+//! earlier create of the group) fails on its own; if the group as a whole loses a race (a key
+//! taken at that moment by another hub process, a deadlock broken by PostgreSQL), every create
+//! of it runs again on its own, through the single-write path.
 
 use std::collections::HashSet;
 
@@ -24,6 +24,7 @@ use clientele_domain::{
 use tokio::sync::oneshot;
 
 use crate::directory::DirectoryTx;
+use crate::error::is_transient;
 use crate::primitives::{BatchTx, CustomerRow, CustomerTx};
 use crate::schema_store::{self, SchemaTx};
 use crate::sql_store::Backend;
@@ -100,27 +101,47 @@ fn abandoned() -> DomainError {
 /// Writes a group and answers each of its creates.
 async fn write_group<B: Backend>(backend: &B, group: Vec<Job>) {
     let commands: Vec<&WriteCommand> = group.iter().map(|job| &job.command).collect();
-    match write_together(backend, &commands).await {
-        Ok(answers) => {
-            for (job, answer) in group.into_iter().zip(answers) {
-                // The requester is gone only if its task panicked; nothing to tell.
-                let _ = job.answer.send(answer);
-            }
-        }
-        Err(error) => {
+    let answers = match write_together(backend, &commands).await {
+        Ok(answers) => answers,
+        // A key taken at this moment by another hub process, or a deadlock PostgreSQL broke:
+        // the single-write path gives each create its own answer (and retries these itself).
+        Err(error) if matches!(error, DomainError::DuplicateKey(_)) || is_transient(&error) => {
             tracing::debug!(%error, creates = group.len(), "group write failed; writing alone");
-            for job in group {
-                let answer =
-                    unit_of_work::write_customer(|| backend.begin_write(), &job.command, None)
-                        .await;
-                let _ = job.answer.send(answer);
+            let mut answers = Vec::with_capacity(group.len());
+            for command in commands {
+                answers.push(
+                    unit_of_work::write_customer(|| backend.begin_write(), command, None).await,
+                );
             }
+            answers
         }
+        // No connection, or a commit that failed: running each create again would only wait
+        // as long again, and after a failed commit (which on PostgreSQL may have happened) it
+        // could create a customer twice. Each create fails as it would have alone.
+        Err(error) => {
+            let unavailable = matches!(error, DomainError::Unavailable(_));
+            let message = error.to_string();
+            commands
+                .iter()
+                .map(|_| {
+                    let source = message.clone().into();
+                    Err(if unavailable {
+                        DomainError::Unavailable(source)
+                    } else {
+                        DomainError::Storage(source)
+                    })
+                })
+                .collect()
+        }
+    };
+    for (job, answer) in group.into_iter().zip(answers) {
+        // The requester is gone only if its task panicked; nothing to tell.
+        let _ = job.answer.send(answer);
     }
 }
 
-/// Writes every create that passes its checks in one transaction. `Err` means the group could
-/// not be written as a whole (nothing was); the creates' own failures are in the answers.
+/// Writes every create that passes its checks in one transaction. `Err` means the group was
+/// not written as a whole; the creates' own failures are in the answers.
 async fn write_together<B: Backend>(
     backend: &B,
     commands: &[&WriteCommand],

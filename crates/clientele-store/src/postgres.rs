@@ -223,7 +223,7 @@ impl BatchTx for Transaction<'static, Postgres> {
         .execute(&mut **self)
         .await
         .map_err(db_error)?;
-        self.write_terms(rows, true).await
+        Ok(())
     }
 
     async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {

@@ -90,6 +90,8 @@ pub(crate) trait BatchTx: Send {
     /// Clears the unique keys of these customers before their updates set them again.
     async fn clear_keys(&mut self, ids: &[CustomerId]) -> Result<(), DomainError>;
 
+    /// Rewrites these customers' rows; their terms are the caller's to rewrite where they
+    /// changed ([`BatchTx::write_terms`]), since most updates leave them alone.
     async fn update_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError>;
 
     async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError>;

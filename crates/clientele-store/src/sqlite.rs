@@ -114,7 +114,7 @@ impl BatchTx for Transaction<'static, Sqlite> {
                 .await
                 .map_err(db_error)?;
         }
-        self.write_terms(rows, true).await
+        Ok(())
     }
 
     async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {

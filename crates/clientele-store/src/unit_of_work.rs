@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use clientele_domain::group::named_codes;
 use clientele_domain::schema::Schema;
+use clientele_domain::search::{same_searchable_fields, searchable_fields};
 use clientele_domain::store::{IDEMPOTENCY_LEASE_MICROS, IDEMPOTENCY_TTL_MICROS};
 use clientele_domain::sync::{self, ChangeRecord, SyncBatch, SyncReport};
 use clientele_domain::write::{Applied, ApplyContext};
@@ -126,6 +127,9 @@ async fn write_in(
     let (outcome, kind) = match &stored {
         Some(stored) => {
             tx.update_many(rows).await?;
+            if !same_searchable_fields(&stored.customer, &next) {
+                tx.write_terms(rows, true).await?;
+            }
             if !same_memberships(&stored.customer, &next) {
                 tx.write_memberships(&[next.id], rows).await?;
             }
@@ -440,6 +444,11 @@ fn plan(batch: &SyncBatch, inputs: Inputs) -> Planned {
             (c.id, (c.tags.clone(), c.groups.clone(), c.teams.clone()))
         })
         .collect();
+    let stored_search = inputs
+        .loaded
+        .iter()
+        .map(|s| (s.customer.id, owned_fields(&s.customer)))
+        .collect();
     let plan = sync::plan_with(
         batch,
         inputs.loaded,
@@ -452,7 +461,15 @@ fn plan(batch: &SyncBatch, inputs: Inputs) -> Planned {
     Planned {
         plan,
         stored_memberships,
+        stored_search,
     }
+}
+
+/// A customer's searchable fields, owned: what its stored terms were made of.
+type SearchFields = [Option<String>; 8];
+
+fn owned_fields(customer: &Customer) -> SearchFields {
+    searchable_fields(customer).map(|field| field.map(str::to_owned))
 }
 
 /// Tags, groups and teams, owned.
@@ -466,9 +483,19 @@ type OwnedMemberships = (
 struct Planned {
     plan: sync::Plan,
     stored_memberships: std::collections::HashMap<CustomerId, OwnedMemberships>,
+    /// The searchable fields of the stored customers: an update that keeps them keeps its terms.
+    stored_search: std::collections::HashMap<CustomerId, SearchFields>,
 }
 
 impl Planned {
+    /// Whether an updated customer's terms must be rewritten.
+    fn terms_change(&self, customer: &Customer) -> bool {
+        self.stored_search.get(&customer.id).is_none_or(|stored| {
+            let now = searchable_fields(customer);
+            stored.iter().map(Option::as_deref).ne(now)
+        })
+    }
+
     /// Whether an updated customer's membership rows must be replaced (it had some), and
     /// whether they change at all.
     fn membership_change(&self, customer: &Customer) -> (bool, bool) {
@@ -497,6 +524,14 @@ async fn write_plan<Tx: CustomerTx + BatchTx + DirectoryTx>(
     tx.clear_keys(&plan.rekeyed).await?;
     let updates = rows(&plan.updates);
     tx.update_many(&updates).await?;
+    let retermed: Vec<CustomerRow<'_>> = updates
+        .iter()
+        .filter(|row| planned.terms_change(row.customer))
+        .map(|row| CustomerRow::new(row.customer, row.password_hash, row.doc))
+        .collect();
+    if !retermed.is_empty() {
+        tx.write_terms(&retermed, true).await?;
+    }
     // Inserts in key order, so that concurrent batches creating the same keys queue on the
     // unique index in the same order instead of deadlocking.
     let mut inserts = rows(&plan.inserts);

@@ -14,6 +14,7 @@ use sqlx::Connection;
 
 hub_tests!(
     pull_follows_creates_updates_and_deletes,
+    pull_applies_many_pages_in_feed_order,
     sync_sends_local_edits_and_inserts_and_never_echoes,
     sync_conflicts_hub_wins,
     sync_conflicts_source_wins,
@@ -81,6 +82,47 @@ async fn hub_sync(hub: &TestHub, items: Vec<Value>) {
 async fn seed(hub: &TestHub, n: usize) {
     let items = (1..=n).map(|i| json!({"external_id": format!("e{i}"), "first_name": format!("First {i}"), "tags": ["t"]})).collect();
     hub_sync(hub, items).await;
+}
+
+/// More than one feed page: pages read ahead may be applied together, still in feed order, and
+/// the position saved is the last applied page's.
+async fn pull_applies_many_pages_in_feed_order(hub: TestHub) {
+    let work = Workdir::new();
+    let url = mirror_url(&hub, &work).await;
+    let job = work.job(&hub, &mirror_job(&url, "hub_wins"));
+    for start in [1, 1001, 2001] {
+        let items = (start..start + 1000)
+            .map(|i| json!({"external_id": format!("e{i}"), "first_name": format!("First {i}")}))
+            .collect();
+        hub_sync(&hub, items).await;
+    }
+    // Later pages overwrite and delete what earlier pages created.
+    hub_sync(
+        &hub,
+        vec![
+            json!({"external_id": "e5", "first_name": "Renamed"}),
+            json!({"external_id": "e6", "delete": true}),
+        ],
+    )
+    .await;
+    let out = agent_ok("pull", &job, &[]).await;
+    counts(
+        &out,
+        &[
+            ("created", 3000),
+            ("updated", 1),
+            ("deleted", 1),
+            ("failed", 0),
+        ],
+    );
+    let rows = mirror_rows(&url).await;
+    assert_eq!(rows.len(), 2999);
+    assert_eq!(rows["e5"].1.as_deref(), Some("Renamed"));
+    assert_eq!(rows["e5"].2, Some(2));
+    assert!(!rows.contains_key("e6"));
+    assert_eq!(rows["e3000"].1.as_deref(), Some("First 3000"));
+    let out = agent_ok("pull", &job, &[]).await;
+    counts(&out, &[("created", 0), ("updated", 0), ("deleted", 0)]);
 }
 
 async fn pull_follows_creates_updates_and_deletes(hub: TestHub) {

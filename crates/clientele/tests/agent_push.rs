@@ -222,6 +222,30 @@ async fn csv_and_jsonl_sources_with_a_transform(hub: TestHub) {
     let out = agent_ok("push", &job, &[]).await;
     counts(&out, &[("created", 0), ("updated", 0), ("unchanged", 2)]);
 
+    // The rows did not change but the transform did: what it now gives differently is sent.
+    let edited = transform.replace("(.tags // [])", "(.tags // [\"new\"])");
+    let with_transform = |transform: &str| {
+        format!(
+            "[source]\nurl = \"people.csv\"\nkey = \"code\"\n\n[sync]\nstate = \"csv.state.db\"\n\n[fields]\n{transform}"
+        )
+    };
+    let job = work.job(&hub, &with_transform(&edited));
+    let out = agent_ok("push", &job, &[]).await;
+    counts(&out, &[("updated", 1), ("unchanged", 1), ("failed", 0)]);
+    assert_eq!(
+        hub_customers(&hub).await["c2"]["tags"],
+        serde_json::json!(["new"])
+    );
+    // An edit that changes no item sends nothing, and neither does the run after it.
+    let job = work.job(
+        &hub,
+        &with_transform(&edited.replace("{ external_id", "{external_id")),
+    );
+    for _ in 0..2 {
+        let out = agent_ok("push", &job, &[]).await;
+        counts(&out, &[("updated", 0), ("unchanged", 2)]);
+    }
+
     std::fs::write(
         work.path("people.jsonl"),
         "{\"id\": \"j1\", \"first_name\": \"Jo\", \"tags\": [\"a\", \"b\"], \"email_opt_out\": true}\n\n{\"id\": \"j2\", \"first_name\": \"Ky\"}\nnot json\n",

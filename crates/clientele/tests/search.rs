@@ -358,6 +358,15 @@ async fn search_terms_follow_updates_and_deletes(hub: TestHub) {
     assert_eq!(reply.status, 200);
     assert!(walk(&hub, "q=before", 10).await.is_empty());
     assert_eq!(walk(&hub, "q=after", 10).await.len(), 1);
+    // An update of fields no term is made of leaves the terms as they are.
+    let reply = call(
+        hub.patch(&format!("/v1/customers/{id}"))
+            .json(&json!({"note": "not searchable", "tags": ["t"]})),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(walk(&hub, "q=after", 10).await.len(), 1);
+    assert_eq!(hub.count_rows("customer_terms").await, 2, "s-1 and after");
     // The sync path maintains them too.
     let synced = hub
         .sync(&json!({"key": "external_id", "customers": [
@@ -367,6 +376,17 @@ async fn search_terms_follow_updates_and_deletes(hub: TestHub) {
         .await;
     assert_eq!(synced.status, 200, "{}", synced.body);
     assert!(walk(&hub, "q=after", 10).await.is_empty());
+    assert_eq!(walk(&hub, "q=synced", 10).await.len(), 2);
+    let synced = hub
+        .sync(&json!({"key": "external_id", "customers": [
+            {"external_id": "s-2", "note": "not searchable"},
+        ]}))
+        .await;
+    assert_eq!(
+        synced.body["results"][0]["status"], "updated",
+        "{}",
+        synced.body
+    );
     assert_eq!(walk(&hub, "q=synced", 10).await.len(), 2);
     let reply = call(hub.delete(&format!("/v1/customers/{id}"))).await;
     assert_eq!(reply.status, 204);

@@ -30,6 +30,10 @@ struct Args {
     /// Where the temporary databases go.
     #[arg(long, default_value = "/tmp")]
     work_dir: PathBuf,
+    /// Keep the databases and the job file (their directory is printed), e.g. to time or
+    /// profile one scenario again by hand on a populated hub and state.
+    #[arg(long)]
+    keep: bool,
 }
 
 /// One timed agent run.
@@ -104,6 +108,9 @@ async fn main() -> anyhow::Result<()> {
         "≤ 15 s (1,000,000 changes)",
     )?);
     hub.terminate();
+    if args.keep {
+        eprintln!("agent-bench: kept {}", dir.keep().display());
+    }
 
     println!(
         "agent-bench: {} source rows, SQLite hub, batches of 1000, concurrency 4, load average {}",

@@ -1,0 +1,94 @@
+//! Push's comparing stage: on a thread of its own, each source row gets its key and row hash
+//! and is probed in the state. A row the state acknowledged with the same row hash is counted
+//! and dropped there, unmapped; only the other rows are mapped and handed on to be planned.
+//! With nothing changed, a run costs little more than reading the source.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::mapping::{MappedRow, Mapper, RowError, RowHash};
+use crate::source::{Chunk, SourceRow};
+use crate::state::{Entry, Probe, StateReader};
+
+/// A chunk of source rows after comparing.
+pub struct Compared {
+    /// Rows read.
+    pub rows: u64,
+    /// Rows whose row hash the state holds: not mapped, not sent.
+    pub same: u64,
+    /// Rows whose key the state knows as live (the `same` ones included).
+    pub live_seen: u64,
+    /// The rest, mapped.
+    pub candidates: Vec<Candidate>,
+}
+
+/// A row that may have to go to the hub: its item decides.
+pub struct Candidate {
+    pub number: u64,
+    pub key: Option<String>,
+    pub row_hash: RowHash,
+    pub mapped: Result<MappedRow, RowError>,
+    pub entry: Option<Entry>,
+}
+
+/// Compares chunks as they come from the source; a failure ends the stream with an `Err`.
+pub fn spawn(
+    mut chunks: mpsc::Receiver<Chunk>,
+    mapper: Arc<Mapper>,
+    mut state: StateReader,
+) -> mpsc::Receiver<anyhow::Result<Compared>> {
+    let (sender, receiver) = mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut buffer = Vec::with_capacity(256);
+        while let Some(chunk) = chunks.blocking_recv() {
+            let compared = chunk.and_then(|rows| compare(rows, &mapper, &mut state, &mut buffer));
+            let failed = compared.is_err();
+            if sender.blocking_send(compared).is_err() || failed {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+fn compare(
+    rows: Vec<SourceRow>,
+    mapper: &Mapper,
+    state: &mut StateReader,
+    buffer: &mut Vec<u8>,
+) -> anyhow::Result<Compared> {
+    let keyed: Vec<(Option<String>, RowHash)> = rows
+        .iter()
+        .map(|row| (mapper.key_of(row), mapper.row_hash(row, buffer)))
+        .collect();
+    let probes = state.probe_all(keyed.iter().map(|(key, hash)| (key.as_deref(), hash)))?;
+    let mut compared = Compared {
+        rows: rows.len() as u64,
+        same: 0,
+        live_seen: 0,
+        candidates: Vec::new(),
+    };
+    for ((row, (key, row_hash)), probe) in rows.into_iter().zip(keyed).zip(probes) {
+        let entry = match probe {
+            Probe::Same => {
+                compared.same += 1;
+                compared.live_seen += 1;
+                continue;
+            }
+            Probe::Known(entry) => {
+                compared.live_seen += u64::from(!entry.gone);
+                Some(entry)
+            }
+            Probe::Unknown => None,
+        };
+        compared.candidates.push(Candidate {
+            number: row.number,
+            key,
+            row_hash,
+            mapped: mapper.map(row),
+            entry,
+        });
+    }
+    Ok(compared)
+}
