@@ -32,7 +32,6 @@ use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -63,8 +62,6 @@ const LOOKUP_LABEL: &[u8] = b"clientele lookup v1";
 const ENCRYPT_LABEL: &[u8] = b"clientele encrypt v1";
 /// How long a process that lost the race to create the key file waits for the winner to
 /// finish writing it.
-const RACE_READ_ATTEMPTS: u32 = 40;
-const RACE_READ_DELAY: Duration = Duration::from_millis(25);
 
 /// Errors of this module. Messages never contain key material.
 #[derive(Debug, thiserror::Error)]
@@ -263,9 +260,22 @@ fn load_file(path: &Path) -> Result<MasterKey, SecretsError> {
     }
 }
 
-/// Creates the key file with `create_new` so that two processes starting together cannot end
-/// up with different keys: the loser reads the winner's file.
+/// Creates the key file whole or not at all: the key is written and synced to a temporary file
+/// beside it, then hard-linked to the final name, which fails if another process got there
+/// first. So a process starting at the same moment never reads an empty or partial file, and
+/// two processes starting together cannot end up with different keys: the loser reads the
+/// winner's.
 fn create_key_file(path: &Path) -> Result<MasterKey, SecretsError> {
+    let create_error = |error| SecretsError::MasterKeyCreate {
+        path: path.to_owned(),
+        error,
+    };
+    let mut suffix = [0u8; 8];
+    OsRng.fill_bytes(&mut suffix);
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", hex::encode(suffix)));
+    let temporary = std::path::PathBuf::from(temporary);
+
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -273,51 +283,26 @@ fn create_key_file(path: &Path) -> Result<MasterKey, SecretsError> {
         use std::os::unix::fs::OpenOptionsExt as _;
         options.mode(0o600);
     }
-    let mut file = match options.open(path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-            return read_key_file_after_race(path);
-        }
-        Err(error) => {
-            return Err(SecretsError::MasterKeyCreate {
-                path: path.to_owned(),
-                error,
-            });
-        }
-    };
-
     let mut master = [0u8; MASTER_KEY_LEN];
     OsRng.fill_bytes(&mut master);
     let contents = format!("{}\n", hex::encode(master));
-    if let Err(error) = file
-        .write_all(contents.as_bytes())
-        .and_then(|()| file.sync_all())
-    {
-        drop(file);
-        // Do not leave an empty or partial key file behind to fail every later start.
-        let _ = fs::remove_file(path);
-        return Err(SecretsError::MasterKeyCreate {
-            path: path.to_owned(),
-            error,
-        });
+    let written = options.open(&temporary).and_then(|mut file| {
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| fs::hard_link(&temporary, path));
+    // The temporary name goes whatever happened; the key lives on under `path` if linked.
+    let _ = fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            return parse_hex_key(&read_key_file(path)?, &file_origin(path));
+        }
+        Err(error) => return Err(create_error(error)),
     }
-    drop(file);
     sync_parent_dir(path);
     tracing::info!(path = %path.display(), "created a new master key file; back it up: losing it invalidates every API key");
     Ok(MasterKey::from_bytes(master))
-}
-
-/// Another process created the file first; it may still be writing it.
-fn read_key_file_after_race(path: &Path) -> Result<MasterKey, SecretsError> {
-    let mut text = read_key_file(path)?;
-    for _ in 1..RACE_READ_ATTEMPTS {
-        if text.trim().len() >= MASTER_KEY_HEX_LEN {
-            break;
-        }
-        std::thread::sleep(RACE_READ_DELAY);
-        text = read_key_file(path)?;
-    }
-    parse_hex_key(&text, &file_origin(path))
 }
 
 /// Best effort: make the new directory entry durable.
@@ -505,21 +490,28 @@ mod tests {
 
     #[test]
     fn concurrent_first_starts_agree_on_one_key() {
-        let dir = temp_dir("race");
-        let path = dir.join("clientele.key");
-        let handles: Vec<_> = (0..8)
-            .map(|_| {
-                let path = path.clone();
-                std::thread::spawn(move || {
-                    MasterKey::load(&MasterKeySource::File(path))
-                        .unwrap()
-                        .lookup_hash("ck_x")
+        // Every start, however it interleaves with the one creating the file, reads a whole key.
+        for _ in 0..20 {
+            let dir = temp_dir("race");
+            let path = dir.join("clientele.key");
+            let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        MasterKey::load(&MasterKeySource::File(path))
+                            .unwrap()
+                            .lookup_hash("ck_x")
+                    })
                 })
-            })
-            .collect();
-        let hashes: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        assert!(hashes.windows(2).all(|w| w[0] == w[1]));
-        fs::remove_dir_all(&dir).unwrap();
+                .collect();
+            let hashes: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            assert!(hashes.windows(2).all(|w| w[0] == w[1]));
+            let left: Vec<_> = fs::read_dir(&dir).unwrap().collect();
+            assert_eq!(left.len(), 1, "only the key file, no temporary one");
+            fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     #[test]
