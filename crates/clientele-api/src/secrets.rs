@@ -60,8 +60,6 @@ const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const LOOKUP_LABEL: &[u8] = b"clientele lookup v1";
 const ENCRYPT_LABEL: &[u8] = b"clientele encrypt v1";
-/// How long a process that lost the race to create the key file waits for the winner to
-/// finish writing it.
 
 /// Errors of this module. Messages never contain key material.
 #[derive(Debug, thiserror::Error)]
