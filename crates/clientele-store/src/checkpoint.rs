@@ -13,9 +13,10 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 use tokio::task::JoinHandle;
 
-/// How often the WAL is copied back: often enough that the WAL stays a few megabytes under bulk
-/// load, rarely enough that a page written again and again is copied once per interval.
-const INTERVAL: Duration = Duration::from_millis(200);
+/// How often the WAL is copied back. Each checkpoint ends in an fsync that holds up the
+/// writer's own writes while it lasts, so small and frequent ones beat large and rare ones:
+/// against 200 ms and 1 s, 50 ms gave single creates the lowest p99 and bulk sync its best rate.
+const INTERVAL: Duration = Duration::from_millis(50);
 
 /// WAL pages past which the writer checkpoints itself after all (64 MiB of 4 KiB pages).
 pub(crate) const WRITER_BACKSTOP_PAGES: u32 = 16_384;

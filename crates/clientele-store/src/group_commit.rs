@@ -65,10 +65,7 @@ impl CreateGroups {
                 biased;
                 answer = &mut answered => return answer.unwrap_or_else(|_| Err(abandoned())),
                 _leader = self.leader.lock() => {
-                    let group = self.take_group();
-                    if !group.is_empty() {
-                        write_group(backend, group).await;
-                    }
+                    write_group(backend, self).await;
                     // Our create was in this group or an earlier one, or (past MAX_GROUP) is
                     // still queued for the next leader, which may be us again.
                     if let Ok(answer) = answered.try_recv() {
@@ -87,9 +84,10 @@ impl CreateGroups {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn take_group(&self) -> Vec<Job> {
+    /// Up to `room` of the queued creates, oldest first.
+    fn take(&self, room: usize) -> Vec<Job> {
         let mut queued = self.queue();
-        let take = queued.len().min(MAX_GROUP);
+        let take = queued.len().min(room);
         queued.drain(..take).collect()
     }
 }
@@ -98,10 +96,15 @@ fn abandoned() -> DomainError {
     DomainError::Storage("the group write of this create was abandoned".into())
 }
 
-/// Writes a group and answers each of its creates.
-async fn write_group<B: Backend>(backend: &B, group: Vec<Job>) {
+/// Writes a group of the queued creates and answers each of them.
+async fn write_group<B: Backend>(backend: &B, groups: &CreateGroups) {
+    let mut group = groups.take(MAX_GROUP);
+    if group.is_empty() {
+        return;
+    }
+    let written = write_together(backend, groups, &mut group).await;
     let commands: Vec<&WriteCommand> = group.iter().map(|job| &job.command).collect();
-    let answers = match write_together(backend, &commands).await {
+    let answers = match written {
         Ok(answers) => answers,
         // A key taken at this moment by another hub process, or a deadlock PostgreSQL broke:
         // the single-write path gives each create its own answer (and retries these itself).
@@ -140,14 +143,32 @@ async fn write_group<B: Backend>(backend: &B, group: Vec<Job>) {
     }
 }
 
-/// Writes every create that passes its checks in one transaction. `Err` means the group was
-/// not written as a whole; the creates' own failures are in the answers.
+/// Writes every create of `group` that passes its checks in one transaction; creates queued
+/// while it is open join it (up to [`MAX_GROUP`] in all), so that under load one commit, and one
+/// hand-over of the writer, serves as many creates as possible. `Err` means the group was not
+/// written as a whole; the creates' own failures are in the answers.
 async fn write_together<B: Backend>(
     backend: &B,
-    commands: &[&WriteCommand],
+    groups: &CreateGroups,
+    group: &mut Vec<Job>,
 ) -> Result<Vec<Answer>, DomainError> {
     let mut tx = backend.begin_write().await?;
-    let answers = plan_and_write(&mut tx, commands).await?;
+    let mut answers = Vec::with_capacity(group.len());
+    loop {
+        let part = {
+            let commands: Vec<&WriteCommand> = group[answers.len()..]
+                .iter()
+                .map(|job| &job.command)
+                .collect();
+            plan_and_write(&mut tx, &commands).await?
+        };
+        answers.extend(part);
+        let late = groups.take(MAX_GROUP.saturating_sub(group.len()));
+        if late.is_empty() {
+            break;
+        }
+        group.extend(late);
+    }
     tx.commit().await?;
     Ok(answers)
 }
