@@ -124,6 +124,22 @@ pub struct ChangeRecord {
     pub teams: Vec<String>,
 }
 
+impl ChangeRecord {
+    /// The record of a create or update that left the customer as `customer`, whose JSON is
+    /// `doc`.
+    pub fn of_write(customer: &Customer, kind: ChangeKind, doc: String) -> Self {
+        Self {
+            customer_id: customer.id,
+            external_id: customer.external_id.clone(),
+            kind,
+            version: customer.version,
+            at: customer.updated_at,
+            customer: Some(doc),
+            teams: customer.teams.clone(),
+        }
+    }
+}
+
 /// A customer row to write, with its response JSON.
 #[derive(Clone, Debug)]
 pub struct PlannedRow {

@@ -247,15 +247,7 @@ async fn plan_and_write(
     tx.write_memberships(&[], &rows).await?;
     let changes: Vec<ChangeRecord> = rows
         .iter()
-        .map(|row| ChangeRecord {
-            customer_id: row.customer.id,
-            external_id: row.customer.external_id.clone(),
-            kind: ChangeKind::Created,
-            version: row.customer.version,
-            at: row.customer.updated_at,
-            customer: Some(row.doc.to_owned()),
-            teams: row.customer.teams.clone(),
-        })
+        .map(|row| ChangeRecord::of_write(row.customer, ChangeKind::Created, row.doc.to_owned()))
         .collect();
     tx.record_changes(&changes).await?;
     drop(rows);

@@ -141,16 +141,8 @@ async fn write_in(
             (WriteOutcome::Created, ChangeKind::Created)
         }
     };
-    let change = ChangeRecord {
-        customer_id: next.id,
-        external_id: next.external_id.clone(),
-        kind,
-        version: next.version,
-        at: next.updated_at,
-        customer: Some(doc),
-        teams: next.teams.clone(),
-    };
-    tx.record_changes(&[change]).await?;
+    tx.record_changes(&[ChangeRecord::of_write(&next, kind, doc)])
+        .await?;
     Ok((outcome, next))
 }
 
