@@ -15,6 +15,7 @@
 use std::collections::HashSet;
 
 use clientele_domain::group::named_codes;
+use clientele_domain::schema::Schema;
 use clientele_domain::sync::ChangeRecord;
 use clientele_domain::write::{Applied, ApplyContext};
 use clientele_domain::{
@@ -26,7 +27,7 @@ use tokio::sync::oneshot;
 use crate::directory::DirectoryTx;
 use crate::error::is_transient;
 use crate::primitives::{BatchTx, CustomerRow, CustomerTx};
-use crate::schema_store::{self, SchemaTx};
+use crate::schema_store;
 use crate::sql_store::Backend;
 use crate::unit_of_work;
 
@@ -153,6 +154,8 @@ async fn write_together<B: Backend>(
     group: &mut Vec<Job>,
 ) -> Result<Vec<Answer>, DomainError> {
     let mut tx = backend.begin_write().await?;
+    // Read once: a later part of the group is written in the same transaction.
+    let schema = schema_store::load(&mut tx).await?;
     let mut answers = Vec::with_capacity(group.len());
     loop {
         let part = {
@@ -160,7 +163,7 @@ async fn write_together<B: Backend>(
                 .iter()
                 .map(|job| &job.command)
                 .collect();
-            plan_and_write(&mut tx, &commands).await?
+            plan_and_write(&mut tx, &schema, &commands).await?
         };
         answers.extend(part);
         let late = groups.take(MAX_GROUP.saturating_sub(group.len()));
@@ -174,10 +177,10 @@ async fn write_together<B: Backend>(
 }
 
 async fn plan_and_write(
-    tx: &mut (impl CustomerTx + BatchTx + DirectoryTx + SchemaTx),
+    tx: &mut (impl CustomerTx + BatchTx + DirectoryTx),
+    schema: &Schema,
     commands: &[&WriteCommand],
 ) -> Result<Vec<Answer>, DomainError> {
-    let schema = schema_store::load(tx).await?;
     let (mut groups, mut teams) = (Vec::new(), Vec::new());
     for command in commands {
         let (g, t) = named_codes(&command.scope, [&command.write]);
@@ -199,7 +202,7 @@ async fn plan_and_write(
             now: Timestamp::now(),
             directory: &directory,
             password: command.password_hash.clone().map(|_| ()),
-            schema: &schema,
+            schema,
         };
         answers.push(match command.scope.apply(&ctx, None, &command.write) {
             Ok(Applied::Changed(next)) => {
