@@ -1,9 +1,8 @@
 //! Credentials and the headers they put on a request: a bearer secret, or a key id and secret
 //! signing each request as `API.md` fixes the string to sign.
 
-use hmac::{Hmac, Mac};
+use clientele_domain::signing;
 use rand::Rng;
-use sha2::{Digest, Sha256};
 
 /// How the client proves who it is.
 #[derive(Clone)]
@@ -53,9 +52,8 @@ impl Credentials {
     }
 }
 
-/// `string_to_sign = METHOD \n PATH_AND_QUERY \n TIMESTAMP \n NONCE \n hex(SHA-256(body))`,
-/// signed with HMAC-SHA256 under the secret, as lower-case hex.
-pub fn sign(
+/// The request's signature, by the one rule the hub checks ([`clientele_domain::signing`]).
+fn sign(
     secret: &str,
     method: &str,
     path_and_query: &str,
@@ -63,12 +61,8 @@ pub fn sign(
     nonce: &str,
     body: &[u8],
 ) -> String {
-    let body_hash = hex::encode(Sha256::digest(body));
-    let string_to_sign = format!("{method}\n{path_and_query}\n{timestamp}\n{nonce}\n{body_hash}");
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-        .expect("HMAC accepts a key of any length");
-    mac.update(string_to_sign.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    let string_to_sign = signing::string_to_sign(method, path_and_query, timestamp, nonce, body);
+    signing::sign(secret.as_bytes(), string_to_sign.as_bytes())
 }
 
 fn new_nonce() -> String {
@@ -82,6 +76,7 @@ fn new_nonce() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn signature_covers_the_fixed_string_to_sign() {
