@@ -44,13 +44,25 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
     response
 }
 
-/// The Prometheus text exposition, with the pool gauges read now.
+/// The Prometheus text exposition, with the pool gauges and group-commit counters read now.
 pub(crate) fn render(state: &AppState) -> String {
     let pool = state.store().pool_stats();
+    let grouped = state.store().group_commit_stats();
     let backend = state.store().backend();
     metrics::with_local_recorder(state.recorder(), || {
         metrics::gauge!("db_pool_connections", "backend" => backend).set(f64::from(pool.size));
         metrics::gauge!("db_pool_idle_connections", "backend" => backend).set(f64::from(pool.idle));
+        metrics::describe_counter!(
+            "db_create_groups_total",
+            "Transactions that wrote a group of concurrent single creates"
+        );
+        metrics::counter!("db_create_groups_total", "backend" => backend).absolute(grouped.groups);
+        metrics::describe_counter!(
+            "db_grouped_creates_total",
+            "Single creates written by those transactions (creates per group: this over groups)"
+        );
+        metrics::counter!("db_grouped_creates_total", "backend" => backend)
+            .absolute(grouped.creates);
     });
     state.recorder().handle().render()
 }

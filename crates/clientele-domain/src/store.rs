@@ -192,6 +192,15 @@ pub struct PoolStats {
     pub idle: u32,
 }
 
+/// Group commit of single creates (figures since start), for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupCommitStats {
+    /// Transactions that wrote a group of creates.
+    pub groups: u64,
+    /// Creates answered by those groups.
+    pub creates: u64,
+}
+
 /// A request's hold on an `Idempotency-Key` (per API key).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdempotencyClaim {
@@ -424,6 +433,11 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), DomainError>;
 
     fn pool_stats(&self) -> PoolStats;
+
+    /// How single creates were grouped; all zero for a store that writes them one by one.
+    fn group_commit_stats(&self) -> GroupCommitStats {
+        GroupCommitStats::default()
+    }
 
     /// Which backend this is (`sqlite` or `postgres`), for logs and metrics.
     fn backend(&self) -> &'static str;

@@ -3,26 +3,30 @@
 //!
 //! A create costs a handful of statements, and on SQLite every statement is a hand-off to the
 //! writer connection's thread and back; with one writer, those hand-offs — not the disk — bounded
-//! single creates to about a thousand a second. Whoever finds the group lock free becomes the
-//! leader: it takes every create queued so far (its own included) and writes them as one group,
-//! the way bulk sync writes a batch. The others wait for their answer, or for the lock if their
-//! create came too late for the running group. Each create still gets exactly the answer it
-//! would get alone: one that fails validation or claims a key taken (in the database or by an
-//! earlier create of the group) fails on its own; if the group as a whole loses a race (a key
-//! taken at that moment by another hub process, a deadlock broken by PostgreSQL), every create
-//! of it runs again on its own, through the single-write path.
+//! single creates to about a thousand a second. Each store has one *create writer*, a task that
+//! takes every create queued so far and writes them as one group, the way bulk sync writes a
+//! batch, while the next ones queue. The writer is a task of its own, not one of the requests:
+//! a request that is cancelled (its client gone) cannot abandon the creates of others.
+//!
+//! Each create still gets exactly the answer it would get alone: one that fails validation or
+//! claims a key taken (in the database or by an earlier create of the group) fails on its own;
+//! if the group as a whole loses a race (a key taken at that moment by another hub process, a
+//! deadlock broken by PostgreSQL), every create of it runs again on its own, through the
+//! single-write path.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use clientele_domain::group::named_codes;
 use clientele_domain::schema::Schema;
 use clientele_domain::sync::ChangeRecord;
 use clientele_domain::write::{Applied, ApplyContext};
 use clientele_domain::{
-    ChangeKind, Customer, CustomerKey, DomainError, Patch, Timestamp, WriteCommand, WriteOutcome,
-    WriteTarget,
+    ChangeKind, Customer, CustomerKey, DomainError, GroupCommitStats, Patch, Timestamp,
+    WriteCommand, WriteOutcome, WriteTarget,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::directory::DirectoryTx;
 use crate::error::is_transient;
@@ -41,13 +45,6 @@ struct Job {
     answer: oneshot::Sender<Answer>,
 }
 
-/// The creates waiting for a leader, and the lock a leader holds while it writes a group.
-#[derive(Default)]
-pub(crate) struct CreateGroups {
-    queued: std::sync::Mutex<Vec<Job>>,
-    leader: tokio::sync::Mutex<()>,
-}
-
 /// Whether a write may join a group: a plain create, answered by its outcome alone. Creates with
 /// an idempotency record to complete or a version precondition take the single-write path.
 pub(crate) fn groupable(command: &WriteCommand, has_completion: bool) -> bool {
@@ -56,40 +53,43 @@ pub(crate) fn groupable(command: &WriteCommand, has_completion: bool) -> bool {
         && !has_completion
 }
 
-impl CreateGroups {
+/// How many groups were written and how many creates they held, for `/metrics`.
+#[derive(Default)]
+struct Counters {
+    groups: AtomicU64,
+    creates: AtomicU64,
+}
+
+/// The queue of a store's create writer. Dropping it lets the writer finish what is queued
+/// and stop.
+pub(crate) struct CreateWriter {
+    jobs: mpsc::UnboundedSender<Job>,
+    counters: Arc<Counters>,
+}
+
+impl CreateWriter {
+    /// Starts the writer of `backend`'s creates, a task on the current runtime.
+    pub(crate) fn start<B: Backend>(backend: Arc<B>) -> Self {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(run(backend, queue, Arc::clone(&counters)));
+        Self { jobs, counters }
+    }
+
     /// Creates one customer, written together with whatever other creates are queued.
-    pub(crate) async fn create<B: Backend>(&self, backend: &B, command: WriteCommand) -> Answer {
-        let (answer, mut answered) = oneshot::channel();
-        self.queue().push(Job { command, answer });
-        loop {
-            tokio::select! {
-                biased;
-                answer = &mut answered => return answer.unwrap_or_else(|_| Err(abandoned())),
-                _leader = self.leader.lock() => {
-                    write_group(backend, self).await;
-                    // Our create was in this group or an earlier one, or (past MAX_GROUP) is
-                    // still queued for the next leader, which may be us again.
-                    if let Ok(answer) = answered.try_recv() {
-                        return answer;
-                    }
-                }
-            }
+    pub(crate) async fn create(&self, command: WriteCommand) -> Answer {
+        let (answer, answered) = oneshot::channel();
+        if self.jobs.send(Job { command, answer }).is_err() {
+            return Err(abandoned());
         }
+        answered.await.unwrap_or_else(|_| Err(abandoned()))
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Job>> {
-        // A panic while the lock was held cannot leave the queue half-changed: push and drain
-        // are single calls.
-        self.queued
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Up to `room` of the queued creates, oldest first.
-    fn take(&self, room: usize) -> Vec<Job> {
-        let mut queued = self.queue();
-        let take = queued.len().min(room);
-        queued.drain(..take).collect()
+    pub(crate) fn stats(&self) -> GroupCommitStats {
+        GroupCommitStats {
+            groups: self.counters.groups.load(Ordering::Relaxed),
+            creates: self.counters.creates.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -97,13 +97,43 @@ fn abandoned() -> DomainError {
     DomainError::Storage("the group write of this create was abandoned".into())
 }
 
-/// Writes a group of the queued creates and answers each of them.
-async fn write_group<B: Backend>(backend: &B, groups: &CreateGroups) {
-    let mut group = groups.take(MAX_GROUP);
-    if group.is_empty() {
-        return;
+/// The create writer: each round takes every queued create and writes them as one group.
+async fn run<B: Backend>(
+    backend: Arc<B>,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    counters: Arc<Counters>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        take_queued(&mut queue, &mut group);
+        write_group(&*backend, &mut queue, group, &counters).await;
     }
-    let written = write_together(backend, groups, &mut group).await;
+}
+
+/// Moves queued creates into `group` until it holds [`MAX_GROUP`]; whether any came.
+fn take_queued(queue: &mut mpsc::UnboundedReceiver<Job>, group: &mut Vec<Job>) -> bool {
+    let before = group.len();
+    while group.len() < MAX_GROUP {
+        match queue.try_recv() {
+            Ok(job) => group.push(job),
+            Err(_) => break,
+        }
+    }
+    group.len() > before
+}
+
+/// Writes a group of creates and answers each of them.
+async fn write_group<B: Backend>(
+    backend: &B,
+    queue: &mut mpsc::UnboundedReceiver<Job>,
+    mut group: Vec<Job>,
+    counters: &Counters,
+) {
+    let written = write_together(backend, queue, &mut group).await;
+    counters.groups.fetch_add(1, Ordering::Relaxed);
+    counters
+        .creates
+        .fetch_add(group.len() as u64, Ordering::Relaxed);
     let commands: Vec<&WriteCommand> = group.iter().map(|job| &job.command).collect();
     let answers = match written {
         Ok(answers) => answers,
@@ -139,7 +169,7 @@ async fn write_group<B: Backend>(backend: &B, groups: &CreateGroups) {
         }
     };
     for (job, answer) in group.into_iter().zip(answers) {
-        // The requester is gone only if its task panicked; nothing to tell.
+        // The requester is gone only if its request was cancelled; nothing to tell.
         let _ = job.answer.send(answer);
     }
 }
@@ -150,7 +180,7 @@ async fn write_group<B: Backend>(backend: &B, groups: &CreateGroups) {
 /// written as a whole; the creates' own failures are in the answers.
 async fn write_together<B: Backend>(
     backend: &B,
-    groups: &CreateGroups,
+    queue: &mut mpsc::UnboundedReceiver<Job>,
     group: &mut Vec<Job>,
 ) -> Result<Vec<Answer>, DomainError> {
     let mut tx = backend.begin_write().await?;
@@ -166,11 +196,9 @@ async fn write_together<B: Backend>(
             plan_and_write(&mut tx, &schema, &commands).await?
         };
         answers.extend(part);
-        let late = groups.take(MAX_GROUP.saturating_sub(group.len()));
-        if late.is_empty() {
+        if !take_queued(queue, group) {
             break;
         }
-        group.extend(late);
     }
     tx.commit().await?;
     Ok(answers)

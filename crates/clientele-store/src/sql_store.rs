@@ -1,13 +1,15 @@
 //! [`SqlStore`]: the domain [`Store`] over any [`Backend`], so that SQLite and PostgreSQL share
 //! every code path above connection handling.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use clientele_domain::group::Hierarchy;
 use clientele_domain::{
     ApiKey, ApiKeyId, ChangePage, ChangeQuery, Customer, CustomerDoc, CustomerId, DomainError,
-    Group, GroupWrite, KnownCodes, ListQuery, Locator, NamePage, NewApiKey, OrderId, Page,
-    PoolStats, Scope, Store, TagCount, Team, TeamWrite, Timestamp, ValidationErrors, WriteCommand,
-    WriteOutcome,
+    Group, GroupCommitStats, GroupWrite, KnownCodes, ListQuery, Locator, NamePage, NewApiKey,
+    OrderId, Page, PoolStats, Scope, Store, TagCount, Team, TeamWrite, Timestamp, ValidationErrors,
+    WriteCommand, WriteOutcome,
 };
 
 use clientele_domain::order::{NewOrder, Order, OrderPage};
@@ -17,7 +19,7 @@ use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredRespons
 
 use crate::directory::{DirectoryQueries, DirectoryTx};
 use crate::feed::{self, FeedQueries, FeedSignal, FeedTx};
-use crate::group_commit::{self, CreateGroups};
+use crate::group_commit::{self, CreateWriter};
 use crate::orders::{self, OrderQueries, OrderTx};
 use crate::primitives::{BatchTx, CustomerTx, KeyColumn, KeyValue, Queries};
 use crate::schema_store::{self, SchemaTx};
@@ -55,18 +57,22 @@ pub(crate) trait Backend: Send + Sync + 'static {
 }
 
 pub struct SqlStore<B> {
-    backend: B,
-    /// Concurrent single creates, written together.
-    creates: CreateGroups,
+    backend: Arc<B>,
+    /// Writes concurrent single creates together.
+    creates: CreateWriter,
     /// Wakes change-feed long polls after commits that recorded changes.
     feed: FeedSignal,
 }
 
 impl<B> SqlStore<B> {
-    pub(crate) fn new(backend: B) -> Self {
+    pub(crate) fn new(backend: B) -> Self
+    where
+        B: Backend,
+    {
+        let backend = Arc::new(backend);
         Self {
+            creates: CreateWriter::start(Arc::clone(&backend)),
             backend,
-            creates: CreateGroups::default(),
             feed: FeedSignal::new(),
         }
     }
@@ -84,7 +90,7 @@ impl<B: Backend> Store for SqlStore<B> {
         completion: Option<Completion<'_, (WriteOutcome, Customer)>>,
     ) -> Result<(WriteOutcome, Customer), DomainError> {
         let result = if group_commit::groupable(&command, completion.is_some()) {
-            self.creates.create(&self.backend, command).await?
+            self.creates.create(command).await?
         } else {
             unit_of_work::write_customer(|| self.backend.begin_write(), &command, completion)
                 .await?
@@ -100,7 +106,7 @@ impl<B: Backend> Store for SqlStore<B> {
         batch: &SyncBatch,
         completion: Option<Completion<'_, SyncReport>>,
     ) -> Result<SyncReport, DomainError> {
-        let report = unit_of_work::sync_customers(&self.backend, batch, completion).await?;
+        let report = unit_of_work::sync_customers(&*self.backend, batch, completion).await?;
         if report.applied {
             self.feed.notify();
         }
@@ -364,6 +370,10 @@ impl<B: Backend> Store for SqlStore<B> {
 
     fn pool_stats(&self) -> PoolStats {
         self.backend.pool_stats()
+    }
+
+    fn group_commit_stats(&self) -> GroupCommitStats {
+        self.creates.stats()
     }
 
     fn backend(&self) -> &'static str {

@@ -580,6 +580,41 @@ async fn a_burst_of_creates_gets_each_its_own_answer(hub: TestHub) {
         "one record per stored customer"
     );
     assert!(rows.iter().all(|r| r.0 == "created" && r.1 == 1));
+
+    // The burst was written in groups: every create of it counted, and fewer transactions.
+    let metrics = hub
+        .client
+        .get(hub.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let groups = counter(&metrics, "db_create_groups_total");
+    let grouped = counter(&metrics, "db_grouped_creates_total");
+    // Every create that reached the store; an invalid country is refused before it does.
+    let stored = 1
+        + cases
+            .iter()
+            .filter(|(_, _, f)| *f != Some("country"))
+            .count()
+        + same.len();
+    assert_eq!(grouped, stored as u64, "{metrics}");
+    assert!(
+        groups < grouped,
+        "some group held several creates: {metrics}"
+    );
+}
+
+/// The value of a Prometheus counter with one sample.
+fn counter(metrics: &str, name: &str) -> u64 {
+    let line = metrics
+        .lines()
+        .find(|line| line.starts_with(&format!("{name}{{")))
+        .unwrap_or_else(|| panic!("{name} in {metrics}"));
+    let value = line.rsplit(' ').next().expect("a value");
+    value.parse().unwrap_or_else(|_| panic!("{line}"))
 }
 
 async fn racing_upserts_of_one_key_give_one_customer(hub: TestHub) {
