@@ -1,11 +1,13 @@
 //! The one place errors become HTTP: every failure is an RFC 9457 problem
 //! (`application/problem+json`) with a stable `code` and, where a field is at fault, its path.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use clientele_domain::{DomainError, FieldError, ValidationErrors};
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::response::Rendered;
 
 macro_rules! error_codes {
     ($($variant:ident => $status:ident, $code:literal, $title:literal;)*) => {
@@ -211,16 +213,20 @@ impl From<&DomainError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The problem response, as sent and as kept for idempotent replays.
+    pub fn rendered(&self) -> Rendered {
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        Rendered {
+            content_type: "application/problem+json",
+            ..Rendered::json(self.code.status(), body)
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let problem = self.problem();
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
-        let mut response = (self.code.status(), body).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        response
+        self.rendered().into_response()
     }
 }
 

@@ -32,9 +32,9 @@ pub use id::{ApiKeyId, CustomerId, OrderId};
 pub use patch::Patch;
 pub use scope::Scope;
 pub use store::{
-    ChangeKind, ClaimOutcome, Completion, Cursor, CustomerDoc, CustomerFilter, IdempotencyClaim,
-    ListQuery, Locator, NamePage, Page, PoolStats, SortKey, SortOrder, Store, StoredResponse,
-    TagCount, WriteCommand, WriteOutcome, WriteTarget,
+    ChangeKind, ClaimOutcome, Completion, Cursor, CustomerDoc, CustomerFilter, GroupResults,
+    IdempotencyClaim, ListQuery, Locator, NamePage, Page, PoolStats, SortKey, SortOrder, Store,
+    StoredResponse, TagCount, WriteCommand, WriteOutcome, WriteTarget,
 };
 pub use timestamp::Timestamp;
 pub use validation::{FieldError, ValidationErrors};
