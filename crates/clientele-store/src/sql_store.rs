@@ -201,6 +201,22 @@ impl<B: Backend> Store for SqlStore<B> {
         completion: Option<Completion<'_, ()>>,
     ) -> Result<(), DomainError> {
         let mut tx = self.backend.begin_write().await?;
+        // The key's teams are checked in the transaction that stores it, and locked against
+        // deletion where the backend locks rows: a concurrent delete of one of them either
+        // waits and then finds the key (in use), or deletes first and the key is refused here.
+        let teams = &key.key.teams;
+        if !teams.is_empty() {
+            let known = tx.known_codes(&[], teams).await?;
+            let mut errors = ValidationErrors::default();
+            for team in teams.iter().filter(|team| !known.teams.contains(*team)) {
+                errors.push(
+                    "teams",
+                    "unknown_team",
+                    format!("there is no team {team:?}"),
+                );
+            }
+            errors.into_result()?;
+        }
         tx.insert_api_key(key, false).await?;
         complete(&mut tx, completion, &()).await?;
         tx.commit().await
