@@ -86,7 +86,15 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub detail: String,
     pub errors: Vec<FieldError>,
+    /// A write failed in its commit, so it may have been applied: the response carries
+    /// [`OutcomeUnknown`].
+    pub outcome_unknown: bool,
 }
+
+/// Marks (in its extensions) an error response to a request whose write may have been applied
+/// although it failed; every other 5xx changed nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct OutcomeUnknown;
 
 impl ApiError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
@@ -94,6 +102,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             errors: Vec::new(),
+            outcome_unknown: false,
         }
     }
 
@@ -106,6 +115,7 @@ impl ApiError {
             code: ErrorCode::ValidationFailed,
             detail,
             errors: errors.0,
+            outcome_unknown: false,
         }
     }
 
@@ -143,6 +153,14 @@ impl From<DomainError> for ApiError {
 
 impl From<&DomainError> for ApiError {
     fn from(error: &DomainError) -> Self {
+        let mut api = ApiError::of_domain(error);
+        api.outcome_unknown = error.may_have_applied();
+        api
+    }
+}
+
+impl ApiError {
+    fn of_domain(error: &DomainError) -> Self {
         match error {
             DomainError::NotFound => ApiError::not_found(),
             &DomainError::DuplicateKey(key) => ApiError {
@@ -153,6 +171,7 @@ impl From<&DomainError> for ApiError {
                     code: "duplicate_key",
                     message: format!("{key} must be unique"),
                 }],
+                outcome_unknown: false,
             },
             &DomainError::VersionConflict { expected, actual } => ApiError::new(
                 ErrorCode::VersionConflict,
@@ -170,6 +189,7 @@ impl From<&DomainError> for ApiError {
                     code: "cursor_expired",
                     message: format!("must be at least {horizon}"),
                 }],
+                outcome_unknown: false,
             },
             DomainError::CustomerHasOrders => ApiError::new(
                 ErrorCode::CustomerHasOrders,
@@ -226,7 +246,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.rendered().into_response()
+        let mut response = self.rendered().into_response();
+        if self.outcome_unknown {
+            response.extensions_mut().insert(OutcomeUnknown);
+        }
+        response
     }
 }
 

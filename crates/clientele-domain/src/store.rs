@@ -290,6 +290,10 @@ pub trait Store: Send + Sync + 'static {
         at: Timestamp,
     ) -> Result<bool, DomainError>;
 
+    /// Forgets the nonce of a signed request that changed nothing (it failed on the server
+    /// side), so that the client may send the same signed request again.
+    async fn release_nonce(&self, key: ApiKeyId, nonce: &str) -> Result<(), DomainError>;
+
     /// Forgets nonces recorded before `before`; returns how many.
     async fn purge_nonces(&self, before: Timestamp) -> Result<u64, DomainError>;
 

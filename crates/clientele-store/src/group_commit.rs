@@ -93,8 +93,9 @@ impl CreateGroups {
     }
 }
 
+/// The answer of a create whose group write stopped before answering: perhaps after its commit.
 fn abandoned() -> DomainError {
-    DomainError::Storage("the group write of this create was abandoned".into())
+    DomainError::Storage("the group write of this create was abandoned".into()).commit_unconfirmed()
 }
 
 /// Writes a group of the queued creates and answers each of them.
@@ -124,15 +125,21 @@ async fn write_group<B: Backend>(backend: &B, groups: &CreateGroups) {
         // could create a customer twice. Each create fails as it would have alone.
         Err(error) => {
             let unavailable = matches!(error, DomainError::Unavailable(_));
+            let unconfirmed = error.may_have_applied();
             let message = error.to_string();
             commands
                 .iter()
                 .map(|_| {
                     let source = message.clone().into();
-                    Err(if unavailable {
+                    let error = if unavailable {
                         DomainError::Unavailable(source)
                     } else {
                         DomainError::Storage(source)
+                    };
+                    Err(if unconfirmed {
+                        error.commit_unconfirmed()
+                    } else {
+                        error
                     })
                 })
                 .collect()

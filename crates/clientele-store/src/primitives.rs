@@ -151,6 +151,8 @@ pub(crate) trait Queries: Send + Sync {
         nonce: &str,
         at: Timestamp,
     ) -> Result<bool, DomainError>;
+    /// Forgets a recorded nonce, so that the same signed request may be sent again.
+    async fn delete_nonce(&self, key: ApiKeyId, nonce: &str) -> Result<(), DomainError>;
     async fn purge_nonces(&self, before: Timestamp) -> Result<u64, DomainError>;
 }
 
@@ -295,7 +297,7 @@ macro_rules! sql_primitives {
             async fn commit(self) -> Result<(), clientele_domain::DomainError> {
                 sqlx::Transaction::commit(self)
                     .await
-                    .map_err($crate::error::db_error)
+                    .map_err(|error| $crate::error::db_error(error).commit_unconfirmed())
             }
 
             async fn rollback(self) -> Result<(), clientele_domain::DomainError> {
@@ -733,6 +735,20 @@ macro_rules! sql_primitives {
                 .await
                 .map_err($crate::error::db_error)?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn delete_nonce(
+                &self,
+                key: clientele_domain::ApiKeyId,
+                nonce: &str,
+            ) -> Result<(), clientele_domain::DomainError> {
+                sqlx::query("DELETE FROM request_nonces WHERE api_key_id = $1 AND nonce = $2")
+                    .bind(key.to_string())
+                    .bind(nonce)
+                    .execute(self)
+                    .await
+                    .map(|_| ())
+                    .map_err($crate::error::db_error)
             }
 
             async fn purge_nonces(

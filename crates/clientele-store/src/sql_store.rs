@@ -141,6 +141,10 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend.writes().insert_nonce(key, nonce, at).await
     }
 
+    async fn release_nonce(&self, key: ApiKeyId, nonce: &str) -> Result<(), DomainError> {
+        self.backend.writes().delete_nonce(key, nonce).await
+    }
+
     async fn purge_nonces(&self, before: Timestamp) -> Result<u64, DomainError> {
         self.backend.writes().purge_nonces(before).await
     }
