@@ -53,10 +53,9 @@ pub(crate) async fn middleware(
     // unconfirmed: then the nonce stays spent, as a replay could apply the request twice.
     if response.status().is_server_error()
         && response.extensions().get::<OutcomeUnknown>().is_none()
+        && let Err(error) = state.store().release_nonce(key, &nonce).await
     {
-        if let Err(error) = state.store().release_nonce(key, &nonce).await {
-            tracing::error!(error = %error, "releasing a signed request's nonce failed");
-        }
+        tracing::error!(error = %error, "releasing a signed request's nonce failed");
     }
     response
 }

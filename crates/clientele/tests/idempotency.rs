@@ -479,7 +479,9 @@ async fn group_and_team_writes_are_never_committed_without_their_response(hub: T
         201
     );
     let group_sync = json!({"groups": [{"code": "synced", "title": "Synced"}]});
-    let writes: Vec<(&str, Box<dyn Fn() -> RequestBuilder + '_>, &str)> = vec![
+    /// What is written, the request (built anew for each send), and where to read the result.
+    type Write<'a> = (&'a str, Box<dyn Fn() -> RequestBuilder + 'a>, &'a str);
+    let writes: Vec<Write<'_>> = vec![
         (
             "PUT group",
             Box::new(|| hub.put("/v1/groups/new").json(&json!({"title": "New"}))),
