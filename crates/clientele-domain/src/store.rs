@@ -347,8 +347,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>, DomainError>;
 
-    /// Revokes a live key; `false` when there is none with this id.
-    async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError>;
+    /// Revokes a live key, recording the completion in the same transaction; `false` (and
+    /// nothing recorded) when there is no live key with this id.
+    async fn revoke_api_key(
+        &self,
+        id: ApiKeyId,
+        at: Timestamp,
+        completion: Option<Completion<'_, ()>>,
+    ) -> Result<bool, DomainError>;
 
     async fn count_api_keys(&self) -> Result<i64, DomainError>;
 

@@ -254,8 +254,19 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend.reads().api_keys().await
     }
 
-    async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError> {
-        self.backend.writes().revoke_api_key(id, at).await
+    async fn revoke_api_key(
+        &self,
+        id: ApiKeyId,
+        at: Timestamp,
+        completion: Option<Completion<'_, ()>>,
+    ) -> Result<bool, DomainError> {
+        let mut tx = self.backend.begin_write().await?;
+        if !tx.revoke_api_key(id, at).await? {
+            return Ok(false);
+        }
+        complete(&mut tx, completion, &()).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn count_api_keys(&self) -> Result<i64, DomainError> {

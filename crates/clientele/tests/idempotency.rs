@@ -28,7 +28,7 @@ hub_tests!(
     an_expired_key_is_forgotten,
     claims_expire_and_abandoned_ones_are_taken_over,
     a_request_the_client_abandons_runs_to_its_end_and_replays,
-    group_and_team_writes_are_never_committed_without_their_response,
+    group_team_and_key_writes_are_never_committed_without_their_response,
 );
 
 /// A key past its 24 hours is purged: the same request then runs afresh. Keys claimed after the
@@ -464,10 +464,11 @@ async fn fail_completions(hub: &TestHub, fail: bool) {
     }
 }
 
-/// Group and team writes record their idempotent response in their own transaction: when the
+/// Group and team writes and key revocations record their idempotent response in their own
+/// transaction: when the
 /// record cannot be stored, the write is not committed either (a 5xx, and the key is free for
 /// the retry), instead of a write done whose retry finds no response to replay.
-async fn group_and_team_writes_are_never_committed_without_their_response(hub: TestHub) {
+async fn group_team_and_key_writes_are_never_committed_without_their_response(hub: TestHub) {
     assert_eq!(
         call(hub.put("/v1/groups/old").json(&json!({})))
             .await
@@ -531,6 +532,30 @@ async fn group_and_team_writes_are_never_committed_without_their_response(hub: T
         assert_eq!(replay.body, first.body, "{what}");
         assert_eq!(replay.header(REPLAYED), Some("true"), "{what}");
     }
+
+    let created = call(
+        hub.post("/v1/api-keys")
+            .json(&json!({"name": "k", "role": "read"})),
+    )
+    .await;
+    let revoked = hub.as_key(created.body["secret"].as_str().expect("secret"));
+    let path = format!("/v1/api-keys/{}", created.body["id"].as_str().expect("id"));
+    let revoke = || call(with_key(hub.delete(&path), "revoke"));
+    fail_completions(&hub, true).await;
+    let failed = revoke().await;
+    fail_completions(&hub, false).await;
+    assert!(failed.status >= 500, "{failed:?}");
+    assert_eq!(
+        call(revoked.get("/v1/customers")).await.status,
+        200,
+        "not revoked"
+    );
+    let first = revoke().await;
+    assert_eq!(first.status, 204, "{first:?}");
+    assert_eq!(call(revoked.get("/v1/customers")).await.status, 401);
+    let replay = revoke().await;
+    assert_eq!(replay.status, 204);
+    assert_eq!(replay.header(REPLAYED), Some("true"));
 }
 
 /// A sync batch slow enough to watch in flight: every item sets a password, which Argon2id

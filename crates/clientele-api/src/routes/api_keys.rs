@@ -201,14 +201,18 @@ async fn list_api_keys(
 async fn revoke_api_key(
     State(state): State<AppState>,
     _caller: AdminCaller,
+    idempotency: Idempotency,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id: ApiKeyId = id.parse().map_err(|_| ApiError::not_found())?;
+    let render = |(): &()| Rendered::empty(StatusCode::NO_CONTENT).to_stored();
+    let now = clientele_domain::Timestamp::now();
     if state
         .store()
-        .revoke_api_key(id, clientele_domain::Timestamp::now())
+        .revoke_api_key(id, now, idempotency.completion(&render))
         .await?
     {
+        idempotency.completed();
         state.keys().clear();
         Ok(StatusCode::NO_CONTENT)
     } else {
