@@ -178,8 +178,8 @@ async fn claim_and_run(
     record(state, &context.claim, response).await
 }
 
-/// Stores a response the handler did not record itself (a refusal, or a write outside the
-/// customer tables), then returns it.
+/// Stores a response the handler did not record itself (a refusal, which wrote nothing), then
+/// returns it.
 async fn record(
     state: &AppState,
     claim: &IdempotencyClaim,

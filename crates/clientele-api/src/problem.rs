@@ -1,11 +1,13 @@
 //! The one place errors become HTTP: every failure is an RFC 9457 problem
 //! (`application/problem+json`) with a stable `code` and, where a field is at fault, its path.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use clientele_domain::{DomainError, FieldError, ValidationErrors};
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::response::Rendered;
 
 macro_rules! error_codes {
     ($($variant:ident => $status:ident, $code:literal, $title:literal;)*) => {
@@ -84,7 +86,15 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub detail: String,
     pub errors: Vec<FieldError>,
+    /// A write failed in its commit, so it may have been applied: the response carries
+    /// [`OutcomeUnknown`].
+    pub outcome_unknown: bool,
 }
+
+/// Marks (in its extensions) an error response to a request whose write may have been applied
+/// although it failed; every other 5xx changed nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct OutcomeUnknown;
 
 impl ApiError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
@@ -92,6 +102,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             errors: Vec::new(),
+            outcome_unknown: false,
         }
     }
 
@@ -104,6 +115,7 @@ impl ApiError {
             code: ErrorCode::ValidationFailed,
             detail,
             errors: errors.0,
+            outcome_unknown: false,
         }
     }
 
@@ -141,6 +153,14 @@ impl From<DomainError> for ApiError {
 
 impl From<&DomainError> for ApiError {
     fn from(error: &DomainError) -> Self {
+        let mut api = ApiError::of_domain(error);
+        api.outcome_unknown = error.may_have_applied();
+        api
+    }
+}
+
+impl ApiError {
+    fn of_domain(error: &DomainError) -> Self {
         match error {
             DomainError::NotFound => ApiError::not_found(),
             &DomainError::DuplicateKey(key) => ApiError {
@@ -151,6 +171,7 @@ impl From<&DomainError> for ApiError {
                     code: "duplicate_key",
                     message: format!("{key} must be unique"),
                 }],
+                outcome_unknown: false,
             },
             &DomainError::VersionConflict { expected, actual } => ApiError::new(
                 ErrorCode::VersionConflict,
@@ -168,6 +189,7 @@ impl From<&DomainError> for ApiError {
                     code: "cursor_expired",
                     message: format!("must be at least {horizon}"),
                 }],
+                outcome_unknown: false,
             },
             DomainError::CustomerHasOrders => ApiError::new(
                 ErrorCode::CustomerHasOrders,
@@ -211,15 +233,23 @@ impl From<&DomainError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The problem response, as sent and as kept for idempotent replays.
+    pub fn rendered(&self) -> Rendered {
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        Rendered {
+            content_type: "application/problem+json",
+            ..Rendered::json(self.code.status(), body)
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let problem = self.problem();
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
-        let mut response = (self.code.status(), body).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        let mut response = self.rendered().into_response();
+        if self.outcome_unknown {
+            response.extensions_mut().insert(OutcomeUnknown);
+        }
         response
     }
 }

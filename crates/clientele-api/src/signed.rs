@@ -4,6 +4,12 @@
 //! HMAC (in constant time) and then records the nonce in the database, so that a signature is
 //! accepted once even across several hub processes. The verified key goes into the request
 //! extensions as the [`Caller`], where every later layer and extractor finds it.
+//!
+//! A nonce is spent by a request that had (or may have had) an effect. A server error changed
+//! nothing, since every write commits its whole effect in one transaction, so its nonce is
+//! released and the client may send the very same signed request again; the exception is a
+//! failed commit ([`OutcomeUnknown`]), which may have applied, so its nonce stays spent. While a
+//! request runs its nonce is held, so a concurrent copy is refused.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -17,7 +23,7 @@ use clientele_domain::{ApiKeyId, Timestamp, ValidationErrors};
 
 use crate::auth::Caller;
 use crate::extract::read_body;
-use crate::problem::{ApiError, ErrorCode};
+use crate::problem::{ApiError, ErrorCode, OutcomeUnknown};
 use crate::state::AppState;
 
 /// The names of the signed-request headers as documented (problems name them so).
@@ -38,14 +44,28 @@ pub(crate) async fn middleware(
     if !signed {
         return next.run(request).await;
     }
-    match verify(&state, request).await {
-        Ok(request) => next.run(request).await,
-        Err(error) => error.into_response(),
+    let (request, key, nonce) = match verify(&state, request).await {
+        Ok(verified) => verified,
+        Err(error) => return error.into_response(),
+    };
+    let response = next.run(request).await;
+    // A server error changed nothing (its transaction rolled back), unless its commit went
+    // unconfirmed: then the nonce stays spent, as a replay could apply the request twice.
+    if response.status().is_server_error()
+        && response.extensions().get::<OutcomeUnknown>().is_none()
+        && let Err(error) = state.store().release_nonce(key, &nonce).await
+    {
+        tracing::error!(error = %error, "releasing a signed request's nonce failed");
     }
+    response
 }
 
-/// The request with its body buffered again and its [`Caller`] set, or the 401 to answer.
-async fn verify(state: &AppState, request: Request) -> Result<Request, ApiError> {
+/// The request with its body buffered again and its [`Caller`] set, with the key and the nonce
+/// it spent; or the 401 to answer.
+async fn verify(
+    state: &AppState,
+    request: Request,
+) -> Result<(Request, ApiKeyId, String), ApiError> {
     let now = Timestamp::now();
     let (mut parts, body) = request.into_parts();
     let key_id = header(&parts.headers, KEY_HEADER, KEY)?;
@@ -119,8 +139,9 @@ async fn verify(state: &AppState, request: Request) -> Result<Request, ApiError>
             "this nonce was used already; every signed request needs a new one",
         ));
     }
+    let (id, nonce) = (key.id, nonce.to_owned());
     parts.extensions.insert(Caller { key });
-    Ok(Request::from_parts(parts, Body::from(bytes)))
+    Ok((Request::from_parts(parts, Body::from(bytes)), id, nonce))
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str, shown: &str) -> Result<&'a str, ApiError> {

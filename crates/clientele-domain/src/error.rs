@@ -29,8 +29,61 @@ pub enum DomainError {
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// The source of a storage failure raised by a commit: the database may have applied the
+/// transaction or not (a connection lost while `COMMIT` ran), so the request that ran it may
+/// have had its effect.
+#[derive(Debug, thiserror::Error)]
+#[error("the commit was not confirmed: {0}")]
+pub struct CommitUnconfirmed(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
+impl DomainError {
+    /// This failure, raised by a commit: a storage failure is marked as one whose write may
+    /// have been applied; any other (a deferred constraint) is kept.
+    pub fn commit_unconfirmed(self) -> DomainError {
+        match self {
+            DomainError::Storage(source) => {
+                DomainError::Storage(Box::new(CommitUnconfirmed(source)))
+            }
+            DomainError::Unavailable(source) => {
+                DomainError::Unavailable(Box::new(CommitUnconfirmed(source)))
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the write that failed so may have been applied nevertheless (its commit was
+    /// not confirmed): its request cannot be taken as one that changed nothing.
+    pub fn may_have_applied(&self) -> bool {
+        match self {
+            DomainError::Storage(source) | DomainError::Unavailable(source) => {
+                source.is::<CommitUnconfirmed>()
+            }
+            _ => false,
+        }
+    }
+}
+
 impl From<ValidationErrors> for DomainError {
     fn from(errors: ValidationErrors) -> Self {
         DomainError::Validation(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_storage_failures_of_a_commit_may_have_applied() {
+        let failed = || DomainError::Storage("lost".into());
+        assert!(!failed().may_have_applied());
+        assert!(failed().commit_unconfirmed().may_have_applied());
+        let unavailable = DomainError::Unavailable("lost".into());
+        assert!(unavailable.commit_unconfirmed().may_have_applied());
+        assert!(
+            !DomainError::NotFound
+                .commit_unconfirmed()
+                .may_have_applied()
+        );
     }
 }

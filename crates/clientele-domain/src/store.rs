@@ -252,6 +252,9 @@ impl<T> Clone for Completion<'_, T> {
 
 impl<T> Copy for Completion<'_, T> {}
 
+/// The result of each item of a group write, in order.
+pub type GroupResults = Vec<Result<(WriteOutcome, Group), DomainError>>;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates, upserts or updates one customer and records the change in the same transaction.
@@ -295,6 +298,10 @@ pub trait Store: Send + Sync + 'static {
         nonce: &str,
         at: Timestamp,
     ) -> Result<bool, DomainError>;
+
+    /// Forgets the nonce of a signed request that changed nothing (it failed on the server
+    /// side), so that the client may send the same signed request again.
+    async fn release_nonce(&self, key: ApiKeyId, nonce: &str) -> Result<(), DomainError>;
 
     /// Forgets nonces recorded before `before`; returns how many.
     async fn purge_nonces(&self, before: Timestamp) -> Result<u64, DomainError>;
@@ -349,8 +356,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>, DomainError>;
 
-    /// Revokes a live key; `false` when there is none with this id.
-    async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError>;
+    /// Revokes a live key, recording the completion in the same transaction; `false` (and
+    /// nothing recorded) when there is no live key with this id.
+    async fn revoke_api_key(
+        &self,
+        id: ApiKeyId,
+        at: Timestamp,
+        completion: Option<Completion<'_, ()>>,
+    ) -> Result<bool, DomainError>;
 
     async fn count_api_keys(&self) -> Result<i64, DomainError>;
 
@@ -386,11 +399,13 @@ pub trait Store: Send + Sync + 'static {
         completion: Option<Completion<'_, Schema>>,
     ) -> Result<(), DomainError>;
     /// Applies group writes in order in one transaction (`PUT` is a batch of one); each item
-    /// fails alone. An item that could not be read is passed as its errors.
+    /// fails alone. An item that could not be read is passed as its errors. A completion is
+    /// recorded in that transaction, whatever the items' results.
     async fn write_groups(
         &self,
         items: &[Result<GroupWrite, ValidationErrors>],
-    ) -> Result<Vec<Result<(WriteOutcome, Group), DomainError>>, DomainError>;
+        completion: Option<Completion<'_, GroupResults>>,
+    ) -> Result<GroupResults, DomainError>;
 
     async fn get_group(&self, code: &str) -> Result<Option<Group>, DomainError>;
 
@@ -398,12 +413,19 @@ pub trait Store: Send + Sync + 'static {
     async fn list_groups(&self, page: &NamePage) -> Result<Vec<Group>, DomainError>;
 
     /// Deletes a group without subgroups or members (else [`DomainError::InUse`]).
-    async fn delete_group(&self, code: &str) -> Result<(), DomainError>;
+    async fn delete_group(
+        &self,
+        code: &str,
+        completion: Option<Completion<'_, ()>>,
+    ) -> Result<(), DomainError>;
 
+    /// Creates or changes a team; a completion is recorded in the same transaction (also when
+    /// the team is unchanged).
     async fn write_team(
         &self,
         code: &str,
         write: &TeamWrite,
+        completion: Option<Completion<'_, (WriteOutcome, Team)>>,
     ) -> Result<(WriteOutcome, Team), DomainError>;
 
     async fn get_team(&self, code: &str) -> Result<Option<Team>, DomainError>;
@@ -412,7 +434,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_teams(&self, page: &NamePage) -> Result<Vec<Team>, DomainError>;
 
     /// Deletes a team no customer and no live API key belongs to (else [`DomainError::InUse`]).
-    async fn delete_team(&self, code: &str) -> Result<(), DomainError>;
+    async fn delete_team(
+        &self,
+        code: &str,
+        completion: Option<Completion<'_, ()>>,
+    ) -> Result<(), DomainError>;
 
     /// Which of these group and team codes exist.
     async fn known_codes(

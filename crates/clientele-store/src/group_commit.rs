@@ -93,8 +93,9 @@ impl CreateWriter {
     }
 }
 
+/// The answer of a create whose group write stopped before answering: perhaps after its commit.
 fn abandoned() -> DomainError {
-    DomainError::Storage("the group write of this create was abandoned".into())
+    DomainError::Storage("the group write of this create was abandoned".into()).commit_unconfirmed()
 }
 
 /// The create writer: each round takes every queued create and writes them as one group.
@@ -154,15 +155,21 @@ async fn write_group<B: Backend>(
         // could create a customer twice. Each create fails as it would have alone.
         Err(error) => {
             let unavailable = matches!(error, DomainError::Unavailable(_));
+            let unconfirmed = error.may_have_applied();
             let message = error.to_string();
             commands
                 .iter()
                 .map(|_| {
                     let source = message.clone().into();
-                    Err(if unavailable {
+                    let error = if unavailable {
                         DomainError::Unavailable(source)
                     } else {
                         DomainError::Storage(source)
+                    };
+                    Err(if unconfirmed {
+                        error.commit_unconfirmed()
+                    } else {
+                        error
                     })
                 })
                 .collect()

@@ -49,6 +49,9 @@ pub(crate) trait CustomerTx: Send {
         if_absent: bool,
     ) -> Result<bool, DomainError>;
 
+    /// Revokes a live key; `false` when there is none with this id.
+    async fn revoke_api_key(&mut self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError>;
+
     /// Records the response of the claim's request, in this transaction.
     async fn complete_idempotency(
         &mut self,
@@ -128,7 +131,6 @@ pub(crate) trait Queries: Send + Sync {
         value: KeyValue<'_>,
     ) -> Result<Option<ApiKey>, DomainError>;
     async fn api_keys(&self) -> Result<Vec<ApiKey>, DomainError>;
-    async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError>;
     async fn count_api_keys(&self) -> Result<i64, DomainError>;
     async fn ping(&self) -> Result<(), DomainError>;
 
@@ -151,6 +153,8 @@ pub(crate) trait Queries: Send + Sync {
         nonce: &str,
         at: Timestamp,
     ) -> Result<bool, DomainError>;
+    /// Forgets a recorded nonce, so that the same signed request may be sent again.
+    async fn delete_nonce(&self, key: ApiKeyId, nonce: &str) -> Result<(), DomainError>;
     async fn purge_nonces(&self, before: Timestamp) -> Result<u64, DomainError>;
 }
 
@@ -295,7 +299,7 @@ macro_rules! sql_primitives {
             async fn commit(self) -> Result<(), clientele_domain::DomainError> {
                 sqlx::Transaction::commit(self)
                     .await
-                    .map_err($crate::error::db_error)
+                    .map_err(|error| $crate::error::db_error(error).commit_unconfirmed())
             }
 
             async fn rollback(self) -> Result<(), clientele_domain::DomainError> {
@@ -332,6 +336,22 @@ macro_rules! sql_primitives {
                     .execute(&mut **self)
                     .await
                     .map_err($crate::error::db_error)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn revoke_api_key(
+                &mut self,
+                id: clientele_domain::ApiKeyId,
+                at: clientele_domain::Timestamp,
+            ) -> Result<bool, clientele_domain::DomainError> {
+                let done = sqlx::query(
+                    "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(id.to_string())
+                .bind(at.as_micros())
+                .execute(&mut **self)
+                .await
+                .map_err($crate::error::db_error)?;
                 Ok(done.rows_affected() == 1)
             }
 
@@ -591,22 +611,6 @@ macro_rules! sql_primitives {
                     .collect()
             }
 
-            async fn revoke_api_key(
-                &self,
-                id: clientele_domain::ApiKeyId,
-                at: clientele_domain::Timestamp,
-            ) -> Result<bool, clientele_domain::DomainError> {
-                let done = sqlx::query(
-                    "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                )
-                .bind(id.to_string())
-                .bind(at.as_micros())
-                .execute(self)
-                .await
-                .map_err($crate::error::db_error)?;
-                Ok(done.rows_affected() == 1)
-            }
-
             async fn count_api_keys(&self) -> Result<i64, clientele_domain::DomainError> {
                 sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")
                     .fetch_one(self)
@@ -733,6 +737,20 @@ macro_rules! sql_primitives {
                 .await
                 .map_err($crate::error::db_error)?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn delete_nonce(
+                &self,
+                key: clientele_domain::ApiKeyId,
+                nonce: &str,
+            ) -> Result<(), clientele_domain::DomainError> {
+                sqlx::query("DELETE FROM request_nonces WHERE api_key_id = $1 AND nonce = $2")
+                    .bind(key.to_string())
+                    .bind(nonce)
+                    .execute(self)
+                    .await
+                    .map(|_| ())
+                    .map_err($crate::error::db_error)
             }
 
             async fn purge_nonces(

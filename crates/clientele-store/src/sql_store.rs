@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use clientele_domain::group::Hierarchy;
 use clientele_domain::{
     ApiKey, ApiKeyId, ChangePage, ChangeQuery, Customer, CustomerDoc, CustomerId, DomainError,
-    Group, GroupCommitStats, GroupWrite, KnownCodes, ListQuery, Locator, NamePage, NewApiKey,
-    OrderId, Page, PoolStats, Scope, Store, TagCount, Team, TeamWrite, Timestamp, ValidationErrors,
-    WriteCommand, WriteOutcome,
+    Group, GroupCommitStats, GroupResults, GroupWrite, KnownCodes, ListQuery, Locator, NamePage,
+    NewApiKey, OrderId, Page, PoolStats, Scope, Store, TagCount, Team, TeamWrite, Timestamp,
+    ValidationErrors, WriteCommand, WriteOutcome,
 };
 
 use clientele_domain::order::{NewOrder, Order, OrderPage};
@@ -147,6 +147,10 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend.writes().insert_nonce(key, nonce, at).await
     }
 
+    async fn release_nonce(&self, key: ApiKeyId, nonce: &str) -> Result<(), DomainError> {
+        self.backend.writes().delete_nonce(key, nonce).await
+    }
+
     async fn purge_nonces(&self, before: Timestamp) -> Result<u64, DomainError> {
         self.backend.writes().purge_nonces(before).await
     }
@@ -207,11 +211,24 @@ impl<B: Backend> Store for SqlStore<B> {
         completion: Option<Completion<'_, ()>>,
     ) -> Result<(), DomainError> {
         let mut tx = self.backend.begin_write().await?;
-        tx.insert_api_key(key, false).await?;
-        if let Some(completion) = completion {
-            let response = (completion.render)(&());
-            tx.complete_idempotency(completion.claim, &response).await?;
+        // The key's teams are checked in the transaction that stores it, and locked against
+        // deletion where the backend locks rows: a concurrent delete of one of them either
+        // waits and then finds the key (in use), or deletes first and the key is refused here.
+        let teams = &key.key.teams;
+        if !teams.is_empty() {
+            let known = tx.known_codes(&[], teams).await?;
+            let mut errors = ValidationErrors::default();
+            for team in teams.iter().filter(|team| !known.teams.contains(*team)) {
+                errors.push(
+                    "teams",
+                    "unknown_team",
+                    format!("there is no team {team:?}"),
+                );
+            }
+            errors.into_result()?;
         }
+        tx.insert_api_key(key, false).await?;
+        complete(&mut tx, completion, &()).await?;
         tx.commit().await
     }
 
@@ -243,8 +260,19 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend.reads().api_keys().await
     }
 
-    async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError> {
-        self.backend.writes().revoke_api_key(id, at).await
+    async fn revoke_api_key(
+        &self,
+        id: ApiKeyId,
+        at: Timestamp,
+        completion: Option<Completion<'_, ()>>,
+    ) -> Result<bool, DomainError> {
+        let mut tx = self.backend.begin_write().await?;
+        if !tx.revoke_api_key(id, at).await? {
+            return Ok(false);
+        }
+        complete(&mut tx, completion, &()).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn count_api_keys(&self) -> Result<i64, DomainError> {
@@ -291,13 +319,20 @@ impl<B: Backend> Store for SqlStore<B> {
     async fn write_groups(
         &self,
         items: &[Result<GroupWrite, ValidationErrors>],
-    ) -> Result<Vec<Result<(WriteOutcome, Group), DomainError>>, DomainError> {
+        completion: Option<Completion<'_, GroupResults>>,
+    ) -> Result<GroupResults, DomainError> {
         let mut tx = self.backend.begin_write().await?;
         let plan = Hierarchy::new(tx.lock_groups().await?).plan(items, Timestamp::now());
         if !plan.upserts.is_empty() {
             tx.upsert_groups(&plan.upserts).await?;
-            tx.commit().await?;
         }
+        if let Some(completion) = completion {
+            let response = (completion.render)(&plan.results);
+            tx.complete_idempotency(completion.claim, &response).await?;
+        } else if plan.upserts.is_empty() {
+            return Ok(plan.results);
+        }
+        tx.commit().await?;
         Ok(plan.results)
     }
 
@@ -309,10 +344,15 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend.reads().groups(page).await
     }
 
-    async fn delete_group(&self, code: &str) -> Result<(), DomainError> {
+    async fn delete_group(
+        &self,
+        code: &str,
+        completion: Option<Completion<'_, ()>>,
+    ) -> Result<(), DomainError> {
         let mut tx = self.backend.begin_write().await?;
         tx.lock_groups().await?;
         tx.delete_group(code).await?;
+        complete(&mut tx, completion, &()).await?;
         tx.commit().await
     }
 
@@ -320,15 +360,19 @@ impl<B: Backend> Store for SqlStore<B> {
         &self,
         code: &str,
         write: &TeamWrite,
+        completion: Option<Completion<'_, (WriteOutcome, Team)>>,
     ) -> Result<(WriteOutcome, Team), DomainError> {
         let mut tx = self.backend.begin_write().await?;
         let stored = tx.team_for_update(code).await?;
-        let (outcome, team) = write.apply(code, stored.as_ref(), Timestamp::now())?;
-        if outcome != WriteOutcome::Unchanged {
-            tx.upsert_team(&team).await?;
-            tx.commit().await?;
+        let result = write.apply(code, stored.as_ref(), Timestamp::now())?;
+        if result.0 != WriteOutcome::Unchanged {
+            tx.upsert_team(&result.1).await?;
+        } else if completion.is_none() {
+            return Ok(result);
         }
-        Ok((outcome, team))
+        complete(&mut tx, completion, &result).await?;
+        tx.commit().await?;
+        Ok(result)
     }
 
     async fn get_team(&self, code: &str) -> Result<Option<Team>, DomainError> {
@@ -339,9 +383,14 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend.reads().teams(page).await
     }
 
-    async fn delete_team(&self, code: &str) -> Result<(), DomainError> {
+    async fn delete_team(
+        &self,
+        code: &str,
+        completion: Option<Completion<'_, ()>>,
+    ) -> Result<(), DomainError> {
         let mut tx = self.backend.begin_write().await?;
         tx.delete_team(code).await?;
+        complete(&mut tx, completion, &()).await?;
         tx.commit().await
     }
 
@@ -379,4 +428,18 @@ impl<B: Backend> Store for SqlStore<B> {
     fn backend(&self) -> &'static str {
         B::NAME
     }
+}
+
+/// Records the idempotent response of `result`, if the request has a key, in `tx`: committed
+/// with the write it answers for, or not at all.
+async fn complete<T>(
+    tx: &mut impl CustomerTx,
+    completion: Option<Completion<'_, T>>,
+    result: &T,
+) -> Result<(), DomainError> {
+    if let Some(completion) = completion {
+        let response = (completion.render)(result);
+        tx.complete_idempotency(completion.claim, &response).await?;
+    }
+    Ok(())
 }

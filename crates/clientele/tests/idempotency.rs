@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clientele_domain::Role;
 use clientele_testkit::{
     ADMIN_SECRET, HubProcess, Reply, TestHub, assert_problem, call, column_bytes, count_rows,
-    fresh_postgres_database, hub_tests,
+    execute, fresh_postgres_database, hub_tests,
 };
 use reqwest::RequestBuilder;
 use serde_json::{Value, json};
@@ -28,6 +28,7 @@ hub_tests!(
     an_expired_key_is_forgotten,
     claims_expire_and_abandoned_ones_are_taken_over,
     a_request_the_client_abandons_runs_to_its_end_and_replays,
+    group_team_and_key_writes_are_never_committed_without_their_response,
 );
 
 /// A key past its 24 hours is purged: the same request then runs afresh. Keys claimed after the
@@ -426,6 +427,135 @@ async fn a_refusal_is_replayed_too(hub: TestHub) {
     let replay = call(with_key(hub.post("/v1/customers"), "clash").json(&clash)).await;
     assert_replay(&conflict, &replay);
     assert!(all_customers(&hub).await.is_empty());
+}
+
+/// Makes recording an idempotent response fail (the claim's completing `UPDATE`), as a crash
+/// between a write and its record would leave it; `false` removes the failure again.
+async fn fail_completions(hub: &TestHub, fail: bool) {
+    let url = &hub.database_url;
+    let sqlite = url.starts_with("sqlite:");
+    if !fail {
+        if sqlite {
+            execute(url, "DROP TRIGGER fail_completions").await;
+        } else {
+            execute(url, "DROP TRIGGER fail_completions ON idempotency_keys").await;
+            execute(url, "DROP FUNCTION fail_completions").await;
+        }
+    } else if sqlite {
+        execute(
+            url,
+            "CREATE TRIGGER fail_completions BEFORE UPDATE ON idempotency_keys \
+             BEGIN SELECT RAISE(ABORT, 'completion refused by the test'); END",
+        )
+        .await;
+    } else {
+        execute(
+            url,
+            "CREATE FUNCTION fail_completions() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'completion refused by the test'; END $$",
+        )
+        .await;
+        execute(
+            url,
+            "CREATE TRIGGER fail_completions BEFORE UPDATE ON idempotency_keys \
+             FOR EACH ROW EXECUTE FUNCTION fail_completions()",
+        )
+        .await;
+    }
+}
+
+/// Group and team writes and key revocations record their idempotent response in their own
+/// transaction: when the
+/// record cannot be stored, the write is not committed either (a 5xx, and the key is free for
+/// the retry), instead of a write done whose retry finds no response to replay.
+async fn group_team_and_key_writes_are_never_committed_without_their_response(hub: TestHub) {
+    assert_eq!(
+        call(hub.put("/v1/groups/old").json(&json!({})))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        call(hub.put("/v1/teams/old").json(&json!({}))).await.status,
+        201
+    );
+    let group_sync = json!({"groups": [{"code": "synced", "title": "Synced"}]});
+    /// What is written, the request (built anew for each send), and where to read the result.
+    type Write<'a> = (&'a str, Box<dyn Fn() -> RequestBuilder + 'a>, &'a str);
+    let writes: Vec<Write<'_>> = vec![
+        (
+            "PUT group",
+            Box::new(|| hub.put("/v1/groups/new").json(&json!({"title": "New"}))),
+            "/v1/groups/new",
+        ),
+        (
+            "group sync",
+            Box::new(|| hub.post("/v1/groups/sync").json(&group_sync)),
+            "/v1/groups/synced",
+        ),
+        (
+            "DELETE group",
+            Box::new(|| hub.delete("/v1/groups/old")),
+            "/v1/groups/old",
+        ),
+        (
+            "PUT team",
+            Box::new(|| hub.put("/v1/teams/new").json(&json!({"name": "New"}))),
+            "/v1/teams/new",
+        ),
+        (
+            "DELETE team",
+            Box::new(|| hub.delete("/v1/teams/old")),
+            "/v1/teams/old",
+        ),
+    ];
+    for (what, request, read) in &writes {
+        let before = call(hub.get(read)).await.status;
+        fail_completions(&hub, true).await;
+        let failed = call(with_key(request(), what)).await;
+        fail_completions(&hub, false).await;
+        assert!(
+            failed.status >= 500,
+            "{what}: a write whose response cannot be recorded fails: {failed:?}"
+        );
+        assert_eq!(
+            call(hub.get(read)).await.status,
+            before,
+            "{what}: nothing was committed"
+        );
+
+        let first = call(with_key(request(), what)).await;
+        assert!(first.status < 300, "{what}: the retry runs: {first:?}");
+        assert_ne!(call(hub.get(read)).await.status, before, "{what} applied");
+        let replay = call(with_key(request(), what)).await;
+        assert_eq!(replay.status, first.status, "{what}");
+        assert_eq!(replay.body, first.body, "{what}");
+        assert_eq!(replay.header(REPLAYED), Some("true"), "{what}");
+    }
+
+    let created = call(
+        hub.post("/v1/api-keys")
+            .json(&json!({"name": "k", "role": "read"})),
+    )
+    .await;
+    let revoked = hub.as_key(created.body["secret"].as_str().expect("secret"));
+    let path = format!("/v1/api-keys/{}", created.body["id"].as_str().expect("id"));
+    let revoke = || call(with_key(hub.delete(&path), "revoke"));
+    fail_completions(&hub, true).await;
+    let failed = revoke().await;
+    fail_completions(&hub, false).await;
+    assert!(failed.status >= 500, "{failed:?}");
+    assert_eq!(
+        call(revoked.get("/v1/customers")).await.status,
+        200,
+        "not revoked"
+    );
+    let first = revoke().await;
+    assert_eq!(first.status, 204, "{first:?}");
+    assert_eq!(call(revoked.get("/v1/customers")).await.status, 401);
+    let replay = revoke().await;
+    assert_eq!(replay.status, 204);
+    assert_eq!(replay.header(REPLAYED), Some("true"));
 }
 
 /// A sync batch slow enough to watch in flight: every item sets a password, which Argon2id

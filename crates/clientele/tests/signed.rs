@@ -4,7 +4,7 @@
 
 use clientele_api::ApiConfig;
 use clientele_domain::Role;
-use clientele_testkit::{TestHub, assert_problem, call, field_errors, hub_tests};
+use clientele_testkit::{Backend, TestHub, assert_problem, call, execute, field_errors, hub_tests};
 use reqwest::Method;
 use serde_json::json;
 
@@ -18,6 +18,8 @@ hub_tests!(
     signed_requests_keep_the_keys_role,
     a_replay_is_refused_by_another_hub_process,
     nonces_are_purged_only_after_twice_the_window,
+    a_server_error_that_changed_nothing_leaves_the_nonce_for_a_retry,
+    a_refusal_or_a_failed_commit_spends_the_nonce,
 );
 
 fn now() -> i64 {
@@ -227,4 +229,116 @@ async fn nonces_are_purged_only_after_twice_the_window(hub: TestHub) {
     let later = Timestamp::from_micros(Timestamp::now().as_micros() + 1_000_000);
     assert_eq!(store.purge_nonces(later).await.expect("purge"), 1);
     assert_eq!(hub.count_rows("request_nonces").await, 0);
+}
+
+/// Makes every customer insert fail (`at_commit`: when its transaction commits, PostgreSQL
+/// only), or, with `None`, succeed again.
+async fn fail_customer_inserts(hub: &TestHub, fail: Option<bool>) {
+    let url = &hub.database_url;
+    match (hub.backend, fail) {
+        (Backend::Sqlite, Some(false)) => {
+            execute(
+                url,
+                "CREATE TRIGGER fail_inserts BEFORE INSERT ON customers \
+                 BEGIN SELECT RAISE(ABORT, 'insert refused by the test'); END",
+            )
+            .await;
+        }
+        (Backend::Sqlite, Some(true)) => panic!("SQLite has no deferred triggers"),
+        (Backend::Sqlite, None) => execute(url, "DROP TRIGGER fail_inserts").await,
+        (Backend::Postgres, Some(at_commit)) => {
+            execute(
+                url,
+                "CREATE FUNCTION fail_inserts() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'insert refused by the test'; END $$",
+            )
+            .await;
+            execute(
+                url,
+                if at_commit {
+                    "CREATE CONSTRAINT TRIGGER fail_inserts AFTER INSERT ON customers \
+                     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fail_inserts()"
+                } else {
+                    "CREATE TRIGGER fail_inserts BEFORE INSERT ON customers \
+                     FOR EACH ROW EXECUTE FUNCTION fail_inserts()"
+                },
+            )
+            .await;
+        }
+        (Backend::Postgres, None) => {
+            execute(url, "DROP TRIGGER fail_inserts ON customers").await;
+            execute(url, "DROP FUNCTION fail_inserts").await;
+        }
+    }
+}
+
+/// A signed request that failed on the server side without changing anything (its write
+/// rolled back) does not spend its nonce: the very same signed request, sent again, runs; once
+/// it succeeded, its nonce is spent.
+async fn a_server_error_that_changed_nothing_leaves_the_nonce_for_a_retry(hub: TestHub) {
+    let key = hub.create_key_pair(Role::Write).await;
+    let body = serde_json::to_vec(&json!({"external_id": "retried"})).expect("json");
+    let timestamp = now();
+    let send = || {
+        call(hub.signed_with(
+            &key,
+            Method::POST,
+            "/v1/customers",
+            &body,
+            timestamp,
+            "retry-nonce-1",
+        ))
+    };
+    fail_customer_inserts(&hub, Some(false)).await;
+    let failed = send().await;
+    fail_customer_inserts(&hub, None).await;
+    assert_problem(&failed, 500, "internal_error");
+    assert_eq!(hub.count_rows("customers").await, 0);
+    assert_eq!(
+        hub.count_rows("request_nonces").await,
+        0,
+        "the nonce is free"
+    );
+
+    let retried = send().await;
+    assert_eq!(retried.status, 201, "{:?}", retried.body);
+    assert_refused(&send().await, "signature_replayed", "X-Clientele-Nonce");
+    assert_eq!(hub.count_rows("customers").await, 1);
+}
+
+/// A refusal (4xx) is a final answer: its nonce stays spent, since a replay might succeed once
+/// the state changed. So does a server error raised by a commit, which may have applied.
+async fn a_refusal_or_a_failed_commit_spends_the_nonce(hub: TestHub) {
+    let key = hub.create_key_pair(Role::Write).await;
+    let path = "/v1/customers/external_id/later";
+    let patch = serde_json::to_vec(&json!({"note": "changed"})).expect("json");
+    let timestamp = now();
+    let send = || call(hub.signed_with(&key, Method::PATCH, path, &patch, timestamp, "refused-1"));
+    assert_problem(&send().await, 404, "not_found");
+    hub.create_customer(json!({"external_id": "later"})).await;
+    assert_refused(&send().await, "signature_replayed", "X-Clientele-Nonce");
+    assert_eq!(
+        call(hub.get(path)).await.body["note"],
+        serde_json::Value::Null
+    );
+
+    if hub.backend == Backend::Sqlite {
+        return; // no way to fail a commit from outside
+    }
+    let body = serde_json::to_vec(&json!({"external_id": "unconfirmed"})).expect("json");
+    let send = || {
+        call(hub.signed_with(
+            &key,
+            Method::POST,
+            "/v1/customers",
+            &body,
+            timestamp,
+            "commit-1",
+        ))
+    };
+    fail_customer_inserts(&hub, Some(true)).await;
+    let failed = send().await;
+    fail_customer_inserts(&hub, None).await;
+    assert_eq!(failed.status, 500, "{:?}", failed.body);
+    assert_refused(&send().await, "signature_replayed", "X-Clientele-Nonce");
 }

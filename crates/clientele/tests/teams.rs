@@ -14,6 +14,7 @@ hub_tests!(
     a_team_with_members_or_keys_is_not_deleted,
     api_keys_name_existing_teams_only,
     the_team_filter_lists_a_teams_customers,
+    a_key_created_while_its_team_is_deleted_never_outlives_the_team,
 );
 
 pub async fn put_team(hub: &TestHub, code: &str) {
@@ -245,4 +246,56 @@ async fn the_team_filter_lists_a_teams_customers(hub: TestHub) {
         call(hub.get("/v1/customers?team=x&team=y")).await.status,
         422
     );
+}
+
+/// Creating a key restricted to a team races deleting that team, many times over: either the
+/// key is created and the delete is refused (`team_in_use`), or the team is deleted and the
+/// creation refused (`unknown_team`); never a live key naming a team that is gone.
+async fn a_key_created_while_its_team_is_deleted_never_outlives_the_team(hub: TestHub) {
+    const ATTEMPTS: usize = 150;
+    let (mut keys_won, mut deletes_won) = (0, 0);
+    for attempt in 0..ATTEMPTS {
+        let team = format!("race-{attempt}");
+        put_team(&hub, &team).await;
+        let create = call(hub.post("/v1/api-keys").json(&json!({
+            "name": format!("key of {team}"), "role": "read", "teams": [team]
+        })));
+        let delete = call(hub.delete(&format!("/v1/teams/{team}")));
+        let (created, deleted) = tokio::join!(create, delete);
+        let team_left = call(hub.get(&format!("/v1/teams/{team}"))).await.status;
+        match (created.status, deleted.status) {
+            (201, 409) => {
+                assert_problem(&deleted, 409, "team_in_use");
+                assert_eq!(team_left, 200, "attempt {attempt}");
+                keys_won += 1;
+            }
+            (422, 204) => {
+                assert_invalid(&created, &[("teams[0]", "unknown_team")]);
+                assert_eq!(team_left, 404, "attempt {attempt}");
+                deletes_won += 1;
+            }
+            _ => panic!(
+                "attempt {attempt}: key {} {}, delete {} {}",
+                created.status, created.body, deleted.status, deleted.body
+            ),
+        }
+    }
+    let keys = call(hub.get("/v1/api-keys")).await;
+    let teams_left = call(hub.get("/v1/teams?limit=1000")).await;
+    let live: Vec<&Value> = teams_left.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|t| &t["code"])
+        .collect();
+    for key in keys.body["data"].as_array().expect("data") {
+        for team in key["teams"].as_array().expect("teams") {
+            assert!(
+                live.contains(&team),
+                "key {} names the deleted {team}",
+                key["id"]
+            );
+        }
+    }
+    eprintln!("{keys_won} keys and {deletes_won} deletes won of {ATTEMPTS} races");
 }

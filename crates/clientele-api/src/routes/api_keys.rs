@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use clientele_domain::group::is_valid_code;
-use clientele_domain::{ApiKey, ApiKeyId, Role, ValidationErrors};
+use clientele_domain::{ApiKey, ApiKeyId, DomainError, Role, ValidationErrors};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -104,24 +104,9 @@ async fn create_api_key(
             format!("at most {MAX_KEY_TEAMS} teams"),
         );
     }
-    let codes: Vec<String> = request
-        .teams
-        .iter()
-        .filter(|code| is_valid_code(code))
-        .cloned()
-        .collect();
-    let known = state.store().known_codes(&[], &codes).await?;
-    for (i, team) in request.teams.iter().enumerate() {
-        if !known.teams.contains(team) {
-            errors.push(
-                format!("teams[{i}]"),
-                "unknown_team",
-                format!("there is no team {team:?}"),
-            );
-        }
-    }
+    unknown_teams(&state, &request.teams, &mut errors).await?;
     errors.into_result()?;
-    let mut teams = request.teams;
+    let mut teams = request.teams.clone();
     teams.sort_unstable();
     teams.dedup();
     let secret = generate_secret();
@@ -148,12 +133,46 @@ async fn create_api_key(
     // recorded in the transaction that stores the key.
     let replay = sealed(&state, created.to_stored());
     let render = |(): &()| replay.clone();
-    state
+    match state
         .store()
         .insert_api_key(&new, idempotency.completion(&render))
-        .await?;
+        .await
+    {
+        Ok(()) => {}
+        // A team was deleted since the check above: refused as that check would have.
+        Err(DomainError::Validation(refused)) => {
+            let mut errors = ValidationErrors::default();
+            unknown_teams(&state, &request.teams, &mut errors).await?;
+            return Err(if errors.is_empty() { refused } else { errors }.into());
+        }
+        Err(error) => return Err(error.into()),
+    }
     idempotency.completed();
     Ok(created)
+}
+
+/// Names each requested team that does not exist (`teams[i]`, `unknown_team`).
+async fn unknown_teams(
+    state: &AppState,
+    requested: &[String],
+    errors: &mut ValidationErrors,
+) -> Result<(), ApiError> {
+    let codes: Vec<String> = requested
+        .iter()
+        .filter(|code| is_valid_code(code))
+        .cloned()
+        .collect();
+    let known = state.store().known_codes(&[], &codes).await?;
+    for (i, team) in requested.iter().enumerate() {
+        if !known.teams.contains(team) {
+            errors.push(
+                format!("teams[{i}]"),
+                "unknown_team",
+                format!("there is no team {team:?}"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// List the live API keys (admin).
@@ -182,14 +201,18 @@ async fn list_api_keys(
 async fn revoke_api_key(
     State(state): State<AppState>,
     _caller: AdminCaller,
+    idempotency: Idempotency,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id: ApiKeyId = id.parse().map_err(|_| ApiError::not_found())?;
+    let render = |(): &()| Rendered::empty(StatusCode::NO_CONTENT).to_stored();
+    let now = clientele_domain::Timestamp::now();
     if state
         .store()
-        .revoke_api_key(id, clientele_domain::Timestamp::now())
+        .revoke_api_key(id, now, idempotency.completion(&render))
         .await?
     {
+        idempotency.completed();
         state.keys().clear();
         Ok(StatusCode::NO_CONTENT)
     } else {

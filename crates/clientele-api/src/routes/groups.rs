@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::http::header::LOCATION;
 use clientele_domain::group::{MAX_SYNC_GROUPS, is_valid_code};
-use clientele_domain::{DomainError, Group, GroupWrite, Role, WriteOutcome};
+use clientele_domain::{DomainError, Group, GroupResults, GroupWrite, Role, WriteOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -17,6 +17,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{Caller, WriteCaller};
 use crate::extract::{JsonBytes, StrictJson, StrictQuery, parse_json};
+use crate::idempotency::Idempotency;
 use crate::problem::{ApiError, ErrorCode, Problem};
 use crate::response::Rendered;
 use crate::routes::name_page::{NamePageParams, paged};
@@ -74,6 +75,7 @@ pub(crate) fn status_of(outcome: WriteOutcome) -> StatusCode {
 async fn put_group(
     State(state): State<AppState>,
     _caller: WriteCaller,
+    idempotency: Idempotency,
     Path(code): Path<String>,
     StrictJson(mut write): StrictJson<GroupWrite>,
 ) -> Result<Rendered, ApiError> {
@@ -85,20 +87,29 @@ async fn put_group(
         ));
     }
     write.code = Some(code);
-    let result = state
+    let render = |results: &GroupResults| put_answer(results).to_stored();
+    let results = state
         .store()
-        .write_groups(&[Ok(write)])
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "internal error"))?;
-    let (outcome, group) = result?;
-    let rendered = Rendered::serialize(status_of(outcome), &group);
-    Ok(if outcome == WriteOutcome::Created {
-        rendered.header(LOCATION, format!("/v1/groups/{}", group.code))
-    } else {
-        rendered
-    })
+        .write_groups(&[Ok(write)], idempotency.completion(&render))
+        .await?;
+    idempotency.completed();
+    Ok(put_answer(&results))
+}
+
+/// The answer to `PUT`, a batch of one: the group, or the problem of its one item.
+fn put_answer(results: &GroupResults) -> Rendered {
+    match results.first() {
+        Some(Ok((outcome, group))) => {
+            let rendered = Rendered::serialize(status_of(*outcome), group);
+            if *outcome == WriteOutcome::Created {
+                rendered.header(LOCATION, format!("/v1/groups/{}", group.code))
+            } else {
+                rendered
+            }
+        }
+        Some(Err(error)) => ApiError::from(error).rendered(),
+        None => ApiError::new(ErrorCode::Internal, "internal error").rendered(),
+    }
 }
 
 /// Read a group.
@@ -152,9 +163,16 @@ async fn list_groups(
 async fn delete_group(
     State(state): State<AppState>,
     _caller: WriteCaller,
+    idempotency: Idempotency,
     Path(code): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.store().delete_group(existing_code(&code)?).await?;
+    let code = existing_code(&code)?;
+    let render = |(): &()| Rendered::empty(StatusCode::NO_CONTENT).to_stored();
+    state
+        .store()
+        .delete_group(code, idempotency.completion(&render))
+        .await?;
+    idempotency.completed();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -202,8 +220,9 @@ pub(crate) struct GroupSyncResponse {
 async fn sync_groups(
     State(state): State<AppState>,
     _caller: WriteCaller,
+    idempotency: Idempotency,
     JsonBytes(body): JsonBytes,
-) -> Result<Json<GroupSyncResponse>, ApiError> {
+) -> Result<Rendered, ApiError> {
     let request: GroupSyncRequest<'_> = parse_json(&body)?;
     if request.groups.len() > MAX_SYNC_GROUPS {
         return Err(ApiError::new(
@@ -220,7 +239,20 @@ async fn sync_groups(
         .iter()
         .map(|item| item.as_ref().ok().and_then(|w| w.code.clone()))
         .collect();
-    let results = state.store().write_groups(&items).await?;
+    let answer = |results: &GroupResults| {
+        Rendered::serialize(StatusCode::OK, &sync_response(results, &codes))
+    };
+    let render = |results: &GroupResults| answer(results).to_stored();
+    let results = state
+        .store()
+        .write_groups(&items, idempotency.completion(&render))
+        .await?;
+    idempotency.completed();
+    Ok(answer(&results))
+}
+
+/// The per-item results of a group sync and their summary; `codes` are the items' codes.
+fn sync_response(results: &GroupResults, codes: &[Option<String>]) -> GroupSyncResponse {
     let mut summary = GroupSummary {
         created: 0,
         updated: 0,
@@ -242,12 +274,12 @@ async fn sync_groups(
             GroupOutcome {
                 index,
                 status: status.0,
-                code,
+                code: code.clone(),
                 error,
             }
         })
         .collect();
-    Ok(Json(GroupSyncResponse { results, summary }))
+    GroupSyncResponse { results, summary }
 }
 
 fn item_problem(error: &DomainError) -> Problem {

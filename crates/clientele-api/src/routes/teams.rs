@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{Caller, WriteCaller};
 use crate::extract::{StrictJson, StrictQuery};
+use crate::idempotency::Idempotency;
 use crate::problem::{ApiError, Problem};
 use crate::response::Rendered;
 use crate::routes::groups::{existing_code, status_of};
@@ -50,6 +51,7 @@ pub(crate) struct TeamList {
 async fn put_team(
     State(state): State<AppState>,
     _caller: WriteCaller,
+    idempotency: Idempotency,
     Path(code): Path<String>,
     StrictJson(write): StrictJson<TeamWrite>,
 ) -> Result<Rendered, ApiError> {
@@ -57,13 +59,23 @@ async fn put_team(
     let mut errors = ValidationErrors::default();
     check_code(&mut errors, "code", &code);
     errors.into_result()?;
-    let (outcome, team) = state.store().write_team(&code, &write).await?;
-    let rendered = Rendered::serialize(status_of(outcome), &team);
-    Ok(if outcome == WriteOutcome::Created {
+    let render = |result: &(WriteOutcome, Team)| written(result).to_stored();
+    let result = state
+        .store()
+        .write_team(&code, &write, idempotency.completion(&render))
+        .await?;
+    idempotency.completed();
+    Ok(written(&result))
+}
+
+/// The answer to a team write: 201 with `Location` when created, else 200.
+fn written((outcome, team): &(WriteOutcome, Team)) -> Rendered {
+    let rendered = Rendered::serialize(status_of(*outcome), team);
+    if *outcome == WriteOutcome::Created {
         rendered.header(LOCATION, format!("/v1/teams/{}", team.code))
     } else {
         rendered
-    })
+    }
 }
 
 /// Read a team.
@@ -116,8 +128,15 @@ async fn list_teams(
 async fn delete_team(
     State(state): State<AppState>,
     _caller: WriteCaller,
+    idempotency: Idempotency,
     Path(code): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.store().delete_team(existing_code(&code)?).await?;
+    let code = existing_code(&code)?;
+    let render = |(): &()| Rendered::empty(StatusCode::NO_CONTENT).to_stored();
+    state
+        .store()
+        .delete_team(code, idempotency.completion(&render))
+        .await?;
+    idempotency.completed();
     Ok(StatusCode::NO_CONTENT)
 }
