@@ -80,7 +80,10 @@ impl CreateWriter {
     pub(crate) async fn create(&self, command: WriteCommand) -> Answer {
         let (answer, answered) = oneshot::channel();
         if self.jobs.send(Job { command, answer }).is_err() {
-            return Err(abandoned());
+            // Never queued, so never written.
+            return Err(DomainError::Unavailable(
+                "the create writer has stopped".into(),
+            ));
         }
         answered.await.unwrap_or_else(|_| Err(abandoned()))
     }
