@@ -41,9 +41,12 @@ impl BatchTx for Transaction<'static, Sqlite> {
         key: CustomerKey,
         values: &[String],
     ) -> Result<Vec<StoredCustomer>, DomainError> {
+        // The stored documents are JSON already: concatenated, not parsed and written again
+        // as `json(doc)` would (7 % of the hub's time in a profile of bulk sync).
         let rows: Vec<(Customer, Option<String>)> = self
             .aggregate(
-                "json_array(json(doc), password_hash)",
+                "'[' || coalesce(group_concat('[' || doc || ',' || \
+                 coalesce(json_quote(password_hash), 'null') || ']', ','), '') || ']'",
                 key_column(key),
                 values,
             )
@@ -63,7 +66,11 @@ impl BatchTx for Transaction<'static, Sqlite> {
         values: &[String],
     ) -> Result<Vec<(CustomerId, i64)>, DomainError> {
         let rows: Vec<(String, i64)> = self
-            .aggregate("json_array(id, version)", key_column(key), values)
+            .aggregate(
+                "json_group_array(json_array(id, version))",
+                key_column(key),
+                values,
+            )
             .await?;
         rows.into_iter()
             .map(|(id, version)| Ok((decode_id(&id)?, version)))
@@ -77,7 +84,11 @@ impl BatchTx for Transaction<'static, Sqlite> {
     ) -> Result<Vec<(String, CustomerId)>, DomainError> {
         let column = key_column(key);
         let rows: Vec<(String, String)> = self
-            .aggregate(&format!("json_array({column}, id)"), column, values)
+            .aggregate(
+                &format!("json_group_array(json_array({column}, id))"),
+                column,
+                values,
+            )
             .await?;
         rows.into_iter()
             .map(|(value, id)| Ok((value, decode_id(&id)?)))
@@ -197,12 +208,13 @@ trait JsonLists {
     /// Runs a statement whose `$1` is a JSON list of customer ids.
     async fn for_ids(&mut self, sql: &str, ids: &[CustomerId]) -> Result<(), DomainError>;
 
-    /// `json_group_array(<expr>)` over the customers whose `column` is one of `values`,
-    /// decoded: the whole result crosses from the connection's worker thread as one value
-    /// instead of a message per row, which dominates the cost of reading a batch.
+    /// `array`, an aggregate that makes one JSON array (`json_group_array(...)`), over the
+    /// customers whose `column` is one of `values`, decoded: the whole result crosses from the
+    /// connection's worker thread as one value instead of a message per row, which dominates
+    /// the cost of reading a batch.
     async fn aggregate<T: serde::de::DeserializeOwned>(
         &mut self,
-        expr: &str,
+        array: &str,
         column: &str,
         values: &[String],
     ) -> Result<Vec<T>, DomainError>;
@@ -211,7 +223,7 @@ trait JsonLists {
 impl JsonLists for Transaction<'static, Sqlite> {
     async fn aggregate<T: serde::de::DeserializeOwned>(
         &mut self,
-        expr: &str,
+        array: &str,
         column: &str,
         values: &[String],
     ) -> Result<Vec<T>, DomainError> {
@@ -219,7 +231,7 @@ impl JsonLists for Transaction<'static, Sqlite> {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT json_group_array({expr}) FROM customers \
+            "SELECT {array} FROM customers \
              WHERE {column} IN (SELECT value FROM json_each($1))"
         );
         let json: String = sqlx::query_scalar(&sql)

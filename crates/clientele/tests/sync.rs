@@ -30,6 +30,7 @@ hub_tests!(
     concurrent_overlapping_batches_lose_no_update,
     batches_crossing_on_a_second_unique_key_both_finish,
     the_documented_item_is_a_customer_body,
+    a_sync_update_keeps_the_stored_password,
 );
 
 const STATUSES: [&str; 5] = ["created", "updated", "unchanged", "deleted", "failed"];
@@ -1218,5 +1219,46 @@ async fn the_documented_item_is_a_customer_body(hub: TestHub) {
         reply.body["results"][0]["status"], "failed",
         "{:?}",
         reply.body
+    );
+}
+
+/// A sync update reads each stored customer back with its password hash: the hash must come
+/// back exactly, for customers with and without one, so that an update leaves it alone.
+async fn a_sync_update_keeps_the_stored_password(hub: TestHub) {
+    let with = hub
+        .create_customer(json!({"external_id": "pw-1", "password": "s3cret-Pass"}))
+        .await;
+    hub.create_customer(json!({"external_id": "pw-2"})).await;
+    let reply = call(hub.post("/v1/customers/sync").json(&batch(
+        "external_id",
+        vec![
+            json!({"external_id": "pw-1", "note": "updated"}),
+            json!({"external_id": "pw-2", "note": "updated"}),
+        ],
+    )))
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let statuses: Vec<&Value> = (0..2)
+        .map(|i| &reply.body["results"][i]["status"])
+        .collect();
+    assert_eq!(statuses, ["updated", "updated"], "{}", reply.body);
+
+    let id = with["id"].as_str().expect("id");
+    for (password, valid) in [("s3cret-Pass", true), ("wrong", false)] {
+        let check = call(
+            hub.post(&format!("/v1/customers/{id}/verify-password"))
+                .json(&json!({"password": password})),
+        )
+        .await;
+        assert_eq!(check.status, 200, "{}", check.body);
+        assert_eq!(check.body["valid"], valid, "{password}");
+    }
+    assert_eq!(
+        read_by(&hub, "external_id", "pw-1").await["has_password"],
+        true
+    );
+    assert_eq!(
+        read_by(&hub, "external_id", "pw-2").await["has_password"],
+        false
     );
 }
