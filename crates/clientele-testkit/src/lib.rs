@@ -210,6 +210,55 @@ impl TestHub {
         count_rows(&self.database_url, table).await
     }
 
+    /// Makes every `event` (`INSERT`, `UPDATE`) on `table` fail with an error, by a trigger in
+    /// the hub's database, until [`Self::allow_writes`]: a server-side failure for tests of what
+    /// a failed request leaves behind. [`FailAt::Commit`] exists on PostgreSQL only.
+    pub async fn refuse_writes(&self, table: &str, event: &str, at: FailAt) {
+        let url = &self.database_url;
+        let name = format!("refuse_{table}");
+        match self.backend {
+            Backend::Sqlite => {
+                assert_eq!(at, FailAt::Statement, "SQLite has no deferred triggers");
+                let sql = format!(
+                    "CREATE TRIGGER {name} BEFORE {event} ON {table} \
+                     BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                );
+                execute(url, &sql).await;
+            }
+            Backend::Postgres => {
+                let function = format!(
+                    "CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS \
+                     $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"
+                );
+                execute(url, &function).await;
+                let trigger = match at {
+                    FailAt::Statement => format!(
+                        "CREATE TRIGGER {name} BEFORE {event} ON {table} \
+                         FOR EACH ROW EXECUTE FUNCTION {name}()"
+                    ),
+                    FailAt::Commit => format!(
+                        "CREATE CONSTRAINT TRIGGER {name} AFTER {event} ON {table} \
+                         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {name}()"
+                    ),
+                };
+                execute(url, &trigger).await;
+            }
+        }
+    }
+
+    /// Lets the writes refused by [`Self::refuse_writes`] on `table` succeed again.
+    pub async fn allow_writes(&self, table: &str) {
+        let url = &self.database_url;
+        let name = format!("refuse_{table}");
+        match self.backend {
+            Backend::Sqlite => execute(url, &format!("DROP TRIGGER {name}")).await,
+            Backend::Postgres => {
+                execute(url, &format!("DROP TRIGGER {name} ON {table}")).await;
+                execute(url, &format!("DROP FUNCTION {name}")).await;
+            }
+        }
+    }
+
     /// Creates a customer from `body`, asserting 201, and returns it.
     pub async fn create_customer(&self, body: Value) -> Value {
         let response = self
@@ -399,6 +448,15 @@ pub async fn column_bytes(database_url: &str, sql: &str) -> Vec<Option<Vec<u8>>>
         pool.close().await;
         values
     }
+}
+
+/// When a write refused by [`TestHub::refuse_writes`] fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailAt {
+    /// The statement that writes fails.
+    Statement,
+    /// The transaction's commit fails, after every statement succeeded (PostgreSQL only).
+    Commit,
 }
 
 /// Runs one SQL statement straight on the SQLite or PostgreSQL database at `database_url`.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use clientele_domain::Role;
 use clientele_testkit::{
-    ADMIN_SECRET, HubProcess, Reply, TestHub, assert_problem, call, column_bytes, count_rows,
-    execute, fresh_postgres_database, hub_tests,
+    ADMIN_SECRET, FailAt, HubProcess, Reply, TestHub, assert_problem, call, column_bytes,
+    count_rows, fresh_postgres_database, hub_tests,
 };
 use reqwest::RequestBuilder;
 use serde_json::{Value, json};
@@ -429,41 +429,6 @@ async fn a_refusal_is_replayed_too(hub: TestHub) {
     assert!(all_customers(&hub).await.is_empty());
 }
 
-/// Makes recording an idempotent response fail (the claim's completing `UPDATE`), as a crash
-/// between a write and its record would leave it; `false` removes the failure again.
-async fn fail_completions(hub: &TestHub, fail: bool) {
-    let url = &hub.database_url;
-    let sqlite = url.starts_with("sqlite:");
-    if !fail {
-        if sqlite {
-            execute(url, "DROP TRIGGER fail_completions").await;
-        } else {
-            execute(url, "DROP TRIGGER fail_completions ON idempotency_keys").await;
-            execute(url, "DROP FUNCTION fail_completions").await;
-        }
-    } else if sqlite {
-        execute(
-            url,
-            "CREATE TRIGGER fail_completions BEFORE UPDATE ON idempotency_keys \
-             BEGIN SELECT RAISE(ABORT, 'completion refused by the test'); END",
-        )
-        .await;
-    } else {
-        execute(
-            url,
-            "CREATE FUNCTION fail_completions() RETURNS trigger LANGUAGE plpgsql AS \
-             $$ BEGIN RAISE EXCEPTION 'completion refused by the test'; END $$",
-        )
-        .await;
-        execute(
-            url,
-            "CREATE TRIGGER fail_completions BEFORE UPDATE ON idempotency_keys \
-             FOR EACH ROW EXECUTE FUNCTION fail_completions()",
-        )
-        .await;
-    }
-}
-
 /// Group and team writes and key revocations record their idempotent response in their own
 /// transaction: when the
 /// record cannot be stored, the write is not committed either (a 5xx, and the key is free for
@@ -511,9 +476,12 @@ async fn group_team_and_key_writes_are_never_committed_without_their_response(hu
     ];
     for (what, request, read) in &writes {
         let before = call(hub.get(read)).await.status;
-        fail_completions(&hub, true).await;
+        // Recording the idempotent response (the claim's completing `UPDATE`) fails, as a crash
+        // between a write and its record would leave it.
+        hub.refuse_writes("idempotency_keys", "UPDATE", FailAt::Statement)
+            .await;
         let failed = call(with_key(request(), what)).await;
-        fail_completions(&hub, false).await;
+        hub.allow_writes("idempotency_keys").await;
         assert!(
             failed.status >= 500,
             "{what}: a write whose response cannot be recorded fails: {failed:?}"
@@ -541,9 +509,12 @@ async fn group_team_and_key_writes_are_never_committed_without_their_response(hu
     let revoked = hub.as_key(created.body["secret"].as_str().expect("secret"));
     let path = format!("/v1/api-keys/{}", created.body["id"].as_str().expect("id"));
     let revoke = || call(with_key(hub.delete(&path), "revoke"));
-    fail_completions(&hub, true).await;
+    // Recording the idempotent response (the claim's completing `UPDATE`) fails, as a crash
+    // between a write and its record would leave it.
+    hub.refuse_writes("idempotency_keys", "UPDATE", FailAt::Statement)
+        .await;
     let failed = revoke().await;
-    fail_completions(&hub, false).await;
+    hub.allow_writes("idempotency_keys").await;
     assert!(failed.status >= 500, "{failed:?}");
     assert_eq!(
         call(revoked.get("/v1/customers")).await.status,

@@ -4,7 +4,7 @@
 
 use clientele_api::ApiConfig;
 use clientele_domain::Role;
-use clientele_testkit::{Backend, TestHub, assert_problem, call, execute, field_errors, hub_tests};
+use clientele_testkit::{Backend, FailAt, TestHub, assert_problem, call, field_errors, hub_tests};
 use reqwest::Method;
 use serde_json::json;
 
@@ -231,47 +231,6 @@ async fn nonces_are_purged_only_after_twice_the_window(hub: TestHub) {
     assert_eq!(hub.count_rows("request_nonces").await, 0);
 }
 
-/// Makes every customer insert fail (`at_commit`: when its transaction commits, PostgreSQL
-/// only), or, with `None`, succeed again.
-async fn fail_customer_inserts(hub: &TestHub, fail: Option<bool>) {
-    let url = &hub.database_url;
-    match (hub.backend, fail) {
-        (Backend::Sqlite, Some(false)) => {
-            execute(
-                url,
-                "CREATE TRIGGER fail_inserts BEFORE INSERT ON customers \
-                 BEGIN SELECT RAISE(ABORT, 'insert refused by the test'); END",
-            )
-            .await;
-        }
-        (Backend::Sqlite, Some(true)) => panic!("SQLite has no deferred triggers"),
-        (Backend::Sqlite, None) => execute(url, "DROP TRIGGER fail_inserts").await,
-        (Backend::Postgres, Some(at_commit)) => {
-            execute(
-                url,
-                "CREATE FUNCTION fail_inserts() RETURNS trigger LANGUAGE plpgsql AS \
-                 $$ BEGIN RAISE EXCEPTION 'insert refused by the test'; END $$",
-            )
-            .await;
-            execute(
-                url,
-                if at_commit {
-                    "CREATE CONSTRAINT TRIGGER fail_inserts AFTER INSERT ON customers \
-                     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fail_inserts()"
-                } else {
-                    "CREATE TRIGGER fail_inserts BEFORE INSERT ON customers \
-                     FOR EACH ROW EXECUTE FUNCTION fail_inserts()"
-                },
-            )
-            .await;
-        }
-        (Backend::Postgres, None) => {
-            execute(url, "DROP TRIGGER fail_inserts ON customers").await;
-            execute(url, "DROP FUNCTION fail_inserts").await;
-        }
-    }
-}
-
 /// A signed request that failed on the server side without changing anything (its write
 /// rolled back) does not spend its nonce: the very same signed request, sent again, runs; once
 /// it succeeded, its nonce is spent.
@@ -289,9 +248,10 @@ async fn a_server_error_that_changed_nothing_leaves_the_nonce_for_a_retry(hub: T
             "retry-nonce-1",
         ))
     };
-    fail_customer_inserts(&hub, Some(false)).await;
+    hub.refuse_writes("customers", "INSERT", FailAt::Statement)
+        .await;
     let failed = send().await;
-    fail_customer_inserts(&hub, None).await;
+    hub.allow_writes("customers").await;
     assert_problem(&failed, 500, "internal_error");
     assert_eq!(hub.count_rows("customers").await, 0);
     assert_eq!(
@@ -336,9 +296,10 @@ async fn a_refusal_or_a_failed_commit_spends_the_nonce(hub: TestHub) {
             "commit-1",
         ))
     };
-    fail_customer_inserts(&hub, Some(true)).await;
+    hub.refuse_writes("customers", "INSERT", FailAt::Commit)
+        .await;
     let failed = send().await;
-    fail_customer_inserts(&hub, None).await;
+    hub.allow_writes("customers").await;
     assert_eq!(failed.status, 500, "{:?}", failed.body);
     assert_refused(&send().await, "signature_replayed", "X-Clientele-Nonce");
 }
