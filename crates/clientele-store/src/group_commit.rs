@@ -15,6 +15,7 @@
 //! single-write path.
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,6 +27,7 @@ use clientele_domain::{
     ChangeKind, Customer, CustomerKey, DomainError, GroupCommitStats, Patch, Timestamp,
     WriteCommand, WriteOutcome, WriteTarget,
 };
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::directory::DirectoryTx;
@@ -110,7 +112,15 @@ async fn run<B: Backend>(
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
         take_queued(&mut queue, &mut group);
-        write_group(&*backend, &mut queue, group, &counters).await;
+        // A panic (a bug) while writing a group drops the group's answers — each of its creates
+        // fails as abandoned, as a panicking request would — but must not stop the writer, or
+        // every later create would fail too.
+        let written = AssertUnwindSafe(write_group(&*backend, &mut queue, group, &counters))
+            .catch_unwind()
+            .await;
+        if written.is_err() {
+            tracing::error!("a group of creates panicked; its creates were answered as abandoned");
+        }
     }
 }
 
