@@ -231,6 +231,17 @@ async fn nonces_are_purged_only_after_twice_the_window(hub: TestHub) {
     assert_eq!(hub.count_rows("request_nonces").await, 0);
 }
 
+/// Sends `body` as a signed `POST /v1/customers` with this timestamp and nonce.
+async fn signed_create(
+    hub: &TestHub,
+    key: &clientele_testkit::KeyPair,
+    body: &[u8],
+    timestamp: i64,
+    nonce: &str,
+) -> clientele_testkit::Reply {
+    call(hub.signed_with(key, Method::POST, "/v1/customers", body, timestamp, nonce)).await
+}
+
 /// A signed request that failed on the server side without changing anything (its write
 /// rolled back) does not spend its nonce: the very same signed request, sent again, runs; once
 /// it succeeded, its nonce is spent.
@@ -238,16 +249,7 @@ async fn a_server_error_that_changed_nothing_leaves_the_nonce_for_a_retry(hub: T
     let key = hub.create_key_pair(Role::Write).await;
     let body = serde_json::to_vec(&json!({"external_id": "retried"})).expect("json");
     let timestamp = now();
-    let send = || {
-        call(hub.signed_with(
-            &key,
-            Method::POST,
-            "/v1/customers",
-            &body,
-            timestamp,
-            "retry-nonce-1",
-        ))
-    };
+    let send = || signed_create(&hub, &key, &body, timestamp, "retry-nonce-1");
     hub.refuse_writes("customers", "INSERT", FailAt::Statement)
         .await;
     let failed = send().await;
@@ -286,16 +288,7 @@ async fn a_refusal_or_a_failed_commit_spends_the_nonce(hub: TestHub) {
         return; // no way to fail a commit from outside
     }
     let body = serde_json::to_vec(&json!({"external_id": "unconfirmed"})).expect("json");
-    let send = || {
-        call(hub.signed_with(
-            &key,
-            Method::POST,
-            "/v1/customers",
-            &body,
-            timestamp,
-            "commit-1",
-        ))
-    };
+    let send = || signed_create(&hub, &key, &body, timestamp, "commit-1");
     hub.refuse_writes("customers", "INSERT", FailAt::Commit)
         .await;
     let failed = send().await;
