@@ -16,13 +16,24 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 pub(crate) fn recorder() -> PrometheusRecorder {
-    PrometheusBuilder::new()
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("http_request_duration_seconds".into()),
             LATENCY_BUCKETS,
         )
         .map(PrometheusBuilder::build_recorder)
-        .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder())
+        .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+    metrics::with_local_recorder(&recorder, || {
+        metrics::describe_counter!(
+            "db_create_groups_total",
+            "Transactions that wrote a group of concurrent single creates"
+        );
+        metrics::describe_counter!(
+            "db_grouped_creates_total",
+            "Single creates written by those transactions (creates per group: this over groups)"
+        );
+    });
+    recorder
 }
 
 /// Middleware: counts each request by route template and status, and records its latency.
@@ -52,15 +63,7 @@ pub(crate) fn render(state: &AppState) -> String {
     metrics::with_local_recorder(state.recorder(), || {
         metrics::gauge!("db_pool_connections", "backend" => backend).set(f64::from(pool.size));
         metrics::gauge!("db_pool_idle_connections", "backend" => backend).set(f64::from(pool.idle));
-        metrics::describe_counter!(
-            "db_create_groups_total",
-            "Transactions that wrote a group of concurrent single creates"
-        );
         metrics::counter!("db_create_groups_total", "backend" => backend).absolute(grouped.groups);
-        metrics::describe_counter!(
-            "db_grouped_creates_total",
-            "Single creates written by those transactions (creates per group: this over groups)"
-        );
         metrics::counter!("db_grouped_creates_total", "backend" => backend)
             .absolute(grouped.creates);
     });
