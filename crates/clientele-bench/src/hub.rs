@@ -14,9 +14,9 @@ use serde_json::Value;
 
 use crate::database::Database;
 use crate::load::{self, Counter, Measured, OpFuture, warm_then_measure};
-use crate::procfs::{self, CpuUse};
 use crate::report::WhatIf;
 use crate::workload::create_body;
+use clientele_bench::procfs::{self, CpuUse};
 
 /// How long one request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

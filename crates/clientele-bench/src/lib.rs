@@ -1,7 +1,9 @@
-//! What the benchmark binaries share: backend selection, fresh databases and the server's
-//! peak memory.
+//! What the benchmark binaries share: backend selection, fresh databases, and figures of
+//! processes from `/proc`.
 
 use anyhow::{Context, bail};
+
+pub mod procfs;
 
 /// The backends a `--backend` value names: `sqlite`, `postgres` or `both`.
 pub fn backends(name: &str) -> anyhow::Result<&'static [&'static str]> {
@@ -25,13 +27,7 @@ pub async fn database_url(backend: &str, dir: &std::path::Path) -> anyhow::Resul
 
 /// The peak resident memory of a process, in MiB.
 pub fn peak_rss_mib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM")?;
-    Ok(kib / 1024)
+    Ok(procfs::peak_rss_kib(pid)? / 1024)
 }
 
 /// Drops a database [`database_url`] created for PostgreSQL (a SQLite file goes with its

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 
-use crate::procfs::{CpuUse, CpuWindow};
+use clientele_bench::procfs::{CpuUse, CpuWindow};
 
 /// One operation of a scenario, boxed so scenario builders can name their closures' type.
 pub type OpFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;

@@ -12,7 +12,6 @@
 mod database;
 mod hub;
 mod load;
-mod procfs;
 mod raw;
 mod report;
 mod workload;
@@ -26,9 +25,9 @@ use clap::{Parser, ValueEnum};
 
 use crate::database::{Backend, Place, with_fresh};
 use crate::hub::{Hub, Plan};
-use crate::procfs::CpuWindow;
 use crate::raw::{RawFloor, RawPlan};
 use crate::report::{BackendExtras, Scenario};
+use clientele_bench::procfs::{self, CpuWindow};
 
 /// The hub's database pool size when `CLIENTELE_DB_MAX_CONNECTIONS` is not set: the
 /// `clientele serve` default (`--db-max-connections`).

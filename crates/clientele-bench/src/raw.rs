@@ -17,9 +17,9 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::database::{Backend, Database};
 use crate::load::{self, Counter, Measured, OpFuture, warm_then_measure};
-use crate::procfs::CpuUse;
 use crate::report::WhatIf;
 use crate::workload::{StoredRow, stored_row};
+use clientele_bench::procfs::CpuUse;
 
 /// The hub's read of one customer (`customer_doc` in `clientele-store/src/primitives.rs`).
 const SELECT_DOC: &str = "SELECT id, version, doc FROM customers WHERE id = $1";

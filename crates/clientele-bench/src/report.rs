@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::load::Measured;
-use crate::procfs::{self, CpuUse};
+use clientele_bench::procfs::{self, CpuUse};
 
 /// Most failed requests a scenario may have, as a fraction, before the run fails.
 pub const MAX_ERROR_RATE: f64 = 0.001;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Parser;
+use clientele_bench::procfs::process_cpu_seconds;
 use clientele_bench::{backends, database_url, peak_rss_mib};
 use clientele_testkit::{ADMIN_SECRET, HubProcess};
 use serde_json::{Value, json};
@@ -45,11 +46,19 @@ struct Run {
     what: String,
     items: usize,
     seconds: f64,
+    /// CPU time of the process that did the work (the hub; this process for the raw floor),
+    /// not of a PostgreSQL server. Unlike the rate, it hardly moves when other work shares
+    /// the machine's two cores.
+    cpu_seconds: f64,
 }
 
 impl Run {
     fn rate(&self) -> f64 {
         self.items as f64 / self.seconds
+    }
+
+    fn cpu_micros_per_item(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.items as f64
     }
 }
 
@@ -81,13 +90,17 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         "\n== {backend}: bulk sync, {} customers, batches of {}, {} clients",
         args.customers, args.batch, args.clients
     );
-    println!("{:<34} {:>12} {:>10}", "", "customers/s", "seconds");
+    println!(
+        "{:<34} {:>12} {:>10} {:>16}",
+        "", "customers/s", "seconds", "CPU µs/customer"
+    );
     for run in [&raw, &first, &again] {
         println!(
-            "{:<34} {:>12.0} {:>10.2}",
+            "{:<34} {:>12.0} {:>10.2} {:>16.1}",
             run.what,
             run.rate(),
-            run.seconds
+            run.seconds,
+            run.cpu_micros_per_item()
         );
     }
     println!(
@@ -100,6 +113,9 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         json!({"backend": backend, "scenario": "sync", "customers": args.customers,
                "rps": first.rate().round(), "unchanged_rps": again.rate().round(),
                "raw_rps": raw.rate().round(), "ratio": raw.rate() / first.rate(),
+               "cpu_us_per_customer": first.cpu_micros_per_item(),
+               "unchanged_cpu_us_per_customer": again.cpu_micros_per_item(),
+               "raw_cpu_us_per_customer": raw.cpu_micros_per_item(),
                "peak_rss_mib": rss})
     );
 
@@ -154,6 +170,7 @@ async fn sync_all(args: &Args, hub: &HubProcess, n: usize, what: &str) -> anyhow
     );
     let next = Arc::new(AtomicUsize::new(0));
     let url = hub.url("/v1/customers/sync");
+    let cpu_before = process_cpu_seconds(hub.child.id())?;
     let started = Instant::now();
     let workers = (0..args.clients).map(|_| {
         let (bodies, next, url) = (bodies.clone(), next.clone(), url.clone());
@@ -185,10 +202,12 @@ async fn sync_all(args: &Args, hub: &HubProcess, n: usize, what: &str) -> anyhow
     for worker in futures::future::join_all(workers).await {
         worker??;
     }
+    let seconds = started.elapsed().as_secs_f64();
     Ok(Run {
         what: format!("hub sync, {what}"),
         items: n,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
+        cpu_seconds: process_cpu_seconds(hub.child.id())? - cpu_before,
     })
 }
 
@@ -218,6 +237,7 @@ async fn raw_upsert(backend: &str, n: usize) -> anyhow::Result<Run> {
             )
         })
         .collect();
+    let cpu_before = process_cpu_seconds(std::process::id())?;
     let started = Instant::now();
     macro_rules! upsert_all {
         ($pool:expr) => {{
@@ -244,9 +264,11 @@ async fn raw_upsert(backend: &str, n: usize) -> anyhow::Result<Run> {
         let pool = sqlx::PgPool::connect(&url).await?;
         upsert_all!(pool);
     }
+    let seconds = started.elapsed().as_secs_f64();
     Ok(Run {
         what: "raw upsert (one tx, prepared)".into(),
         items: n,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
+        cpu_seconds: process_cpu_seconds(std::process::id())? - cpu_before,
     })
 }
