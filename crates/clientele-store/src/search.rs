@@ -132,10 +132,7 @@ impl Plan {
     }
 }
 
-/// The time bounds of a query, `[from, before)` per column, each as tight as the filters make it:
-/// since a customer is never updated before it was created, `created_after` also bounds
-/// `updated_at` and `updated_before` also bounds `created_at`, so either index can seek to
-/// where the matches begin.
+/// The time bounds of a query, `[from, before)` per column.
 struct TimeBounds {
     created: (Option<i64>, Option<i64>),
     updated: (Option<i64>, Option<i64>),
@@ -151,6 +148,9 @@ impl TimeBounds {
         }
     }
 
+    /// Each bound as tight as the filters make it: since a customer is never updated before it
+    /// was created, `created_after` also bounds `updated_at` and `updated_before` also bounds
+    /// `created_at`, so either index can seek to where the matches begin.
     fn of(filter: &CustomerFilter) -> Self {
         let TimeBounds {
             created: (ca, cb),
@@ -301,10 +301,16 @@ impl Builder {
 /// key and id, one row more than the limit (it tells whether there is a next page).
 pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageSql {
     let (column, direction) = sort_column(query.sort);
+    // Walking the modified customers past a window's edge, PostgreSQL checks the window on the
+    // other time inside the partial index (which holds it) only when the condition is on the
+    // column itself; SQLite checks it there before reading the row either way, and given the
+    // column it may choose to read the whole window and sort it instead.
+    let index_checks_other_time =
+        plan.part == Part::ModifiedOutsideWindow && dialect == Dialect::Postgres;
     let mut b = Builder {
         conditions: Vec::new(),
         binds: Vec::new(),
-        unindexed: plan.wide_window.then_some(column),
+        unindexed: (plan.wide_window && !index_checks_other_time).then_some(column),
         skipped: None,
         only: None,
     };
@@ -890,8 +896,10 @@ mod tests {
                AND (updated_at + 0) < $4 ORDER BY created_at ASC",
             ],
         );
-        let modified = page_sql(&query, Dialect::Postgres, part(ModifiedOutsideWindow));
-        // One bound per side of the sort key: the edge, tighter than updated_before's.
+        // One bound per side of the sort key: the edge, tighter than updated_before's. The
+        // window on the other time as an expression on SQLite (which checks it in the index
+        // anyway), on the column for PostgreSQL (which checks only that in the index).
+        let modified = page_sql(&query, Dialect::Sqlite, part(ModifiedOutsideWindow));
         assert_has(
             &modified,
             &[
@@ -900,6 +908,14 @@ mod tests {
             ],
         );
         assert_eq!(modified.binds[..3], [500, 500, 900].map(Bind::Int));
+        let modified = page_sql(&query, Dialect::Postgres, part(ModifiedOutsideWindow));
+        assert_has(
+            &modified,
+            &[
+                "WHERE created_at < $1 AND updated_at >= $2 AND updated_at < $3 \
+               AND updated_at > created_at ORDER BY created_at ASC",
+            ],
+        );
         let descending = ListQuery {
             sort: SortOrder::CreatedDesc,
             ..query.clone()
