@@ -455,11 +455,16 @@ macro_rules! sql_primitives {
                     let rows = fetch(&mut *conn, $crate::search::page_sql(query, $dialect, plan)).await?;
                     if plan.q == Strategy::Probe && rows.len() <= query.limit as usize {
                         // Unless the window reached the end of the walk: then the probe has
-                        // seen every candidate (a part of few customers, such as the modified
-                        // ones, would otherwise send every match of `q` to be sorted).
-                        if let Some(end) = $crate::search::window_end_sql(query, $dialect, plan.part) {
-                            if fetch(&mut *conn, end).await?.is_empty() {
-                                return Ok(rows);
+                        // seen every candidate. Asked only of the modified customers past a
+                        // window's edge, a part usually walked whole (the term index would
+                        // fetch and sort every match of `q` for nothing); elsewhere a window
+                        // that leaves the page unfilled was usually cut short, and asking
+                        // would cost a second walk of it.
+                        if plan.part == Part::ModifiedOutsideWindow {
+                            if let Some(end) = $crate::search::window_end_sql(query, $dialect, plan.part) {
+                                if fetch(&mut *conn, end).await?.is_empty() {
+                                    return Ok(rows);
+                                }
                             }
                         }
                         let terms = Plan { q: Strategy::Terms, ..plan };
