@@ -753,25 +753,43 @@ async fn time_windows_on_either_column_page_through_their_customers_under_every_
     instants.sort();
     instants.dedup();
 
-    // The two pages of the benchmarks: at the middle customer's creation.
+    // The two pages of the benchmarks: at the middle customer's creation. And a window whose
+    // edge is the instant of the last modifications: customers updated exactly at the edge.
     let middle = text(&all[4000], "created_at");
+    let last_modified = all
+        .iter()
+        .filter(|c| text(c, "updated_at") > text(c, "created_at"))
+        .map(|c| text(c, "updated_at"))
+        .max()
+        .expect("modified customers");
     let mut cases: Vec<[Option<String>; 4]> = vec![
         [None, Some(middle.clone()), None, None],
         [None, None, Some(middle.clone()), None],
+        [None, Some(last_modified.clone()), None, None],
+        [None, None, Some(last_modified), None],
     ];
-    // Generated: each bound absent or one of the instants (a modified customer's updated_at
-    // among them, so that a window's edge falls exactly on one).
-    let mut seed: u64 = 0x5eed_0f_7133;
+    // Generated: per column no window, one bound, or both in order; each bound one of the
+    // instants (a modified customer's updated_at among them, so that an edge falls on one).
+    let mut seed: u64 = 0x5eed_0f71;
     let mut next = move |n: usize| {
         seed = seed
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         (seed >> 33) as usize % n
     };
-    for _ in 0..22 {
-        cases.push(std::array::from_fn(|_| {
-            (next(3) > 0).then(|| instants[next(instants.len())].clone())
-        }));
+    for _ in 0..20 {
+        let mut window = || {
+            let (a, b) = (next(instants.len()), next(instants.len()));
+            let (from, before) = (instants[a.min(b)].clone(), instants[a.max(b)].clone());
+            match next(4) {
+                0 => [None, None],
+                1 => [Some(from), None],
+                2 => [None, Some(before)],
+                _ => [Some(from), Some(before)],
+            }
+        };
+        let ([ca, cb], [ua, ub]) = (window(), window());
+        cases.push([ca, cb, ua, ub]);
     }
     let names = [
         "created_after",
