@@ -454,6 +454,19 @@ macro_rules! sql_primitives {
                 ) -> Result<Vec<<$db as sqlx::Database>::Row>, clientele_domain::DomainError> {
                     let rows = fetch(&mut *conn, $crate::search::page_sql(query, $dialect, plan)).await?;
                     if plan.q == Strategy::Probe && rows.len() <= query.limit as usize {
+                        // Unless the window reached the end of the walk: then the probe has
+                        // seen every candidate. Asked only of the modified customers past a
+                        // window's edge, a part usually walked whole (the term index would
+                        // fetch and sort every match of `q` for nothing); elsewhere a window
+                        // that leaves the page unfilled was usually cut short, and asking
+                        // would cost a second walk of it.
+                        if plan.part == Part::ModifiedOutsideWindow {
+                            if let Some(end) = $crate::search::window_end_sql(query, $dialect, plan.part) {
+                                if fetch(&mut *conn, end).await?.is_empty() {
+                                    return Ok(rows);
+                                }
+                            }
+                        }
                         let terms = Plan { q: Strategy::Terms, ..plan };
                         return fetch(conn, $crate::search::page_sql(query, $dialect, terms)).await;
                     }
@@ -505,6 +518,18 @@ macro_rules! sql_primitives {
                     keyed.sort_by(|a, b| a.0.cmp(&b.0));
                     keyed.truncate(query.limit as usize + 1);
                     keyed.into_iter().map(|(_, row)| row).collect()
+                } else if let Some(parts) = plan.window_parts(query) {
+                    // Two ranges of the sort key, in the order of the walk: the second part is
+                    // read only when the first leaves the page unfilled.
+                    let mut rows = Vec::new();
+                    for part in parts {
+                        if rows.len() > query.limit as usize {
+                            break;
+                        }
+                        rows.extend(probe_or_terms(&mut *conn, query, Plan { part, ..plan }).await?);
+                    }
+                    rows.truncate(query.limit as usize + 1);
+                    rows
                 } else {
                     probe_or_terms(&mut *conn, query, plan).await?
                 };

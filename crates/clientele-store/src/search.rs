@@ -80,7 +80,20 @@ pub(crate) enum Part {
     /// The matches outside that range: each has a matching term that is not a prefix of its
     /// sort key (one that is would put the customer in the range), so only those terms count.
     OutsideNameRange,
+    /// Under a time sort with a time window on the other column: the matches whose sort key
+    /// lies on the window's side of its edge (see [`window_edge`]). Every customer never
+    /// modified since its creation is here (its two times are equal), so the sort order's own
+    /// index seeks to where these matches are.
+    KeyInWindow,
+    /// The other matches of that window: the sort key lies past the window's edge while the
+    /// other time lies inside, so the two differ: these customers were modified since their
+    /// creation, and their sort order is the partial index of modified customers.
+    ModifiedOutsideWindow,
 }
+
+/// The condition of the partial indexes of customers modified since their creation (migration
+/// 0010). SQLite uses a partial index only when the query has its condition as written there.
+const MODIFIED: &str = "updated_at > created_at";
 
 /// How a page query is planned, decided from cheap capped counts (neither SQLite without
 /// statistics nor a fixed SQL text can know how many rows a filter selects).
@@ -99,13 +112,109 @@ impl Plan {
     pub fn splits_by_name(&self, query: &ListQuery) -> bool {
         self.q == Strategy::Probe && query.sort == SortOrder::LastNameAsc
     }
+
+    /// The parts of a page that is split at the edge of a time window on the other column than
+    /// a time sort key ([`window_edge`]), in the order the sort walks them: a wide window (a
+    /// narrow one is read through its own index), not when the term index drives the query
+    /// (few matches of `q`, read and sorted wherever they are). Walking the sort order alone
+    /// would meet, before or after the matches, every customer on the other side of the edge,
+    /// since the two times are equal until a customer is modified.
+    pub fn window_parts(&self, query: &ListQuery) -> Option<[Part; 2]> {
+        let split = self.wide_window && (query.filter.q.is_none() || self.q == Strategy::Probe);
+        window_edge(query).filter(|_| split)?;
+        use Part::{KeyInWindow, ModifiedOutsideWindow};
+        // The modified customers lie past the window's edge: after it by `updated_at`
+        // (`created_before`), before it by `created_at` (`updated_after`).
+        Some(match query.sort {
+            SortOrder::UpdatedAsc | SortOrder::CreatedDesc => [KeyInWindow, ModifiedOutsideWindow],
+            _ => [ModifiedOutsideWindow, KeyInWindow],
+        })
+    }
+}
+
+/// The time bounds of a query, `[from, before)` per column.
+struct TimeBounds {
+    created: (Option<i64>, Option<i64>),
+    updated: (Option<i64>, Option<i64>),
+}
+
+impl TimeBounds {
+    /// The bounds the filters give, none implied.
+    fn given(filter: &CustomerFilter) -> Self {
+        let micros = |t: Option<clientele_domain::Timestamp>| t.map(|t| t.as_micros());
+        TimeBounds {
+            created: (micros(filter.created_after), micros(filter.created_before)),
+            updated: (micros(filter.updated_after), micros(filter.updated_before)),
+        }
+    }
+
+    /// Each bound as tight as the filters make it: since a customer is never updated before it
+    /// was created, `created_after` also bounds `updated_at` and `updated_before` also bounds
+    /// `created_at`, so either index can seek to where the matches begin.
+    fn of(filter: &CustomerFilter) -> Self {
+        let TimeBounds {
+            created: (ca, cb),
+            updated: (ua, ub),
+        } = Self::given(filter);
+        TimeBounds {
+            created: (ca, cb.into_iter().chain(ub).min()),
+            updated: (ua.into_iter().chain(ca).max(), ub),
+        }
+    }
+}
+
+/// The edge of a time window on the column that is not the (time) sort key, where the sort key's
+/// own bounds do not already stop: `created_before` under an `updated_at` sort, `updated_after`
+/// under a `created_at` sort. A customer past the edge by its sort key but inside the window by
+/// its other time was modified since its creation. The other edge of such a window needs no
+/// split: it bounds the sort key too (see [`TimeBounds`]).
+fn window_edge(query: &ListQuery) -> Option<i64> {
+    let bounds = TimeBounds::of(&query.filter);
+    match sort_column(query.sort).0 {
+        "updated_at" => {
+            let edge = bounds.created.1?;
+            let implied = bounds.updated.1.is_some_and(|before| before <= edge);
+            (!implied).then_some(edge)
+        }
+        "created_at" => {
+            let edge = bounds.updated.0?;
+            let implied = bounds.created.0.is_some_and(|from| from >= edge);
+            (!implied).then_some(edge)
+        }
+        _ => None,
+    }
+}
+
+/// The time conditions of a page query: the query's [`TimeBounds`], the sort key's narrowed to
+/// a [`Part`]'s side of a split window's edge, and for [`Part::ModifiedOutsideWindow`] the
+/// condition of the partial indexes of modified customers.
+fn part_time_conditions(b: &mut Builder, query: &ListQuery, part: Part) {
+    let mut bounds = TimeBounds::of(&query.filter);
+    let split = matches!(part, Part::KeyInWindow | Part::ModifiedOutsideWindow);
+    let edge = window_edge(query).filter(|_| split);
+    if let Some(edge) = edge {
+        let inside = part == Part::KeyInWindow;
+        // On the window's side of the edge, the edge is the tighter bound (else it would be
+        // implied, and no split made); past it, the tighter of the edge and the sort key's own.
+        match (sort_column(query.sort).0, inside) {
+            ("updated_at", true) => bounds.updated.1 = Some(edge),
+            ("updated_at", false) => bounds.updated.0 = bounds.updated.0.max(Some(edge)),
+            ("created_at", true) => bounds.created.0 = Some(edge),
+            _ => bounds.created.1 = Some(bounds.created.1.map_or(edge, |b| b.min(edge))),
+        }
+    }
+    time_conditions(b, &bounds);
+    if edge.is_some() && part == Part::ModifiedOutsideWindow {
+        b.conditions.push(MODIFIED.to_owned());
+    }
 }
 
 /// Customers counted, at most, in a time window to tell whether it is wide.
 const WIDE_WINDOW: i64 = 3_000;
 
 /// `SELECT COUNT(*)` of the customers in the query's time windows on columns other than its
-/// sort key, up to [`WIDE_WINDOW`], and that cap; `None` when there are no such windows.
+/// sort key, as given (a bound only implied by the sort key's own is no window to count), up to
+/// [`WIDE_WINDOW`], and that cap; `None` when there are no such windows.
 pub(crate) fn window_count_sql(query: &ListQuery) -> Option<(PageSql, i64)> {
     let (column, _) = sort_column(query.sort);
     let mut b = Builder {
@@ -115,7 +224,7 @@ pub(crate) fn window_count_sql(query: &ListQuery) -> Option<(PageSql, i64)> {
         skipped: Some(column),
         only: None,
     };
-    time_conditions(&mut b, &query.filter);
+    time_conditions(&mut b, &TimeBounds::given(&query.filter));
     if b.conditions.is_empty() {
         return None;
     }
@@ -174,10 +283,10 @@ impl Builder {
         format!("${}", self.binds.len())
     }
 
-    fn time(&mut self, column: &str, op: &str, value: Option<clientele_domain::Timestamp>) {
+    fn time(&mut self, column: &str, op: &str, micros: Option<i64>) {
         let wanted = self.skipped != Some(column) && self.only.is_none_or(|only| only == column);
-        if let Some(value) = value.filter(|_| wanted) {
-            let p = self.bind(Bind::Int(value.as_micros()));
+        if let Some(micros) = micros.filter(|_| wanted) {
+            let p = self.bind(Bind::Int(micros));
             if self.unindexed.is_some_and(|sort| sort != column) {
                 // An expression, which no index serves: the planner walks the sort order.
                 self.conditions.push(format!("({column} + 0) {op} {p}"));
@@ -192,15 +301,20 @@ impl Builder {
 /// key and id, one row more than the limit (it tells whether there is a next page).
 pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageSql {
     let (column, direction) = sort_column(query.sort);
+    // Walking the modified customers past a window's edge, PostgreSQL checks the window on the
+    // other time inside the partial index (which holds it) only when the condition is on the
+    // column itself; SQLite checks it there before reading the row either way, and given the
+    // column it may choose to read the whole window and sort it instead.
+    let index_checks_other_time =
+        plan.part == Part::ModifiedOutsideWindow && dialect == Dialect::Postgres;
     let mut b = Builder {
         conditions: Vec::new(),
         binds: Vec::new(),
-        unindexed: plan.wide_window.then_some(column),
+        unindexed: (plan.wide_window && !index_checks_other_time).then_some(column),
         skipped: None,
         only: None,
     };
-    time_conditions(&mut b, &query.filter);
-    implied_time_conditions(&mut b, &query.filter);
+    part_time_conditions(&mut b, query, plan.part);
     filter_conditions(&mut b, &query.filter, dialect);
     // Tags, groups, teams and the caller's team scope.
     let (memberships, texts) = crate::directory::membership_conditions(query, b.binds.len() + 1);
@@ -218,16 +332,7 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
     if let (Some((low, high)), None) = (&range, probe) {
         q_condition(&mut b, plan.part, low, high);
     }
-    let ascending = direction == "ASC";
-    let keyset = query.after.as_ref().map(|after| {
-        let key = b.bind(match &after.key {
-            SortKey::Time(t) => Bind::Int(*t),
-            SortKey::Text(t) => Bind::Text(t.clone()),
-        });
-        let id = b.bind(Bind::Text(after.id.to_string()));
-        let compare = if ascending { ">" } else { "<" };
-        format!("({column}, id) {compare} ({key}, {id})")
-    });
+    let keyset = keyset_condition(&mut b, query);
     b.conditions.extend(keyset.clone());
     let filter = if b.conditions.is_empty() {
         String::new()
@@ -258,36 +363,16 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
         Some((low, high)) => {
             let mut conditions = Vec::new();
             if plan.part != Part::NameRange {
-                // The window: the next PROBE_WINDOW customers of the sort order (archived ones
-                // only, through their small index, when only they are asked for), as a bound
-                // on the sort key found by one index-only walk (nothing is materialized).
-                // It starts where the walk does: after the cursor, within the time conditions
-                // on the sort key itself.
-                let window = b.bind(Bind::Int(i64::from(PROBE_WINDOW)));
-                let mark = b.conditions.len();
-                (b.only, b.unindexed) = (Some(column), None);
-                time_conditions(&mut b, &query.filter);
-                implied_time_conditions(&mut b, &query.filter);
-                let mut walked: Vec<String> = b.conditions.drain(mark..).collect();
-                walked.extend(keyset);
-                if query.filter.archived == Some(true) {
-                    walked.push(dialect.archived(true).to_owned());
-                }
-                let after = if walked.is_empty() {
-                    String::new()
-                } else {
-                    format!("WHERE {} ", walked.join(" AND "))
-                };
+                let end = window_end(&mut b, query, dialect, plan.part, keyset);
                 // Without a window's end (fewer customers left), the last key: a bound that is
                 // not a NULL keeps the condition an index range, so the walk stops there.
-                let (within, last) = if ascending {
+                let (within, last) = if direction == "ASC" {
                     ("<=", "MAX")
                 } else {
                     (">=", "MIN")
                 };
                 conditions.push(format!(
-                    "{column} {within} COALESCE((SELECT {column} FROM customers {after}{order} \
-                     LIMIT 1 OFFSET {window}), (SELECT {last}({column}) FROM customers))"
+                    "{column} {within} COALESCE(({end}), (SELECT {last}({column}) FROM customers))"
                 ));
             }
             // A scalar subquery, which neither database turns into a join: one index probe
@@ -313,6 +398,74 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
     }
 }
 
+/// The `SELECT` of where a probing page's window ends ([`window_end`]): no row when the window
+/// reaches the end of the walk, so that the probe has seen every candidate and its rows are all
+/// the matches, even fewer than a page. `None` for a part probed without a window.
+pub(crate) fn window_end_sql(query: &ListQuery, dialect: Dialect, part: Part) -> Option<PageSql> {
+    if part == Part::NameRange {
+        return None;
+    }
+    let mut b = Builder {
+        conditions: Vec::new(),
+        binds: Vec::new(),
+        unindexed: None,
+        skipped: None,
+        only: None,
+    };
+    let keyset = keyset_condition(&mut b, query);
+    let sql = window_end(&mut b, query, dialect, part, keyset);
+    Some(PageSql {
+        sql,
+        binds: b.binds,
+    })
+}
+
+/// `(sort key, id)` past the cursor, binding its values.
+fn keyset_condition(b: &mut Builder, query: &ListQuery) -> Option<String> {
+    let (column, direction) = sort_column(query.sort);
+    let after = query.after.as_ref()?;
+    let key = b.bind(match &after.key {
+        SortKey::Time(t) => Bind::Int(*t),
+        SortKey::Text(t) => Bind::Text(t.clone()),
+    });
+    let id = b.bind(Bind::Text(after.id.to_string()));
+    let compare = if direction == "ASC" { ">" } else { "<" };
+    Some(format!("({column}, id) {compare} ({key}, {id})"))
+}
+
+/// The window of a probing page: the sort key [`PROBE_WINDOW`] customers into the walk (archived
+/// ones only, through their small index, when only they are asked for; modified ones only, through
+/// theirs, for [`Part::ModifiedOutsideWindow`]), found by one index-only walk (nothing is
+/// materialized). It starts where the walk does: after the cursor (`keyset`, bound already),
+/// within the time conditions on the sort key itself and the part's side of a window's edge.
+fn window_end(
+    b: &mut Builder,
+    query: &ListQuery,
+    dialect: Dialect,
+    part: Part,
+    keyset: Option<String>,
+) -> String {
+    let (column, direction) = sort_column(query.sort);
+    let window = b.bind(Bind::Int(i64::from(PROBE_WINDOW)));
+    let mark = b.conditions.len();
+    (b.only, b.unindexed) = (Some(column), None);
+    part_time_conditions(b, query, part);
+    let mut walked: Vec<String> = b.conditions.drain(mark..).collect();
+    walked.extend(keyset);
+    if query.filter.archived == Some(true) {
+        walked.push(dialect.archived(true).to_owned());
+    }
+    let after = if walked.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {} ", walked.join(" AND "))
+    };
+    format!(
+        "SELECT {column} FROM customers {after}ORDER BY {column} {direction}, id {direction} \
+         LIMIT 1 OFFSET {window}"
+    )
+}
+
 fn sort_column(sort: SortOrder) -> (&'static str, &'static str) {
     use SortOrder::*;
     match sort {
@@ -324,28 +477,11 @@ fn sort_column(sort: SortOrder) -> (&'static str, &'static str) {
     }
 }
 
-fn time_conditions(b: &mut Builder, filter: &CustomerFilter) {
-    b.time("created_at", ">=", filter.created_after);
-    b.time("created_at", "<", filter.created_before);
-    b.time("updated_at", ">=", filter.updated_after);
-    b.time("updated_at", "<", filter.updated_before);
-}
-
-/// Conditions that follow from the time windows.
-fn implied_time_conditions(b: &mut Builder, filter: &CustomerFilter) {
-    // A customer is never updated before it was created, so these follow and let the other
-    // time index seek to where the matches begin.
-    let implied = |given: Option<clientele_domain::Timestamp>, other| given.filter(|_| other);
-    b.time(
-        "updated_at",
-        ">=",
-        implied(filter.created_after, filter.updated_after.is_none()),
-    );
-    b.time(
-        "created_at",
-        "<",
-        implied(filter.updated_before, filter.created_before.is_none()),
-    );
+fn time_conditions(b: &mut Builder, bounds: &TimeBounds) {
+    b.time("created_at", ">=", bounds.created.0);
+    b.time("created_at", "<", bounds.created.1);
+    b.time("updated_at", ">=", bounds.updated.0);
+    b.time("updated_at", "<", bounds.updated.1);
 }
 
 fn filter_conditions(b: &mut Builder, filter: &CustomerFilter, dialect: Dialect) {
@@ -376,7 +512,7 @@ fn filter_conditions(b: &mut Builder, filter: &CustomerFilter, dialect: Dialect)
 /// Confines a [`Part`] to its side of the last-name range of `q`.
 fn name_range_condition(b: &mut Builder, part: Part, low: &str, high: &str) {
     let condition = match part {
-        Part::All => return,
+        Part::All | Part::KeyInWindow | Part::ModifiedOutsideWindow => return,
         Part::NameRange => "last_name_sort >= {low} AND last_name_sort < {high}",
         // Not an OR of two ranges, which a planner may read as two index scans and sort.
         Part::OutsideNameRange => "NOT (last_name_sort >= {low} AND last_name_sort < {high})",
@@ -670,5 +806,234 @@ mod tests {
             "{}",
             count.sql
         );
+    }
+
+    fn window_query(sort: SortOrder, filter: CustomerFilter) -> ListQuery {
+        ListQuery {
+            limit: 10,
+            sort,
+            after: None,
+            filter,
+            scope: Scope::All,
+        }
+    }
+
+    fn at(micros: i64) -> Option<Timestamp> {
+        Some(Timestamp::from_micros(micros))
+    }
+
+    const WIDE: Plan = Plan {
+        q: Strategy::Terms,
+        wide_window: true,
+        part: Part::All,
+    };
+
+    fn assert_has(page: &PageSql, parts: &[&str]) {
+        for part in parts {
+            assert!(page.sql.contains(part), "{part}: {}", page.sql);
+        }
+    }
+
+    #[test]
+    fn a_wide_window_on_the_other_time_column_splits_at_its_edge_in_walk_order() {
+        use Part::{KeyInWindow, ModifiedOutsideWindow};
+        // created_before under -updated_at: the modified customers come first (updated later).
+        let query = window_query(
+            SortOrder::UpdatedDesc,
+            CustomerFilter {
+                created_before: at(500),
+                ..CustomerFilter::default()
+            },
+        );
+        assert_eq!(
+            WIDE.window_parts(&query),
+            Some([ModifiedOutsideWindow, KeyInWindow])
+        );
+        let part = |part| Plan { part, ..WIDE };
+        let inside = page_sql(&query, Dialect::Sqlite, part(KeyInWindow));
+        assert_has(
+            &inside,
+            &[
+                "WHERE (created_at + 0) < $1 AND updated_at < $2 ORDER BY updated_at DESC",
+                "LIMIT $3",
+            ],
+        );
+        assert!(!inside.sql.contains(MODIFIED), "{}", inside.sql);
+        assert_eq!(inside.binds[1], Bind::Int(500));
+        let modified = page_sql(&query, Dialect::Sqlite, part(ModifiedOutsideWindow));
+        assert_has(
+            &modified,
+            &["WHERE (created_at + 0) < $1 AND updated_at >= $2 AND updated_at > created_at "],
+        );
+        assert_eq!(modified.binds[1], Bind::Int(500));
+        let ascending = ListQuery {
+            sort: SortOrder::UpdatedAsc,
+            ..query.clone()
+        };
+        assert_eq!(
+            WIDE.window_parts(&ascending),
+            Some([KeyInWindow, ModifiedOutsideWindow])
+        );
+
+        // updated_after under created_at: the modified customers come first (created earlier).
+        let query = window_query(
+            SortOrder::CreatedAsc,
+            CustomerFilter {
+                updated_after: at(500),
+                updated_before: at(900),
+                ..CustomerFilter::default()
+            },
+        );
+        assert_eq!(
+            WIDE.window_parts(&query),
+            Some([ModifiedOutsideWindow, KeyInWindow])
+        );
+        let inside = page_sql(&query, Dialect::Postgres, part(KeyInWindow));
+        assert_has(
+            &inside,
+            &[
+                "WHERE created_at >= $1 AND created_at < $2 AND (updated_at + 0) >= $3 \
+               AND (updated_at + 0) < $4 ORDER BY created_at ASC",
+            ],
+        );
+        // One bound per side of the sort key: the edge, tighter than updated_before's. The
+        // window on the other time as an expression on SQLite (which checks it in the index
+        // anyway), on the column for PostgreSQL (which checks only that in the index).
+        let modified = page_sql(&query, Dialect::Sqlite, part(ModifiedOutsideWindow));
+        assert_has(
+            &modified,
+            &[
+                "WHERE created_at < $1 AND (updated_at + 0) >= $2 AND (updated_at + 0) < $3 \
+               AND updated_at > created_at ORDER BY created_at ASC",
+            ],
+        );
+        assert_eq!(modified.binds[..3], [500, 500, 900].map(Bind::Int));
+        let modified = page_sql(&query, Dialect::Postgres, part(ModifiedOutsideWindow));
+        assert_has(
+            &modified,
+            &[
+                "WHERE created_at < $1 AND updated_at >= $2 AND updated_at < $3 \
+               AND updated_at > created_at ORDER BY created_at ASC",
+            ],
+        );
+        let descending = ListQuery {
+            sort: SortOrder::CreatedDesc,
+            ..query.clone()
+        };
+        assert_eq!(
+            WIDE.window_parts(&descending),
+            Some([KeyInWindow, ModifiedOutsideWindow])
+        );
+        // Unsplit, the same query has no part conditions.
+        let whole = page_sql(&query, Dialect::Postgres, WIDE);
+        assert!(!whole.sql.contains(MODIFIED), "{}", whole.sql);
+    }
+
+    #[test]
+    fn a_window_is_not_split_where_the_sort_key_alone_finds_its_matches() {
+        let filter =
+            |created_after, created_before, updated_after, updated_before| CustomerFilter {
+                created_after,
+                created_before,
+                updated_after,
+                updated_before,
+                ..CustomerFilter::default()
+            };
+        let unsplit = [
+            // The other edge bounds the sort key too (never updated before created).
+            (SortOrder::UpdatedDesc, filter(at(5), None, None, None)),
+            (SortOrder::CreatedAsc, filter(None, None, None, at(5))),
+            // The sort key's own bound is as tight as the edge.
+            (SortOrder::UpdatedDesc, filter(None, at(5), None, at(5))),
+            (SortOrder::CreatedAsc, filter(at(5), None, at(5), None)),
+            // A window on the sort key's own column only.
+            (SortOrder::CreatedAsc, filter(None, at(5), None, None)),
+            // Not a time sort.
+            (SortOrder::LastNameAsc, filter(None, at(5), at(1), None)),
+        ];
+        for (sort, filter) in unsplit {
+            let query = window_query(sort, filter);
+            assert_eq!(WIDE.window_parts(&query), None, "{query:?}");
+        }
+        let split = window_query(SortOrder::UpdatedDesc, filter(at(1), at(5), None, at(6)));
+        assert!(WIDE.window_parts(&split).is_some());
+        // A narrow window is read through its own index.
+        let narrow = Plan {
+            wide_window: false,
+            ..WIDE
+        };
+        assert_eq!(narrow.window_parts(&split), None);
+        // Few matches of q: the term index drives the query. Many: the sort order is probed.
+        let q = ListQuery {
+            filter: CustomerFilter {
+                q: Some("sa".into()),
+                ..split.filter.clone()
+            },
+            ..split
+        };
+        assert_eq!(WIDE.window_parts(&q), None);
+        let probe = Plan {
+            q: Strategy::Probe,
+            ..WIDE
+        };
+        assert!(probe.window_parts(&q).is_some());
+    }
+
+    #[test]
+    fn a_probed_part_of_a_split_window_walks_only_its_side_and_its_customers() {
+        let query = ListQuery {
+            after: Some(Cursor {
+                key: SortKey::Time(900),
+                id: CustomerId::new(),
+            }),
+            ..window_query(
+                SortOrder::UpdatedDesc,
+                CustomerFilter {
+                    created_before: at(500),
+                    archived: Some(true),
+                    q: Some("sa".into()),
+                    ..CustomerFilter::default()
+                },
+            )
+        };
+        let probe = |part| Plan {
+            q: Strategy::Probe,
+            wide_window: true,
+            part,
+        };
+        let modified = page_sql(&query, Dialect::Sqlite, probe(Part::ModifiedOutsideWindow));
+        // The window counts the modified customers past the edge and after the cursor.
+        let walked = "SELECT updated_at FROM customers WHERE updated_at >= $6 \
+                      AND updated_at > created_at AND (updated_at, id) < ($3, $4) \
+                      AND archived = 1 ORDER BY updated_at DESC, id DESC LIMIT 1 OFFSET $5";
+        assert_has(
+            &modified,
+            &[
+                "WHERE (created_at + 0) < $1 AND updated_at >= $2 AND updated_at > created_at \
+                 AND archived = 1 AND (updated_at, id) < ($3, $4) AND updated_at >= COALESCE((",
+                walked,
+            ],
+        );
+        // The same window, on its own: whether the probe saw every candidate.
+        let end =
+            window_end_sql(&query, Dialect::Sqlite, Part::ModifiedOutsideWindow).expect("a window");
+        assert_eq!(
+            end.sql,
+            walked
+                .replace("$6", "$4")
+                .replace("$5", "$3")
+                .replace("($3, $4)", "($1, $2)")
+        );
+        assert_eq!(end.binds[0], Bind::Int(900));
+        assert_eq!(end.binds[2], Bind::Int(i64::from(PROBE_WINDOW)));
+        assert_eq!(end.binds[3], Bind::Int(500));
+        let inside = window_end_sql(&query, Dialect::Sqlite, Part::KeyInWindow).expect("a window");
+        assert!(
+            inside
+                .sql
+                .contains("WHERE updated_at < $4 AND (updated_at, id) < ($1, $2)")
+        );
+        assert!(!inside.sql.contains(MODIFIED), "{}", inside.sql);
+        assert!(window_end_sql(&query, Dialect::Sqlite, Part::NameRange).is_none());
     }
 }

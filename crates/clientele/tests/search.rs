@@ -18,6 +18,7 @@ hub_tests!(
     customers_stored_before_the_search_index_are_indexed_at_start,
     a_q_with_many_matches_pages_through_all_of_them,
     a_common_last_name_prefix_is_merged_with_the_other_matches_in_name_order,
+    time_windows_on_either_column_page_through_their_customers_under_every_sort,
     bad_filter_values_are_named,
     a_cursor_walk_is_stable_while_other_customers_change,
 );
@@ -687,4 +688,168 @@ async fn a_common_last_name_prefix_is_merged_with_the_other_matches_in_name_orde
             );
         }
     }
+}
+
+/// Sends `customers` by sync, asserting that every one was written.
+async fn sync_all(hub: &TestHub, customers: Vec<Value>) {
+    let reply = hub
+        .sync(&json!({"key": "external_id", "customers": customers}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+/// A wide time window (3,000 customers or more) on one time column sorted by the other is split
+/// at the window's edge: the customers whose sort key lies inside it, through the sort order's
+/// index, and the ones modified since their creation past it, through the partial index of
+/// modified customers (docs/search.md). Generated windows on both columns, alone and with
+/// `archived` and a `q` common enough to be probed, walked page by page under every sort, must
+/// be exactly the customers selected here.
+async fn time_windows_on_either_column_page_through_their_customers_under_every_sort(hub: TestHub) {
+    // Eight batches of 1,000 (one creation time each), with modifications between them of
+    // customers of earlier batches, some twice: modified customers are updated at the creation
+    // time of later ones, on both sides of every edge.
+    let modifications: [&[(usize, usize)]; 8] = [
+        &[],
+        &[],
+        &[(0, 5)],
+        &[],
+        &[(1, 4), (2, 9)],
+        &[],
+        &[(3, 3), (0, 6)],
+        &[(5, 7), (4, 2)],
+    ];
+    for (batch, modified) in modifications.iter().enumerate() {
+        for &(earlier, every) in *modified {
+            let items = (0..1000)
+                .step_by(every)
+                .map(|i| json!({"external_id": format!("w-{earlier}-{i:03}"), "note": format!("in {batch}")}))
+                .collect();
+            sync_all(&hub, items).await;
+        }
+        let items = (0..1000)
+            .map(|i| {
+                let last_name = if i % 4 == 0 {
+                    "Other".to_owned()
+                } else {
+                    format!("Win{}", i % 3)
+                };
+                json!({"external_id": format!("w-{batch}-{i:03}"), "last_name": last_name,
+                       "archived": i % 10 == 0})
+            })
+            .collect();
+        sync_all(&hub, items).await;
+    }
+    let all = walk(&hub, "sort=created_at", 1000).await;
+    assert_eq!(all.len(), 8000);
+    let modified = all
+        .iter()
+        .filter(|c| text(c, "updated_at") > text(c, "created_at"))
+        .count();
+    assert!(modified > 1000, "{modified} modified");
+    let mut instants: Vec<String> = all
+        .iter()
+        .flat_map(|c| [text(c, "created_at"), text(c, "updated_at")])
+        .collect();
+    instants.sort();
+    instants.dedup();
+
+    // The two pages of the benchmarks: at the middle customer's creation. And a window whose
+    // edge is the instant of the last modifications: customers updated exactly at the edge.
+    let middle = text(&all[4000], "created_at");
+    let last_modified = all
+        .iter()
+        .filter(|c| text(c, "updated_at") > text(c, "created_at"))
+        .map(|c| text(c, "updated_at"))
+        .max()
+        .expect("modified customers");
+    let mut cases: Vec<[Option<String>; 4]> = vec![
+        [None, Some(middle.clone()), None, None],
+        [None, None, Some(middle.clone()), None],
+        [None, Some(last_modified.clone()), None, None],
+        [None, None, Some(last_modified), None],
+    ];
+    // Generated: per column no window, one bound, or both in order; each bound one of the
+    // instants (a modified customer's updated_at among them, so that an edge falls on one).
+    let mut seed: u64 = 0x5eed_0f71;
+    let mut next = move |n: usize| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) as usize % n
+    };
+    for _ in 0..20 {
+        let mut window = || {
+            let (a, b) = (next(instants.len()), next(instants.len()));
+            let (from, before) = (instants[a.min(b)].clone(), instants[a.max(b)].clone());
+            match next(4) {
+                0 => [None, None],
+                1 => [Some(from), None],
+                2 => [None, Some(before)],
+                _ => [Some(from), Some(before)],
+            }
+        };
+        let ([ca, cb], [ua, ub]) = (window(), window());
+        cases.push([ca, cb, ua, ub]);
+    }
+    let names = [
+        "created_after",
+        "created_before",
+        "updated_after",
+        "updated_before",
+    ];
+    let mut split_with_modified = 0;
+    for (n, bounds) in cases.iter().enumerate() {
+        let extra = ["", "&archived=false", "&q=win", "&archived=true&q=win"][n % 4];
+        let limit = [400, 97, 1000][n % 3];
+        let selects = |c: &Value| {
+            let (created, updated) = (text(c, "created_at"), text(c, "updated_at"));
+            let times = [&created, &created, &updated, &updated];
+            let within = bounds
+                .iter()
+                .zip(times)
+                .enumerate()
+                .all(|(i, (bound, time))| {
+                    bound
+                        .as_ref()
+                        .is_none_or(|b| if i % 2 == 0 { time >= b } else { time < b })
+                });
+            within
+                && (!extra.contains("archived=false") || c["archived"] == false)
+                && (!extra.contains("archived=true") || c["archived"] == true)
+                && (!extra.contains("q=win") || text(c, "last_name").starts_with("Win"))
+        };
+        let query: String = bounds
+            .iter()
+            .zip(names)
+            .filter_map(|(bound, name)| bound.as_ref().map(|b| format!("&{name}={b}")))
+            .collect::<String>()
+            + extra;
+        let selected: Vec<Value> = all.iter().filter(|c| selects(c)).cloned().collect();
+        // Matches past an edge that only modified customers cross: what the split's second
+        // part must find.
+        let past_edge = |sort_col: &str, other: usize, before: bool| {
+            bounds[other].as_ref().is_some_and(|edge| {
+                selected.iter().any(|c| {
+                    let key = text(c, sort_col);
+                    if before { key >= *edge } else { key < *edge }
+                })
+            })
+        };
+        if past_edge("updated_at", 1, true) || past_edge("created_at", 2, false) {
+            split_with_modified += 1;
+        }
+        for sort in SORTS {
+            let expected = sorted(selected.clone(), sort);
+            let got = walk(&hub, &format!("sort={sort}{query}"), limit).await;
+            assert_eq!(
+                ids(&got),
+                ids(&expected),
+                "case {n}: sort={sort}{query}, limit {limit}"
+            );
+        }
+    }
+    assert!(
+        split_with_modified >= 6,
+        "{split_with_modified} cases cross an edge"
+    );
 }
