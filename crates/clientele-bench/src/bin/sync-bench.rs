@@ -3,7 +3,9 @@
 //!
 //! Per backend: the raw floor (`INSERT ... ON CONFLICT DO UPDATE`, one transaction, one prepared
 //! statement, the hub's own schema), then the hub: N customers with one address each, batches of
-//! 1000, C concurrent clients; the same N re-sent unchanged; and the server's peak RSS.
+//! 1000, C concurrent clients; the same N re-sent unchanged; the same N re-sent with a note
+//! changed (every item an update); the server's peak RSS; and for each run the CPU time per
+//! customer of the process that did the work.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -81,8 +83,16 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let url = database_url(backend, dir.path()).await?;
     let mut hub = HubProcess::start(&args.hub_binary, &url, dir.path());
-    let first = sync_all(args, &hub, args.customers, "first send").await?;
-    let again = sync_all(args, &hub, args.customers, "unchanged re-send").await?;
+    let first = sync_all(args, &hub, args.customers, customer, "first send").await?;
+    let again = sync_all(args, &hub, args.customers, customer, "unchanged re-send").await?;
+    let changed = sync_all(
+        args,
+        &hub,
+        args.customers,
+        changed_customer,
+        "changed re-send",
+    )
+    .await?;
     let rss = peak_rss_mib(hub.child.id())?;
     hub.kill_9();
 
@@ -94,7 +104,7 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         "{:<34} {:>12} {:>10} {:>16}",
         "", "customers/s", "seconds", "CPU µs/customer"
     );
-    for run in [&raw, &first, &again] {
+    for run in [&raw, &first, &again, &changed] {
         println!(
             "{:<34} {:>12.0} {:>10.2} {:>16.1}",
             run.what,
@@ -113,7 +123,9 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         json!({"backend": backend, "scenario": "sync", "customers": args.customers,
                "rps": first.rate().round(), "unchanged_rps": again.rate().round(),
                "raw_rps": raw.rate().round(), "ratio": raw.rate() / first.rate(),
+               "changed_rps": changed.rate().round(),
                "cpu_us_per_customer": first.cpu_micros_per_item(),
+               "changed_cpu_us_per_customer": changed.cpu_micros_per_item(),
                "unchanged_cpu_us_per_customer": again.cpu_micros_per_item(),
                "raw_cpu_us_per_customer": raw.cpu_micros_per_item(),
                "peak_rss_mib": rss})
@@ -123,7 +135,7 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let url = database_url(backend, dir.path()).await?;
         let mut hub = HubProcess::start(&args.hub_binary, &url, dir.path());
-        let large = sync_all(args, &hub, args.large, "large first send").await?;
+        let large = sync_all(args, &hub, args.large, customer, "large first send").await?;
         let rss = peak_rss_mib(hub.child.id())?;
         hub.kill_9();
         println!(
@@ -155,15 +167,29 @@ fn customer(i: usize) -> Value {
     })
 }
 
-/// Sends `n` customers in batches over `clients` concurrent keep-alive connections. Bodies are
-/// encoded before the clock starts, so the client's JSON work is not measured.
-async fn sync_all(args: &Args, hub: &HubProcess, n: usize, what: &str) -> anyhow::Result<Run> {
+/// [`customer`] after a change in the source: every one is an update, of a field that is not
+/// searched (the search terms stay as they are).
+fn changed_customer(i: usize) -> Value {
+    let mut body = customer(i);
+    body["note"] = json!(format!("changed in the source, {i}"));
+    body
+}
+
+/// Sends customers `0..n`, made by `make`, in batches over `clients` concurrent keep-alive
+/// connections. Bodies are encoded before the clock starts, so the client's JSON work is not
+/// measured.
+async fn sync_all(
+    args: &Args,
+    hub: &HubProcess,
+    n: usize,
+    make: fn(usize) -> Value,
+    what: &str,
+) -> anyhow::Result<Run> {
     let bodies: Arc<Vec<String>> = Arc::new(
         (0..n)
             .step_by(args.batch)
             .map(|start| {
-                let items: Vec<Value> =
-                    (start..(start + args.batch).min(n)).map(customer).collect();
+                let items: Vec<Value> = (start..(start + args.batch).min(n)).map(make).collect();
                 json!({"key": "external_id", "customers": items}).to_string()
             })
             .collect(),
