@@ -224,7 +224,7 @@ macro_rules! directory_primitives {
         }
 
         #[async_trait::async_trait]
-        impl<'c> $crate::directory::DirectoryTx for sqlx::Transaction<'c, $db> {
+        impl $crate::directory::DirectoryTx for sqlx::Transaction<'static, $db> {
             async fn known_codes(
                 &mut self,
                 groups: &[String],

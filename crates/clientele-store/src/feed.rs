@@ -171,7 +171,7 @@ macro_rules! feed_primitives {
         }
 
         #[async_trait::async_trait]
-        impl<'c> $crate::feed::FeedTx for sqlx::Transaction<'c, $db> {
+        impl $crate::feed::FeedTx for sqlx::Transaction<'static, $db> {
             async fn purge_chunk(
                 &mut self,
                 before: clientele_domain::Timestamp,

@@ -8,13 +8,6 @@
 //! batch, while the next ones queue. The writer is a task of its own, not one of the requests:
 //! a request that is cancelled (its client gone) cannot abandon the creates of others.
 //!
-//! Between groups the writer keeps its connection for a moment ([`LINGER`]): under load the
-//! next creates arrive within it, and handing the connection back to the pool and taking it
-//! again (sqlx tests a connection on every return, in a task of its own) cost more per group
-//! than a statement. On SQLite, where the pool has one writing connection, any other write that
-//! waits for it announces itself ([`WaitingWrites`]) and the writer gives the connection back
-//! after its current group; so does a writer that has kept it for [`MAX_HOLD`].
-//!
 //! Each create still gets exactly the answer it would get alone: one that fails validation or
 //! claims a key taken (in the database or by an earlier create of the group) fails on its own;
 //! if the group as a whole loses a race (a key taken at that moment by another hub process, a
@@ -24,8 +17,7 @@
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use clientele_domain::group::named_codes;
 use clientele_domain::schema::Schema;
@@ -36,7 +28,7 @@ use clientele_domain::{
     WriteCommand, WriteOutcome, WriteTarget,
 };
 use futures::FutureExt;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::directory::DirectoryTx;
 use crate::error::is_transient;
@@ -106,67 +98,9 @@ impl CreateWriter {
     }
 }
 
-/// Counts the transactions waiting for the one writer connection, so that a holder of it knows
-/// when to give it back.
-#[derive(Default)]
-pub(crate) struct WaitingWrites {
-    count: AtomicUsize,
-    arrived: Notify,
-}
-
-impl WaitingWrites {
-    /// Counts one waiting write until the guard is dropped (its wait over, or given up).
-    pub(crate) fn enter(&self) -> WaitingWrite<'_> {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        self.arrived.notify_waiters();
-        WaitingWrite(self)
-    }
-
-    fn any_now(&self) -> bool {
-        self.count.load(Ordering::SeqCst) > 0
-    }
-
-    /// Completes while at least one write is waiting.
-    async fn any(&self) {
-        loop {
-            // Registered before the count is read, so an arrival in between is not missed.
-            let arrived = self.arrived.notified();
-            tokio::pin!(arrived);
-            arrived.as_mut().enable();
-            if self.any_now() {
-                return;
-            }
-            arrived.await;
-        }
-    }
-}
-
-pub(crate) struct WaitingWrite<'a>(&'a WaitingWrites);
-
-impl Drop for WaitingWrite<'_> {
-    fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// The answer of a create whose group write stopped before answering: perhaps after its commit.
 fn abandoned() -> DomainError {
     DomainError::Storage("the group write of this create was abandoned".into()).commit_unconfirmed()
-}
-
-/// How long the writer keeps the writing connection after a group while no create is queued:
-/// under load the next creates arrive within this, and giving the connection back and taking
-/// it again would cost more than a group's statements.
-const LINGER: Duration = Duration::from_millis(2);
-
-/// Longest the writer keeps the writing connection while creates keep coming, so that writes
-/// that do not announce their wait (single-statement writes on the pool) still get their turn.
-const MAX_HOLD: Duration = Duration::from_millis(100);
-
-/// The writing connection while the create writer keeps it, and since when.
-struct Held<C> {
-    connection: C,
-    since: Instant,
 }
 
 /// The create writer: each round takes every queued create and writes them as one group.
@@ -175,72 +109,18 @@ async fn run<B: Backend>(
     mut queue: mpsc::UnboundedReceiver<Job>,
     counters: Arc<Counters>,
 ) {
-    let mut held: Option<Held<B::Held>> = None;
-    loop {
-        let first = if held.is_some() {
-            match next_while_holding(&*backend, &mut queue).await {
-                Next::Job(job) => *job,
-                Next::GiveBack => {
-                    held = None;
-                    continue;
-                }
-                Next::Closed => return,
-            }
-        } else {
-            match queue.recv().await {
-                Some(job) => job,
-                None => return,
-            }
-        };
+    while let Some(first) = queue.recv().await {
         let mut group = vec![first];
         take_queued(&mut queue, &mut group);
         // A panic (a bug) while writing a group drops the group's answers — each of its creates
         // fails as abandoned, as a panicking request would — but must not stop the writer, or
-        // every later create would fail too. The connection, in an unknown state, goes back to
-        // the pool, which tests it.
-        let written = AssertUnwindSafe(write_group(
-            &*backend, &mut held, &mut queue, group, &counters,
-        ))
-        .catch_unwind()
-        .await;
+        // every later create would fail too.
+        let written = AssertUnwindSafe(write_group(&*backend, &mut queue, group, &counters))
+            .catch_unwind()
+            .await;
         if written.is_err() {
-            held = None;
             tracing::error!("a group of creates panicked; its creates were answered as abandoned");
         }
-        let held_long = held.as_ref().is_some_and(|h| h.since.elapsed() >= MAX_HOLD);
-        let wanted = backend.waiting_writes().is_some_and(WaitingWrites::any_now);
-        if held_long || wanted {
-            held = None;
-        }
-    }
-}
-
-enum Next {
-    Job(Box<Job>),
-    /// Nothing queued for a while, or another write waits for the connection.
-    GiveBack,
-    Closed,
-}
-
-/// Completes when another write waits for the writing connection; never where each write has
-/// a connection of its own.
-async fn wanted<B: Backend>(backend: &B) {
-    match backend.waiting_writes() {
-        Some(waiting) => waiting.any().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next create, while the writer keeps the writing connection.
-async fn next_while_holding<B: Backend>(
-    backend: &B,
-    queue: &mut mpsc::UnboundedReceiver<Job>,
-) -> Next {
-    tokio::select! {
-        biased;
-        job = queue.recv() => job.map_or(Next::Closed, |job| Next::Job(Box::new(job))),
-        () = wanted(backend) => Next::GiveBack,
-        () = tokio::time::sleep(LINGER) => Next::GiveBack,
     }
 }
 
@@ -256,32 +136,14 @@ fn take_queued(queue: &mut mpsc::UnboundedReceiver<Job>, group: &mut Vec<Job>) -
     group.len() > before
 }
 
-/// Writes a group of creates on the held writing connection (taking it if none is held) and
-/// answers each of them. A group that failed gives the connection back.
+/// Writes a group of creates and answers each of them.
 async fn write_group<B: Backend>(
     backend: &B,
-    held: &mut Option<Held<B::Held>>,
     queue: &mut mpsc::UnboundedReceiver<Job>,
     mut group: Vec<Job>,
     counters: &Counters,
 ) {
-    let written = match held {
-        Some(held) => write_together::<B>(&mut held.connection, queue, &mut group).await,
-        None => match backend.hold_writer().await {
-            Ok(connection) => {
-                let taken = held.insert(Held {
-                    connection,
-                    since: Instant::now(),
-                });
-                write_together::<B>(&mut taken.connection, queue, &mut group).await
-            }
-            Err(error) => Err(error),
-        },
-    };
-    if written.is_err() {
-        // The single-write path below takes the writing connection itself.
-        *held = None;
-    }
+    let written = write_together(backend, queue, &mut group).await;
     counters.groups.fetch_add(1, Ordering::Relaxed);
     counters
         .creates
@@ -333,15 +195,15 @@ async fn write_group<B: Backend>(
 }
 
 /// Writes every create of `group` that passes its checks in one transaction; creates queued
-/// while it is open join it (up to [`MAX_GROUP`] in all), so that under load one commit serves
-/// as many creates as possible. `Err` means the group was not written as a whole; the creates'
-/// own failures are in the answers.
+/// while it is open join it (up to [`MAX_GROUP`] in all), so that under load one commit, and one
+/// hand-over of the writer, serves as many creates as possible. `Err` means the group was not
+/// written as a whole; the creates' own failures are in the answers.
 async fn write_together<B: Backend>(
-    connection: &mut B::Held,
+    backend: &B,
     queue: &mut mpsc::UnboundedReceiver<Job>,
     group: &mut Vec<Job>,
 ) -> Result<Vec<Answer>, DomainError> {
-    let mut tx = B::begin_held(connection).await?;
+    let mut tx = backend.begin_write().await?;
     // Read once: a later part of the group is written in the same transaction.
     let schema = schema_store::load(&mut tx).await?;
     let mut answers = Vec::with_capacity(group.len());
@@ -481,40 +343,4 @@ async fn taken_keys<'a>(
         }
     }
     Ok(taken)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_waiting_write_is_seen_until_its_wait_is_over() {
-        let waiting = WaitingWrites::default();
-        assert!(!waiting.any_now());
-        assert!(waiting.any().now_or_never().is_none(), "none waits yet");
-        let first = waiting.enter();
-        let second = waiting.enter();
-        assert!(waiting.any_now());
-        assert!(waiting.any().now_or_never().is_some());
-        drop(first);
-        assert!(waiting.any_now(), "one still waits");
-        drop(second);
-        assert!(!waiting.any_now());
-    }
-
-    #[tokio::test]
-    async fn a_holder_waiting_for_a_write_wakes_when_one_arrives() {
-        let waiting = Arc::new(WaitingWrites::default());
-        let holder = tokio::spawn({
-            let waiting = Arc::clone(&waiting);
-            async move { waiting.any().await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!holder.is_finished());
-        let _write = waiting.enter();
-        tokio::time::timeout(Duration::from_secs(10), holder)
-            .await
-            .expect("woken")
-            .expect("not panicked");
-    }
 }

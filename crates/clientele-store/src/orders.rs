@@ -135,7 +135,7 @@ pub(crate) fn array_ids(ids: &[CustomerId]) -> Vec<String> {
 macro_rules! order_sql {
     ($db:ty, in_ids = $in_ids:literal, bind_ids = $bind_ids:path) => {
         #[async_trait::async_trait]
-        impl<'c> $crate::orders::OrderTx for sqlx::Transaction<'c, $db> {
+        impl $crate::orders::OrderTx for sqlx::Transaction<'static, $db> {
             async fn insert_order(
                 &mut self,
                 order: &clientele_domain::order::Order,

@@ -4,7 +4,6 @@
 
 use async_trait::async_trait;
 use clientele_domain::{DomainError, PoolStats};
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -13,7 +12,6 @@ use clientele_domain::{CustomerId, CustomerKey};
 use sqlx::Row;
 
 use crate::error::db_error;
-use crate::group_commit::WaitingWrites;
 use crate::primitives::{
     BatchTx, CustomerRow, decode_id, key_column, sql_primitives, stored_customer,
 };
@@ -87,7 +85,7 @@ impl Columns {
 }
 
 #[async_trait]
-impl<'c> BatchTx for Transaction<'c, Postgres> {
+impl BatchTx for Transaction<'static, Postgres> {
     async fn load_many(
         &mut self,
         key: CustomerKey,
@@ -320,7 +318,7 @@ impl<'c> BatchTx for Transaction<'c, Postgres> {
 
 /// Writes the search terms of these rows, replacing their old ones when `replace`.
 async fn store_terms(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut Transaction<'static, Postgres>,
     rows: &[CustomerRow<'_>],
     replace: bool,
 ) -> Result<(), DomainError> {
@@ -419,24 +417,8 @@ impl Backend for PostgresBackend {
 
     const NAME: &'static str = "postgres";
 
-    type Held = PoolConnection<Postgres>;
-    type HeldTx<'c> = Transaction<'c, Postgres>;
-
     async fn begin_write(&self) -> Result<Self::Tx, DomainError> {
         self.pool.begin().await.map_err(db_error)
-    }
-
-    async fn hold_writer(&self) -> Result<Self::Held, DomainError> {
-        self.pool.acquire().await.map_err(db_error)
-    }
-
-    async fn begin_held<'c>(held: &'c mut Self::Held) -> Result<Self::HeldTx<'c>, DomainError> {
-        sqlx::Connection::begin(&mut **held).await.map_err(db_error)
-    }
-
-    /// None: the pool has a connection for every writer.
-    fn waiting_writes(&self) -> Option<&WaitingWrites> {
-        None
     }
 
     async fn begin_snapshot(&self) -> Result<Option<Self::Tx>, DomainError> {

@@ -269,7 +269,7 @@ pub(crate) fn decode_api_key(
 macro_rules! sql_primitives {
     ($db:ty, lock = $lock:literal, dialect = $dialect:expr) => {
         #[async_trait::async_trait]
-        impl<'c> $crate::primitives::CustomerTx for sqlx::Transaction<'c, $db> {
+        impl $crate::primitives::CustomerTx for sqlx::Transaction<'static, $db> {
             async fn load(
                 &mut self,
                 locator: &clientele_domain::Locator,

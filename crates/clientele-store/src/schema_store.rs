@@ -46,7 +46,7 @@ pub(crate) async fn put(
 macro_rules! schema_sql {
     ($db:ty) => {
         #[async_trait::async_trait]
-        impl<'c> $crate::schema_store::SchemaTx for sqlx::Transaction<'c, $db> {
+        impl $crate::schema_store::SchemaTx for sqlx::Transaction<'static, $db> {
             async fn schema_doc(
                 &mut self,
             ) -> Result<Option<String>, clientele_domain::DomainError> {

@@ -548,7 +548,7 @@ pub(crate) trait BackfillTx: Send {
 macro_rules! backfill_primitives {
     ($db:ty) => {
         #[async_trait::async_trait]
-        impl<'c> $crate::search::BackfillTx for sqlx::Transaction<'c, $db> {
+        impl $crate::search::BackfillTx for sqlx::Transaction<'static, $db> {
             async fn terms_backfill_pending(
                 &mut self,
             ) -> Result<bool, clientele_domain::DomainError> {

@@ -19,7 +19,7 @@ use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredRespons
 
 use crate::directory::{DirectoryQueries, DirectoryTx};
 use crate::feed::{self, FeedQueries, FeedSignal, FeedTx};
-use crate::group_commit::{self, CreateWriter, WaitingWrite, WaitingWrites};
+use crate::group_commit::{self, CreateWriter};
 use crate::orders::{self, OrderQueries, OrderTx};
 use crate::primitives::{BatchTx, CustomerTx, KeyColumn, KeyValue, Queries};
 use crate::schema_store::{self, SchemaTx};
@@ -39,24 +39,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     const NAME: &'static str;
 
-    /// A writing connection kept by the create writer across its transactions: handing the
-    /// connection back and taking it again costs a pool round trip per group.
-    type Held: Send + 'static;
-    /// A write transaction on a [`Self::Held`] connection.
-    type HeldTx<'c>: CustomerTx + BatchTx + DirectoryTx + SchemaTx + 'c;
-
     /// A transaction that may write (on SQLite: the one writer connection, `BEGIN IMMEDIATE`).
     async fn begin_write(&self) -> Result<Self::Tx, DomainError>;
-
-    /// Takes a writing connection to keep; [`Self::begin_held`] begins transactions on it.
-    async fn hold_writer(&self) -> Result<Self::Held, DomainError>;
-
-    /// A write transaction on a held connection, as [`Self::begin_write`] would begin it.
-    async fn begin_held<'c>(held: &'c mut Self::Held) -> Result<Self::HeldTx<'c>, DomainError>;
-
-    /// The writes waiting for the writing connection, where a holder keeps the only one
-    /// (SQLite) and should give it back to them; `None` where each write has its own.
-    fn waiting_writes(&self) -> Option<&WaitingWrites>;
 
     /// A read-only snapshot to plan a sync batch in before taking the write lock, where writes
     /// are serialized (SQLite); `None` where planning inside the write transaction is better
@@ -91,15 +75,6 @@ impl<B> SqlStore<B> {
             backend,
             feed: FeedSignal::new(),
         }
-    }
-
-    /// Announces a write on the writing pool, outside a transaction, to the create writer
-    /// that may be keeping the pool's one connection (SQLite), until the guard is dropped.
-    fn waiting_write(&self) -> Option<WaitingWrite<'_>>
-    where
-        B: Backend,
-    {
-        self.backend.waiting_writes().map(WaitingWrites::enter)
     }
 
     pub(crate) fn feed_signal(&self) -> &FeedSignal {
@@ -142,7 +117,6 @@ impl<B: Backend> Store for SqlStore<B> {
         &self,
         claim: &IdempotencyClaim,
     ) -> Result<ClaimOutcome, DomainError> {
-        let _waiting = self.waiting_write();
         unit_of_work::claim_idempotency(self.backend.writes(), claim).await
     }
 
@@ -157,12 +131,10 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn release_idempotency(&self, claim: &IdempotencyClaim) -> Result<(), DomainError> {
-        let _waiting = self.waiting_write();
         self.backend.writes().release_claim(claim).await
     }
 
     async fn purge_idempotency(&self, before: Timestamp) -> Result<u64, DomainError> {
-        let _waiting = self.waiting_write();
         self.backend.writes().purge_claims(before).await
     }
 
@@ -172,17 +144,14 @@ impl<B: Backend> Store for SqlStore<B> {
         nonce: &str,
         at: Timestamp,
     ) -> Result<bool, DomainError> {
-        let _waiting = self.waiting_write();
         self.backend.writes().insert_nonce(key, nonce, at).await
     }
 
     async fn release_nonce(&self, key: ApiKeyId, nonce: &str) -> Result<(), DomainError> {
-        let _waiting = self.waiting_write();
         self.backend.writes().delete_nonce(key, nonce).await
     }
 
     async fn purge_nonces(&self, before: Timestamp) -> Result<u64, DomainError> {
-        let _waiting = self.waiting_write();
         self.backend.writes().purge_nonces(before).await
     }
 

@@ -6,7 +6,6 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use clientele_domain::{DomainError, PoolStats};
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
@@ -15,7 +14,6 @@ use clientele_domain::{Customer, CustomerId, CustomerKey};
 
 use crate::checkpoint::{self, Checkpointer};
 use crate::error::db_error;
-use crate::group_commit::WaitingWrites;
 use crate::primitives::{BatchTx, CustomerRow, decode_id, key_column, sql_primitives};
 use crate::sql_store::{Backend, SqlStore};
 use crate::{SqliteSync, StoreConfig, StoreError};
@@ -37,7 +35,7 @@ fn json_list(values: &[String]) -> String {
 }
 
 #[async_trait]
-impl<'c> BatchTx for Transaction<'c, Sqlite> {
+impl BatchTx for Transaction<'static, Sqlite> {
     async fn load_many(
         &mut self,
         key: CustomerKey,
@@ -222,7 +220,7 @@ trait JsonLists {
     ) -> Result<Vec<T>, DomainError>;
 }
 
-impl<'c> JsonLists for Transaction<'c, Sqlite> {
+impl JsonLists for Transaction<'static, Sqlite> {
     async fn aggregate<T: serde::de::DeserializeOwned>(
         &mut self,
         array: &str,
@@ -314,8 +312,6 @@ fn placeholders(rows: usize, columns: usize) -> String {
 
 pub struct SqliteBackend {
     writer: SqlitePool,
-    /// Writes waiting for `writer`, which the create writer may be holding.
-    waiting_writes: WaitingWrites,
     readers: SqlitePool,
     /// Copies the WAL back into the database file beside the writer; stops with the store.
     _checkpointer: Checkpointer,
@@ -369,7 +365,6 @@ impl SqliteStore {
             .map_err(StoreError::Connect)?;
         let backend = SqliteBackend {
             writer,
-            waiting_writes: WaitingWrites::default(),
             readers,
             _checkpointer: checkpointer,
         };
@@ -387,29 +382,11 @@ impl Backend for SqliteBackend {
 
     const NAME: &'static str = "sqlite";
 
-    type Held = PoolConnection<Sqlite>;
-    type HeldTx<'c> = Transaction<'c, Sqlite>;
-
     async fn begin_write(&self) -> Result<Self::Tx, DomainError> {
-        let _waiting = self.waiting_writes.enter();
         self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error)
-    }
-
-    async fn hold_writer(&self) -> Result<Self::Held, DomainError> {
-        self.writer.acquire().await.map_err(db_error)
-    }
-
-    async fn begin_held<'c>(held: &'c mut Self::Held) -> Result<Self::HeldTx<'c>, DomainError> {
-        sqlx::Connection::begin_with(&mut **held, "BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error)
-    }
-
-    fn waiting_writes(&self) -> Option<&WaitingWrites> {
-        Some(&self.waiting_writes)
     }
 
     async fn begin_snapshot(&self) -> Result<Option<Self::Tx>, DomainError> {
