@@ -20,6 +20,7 @@ hub_tests!(
     unique_keys_clash_with_409_naming_the_key,
     racing_creates_of_one_key_give_one_customer_and_409s,
     a_burst_of_creates_gets_each_its_own_answer,
+    other_writes_get_their_turn_while_creates_keep_coming,
     racing_upserts_of_one_key_give_one_customer,
     racing_patches_lose_no_update,
     deleted_customers_are_gone_and_unknown_ids_are_404,
@@ -615,6 +616,58 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} in {metrics}"));
     let value = line.rsplit(' ').next().expect("a value");
     value.parse().unwrap_or_else(|_| panic!("{line}"))
+}
+
+/// While a stream of creates keeps the create writer busy, every other kind of write (a patch,
+/// a bulk sync, an idempotency claim) still gets its turn at the writing connection, and does
+/// not wait for the creates to stop.
+async fn other_writes_get_their_turn_while_creates_keep_coming(hub: TestHub) {
+    let customer = hub.create_customer(json!({"external_id": "patched"})).await;
+    let path = format!("/v1/customers/{}", customer["id"].as_str().expect("id"));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let creators = join_all((0..12).map(|task| {
+        let (hub, stop) = (&hub, &stop);
+        async move {
+            let mut created = 0_u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let body = json!({"external_id": format!("stream-{task}-{created}")});
+                let reply = call(hub.post("/v1/customers").json(&body)).await;
+                assert_eq!(reply.status, 201, "{}", reply.body);
+                created += 1;
+            }
+            created
+        }
+    }));
+    let others = async {
+        for i in 0..10 {
+            let patched = call(hub.patch(&path).json(&json!({"note": format!("n{i}")}))).await;
+            assert_eq!(patched.status, 200, "{}", patched.body);
+            let synced = call(hub.post("/v1/customers/sync").json(&json!({
+                "key": "external_id",
+                "customers": [{"external_id": format!("synced-{i}")}]
+            })))
+            .await;
+            assert_eq!(synced.status, 200, "{}", synced.body);
+            let claimed = call(
+                hub.post("/v1/customers")
+                    .header("idempotency-key", format!("once-{i}"))
+                    .json(&json!({"external_id": format!("once-{i}")})),
+            )
+            .await;
+            assert_eq!(claimed.status, 201, "{}", claimed.body);
+        }
+        // Had these waited for the creates to stop, they would never have finished.
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let (created, ()) = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        futures::future::join(creators, others),
+    )
+    .await
+    .expect("the other writes were served while creates kept coming");
+    assert!(created.iter().all(|n| *n > 0), "{created:?}");
+    let stored = call(hub.get(&path)).await.body;
+    assert_eq!(stored["note"], "n9");
 }
 
 async fn racing_upserts_of_one_key_give_one_customer(hub: TestHub) {
