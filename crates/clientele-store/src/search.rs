@@ -218,11 +218,8 @@ const WIDE_WINDOW: i64 = 3_000;
 pub(crate) fn window_count_sql(query: &ListQuery) -> Option<(PageSql, i64)> {
     let (column, _) = sort_column(query.sort);
     let mut b = Builder {
-        conditions: Vec::new(),
-        binds: Vec::new(),
-        unindexed: None,
         skipped: Some(column),
-        only: None,
+        ..Builder::default()
     };
     time_conditions(&mut b, &TimeBounds::given(&query.filter));
     if b.conditions.is_empty() {
@@ -265,6 +262,7 @@ pub(crate) fn count_matches_sql(query: &ListQuery, part: Part) -> Option<(PageSq
     Some((page, PROBE_FROM_MATCHES))
 }
 
+#[derive(Default)]
 struct Builder {
     conditions: Vec<String>,
     binds: Vec<Bind>,
@@ -308,11 +306,8 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
     let index_checks_other_time =
         plan.part == Part::ModifiedOutsideWindow && dialect == Dialect::Postgres;
     let mut b = Builder {
-        conditions: Vec::new(),
-        binds: Vec::new(),
         unindexed: (plan.wide_window && !index_checks_other_time).then_some(column),
-        skipped: None,
-        only: None,
+        ..Builder::default()
     };
     part_time_conditions(&mut b, query, plan.part);
     filter_conditions(&mut b, &query.filter, dialect);
@@ -405,13 +400,7 @@ pub(crate) fn window_end_sql(query: &ListQuery, dialect: Dialect, part: Part) ->
     if part == Part::NameRange {
         return None;
     }
-    let mut b = Builder {
-        conditions: Vec::new(),
-        binds: Vec::new(),
-        unindexed: None,
-        skipped: None,
-        only: None,
-    };
+    let mut b = Builder::default();
     let keyset = keyset_condition(&mut b, query);
     let sql = window_end(&mut b, query, dialect, part, keyset);
     Some(PageSql {
@@ -866,12 +855,15 @@ mod tests {
             &["WHERE (created_at + 0) < $1 AND updated_at >= $2 AND updated_at > created_at "],
         );
         assert_eq!(modified.binds[1], Bind::Int(500));
-        let ascending = ListQuery {
-            sort: SortOrder::UpdatedAsc,
-            ..query.clone()
+        // The opposite direction of the same sort walks the parts the other way round.
+        let parts_sorted_by = |query: &ListQuery, sort| {
+            WIDE.window_parts(&ListQuery {
+                sort,
+                ..query.clone()
+            })
         };
         assert_eq!(
-            WIDE.window_parts(&ascending),
+            parts_sorted_by(&query, SortOrder::UpdatedAsc),
             Some([KeyInWindow, ModifiedOutsideWindow])
         );
 
@@ -916,12 +908,8 @@ mod tests {
                AND updated_at > created_at ORDER BY created_at ASC",
             ],
         );
-        let descending = ListQuery {
-            sort: SortOrder::CreatedDesc,
-            ..query.clone()
-        };
         assert_eq!(
-            WIDE.window_parts(&descending),
+            parts_sorted_by(&query, SortOrder::CreatedDesc),
             Some([KeyInWindow, ModifiedOutsideWindow])
         );
         // Unsplit, the same query has no part conditions.
