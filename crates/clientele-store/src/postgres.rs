@@ -335,12 +335,15 @@ async fn store_terms(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO customer_terms (term, customer_id, name_prefix) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[]) ON CONFLICT DO NOTHING",
+        "INSERT INTO customer_terms (term, customer_id, multiword, name_prefix, last_name_sort) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::bool[], $5::text[]) \
+         ON CONFLICT DO NOTHING",
     )
     .bind(rows.terms)
     .bind(rows.ids)
+    .bind(rows.multiword)
     .bind(rows.name_prefix)
+    .bind(rows.last_name_sort)
     .execute(&mut **tx)
     .await
     .map_err(db_error)?;

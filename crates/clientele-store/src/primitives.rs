@@ -472,6 +472,62 @@ macro_rules! sql_primitives {
                     }
                     Ok(rows)
                 }
+                /// A [`Strategy::NameOrder`] page of the matches outside the last-name range:
+                /// candidates in last-name order from the term index, then the customers among
+                /// them that pass the other filters, in rounds of growing size while those
+                /// filters leave the page unfilled; after the last round, the term index decides.
+                async fn name_order(
+                    conn: &mut <$db as sqlx::Database>::Connection,
+                    query: &clientele_domain::ListQuery,
+                    plan: Plan,
+                ) -> Result<Vec<<$db as sqlx::Database>::Row>, clientele_domain::DomainError> {
+                    use $crate::search::{NAME_ORDER_GROWTH, NAME_ORDER_ROUNDS};
+                    let db = $crate::error::db_error;
+                    let wanted = query.limit as usize + 1;
+                    let (low, high) = clientele_domain::search::prefix_range(query.filter.q.as_deref().unwrap_or_default());
+                    let mut rows = Vec::new();
+                    let mut after = query.after.as_ref().and_then(|cursor| match &cursor.key {
+                        SortKey::Text(key) => Some((key.clone(), cursor.id.to_string())),
+                        SortKey::Time(_) => None,
+                    });
+                    let mut count = wanted as i64;
+                    for _ in 0..NAME_ORDER_ROUNDS {
+                        let from = after.as_ref().map(|(key, id)| (key.as_str(), id.as_str()));
+                        let Some(candidates) =
+                            $crate::search::name_order_candidates_sql(query, $dialect, from, count)
+                        else {
+                            return Ok(rows);
+                        };
+                        let found = fetch(&mut *conn, candidates).await?;
+                        let mut ids: Vec<String> = Vec::with_capacity(found.len());
+                        let mut last = None;
+                        for row in &found {
+                            let key: String = row.try_get(0).map_err(db)?;
+                            let id: String = row.try_get(1).map_err(db)?;
+                            // A customer's entries are next to each other in this order; one in
+                            // the last-name range belongs to the other part of the page.
+                            let in_range = key.as_str() >= low.as_str() && key.as_str() < high.as_str();
+                            if ids.last() != Some(&id) && !in_range {
+                                ids.push(id.clone());
+                            }
+                            last = Some((key, id));
+                        }
+                        if !ids.is_empty() {
+                            let list = serde_json::to_string(&ids)
+                                .map_err(|e| clientele_domain::DomainError::Storage(Box::new(e)))?;
+                            let left = (wanted - rows.len()) as i64;
+                            let page = $crate::search::name_order_page_sql(query, $dialect, plan, list, left);
+                            rows.extend(fetch(&mut *conn, page).await?);
+                        }
+                        if rows.len() >= wanted || (found.len() as i64) < count {
+                            return Ok(rows);
+                        }
+                        after = last;
+                        count *= NAME_ORDER_GROWTH;
+                    }
+                    let terms = Plan { q: Strategy::Terms, ..plan };
+                    fetch(conn, $crate::search::page_sql(query, $dialect, terms)).await
+                }
                 // One read transaction for the counts and the page queries: the plan is chosen
                 // on the snapshot the page is read from, and on PostgreSQL the queries stay
                 // serial — the planner goes parallel for an index walk with a large estimate,
@@ -485,7 +541,7 @@ macro_rules! sql_primitives {
                         .map_err($crate::error::db_error)?;
                 }
                 let conn: &mut <$db as sqlx::Database>::Connection = &mut tx;
-                let matches = |part| $crate::search::count_matches_sql(query, part);
+                let matches = |part| $crate::search::count_matches_sql(query, $dialect, part);
                 let strategy = |many| if many { Strategy::Probe } else { Strategy::Terms };
                 let plan = Plan {
                     q: strategy(reaches(&mut *conn, matches(Part::All)).await?),
@@ -499,12 +555,20 @@ macro_rules! sql_primitives {
                     let range = Plan { part: Part::NameRange, ..plan };
                     let mut rows = fetch(&mut *conn, $crate::search::page_sql(query, $dialect, range))
                         .await?;
+                    // The other matches: many are read in last-name order from the term index
+                    // (walking the sort order would meet them only where their customers' last
+                    // names happen to be), few are all read and sorted.
+                    let many = reaches(&mut *conn, matches(Part::OutsideNameRange)).await?;
                     let others = Plan {
-                        q: strategy(reaches(&mut *conn, matches(Part::OutsideNameRange)).await?),
+                        q: if many { Strategy::NameOrder } else { Strategy::Terms },
                         part: Part::OutsideNameRange,
                         ..plan
                     };
-                    rows.extend(probe_or_terms(&mut *conn, query, others).await?);
+                    rows.extend(if many {
+                        name_order(&mut *conn, query, others).await?
+                    } else {
+                        fetch(&mut *conn, $crate::search::page_sql(query, $dialect, others)).await?
+                    });
                     let mut keyed = rows
                         .into_iter()
                         .map(|row| {

@@ -26,6 +26,43 @@ impl Dialect {
         }
     }
 
+    /// A boolean literal of the term index's flags (`multiword`, `name_prefix`): literals, so
+    /// that each query names the one key range it reads.
+    fn flag(self, value: bool) -> &'static str {
+        match (self, value) {
+            (Dialect::Sqlite, true) => "1",
+            (Dialect::Sqlite, false) => "0",
+            (Dialect::Postgres, true) => "TRUE",
+            (Dialect::Postgres, false) => "FALSE",
+        }
+    }
+
+    /// Terms that may match `low`: the key range of its kind (see [`multiword`]), both values of
+    /// `name_prefix` unless only the terms outside the last-name range are asked for.
+    fn term_kind(self, low: &str, outside_name_range: bool) -> String {
+        let multiword = self.flag(multiword(low));
+        if outside_name_range {
+            format!(
+                "multiword = {multiword} AND name_prefix = {}",
+                self.flag(false)
+            )
+        } else {
+            format!(
+                "multiword = {multiword} AND name_prefix IN ({}, {})",
+                self.flag(false),
+                self.flag(true)
+            )
+        }
+    }
+
+    /// The customer ids of a JSON array bound as text, as a subquery.
+    fn id_list(self, json: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("SELECT value FROM json_each({json})"),
+            Dialect::Postgres => format!("SELECT jsonb_array_elements_text({json}::jsonb)"),
+        }
+    }
+
     /// A top-level text field of the stored document.
     fn doc_field(self, field: &str) -> String {
         match self {
@@ -56,6 +93,12 @@ pub(crate) struct PageSql {
 pub(crate) enum Strategy {
     Terms,
     Probe,
+    /// Under `sort=last_name`, many matches outside the last-name range of `q`
+    /// ([`Part::OutsideNameRange`]): read in last-name order from the term index alone, whose
+    /// entries hold their customer's sort key, as candidates for the page's other filters (see
+    /// [`name_order_candidates_sql`]). The sort order cannot be walked instead: those matches
+    /// may all lie far from its start (first names that go with a few surnames).
+    NameOrder,
 }
 
 /// Matching term entries counted, at most, to choose a [`Strategy`]. Sorting matches costs a
@@ -239,28 +282,98 @@ pub(crate) fn window_count_sql(query: &ListQuery) -> Option<(PageSql, i64)> {
 
 /// `SELECT COUNT(*)` of the term entries the query's `q` matches (only those that are not a
 /// prefix of their customer's last-name sort key, for [`Part::OutsideNameRange`]), up to
-/// [`PROBE_FROM_MATCHES`], and that cap; `None` without `q`. An index-only range scan on both
-/// backends (PostgreSQL's primary key includes `name_prefix`).
-pub(crate) fn count_matches_sql(query: &ListQuery, part: Part) -> Option<(PageSql, i64)> {
+/// [`PROBE_FROM_MATCHES`], and that cap; `None` without `q`. An index-only scan of one key range
+/// of the term index (two for every match: both values of `name_prefix`) on both backends.
+pub(crate) fn count_matches_sql(
+    query: &ListQuery,
+    dialect: Dialect,
+    part: Part,
+) -> Option<(PageSql, i64)> {
     let (low, high) = prefix_range(query.filter.q.as_deref()?);
-    let others = if part == Part::OutsideNameRange {
-        " AND NOT name_prefix"
-    } else {
-        ""
-    };
+    let kind = dialect.term_kind(&low, part == Part::OutsideNameRange);
+    let cap = PROBE_FROM_MATCHES;
     let page = PageSql {
         sql: format!(
             "SELECT COUNT(*) FROM (SELECT 1 FROM customer_terms \
-             WHERE term >= $1 AND term < $2{others} LIMIT $3) AS m"
+             WHERE {kind} AND term >= $1 AND term < $2 LIMIT $3) AS m"
         ),
-        binds: vec![
-            Bind::Text(low),
-            Bind::Text(high),
-            Bind::Int(PROBE_FROM_MATCHES),
-        ],
+        binds: vec![Bind::Text(low), Bind::Text(high), Bind::Int(cap)],
     };
-    Some((page, PROBE_FROM_MATCHES))
+    Some((page, cap))
 }
+
+/// Candidates of a [`Strategy::NameOrder`] page, fetched at most, first; each round that the
+/// page's other filters leave unfilled asks for [`NAME_ORDER_GROWTH`] times more, after the last.
+pub(crate) const NAME_ORDER_ROUNDS: usize = 3;
+pub(crate) const NAME_ORDER_GROWTH: i64 = 8;
+
+/// The `(last_name_sort, customer_id)` of the first `count` term entries of `q` outside its
+/// last-name range, in last-name order, after `after` (the cursor, then the last candidate of
+/// the previous round): an index-only range scan of one key range of the term index and a
+/// bounded sort, with no customer row read. A customer with several such terms comes once per
+/// term, next to itself. Customers inside the last-name range are among them (one of their
+/// other terms may match too): the caller skips those, since a condition here would cost as
+/// much as the rest of the scan (measured: 45 against 20 ms for 185,000 entries).
+pub(crate) fn name_order_candidates_sql(
+    query: &ListQuery,
+    dialect: Dialect,
+    after: Option<(&str, &str)>,
+    count: i64,
+) -> Option<PageSql> {
+    let (low, high) = prefix_range(query.filter.q.as_deref()?);
+    let kind = dialect.term_kind(&low, true);
+    let mut b = Builder::default();
+    let low = b.bind(Bind::Text(low));
+    let high = b.bind(Bind::Text(high));
+    let mut conditions = vec![kind, format!("term >= {low} AND term < {high}")];
+    if let Some((key, id)) = after {
+        let key = b.bind(Bind::Text(key.to_owned()));
+        let id = b.bind(Bind::Text(id.to_owned()));
+        conditions.push(format!("(last_name_sort, customer_id) > ({key}, {id})"));
+    }
+    let count = b.bind(Bind::Int(count));
+    Some(PageSql {
+        sql: format!(
+            "SELECT last_name_sort, customer_id FROM customer_terms WHERE {} \
+             ORDER BY last_name_sort, customer_id LIMIT {count}",
+            conditions.join(" AND ")
+        ),
+        binds: b.binds,
+    })
+}
+
+/// The customers among `candidates` (a JSON array of ids) that pass the page's other filters,
+/// in sort order, at most `limit`: a [`Strategy::NameOrder`] round.
+pub(crate) fn name_order_page_sql(
+    query: &ListQuery,
+    dialect: Dialect,
+    plan: Plan,
+    candidates: String,
+    limit: i64,
+) -> PageSql {
+    // Time conditions as expressions: the candidates, not a time index, drive the query.
+    let mut b = Builder {
+        unindexed: Some("last_name_sort"),
+        ..Builder::default()
+    };
+    b.page_filters(query, dialect, plan.part);
+    let list = b.bind(Bind::Text(candidates));
+    b.conditions
+        .push(format!("id IN ({})", dialect.id_list(&list)));
+    let limit = b.bind(Bind::Int(limit));
+    // Sorted by an expression: a planner must not walk the sort order looking for the few.
+    PageSql {
+        sql: format!(
+            "SELECT {PAGE_COLUMNS} FROM customers WHERE {} \
+             ORDER BY last_name_sort || '' ASC, id ASC LIMIT {limit}",
+            b.conditions.join(" AND ")
+        ),
+        binds: b.binds,
+    }
+}
+
+/// The columns of a page query's rows, in the order the store decodes them.
+const PAGE_COLUMNS: &str = "id, version, doc, created_at, updated_at, last_name_sort";
 
 #[derive(Default)]
 struct Builder {
@@ -279,6 +392,17 @@ impl Builder {
     fn bind(&mut self, value: Bind) -> String {
         self.binds.push(value);
         format!("${}", self.binds.len())
+    }
+
+    /// Every filter of a page but `q`: a part's time conditions, the other filters, and tags,
+    /// groups, teams and the caller's team scope.
+    fn page_filters(&mut self, query: &ListQuery, dialect: Dialect, part: Part) {
+        part_time_conditions(self, query, part);
+        filter_conditions(self, &query.filter, dialect);
+        let (memberships, texts) =
+            crate::directory::membership_conditions(query, self.binds.len() + 1);
+        self.conditions.extend(memberships);
+        self.binds.extend(texts.into_iter().map(Bind::Text));
     }
 
     fn time(&mut self, column: &str, op: &str, micros: Option<i64>) {
@@ -309,12 +433,7 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
         unindexed: (plan.wide_window && !index_checks_other_time).then_some(column),
         ..Builder::default()
     };
-    part_time_conditions(&mut b, query, plan.part);
-    filter_conditions(&mut b, &query.filter, dialect);
-    // Tags, groups, teams and the caller's team scope.
-    let (memberships, texts) = crate::directory::membership_conditions(query, b.binds.len() + 1);
-    b.conditions.extend(memberships);
-    b.binds.extend(texts.into_iter().map(Bind::Text));
+    b.page_filters(query, dialect, plan.part);
     let range = query.filter.q.as_deref().map(prefix_range);
     if let Some((low, high)) = &range {
         name_range_condition(&mut b, plan.part, low, high);
@@ -325,7 +444,7 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
         _ => None,
     };
     if let (Some((low, high)), None) = (&range, probe) {
-        q_condition(&mut b, plan.part, low, high);
+        q_condition(&mut b, dialect, plan.part, low, high);
     }
     let keyset = keyset_condition(&mut b, query);
     b.conditions.extend(keyset.clone());
@@ -335,7 +454,7 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
         format!("WHERE {} ", b.conditions.join(" AND "))
     };
     let order = format!("ORDER BY {column} {direction}, id {direction}");
-    let columns = "id, version, doc, created_at, updated_at, last_name_sort";
+    let columns = PAGE_COLUMNS;
     let limit = |b: &mut Builder| b.bind(Bind::Int(i64::from(query.limit) + 1));
     let sql = match probe {
         None => {
@@ -372,11 +491,13 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
             }
             // A scalar subquery, which neither database turns into a join: one index probe
             // per customer walked, in sort order, until the page is full.
+            let multiword = dialect.flag(multiword(low));
             let low = b.bind(Bind::Text(low.clone()));
             let high = b.bind(Bind::Text(high.clone()));
             conditions.push(format!(
                 "(SELECT 1 FROM customer_terms WHERE customer_id = customers.id \
-                 AND term >= {low} AND term < {high} LIMIT 1) IS NOT NULL"
+                 AND multiword = {multiword} AND term >= {low} AND term < {high} LIMIT 1) \
+                 IS NOT NULL"
             ));
             let limit = limit(&mut b);
             let filter = format!(
@@ -484,10 +605,12 @@ fn filter_conditions(b: &mut Builder, filter: &CustomerFilter, dialect: Dialect)
     }
     if let Some(phone) = &filter.phone {
         // Found through the term index, then compared exactly with either number.
-        let term = b.bind(Bind::Text(normalize_term(phone)));
+        let term = normalize_term(phone);
+        let kind = dialect.term_kind(&term, false);
+        let term = b.bind(Bind::Text(term));
         let exact = b.bind(Bind::Text(phone.clone()));
         b.conditions.push(format!(
-            "id IN (SELECT customer_id FROM customer_terms WHERE term = {term}) \
+            "id IN (SELECT customer_id FROM customer_terms WHERE {kind} AND term = {term}) \
              AND {exact} IN ({}, {})",
             dialect.doc_field("phone"),
             dialect.doc_field("phone_alt")
@@ -512,17 +635,13 @@ fn name_range_condition(b: &mut Builder, part: Part, low: &str, high: &str) {
         .push(condition.replace("{low}", &low).replace("{high}", &high));
 }
 
-fn q_condition(b: &mut Builder, part: Part, low: &str, high: &str) {
-    let others = if part == Part::OutsideNameRange {
-        " AND NOT name_prefix"
-    } else {
-        ""
-    };
+fn q_condition(b: &mut Builder, dialect: Dialect, part: Part, low: &str, high: &str) {
+    let kind = dialect.term_kind(low, part == Part::OutsideNameRange);
     let low = b.bind(Bind::Text(low.to_owned()));
     let high = b.bind(Bind::Text(high.to_owned()));
     b.conditions.push(format!(
         "id IN (SELECT customer_id FROM customer_terms \
-         WHERE term >= {low} AND term < {high}{others})"
+         WHERE {kind} AND term >= {low} AND term < {high})"
     ));
 }
 
@@ -612,13 +731,18 @@ pub(crate) async fn backfill_terms<B: Backend>(
     }
 }
 
-/// The `(term, customer id, name_prefix)` rows of these customers, as parallel lists.
+/// The rows of `customer_terms` for these customers, as parallel lists.
 #[derive(Default)]
 pub(crate) struct TermRows {
     pub terms: Vec<String>,
     pub ids: Vec<String>,
+    /// Whether the term holds whitespace (see [`multiword`]).
+    pub multiword: Vec<bool>,
     /// Whether the term is a prefix of the customer's last-name sort key (see [`Part`]).
     pub name_prefix: Vec<bool>,
+    /// The customer's last-name sort key: its matches are read in last-name order from the
+    /// term index alone ([`Strategy::NameOrder`]).
+    pub last_name_sort: Vec<String>,
 }
 
 pub(crate) fn term_rows(rows: &[CustomerRow<'_>]) -> TermRows {
@@ -628,11 +752,21 @@ pub(crate) fn term_rows(rows: &[CustomerRow<'_>]) -> TermRows {
         for term in search_terms(row.customer) {
             out.name_prefix
                 .push(row.last_name_sort.starts_with(term.as_str()));
+            out.multiword.push(multiword(&term));
             out.terms.push(term);
             out.ids.push(id.clone());
+            out.last_name_sort.push(row.last_name_sort.clone());
         }
     }
     out
+}
+
+/// Whether a term, or a query, holds whitespace. A query without any matches a term with
+/// whitespace (a whole value of several words) only where it matches the value's first word,
+/// itself a term; a query with whitespace matches no term without. So every prefix query reads
+/// only the terms of its own kind: the leading column of the term index.
+pub(crate) fn multiword(term: &str) -> bool {
+    term.contains(char::is_whitespace)
 }
 
 #[cfg(test)]
@@ -757,23 +891,54 @@ mod tests {
         assert!(!range.sql.contains("OFFSET"), "{}", range.sql);
         assert_eq!(range.binds[0], Bind::Text("vir".into()));
 
-        // The rest, probed: a window over archived customers only.
-        let others = page_sql(
+        // The rest, when many: candidates in last-name order from the term index alone, past
+        // the cursor, outside the range, of the query's kind of term...
+        let candidates =
+            name_order_candidates_sql(&query, Dialect::Sqlite, Some(("aalto", "cus_1")), 88)
+                .expect("q");
+        for part in [
+            "FROM customer_terms WHERE multiword = 0 AND name_prefix = 0",
+            "term >= $1 AND term < $2 AND (last_name_sort, customer_id) > ($3, $4)",
+            "ORDER BY last_name_sort, customer_id LIMIT $5",
+        ] {
+            assert!(candidates.sql.contains(part), "{part}: {}", candidates.sql);
+        }
+        assert_eq!(candidates.binds[4], Bind::Int(88));
+        let spaced = ListQuery {
+            filter: CustomerFilter {
+                q: Some("vir ta".into()),
+                ..query.filter.clone()
+            },
+            ..query.clone()
+        };
+        let candidates =
+            name_order_candidates_sql(&spaced, Dialect::Postgres, None, 11).expect("q");
+        assert!(
+            candidates
+                .sql
+                .contains("multiword = TRUE AND name_prefix = FALSE"),
+            "{}",
+            candidates.sql
+        );
+        // ... then the customers among them that pass the other filters, sorted.
+        let others = name_order_page_sql(
             &query,
             Dialect::Postgres,
             Plan {
+                q: Strategy::NameOrder,
                 part: Part::OutsideNameRange,
                 ..plan
             },
+            r#"["cus_1"]"#.into(),
+            7,
         );
         for part in [
-            "NOT (last_name_sort >= $1 AND last_name_sort < $2)",
-            "FROM customers WHERE archived ORDER BY last_name_sort ASC, id ASC LIMIT 1 OFFSET $3), \
-             (SELECT MAX(last_name_sort) FROM customers))",
+            "WHERE archived AND id IN (SELECT jsonb_array_elements_text($1::jsonb))",
+            "ORDER BY last_name_sort || '' ASC, id ASC LIMIT $2",
         ] {
             assert!(others.sql.contains(part), "{part}: {}", others.sql);
         }
-        // Or read through the terms that are not a prefix of their customer's sort key.
+        // When few, read through the terms that are not a prefix of their customer's sort key.
         let few = page_sql(
             &query,
             Dialect::Sqlite,
@@ -784,17 +949,36 @@ mod tests {
             },
         );
         for part in [
-            "term >= $3 AND term < $4 AND NOT name_prefix)",
+            "WHERE multiword = 0 AND name_prefix = 0 AND term >= $3 AND term < $4)",
             "ORDER BY last_name_sort || '' ASC, id ASC",
         ] {
             assert!(few.sql.contains(part), "{part}: {}", few.sql);
         }
-        let (count, _) = count_matches_sql(&query, Part::OutsideNameRange).expect("q");
+        let (count, _) =
+            count_matches_sql(&query, Dialect::Sqlite, Part::OutsideNameRange).expect("q");
         assert!(
-            count.sql.contains("AND NOT name_prefix LIMIT $3"),
+            count
+                .sql
+                .contains("WHERE multiword = 0 AND name_prefix = 0 AND term >= $1"),
             "{}",
             count.sql
         );
+        let (count, _) = count_matches_sql(&query, Dialect::Postgres, Part::All).expect("q");
+        assert!(
+            count
+                .sql
+                .contains("multiword = FALSE AND name_prefix IN (FALSE, TRUE) AND term >= $1"),
+            "{}",
+            count.sql
+        );
+    }
+
+    #[test]
+    fn a_term_is_multiword_when_it_holds_whitespace() {
+        assert!(!multiword("ada"));
+        assert!(multiword("ada lovelace"));
+        assert!(multiword("ada\tlovelace"));
+        assert!(!multiword("o'brien-smith"));
     }
 
     fn window_query(sort: SortOrder, filter: CustomerFilter) -> ListQuery {

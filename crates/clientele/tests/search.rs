@@ -661,6 +661,8 @@ async fn a_common_last_name_prefix_is_merged_with_the_other_matches_in_name_orde
         "q=man".to_owned(),
         "q=mal".to_owned(),
         "q=mats".to_owned(),
+        // Whole values of several words only ("Mats Zorn"), not the words of any.
+        "q=mats z".to_owned(),
         "q=ma&archived=true".to_owned(),
         "q=man&archived=false".to_owned(),
         format!("q=ma&created_after={}", middle.replace('+', "%2B")),
