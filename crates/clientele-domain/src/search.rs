@@ -56,6 +56,14 @@ pub fn search_terms(customer: &Customer) -> Vec<String> {
     terms
 }
 
+/// Whether a term, or a normalized query, holds whitespace: a whole value of several words. A
+/// query without whitespace matches such a term only where it matches the value's first word,
+/// itself a term without; a query with whitespace matches no term without. So a prefix search
+/// needs to read the terms of its own kind only.
+pub fn multiword(term: &str) -> bool {
+    term.contains(char::is_whitespace)
+}
+
 /// The half-open range `[low, high)` of terms that start with the normalized query: `high` is
 /// the query followed by the largest character, so byte order (`COLLATE "C"`, SQLite's binary
 /// order) keeps every term with this prefix inside.
@@ -121,6 +129,33 @@ mod tests {
                 "lovelace",
             ]
         );
+    }
+
+    proptest::proptest! {
+        /// The rule behind [`multiword`]: a query without whitespace that is a prefix of a term
+        /// with whitespace is a prefix of one of the customer's terms without whitespace too.
+        #[test]
+        fn a_single_word_query_finds_its_matches_among_single_word_terms(
+            first in "[ a-zA-ZİßÄ\t]{0,130}",
+            company in "[ a-z0-9]{0,20}",
+        ) {
+            let mut customer = crate::write::blank_customer(crate::Timestamp::now());
+            customer.first_name = Some(first);
+            customer.company = Some(company);
+            let terms = search_terms(&customer);
+            for term in terms.iter().filter(|t| multiword(t)) {
+                for (end, _) in term.char_indices().skip(1) {
+                    let query = &term[..end];
+                    if multiword(query) {
+                        break;
+                    }
+                    proptest::prop_assert!(
+                        terms.iter().any(|t| !multiword(t) && t.starts_with(query)),
+                        "{query:?} of {term:?} in {terms:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! for every sort, and the search terms written with each customer row. How a page is planned
 //! is described in docs/search.md.
 
-use clientele_domain::search::{normalize_term, prefix_range, search_terms};
+use clientele_domain::search::{multiword, normalize_term, prefix_range, search_terms};
 use clientele_domain::{CustomerFilter, CustomerKey, ListQuery, SortKey, SortOrder};
 
 use crate::primitives::{BatchTx, CustomerRow, CustomerTx, Queries, decode_customer};
@@ -761,14 +761,6 @@ pub(crate) fn term_rows(rows: &[CustomerRow<'_>]) -> TermRows {
     out
 }
 
-/// Whether a term, or a query, holds whitespace. A query without any matches a term with
-/// whitespace (a whole value of several words) only where it matches the value's first word,
-/// itself a term; a query with whitespace matches no term without. So every prefix query reads
-/// only the terms of its own kind: the leading column of the term index.
-pub(crate) fn multiword(term: &str) -> bool {
-    term.contains(char::is_whitespace)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -971,14 +963,6 @@ mod tests {
             "{}",
             count.sql
         );
-    }
-
-    #[test]
-    fn a_term_is_multiword_when_it_holds_whitespace() {
-        assert!(!multiword("ada"));
-        assert!(multiword("ada lovelace"));
-        assert!(multiword("ada\tlovelace"));
-        assert!(!multiword("o'brien-smith"));
     }
 
     fn window_query(sort: SortOrder, filter: CustomerFilter) -> ListQuery {
