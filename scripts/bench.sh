@@ -20,8 +20,10 @@ echo "clientele-bench on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ): $(nproc)
   "$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)," \
   "$(free -g | awk '/^Mem:/ {print $2 " GiB memory"}'), load average $(cut -d' ' -f1-3 /proc/loadavg)," \
   "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
-target/release/clientele-bench --hub-binary target/release/clientele "$@"
+# An absolute path: each hub process starts in a directory of its own.
+hub="$PWD/target/release/clientele"
+target/release/clientele-bench --hub-binary "$hub" "$@"
 # shellcheck disable=SC2086 # word splitting of the extra arguments is intended
-target/release/sync-bench --hub-binary target/release/clientele ${SYNC_BENCH_ARGS:-}
+target/release/sync-bench --hub-binary "$hub" ${SYNC_BENCH_ARGS:-}
 # shellcheck disable=SC2086
-target/release/agent-bench --binary target/release/clientele ${AGENT_BENCH_ARGS:-}
+target/release/agent-bench --binary "$hub" ${AGENT_BENCH_ARGS:-}
