@@ -483,8 +483,11 @@ macro_rules! sql_primitives {
                 ) -> Result<Vec<<$db as sqlx::Database>::Row>, clientele_domain::DomainError> {
                     use $crate::search::{NAME_ORDER_GROWTH, NAME_ORDER_ROUNDS};
                     let db = $crate::error::db_error;
+                    let Some(q) = query.filter.q.as_deref() else {
+                        return Ok(Vec::new());
+                    };
+                    let (low, high) = clientele_domain::search::prefix_range(q);
                     let wanted = query.limit as usize + 1;
-                    let (low, high) = clientele_domain::search::prefix_range(query.filter.q.as_deref().unwrap_or_default());
                     let mut rows = Vec::new();
                     let mut after = query.after.as_ref().and_then(|cursor| match &cursor.key {
                         SortKey::Text(key) => Some((key.clone(), cursor.id.to_string())),

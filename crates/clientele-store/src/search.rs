@@ -733,7 +733,7 @@ pub(crate) async fn backfill_terms<B: Backend>(
 
 /// The rows of `customer_terms` for these customers, as parallel lists.
 #[derive(Default)]
-pub(crate) struct TermRows {
+pub(crate) struct TermRows<'a> {
     pub terms: Vec<String>,
     pub ids: Vec<String>,
     /// Whether the term holds whitespace (see [`multiword`]).
@@ -742,10 +742,10 @@ pub(crate) struct TermRows {
     pub name_prefix: Vec<bool>,
     /// The customer's last-name sort key: its matches are read in last-name order from the
     /// term index alone ([`Strategy::NameOrder`]).
-    pub last_name_sort: Vec<String>,
+    pub last_name_sort: Vec<&'a str>,
 }
 
-pub(crate) fn term_rows(rows: &[CustomerRow<'_>]) -> TermRows {
+pub(crate) fn term_rows<'a>(rows: &'a [CustomerRow<'_>]) -> TermRows<'a> {
     let mut out = TermRows::default();
     for row in rows {
         let id = row.customer.id.to_string();
@@ -755,7 +755,7 @@ pub(crate) fn term_rows(rows: &[CustomerRow<'_>]) -> TermRows {
             out.multiword.push(multiword(&term));
             out.terms.push(term);
             out.ids.push(id.clone());
-            out.last_name_sort.push(row.last_name_sort.clone());
+            out.last_name_sort.push(&row.last_name_sort);
         }
     }
     out

@@ -163,14 +163,14 @@ impl BatchTx for Transaction<'static, Sqlite> {
         // One JSON array of [term, id, multiword, name_prefix, last_name_sort] rows: one
         // statement, read in one pass (as fast as multi-row statements of bound values,
         // measured, and one statement shape).
-        let entries: Vec<(&String, &String, u8, u8, &String)> = (0..rows.terms.len())
+        let entries: Vec<(&String, &String, u8, u8, &str)> = (0..rows.terms.len())
             .map(|i| {
                 (
                     &rows.terms[i],
                     &rows.ids[i],
                     u8::from(rows.multiword[i]),
                     u8::from(rows.name_prefix[i]),
-                    &rows.last_name_sort[i],
+                    rows.last_name_sort[i],
                 )
             })
             .collect();
