@@ -567,10 +567,9 @@ macro_rules! sql_primitives {
                         part: Part::OutsideNameRange,
                         ..plan
                     };
-                    rows.extend(if many {
-                        name_order(&mut *conn, query, others).await?
-                    } else {
-                        fetch(&mut *conn, $crate::search::page_sql(query, $dialect, others)).await?
+                    rows.extend(match others.q {
+                        Strategy::NameOrder => name_order(&mut *conn, query, others).await?,
+                        _ => fetch(&mut *conn, $crate::search::page_sql(query, $dialect, others)).await?,
                     });
                     let mut keyed = rows
                         .into_iter()

@@ -291,15 +291,18 @@ pub(crate) fn count_matches_sql(
 ) -> Option<(PageSql, i64)> {
     let (low, high) = prefix_range(query.filter.q.as_deref()?);
     let kind = dialect.term_kind(&low, part == Part::OutsideNameRange);
-    let cap = PROBE_FROM_MATCHES;
     let page = PageSql {
         sql: format!(
             "SELECT COUNT(*) FROM (SELECT 1 FROM customer_terms \
              WHERE {kind} AND term >= $1 AND term < $2 LIMIT $3) AS m"
         ),
-        binds: vec![Bind::Text(low), Bind::Text(high), Bind::Int(cap)],
+        binds: vec![
+            Bind::Text(low),
+            Bind::Text(high),
+            Bind::Int(PROBE_FROM_MATCHES),
+        ],
     };
-    Some((page, cap))
+    Some((page, PROBE_FROM_MATCHES))
 }
 
 /// Candidates of a [`Strategy::NameOrder`] page, fetched at most, first; each round that the
