@@ -38,6 +38,20 @@ pub(crate) fn db_error(error: sqlx::Error) -> DomainError {
     }
 }
 
+/// A failure of a statement run on a SQLite handle directly (`sqlite_rows`), mapped as
+/// [`db_error`] maps sqlx's: `code` is SQLite's extended result code.
+pub(crate) fn sqlite_error(code: i32, message: String) -> DomainError {
+    use libsqlite3_sys as ffi;
+    if matches!(
+        code,
+        ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    ) && let Some(key) = clashing_key(&message)
+    {
+        return DomainError::DuplicateKey(key);
+    }
+    DomainError::Storage(format!("{message} (SQLite code {code})").into())
+}
+
 /// Whether a failed transaction is worth running again as it is: PostgreSQL aborted it to break
 /// a deadlock (`40P01`) or a serialization conflict (`40001`) with a concurrent one.
 pub(crate) fn is_transient(error: &DomainError) -> bool {

@@ -19,6 +19,7 @@ mod unit_of_work;
 
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_rows;
 
 pub use sql_store::SqlStore;
 

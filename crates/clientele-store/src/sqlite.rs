@@ -16,6 +16,7 @@ use crate::checkpoint::{self, Checkpointer};
 use crate::error::db_error;
 use crate::primitives::{BatchTx, CustomerRow, decode_id, key_column, sql_primitives};
 use crate::sql_store::{Backend, SqlStore};
+use crate::sqlite_rows::{Param, insert_rows};
 use crate::{SqliteSync, StoreConfig, StoreError};
 
 crate::directory::directory_primitives!(Sqlite, share = "", update = "", serialize_groups = "");
@@ -129,16 +130,13 @@ impl BatchTx for Transaction<'static, Sqlite> {
     }
 
     async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {
-        for chunk in chunks(rows) {
-            let sql = format!(
-                "INSERT INTO customers ({ROW_COLUMNS}) VALUES {}",
-                placeholders(chunk.len(), 11)
-            );
-            bind_rows(sqlx::query(&sql), chunk)
-                .execute(&mut **self)
-                .await
-                .map_err(db_error)?;
-        }
+        let ids: Vec<String> = rows.iter().map(|r| r.customer.id.to_string()).collect();
+        let params: Vec<_> = rows.iter().zip(&ids).map(row_params).collect();
+        let sql = format!(
+            "INSERT INTO customers ({ROW_COLUMNS}) VALUES ({})",
+            numbered(11)
+        );
+        insert_rows(&mut **self, &sql, &params).await?;
         self.write_terms(rows, false).await
     }
 
@@ -160,34 +158,25 @@ impl BatchTx for Transaction<'static, Sqlite> {
         if rows.terms.is_empty() {
             return Ok(());
         }
-        // One JSON array of [term, id, multiword, name_prefix, last_name_sort] rows: one
-        // statement, read in one pass (as fast as multi-row statements of bound values,
-        // measured, and one statement shape).
-        let entries: Vec<(&String, &String, u8, u8, &str)> = (0..rows.terms.len())
+        let params: Vec<[Param<'_>; 5]> = (0..rows.terms.len())
             .map(|i| {
-                (
-                    &rows.terms[i],
-                    &rows.ids[i],
-                    u8::from(rows.multiword[i]),
-                    u8::from(rows.name_prefix[i]),
-                    rows.last_name_sort[i],
-                )
+                [
+                    Param::Text(&rows.terms[i]),
+                    Param::Text(&rows.ids[i]),
+                    rows.multiword[i].into(),
+                    rows.name_prefix[i].into(),
+                    Param::Text(rows.last_name_sort[i]),
+                ]
             })
             .collect();
-        let entries =
-            serde_json::to_string(&entries).map_err(|e| DomainError::Storage(Box::new(e)))?;
-        sqlx::query(
+        insert_rows(
+            &mut **self,
             "INSERT OR IGNORE INTO customer_terms \
              (term, customer_id, multiword, name_prefix, last_name_sort) \
-             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
-             json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
-             json_extract(value, '$[4]') FROM json_each($1)",
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            &params,
         )
-        .bind(entries)
-        .execute(&mut **self)
         .await
-        .map_err(db_error)?;
-        Ok(())
     }
 
     async fn record_changes(&mut self, changes: &[ChangeRecord]) -> Result<(), DomainError> {
@@ -267,9 +256,27 @@ impl JsonLists for Transaction<'static, Sqlite> {
     }
 }
 
-/// The columns of a customer row, in the order [`bind_rows`] binds them.
+/// The columns of a customer row, in the order [`bind_rows`] and [`row_params`] bind them.
 const ROW_COLUMNS: &str = "id, external_id, email_norm, username, last_name_sort, archived, \
                            version, created_at, updated_at, password_hash, doc";
+
+/// A customer row's values for one statement run per row ([`insert_rows`]).
+fn row_params<'a>((row, id): (&'a CustomerRow<'_>, &'a String)) -> [Param<'a>; 11] {
+    let c = row.customer;
+    [
+        Param::Text(id),
+        c.external_id.as_deref().into(),
+        row.email_norm.as_deref().into(),
+        c.username.as_deref().into(),
+        Param::Text(&row.last_name_sort),
+        c.archived.into(),
+        Param::Int(c.version),
+        Param::Int(c.created_at.as_micros()),
+        Param::Int(c.updated_at.as_micros()),
+        row.password_hash.into(),
+        Param::Text(row.doc),
+    ]
+}
 
 fn bind_rows<'q>(
     mut query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
@@ -313,6 +320,14 @@ fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
         rows = rest;
         Some(chunk)
     })
+}
+
+/// `?1, ?2, ..., ?N`: the parameters of one row.
+fn numbered(columns: usize) -> String {
+    (1..=columns)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `(?, ?, ...), (?, ?, ...)`: `rows` groups of `columns` anonymous parameters.
@@ -438,5 +453,6 @@ mod tests {
             assert_eq!(flat, rows, "order kept");
         }
         assert_eq!(placeholders(2, 3), "(?, ?, ?), (?, ?, ?)");
+        assert_eq!(numbered(3), "?1, ?2, ?3");
     }
 }
