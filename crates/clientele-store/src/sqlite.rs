@@ -16,7 +16,7 @@ use crate::checkpoint::{self, Checkpointer};
 use crate::error::db_error;
 use crate::primitives::{BatchTx, CustomerRow, decode_id, key_column, sql_primitives};
 use crate::sql_store::{Backend, SqlStore};
-use crate::sqlite_rows::{Param, insert_rows};
+use crate::sqlite_rows::{Param, execute_per_row};
 use crate::{SqliteSync, StoreConfig, StoreError};
 
 crate::directory::directory_primitives!(Sqlite, share = "", update = "", serialize_groups = "");
@@ -111,32 +111,19 @@ impl BatchTx for Transaction<'static, Sqlite> {
     }
 
     async fn update_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {
-        for chunk in chunks(rows) {
-            let sql = format!(
-                "WITH u({ROW_COLUMNS}) AS (VALUES {}) \
-                 UPDATE customers SET external_id = u.external_id, email_norm = u.email_norm, \
-                 username = u.username, last_name_sort = u.last_name_sort, \
-                 archived = u.archived, version = u.version, updated_at = u.updated_at, \
-                 password_hash = u.password_hash, doc = u.doc \
-                 FROM u WHERE customers.id = u.id",
-                placeholders(chunk.len(), 11)
-            );
-            bind_rows(sqlx::query(&sql), chunk)
-                .execute(&mut **self)
-                .await
-                .map_err(db_error)?;
-        }
-        Ok(())
+        // `created_at` (?8) never changes.
+        let sql = "UPDATE customers SET external_id = ?2, email_norm = ?3, username = ?4, \
+                   last_name_sort = ?5, archived = ?6, version = ?7, updated_at = ?9, \
+                   password_hash = ?10, doc = ?11 WHERE id = ?1";
+        write_customer_rows(self, sql, rows).await
     }
 
     async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {
-        let ids: Vec<String> = rows.iter().map(|r| r.customer.id.to_string()).collect();
-        let params: Vec<_> = rows.iter().zip(&ids).map(row_params).collect();
         let sql = format!(
             "INSERT INTO customers ({ROW_COLUMNS}) VALUES ({})",
             numbered(11)
         );
-        insert_rows(&mut **self, &sql, &params).await?;
+        write_customer_rows(self, &sql, rows).await?;
         self.write_terms(rows, false).await
     }
 
@@ -169,7 +156,7 @@ impl BatchTx for Transaction<'static, Sqlite> {
                 ]
             })
             .collect();
-        insert_rows(
+        execute_per_row(
             &mut **self,
             "INSERT OR IGNORE INTO customer_terms \
              (term, customer_id, multiword, name_prefix, last_name_sort) \
@@ -256,11 +243,23 @@ impl JsonLists for Transaction<'static, Sqlite> {
     }
 }
 
-/// The columns of a customer row, in the order [`bind_rows`] and [`row_params`] bind them.
+/// The columns of a customer row, in the order [`row_params`] binds them.
 const ROW_COLUMNS: &str = "id, external_id, email_norm, username, last_name_sort, archived, \
                            version, created_at, updated_at, password_hash, doc";
 
-/// A customer row's values for one statement run per row ([`insert_rows`]).
+/// Runs `sql`, whose parameters are a customer row's columns (`?1` to `?11`, in [`ROW_COLUMNS`]
+/// order), once for each row.
+async fn write_customer_rows(
+    tx: &mut Transaction<'static, Sqlite>,
+    sql: &str,
+    rows: &[CustomerRow<'_>],
+) -> Result<(), DomainError> {
+    let ids: Vec<String> = rows.iter().map(|r| r.customer.id.to_string()).collect();
+    let params: Vec<_> = rows.iter().zip(&ids).map(row_params).collect();
+    execute_per_row(tx, sql, &params).await
+}
+
+/// A customer row's values for one statement run per row ([`execute_per_row`]).
 fn row_params<'a>((row, id): (&'a CustomerRow<'_>, &'a String)) -> [Param<'a>; 11] {
     let c = row.customer;
     [
@@ -276,28 +275,6 @@ fn row_params<'a>((row, id): (&'a CustomerRow<'_>, &'a String)) -> [Param<'a>; 1
         row.password_hash.into(),
         Param::Text(row.doc),
     ]
-}
-
-fn bind_rows<'q>(
-    mut query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-    rows: &'q [CustomerRow<'_>],
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    for row in rows {
-        let c = row.customer;
-        query = query
-            .bind(c.id.to_string())
-            .bind(c.external_id.as_deref())
-            .bind(row.email_norm.as_deref())
-            .bind(c.username.as_deref())
-            .bind(row.last_name_sort.as_str())
-            .bind(c.archived)
-            .bind(c.version)
-            .bind(c.created_at.as_micros())
-            .bind(c.updated_at.as_micros())
-            .bind(row.password_hash)
-            .bind(row.doc);
-    }
-    query
 }
 
 /// Rows per multi-row statement at most: 11 columns x 256 rows stays far below SQLite's

@@ -1,4 +1,4 @@
-//! Many rows inserted through one prepared statement run on the SQLite connection's own handle.
+//! Many rows written through one prepared statement run on the SQLite connection's own handle.
 //!
 //! Through sqlx, every statement is a hand-off to the connection's worker thread and back, so a
 //! batch is written as a few large statements. Those cost SQLite more per row than one small
@@ -48,7 +48,7 @@ impl From<bool> for Param<'_> {
 /// Runs `sql`, one statement with the parameters `?1` to `?N`, once for each row, in the
 /// connection's open transaction. On an error the rows before it stay written: the caller's
 /// transaction, which is rolled back on any error, is what keeps a write all-or-nothing.
-pub(crate) async fn insert_rows<const N: usize>(
+pub(crate) async fn execute_per_row<const N: usize>(
     connection: &mut SqliteConnection,
     sql: &str,
     rows: &[[Param<'_>; N]],
@@ -187,7 +187,7 @@ mod tests {
         let mut connection = table().await?;
         let mut tx = connection.begin().await?;
         let rows = [(1, Some("a@x"), "ä"), (2, None, "b"), (3, Some("c@x"), "")];
-        insert_rows(
+        execute_per_row(
             &mut tx,
             INSERT,
             &rows.map(|(id, email, note)| [Param::Int(id), email.into(), Param::Text(note)]),
@@ -213,7 +213,7 @@ mod tests {
     #[tokio::test]
     async fn a_unique_clash_names_the_key_and_a_bad_statement_is_a_storage_error() -> TestResult {
         let mut connection = table().await?;
-        let clash = insert_rows(
+        let clash = execute_per_row(
             &mut connection,
             INSERT,
             &[1, 2].map(|id| [Param::Int(id), Param::Text("same@x"), Param::Null]),
@@ -223,7 +223,7 @@ mod tests {
             matches!(clash, Err(DomainError::DuplicateKey(CustomerKey::Email))),
             "{clash:?}"
         );
-        let null_id = insert_rows(
+        let null_id = execute_per_row(
             &mut connection,
             INSERT,
             &[[Param::Null, Param::Null, Param::Null]],
@@ -233,7 +233,7 @@ mod tests {
             matches!(null_id, Err(DomainError::Storage(_))),
             "{null_id:?}"
         );
-        let bad = insert_rows(
+        let bad = execute_per_row(
             &mut connection,
             "INSERT INTO missing VALUES (?1)",
             &[[Param::Int(1)]],
