@@ -49,6 +49,9 @@ pub(crate) fn sqlite_error(code: i32, message: String) -> DomainError {
     {
         return DomainError::DuplicateKey(key);
     }
+    if code == ffi::SQLITE_CONSTRAINT_FOREIGNKEY {
+        return DomainError::CustomerHasOrders;
+    }
     DomainError::Storage(format!("{message} (SQLite code {code})").into())
 }
 

@@ -119,11 +119,10 @@ impl BatchTx for Transaction<'static, Sqlite> {
     }
 
     async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError> {
-        let sql = format!(
-            "INSERT INTO customers ({ROW_COLUMNS}) VALUES ({})",
-            numbered(11)
-        );
-        write_customer_rows(self, &sql, rows).await?;
+        let sql = "INSERT INTO customers (id, external_id, email_norm, username, last_name_sort, \
+                   archived, version, created_at, updated_at, password_hash, doc) \
+                   VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+        write_customer_rows(self, sql, rows).await?;
         self.write_terms(rows, false).await
     }
 
@@ -243,12 +242,8 @@ impl JsonLists for Transaction<'static, Sqlite> {
     }
 }
 
-/// The columns of a customer row, in the order [`row_params`] binds them.
-const ROW_COLUMNS: &str = "id, external_id, email_norm, username, last_name_sort, archived, \
-                           version, created_at, updated_at, password_hash, doc";
-
-/// Runs `sql`, whose parameters are a customer row's columns (`?1` to `?11`, in [`ROW_COLUMNS`]
-/// order), once for each row.
+/// Runs `sql`, whose parameters are a customer row's columns (`?1` to `?11`, in the order of
+/// [`row_params`]), once for each row.
 async fn write_customer_rows(
     tx: &mut Transaction<'static, Sqlite>,
     sql: &str,
@@ -297,14 +292,6 @@ fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
         rows = rest;
         Some(chunk)
     })
-}
-
-/// `?1, ?2, ..., ?N`: the parameters of one row.
-fn numbered(columns: usize) -> String {
-    (1..=columns)
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `(?, ?, ...), (?, ?, ...)`: `rows` groups of `columns` anonymous parameters.
@@ -430,6 +417,5 @@ mod tests {
             assert_eq!(flat, rows, "order kept");
         }
         assert_eq!(placeholders(2, 3), "(?, ?, ?), (?, ?, ?)");
-        assert_eq!(numbered(3), "?1, ?2, ?3");
     }
 }

@@ -233,6 +233,20 @@ mod tests {
             matches!(null_id, Err(DomainError::Storage(_))),
             "{null_id:?}"
         );
+        // A foreign key, as on the sqlx path: the backstop of the orders check.
+        sqlx::query("CREATE TABLE child (email TEXT NOT NULL REFERENCES t (email_norm))")
+            .execute(&mut connection)
+            .await?;
+        let orphan = execute_per_row(
+            &mut connection,
+            "INSERT INTO child (email) VALUES (?1)",
+            &[[Param::Text("nobody@x")]],
+        )
+        .await;
+        assert!(
+            matches!(orphan, Err(DomainError::CustomerHasOrders)),
+            "{orphan:?}"
+        );
         let bad = execute_per_row(
             &mut connection,
             "INSERT INTO missing VALUES (?1)",
