@@ -335,15 +335,17 @@ async fn store_terms(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO customer_terms (term, customer_id, multiword, name_prefix, last_name_sort) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::bool[], $5::text[]) \
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO customer_terms \
+         (term, customer_id, multiword, name_prefix, last_name_sort, name_bucket) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::bool[], $5::text[], \
+         $6::int8[]) ON CONFLICT DO NOTHING",
     )
     .bind(rows.terms)
     .bind(rows.ids)
     .bind(rows.multiword)
     .bind(rows.name_prefix)
     .bind(rows.last_name_sort)
+    .bind(rows.name_bucket)
     .execute(&mut **tx)
     .await
     .map_err(db_error)?;

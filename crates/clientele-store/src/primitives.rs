@@ -481,7 +481,7 @@ macro_rules! sql_primitives {
                     query: &clientele_domain::ListQuery,
                     plan: Plan,
                 ) -> Result<Vec<<$db as sqlx::Database>::Row>, clientele_domain::DomainError> {
-                    use $crate::search::{NAME_ORDER_GROWTH, NAME_ORDER_ROUNDS};
+                    use $crate::search::{Buckets, NAME_ORDER_GROWTH, NAME_ORDER_ROUNDS};
                     let db = $crate::error::db_error;
                     let Some(q) = query.filter.q.as_deref() else {
                         return Ok(Vec::new());
@@ -496,12 +496,24 @@ macro_rules! sql_primitives {
                     let mut count = wanted as i64;
                     for _ in 0..NAME_ORDER_ROUNDS {
                         let from = after.as_ref().map(|(key, id)| (key.as_str(), id.as_str()));
-                        let Some(candidates) =
-                            $crate::search::name_order_candidates_sql(query, $dialect, from, count)
-                        else {
-                            return Ok(rows);
-                        };
-                        let found = fetch(&mut *conn, candidates).await?;
+                        // Bucket by bucket of the last-name order, from the cursor's: the first
+                        // `count` entries usually lie in the first one read.
+                        let mut found = Vec::new();
+                        for buckets in Buckets::groups_from(from.map(|(key, _)| key)) {
+                            let Some(candidates) = $crate::search::name_order_candidates_sql(
+                                query,
+                                $dialect,
+                                from,
+                                &buckets,
+                                count - found.len() as i64,
+                            ) else {
+                                return Ok(rows);
+                            };
+                            found.extend(fetch(&mut *conn, candidates).await?);
+                            if found.len() as i64 >= count {
+                                break;
+                            }
+                        }
                         let mut ids: Vec<String> = Vec::with_capacity(found.len());
                         let mut last = None;
                         for row in &found {

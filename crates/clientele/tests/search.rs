@@ -641,16 +641,19 @@ async fn a_common_last_name_prefix_is_merged_with_the_other_matches_in_name_orde
             .await;
         assert_eq!(reply.status, 200);
     }
-    // Some renames, so that a term's flag must follow its customer's new last name.
+    // Some renames, so that a term's flag and bucket of the last-name order must follow its
+    // customer's new last name, into buckets before, between and after the others: no last name,
+    // a digit, a letter beyond ASCII.
     let all = walk(&hub, "sort=created_at", 1000).await;
-    for c in all.iter().step_by(501) {
+    let renames = [json!("Aaltonen"), json!(null), json!("3rd"), json!("Öberg")];
+    for (n, c) in all.iter().step_by(101).enumerate() {
         let id = c["id"].as_str().expect("id");
         let reply = call(
             hub.patch(&format!("/v1/customers/{id}"))
-                .json(&json!({"last_name": "Aaltonen"})),
+                .json(&json!({"last_name": renames[n % renames.len()]})),
         )
         .await;
-        assert_eq!(reply.status, 200);
+        assert_eq!(reply.status, 200, "{}", reply.body);
     }
     let all = walk(&hub, "sort=created_at", 1000).await;
     let middle = text(&all[all.len() / 2], "created_at");
