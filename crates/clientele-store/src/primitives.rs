@@ -472,6 +472,30 @@ macro_rules! sql_primitives {
                     }
                     Ok(rows)
                 }
+                /// The first `count` candidates of a [`Strategy::NameOrder`] round after `from`,
+                /// bucket by bucket of the last-name order from the cursor's: they usually lie
+                /// in the first bucket read.
+                async fn candidates(
+                    conn: &mut <$db as sqlx::Database>::Connection,
+                    query: &clientele_domain::ListQuery,
+                    from: Option<(&str, &str)>,
+                    count: i64,
+                ) -> Result<Vec<<$db as sqlx::Database>::Row>, clientele_domain::DomainError> {
+                    let mut found = Vec::new();
+                    for buckets in $crate::search::Buckets::groups_from(from.map(|(key, _)| key)) {
+                        let left = count - found.len() as i64;
+                        let Some(sql) = $crate::search::name_order_candidates_sql(
+                            query, $dialect, from, &buckets, left,
+                        ) else {
+                            break;
+                        };
+                        found.extend(fetch(&mut *conn, sql).await?);
+                        if found.len() as i64 >= count {
+                            break;
+                        }
+                    }
+                    Ok(found)
+                }
                 /// A [`Strategy::NameOrder`] page of the matches outside the last-name range:
                 /// candidates in last-name order from the term index, then the customers among
                 /// them that pass the other filters, in rounds of growing size while those
@@ -481,7 +505,7 @@ macro_rules! sql_primitives {
                     query: &clientele_domain::ListQuery,
                     plan: Plan,
                 ) -> Result<Vec<<$db as sqlx::Database>::Row>, clientele_domain::DomainError> {
-                    use $crate::search::{Buckets, NAME_ORDER_GROWTH, NAME_ORDER_ROUNDS};
+                    use $crate::search::{NAME_ORDER_GROWTH, NAME_ORDER_ROUNDS};
                     let db = $crate::error::db_error;
                     let Some(q) = query.filter.q.as_deref() else {
                         return Ok(Vec::new());
@@ -496,24 +520,7 @@ macro_rules! sql_primitives {
                     let mut count = wanted as i64;
                     for _ in 0..NAME_ORDER_ROUNDS {
                         let from = after.as_ref().map(|(key, id)| (key.as_str(), id.as_str()));
-                        // Bucket by bucket of the last-name order, from the cursor's: the first
-                        // `count` entries usually lie in the first one read.
-                        let mut found = Vec::new();
-                        for buckets in Buckets::groups_from(from.map(|(key, _)| key)) {
-                            let Some(candidates) = $crate::search::name_order_candidates_sql(
-                                query,
-                                $dialect,
-                                from,
-                                &buckets,
-                                count - found.len() as i64,
-                            ) else {
-                                return Ok(rows);
-                            };
-                            found.extend(fetch(&mut *conn, candidates).await?);
-                            if found.len() as i64 >= count {
-                                break;
-                            }
-                        }
+                        let found = candidates(&mut *conn, query, from, count).await?;
                         let mut ids: Vec<String> = Vec::with_capacity(found.len());
                         let mut last = None;
                         for row in &found {
