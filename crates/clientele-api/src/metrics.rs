@@ -28,6 +28,10 @@ pub(crate) fn recorder() -> PrometheusRecorder {
             "db_create_groups_total",
             "Transactions that wrote a group of concurrent single creates"
         );
+        metrics::describe_gauge!(
+            "http_requests_in_flight",
+            "Requests being served, by method and route"
+        );
         metrics::describe_counter!(
             "db_grouped_creates_total",
             "Single creates written by those transactions (creates per group: this over groups)"
@@ -36,7 +40,8 @@ pub(crate) fn recorder() -> PrometheusRecorder {
     recorder
 }
 
-/// Middleware: counts each request by route template and status, and records its latency.
+/// Middleware: counts each request by route template and status, records its latency, and
+/// keeps the requests in flight by route.
 pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -44,7 +49,12 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
+    let in_flight = InFlight::start(metrics::with_local_recorder(
+        state.recorder(),
+        || metrics::gauge!("http_requests_in_flight", "method" => method.clone(), "route" => route.clone()),
+    ));
     let response = next.run(request).await;
+    drop(in_flight);
     let status = response.status().as_u16().to_string();
     let elapsed = started.elapsed().as_secs_f64();
     metrics::with_local_recorder(state.recorder(), || {
@@ -53,6 +63,23 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
         metrics::histogram!("http_request_duration_seconds", &labels[..2]).record(elapsed);
     });
     response
+}
+
+/// One request counted in `http_requests_in_flight` until it is dropped: when its response
+/// is ready, or when the connection goes away and the request's future with it.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn start(gauge: metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// The Prometheus text exposition, with the pool gauges and group-commit counters read now.

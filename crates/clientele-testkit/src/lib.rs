@@ -379,6 +379,17 @@ pub fn assert_invalid(reply: &Reply, expected: &[(&str, &str)]) {
     );
 }
 
+/// The value of the Prometheus sample whose name is `name` and whose labels include all of
+/// `labels` (each written `key="value"`), in the text of `GET /metrics`.
+pub fn metric_sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
 /// The number of rows in `table` of the SQLite or PostgreSQL database at `database_url`, read
 /// straight from the database (not through the hub).
 pub async fn count_rows(database_url: &str, table: &str) -> i64 {

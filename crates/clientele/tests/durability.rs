@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use clientele_testkit::{ADMIN_SECRET, HubProcess, call, fresh_postgres_database};
+use clientele_testkit::{ADMIN_SECRET, HubProcess, call, fresh_postgres_database, metric_sample};
 use futures::future::join_all;
 use serde_json::json;
 
@@ -111,7 +111,9 @@ async fn sigterm_finishes_requests_in_flight(database_url: &str, dir: &Path) {
         )
     });
     let in_flight = tokio::spawn(join_all(requests));
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    // SIGTERM once the hub serves all six: a connection it has not accepted yet is refused, as
+    // it should be, and a fixed wait cannot tell the two apart on a busy machine.
+    wait_for_in_flight(&client, &hub, "POST", "/v1/customers", 6).await;
     let exited_cleanly = tokio::task::spawn_blocking(move || hub.terminate())
         .await
         .expect("join");
@@ -122,4 +124,36 @@ async fn sigterm_finishes_requests_in_flight(database_url: &str, dir: &Path) {
         replies.iter().map(|r| r.status).collect::<Vec<_>>()
     );
     assert!(exited_cleanly, "clientele serve exits 0 on SIGTERM");
+}
+
+/// Waits (at most 30 s) until the hub's `http_requests_in_flight` of this route reaches `count`.
+async fn wait_for_in_flight(
+    client: &reqwest::Client,
+    hub: &HubProcess,
+    method: &str,
+    route: &str,
+    count: u32,
+) {
+    let labels = [format!("method=\"{method}\""), format!("route=\"{route}\"")];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let metrics = client
+            .get(hub.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics text");
+        let serving = metric_sample(&metrics, "http_requests_in_flight", &labels).unwrap_or(0.0);
+        if serving >= f64::from(count) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{serving} of {count} requests in flight after 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use clientele_api::ApiConfig;
-use clientele_testkit::{Reply, TestHub, assert_problem, call, hub_tests};
+use clientele_testkit::{Reply, TestHub, assert_problem, call, hub_tests, metric_sample};
 use serde_json::{Value, json};
 
 hub_tests!(
@@ -59,16 +59,6 @@ async fn healthz_answers_without_credentials(hub: TestHub) {
     assert_eq!(call(hub.get("/healthz")).await.status, 200);
 }
 
-/// The value of the sample whose name is `name` and whose labels include all of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| line.split(['{', ' ']).next() == Some(name))
-        .find(|line| labels.iter().all(|label| line.contains(label)))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
-
 async fn metrics_are_prometheus_text_by_route_template(hub: TestHub) {
     let customer = hub.create_customer(json!({"first_name": "Ada"})).await;
     let id = customer["id"].as_str().expect("id").to_owned();
@@ -108,7 +98,7 @@ async fn metrics_are_prometheus_text_by_route_template(hub: TestHub) {
     );
     let route = r#"route="/v1/customers/{id}""#;
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             "http_requests_total",
             &[route, r#"method="GET""#, r#"status="200""#]
@@ -117,7 +107,7 @@ async fn metrics_are_prometheus_text_by_route_template(hub: TestHub) {
         "{text}"
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             "http_requests_total",
             &[route, r#"method="GET""#, r#"status="404""#]
@@ -126,7 +116,7 @@ async fn metrics_are_prometheus_text_by_route_template(hub: TestHub) {
         "{text}"
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             "http_requests_total",
             &[
@@ -138,12 +128,22 @@ async fn metrics_are_prometheus_text_by_route_template(hub: TestHub) {
         Some(1.0),
         "{text}"
     );
+    // Every request above has its answer: none is in flight any more.
+    assert_eq!(
+        metric_sample(
+            &text,
+            "http_requests_in_flight",
+            &[route, r#"method="GET""#]
+        ),
+        Some(0.0),
+        "{text}"
+    );
     assert!(
         text.contains("# TYPE http_request_duration_seconds histogram"),
         "{text}"
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             "http_request_duration_seconds_bucket",
             &[route, r#"method="GET""#, r#"le="+Inf""#]
@@ -152,7 +152,7 @@ async fn metrics_are_prometheus_text_by_route_template(hub: TestHub) {
         "{text}"
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             "http_request_duration_seconds_count",
             &[route, r#"method="GET""#]
@@ -160,7 +160,7 @@ async fn metrics_are_prometheus_text_by_route_template(hub: TestHub) {
         Some(4.0),
         "{text}"
     );
-    let pool = sample(&text, "db_pool_connections", &[]).expect("db_pool_connections");
+    let pool = metric_sample(&text, "db_pool_connections", &[]).expect("db_pool_connections");
     assert!(pool >= 1.0, "the pool has a connection: {text}");
     assert!(text.contains("db_pool_idle_connections"), "{text}");
 
