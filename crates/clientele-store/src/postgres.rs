@@ -336,9 +336,9 @@ async fn store_terms(
     }
     sqlx::query(
         "INSERT INTO customer_terms \
-         (term, customer_id, multiword, name_prefix, last_name_sort, name_bucket) \
+         (term, customer_id, multiword, name_prefix, last_name_sort, name_bucket, archived) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::bool[], $5::text[], \
-         $6::int8[]) ON CONFLICT DO NOTHING",
+         $6::int8[], $7::bool[]) ON CONFLICT DO NOTHING",
     )
     .bind(rows.terms)
     .bind(rows.ids)
@@ -346,6 +346,7 @@ async fn store_terms(
     .bind(rows.name_prefix)
     .bind(rows.last_name_sort)
     .bind(rows.name_bucket)
+    .bind(rows.archived)
     .execute(&mut **tx)
     .await
     .map_err(db_error)?;

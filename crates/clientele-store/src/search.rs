@@ -39,18 +39,20 @@ impl Dialect {
 
     /// Terms that may match `low`: the key ranges of its kind (see [`multiword`]), both values
     /// of `name_prefix` unless only the terms outside the last-name range are asked for, in
-    /// `buckets` of the last-name order (every bucket unless a part of that order is read).
-    fn term_kind(self, low: &str, outside_name_range: bool, buckets: &Buckets) -> String {
+    /// the buckets of the last-name order or the archived customers that `terms` selects.
+    fn term_kind(self, low: &str, outside_name_range: bool, terms: &TermFilter) -> String {
         let multiword = self.flag(multiword(low));
         let name_prefix = if outside_name_range {
             format!("name_prefix = {}", self.flag(false))
         } else {
             format!("name_prefix IN ({}, {})", self.flag(false), self.flag(true))
         };
-        format!(
-            "multiword = {multiword} AND {name_prefix} AND {}",
-            buckets.condition()
-        )
+        let within = match terms {
+            TermFilter::Buckets(buckets) => buckets.condition(),
+            // The condition of the partial index, as written there (SQLite needs it so).
+            TermFilter::ArchivedOnly => self.archived(true).to_owned(),
+        };
+        format!("multiword = {multiword} AND {name_prefix} AND {within}")
     }
 
     /// The customer ids of a JSON array bound as text, as a subquery.
@@ -195,6 +197,27 @@ impl Buckets {
             width *= 4;
             Some(group)
         })
+    }
+}
+
+/// Which term entries a term query reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum TermFilter {
+    /// Those in these buckets of the last-name order, of every customer.
+    Buckets(Buckets),
+    /// Those of archived customers, through their partial index (migration 0014 on SQLite,
+    /// 0013 on PostgreSQL): a query with `archived=true` counts and reads only these.
+    ArchivedOnly,
+}
+
+impl TermFilter {
+    /// Every term entry a query's other filters may keep.
+    fn of(query: &ListQuery) -> Self {
+        if query.filter.archived == Some(true) {
+            TermFilter::ArchivedOnly
+        } else {
+            TermFilter::Buckets(Buckets::all())
+        }
     }
 }
 
@@ -350,7 +373,7 @@ pub(crate) fn count_matches_sql(
     part: Part,
 ) -> Option<(PageSql, i64)> {
     let (low, high) = prefix_range(query.filter.q.as_deref()?);
-    let kind = dialect.term_kind(&low, part == Part::OutsideNameRange, &Buckets::all());
+    let kind = dialect.term_kind(&low, part == Part::OutsideNameRange, &TermFilter::of(query));
     let page = PageSql {
         sql: format!(
             "SELECT COUNT(*) FROM (SELECT 1 FROM customer_terms \
@@ -385,7 +408,7 @@ pub(crate) fn name_order_candidates_sql(
     count: i64,
 ) -> Option<PageSql> {
     let (low, high) = prefix_range(query.filter.q.as_deref()?);
-    let kind = dialect.term_kind(&low, true, buckets);
+    let kind = dialect.term_kind(&low, true, &TermFilter::Buckets(buckets.clone()));
     let mut b = Builder::default();
     let low = b.bind(Bind::Text(low));
     let high = b.bind(Bind::Text(high));
@@ -508,7 +531,13 @@ pub(crate) fn page_sql(query: &ListQuery, dialect: Dialect, plan: Plan) -> PageS
         _ => None,
     };
     if let (Some((low, high)), None) = (&range, probe) {
-        q_condition(&mut b, dialect, plan.part, low, high);
+        q_condition(
+            &mut b,
+            dialect,
+            plan.part,
+            &TermFilter::of(query),
+            (low, high),
+        );
     }
     let keyset = keyset_condition(&mut b, query);
     b.conditions.extend(keyset.clone());
@@ -670,7 +699,7 @@ fn filter_conditions(b: &mut Builder, filter: &CustomerFilter, dialect: Dialect)
     if let Some(phone) = &filter.phone {
         // Found through the term index, then compared exactly with either number.
         let term = normalize_term(phone);
-        let kind = dialect.term_kind(&term, false, &Buckets::all());
+        let kind = dialect.term_kind(&term, false, &TermFilter::Buckets(Buckets::all()));
         let term = b.bind(Bind::Text(term));
         let exact = b.bind(Bind::Text(phone.clone()));
         b.conditions.push(format!(
@@ -699,8 +728,14 @@ fn name_range_condition(b: &mut Builder, part: Part, low: &str, high: &str) {
         .push(condition.replace("{low}", &low).replace("{high}", &high));
 }
 
-fn q_condition(b: &mut Builder, dialect: Dialect, part: Part, low: &str, high: &str) {
-    let kind = dialect.term_kind(low, part == Part::OutsideNameRange, &Buckets::all());
+fn q_condition(
+    b: &mut Builder,
+    dialect: Dialect,
+    part: Part,
+    terms: &TermFilter,
+    (low, high): (&str, &str),
+) {
+    let kind = dialect.term_kind(low, part == Part::OutsideNameRange, terms);
     let low = b.bind(Bind::Text(low.to_owned()));
     let high = b.bind(Bind::Text(high.to_owned()));
     b.conditions.push(format!(
@@ -795,6 +830,13 @@ pub(crate) async fn backfill_terms<B: Backend>(
     }
 }
 
+/// Whether two states of a customer have the same term rows: the same searchable fields
+/// (the terms themselves, and the last name their flags and buckets follow) and the same
+/// `archived`, which each row carries.
+pub(crate) fn same_terms(a: &clientele_domain::Customer, b: &clientele_domain::Customer) -> bool {
+    clientele_domain::search::same_searchable_fields(a, b) && a.archived == b.archived
+}
+
 /// The rows of `customer_terms` for these customers, as parallel lists.
 #[derive(Default)]
 pub(crate) struct TermRows<'a> {
@@ -809,6 +851,9 @@ pub(crate) struct TermRows<'a> {
     pub last_name_sort: Vec<&'a str>,
     /// The bucket of that key ([`name_bucket`]), computed once per customer.
     pub name_bucket: Vec<i64>,
+    /// Whether the customer is archived: `archived=true` reads the terms of archived customers
+    /// from a partial index of their own ([`TermFilter::ArchivedOnly`]).
+    pub archived: Vec<bool>,
 }
 
 pub(crate) fn term_rows<'a>(rows: &'a [CustomerRow<'_>]) -> TermRows<'a> {
@@ -824,6 +869,7 @@ pub(crate) fn term_rows<'a>(rows: &'a [CustomerRow<'_>]) -> TermRows<'a> {
             out.ids.push(id.clone());
             out.last_name_sort.push(&row.last_name_sort);
             out.name_bucket.push(bucket);
+            out.archived.push(row.customer.archived);
         }
     }
     out
@@ -1018,9 +1064,10 @@ mod tests {
                 ..plan
             },
         );
+        // With `archived=true`, the terms of archived customers only, in their partial index.
         for part in [
-            "WHERE multiword = 0 AND name_prefix = 0 AND name_bucket IN (0, 1, 2, ",
-            "31, 32, 33, 34) AND term >= $3 AND term < $4)",
+            "WHERE multiword = 0 AND name_prefix = 0 AND archived = 1 AND term >= $3 \
+             AND term < $4)",
             "ORDER BY last_name_sort || '' ASC, id ASC",
         ] {
             assert!(few.sql.contains(part), "{part}: {}", few.sql);
@@ -1028,9 +1075,40 @@ mod tests {
         let (count, _) =
             count_matches_sql(&query, Dialect::Sqlite, Part::OutsideNameRange).expect("q");
         assert!(
+            count.sql.contains(
+                "WHERE multiword = 0 AND name_prefix = 0 AND archived = 1 AND term >= $1"
+            ),
+            "{}",
+            count.sql
+        );
+        // Otherwise those of every customer, in every bucket.
+        let any = ListQuery {
+            filter: CustomerFilter {
+                archived: Some(false),
+                ..query.filter.clone()
+            },
+            ..query.clone()
+        };
+        let few = page_sql(
+            &any,
+            Dialect::Sqlite,
+            Plan {
+                q: Strategy::Terms,
+                part: Part::OutsideNameRange,
+                ..plan
+            },
+        );
+        for part in [
+            "WHERE multiword = 0 AND name_prefix = 0 AND name_bucket IN (0, 1, 2, ",
+            "31, 32, 33, 34) AND term >= $3 AND term < $4)",
+        ] {
+            assert!(few.sql.contains(part), "{part}: {}", few.sql);
+        }
+        let (count, _) = count_matches_sql(&any, Dialect::Postgres, Part::All).expect("q");
+        assert!(
             count
                 .sql
-                .contains("WHERE multiword = 0 AND name_prefix = 0 AND name_bucket IN (0, 1, 2,"),
+                .contains("multiword = FALSE AND name_prefix IN (FALSE, TRUE) AND name_bucket IN"),
             "{}",
             count.sql
         );
@@ -1038,7 +1116,7 @@ mod tests {
         assert!(
             count
                 .sql
-                .contains("multiword = FALSE AND name_prefix IN (FALSE, TRUE) AND name_bucket IN"),
+                .contains("multiword = FALSE AND name_prefix IN (FALSE, TRUE) AND archived AND"),
             "{}",
             count.sql
         );

@@ -144,7 +144,7 @@ impl BatchTx for Transaction<'static, Sqlite> {
         if rows.terms.is_empty() {
             return Ok(());
         }
-        let params: Vec<[Param<'_>; 6]> = (0..rows.terms.len())
+        let params: Vec<[Param<'_>; 7]> = (0..rows.terms.len())
             .map(|i| {
                 [
                     Param::Text(&rows.terms[i]),
@@ -153,14 +153,15 @@ impl BatchTx for Transaction<'static, Sqlite> {
                     rows.name_prefix[i].into(),
                     Param::Text(rows.last_name_sort[i]),
                     Param::Int(rows.name_bucket[i]),
+                    rows.archived[i].into(),
                 ]
             })
             .collect();
         execute_per_row(
             &mut **self,
             "INSERT OR IGNORE INTO customer_terms \
-             (term, customer_id, multiword, name_prefix, last_name_sort, name_bucket) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+             (term, customer_id, multiword, name_prefix, last_name_sort, name_bucket, archived) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             &params,
         )
         .await

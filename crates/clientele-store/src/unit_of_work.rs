@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use clientele_domain::group::named_codes;
 use clientele_domain::schema::Schema;
-use clientele_domain::search::{same_searchable_fields, searchable_fields};
+use clientele_domain::search::searchable_fields;
 use clientele_domain::store::{IDEMPOTENCY_LEASE_MICROS, IDEMPOTENCY_TTL_MICROS};
 use clientele_domain::sync::{self, ChangeRecord, SyncBatch, SyncReport};
 use clientele_domain::write::{Applied, ApplyContext};
@@ -127,7 +127,7 @@ async fn write_in(
     let (outcome, kind) = match &stored {
         Some(stored) => {
             tx.update_many(rows).await?;
-            if !same_searchable_fields(&stored.customer, &next) {
+            if !crate::search::same_terms(&stored.customer, &next) {
                 tx.write_terms(rows, true).await?;
             }
             if !same_memberships(&stored.customer, &next) {
@@ -457,11 +457,15 @@ fn plan(batch: &SyncBatch, inputs: Inputs) -> Planned {
     }
 }
 
-/// A customer's searchable fields, owned: what its stored terms were made of.
-type SearchFields = [Option<String>; 8];
+/// A customer's searchable fields, owned, and whether it is archived: what its stored term
+/// rows were made of (see [`crate::search::same_terms`]).
+type SearchFields = ([Option<String>; 8], bool);
 
 fn owned_fields(customer: &Customer) -> SearchFields {
-    searchable_fields(customer).map(|field| field.map(str::to_owned))
+    (
+        searchable_fields(customer).map(|field| field.map(str::to_owned)),
+        customer.archived,
+    )
 }
 
 /// Tags, groups and teams, owned.
@@ -482,10 +486,12 @@ struct Planned {
 impl Planned {
     /// Whether an updated customer's terms must be rewritten.
     fn terms_change(&self, customer: &Customer) -> bool {
-        self.stored_search.get(&customer.id).is_none_or(|stored| {
-            let now = searchable_fields(customer);
-            stored.iter().map(Option::as_deref).ne(now)
-        })
+        self.stored_search
+            .get(&customer.id)
+            .is_none_or(|(fields, archived)| {
+                let now = searchable_fields(customer);
+                fields.iter().map(Option::as_deref).ne(now) || *archived != customer.archived
+            })
     }
 
     /// Whether an updated customer's membership rows must be replaced (it had some), and

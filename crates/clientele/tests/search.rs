@@ -368,6 +368,25 @@ async fn search_terms_follow_updates_and_deletes(hub: TestHub) {
     assert_eq!(reply.status, 200);
     assert_eq!(walk(&hub, "q=after", 10).await.len(), 1);
     assert_eq!(hub.count_rows("customer_terms").await, 2, "s-1 and after");
+    // Each term row carries whether its customer is archived (`archived=true` reads those
+    // rows only), so archiving and restoring rewrite them.
+    for (archived, found_archived, found_active) in [(true, 1, 0), (false, 0, 1)] {
+        let reply = call(
+            hub.patch(&format!("/v1/customers/{id}"))
+                .json(&json!({"archived": archived})),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            walk(&hub, "q=after&archived=true", 10).await.len(),
+            found_archived
+        );
+        assert_eq!(
+            walk(&hub, "q=after&archived=false", 10).await.len(),
+            found_active
+        );
+    }
+    assert_eq!(hub.count_rows("customer_terms").await, 2);
     // The sync path maintains them too.
     let synced = hub
         .sync(&json!({"key": "external_id", "customers": [
@@ -389,6 +408,16 @@ async fn search_terms_follow_updates_and_deletes(hub: TestHub) {
         synced.body
     );
     assert_eq!(walk(&hub, "q=synced", 10).await.len(), 2);
+    // Archived by sync, an update of no searchable field.
+    let synced = hub
+        .sync(&json!({"key": "external_id", "customers": [
+            {"external_id": "s-2", "archived": true},
+        ]}))
+        .await;
+    assert_eq!(synced.status, 200, "{}", synced.body);
+    let archived = walk(&hub, "q=synced&archived=true", 10).await;
+    assert_eq!(text(&archived[0], "external_id"), "s-2");
+    assert_eq!(archived.len(), 1);
     let reply = call(hub.delete(&format!("/v1/customers/{id}"))).await;
     assert_eq!(reply.status, 204);
     assert_eq!(walk(&hub, "q=synced", 10).await.len(), 1);
