@@ -2,7 +2,9 @@
 //! for every sort, and the search terms written with each customer row. How a page is planned
 //! is described in docs/search.md.
 
-use clientele_domain::search::{multiword, normalize_term, prefix_range, search_terms};
+use clientele_domain::search::{
+    multiword, normalize_term, prefix_range, search_terms, searchable_fields,
+};
 use clientele_domain::{CustomerFilter, CustomerKey, ListQuery, SortKey, SortOrder};
 
 use crate::primitives::{BatchTx, CustomerRow, CustomerTx, Queries, decode_customer};
@@ -830,11 +832,31 @@ pub(crate) async fn backfill_terms<B: Backend>(
     }
 }
 
-/// Whether two states of a customer have the same term rows: the same searchable fields
-/// (the terms themselves, and the last name their flags and buckets follow) and the same
-/// `archived`, which each row carries.
-pub(crate) fn same_terms(a: &clientele_domain::Customer, b: &clientele_domain::Customer) -> bool {
-    clientele_domain::search::same_searchable_fields(a, b) && a.archived == b.archived
+/// What a customer's term rows are made of, owned: its searchable fields (the terms, and the
+/// last name their flags and buckets follow) and whether it is archived, which each row
+/// carries. An update that keeps these keeps its term rows.
+pub(crate) struct TermSource {
+    fields: [Option<String>; 8],
+    archived: bool,
+}
+
+impl TermSource {
+    pub(crate) fn of(customer: &clientele_domain::Customer) -> Self {
+        TermSource {
+            fields: searchable_fields(customer).map(|field| field.map(str::to_owned)),
+            archived: customer.archived,
+        }
+    }
+
+    /// Whether `customer`'s term rows are the ones this source made.
+    pub(crate) fn same_terms(&self, customer: &clientele_domain::Customer) -> bool {
+        self.archived == customer.archived
+            && self
+                .fields
+                .iter()
+                .map(Option::as_deref)
+                .eq(searchable_fields(customer))
+    }
 }
 
 /// The rows of `customer_terms` for these customers, as parallel lists.
@@ -1397,5 +1419,27 @@ mod tests {
             1,
             "the last bucket alone"
         );
+    }
+
+    #[test]
+    fn term_rows_change_with_a_searchable_field_or_archived_only() {
+        let mut stored: clientele_domain::Customer = serde_json::from_value(serde_json::json!({
+            "id": CustomerId::new().to_string(), "email_verified": false, "email_opt_out": false,
+            "archived": false, "addresses": [], "tags": [], "groups": [], "teams": [],
+            "custom": {}, "has_password": false, "version": 1,
+            "created_at": "2026-11-24T00:00:00Z", "updated_at": "2026-11-24T00:00:00Z",
+        }))
+        .expect("a customer");
+        stored.last_name = Some("Lovelace".into());
+        let source = TermSource::of(&stored);
+        let mut next = stored.clone();
+        next.note = Some("not searchable".into());
+        next.version += 1;
+        assert!(source.same_terms(&next));
+        next.archived = true;
+        assert!(!source.same_terms(&next), "each term row carries archived");
+        let mut renamed = stored.clone();
+        renamed.last_name = Some("Byron".into());
+        assert!(!source.same_terms(&renamed));
     }
 }

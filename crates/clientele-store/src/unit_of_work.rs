@@ -3,9 +3,9 @@
 
 use std::collections::HashSet;
 
+use crate::search::TermSource;
 use clientele_domain::group::named_codes;
 use clientele_domain::schema::Schema;
-use clientele_domain::search::searchable_fields;
 use clientele_domain::store::{IDEMPOTENCY_LEASE_MICROS, IDEMPOTENCY_TTL_MICROS};
 use clientele_domain::sync::{self, ChangeRecord, SyncBatch, SyncReport};
 use clientele_domain::write::{Applied, ApplyContext};
@@ -127,7 +127,7 @@ async fn write_in(
     let (outcome, kind) = match &stored {
         Some(stored) => {
             tx.update_many(rows).await?;
-            if !crate::search::same_terms(&stored.customer, &next) {
+            if !TermSource::of(&stored.customer).same_terms(&next) {
                 tx.write_terms(rows, true).await?;
             }
             if !same_memberships(&stored.customer, &next) {
@@ -439,7 +439,7 @@ fn plan(batch: &SyncBatch, inputs: Inputs) -> Planned {
     let stored_search = inputs
         .loaded
         .iter()
-        .map(|s| (s.customer.id, owned_fields(&s.customer)))
+        .map(|s| (s.customer.id, TermSource::of(&s.customer)))
         .collect();
     let plan = sync::plan_with(
         batch,
@@ -457,17 +457,6 @@ fn plan(batch: &SyncBatch, inputs: Inputs) -> Planned {
     }
 }
 
-/// A customer's searchable fields, owned, and whether it is archived: what its stored term
-/// rows were made of (see [`crate::search::same_terms`]).
-type SearchFields = ([Option<String>; 8], bool);
-
-fn owned_fields(customer: &Customer) -> SearchFields {
-    (
-        searchable_fields(customer).map(|field| field.map(str::to_owned)),
-        customer.archived,
-    )
-}
-
 /// Tags, groups and teams, owned.
 type OwnedMemberships = (
     Vec<String>,
@@ -480,7 +469,7 @@ struct Planned {
     plan: sync::Plan,
     stored_memberships: std::collections::HashMap<CustomerId, OwnedMemberships>,
     /// The searchable fields of the stored customers: an update that keeps them keeps its terms.
-    stored_search: std::collections::HashMap<CustomerId, SearchFields>,
+    stored_search: std::collections::HashMap<CustomerId, TermSource>,
 }
 
 impl Planned {
@@ -488,10 +477,7 @@ impl Planned {
     fn terms_change(&self, customer: &Customer) -> bool {
         self.stored_search
             .get(&customer.id)
-            .is_none_or(|(fields, archived)| {
-                let now = searchable_fields(customer);
-                fields.iter().map(Option::as_deref).ne(now) || *archived != customer.archived
-            })
+            .is_none_or(|stored| !stored.same_terms(customer))
     }
 
     /// Whether an updated customer's membership rows must be replaced (it had some), and
