@@ -1140,15 +1140,15 @@ mod tests {
             assert!(others.sql.contains(part), "{part}: {}", others.sql);
         }
         // When few, read through the terms that are not a prefix of their customer's sort key.
-        let few = page_sql(
-            &query,
-            Dialect::Sqlite,
-            Plan {
+        let few_of = |query: &ListQuery| {
+            let terms = Plan {
                 q: Strategy::Terms,
                 part: Part::OutsideNameRange,
                 ..plan
-            },
-        );
+            };
+            page_sql(query, Dialect::Sqlite, terms)
+        };
+        let few = few_of(&query);
         // With `archived=true`, the terms of archived customers only, in their partial index.
         for part in [
             "WHERE multiword = 0 AND name_prefix = 0 AND archived = 1 AND term >= $3 \
@@ -1174,15 +1174,7 @@ mod tests {
             },
             ..query.clone()
         };
-        let few = page_sql(
-            &any,
-            Dialect::Sqlite,
-            Plan {
-                q: Strategy::Terms,
-                part: Part::OutsideNameRange,
-                ..plan
-            },
-        );
+        let few = few_of(&any);
         for part in [
             "WHERE multiword = 0 AND name_prefix = 0 AND name_bucket IN (0, 1, 2, ",
             "31, 32, 33, 34) AND term >= $3 AND term < $4)",
