@@ -979,9 +979,7 @@ mod tests {
             "(updated_at, id) < ($6, $7)",
             "ORDER BY updated_at + 0 DESC, id DESC LIMIT $8",
         ];
-        for part in expected {
-            assert!(page.sql.contains(part), "{part}: {}", page.sql);
-        }
+        assert_has(&page, &expected);
         assert_eq!(page.binds.len(), 8);
         assert_eq!(page.binds[2], Bind::Text("a@b.c".into()));
         assert_eq!(page.binds[7], Bind::Int(11));
@@ -1003,9 +1001,7 @@ mod tests {
             "term >= $8 AND term < $9 LIMIT 1) IS NOT NULL",
             "ORDER BY updated_at DESC, id DESC LIMIT $10",
         ];
-        for part in expected {
-            assert!(page.sql.contains(part), "{part}: {}", page.sql);
-        }
+        assert_has(&page, &expected);
         // PostgreSQL: the walk reads the window's customers as the page needs them, selecting
         // ids (an index-only scan), and only the page's rows are read.
         let page = page_sql(&query, Dialect::Postgres, probing);
@@ -1020,9 +1016,7 @@ mod tests {
             "term >= $8 AND term < $9 LIMIT 1) IS NOT NULL",
             "LIMIT $10) ORDER BY updated_at DESC, id DESC",
         ];
-        for part in expected {
-            assert!(page.sql.contains(part), "{part}: {}", page.sql);
-        }
+        assert_has(&page, &expected);
         assert!(!page.sql.contains("OFFSET"), "{}", page.sql);
         let (count, cap) = window_count_sql(&query).expect("a window off the sort key");
         assert_eq!(cap, WIDE_WINDOW);
@@ -1072,13 +1066,14 @@ mod tests {
                 ..plan
             },
         );
-        for part in [
-            "last_name_sort >= $1 AND last_name_sort < $2",
-            "term >= $3 AND term < $4 LIMIT 1) IS NOT NULL",
-            "WHERE archived AND",
-        ] {
-            assert!(range.sql.contains(part), "{part}: {}", range.sql);
-        }
+        assert_has(
+            &range,
+            &[
+                "last_name_sort >= $1 AND last_name_sort < $2",
+                "term >= $3 AND term < $4 LIMIT 1) IS NOT NULL",
+                "WHERE archived AND",
+            ],
+        );
         assert!(!range.sql.contains("OFFSET"), "{}", range.sql);
         assert_eq!(range.binds[0], Bind::Text("vir".into()));
 
@@ -1095,14 +1090,15 @@ mod tests {
             88,
         )
         .expect("q");
-        for part in [
-            "FROM customer_terms WHERE multiword = 0 AND name_prefix = 0 \
+        assert_has(
+            &candidates,
+            &[
+                "FROM customer_terms WHERE multiword = 0 AND name_prefix = 0 \
              AND name_bucket IN (5, 6, 7, 8)",
-            "term >= $1 AND term < $2 AND (last_name_sort, customer_id) > ($3, $4)",
-            "ORDER BY last_name_sort, customer_id LIMIT $5",
-        ] {
-            assert!(candidates.sql.contains(part), "{part}: {}", candidates.sql);
-        }
+                "term >= $1 AND term < $2 AND (last_name_sort, customer_id) > ($3, $4)",
+                "ORDER BY last_name_sort, customer_id LIMIT $5",
+            ],
+        );
         assert_eq!(candidates.binds[4], Bind::Int(88));
         let spaced = ListQuery {
             filter: CustomerFilter {
@@ -1133,12 +1129,13 @@ mod tests {
             r#"["cus_1"]"#.into(),
             7,
         );
-        for part in [
-            "WHERE archived AND id IN (SELECT jsonb_array_elements_text($1::jsonb))",
-            "ORDER BY last_name_sort || '' ASC, id ASC LIMIT $2",
-        ] {
-            assert!(others.sql.contains(part), "{part}: {}", others.sql);
-        }
+        assert_has(
+            &others,
+            &[
+                "WHERE archived AND id IN (SELECT jsonb_array_elements_text($1::jsonb))",
+                "ORDER BY last_name_sort || '' ASC, id ASC LIMIT $2",
+            ],
+        );
         // When few, read through the terms that are not a prefix of their customer's sort key.
         let few_of = |query: &ListQuery| {
             let terms = Plan {
@@ -1150,13 +1147,14 @@ mod tests {
         };
         let few = few_of(&query);
         // With `archived=true`, the terms of archived customers only, in their partial index.
-        for part in [
-            "WHERE multiword = 0 AND name_prefix = 0 AND archived = 1 AND term >= $3 \
+        assert_has(
+            &few,
+            &[
+                "WHERE multiword = 0 AND name_prefix = 0 AND archived = 1 AND term >= $3 \
              AND term < $4)",
-            "ORDER BY last_name_sort || '' ASC, id ASC",
-        ] {
-            assert!(few.sql.contains(part), "{part}: {}", few.sql);
-        }
+                "ORDER BY last_name_sort || '' ASC, id ASC",
+            ],
+        );
         let (count, _) =
             count_matches_sql(&query, Dialect::Sqlite, Part::OutsideNameRange).expect("q");
         assert!(
@@ -1175,12 +1173,13 @@ mod tests {
             ..query.clone()
         };
         let few = few_of(&any);
-        for part in [
-            "WHERE multiword = 0 AND name_prefix = 0 AND name_bucket IN (0, 1, 2, ",
-            "31, 32, 33, 34) AND term >= $3 AND term < $4)",
-        ] {
-            assert!(few.sql.contains(part), "{part}: {}", few.sql);
-        }
+        assert_has(
+            &few,
+            &[
+                "WHERE multiword = 0 AND name_prefix = 0 AND name_bucket IN (0, 1, 2, ",
+                "31, 32, 33, 34) AND term >= $3 AND term < $4)",
+            ],
+        );
         let (count, _) = count_matches_sql(&any, Dialect::Postgres, Part::All).expect("q");
         assert!(
             count
