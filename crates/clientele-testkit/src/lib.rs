@@ -173,6 +173,11 @@ impl TestHub {
         format!("{}{path}", self.base_url)
     }
 
+    /// The text of this hub's `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        metrics_text(&self.client, &self.base_url).await
+    }
+
     /// A request with this hub's key as bearer.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.client
@@ -377,6 +382,18 @@ pub fn assert_invalid(reply: &Reply, expected: &[(&str, &str)]) {
         "every field error needs a message: {}",
         reply.body
     );
+}
+
+/// The text of `GET /metrics` of the hub at `base_url`.
+pub async fn metrics_text(client: &reqwest::Client, base_url: &str) -> String {
+    client
+        .get(format!("{base_url}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics text")
 }
 
 /// The value of the Prometheus sample whose name is `name` and whose labels include all of

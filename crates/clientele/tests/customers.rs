@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use clientele_testkit::{Backend, TestHub, call, hub_tests};
+use clientele_testkit::{Backend, TestHub, call, hub_tests, metric_sample};
 use futures::future::join_all;
 use serde_json::{Value, json};
 
@@ -583,17 +583,12 @@ async fn a_burst_of_creates_gets_each_its_own_answer(hub: TestHub) {
     assert!(rows.iter().all(|r| r.0 == "created" && r.1 == 1));
 
     // The burst was written in groups: every create of it counted, and fewer transactions.
-    let metrics = hub
-        .client
-        .get(hub.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    let groups = counter(&metrics, "db_create_groups_total");
-    let grouped = counter(&metrics, "db_grouped_creates_total");
+    let metrics = hub.metrics().await;
+    let counter = |name| {
+        metric_sample(&metrics, name, &[]).unwrap_or_else(|| panic!("{name} in {metrics}")) as u64
+    };
+    let groups = counter("db_create_groups_total");
+    let grouped = counter("db_grouped_creates_total");
     // Every create that reached the store; an invalid country is refused before it does.
     let stored = 1
         + cases
@@ -606,16 +601,6 @@ async fn a_burst_of_creates_gets_each_its_own_answer(hub: TestHub) {
         groups < grouped,
         "some group held several creates: {metrics}"
     );
-}
-
-/// The value of a Prometheus counter with one sample.
-fn counter(metrics: &str, name: &str) -> u64 {
-    let line = metrics
-        .lines()
-        .find(|line| line.starts_with(&format!("{name}{{")))
-        .unwrap_or_else(|| panic!("{name} in {metrics}"));
-    let value = line.rsplit(' ').next().expect("a value");
-    value.parse().unwrap_or_else(|_| panic!("{line}"))
 }
 
 /// While a stream of creates keeps the create writer busy, every other kind of write (a patch,

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use clientele_testkit::{ADMIN_SECRET, HubProcess, call, fresh_postgres_database, metric_sample};
+use clientele_testkit::{
+    ADMIN_SECRET, HubProcess, call, fresh_postgres_database, metric_sample, metrics_text,
+};
 use futures::future::join_all;
 use serde_json::json;
 
@@ -138,14 +140,7 @@ async fn wait_for_in_flight(
     let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let metrics = client
-            .get(hub.url("/metrics"))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("the metrics text");
+        let metrics = metrics_text(client, &hub.base_url).await;
         let serving = metric_sample(&metrics, "http_requests_in_flight", &labels).unwrap_or(0.0);
         if serving >= f64::from(count) {
             return;
