@@ -52,6 +52,9 @@ struct Run {
     /// not of a PostgreSQL server. Unlike the rate, it hardly moves when other work shares
     /// the machine's two cores.
     cpu_seconds: f64,
+    /// CPU time of this process as the load client of a hub run: with the hub's, what the run
+    /// asks of the machine's two cores per customer. `None` for the raw floor (no hub).
+    client_cpu_seconds: Option<f64>,
 }
 
 impl Run {
@@ -61,6 +64,11 @@ impl Run {
 
     fn cpu_micros_per_item(&self) -> f64 {
         self.cpu_seconds * 1e6 / self.items as f64
+    }
+
+    fn client_cpu_micros_per_item(&self) -> Option<f64> {
+        self.client_cpu_seconds
+            .map(|seconds| seconds * 1e6 / self.items as f64)
     }
 }
 
@@ -101,12 +109,15 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         args.customers, args.batch, args.clients
     );
     println!(
-        "{:<34} {:>12} {:>10} {:>16}",
-        "", "customers/s", "seconds", "CPU µs/customer"
+        "{:<34} {:>12} {:>10} {:>16} {:>19}",
+        "", "customers/s", "seconds", "CPU µs/customer", "client CPU µs/cust."
     );
     for run in [&raw, &first, &again, &changed] {
+        let client = run
+            .client_cpu_micros_per_item()
+            .map_or_else(|| "-".to_owned(), |micros| format!("{micros:.1}"));
         println!(
-            "{:<34} {:>12.0} {:>10.2} {:>16.1}",
+            "{:<34} {:>12.0} {:>10.2} {:>16.1} {client:>19}",
             run.what,
             run.rate(),
             run.seconds,
@@ -125,6 +136,7 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
                "raw_rps": raw.rate().round(), "ratio": raw.rate() / first.rate(),
                "changed_rps": changed.rate().round(),
                "cpu_us_per_customer": first.cpu_micros_per_item(),
+               "client_cpu_us_per_customer": first.client_cpu_micros_per_item(),
                "changed_cpu_us_per_customer": changed.cpu_micros_per_item(),
                "unchanged_cpu_us_per_customer": again.cpu_micros_per_item(),
                "raw_cpu_us_per_customer": raw.cpu_micros_per_item(),
@@ -197,6 +209,7 @@ async fn sync_all(
     let next = Arc::new(AtomicUsize::new(0));
     let url = hub.url("/v1/customers/sync");
     let cpu_before = process_cpu_seconds(hub.child.id())?;
+    let client_cpu_before = process_cpu_seconds(std::process::id())?;
     let started = Instant::now();
     let workers = (0..args.clients).map(|_| {
         let (bodies, next, url) = (bodies.clone(), next.clone(), url.clone());
@@ -234,6 +247,7 @@ async fn sync_all(
         items: n,
         seconds,
         cpu_seconds: process_cpu_seconds(hub.child.id())? - cpu_before,
+        client_cpu_seconds: Some(process_cpu_seconds(std::process::id())? - client_cpu_before),
     })
 }
 
@@ -296,5 +310,6 @@ async fn raw_upsert(backend: &str, n: usize) -> anyhow::Result<Run> {
         items: n,
         seconds,
         cpu_seconds: process_cpu_seconds(std::process::id())? - cpu_before,
+        client_cpu_seconds: None,
     })
 }
