@@ -31,6 +31,7 @@ hub_tests!(
     batches_crossing_on_a_second_unique_key_both_finish,
     the_documented_item_is_a_customer_body,
     a_sync_update_keeps_the_stored_password,
+    a_deleted_customer_leaves_none_of_its_rows,
 );
 
 const STATUSES: [&str; 5] = ["created", "updated", "unchanged", "deleted", "failed"];
@@ -1261,4 +1262,60 @@ async fn a_sync_update_keeps_the_stored_password(hub: TestHub) {
         read_by(&hub, "external_id", "pw-2").await["has_password"],
         false
     );
+}
+
+/// Deleting a customer, alone or in a batch, deletes its search terms, tags, groups and teams
+/// with it (on PostgreSQL by the delete itself, these rows having no foreign key).
+async fn a_deleted_customer_leaves_none_of_its_rows(hub: TestHub) {
+    const OWN_ROWS: [&str; 4] = [
+        "customer_terms",
+        "customer_tags",
+        "customer_groups",
+        "customer_teams",
+    ];
+    for (path, body) in [
+        ("/v1/teams/north", json!({"name": "North"})),
+        ("/v1/groups/members", json!({})),
+    ] {
+        let reply = call(hub.put(path).json(&body)).await;
+        assert_eq!(reply.status, 201, "{path}: {}", reply.body);
+    }
+    let customer = |external_id: &str| {
+        json!({"external_id": external_id, "first_name": "Ada", "last_name": "Lovelace",
+               "tags": ["vip"], "groups": ["members"], "teams": ["north"]})
+    };
+    let reply = hub
+        .sync(&batch(
+            "external_id",
+            vec![customer("alone"), customer("batched")],
+        ))
+        .await;
+    assert_results(&reply, &["created", "created"]);
+    for table in OWN_ROWS {
+        assert!(
+            hub.count_rows(table).await > 0,
+            "{table} holds the customers' rows"
+        );
+    }
+
+    let reply = call(hub.delete("/v1/customers/external_id/alone")).await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    let reply = hub
+        .sync(&batch(
+            "external_id",
+            vec![json!({"external_id": "batched", "delete": true})],
+        ))
+        .await;
+    assert_results(&reply, &["deleted"]);
+    for table in OWN_ROWS {
+        assert_eq!(
+            hub.count_rows(table).await,
+            0,
+            "{table} kept a deleted customer's rows"
+        );
+    }
+    // Nothing left holds the team or the group.
+    for path in ["/v1/teams/north", "/v1/groups/members"] {
+        assert_eq!(call(hub.delete(path)).await.status, 204, "{path}");
+    }
 }
