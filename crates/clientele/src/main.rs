@@ -5,8 +5,9 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc rather than the system allocator: a request allocates a great deal of small, short-lived
-/// memory (parsed fields, documents, bound rows), which glibc's malloc serves at several times the cost.
+/// mimalloc rather than the system allocator: a request allocates much small, short-lived memory
+/// (parsed fields, documents, bound rows), which glibc's malloc served at about three times the
+/// instructions (docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
