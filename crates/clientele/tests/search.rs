@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use clientele_domain::Timestamp;
-use clientele_testkit::{TestHub, assert_invalid, call, execute, hub_tests};
+use clientele_testkit::{TestHub, assert_invalid, call, column_bytes, execute, hub_tests};
 use serde_json::{Value, json};
 
 hub_tests!(
@@ -15,6 +15,7 @@ hub_tests!(
     time_windows_include_after_and_exclude_before,
     q_is_a_case_insensitive_prefix_of_names_email_phone_company_and_external_id,
     search_terms_follow_updates_and_deletes,
+    an_updated_customer_has_the_term_rows_of_a_new_one_with_its_fields,
     customers_stored_before_the_search_index_are_indexed_at_start,
     a_q_with_many_matches_pages_through_all_of_them,
     a_common_last_name_prefix_is_merged_with_the_other_matches_in_name_order,
@@ -426,6 +427,95 @@ async fn search_terms_follow_updates_and_deletes(hub: TestHub) {
         hub.count_rows("customer_terms").await,
         4,
         "no terms of erased customers"
+    );
+}
+
+/// A customer's term rows, each as one text: the term and every column the search reads.
+async fn term_rows_of(hub: &TestHub, id: &str) -> Vec<String> {
+    let sql = format!(
+        "SELECT term || '|' || multiword || '|' || name_prefix || '|' || name_bucket || '|' \
+         || last_name_sort || '|' || archived FROM customer_terms WHERE customer_id = '{id}'"
+    );
+    let mut rows: Vec<String> = column_bytes(&hub.database_url, &sql)
+        .await
+        .into_iter()
+        .map(|row| String::from_utf8(row.expect("not null")).expect("text"))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// After any update of a searchable field, a customer's term rows are exactly the rows a new
+/// customer with the same fields gets, whichever field changed; and a row that is no longer
+/// right (one an older version wrote, say) goes.
+async fn an_updated_customer_has_the_term_rows_of_a_new_one_with_its_fields(hub: TestHub) {
+    let customer = hub
+        .create_customer(json!({"username": "ada", "first_name": "Ada",
+            "last_name": "Lovelace", "company": "Analytical Engines", "phone": "+44 20 1234"}))
+        .await;
+    let id = customer["id"].as_str().expect("id").to_owned();
+    execute(
+        &hub.database_url,
+        &format!(
+            "INSERT INTO customer_terms (term, customer_id, multiword, name_prefix, \
+             last_name_sort, name_bucket, archived) \
+             VALUES ('stale', '{id}', 1 = 0, 1 = 0, 'lovelace', 0, 1 = 0)"
+        ),
+    )
+    .await;
+    let steps = [
+        (
+            "a first name of two words",
+            json!({"first_name": "Augusta Ada"}),
+        ),
+        (
+            "another last name: every row moves",
+            json!({"last_name": "King"}),
+        ),
+        ("archived: every row carries it", json!({"archived": true})),
+        (
+            "restored, and a company word less",
+            json!({"archived": false, "company": "Engines"}),
+        ),
+        ("a phone cleared", json!({"phone": null})),
+    ];
+    for (n, (step, patch)) in steps.into_iter().enumerate() {
+        let reply = call(hub.patch(&format!("/v1/customers/{id}")).json(&patch)).await;
+        assert_eq!(reply.status, 200, "{step}: {}", reply.body);
+        let fields = ["first_name", "last_name", "company", "phone", "archived"];
+        let mut fresh = json!({"username": format!("fresh-{n}")});
+        for field in fields {
+            fresh[field] = reply.body[field].clone();
+        }
+        let fresh = hub.create_customer(fresh).await;
+        let fresh_id = fresh["id"].as_str().expect("id");
+        assert_eq!(
+            term_rows_of(&hub, &id).await,
+            term_rows_of(&hub, fresh_id).await,
+            "{step}"
+        );
+    }
+    // The same through bulk sync, by a key that is no term.
+    let synced = hub
+        .sync(&json!({"key": "username", "customers": [
+            {"username": "ada", "first_name": "Ada", "company": "Difference Engines"},
+        ]}))
+        .await;
+    assert_eq!(
+        synced.body["results"][0]["status"], "updated",
+        "{}",
+        synced.body
+    );
+    let stored = call(hub.get(&format!("/v1/customers/{id}"))).await.body;
+    let fresh = hub
+        .create_customer(json!({"username": "fresh-sync", "first_name": "Ada",
+            "last_name": stored["last_name"], "company": "Difference Engines",
+            "phone": stored["phone"], "archived": stored["archived"]}))
+        .await;
+    assert_eq!(
+        term_rows_of(&hub, &id).await,
+        term_rows_of(&hub, fresh["id"].as_str().expect("id")).await,
+        "bulk sync"
     );
 }
 
