@@ -36,8 +36,13 @@ pub fn searchable_fields(customer: &Customer) -> [Option<&str>; 8] {
 
 /// The distinct terms of a customer, sorted.
 pub fn search_terms(customer: &Customer) -> Vec<String> {
+    terms_of_fields(searchable_fields(customer))
+}
+
+/// The distinct terms of a customer's [`searchable_fields`], sorted.
+pub fn terms_of_fields(fields: [Option<&str>; 8]) -> Vec<String> {
     let mut terms = Vec::new();
-    for value in searchable_fields(customer).into_iter().flatten() {
+    for value in fields.into_iter().flatten() {
         terms.push(normalize_term(value));
         let words: Vec<&str> = value.split_whitespace().collect();
         if words.len() > 1 {

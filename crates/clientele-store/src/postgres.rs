@@ -15,6 +15,7 @@ use crate::error::db_error;
 use crate::primitives::{
     BatchTx, CustomerRow, decode_id, key_column, sql_primitives, stored_customer,
 };
+use crate::search::{TermEdit, TermRows};
 use crate::sql_store::{Backend, SqlStore};
 use crate::{StoreConfig, StoreError};
 
@@ -266,6 +267,10 @@ impl BatchTx for Transaction<'static, Postgres> {
         store_terms(self, rows, replace).await
     }
 
+    async fn edit_terms(&mut self, edits: &[TermEdit<'_>]) -> Result<(), DomainError> {
+        edit_terms(self, edits).await
+    }
+
     async fn record_changes(&mut self, changes: &[ChangeRecord]) -> Result<(), DomainError> {
         if changes.is_empty() {
             return Ok(());
@@ -333,7 +338,36 @@ async fn store_terms(
             .await
             .map_err(db_error)?;
     }
-    let rows = crate::search::term_rows(rows);
+    insert_terms(tx, crate::search::term_rows(rows), replace).await
+}
+
+/// Deletes the rows of the terms these updates remove, by `(customer_id, term)`, and inserts
+/// the added ones.
+async fn edit_terms(
+    tx: &mut Transaction<'static, Postgres>,
+    edits: &[TermEdit<'_>],
+) -> Result<(), DomainError> {
+    let (ids, terms) = TermEdit::removed_rows(edits);
+    if !ids.is_empty() {
+        sqlx::query(
+            "DELETE FROM customer_terms WHERE (customer_id, term) IN \
+             (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+        )
+        .bind(ids)
+        .bind(terms)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    }
+    insert_terms(tx, TermEdit::added_rows(edits), true).await
+}
+
+/// Inserts term rows; `may_exist` where the customer is not new.
+async fn insert_terms(
+    tx: &mut Transaction<'static, Postgres>,
+    rows: TermRows<'_>,
+    may_exist: bool,
+) -> Result<(), DomainError> {
     if rows.terms.is_empty() {
         return Ok(());
     }
@@ -344,7 +378,7 @@ async fn store_terms(
          (term, customer_id, multiword, name_prefix, last_name_sort, name_bucket, archived) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::bool[], $5::text[], \
          $6::int8[], $7::bool[])";
-    let sql = if replace {
+    let sql = if may_exist {
         format!("{insert} ON CONFLICT DO NOTHING")
     } else {
         insert.to_owned()

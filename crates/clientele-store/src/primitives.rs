@@ -10,6 +10,8 @@ use clientele_domain::{
     IdempotencyClaim, ListQuery, Locator, NewApiKey, Page, StoredResponse, Timestamp,
 };
 
+use crate::search::TermEdit;
+
 /// The columns of one `customers` row.
 pub(crate) struct CustomerRow<'a> {
     pub customer: &'a Customer,
@@ -94,7 +96,8 @@ pub(crate) trait BatchTx: Send {
     async fn clear_keys(&mut self, ids: &[CustomerId]) -> Result<(), DomainError>;
 
     /// Rewrites these customers' rows; their terms are the caller's to rewrite where they
-    /// changed ([`BatchTx::write_terms`]), since most updates leave them alone.
+    /// changed ([`BatchTx::write_terms`], [`BatchTx::edit_terms`]), since most updates leave
+    /// them alone.
     async fn update_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError>;
 
     async fn insert_many(&mut self, rows: &[CustomerRow<'_>]) -> Result<(), DomainError>;
@@ -107,6 +110,10 @@ pub(crate) trait BatchTx: Send {
         rows: &[CustomerRow<'_>],
         replace: bool,
     ) -> Result<(), DomainError>;
+
+    /// Deletes the rows of the terms these updates remove and inserts those of the terms they
+    /// add, leaving the rest of each customer's rows in place.
+    async fn edit_terms(&mut self, edits: &[TermEdit<'_>]) -> Result<(), DomainError>;
 }
 
 /// A stored idempotency record, as the claim logic needs it.

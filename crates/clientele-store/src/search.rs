@@ -3,7 +3,7 @@
 //! is described in docs/search.md.
 
 use clientele_domain::search::{
-    multiword, normalize_term, prefix_range, search_terms, searchable_fields,
+    multiword, normalize_term, prefix_range, search_terms, searchable_fields, terms_of_fields,
 };
 use clientele_domain::{CustomerFilter, CustomerKey, ListQuery, SortKey, SortOrder};
 
@@ -806,8 +806,9 @@ macro_rules! backfill_primitives {
                 &mut self,
             ) -> Result<bool, clientele_domain::DomainError> {
                 let pending: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM customer_terms_backfill WHERE NOT done",
+                    "SELECT COUNT(*) FROM customer_terms_backfill WHERE NOT done OR version <> $1",
                 )
+                .bind($crate::search::TERM_ROWS_VERSION)
                 .fetch_one(&mut **self)
                 .await
                 .map_err($crate::error::db_error)?;
@@ -815,7 +816,8 @@ macro_rules! backfill_primitives {
             }
 
             async fn finish_terms_backfill(&mut self) -> Result<(), clientele_domain::DomainError> {
-                sqlx::query("UPDATE customer_terms_backfill SET done = (1 = 1)")
+                sqlx::query("UPDATE customer_terms_backfill SET done = (1 = 1), version = $1")
+                    .bind($crate::search::TERM_ROWS_VERSION)
                     .execute(&mut **self)
                     .await
                     .map_err($crate::error::db_error)?;
@@ -827,9 +829,18 @@ macro_rules! backfill_primitives {
 
 pub(crate) use backfill_primitives;
 
-/// Indexes the search terms of customers stored before the search index existed, 1000 per
-/// transaction, once (a flag set by the migration says whether it is still due). New writes
-/// index their own terms meanwhile; rewriting a customer's terms twice is harmless.
+/// The version of how term rows are derived from a customer ([`term_rows`]: which terms, and
+/// every column beside them). An update deletes the rows of the terms it removes by recomputing
+/// them from the stored customer ([`TermSource::change_to`]), so the stored rows must be the
+/// ones this code derives: a database whose rows another version wrote has them all rebuilt
+/// at the next start ([`backfill_terms`]). Bump it with any change of the derivation; the test
+/// `the_derivation_of_term_rows_is_pinned` fails until then.
+pub(crate) const TERM_ROWS_VERSION: i64 = 1;
+
+/// Indexes the search terms of every stored customer anew, 1000 per transaction, when they are
+/// due: after a migration that added or dropped term rows' columns (it clears a flag), or when
+/// the stored rows follow another [`TERM_ROWS_VERSION`]. New writes index their own terms
+/// meanwhile; rewriting a customer's terms twice is harmless.
 pub(crate) async fn backfill_terms<B: Backend>(
     backend: &B,
 ) -> Result<u64, clientele_domain::DomainError> {
@@ -878,11 +889,29 @@ pub(crate) async fn backfill_terms<B: Backend>(
 
 /// What a customer's term rows are made of, owned: its searchable fields (the terms, and the
 /// last name their flags and buckets follow) and whether it is archived, which each row
-/// carries. An update that keeps these keeps its term rows.
+/// carries.
 pub(crate) struct TermSource {
     fields: [Option<String>; 8],
     archived: bool,
 }
+
+/// How an update changes a customer's term rows.
+#[derive(Debug, PartialEq)]
+pub(crate) enum TermChange {
+    /// Every row stays as it is.
+    Kept,
+    /// Only these terms go and come: every other column of the rows follows the last name and
+    /// `archived`, which stay.
+    Terms {
+        removed: Vec<String>,
+        added: Vec<String>,
+    },
+    /// Every row changes: the last name or `archived` changed, which each row carries.
+    All,
+}
+
+/// Where the last name sits in [`searchable_fields`].
+const LAST_NAME: usize = 1;
 
 impl TermSource {
     pub(crate) fn of(customer: &clientele_domain::Customer) -> Self {
@@ -892,14 +921,67 @@ impl TermSource {
         }
     }
 
-    /// Whether `customer`'s term rows are the ones this source made.
-    pub(crate) fn same_terms(&self, customer: &clientele_domain::Customer) -> bool {
-        self.archived == customer.archived
-            && self
-                .fields
+    /// How the term rows this source made change when the customer becomes `next`. The rows
+    /// are derived from these fields alone ([`TERM_ROWS_VERSION`]), so the rows to delete are
+    /// known without reading them.
+    pub(crate) fn change_to(&self, next: &clientele_domain::Customer) -> TermChange {
+        let stored = self.fields.each_ref().map(Option::as_deref);
+        let next_fields = searchable_fields(next);
+        if self.archived != next.archived || stored[LAST_NAME] != next_fields[LAST_NAME] {
+            return TermChange::All;
+        }
+        if stored == next_fields {
+            return TermChange::Kept;
+        }
+        let before = terms_of_fields(stored);
+        let after = terms_of_fields(next_fields);
+        let missing_from = |terms: &[String], other: &[String]| -> Vec<String> {
+            terms
                 .iter()
-                .map(Option::as_deref)
-                .eq(searchable_fields(customer))
+                .filter(|term| other.binary_search(term).is_err())
+                .cloned()
+                .collect()
+        };
+        let removed = missing_from(&before, &after);
+        let added = missing_from(&after, &before);
+        if removed.is_empty() && added.is_empty() {
+            TermChange::Kept
+        } else {
+            TermChange::Terms { removed, added }
+        }
+    }
+}
+
+/// The terms an update removes from one customer's rows and adds to them
+/// ([`TermChange::Terms`]).
+pub(crate) struct TermEdit<'a> {
+    pub row: &'a CustomerRow<'a>,
+    pub removed: Vec<String>,
+    pub added: Vec<String>,
+}
+
+impl TermEdit<'_> {
+    /// The `(customer_id, term)` pairs of the rows to delete, as parallel lists.
+    pub(crate) fn removed_rows(edits: &[TermEdit<'_>]) -> (Vec<String>, Vec<String>) {
+        let mut ids = Vec::new();
+        let mut terms = Vec::new();
+        for edit in edits {
+            let id = edit.row.customer.id.to_string();
+            for term in &edit.removed {
+                ids.push(id.clone());
+                terms.push(term.clone());
+            }
+        }
+        (ids, terms)
+    }
+
+    /// The rows to insert.
+    pub(crate) fn added_rows<'a>(edits: &'a [TermEdit<'a>]) -> TermRows<'a> {
+        let mut rows = TermRows::default();
+        for edit in edits {
+            rows.push(edit.row, edit.added.iter().cloned());
+        }
+        rows
     }
 }
 
@@ -922,21 +1004,29 @@ pub(crate) struct TermRows<'a> {
     pub archived: Vec<bool>,
 }
 
+impl<'a> TermRows<'a> {
+    /// Adds the rows of these terms of one customer.
+    fn push(&mut self, row: &'a CustomerRow<'_>, terms: impl IntoIterator<Item = String>) {
+        let id = row.customer.id.to_string();
+        let bucket = name_bucket(&row.last_name_sort);
+        for term in terms {
+            self.name_prefix
+                .push(row.last_name_sort.starts_with(term.as_str()));
+            self.multiword.push(multiword(&term));
+            self.terms.push(term);
+            self.ids.push(id.clone());
+            self.last_name_sort.push(&row.last_name_sort);
+            self.name_bucket.push(bucket);
+            self.archived.push(row.customer.archived);
+        }
+    }
+}
+
+/// Every term row of these customers.
 pub(crate) fn term_rows<'a>(rows: &'a [CustomerRow<'_>]) -> TermRows<'a> {
     let mut out = TermRows::default();
     for row in rows {
-        let id = row.customer.id.to_string();
-        let bucket = name_bucket(&row.last_name_sort);
-        for term in search_terms(row.customer) {
-            out.name_prefix
-                .push(row.last_name_sort.starts_with(term.as_str()));
-            out.multiword.push(multiword(&term));
-            out.terms.push(term);
-            out.ids.push(id.clone());
-            out.last_name_sort.push(&row.last_name_sort);
-            out.name_bucket.push(bucket);
-            out.archived.push(row.customer.archived);
-        }
+        out.push(row, search_terms(row.customer));
     }
     out
 }
@@ -1475,25 +1565,97 @@ mod tests {
         );
     }
 
-    #[test]
-    fn term_rows_change_with_a_searchable_field_or_archived_only() {
-        let mut stored: clientele_domain::Customer = serde_json::from_value(serde_json::json!({
-            "id": CustomerId::new().to_string(), "email_verified": false, "email_opt_out": false,
+    fn customer() -> clientele_domain::Customer {
+        serde_json::from_value(serde_json::json!({
+            "id": "cus_01JDQ8Z6X5B8N4K2M7P9R3T5V7", "email_verified": false, "email_opt_out": false,
             "archived": false, "addresses": [], "tags": [], "groups": [], "teams": [],
             "custom": {}, "has_password": false, "version": 1,
             "created_at": "2026-11-24T00:00:00Z", "updated_at": "2026-11-24T00:00:00Z",
+            "first_name": "Ada", "last_name": "Lovelace", "company": "Analytical Engines",
         }))
-        .expect("a customer");
-        stored.last_name = Some("Lovelace".into());
+        .expect("a customer")
+    }
+
+    #[test]
+    fn an_update_changes_the_terms_it_touches_or_every_row() {
+        let stored = customer();
         let source = TermSource::of(&stored);
         let mut next = stored.clone();
         next.note = Some("not searchable".into());
         next.version += 1;
-        assert!(source.same_terms(&next));
-        next.archived = true;
-        assert!(!source.same_terms(&next), "each term row carries archived");
+        assert_eq!(source.change_to(&next), TermChange::Kept);
+        next.company = Some("analytical engines".into());
+        assert_eq!(
+            source.change_to(&next),
+            TermChange::Kept,
+            "the same terms, lower-cased"
+        );
+        next.first_name = Some("Augusta Ada".into());
+        next.company = Some("Engines".into());
+        assert_eq!(
+            source.change_to(&next),
+            TermChange::Terms {
+                removed: vec!["analytical".into(), "analytical engines".into()],
+                added: vec!["augusta".into(), "augusta ada".into()],
+            },
+            "\"ada\" and \"engines\" stay"
+        );
+        let mut archived = stored.clone();
+        archived.archived = true;
+        assert_eq!(
+            source.change_to(&archived),
+            TermChange::All,
+            "each row carries archived"
+        );
         let mut renamed = stored.clone();
         renamed.last_name = Some("Byron".into());
-        assert!(!source.same_terms(&renamed));
+        assert_eq!(
+            source.change_to(&renamed),
+            TermChange::All,
+            "each row carries the last name's sort key and bucket"
+        );
+    }
+
+    /// Stored databases hold rows of this derivation: a change here must come with a new
+    /// [`TERM_ROWS_VERSION`], so that they are rebuilt at start instead of being edited as if
+    /// they were this version's.
+    #[test]
+    fn the_derivation_of_term_rows_is_pinned() {
+        let mut customer = customer();
+        customer.email = Some("Ada@Example.org".into());
+        customer.phone = Some("+44 20 1234".into());
+        let doc = "{}";
+        let rows = [CustomerRow::new(&customer, None, doc)];
+        let rows = term_rows(&rows);
+        let printed: Vec<String> = (0..rows.terms.len())
+            .map(|i| {
+                assert_eq!(rows.ids[i], customer.id.to_string());
+                format!(
+                    "{} | {} {} {} {} {}",
+                    rows.terms[i],
+                    rows.multiword[i],
+                    rows.name_prefix[i],
+                    rows.last_name_sort[i],
+                    rows.name_bucket[i],
+                    rows.archived[i],
+                )
+            })
+            .collect();
+        let pinned = [
+            "+44 | false false lovelace 15 false",
+            "+44 20 1234 | true false lovelace 15 false",
+            "1234 | false false lovelace 15 false",
+            "20 | false false lovelace 15 false",
+            "ada | false false lovelace 15 false",
+            "ada@example.org | false false lovelace 15 false",
+            "analytical | false false lovelace 15 false",
+            "analytical engines | true false lovelace 15 false",
+            "engines | false false lovelace 15 false",
+            "lovelace | false true lovelace 15 false",
+        ];
+        assert_eq!(
+            (TERM_ROWS_VERSION, printed),
+            (1, pinned.map(str::to_owned).to_vec())
+        );
     }
 }

@@ -15,6 +15,7 @@ use clientele_domain::{Customer, CustomerId, CustomerKey};
 use crate::checkpoint::{self, Checkpointer};
 use crate::error::db_error;
 use crate::primitives::{BatchTx, CustomerRow, decode_id, key_column, sql_primitives};
+use crate::search::{TermEdit, TermRows};
 use crate::sql_store::{Backend, SqlStore};
 use crate::sqlite_rows::{Param, execute_per_row};
 use crate::{SqliteSync, StoreConfig, StoreError};
@@ -140,31 +141,24 @@ impl BatchTx for Transaction<'static, Sqlite> {
             )
             .await?;
         }
-        let rows = crate::search::term_rows(rows);
-        if rows.terms.is_empty() {
-            return Ok(());
-        }
-        let params: Vec<[Param<'_>; 7]> = (0..rows.terms.len())
-            .map(|i| {
-                [
-                    Param::Text(&rows.terms[i]),
-                    Param::Text(&rows.ids[i]),
-                    rows.multiword[i].into(),
-                    rows.name_prefix[i].into(),
-                    Param::Text(rows.last_name_sort[i]),
-                    Param::Int(rows.name_bucket[i]),
-                    rows.archived[i].into(),
-                ]
-            })
+        insert_terms(self, crate::search::term_rows(rows)).await
+    }
+
+    async fn edit_terms(&mut self, edits: &[TermEdit<'_>]) -> Result<(), DomainError> {
+        let (ids, terms) = TermEdit::removed_rows(edits);
+        let params: Vec<[Param<'_>; 2]> = ids
+            .iter()
+            .zip(&terms)
+            .map(|(id, term)| [Param::Text(id), Param::Text(term)])
             .collect();
+        // The index by customer finds the row, whatever the flags beside its term.
         execute_per_row(
             &mut **self,
-            "INSERT OR IGNORE INTO customer_terms \
-             (term, customer_id, multiword, name_prefix, last_name_sort, name_bucket, archived) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "DELETE FROM customer_terms WHERE customer_id = ?1 AND term = ?2",
             &params,
         )
-        .await
+        .await?;
+        insert_terms(self, TermEdit::added_rows(edits)).await
     }
 
     async fn record_changes(&mut self, changes: &[ChangeRecord]) -> Result<(), DomainError> {
@@ -189,6 +183,37 @@ impl BatchTx for Transaction<'static, Sqlite> {
         }
         Ok(())
     }
+}
+
+/// Inserts term rows, skipping any the customer has already.
+async fn insert_terms(
+    tx: &mut Transaction<'static, Sqlite>,
+    rows: TermRows<'_>,
+) -> Result<(), DomainError> {
+    if rows.terms.is_empty() {
+        return Ok(());
+    }
+    let params: Vec<[Param<'_>; 7]> = (0..rows.terms.len())
+        .map(|i| {
+            [
+                Param::Text(&rows.terms[i]),
+                Param::Text(&rows.ids[i]),
+                rows.multiword[i].into(),
+                rows.name_prefix[i].into(),
+                Param::Text(rows.last_name_sort[i]),
+                Param::Int(rows.name_bucket[i]),
+                rows.archived[i].into(),
+            ]
+        })
+        .collect();
+    execute_per_row(
+        tx,
+        "INSERT OR IGNORE INTO customer_terms \
+         (term, customer_id, multiword, name_prefix, last_name_sort, name_bucket, archived) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        &params,
+    )
+    .await
 }
 
 /// Set-at-a-time statements over JSON lists.

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::search::TermSource;
+use crate::search::{TermChange, TermEdit, TermSource};
 use clientele_domain::group::named_codes;
 use clientele_domain::schema::Schema;
 use clientele_domain::store::{IDEMPOTENCY_LEASE_MICROS, IDEMPOTENCY_TTL_MICROS};
@@ -127,9 +127,8 @@ async fn write_in(
     let (outcome, kind) = match &stored {
         Some(stored) => {
             tx.update_many(rows).await?;
-            if !TermSource::of(&stored.customer).same_terms(&next) {
-                tx.write_terms(rows, true).await?;
-            }
+            let change = TermSource::of(&stored.customer).change_to(&next);
+            rewrite_terms(tx, [(&row, change)]).await?;
             if !same_memberships(&stored.customer, &next) {
                 tx.write_memberships(&[next.id], rows).await?;
             }
@@ -473,11 +472,11 @@ struct Planned {
 }
 
 impl Planned {
-    /// Whether an updated customer's terms must be rewritten.
-    fn terms_change(&self, customer: &Customer) -> bool {
+    /// How an updated customer's term rows change.
+    fn term_change(&self, customer: &Customer) -> TermChange {
         self.stored_search
             .get(&customer.id)
-            .is_none_or(|stored| !stored.same_terms(customer))
+            .map_or(TermChange::All, |stored| stored.change_to(customer))
     }
 
     /// Whether an updated customer's membership rows must be replaced (it had some), and
@@ -508,14 +507,13 @@ async fn write_plan<Tx: CustomerTx + BatchTx + DirectoryTx>(
     tx.clear_keys(&plan.rekeyed).await?;
     let updates = rows(&plan.updates);
     tx.update_many(&updates).await?;
-    let retermed: Vec<CustomerRow<'_>> = updates
-        .iter()
-        .filter(|row| planned.terms_change(row.customer))
-        .map(|row| CustomerRow::new(row.customer, row.password_hash, row.doc))
-        .collect();
-    if !retermed.is_empty() {
-        tx.write_terms(&retermed, true).await?;
-    }
+    rewrite_terms(
+        tx,
+        updates
+            .iter()
+            .map(|row| (row, planned.term_change(row.customer))),
+    )
+    .await?;
     // Inserts in key order, so that concurrent batches creating the same keys queue on the
     // unique index in the same order instead of deadlocking.
     let mut inserts = rows(&plan.inserts);
@@ -541,6 +539,37 @@ async fn write_plan<Tx: CustomerTx + BatchTx + DirectoryTx>(
     );
     tx.write_memberships(&replaced, &changed).await?;
     tx.record_changes(&plan.changes).await
+}
+
+/// Writes the term rows of updated customers as they change: every row anew where the last
+/// name or `archived` changed (each row carries them), only the terms that go and come where
+/// another searchable field did.
+async fn rewrite_terms<'a, Tx: BatchTx>(
+    tx: &mut Tx,
+    changes: impl IntoIterator<Item = (&'a CustomerRow<'a>, TermChange)>,
+) -> Result<(), DomainError> {
+    let mut replaced = Vec::new();
+    let mut edits = Vec::new();
+    for (row, change) in changes {
+        match change {
+            TermChange::Kept => {}
+            TermChange::All => {
+                replaced.push(CustomerRow::new(row.customer, row.password_hash, row.doc))
+            }
+            TermChange::Terms { removed, added } => edits.push(TermEdit {
+                row,
+                removed,
+                added,
+            }),
+        }
+    }
+    if !replaced.is_empty() {
+        tx.write_terms(&replaced, true).await?;
+    }
+    if !edits.is_empty() {
+        tx.edit_terms(&edits).await?;
+    }
+    Ok(())
 }
 
 fn rows(planned: &[sync::PlannedRow]) -> Vec<CustomerRow<'_>> {

@@ -16,6 +16,7 @@ hub_tests!(
     q_is_a_case_insensitive_prefix_of_names_email_phone_company_and_external_id,
     search_terms_follow_updates_and_deletes,
     an_updated_customer_has_the_term_rows_of_a_new_one_with_its_fields,
+    term_rows_of_another_derivation_are_rebuilt_at_start,
     customers_stored_before_the_search_index_are_indexed_at_start,
     a_q_with_many_matches_pages_through_all_of_them,
     a_common_last_name_prefix_is_merged_with_the_other_matches_in_name_order,
@@ -446,23 +447,14 @@ async fn term_rows_of(hub: &TestHub, id: &str) -> Vec<String> {
 }
 
 /// After any update of a searchable field, a customer's term rows are exactly the rows a new
-/// customer with the same fields gets, whichever field changed; and a row that is no longer
-/// right (one an older version wrote, say) goes.
+/// customer with the same fields gets, whichever field changed: whether the update rewrites
+/// every row (the last name, `archived`) or only the terms that go and come.
 async fn an_updated_customer_has_the_term_rows_of_a_new_one_with_its_fields(hub: TestHub) {
     let customer = hub
         .create_customer(json!({"username": "ada", "first_name": "Ada",
             "last_name": "Lovelace", "company": "Analytical Engines", "phone": "+44 20 1234"}))
         .await;
     let id = customer["id"].as_str().expect("id").to_owned();
-    execute(
-        &hub.database_url,
-        &format!(
-            "INSERT INTO customer_terms (term, customer_id, multiword, name_prefix, \
-             last_name_sort, name_bucket, archived) \
-             VALUES ('stale', '{id}', 1 = 0, 1 = 0, 'lovelace', 0, 1 = 0)"
-        ),
-    )
-    .await;
     let steps = [
         (
             "a first name of two words",
@@ -473,11 +465,13 @@ async fn an_updated_customer_has_the_term_rows_of_a_new_one_with_its_fields(hub:
             json!({"last_name": "King"}),
         ),
         ("archived: every row carries it", json!({"archived": true})),
-        (
-            "restored, and a company word less",
-            json!({"archived": false, "company": "Engines"}),
-        ),
+        ("restored", json!({"archived": false})),
+        ("a company word less", json!({"company": "Engines"})),
         ("a phone cleared", json!({"phone": null})),
+        (
+            "a first name gone and a company word more",
+            json!({"first_name": null, "company": "Engines of Difference"}),
+        ),
     ];
     for (n, (step, patch)) in steps.into_iter().enumerate() {
         let reply = call(hub.patch(&format!("/v1/customers/{id}")).json(&patch)).await;
@@ -508,6 +502,55 @@ async fn an_updated_customer_has_the_term_rows_of_a_new_one_with_its_fields(hub:
         term_rows_of(&hub, &id).await,
         term_rows_of_a_twin(&hub, &stored, "twin-sync").await,
         "bulk sync"
+    );
+}
+
+/// Term rows written by another derivation than this hub's (an older version's) are rebuilt
+/// at start: updates delete the rows of the terms they remove by this hub's derivation.
+async fn term_rows_of_another_derivation_are_rebuilt_at_start(hub: TestHub) {
+    let customer = hub
+        .create_customer(json!({"first_name": "Ada", "last_name": "Lovelace"}))
+        .await;
+    let id = customer["id"].as_str().expect("id");
+    let rows = term_rows_of(&hub, id).await;
+    execute(
+        &hub.database_url,
+        &format!(
+            "INSERT INTO customer_terms (term, customer_id, multiword, name_prefix, \
+             last_name_sort, name_bucket, archived) \
+             VALUES ('stale', '{id}', 1 = 0, 1 = 0, 'lovelace', 0, 1 = 0)"
+        ),
+    )
+    .await;
+    let reopen = || async {
+        drop(
+            clientele_store::connect(&clientele_store::StoreConfig::new(&hub.database_url))
+                .await
+                .expect("reopen"),
+        );
+    };
+    reopen().await;
+    assert_eq!(
+        term_rows_of(&hub, id).await.len(),
+        rows.len() + 1,
+        "rows of this derivation are left alone"
+    );
+    execute(
+        &hub.database_url,
+        "UPDATE customer_terms_backfill SET version = 0",
+    )
+    .await;
+    reopen().await;
+    assert_eq!(term_rows_of(&hub, id).await, rows);
+    let reply = call(
+        hub.patch(&format!("/v1/customers/{id}"))
+            .json(&json!({"first_name": "Augusta"})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        term_rows_of(&hub, id).await,
+        term_rows_of_a_twin(&hub, &reply.body, "twin").await
     );
 }
 
