@@ -151,13 +151,15 @@ impl BatchTx for Transaction<'static, Sqlite> {
             .zip(&terms)
             .map(|(id, term)| [Param::Text(id), Param::Text(term)])
             .collect();
-        // The index by customer finds the row, whatever the flags beside its term.
-        execute_per_row(
-            &mut **self,
-            "DELETE FROM customer_terms WHERE customer_id = ?1 AND term = ?2",
-            &params,
-        )
-        .await?;
+        if !params.is_empty() {
+            // The index by customer finds the row, whatever the flags beside its term.
+            execute_per_row(
+                &mut **self,
+                "DELETE FROM customer_terms WHERE customer_id = ?1 AND term = ?2",
+                &params,
+            )
+            .await?;
+        }
         insert_terms(self, TermEdit::added_rows(edits)).await
     }
 
