@@ -4,8 +4,9 @@
 //! Per backend: the raw floor (`INSERT ... ON CONFLICT DO UPDATE`, one transaction, one prepared
 //! statement, the hub's own schema), then the hub: N customers with one address each, batches of
 //! 1000, C concurrent clients; the same N re-sent unchanged; the same N re-sent with a note
-//! changed (every item an update); the server's peak RSS; and for each run the CPU time per
-//! customer of the process that did the work.
+//! changed (every item an update, no search term changed); the same N re-sent with a first
+//! name changed (every item an update of its search terms); the server's peak RSS; and for each
+//! run the CPU time per customer of the process that did the work.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -101,6 +102,14 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         "changed re-send",
     )
     .await?;
+    let renamed = sync_all(
+        args,
+        &hub,
+        args.customers,
+        renamed_customer,
+        "renamed re-send",
+    )
+    .await?;
     let rss = peak_rss_mib(hub.child.id())?;
     hub.kill_9();
 
@@ -112,7 +121,7 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         "{:<34} {:>12} {:>10} {:>16} {:>19}",
         "", "customers/s", "seconds", "CPU µs/customer", "client CPU µs/cust."
     );
-    for run in [&raw, &first, &again, &changed] {
+    for run in [&raw, &first, &again, &changed, &renamed] {
         let client = run
             .client_cpu_micros_per_item()
             .map_or_else(|| "-".to_owned(), |micros| format!("{micros:.1}"));
@@ -138,6 +147,8 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
                "cpu_us_per_customer": first.cpu_micros_per_item(),
                "client_cpu_us_per_customer": first.client_cpu_micros_per_item(),
                "changed_cpu_us_per_customer": changed.cpu_micros_per_item(),
+               "renamed_rps": renamed.rate().round(),
+               "renamed_cpu_us_per_customer": renamed.cpu_micros_per_item(),
                "unchanged_cpu_us_per_customer": again.cpu_micros_per_item(),
                "raw_cpu_us_per_customer": raw.cpu_micros_per_item(),
                "peak_rss_mib": rss})
@@ -184,6 +195,14 @@ fn customer(i: usize) -> Value {
 fn changed_customer(i: usize) -> Value {
     let mut body = customer(i);
     body["note"] = json!(format!("changed in the source, {i}"));
+    body
+}
+
+/// [`changed_customer`] with another first name: every one is an update of its search terms
+/// (those of the first and display name go and come; the rest stay).
+fn renamed_customer(i: usize) -> Value {
+    let mut body = changed_customer(i);
+    body["first_name"] = json!(format!("Renamed{i}"));
     body
 }
 
