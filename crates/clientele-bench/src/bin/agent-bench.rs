@@ -4,7 +4,9 @@
 //! Scenarios, in one run: the first push (all new), a second push with nothing changed, a push
 //! with 1 % of the rows changed, and a pull of the whole change feed into a fresh mirror. Each
 //! is timed as the agent process's wall time, with the agent's peak RSS (sampled `VmHWM`). Beside
-//! them, the raw floor: the same rows upserted straight into a SQLite table in one transaction.
+//! them, the raw floors: the same rows upserted straight into a SQLite table in one transaction,
+//! through sqlx (a hand-off to its worker thread per statement) and stepped through rusqlite
+//! (SQLite's own cost).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,8 +61,11 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("agent-bench: writing a source of {} rows", args.rows);
     write_source(&source, args.rows).await?;
 
-    let raw_seconds = raw_upsert(&source, &dir.path().join("raw.db")).await?;
-    eprintln!("agent-bench: raw upsert {raw_seconds:.2} s");
+    let rows = read_source(&source).await?;
+    let raw_seconds = raw_upsert(&rows, &dir.path().join("raw.db")).await?;
+    eprintln!("agent-bench: raw upsert through sqlx {raw_seconds:.2} s");
+    let stepped_seconds = raw_upsert_stepped(rows, dir.path().join("stepped.db")).await?;
+    eprintln!("agent-bench: raw upsert stepped {stepped_seconds:.2} s");
 
     let hub_dir = dir.path().join("hub");
     std::fs::create_dir_all(&hub_dir)?;
@@ -120,19 +125,21 @@ async fn main() -> anyhow::Result<()> {
             .trim()
     );
     println!(
-        "raw SQLite upsert of the same rows (one transaction, prepared statement): {raw_seconds:.2} s\n"
+        "raw SQLite upsert of the same rows (one transaction, prepared statement): \
+         {raw_seconds:.2} s through sqlx, {stepped_seconds:.2} s stepped through rusqlite\n"
     );
     println!(
-        "| scenario | agent wall time | target | ratio to raw upsert | agent peak RSS | summary |"
+        "| scenario | agent wall time | target | ratio to raw upsert (sqlx / stepped) | agent peak RSS | summary |"
     );
     println!("|---|---|---|---|---|---|");
     for run in &runs {
         println!(
-            "| {} | {:.2} s | {} | {:.1}× | {:.0} MiB | `{}` |",
+            "| {} | {:.2} s | {} | {:.1}× / {:.1}× | {:.0} MiB | `{}` |",
             run.what,
             run.seconds,
             run.target,
             run.seconds / raw_seconds,
+            run.seconds / stepped_seconds,
             run.peak_rss_mib,
             run.summary
         );
@@ -170,37 +177,63 @@ async fn change_rows(path: &Path, count: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The floor: every source row upserted with one prepared statement in one transaction.
-async fn raw_upsert(source: &Path, target: &Path) -> anyhow::Result<f64> {
+/// A source row: person id, first and last name, email.
+type SourceRow = (i64, String, String, String);
+
+async fn read_source(source: &Path) -> anyhow::Result<Vec<SourceRow>> {
     let mut reader = SqliteConnection::connect(&format!("sqlite://{}", source.display())).await?;
-    let rows: Vec<(i64, String, String, String)> =
+    Ok(
         sqlx::query_as("SELECT person_id, fname, lname, email FROM people")
             .fetch_all(&mut reader)
-            .await?;
+            .await?,
+    )
+}
+
+/// The floors' table, and the upsert both run once per row.
+const RAW_TABLE: &str = "CREATE TABLE customers (external_id TEXT PRIMARY KEY, first_name TEXT, \
+     last_name TEXT, email TEXT UNIQUE)";
+const RAW_UPSERT: &str = "INSERT INTO customers (external_id, first_name, last_name, email) \
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (external_id) DO UPDATE SET \
+     first_name = excluded.first_name, last_name = excluded.last_name, email = excluded.email";
+
+/// The floor through sqlx: every source row upserted with one prepared statement in one
+/// transaction.
+async fn raw_upsert(rows: &[SourceRow], target: &Path) -> anyhow::Result<f64> {
     let mut conn =
         SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", target.display())).await?;
-    sqlx::query(
-        "CREATE TABLE customers (external_id TEXT PRIMARY KEY, first_name TEXT, last_name TEXT, email TEXT UNIQUE)",
-    )
-    .execute(&mut conn)
-    .await?;
+    sqlx::query(RAW_TABLE).execute(&mut conn).await?;
     let started = Instant::now();
     let mut tx = conn.begin().await?;
-    for (id, first, last, email) in &rows {
-        sqlx::query(
-            "INSERT INTO customers (external_id, first_name, last_name, email) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (external_id) DO UPDATE SET first_name = excluded.first_name,
-             last_name = excluded.last_name, email = excluded.email",
-        )
-        .bind(id.to_string())
-        .bind(first)
-        .bind(last)
-        .bind(email)
-        .execute(&mut *tx)
-        .await?;
+    for (id, first, last, email) in rows {
+        sqlx::query(RAW_UPSERT)
+            .bind(id.to_string())
+            .bind(first)
+            .bind(last)
+            .bind(email)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// The same floor stepped through rusqlite, with no hand-off to a worker thread per statement.
+async fn raw_upsert_stepped(rows: Vec<SourceRow>, target: PathBuf) -> anyhow::Result<f64> {
+    tokio::task::spawn_blocking(move || {
+        let mut conn = rusqlite::Connection::open(&target)?;
+        conn.execute_batch(RAW_TABLE)?;
+        let started = Instant::now();
+        let tx = conn.transaction()?;
+        {
+            let mut upsert = tx.prepare(RAW_UPSERT)?;
+            for (id, first, last, email) in &rows {
+                upsert.execute(rusqlite::params![id.to_string(), first, last, email])?;
+            }
+        }
+        tx.commit()?;
+        Ok(started.elapsed().as_secs_f64())
+    })
+    .await?
 }
 
 /// Runs one agent command to completion, sampling its peak RSS while it runs.

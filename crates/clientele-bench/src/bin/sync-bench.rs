@@ -2,7 +2,8 @@
 //! a raw upsert of the same rows measured in the same run. See docs/benchmarks.md.
 //!
 //! Per backend: the raw floor (`INSERT ... ON CONFLICT DO UPDATE`, one transaction, one prepared
-//! statement, the hub's own schema), then the hub: N customers with one address each, batches of
+//! statement, the hub's own schema) through sqlx and, on SQLite, stepped through rusqlite (no
+//! hand-off to a worker thread per statement: SQLite's own cost), then the hub: N customers with one address each, batches of
 //! 1000, C concurrent clients; the same N re-sent unchanged; the same N re-sent with a note
 //! changed (every item an update, no search term changed); the same N re-sent with a first
 //! name changed (every item an update of its search terms); the server's peak RSS; and for each
@@ -59,6 +60,18 @@ struct Run {
 }
 
 impl Run {
+    /// A raw floor's run of `items` rows by this process, which started at `started` with
+    /// `cpu_before` seconds of CPU used.
+    fn floor(what: &str, items: usize, started: Instant, cpu_before: f64) -> anyhow::Result<Self> {
+        Ok(Run {
+            what: what.to_owned(),
+            items,
+            seconds: started.elapsed().as_secs_f64(),
+            cpu_seconds: process_cpu_seconds(std::process::id())? - cpu_before,
+            client_cpu_seconds: None,
+        })
+    }
+
     fn rate(&self) -> f64 {
         self.items as f64 / self.seconds
     }
@@ -88,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
-    let raw = raw_upsert(backend, args.customers).await?;
+    let floors = raw_upserts(backend, args.customers).await?;
     let dir = tempfile::tempdir()?;
     let url = database_url(backend, dir.path()).await?;
     let mut hub = HubProcess::start(&args.hub_binary, &url, dir.path());
@@ -118,26 +131,34 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         args.customers, args.batch, args.clients
     );
     println!(
-        "{:<34} {:>12} {:>10} {:>16} {:>19}",
+        "{:<40} {:>12} {:>10} {:>16} {:>19}",
         "", "customers/s", "seconds", "CPU µs/customer", "client CPU µs/cust."
     );
-    for run in [&raw, &first, &again, &changed, &renamed] {
+    for run in floors.iter().chain([&first, &again, &changed, &renamed]) {
         let client = run
             .client_cpu_micros_per_item()
             .map_or_else(|| "-".to_owned(), |micros| format!("{micros:.1}"));
         println!(
-            "{:<34} {:>12.0} {:>10.2} {:>16.1} {client:>19}",
+            "{:<40} {:>12.0} {:>10.2} {:>16.1} {client:>19}",
             run.what,
             run.rate(),
             run.seconds,
             run.cpu_micros_per_item()
         );
     }
+    for floor in &floors {
+        println!(
+            "hub time / {} time: {:.2} (target <= 3)",
+            floor.what,
+            floor.rate() / first.rate()
+        );
+    }
     println!(
-        "hub time / raw floor time: {:.2} (target <= 3); unchanged re-send {:.2}x as fast as the first (target >= 2); server peak RSS {rss} MiB",
-        raw.rate() / first.rate(),
+        "unchanged re-send {:.2}x as fast as the first (target >= 2); server peak RSS {rss} MiB",
         again.rate() / first.rate()
     );
+    let raw = &floors[0];
+    let stepped = floors.get(1);
     println!(
         "{}",
         json!({"backend": backend, "scenario": "sync", "customers": args.customers,
@@ -151,6 +172,8 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
                "renamed_cpu_us_per_customer": renamed.cpu_micros_per_item(),
                "unchanged_cpu_us_per_customer": again.cpu_micros_per_item(),
                "raw_cpu_us_per_customer": raw.cpu_micros_per_item(),
+               "stepped_raw_rps": stepped.map(|floor| floor.rate().round()),
+               "stepped_ratio": stepped.map(|floor| floor.rate() / first.rate()),
                "peak_rss_mib": rss})
     );
 
@@ -270,45 +293,67 @@ async fn sync_all(
     })
 }
 
-/// The floor: the same number of rows upserted into the hub's own `customers` table with one
-/// prepared `INSERT ... ON CONFLICT DO UPDATE` in one transaction, docs of the hub's size.
-async fn raw_upsert(backend: &str, n: usize) -> anyhow::Result<Run> {
-    let dir = tempfile::tempdir()?;
-    let url = database_url(backend, dir.path()).await?;
-    // The hub's own migrations and settings, then a plain pool beside it.
-    drop(clientele_store::connect(&clientele_store::StoreConfig::new(&url)).await?);
-    let sql = "INSERT INTO customers (id, external_id, email_norm, username, last_name_sort, \
-               archived, version, created_at, updated_at, password_hash, doc) \
-               VALUES ($1, $2, $3, NULL, $4, $5, 1, $6, $6, NULL, $7) \
-               ON CONFLICT (external_id) DO UPDATE SET email_norm = excluded.email_norm, \
-               last_name_sort = excluded.last_name_sort, archived = excluded.archived, \
-               version = customers.version + 1, updated_at = excluded.updated_at, \
-               doc = excluded.doc";
-    let rows: Vec<(String, String, String, String, String)> = (0..n)
+/// The upsert both floors run: a customer row of the hub's own `customers` table.
+const RAW_UPSERT: &str = "INSERT INTO customers (id, external_id, email_norm, username, \
+     last_name_sort, archived, version, created_at, updated_at, password_hash, doc) \
+     VALUES ($1, $2, $3, NULL, $4, $5, 1, $6, $6, NULL, $7) \
+     ON CONFLICT (external_id) DO UPDATE SET email_norm = excluded.email_norm, \
+     last_name_sort = excluded.last_name_sort, archived = excluded.archived, \
+     version = customers.version + 1, updated_at = excluded.updated_at, doc = excluded.doc";
+
+/// A row of [`RAW_UPSERT`]: id, external id, email, last-name sort key and document.
+type RawRow = (String, String, String, String, String);
+
+/// A fixed `created_at` and `updated_at` for the floors' rows.
+const RAW_AT: i64 = 1_795_000_000_000_000;
+
+/// The floors: the same number of rows upserted into the hub's own `customers` table with one
+/// prepared `INSERT ... ON CONFLICT DO UPDATE` in one transaction, docs of the hub's size, each
+/// on a new database the hub's migrations made. Through sqlx, as a program using its ordinary
+/// API writes, on both backends; and on SQLite also stepped through rusqlite, with no hand-off
+/// to a worker thread per statement: SQLite's own cost of the rows.
+async fn raw_upserts(backend: &str, n: usize) -> anyhow::Result<Vec<Run>> {
+    let rows: Vec<RawRow> = (0..n)
         .map(|i| {
-            let doc = customer(i).to_string();
             (
                 format!("cus_{}", ulid::Ulid::new()),
                 format!("erp-{i:08}"),
                 format!("customer{i}@example.com"),
                 format!("last{}", i % 5000),
-                doc,
+                customer(i).to_string(),
             )
         })
         .collect();
+    let mut floors = vec![raw_upsert_sqlx(backend, &rows).await?];
+    if backend == "sqlite" {
+        floors.push(raw_upsert_stepped(rows).await?);
+    }
+    Ok(floors)
+}
+
+/// A new database with the hub's migrations and settings, in `dir`.
+async fn hub_schema(backend: &str, dir: &std::path::Path) -> anyhow::Result<String> {
+    let url = database_url(backend, dir).await?;
+    drop(clientele_store::connect(&clientele_store::StoreConfig::new(&url)).await?);
+    Ok(url)
+}
+
+async fn raw_upsert_sqlx(backend: &str, rows: &[RawRow]) -> anyhow::Result<Run> {
+    let dir = tempfile::tempdir()?;
+    let url = hub_schema(backend, dir.path()).await?;
     let cpu_before = process_cpu_seconds(std::process::id())?;
     let started = Instant::now();
     macro_rules! upsert_all {
         ($pool:expr) => {{
             let mut tx = $pool.begin().await?;
-            for (id, external_id, email, last_name, doc) in &rows {
-                sqlx::query(sql)
+            for (id, external_id, email, last_name, doc) in rows {
+                sqlx::query(RAW_UPSERT)
                     .bind(id)
                     .bind(external_id)
                     .bind(email)
                     .bind(last_name)
                     .bind(false)
-                    .bind(1_795_000_000_000_000_i64)
+                    .bind(RAW_AT)
                     .bind(doc)
                     .execute(&mut *tx)
                     .await?;
@@ -323,12 +368,49 @@ async fn raw_upsert(backend: &str, n: usize) -> anyhow::Result<Run> {
         let pool = sqlx::PgPool::connect(&url).await?;
         upsert_all!(pool);
     }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(Run {
-        what: "raw upsert (one tx, prepared)".into(),
-        items: n,
-        seconds,
-        cpu_seconds: process_cpu_seconds(std::process::id())? - cpu_before,
-        client_cpu_seconds: None,
+    Run::floor(
+        "raw upsert, sqlx (one tx, prepared)",
+        rows.len(),
+        started,
+        cpu_before,
+    )
+}
+
+/// [`RAW_UPSERT`] stepped once per row through rusqlite, with the hub writer's pragmas.
+async fn raw_upsert_stepped(rows: Vec<RawRow>) -> anyhow::Result<Run> {
+    let dir = tempfile::tempdir()?;
+    hub_schema("sqlite", dir.path()).await?;
+    let path = dir.path().join("hub.db");
+    tokio::task::spawn_blocking(move || {
+        let mut conn = rusqlite::Connection::open(&path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;",
+        )?;
+        let cpu_before = process_cpu_seconds(std::process::id())?;
+        let started = Instant::now();
+        let tx = conn.transaction()?;
+        {
+            let mut upsert = tx.prepare(RAW_UPSERT)?;
+            for (id, external_id, email, last_name, doc) in &rows {
+                upsert.execute(rusqlite::params![
+                    id,
+                    external_id,
+                    email,
+                    last_name,
+                    false,
+                    RAW_AT,
+                    doc
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Run::floor(
+            "raw upsert, stepped (one tx, prepared)",
+            rows.len(),
+            started,
+            cpu_before,
+        )
     })
+    .await?
 }
