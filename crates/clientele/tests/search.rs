@@ -482,27 +482,46 @@ async fn an_updated_customer_has_the_term_rows_of_a_new_one_with_its_fields(hub:
             "{step}"
         );
     }
-    // The same through bulk sync, by a key that is no term.
+    // The same through bulk sync, by a key that is no term, in one batch with a customer whose
+    // every row changes (another last name) and one whose terms stay (a note).
+    let grace = hub
+        .create_customer(json!({"username": "grace", "first_name": "Grace",
+            "last_name": "Hopper", "company": "Navy"}))
+        .await;
+    let linus = hub
+        .create_customer(json!({"username": "linus", "last_name": "Torvalds"}))
+        .await;
     let synced = hub
         .sync(&json!({"key": "username", "customers": [
             {"username": "ada", "first_name": "Ada", "company": "Difference Engines"},
+            {"username": "grace", "last_name": "Murray Hopper"},
+            {"username": "linus", "note": "not searchable"},
         ]}))
         .await;
-    assert_eq!(
-        synced.body["results"][0]["status"], "updated",
-        "{}",
-        synced.body
-    );
-    let stored = call(hub.get(&format!("/v1/customers/{id}"))).await.body;
-    assert_eq!(
-        (&stored["first_name"], &stored["company"]),
-        (&json!("Ada"), &json!("Difference Engines"))
-    );
-    assert_eq!(
-        term_rows_of(&hub, &id).await,
-        term_rows_of_a_twin(&hub, &stored, "twin-sync").await,
-        "bulk sync"
-    );
+    let statuses: Vec<&Value> = (0..3)
+        .map(|i| &synced.body["results"][i]["status"])
+        .collect();
+    assert_eq!(statuses, [&json!("updated"); 3], "{}", synced.body);
+    for (customer, expected) in [
+        (
+            &customer,
+            json!({"first_name": "Ada", "company": "Difference Engines"}),
+        ),
+        (&grace, json!({"last_name": "Murray Hopper"})),
+        (&linus, json!({"note": "not searchable"})),
+    ] {
+        let id = customer["id"].as_str().expect("id");
+        let stored = call(hub.get(&format!("/v1/customers/{id}"))).await.body;
+        for (field, value) in expected.as_object().expect("fields") {
+            assert_eq!(&stored[field], value, "{field} of {id}");
+        }
+        let username = stored["username"].as_str().expect("username");
+        assert_eq!(
+            term_rows_of(&hub, id).await,
+            term_rows_of_a_twin(&hub, &stored, &format!("twin-sync-{username}")).await,
+            "bulk sync, {username}"
+        );
+    }
 }
 
 /// Term rows written by another derivation than this hub's (an older version's) are rebuilt
