@@ -207,7 +207,7 @@ pub(crate) enum KeyValue<'a> {
 const SORT_KEY_CHARS: usize = 100;
 
 /// The lower-cased prefix of a last name that `sort=last_name` orders by.
-fn sort_key(last_name: Option<&str>) -> String {
+pub(crate) fn sort_key(last_name: Option<&str>) -> String {
     last_name
         .unwrap_or("")
         .chars()

@@ -7,7 +7,7 @@ use clientele_domain::search::{
 };
 use clientele_domain::{CustomerFilter, CustomerKey, ListQuery, SortKey, SortOrder};
 
-use crate::primitives::{BatchTx, CustomerRow, CustomerTx, Queries, decode_customer};
+use crate::primitives::{BatchTx, CustomerRow, CustomerTx, Queries, decode_customer, sort_key};
 use crate::sql_store::Backend;
 
 /// Where the SQL of the two backends differs.
@@ -887,11 +887,12 @@ pub(crate) async fn backfill_terms<B: Backend>(
     }
 }
 
-/// What a customer's term rows are made of, owned: its searchable fields (the terms, and the
-/// last name their flags and buckets follow) and whether it is archived, which each row
-/// carries.
+/// What a customer's term rows are made of, owned: its searchable fields (the terms), its last
+/// name (whose sort key each row carries, with the flags and bucket that follow from it) and
+/// whether it is archived, which each row carries too.
 pub(crate) struct TermSource {
     fields: [Option<String>; 8],
+    last_name: Option<String>,
     archived: bool,
 }
 
@@ -906,17 +907,16 @@ pub(crate) enum TermChange {
         removed: Vec<String>,
         added: Vec<String>,
     },
-    /// Every row changes: the last name or `archived` changed, which each row carries.
+    /// Every row changes: the last name's sort key or `archived` changed, which each row
+    /// carries.
     All,
 }
-
-/// Where the last name sits in [`searchable_fields`].
-const LAST_NAME: usize = 1;
 
 impl TermSource {
     pub(crate) fn of(customer: &clientele_domain::Customer) -> Self {
         TermSource {
             fields: searchable_fields(customer).map(|field| field.map(str::to_owned)),
+            last_name: customer.last_name.clone(),
             archived: customer.archived,
         }
     }
@@ -927,11 +927,16 @@ impl TermSource {
     pub(crate) fn change_to(&self, next: &clientele_domain::Customer) -> TermChange {
         let stored = self.fields.each_ref().map(Option::as_deref);
         let next_fields = searchable_fields(next);
-        if self.archived != next.archived || stored[LAST_NAME] != next_fields[LAST_NAME] {
+        if self.archived != next.archived {
             return TermChange::All;
         }
         if stored == next_fields {
             return TermChange::Kept;
+        }
+        if self.last_name != next.last_name
+            && sort_key(self.last_name.as_deref()) != sort_key(next.last_name.as_deref())
+        {
+            return TermChange::All;
         }
         let before = terms_of_fields(stored);
         let after = terms_of_fields(next_fields);
@@ -1613,6 +1618,12 @@ mod tests {
             source.change_to(&renamed),
             TermChange::All,
             "each row carries the last name's sort key and bucket"
+        );
+        renamed.last_name = Some("LOVELACE".into());
+        assert_eq!(
+            source.change_to(&renamed),
+            TermChange::Kept,
+            "the same sort key and terms"
         );
     }
 
