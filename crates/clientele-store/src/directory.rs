@@ -177,7 +177,7 @@ pub(crate) fn membership_conditions(query: &ListQuery, first: usize) -> (Vec<Str
 /// Codes per lookup statement at most (SQLite binds at most 32,766 parameters, PostgreSQL 65,535).
 pub(crate) const CODES_PER_QUERY: usize = 4096;
 
-/// Rows of `columns` parameters per multi-row statement at most.
+/// Customers whose membership rows one delete statement names at most.
 pub(crate) const MEMBERSHIP_CHUNK: usize = 256;
 
 pub(crate) const GROUP_COLUMNS: &str =
@@ -190,9 +190,16 @@ pub(crate) fn in_use(what: clientele_domain::InUse) -> DomainError {
 
 /// Implements [`DirectoryTx`] for a backend's transaction and [`DirectoryQueries`] for its
 /// pool. `share` locks rows against deletion (PostgreSQL `FOR SHARE`), `update` for a change,
-/// and `serialize_groups` serializes group writes (SQLite serializes every write already).
+/// `serialize_groups` serializes group writes (SQLite serializes every write already), and
+/// `insert_memberships` is the backend's way of writing many membership rows at once.
 macro_rules! directory_primitives {
-    ($db:ty, share = $share:literal, update = $update:literal, serialize_groups = $serialize:literal) => {
+    (
+        $db:ty,
+        share = $share:literal,
+        update = $update:literal,
+        serialize_groups = $serialize:literal,
+        insert_memberships = $insert_memberships:path
+    ) => {
         fn decode_group(
             row: &<$db as sqlx::Database>::Row,
         ) -> Result<clientele_domain::Group, clientele_domain::DomainError> {
@@ -431,7 +438,7 @@ macro_rules! directory_primitives {
                 replaced: &[clientele_domain::CustomerId],
                 rows: &[$crate::primitives::CustomerRow<'_>],
             ) -> Result<(), clientele_domain::DomainError> {
-                use $crate::directory::{MEMBERSHIP_CHUNK, list, numbered};
+                use $crate::directory::{MEMBERSHIP_CHUNK, list};
                 let db = $crate::error::db_error;
                 let ids: Vec<String> = replaced.iter().map(ToString::to_string).collect();
                 for chunk in ids.chunks(MEMBERSHIP_CHUNK) {
@@ -447,41 +454,7 @@ macro_rules! directory_primitives {
                         query.execute(&mut **self).await.map_err(db)?;
                     }
                 }
-                let all = $crate::directory::Memberships::of(rows);
-                for chunk in all.tags.chunks(MEMBERSHIP_CHUNK) {
-                    let sql = format!(
-                        "INSERT INTO customer_tags (customer_id, tag) VALUES {}",
-                        numbered(1, chunk.len(), 2)
-                    );
-                    let mut query = sqlx::query(&sql);
-                    for (id, tag) in chunk {
-                        query = query.bind(id).bind(tag);
-                    }
-                    query.execute(&mut **self).await.map_err(db)?;
-                }
-                for chunk in all.groups.chunks(MEMBERSHIP_CHUNK) {
-                    let sql = format!(
-                        "INSERT INTO customer_groups (customer_id, group_code, subscribed) VALUES {}",
-                        numbered(1, chunk.len(), 3)
-                    );
-                    let mut query = sqlx::query(&sql);
-                    for (id, code, subscribed) in chunk {
-                        query = query.bind(id).bind(code).bind(*subscribed);
-                    }
-                    query.execute(&mut **self).await.map_err(db)?;
-                }
-                for chunk in all.teams.chunks(MEMBERSHIP_CHUNK) {
-                    let sql = format!(
-                        "INSERT INTO customer_teams (customer_id, team_code) VALUES {}",
-                        numbered(1, chunk.len(), 2)
-                    );
-                    let mut query = sqlx::query(&sql);
-                    for (id, code) in chunk {
-                        query = query.bind(id).bind(code);
-                    }
-                    query.execute(&mut **self).await.map_err(db)?;
-                }
-                Ok(())
+                $insert_memberships(self, &$crate::directory::Memberships::of(rows)).await
             }
         }
 

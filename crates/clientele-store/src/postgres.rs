@@ -11,6 +11,7 @@ use clientele_domain::sync::{ChangeRecord, StoredCustomer};
 use clientele_domain::{CustomerId, CustomerKey};
 use sqlx::Row;
 
+use crate::directory::Memberships;
 use crate::error::db_error;
 use crate::primitives::{
     BatchTx, CustomerRow, decode_id, key_column, sql_primitives, stored_customer,
@@ -23,7 +24,8 @@ crate::directory::directory_primitives!(
     Postgres,
     share = " FOR SHARE",
     update = " FOR UPDATE",
-    serialize_groups = "LOCK TABLE groups IN SHARE ROW EXCLUSIVE MODE"
+    serialize_groups = "LOCK TABLE groups IN SHARE ROW EXCLUSIVE MODE",
+    insert_memberships = insert_memberships
 );
 sql_primitives!(
     Postgres,
@@ -394,6 +396,66 @@ async fn insert_terms(
         .execute(&mut **tx)
         .await
         .map_err(db_error)?;
+    Ok(())
+}
+
+/// Inserts membership rows, one statement over arrays per table that has any.
+async fn insert_memberships(
+    tx: &mut Transaction<'static, Postgres>,
+    all: &Memberships,
+) -> Result<(), DomainError> {
+    if !all.tags.is_empty() {
+        let (ids, tags): (Vec<&str>, Vec<&str>) = all
+            .tags
+            .iter()
+            .map(|(id, tag)| (id.as_str(), tag.as_str()))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO customer_tags (customer_id, tag) \
+             SELECT * FROM UNNEST($1::text[], $2::text[])",
+        )
+        .bind(ids)
+        .bind(tags)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    }
+    if !all.groups.is_empty() {
+        let mut ids = Vec::with_capacity(all.groups.len());
+        let mut codes = Vec::with_capacity(all.groups.len());
+        let mut subscribed = Vec::with_capacity(all.groups.len());
+        for (id, code, flag) in &all.groups {
+            ids.push(id.as_str());
+            codes.push(code.as_str());
+            subscribed.push(*flag);
+        }
+        sqlx::query(
+            "INSERT INTO customer_groups (customer_id, group_code, subscribed) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[])",
+        )
+        .bind(ids)
+        .bind(codes)
+        .bind(subscribed)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    }
+    if !all.teams.is_empty() {
+        let (ids, codes): (Vec<&str>, Vec<&str>) = all
+            .teams
+            .iter()
+            .map(|(id, code)| (id.as_str(), code.as_str()))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO customer_teams (customer_id, team_code) \
+             SELECT * FROM UNNEST($1::text[], $2::text[])",
+        )
+        .bind(ids)
+        .bind(codes)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    }
     Ok(())
 }
 

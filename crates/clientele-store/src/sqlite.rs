@@ -13,6 +13,7 @@ use clientele_domain::sync::{ChangeRecord, StoredCustomer};
 use clientele_domain::{Customer, CustomerId, CustomerKey};
 
 use crate::checkpoint::{self, Checkpointer};
+use crate::directory::Memberships;
 use crate::error::db_error;
 use crate::primitives::{BatchTx, CustomerRow, decode_id, key_column, sql_primitives};
 use crate::search::{TermEdit, TermRows};
@@ -20,7 +21,13 @@ use crate::sql_store::{Backend, SqlStore};
 use crate::sqlite_rows::{Param, execute_per_row};
 use crate::{SqliteSync, StoreConfig, StoreError};
 
-crate::directory::directory_primitives!(Sqlite, share = "", update = "", serialize_groups = "");
+crate::directory::directory_primitives!(
+    Sqlite,
+    share = "",
+    update = "",
+    serialize_groups = "",
+    insert_memberships = insert_memberships
+);
 sql_primitives!(Sqlite, lock = "", dialect = crate::search::Dialect::Sqlite);
 crate::search::backfill_primitives!(Sqlite);
 crate::feed::feed_primitives!(
@@ -164,27 +171,81 @@ impl BatchTx for Transaction<'static, Sqlite> {
     }
 
     async fn record_changes(&mut self, changes: &[ChangeRecord]) -> Result<(), DomainError> {
-        for chunk in chunks(changes) {
-            let sql = format!(
-                "INSERT INTO changes (customer_id, external_id, kind, version, at, customer, \
-                 teams) VALUES {}",
-                placeholders(chunk.len(), 7)
-            );
-            let mut query = sqlx::query(&sql);
-            for change in chunk {
-                query = query
-                    .bind(change.customer_id.to_string())
-                    .bind(change.external_id.as_deref())
-                    .bind(change.kind.as_str())
-                    .bind(change.version)
-                    .bind(change.at.as_micros())
-                    .bind(change.customer.as_deref())
-                    .bind(json_list(&change.teams));
-            }
-            query.execute(&mut **self).await.map_err(db_error)?;
+        if changes.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        // Owned text the rows bind: ids and team lists as stored.
+        let owned: Vec<(String, String)> = changes
+            .iter()
+            .map(|change| (change.customer_id.to_string(), json_list(&change.teams)))
+            .collect();
+        let params: Vec<[Param<'_>; 7]> = changes
+            .iter()
+            .zip(&owned)
+            .map(|(change, (id, teams))| {
+                [
+                    Param::Text(id),
+                    change.external_id.as_deref().into(),
+                    Param::Text(change.kind.as_str()),
+                    Param::Int(change.version),
+                    Param::Int(change.at.as_micros()),
+                    change.customer.as_deref().into(),
+                    Param::Text(teams),
+                ]
+            })
+            .collect();
+        // In the batch's order: the sequence numbers follow it.
+        execute_per_row(
+            &mut **self,
+            "INSERT INTO changes (customer_id, external_id, kind, version, at, customer, teams) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            &params,
+        )
+        .await
     }
+}
+
+/// Two text columns of each row, as a statement's parameters.
+fn text_pairs(rows: &[(String, String)]) -> Vec<[Param<'_>; 2]> {
+    rows.iter()
+        .map(|(a, b)| [Param::Text(a), Param::Text(b)])
+        .collect()
+}
+
+/// Inserts membership rows, each table's stepped through one prepared statement.
+async fn insert_memberships(
+    tx: &mut Transaction<'static, Sqlite>,
+    all: &Memberships,
+) -> Result<(), DomainError> {
+    let groups: Vec<[Param<'_>; 3]> = all
+        .groups
+        .iter()
+        .map(|(id, code, subscribed)| [Param::Text(id), Param::Text(code), (*subscribed).into()])
+        .collect();
+    for (sql, rows) in [
+        (
+            "INSERT INTO customer_tags (customer_id, tag) VALUES (?1, ?2)",
+            text_pairs(&all.tags),
+        ),
+        (
+            "INSERT INTO customer_teams (customer_id, team_code) VALUES (?1, ?2)",
+            text_pairs(&all.teams),
+        ),
+    ] {
+        if !rows.is_empty() {
+            execute_per_row(tx, sql, &rows).await?;
+        }
+    }
+    if !groups.is_empty() {
+        execute_per_row(
+            tx,
+            "INSERT INTO customer_groups (customer_id, group_code, subscribed) \
+             VALUES (?1, ?2, ?3)",
+            &groups,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Inserts term rows, skipping any the customer has already.
@@ -301,34 +362,6 @@ fn row_params<'a>((row, id): (&'a CustomerRow<'_>, &'a String)) -> [Param<'a>; 1
     ]
 }
 
-/// Rows per multi-row statement at most: 11 columns x 256 rows stays far below SQLite's
-/// 32,766 bound variables.
-const CHUNK: usize = 256;
-
-/// Splits rows into chunks of 256 and then powers of two, so that a batch of any size uses at
-/// most nine statement shapes, each prepared once per connection and cached.
-fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        if rows.is_empty() {
-            return None;
-        }
-        let size = if rows.len() >= CHUNK {
-            CHUNK
-        } else {
-            1 << rows.len().ilog2()
-        };
-        let (chunk, rest) = rows.split_at(size);
-        rows = rest;
-        Some(chunk)
-    })
-}
-
-/// `(?, ?, ...), (?, ?, ...)`: `rows` groups of `columns` anonymous parameters.
-fn placeholders(rows: usize, columns: usize) -> String {
-    let group = format!("({})", vec!["?"; columns].join(", "));
-    vec![group; rows].join(", ")
-}
-
 pub struct SqliteBackend {
     writer: SqlitePool,
     readers: SqlitePool,
@@ -425,26 +458,5 @@ impl Backend for SqliteBackend {
             size: self.readers.size() + self.writer.size(),
             idle: (self.readers.num_idle() + self.writer.num_idle()) as u32,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_cover_every_row_in_few_shapes() {
-        for len in [0, 1, 2, 3, 255, 256, 257, 1000] {
-            let rows: Vec<usize> = (0..len).collect();
-            let sizes: Vec<usize> = chunks(&rows).map(<[usize]>::len).collect();
-            assert_eq!(sizes.iter().sum::<usize>(), len);
-            assert!(
-                sizes.iter().all(|s| s.is_power_of_two() && *s <= CHUNK),
-                "{sizes:?}"
-            );
-            let flat: Vec<usize> = chunks(&rows).flatten().copied().collect();
-            assert_eq!(flat, rows, "order kept");
-        }
-        assert_eq!(placeholders(2, 3), "(?, ?, ?), (?, ?, ?)");
     }
 }
