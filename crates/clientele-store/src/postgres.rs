@@ -404,58 +404,61 @@ async fn insert_memberships(
     tx: &mut Transaction<'static, Postgres>,
     all: &Memberships,
 ) -> Result<(), DomainError> {
-    if !all.tags.is_empty() {
-        let (ids, tags): (Vec<&str>, Vec<&str>) = all
-            .tags
-            .iter()
-            .map(|(id, tag)| (id.as_str(), tag.as_str()))
-            .unzip();
-        sqlx::query(
-            "INSERT INTO customer_tags (customer_id, tag) \
-             SELECT * FROM UNNEST($1::text[], $2::text[])",
-        )
-        .bind(ids)
-        .bind(tags)
+    insert_pairs(
+        tx,
+        "INSERT INTO customer_tags (customer_id, tag) \
+         SELECT * FROM UNNEST($1::text[], $2::text[])",
+        &all.tags,
+    )
+    .await?;
+    insert_pairs(
+        tx,
+        "INSERT INTO customer_teams (customer_id, team_code) \
+         SELECT * FROM UNNEST($1::text[], $2::text[])",
+        &all.teams,
+    )
+    .await?;
+    if all.groups.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(all.groups.len());
+    let mut codes = Vec::with_capacity(all.groups.len());
+    let mut subscribed = Vec::with_capacity(all.groups.len());
+    for (id, code, flag) in &all.groups {
+        ids.push(id.as_str());
+        codes.push(code.as_str());
+        subscribed.push(*flag);
+    }
+    sqlx::query(
+        "INSERT INTO customer_groups (customer_id, group_code, subscribed) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[])",
+    )
+    .bind(ids)
+    .bind(codes)
+    .bind(subscribed)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Runs `sql`, whose `$1` and `$2` are text arrays, over the two columns of `rows`, if any.
+async fn insert_pairs(
+    tx: &mut Transaction<'static, Postgres>,
+    sql: &str,
+    rows: &[(String, String)],
+) -> Result<(), DomainError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (first, second): (Vec<&str>, Vec<&str>) =
+        rows.iter().map(|(a, b)| (a.as_str(), b.as_str())).unzip();
+    sqlx::query(sql)
+        .bind(first)
+        .bind(second)
         .execute(&mut **tx)
         .await
         .map_err(db_error)?;
-    }
-    if !all.groups.is_empty() {
-        let mut ids = Vec::with_capacity(all.groups.len());
-        let mut codes = Vec::with_capacity(all.groups.len());
-        let mut subscribed = Vec::with_capacity(all.groups.len());
-        for (id, code, flag) in &all.groups {
-            ids.push(id.as_str());
-            codes.push(code.as_str());
-            subscribed.push(*flag);
-        }
-        sqlx::query(
-            "INSERT INTO customer_groups (customer_id, group_code, subscribed) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[])",
-        )
-        .bind(ids)
-        .bind(codes)
-        .bind(subscribed)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_error)?;
-    }
-    if !all.teams.is_empty() {
-        let (ids, codes): (Vec<&str>, Vec<&str>) = all
-            .teams
-            .iter()
-            .map(|(id, code)| (id.as_str(), code.as_str()))
-            .unzip();
-        sqlx::query(
-            "INSERT INTO customer_teams (customer_id, team_code) \
-             SELECT * FROM UNNEST($1::text[], $2::text[])",
-        )
-        .bind(ids)
-        .bind(codes)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_error)?;
-    }
     Ok(())
 }
 
