@@ -18,6 +18,10 @@ pub fn normalize_term(text: &str) -> String {
         .collect()
 }
 
+/// Where the last name sits among [`searchable_fields`]: the index keeps its sort key beside
+/// every term.
+pub const LAST_NAME_FIELD: usize = 1;
+
 /// The fields a customer's terms are made of: terms (and anything else the index keeps of
 /// them) change only when one of these does.
 pub fn searchable_fields(customer: &Customer) -> [Option<&str>; 8] {
@@ -101,6 +105,8 @@ mod tests {
             assert_ne!(searchable_fields(&a), searchable_fields(&c));
             assert_ne!(search_terms(&a), search_terms(&c));
         }
+        a.last_name = Some("Lovelace".into());
+        assert_eq!(searchable_fields(&a)[LAST_NAME_FIELD], Some("Lovelace"));
     }
 
     #[test]

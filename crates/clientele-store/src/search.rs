@@ -3,7 +3,8 @@
 //! is described in docs/search.md.
 
 use clientele_domain::search::{
-    multiword, normalize_term, prefix_range, search_terms, searchable_fields, terms_of_fields,
+    LAST_NAME_FIELD, multiword, normalize_term, prefix_range, search_terms, searchable_fields,
+    terms_of_fields,
 };
 use clientele_domain::{CustomerFilter, CustomerKey, ListQuery, SortKey, SortOrder};
 
@@ -887,12 +888,11 @@ pub(crate) async fn backfill_terms<B: Backend>(
     }
 }
 
-/// What a customer's term rows are made of, owned: its searchable fields (the terms), its last
-/// name (whose sort key each row carries, with the flags and bucket that follow from it) and
-/// whether it is archived, which each row carries too.
+/// What a customer's term rows are made of, owned: its searchable fields (the terms, and the
+/// last name whose sort key each row carries, with the flags and bucket that follow from it)
+/// and whether it is archived, which each row carries too.
 pub(crate) struct TermSource {
     fields: [Option<String>; 8],
-    last_name: Option<String>,
     archived: bool,
 }
 
@@ -916,7 +916,6 @@ impl TermSource {
     pub(crate) fn of(customer: &clientele_domain::Customer) -> Self {
         TermSource {
             fields: searchable_fields(customer).map(|field| field.map(str::to_owned)),
-            last_name: customer.last_name.clone(),
             archived: customer.archived,
         }
     }
@@ -933,9 +932,8 @@ impl TermSource {
         if stored == next_fields {
             return TermChange::Kept;
         }
-        if self.last_name != next.last_name
-            && sort_key(self.last_name.as_deref()) != sort_key(next.last_name.as_deref())
-        {
+        let (stored_last, next_last) = (stored[LAST_NAME_FIELD], next_fields[LAST_NAME_FIELD]);
+        if stored_last != next_last && sort_key(stored_last) != sort_key(next_last) {
             return TermChange::All;
         }
         let before = terms_of_fields(stored);

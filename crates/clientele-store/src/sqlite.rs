@@ -158,22 +158,17 @@ impl BatchTx for Transaction<'static, Sqlite> {
             .zip(&terms)
             .map(|(id, term)| [Param::Text(id), Param::Text(term)])
             .collect();
-        if !params.is_empty() {
-            // The index by customer finds the row, whatever the flags beside its term.
-            execute_per_row(
-                &mut **self,
-                "DELETE FROM customer_terms WHERE customer_id = ?1 AND term = ?2",
-                &params,
-            )
-            .await?;
-        }
+        // The index by customer finds the row, whatever the flags beside its term.
+        execute_per_row(
+            &mut **self,
+            "DELETE FROM customer_terms WHERE customer_id = ?1 AND term = ?2",
+            &params,
+        )
+        .await?;
         insert_terms(self, TermEdit::added_rows(edits)).await
     }
 
     async fn record_changes(&mut self, changes: &[ChangeRecord]) -> Result<(), DomainError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
         // Owned text the rows bind: ids and team lists as stored.
         let owned: Vec<(String, String)> = changes
             .iter()
@@ -232,20 +227,14 @@ async fn insert_memberships(
             text_pairs(&all.teams),
         ),
     ] {
-        if !rows.is_empty() {
-            execute_per_row(tx, sql, &rows).await?;
-        }
+        execute_per_row(tx, sql, &rows).await?;
     }
-    if !groups.is_empty() {
-        execute_per_row(
-            tx,
-            "INSERT INTO customer_groups (customer_id, group_code, subscribed) \
-             VALUES (?1, ?2, ?3)",
-            &groups,
-        )
-        .await?;
-    }
-    Ok(())
+    execute_per_row(
+        tx,
+        "INSERT INTO customer_groups (customer_id, group_code, subscribed) VALUES (?1, ?2, ?3)",
+        &groups,
+    )
+    .await
 }
 
 /// Inserts term rows, skipping any the customer has already.
@@ -253,9 +242,6 @@ async fn insert_terms(
     tx: &mut Transaction<'static, Sqlite>,
     rows: TermRows<'_>,
 ) -> Result<(), DomainError> {
-    if rows.terms.is_empty() {
-        return Ok(());
-    }
     let params: Vec<[Param<'_>; 7]> = (0..rows.terms.len())
         .map(|i| {
             [

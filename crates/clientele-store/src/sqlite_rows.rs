@@ -46,13 +46,17 @@ impl From<bool> for Param<'_> {
 }
 
 /// Runs `sql`, one statement with the parameters `?1` to `?N`, once for each row, in the
-/// connection's open transaction. On an error the rows before it stay written: the caller's
-/// transaction, which is rolled back on any error, is what keeps a write all-or-nothing.
+/// connection's open transaction; with no rows, nothing (not even a prepare). On an error the
+/// rows before it stay written: the caller's transaction, which is rolled back on any error, is
+/// what keeps a write all-or-nothing.
 pub(crate) async fn execute_per_row<const N: usize>(
     connection: &mut SqliteConnection,
     sql: &str,
     rows: &[[Param<'_>; N]],
 ) -> Result<(), DomainError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let sql = CString::new(sql).map_err(|e| DomainError::Storage(Box::new(e)))?;
     let sql = sql.as_c_str();
     let mut handle = connection.lock_handle().await.map_err(db_error)?;

@@ -542,8 +542,8 @@ async fn write_plan<Tx: CustomerTx + BatchTx + DirectoryTx>(
 }
 
 /// Writes the term rows of updated customers as they change: every row anew where the last
-/// name or `archived` changed (each row carries them), only the terms that go and come where
-/// another searchable field did.
+/// name's sort key or `archived` changed (each row carries them), only the terms that go and
+/// come where another searchable field did.
 async fn rewrite_terms<'a, Tx: BatchTx>(
     tx: &mut Tx,
     changes: impl IntoIterator<Item = (&'a CustomerRow<'a>, TermChange)>,
