@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Parser;
 use clientele_bench::procfs::process_cpu_seconds;
 use clientele_bench::{backends, database_url, peak_rss_mib};
@@ -376,11 +376,16 @@ async fn raw_upsert_sqlx(backend: &str, rows: &[RawRow]) -> anyhow::Result<Run> 
     )
 }
 
-/// [`RAW_UPSERT`] stepped once per row through rusqlite, with the hub writer's pragmas.
+/// [`RAW_UPSERT`] stepped once per row through rusqlite, with the hub writer's journal,
+/// durability, foreign-key and cache settings (its checkpoints run elsewhere; here SQLite's
+/// own, at the commit, are part of the floor).
 async fn raw_upsert_stepped(rows: Vec<RawRow>) -> anyhow::Result<Run> {
     let dir = tempfile::tempdir()?;
-    hub_schema("sqlite", dir.path()).await?;
-    let path = dir.path().join("hub.db");
+    let url = hub_schema("sqlite", dir.path()).await?;
+    let path = url
+        .strip_prefix("sqlite://")
+        .with_context(|| format!("not a SQLite URL: {url}"))?
+        .to_owned();
     tokio::task::spawn_blocking(move || {
         let mut conn = rusqlite::Connection::open(&path)?;
         conn.execute_batch(
