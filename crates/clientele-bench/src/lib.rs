@@ -4,6 +4,7 @@
 use anyhow::{Context, bail};
 
 pub mod procfs;
+pub mod replay;
 
 /// The backends a `--backend` value names: `sqlite`, `postgres` or `both`.
 pub fn backends(name: &str) -> anyhow::Result<&'static [&'static str]> {

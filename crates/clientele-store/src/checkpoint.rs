@@ -7,19 +7,11 @@
 //! beside the writer; the writer keeps a high `wal_autocheckpoint` only as a backstop in case
 //! this task falls behind.
 
-use std::time::Duration;
-
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 use tokio::task::JoinHandle;
 
-/// How often the WAL is copied back. Each checkpoint ends in an fsync that holds up the
-/// writer's own writes while it lasts, so small and frequent ones beat large and rare ones:
-/// against 200 ms and 1 s, 50 ms gave single creates the lowest p99 and bulk sync its best rate.
-const INTERVAL: Duration = Duration::from_millis(50);
-
-/// WAL pages past which the writer checkpoints itself after all (64 MiB of 4 KiB pages).
-pub(crate) const WRITER_BACKSTOP_PAGES: u32 = 16_384;
+use crate::sqlite::settings::CHECKPOINT_INTERVAL as INTERVAL;
 
 /// The checkpointing task; dropping it stops the task.
 pub(crate) struct Checkpointer {
@@ -72,6 +64,7 @@ async fn checkpoint(connection: &mut SqliteConnection) -> Result<(), sqlx::Error
 mod tests {
     use super::*;
     use sqlx::sqlite::SqliteJournalMode;
+    use std::time::Duration;
 
     /// Pages a writer commits reach the database file without the writer checkpointing.
     #[tokio::test]

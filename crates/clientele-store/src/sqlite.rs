@@ -12,7 +12,7 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 use clientele_domain::sync::{ChangeRecord, StoredCustomer};
 use clientele_domain::{Customer, CustomerId, CustomerKey};
 
-use crate::checkpoint::{self, Checkpointer};
+use crate::checkpoint::Checkpointer;
 use crate::directory::Memberships;
 use crate::error::db_error;
 use crate::primitives::{BatchTx, CustomerRow, decode_id, key_column, sql_primitives};
@@ -20,6 +20,34 @@ use crate::search::{TermEdit, TermRows};
 use crate::sql_store::{Backend, SqlStore};
 use crate::sqlite_rows::{Param, execute_per_row};
 use crate::{SqliteSync, StoreConfig, StoreError};
+
+/// How the hub runs SQLite: its connections' page caches and how its WAL is checkpointed. The
+/// benchmarks' raw floors apply the same settings, so that a floor measures SQLite under the
+/// hub's own regime (docs/benchmarks.md).
+pub mod settings {
+    use std::time::Duration;
+
+    /// The one writer's page cache, in KiB.
+    pub const WRITER_CACHE_KIB: u32 = 65_536;
+    /// Each reader's page cache, in KiB: 8 MiB each bounds the process (16 readers: 128 MiB)
+    /// while the OS page cache still holds the whole file for all of them.
+    pub const READER_CACHE_KIB: u32 = 8_192;
+    /// The checkpointer's page cache, in KiB: it only copies pages from the WAL.
+    pub const CHECKPOINTER_CACHE_KIB: u32 = 2_048;
+    /// How often a connection of its own copies the WAL back (a `PASSIVE` checkpoint). Each
+    /// checkpoint ends in an fsync that holds up the writer's own writes while it lasts, so
+    /// small and frequent ones beat large and rare ones: against 200 ms and 1 s, 50 ms gave
+    /// single creates the lowest p99 and bulk sync its best rate.
+    pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
+    /// WAL pages past which the writer checkpoints itself after all (64 MiB of 4 KiB pages),
+    /// in case the checkpointer falls behind.
+    pub const WRITER_BACKSTOP_PAGES: u32 = 16_384;
+
+    /// A page cache size as SQLite's `cache_size` pragma takes it (negative: KiB).
+    pub fn cache_size(kib: u32) -> String {
+        format!("-{kib}")
+    }
+}
 
 crate::directory::directory_primitives!(
     Sqlite,
@@ -377,15 +405,21 @@ impl SqliteStore {
             .max_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(config.acquire_timeout)
-            .connect_with(options.clone().pragma("cache_size", "-65536").pragma(
-                "wal_autocheckpoint",
-                checkpoint::WRITER_BACKSTOP_PAGES.to_string(),
-            ))
+            .connect_with(
+                options
+                    .clone()
+                    .pragma(
+                        "cache_size",
+                        settings::cache_size(settings::WRITER_CACHE_KIB),
+                    )
+                    .pragma(
+                        "wal_autocheckpoint",
+                        settings::WRITER_BACKSTOP_PAGES.to_string(),
+                    ),
+            )
             .await
             .map_err(StoreError::Connect)?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
-        // Each reader keeps its own page cache: 8 MiB each bounds the process (16 readers:
-        // 128 MiB) while the OS page cache still holds the whole file for all of them.
         let readers = SqlitePoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .test_before_acquire(false)
@@ -393,14 +427,20 @@ impl SqliteStore {
             .connect_with(
                 options
                     .clone()
-                    .pragma("cache_size", "-8192")
+                    .pragma(
+                        "cache_size",
+                        settings::cache_size(settings::READER_CACHE_KIB),
+                    )
                     .read_only(true),
             )
             .await
             .map_err(StoreError::Connect)?;
-        let checkpointer = Checkpointer::start(options.pragma("cache_size", "-2048"))
-            .await
-            .map_err(StoreError::Connect)?;
+        let checkpointer = Checkpointer::start(options.pragma(
+            "cache_size",
+            settings::cache_size(settings::CHECKPOINTER_CACHE_KIB),
+        ))
+        .await
+        .map_err(StoreError::Connect)?;
         let backend = SqliteBackend {
             writer,
             readers,

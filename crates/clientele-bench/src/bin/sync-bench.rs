@@ -9,7 +9,7 @@
 //! name changed (every item an update of its search terms); the server's peak RSS; and for each
 //! run the CPU time per customer of the process that did the work.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use clientele_bench::procfs::process_cpu_seconds;
+use clientele_bench::replay::{self, Replayed, Rows};
 use clientele_bench::{backends, database_url, peak_rss_mib};
+use clientele_store::sqlite::settings;
 use clientele_testkit::{ADMIN_SECRET, HubProcess};
 use serde_json::{Value, json};
 
@@ -43,6 +45,10 @@ struct Args {
     batch: usize,
     #[arg(long, default_value_t = 4)]
     clients: usize,
+    /// On SQLite, also replay the rows the hub wrote in its first send straight through SQLite
+    /// (the floor of the hub's own writes; see `clientele_bench::replay`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    replay: bool,
 }
 
 /// One measured run.
@@ -125,6 +131,7 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
     .await?;
     let rss = peak_rss_mib(hub.child.id())?;
     hub.kill_9();
+    let replays = replay_first_send(args, backend, dir.path(), args.customers).await?;
 
     println!(
         "\n== {backend}: bulk sync, {} customers, batches of {}, {} clients",
@@ -153,6 +160,7 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
             floor.rate() / first.rate()
         );
     }
+    print_replays(&replays, &first);
     println!(
         "unchanged re-send {:.2}x as fast as the first (target >= 2); server peak RSS {rss} MiB",
         again.rate() / first.rate()
@@ -174,6 +182,9 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
                "raw_cpu_us_per_customer": raw.cpu_micros_per_item(),
                "stepped_raw_rps": stepped.map(|floor| floor.rate().round()),
                "stepped_ratio": stepped.map(|floor| floor.rate() / first.rate()),
+               "replayed_rps": replayed_rate(&replays, Rows::All),
+               "replayed_without_terms_rps": replayed_rate(&replays, Rows::WithoutTerms),
+               "replayed_customers_only_rps": replayed_rate(&replays, Rows::CustomersOnly),
                "peak_rss_mib": rss})
     );
 
@@ -184,19 +195,92 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         let large = sync_all(args, &hub, args.large, customer, "large first send").await?;
         let rss = peak_rss_mib(hub.child.id())?;
         hub.kill_9();
+        let replays = replay_first_send(args, backend, dir.path(), args.large).await?;
         println!(
             "{} customers on sqlite: {:.1} s ({:.0}/s), server peak RSS {rss} MiB",
             args.large,
             large.seconds,
             large.rate()
         );
+        print_replays(&replays, &large);
         println!(
             "{}",
             json!({"backend": backend, "scenario": "sync_large", "customers": args.large,
-                   "seconds": large.seconds, "rps": large.rate().round(), "peak_rss_mib": rss})
+                   "seconds": large.seconds, "rps": large.rate().round(), "peak_rss_mib": rss,
+                   "replayed_seconds": replayed_seconds(&replays, Rows::All),
+                   "replayed_without_terms_seconds": replayed_seconds(&replays, Rows::WithoutTerms),
+                   "replayed_customers_only_seconds": replayed_seconds(&replays, Rows::CustomersOnly)})
         );
     }
     Ok(())
+}
+
+/// On SQLite (unless `--replay false`), the first send of the stopped hub whose database is in
+/// `dir` replayed raw: all of its rows, then without the term rows, then the customer rows
+/// alone, each into a new database with the hub's schema, in transactions of one batch.
+async fn replay_first_send(
+    args: &Args,
+    backend: &str,
+    dir: &Path,
+    customers: usize,
+) -> anyhow::Result<Vec<Replayed>> {
+    if backend != "sqlite" || !args.replay {
+        return Ok(Vec::new());
+    }
+    let mut replays = Vec::new();
+    for rows in [Rows::All, Rows::WithoutTerms, Rows::CustomersOnly] {
+        let target = tempfile::tempdir()?;
+        let url = hub_schema(backend, target.path()).await?;
+        let target = sqlite_path(&url)?;
+        let source = dir.join("hub.db");
+        let batch = args.batch;
+        let replayed =
+            tokio::task::spawn_blocking(move || replay::replay(&source, &target, batch, rows))
+                .await??;
+        anyhow::ensure!(
+            replayed.customers == customers,
+            "replayed {} customers of {customers}",
+            replayed.customers
+        );
+        replays.push(replayed);
+    }
+    Ok(replays)
+}
+
+/// Each replay beside the hub run it replays.
+fn print_replays(replays: &[Replayed], hub: &Run) {
+    for replayed in replays {
+        println!(
+            "{:<40} {:>12.0} {:>10.2}   {}",
+            replayed.rows.describe(),
+            replayed.rate(),
+            replayed.seconds,
+            replayed.breakdown()
+        );
+    }
+    if let Some(all) = replays.iter().find(|r| r.rows == Rows::All) {
+        println!(
+            "hub time / its own rows replayed raw: {:.2}",
+            all.rate() / hub.rate()
+        );
+    }
+}
+
+fn replayed_rate(replays: &[Replayed], rows: Rows) -> Option<f64> {
+    let replayed = replays.iter().find(|r| r.rows == rows)?;
+    Some(replayed.rate().round())
+}
+
+fn replayed_seconds(replays: &[Replayed], rows: Rows) -> Option<f64> {
+    Some(replays.iter().find(|r| r.rows == rows)?.seconds)
+}
+
+/// The file of a `sqlite://` URL.
+fn sqlite_path(url: &str) -> anyhow::Result<PathBuf> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .with_context(|| format!("not a SQLite URL: {url}"))?;
+    Ok(PathBuf::from(path))
 }
 
 /// A customer as a backend would send it: names, contact data, a tag and one address.
@@ -378,20 +462,19 @@ async fn raw_upsert_sqlx(backend: &str, rows: &[RawRow]) -> anyhow::Result<Run> 
 
 /// [`RAW_UPSERT`] stepped once per row through rusqlite, with the hub writer's journal,
 /// durability, foreign-key and cache settings (its checkpoints run elsewhere; here SQLite's
-/// own, at the commit, are part of the floor).
+/// own, at the commit, are part of the floor). The floor of the hub's own rows, batch by batch
+/// and with its checkpointer, is [`replay_first_send`].
 async fn raw_upsert_stepped(rows: Vec<RawRow>) -> anyhow::Result<Run> {
     let dir = tempfile::tempdir()?;
     let url = hub_schema("sqlite", dir.path()).await?;
-    let path = url
-        .strip_prefix("sqlite://")
-        .with_context(|| format!("not a SQLite URL: {url}"))?
-        .to_owned();
+    let path = sqlite_path(&url)?;
     tokio::task::spawn_blocking(move || {
         let mut conn = rusqlite::Connection::open(&path)?;
-        conn.execute_batch(
+        conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;",
-        )?;
+             PRAGMA foreign_keys = ON; PRAGMA cache_size = {};",
+            settings::cache_size(settings::WRITER_CACHE_KIB)
+        ))?;
         let cpu_before = process_cpu_seconds(std::process::id())?;
         let started = Instant::now();
         let tx = conn.transaction()?;
