@@ -29,18 +29,16 @@ use crate::raw::{RawFloor, RawPlan};
 use crate::report::{BackendExtras, Scenario};
 use clientele_bench::procfs::{self, CpuWindow};
 
-/// The hub's database pool size when `CLIENTELE_DB_MAX_CONNECTIONS` is not set: the
-/// `clientele serve` default (`--db-max-connections`).
-const DEFAULT_HUB_DB_CONNECTIONS: u32 = 16;
-
-/// The hub's database pool size: the hub process inherits `CLIENTELE_DB_MAX_CONNECTIONS` from
-/// this one, and the raw floor's pools get the same size.
-fn hub_db_connections() -> anyhow::Result<u32> {
+/// `CLIENTELE_DB_MAX_CONNECTIONS`, which the hub process inherits from this one: `None` leaves
+/// each backend its default (`StoreConfig::pool_size`, the `clientele serve` default), and the
+/// raw floor sizes its pools the same way.
+fn hub_db_connections() -> anyhow::Result<Option<u32>> {
     match std::env::var("CLIENTELE_DB_MAX_CONNECTIONS") {
         Ok(value) if !value.is_empty() => value
             .parse()
+            .map(Some)
             .context("CLIENTELE_DB_MAX_CONNECTIONS is not a number"),
-        _ => Ok(DEFAULT_HUB_DB_CONNECTIONS),
+        _ => Ok(None),
     }
 }
 
@@ -135,7 +133,7 @@ impl Args {
     fn raw_plan(&self) -> anyhow::Result<RawPlan> {
         Ok(RawPlan {
             customers: self.customers,
-            pool_size: hub_db_connections()?,
+            max_connections: hub_db_connections()?,
             read_concurrency: self.read_plan().concurrency,
             create_concurrency: self.create_plan().concurrency,
             warmup: Duration::from_secs(self.warmup_secs),
@@ -204,10 +202,7 @@ async fn measure_backend(
     let (raw_plan, place) = (args.raw_plan()?, args.place());
     progress(
         backend,
-        &format!(
-            "raw floor (pool of {} connections; load average {load_average_before})",
-            raw_plan.pool_size
-        ),
+        &format!("raw floor (load average {load_average_before})"),
     );
     let mut floor = with_fresh(backend, "raw", &place, async |db| {
         raw::measure(db, &raw_plan).await
@@ -221,7 +216,7 @@ async fn measure_backend(
     .await?;
     let extras = BackendExtras {
         backend: backend.name(),
-        db_connections: raw_plan.pool_size,
+        db_connections: floor.pool_size,
         peak_rss_kib: hub.peak_rss_kib,
         hub_doc_bytes: hub.doc_bytes,
         raw_doc_bytes: floor.mean_doc_bytes,

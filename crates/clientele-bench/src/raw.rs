@@ -77,7 +77,7 @@ impl RawDb {
     /// Lets the hub's store create the schema, then opens the benchmark's own pools on it.
     pub async fn open(database: &Database, pool_size: u32) -> anyhow::Result<Self> {
         let mut config = clientele_store::StoreConfig::new(&database.url);
-        config.max_connections = pool_size;
+        config.max_connections = Some(pool_size);
         let store = clientele_store::connect(&config)
             .await
             .context("creating the schema with clientele_store::connect")?;
@@ -198,7 +198,8 @@ impl RawDb {
 /// How one raw-floor run is shaped.
 pub struct RawPlan {
     pub customers: u64,
-    pub pool_size: u32,
+    /// The hub's `--db-max-connections`, if set: the pools get the size the hub's would.
+    pub max_connections: Option<u32>,
     pub read_concurrency: usize,
     pub create_concurrency: usize,
     pub warmup: Duration,
@@ -209,6 +210,8 @@ pub struct RawPlan {
 
 /// The raw floor's two measurements.
 pub struct RawFloor {
+    /// Connections in the pools (readers on SQLite), as many as the hub's.
+    pub pool_size: u32,
     pub select: Measured,
     pub select_cpu: CpuUse,
     pub insert: Measured,
@@ -222,7 +225,10 @@ const GROUP_COMMIT: usize = 10;
 
 /// Seeds the database, then measures point selects and single-customer inserts.
 pub async fn measure(database: &Database, plan: &RawPlan) -> anyhow::Result<RawFloor> {
-    let db = RawDb::open(database, plan.pool_size).await?;
+    let mut config = clientele_store::StoreConfig::new(&database.url);
+    config.max_connections = plan.max_connections;
+    let pool_size = config.pool_size();
+    let db = RawDb::open(database, pool_size).await?;
     let tag = format!("raw{}", ulid::Ulid::new().to_string().to_lowercase());
     let ids = Arc::new(db.seed(&tag, plan.customers).await?);
     let mean_doc_bytes = mean_doc_bytes(&db, &ids).await?;
@@ -237,11 +243,12 @@ pub async fn measure(database: &Database, plan: &RawPlan) -> anyhow::Result<RawF
     db.close().await;
 
     let what_ifs = if plan.what_ifs {
-        what_ifs(database, plan, ids, tag, keys).await?
+        what_ifs(database, plan, pool_size, ids, tag, keys).await?
     } else {
         Vec::new()
     };
     Ok(RawFloor {
+        pool_size,
         select,
         select_cpu,
         insert,
@@ -255,12 +262,13 @@ pub async fn measure(database: &Database, plan: &RawPlan) -> anyhow::Result<RawF
 async fn what_ifs(
     database: &Database,
     plan: &RawPlan,
+    pool_size: u32,
     ids: Arc<Vec<String>>,
     tag: String,
     keys: Counter,
 ) -> anyhow::Result<Vec<WhatIf>> {
     eprintln!("  raw what-ifs");
-    let db = RawDb::connect(database, plan.pool_size, false).await?;
+    let db = RawDb::connect(database, pool_size, false).await?;
     let select = select_op(db.clone(), ids);
     let (select, _) = run(plan, plan.read_concurrency, select).await?;
     let insert = insert_op(db.clone(), tag.clone(), keys.clone(), 1);

@@ -46,8 +46,9 @@ pub enum SqliteSync {
 pub struct StoreConfig {
     /// `sqlite://PATH` or `postgres://...`.
     pub url: String,
-    /// Most connections in the pool (readers on SQLite; there is one writer).
-    pub max_connections: u32,
+    /// Most connections in the pool (readers on SQLite, beside its one writer); `None` for the
+    /// backend's default ([`StoreConfig::pool_size`]).
+    pub max_connections: Option<u32>,
     /// How long a request waits for a connection before it fails.
     pub acquire_timeout: Duration,
     pub sqlite_sync: SqliteSync,
@@ -57,10 +58,29 @@ impl StoreConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            max_connections: 16,
+            max_connections: None,
             acquire_timeout: Duration::from_secs(10),
             sqlite_sync: SqliteSync::default(),
         }
+    }
+
+    /// The size of the pool: [`StoreConfig::max_connections`], or the backend's default.
+    ///
+    /// PostgreSQL's connections wait on the network and on the server's own processes, so a
+    /// hub process keeps 16. SQLite's readers run their queries on this machine's cores, each
+    /// on a thread of its own with a page cache of its own: more readers than twice the cores
+    /// only add threads to switch between and caches that are cold for the query they get (the
+    /// pool hands out its connections in turn). On two cores, 4 readers served 17–19k GET/s
+    /// where 16 served 13k, and the first pages of searches took 9 ms instead of 12–21 ms
+    /// (docs/benchmarks.md, thirteenth session).
+    pub fn pool_size(&self) -> u32 {
+        let default = if self.url.starts_with("sqlite:") {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            u32::try_from(2 * cores).unwrap_or(u32::MAX).clamp(2, 16)
+        } else {
+            16
+        };
+        self.max_connections.unwrap_or(default)
     }
 }
 
@@ -84,5 +104,23 @@ pub fn redact(url: &str) -> String {
             parsed.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_is_as_large_as_asked_or_as_its_backend_needs() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as u32;
+        let sqlite = StoreConfig::new("sqlite://hub.db");
+        assert_eq!(sqlite.pool_size(), (2 * cores).clamp(2, 16));
+        assert_eq!(StoreConfig::new("postgres://db/hub").pool_size(), 16);
+        for url in ["sqlite://hub.db", "postgres://db/hub"] {
+            let mut config = StoreConfig::new(url);
+            config.max_connections = Some(3);
+            assert_eq!(config.pool_size(), 3, "{url}");
+        }
     }
 }

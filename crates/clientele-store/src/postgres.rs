@@ -474,7 +474,7 @@ impl PostgresStore {
         // No ping on every checkout (a network round trip per query): a connection that died
         // fails its query with a retryable 503 and leaves the pool; idle ones are recycled.
         let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections.max(2))
+            .max_connections(config.pool_size().max(2))
             .test_before_acquire(false)
             .idle_timeout(std::time::Duration::from_secs(60))
             .acquire_timeout(config.acquire_timeout)

@@ -421,7 +421,7 @@ impl SqliteStore {
             .map_err(StoreError::Connect)?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let readers = SqlitePoolOptions::new()
-            .max_connections(config.max_connections.max(1))
+            .max_connections(config.pool_size().max(1))
             .test_before_acquire(false)
             .acquire_timeout(config.acquire_timeout)
             .connect_with(

@@ -104,7 +104,7 @@ impl TestHub {
     ) -> TestHub {
         show_hub_warnings_in_test_output();
         let mut store_config = StoreConfig::new(&database_url);
-        store_config.max_connections = 8;
+        store_config.max_connections = Some(8);
         let store = clientele_store::connect(&store_config)
             .await
             .expect("open the test database");

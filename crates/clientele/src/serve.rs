@@ -37,9 +37,10 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "CLIENTELE_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     max_body_bytes: usize,
-    /// Most database connections per hub process.
-    #[arg(long, env = "CLIENTELE_DB_MAX_CONNECTIONS", default_value_t = 16)]
-    db_max_connections: u32,
+    /// Most database connections per hub process: on SQLite the readers beside its one writer
+    /// (default: twice the CPU cores, 2 to 16), on PostgreSQL the pool (default: 16).
+    #[arg(long, env = "CLIENTELE_DB_MAX_CONNECTIONS")]
+    db_max_connections: Option<u32>,
     /// SQLite durability: `normal` survives a crash of the server process, `full` also power loss.
     #[arg(long, env = "CLIENTELE_SQLITE_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Normal)]
     sqlite_synchronous: Synchronous,
