@@ -1,6 +1,6 @@
 //! Figures from `/proc`: CPU time of a process and of the whole machine (to see who used the two
 //! cores during a run, including other people's work on a shared machine), a process's peak
-//! resident memory, and the load average.
+//! resident memory, the load average, and what the machine read from its disks.
 
 use std::time::Instant;
 
@@ -164,4 +164,18 @@ impl CpuWindow {
             io_stall: stalled_micros("io").saturating_sub(self.io_stalled) as f64 / 1e6 / seconds,
         })
     }
+}
+
+/// KiB the whole machine has read from block devices since it booted (`pgpgin` in
+/// `/proc/vmstat`). With the database in the page cache a query reads nothing from disk; a
+/// host that drops cold page cache (some VMs reclaim it on their own) makes it read again.
+pub fn disk_read_kib() -> anyhow::Result<u64> {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").context("reading /proc/vmstat")?;
+    vmstat
+        .lines()
+        .find_map(|line| line.strip_prefix("pgpgin "))
+        .context("no pgpgin in /proc/vmstat")?
+        .trim()
+        .parse()
+        .context("parsing pgpgin")
 }

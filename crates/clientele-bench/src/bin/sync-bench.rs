@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use clientele_bench::procfs::process_cpu_seconds;
+use clientele_bench::procfs::{disk_read_kib, process_cpu_seconds};
 use clientele_bench::replay::{self, Replayed, Rows};
 use clientele_bench::{backends, database_url, peak_rss_mib};
 use clientele_store::sqlite::settings;
@@ -63,6 +63,9 @@ struct Run {
     /// CPU time of this process as the load client of a hub run: with the hub's, what the run
     /// asks of the machine's two cores per customer. `None` for the raw floor (no hub).
     client_cpu_seconds: Option<f64>,
+    /// KiB the machine read from disk during a hub run: pages of the database that the host
+    /// had dropped from its page cache, read again. `None` for the raw floor.
+    disk_read_kib: Option<u64>,
 }
 
 impl Run {
@@ -75,6 +78,7 @@ impl Run {
             seconds: started.elapsed().as_secs_f64(),
             cpu_seconds: process_cpu_seconds(std::process::id())? - cpu_before,
             client_cpu_seconds: None,
+            disk_read_kib: None,
         })
     }
 
@@ -138,15 +142,18 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         args.customers, args.batch, args.clients
     );
     println!(
-        "{:<40} {:>12} {:>10} {:>16} {:>19}",
-        "", "customers/s", "seconds", "CPU µs/customer", "client CPU µs/cust."
+        "{:<40} {:>12} {:>10} {:>16} {:>19} {:>14}",
+        "", "customers/s", "seconds", "CPU µs/customer", "client CPU µs/cust.", "disk read MiB"
     );
     for run in floors.iter().chain([&first, &again, &changed, &renamed]) {
         let client = run
             .client_cpu_micros_per_item()
             .map_or_else(|| "-".to_owned(), |micros| format!("{micros:.1}"));
+        let disk = run
+            .disk_read_kib
+            .map_or_else(|| "-".to_owned(), |kib| (kib / 1024).to_string());
         println!(
-            "{:<40} {:>12.0} {:>10.2} {:>16.1} {client:>19}",
+            "{:<40} {:>12.0} {:>10.2} {:>16.1} {client:>19} {disk:>14}",
             run.what,
             run.rate(),
             run.seconds,
@@ -197,16 +204,19 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         hub.kill_9();
         let replays = replay_first_send(args, backend, dir.path(), args.large).await?;
         println!(
-            "{} customers on sqlite: {:.1} s ({:.0}/s), server peak RSS {rss} MiB",
+            "{} customers on sqlite: {:.1} s ({:.0}/s), server peak RSS {rss} MiB, {} MiB read \
+             from disk",
             args.large,
             large.seconds,
-            large.rate()
+            large.rate(),
+            large.disk_read_kib.unwrap_or(0) / 1024
         );
         print_replays(&replays, &large);
         println!(
             "{}",
             json!({"backend": backend, "scenario": "sync_large", "customers": args.large,
                    "seconds": large.seconds, "rps": large.rate().round(), "peak_rss_mib": rss,
+                   "disk_read_kib": large.disk_read_kib,
                    "replayed_seconds": replayed_seconds(&replays, Rows::All),
                    "replayed_without_terms_seconds": replayed_seconds(&replays, Rows::WithoutTerms),
                    "replayed_customers_only_seconds": replayed_seconds(&replays, Rows::CustomersOnly)})
@@ -336,6 +346,7 @@ async fn sync_all(
     let url = hub.url("/v1/customers/sync");
     let cpu_before = process_cpu_seconds(hub.child.id())?;
     let client_cpu_before = process_cpu_seconds(std::process::id())?;
+    let disk_read_before = disk_read_kib()?;
     let started = Instant::now();
     let workers = (0..args.clients).map(|_| {
         let (bodies, next, url) = (bodies.clone(), next.clone(), url.clone());
@@ -374,6 +385,7 @@ async fn sync_all(
         seconds,
         cpu_seconds: process_cpu_seconds(hub.child.id())? - cpu_before,
         client_cpu_seconds: Some(process_cpu_seconds(std::process::id())? - client_cpu_before),
+        disk_read_kib: Some(disk_read_kib()? - disk_read_before),
     })
 }
 
