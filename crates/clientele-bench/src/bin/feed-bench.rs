@@ -46,6 +46,10 @@ struct Args {
     /// Measure only the first pages (not the whole feed nor the cursor walk).
     #[arg(long)]
     pages_only: bool,
+    /// Keep the hub that was measured running for this many seconds at the end (its URL is
+    /// printed), to look at it in the state the measurement left it in.
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
 }
 
 const SURNAMES: [&str; 40] = [
@@ -190,6 +194,14 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
         cursor_walks(args, &client, &hub).await?
     };
     let rss = peak_rss_mib(hub.child.id())?;
+    if args.hold_secs > 0 {
+        eprintln!(
+            "holding the hub at {} (bearer {ADMIN_SECRET}) for {} s",
+            hub.url(""),
+            args.hold_secs
+        );
+        tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
+    }
     hub.kill_9();
     if args.keep.is_none() {
         drop_database(&url).await?;
