@@ -65,6 +65,19 @@ crate::feed::feed_primitives!(
     teams_param = json_list
 );
 
+/// Whether SQLite was built with `SQLITE_ENABLE_MEMORY_MANAGEMENT`, which gives every
+/// connection's page cache one budget shared with all the others (.cargo/config.toml says why
+/// the hub is built without it).
+async fn shares_one_page_cache(pool: &SqlitePool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM pragma_compile_options \
+         WHERE compile_options = 'ENABLE_MEMORY_MANAGEMENT'",
+    )
+    .fetch_one(pool)
+    .await
+    .map(|found| found > 0)
+}
+
 /// Binds a list as one JSON array parameter, read back with `json_each`: one statement for
 /// any number of values, and one cached prepared statement.
 fn json_list(values: &[String]) -> String {
@@ -419,6 +432,17 @@ impl SqliteStore {
             )
             .await
             .map_err(StoreError::Connect)?;
+        if shares_one_page_cache(&writer)
+            .await
+            .map_err(StoreError::Connect)?
+        {
+            tracing::warn!(
+                "this SQLite was built with SQLITE_ENABLE_MEMORY_MANAGEMENT: all connections \
+                 share one page cache, which a bulk load can leave to the writer alone, and \
+                 searches then read the same pages again and again; build the hub in its \
+                 workspace, whose .cargo/config.toml leaves the option out"
+            );
+        }
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(config.pool_size().max(1))
@@ -484,5 +508,23 @@ impl Backend for SqliteBackend {
             size: self.readers.size() + self.writer.size(),
             idle: (self.readers.num_idle() + self.writer.num_idle()) as u32,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The workspace's .cargo/config.toml builds SQLite with a page cache per connection; a
+    /// build that lost it would let a bulk load starve the readers' caches.
+    #[tokio::test]
+    async fn each_connection_keeps_a_page_cache_of_its_own() {
+        let pool = SqlitePool::connect("sqlite::memory:")
+            .await
+            .expect("in-memory SQLite");
+        assert!(
+            !shares_one_page_cache(&pool).await.expect("compile options"),
+            "SQLite was built with SQLITE_ENABLE_MEMORY_MANAGEMENT"
+        );
     }
 }
