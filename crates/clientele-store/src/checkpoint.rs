@@ -11,7 +11,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 use tokio::task::JoinHandle;
 
-use crate::sqlite::settings::CHECKPOINT_INTERVAL as INTERVAL;
+use crate::sqlite::settings::CHECKPOINT_INTERVAL;
 
 /// The checkpointing task; dropping it stops the task.
 pub(crate) struct Checkpointer {
@@ -20,11 +20,11 @@ pub(crate) struct Checkpointer {
 
 impl Checkpointer {
     /// Opens the checkpointing connection (it must be able to write the database file) and
-    /// starts checkpointing every [`INTERVAL`].
+    /// starts checkpointing every [`CHECKPOINT_INTERVAL`].
     pub(crate) async fn start(options: SqliteConnectOptions) -> Result<Self, sqlx::Error> {
         let mut connection = options.connect().await?;
         let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(INTERVAL);
+            let mut ticks = tokio::time::interval(CHECKPOINT_INTERVAL);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;

@@ -71,28 +71,44 @@ impl StoreConfig {
     /// on a thread of its own with a page cache of its own: more readers than twice the cores
     /// only add threads to switch between and caches that are cold for the query they get (the
     /// pool hands out its connections in turn). On two cores, 4 readers served 17–19k GET/s
-    /// where 16 served 13k, and the first pages of searches took 9 ms instead of 12–21 ms
+    /// where 16 served 13k, and the first pages of searches took 5–11 ms instead of 7–14 ms
     /// (docs/benchmarks.md, thirteenth session).
     pub fn pool_size(&self) -> u32 {
-        let default = if self.url.starts_with("sqlite:") {
-            let cores = std::thread::available_parallelism().map_or(1, usize::from);
-            u32::try_from(2 * cores).unwrap_or(u32::MAX).clamp(2, 16)
+        self.max_connections
+            .unwrap_or_else(|| match DatabaseKind::of(&self.url) {
+                Some(DatabaseKind::Sqlite) => sqlite::settings::default_readers(),
+                Some(DatabaseKind::Postgres) | None => postgres::DEFAULT_POOL_SIZE,
+            })
+    }
+}
+
+/// The backend a database URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DatabaseKind {
+    fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
         } else {
-            16
-        };
-        self.max_connections.unwrap_or(default)
+            None
+        }
     }
 }
 
 /// Opens the database named by the URL, runs its migrations and returns the store.
 pub async fn connect(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
-    let url = config.url.as_str();
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(config).await?))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PostgresStore::connect(config).await?))
-    } else {
-        Err(StoreError::UnsupportedUrl(redact(url)))
+    match DatabaseKind::of(&config.url) {
+        Some(DatabaseKind::Sqlite) => Ok(Arc::new(sqlite::SqliteStore::connect(config).await?)),
+        Some(DatabaseKind::Postgres) => {
+            Ok(Arc::new(postgres::PostgresStore::connect(config).await?))
+        }
+        None => Err(StoreError::UnsupportedUrl(redact(&config.url))),
     }
 }
 
@@ -117,6 +133,7 @@ mod tests {
         let sqlite = StoreConfig::new("sqlite://hub.db");
         assert_eq!(sqlite.pool_size(), (2 * cores).clamp(2, 16));
         assert_eq!(StoreConfig::new("postgres://db/hub").pool_size(), 16);
+        assert_eq!(StoreConfig::new("postgresql://db/hub").pool_size(), 16);
         for url in ["sqlite://hub.db", "postgres://db/hub"] {
             let mut config = StoreConfig::new(url);
             config.max_connections = Some(3);

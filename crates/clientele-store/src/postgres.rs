@@ -41,6 +41,10 @@ crate::feed::feed_primitives!(
 
 /// The advisory lock that orders commits of change-recording transactions (`'clnt'`).
 const FEED_LOCK: i64 = 0x636c_6e74;
+
+/// Connections in a hub process's pool when `--db-max-connections` is not given: they wait on
+/// the network and the server's own processes, not on this machine's cores.
+pub(crate) const DEFAULT_POOL_SIZE: u32 = 16;
 /// The channel hub processes `LISTEN` on for committed changes.
 const FEED_CHANNEL: &str = "clientele_changes";
 

@@ -43,6 +43,13 @@ pub mod settings {
     /// in case the checkpointer falls behind.
     pub const WRITER_BACKSTOP_PAGES: u32 = 16_384;
 
+    /// Readers opened when `--db-max-connections` is not given: twice the CPU cores, 2 to 16
+    /// ([`crate::StoreConfig::pool_size`] says why).
+    pub fn default_readers() -> u32 {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        u32::try_from(2 * cores).unwrap_or(u32::MAX).clamp(2, 16)
+    }
+
     /// A page cache size as SQLite's `cache_size` pragma takes it (negative: KiB).
     pub fn cache_size(kib: u32) -> String {
         format!("-{kib}")
