@@ -398,3 +398,145 @@ impl Checkpointer {
             .map_err(|_| anyhow::anyhow!("the checkpointer panicked"))?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clientele_testkit::TestHub;
+    use serde_json::json;
+
+    const BATCHES: usize = 3;
+    const BATCH: usize = 4;
+
+    /// Every row of `table` but its generated columns, in an order that does not depend on how
+    /// the rows were inserted; `kind = 'created'` only, for the change records.
+    fn dump(path: &Path, table: &Table) -> Vec<Vec<Value>> {
+        let connection = Connection::open(path).expect("open");
+        let columns: Vec<String> = connection
+            .prepare(&format!("PRAGMA table_info({})", table.name))
+            .expect("table_info")
+            .query_map([], |row| row.get::<_, String>(1))
+            .expect("columns")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("columns")
+            .into_iter()
+            .filter(|name| !table.generated.contains(&name.as_str()))
+            .collect();
+        let filter = if table.name == "changes" {
+            " WHERE kind = 'created'"
+        } else {
+            ""
+        };
+        let list = columns.join(", ");
+        let sql = format!("SELECT {list} FROM {}{filter} ORDER BY {list}", table.name);
+        let mut select = connection.prepare(&sql).expect("select");
+        select
+            .query_map([], |row| {
+                (0..columns.len())
+                    .map(|i| row.get::<_, Value>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    /// A hub's first send of `BATCHES` batches, with an update of one customer between the
+    /// first two (a change record amid the creations, which the replay must leave out).
+    async fn hub_after_a_first_send() -> (TestHub, std::path::PathBuf) {
+        let hub = TestHub::sqlite().await;
+        for (path, body) in [
+            ("/v1/groups/vip", json!({"title": "VIP"})),
+            ("/v1/teams/north", json!({"name": "North"})),
+        ] {
+            let reply = clientele_testkit::call(hub.put(path).json(&body)).await;
+            assert_eq!(reply.status, 201, "{}", reply.body);
+        }
+        for batch in 0..BATCHES {
+            let items: Vec<_> = (0..BATCH)
+                .map(|i| {
+                    let n = batch * BATCH + i;
+                    json!({"external_id": format!("erp-{n}"), "first_name": format!("First{n}"),
+                           "last_name": "Virtanen", "email": format!("c{n}@example.com"),
+                           "tags": ["retail", format!("batch-{batch}")],
+                           "groups": if n.is_multiple_of(2) { json!(["vip"]) } else { json!([]) },
+                           "teams": ["north"],
+                           "addresses": [{"title": "Home", "line1": "Street 1",
+                                          "city": "Helsinki", "country": "FI"}]})
+                })
+                .collect();
+            let reply = hub
+                .sync(&json!({"key": "external_id", "customers": items}))
+                .await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            if batch == 0 {
+                let update = json!({"key": "external_id",
+                                    "customers": [{"external_id": "erp-0", "first_name": "Renamed"}]});
+                let reply = hub.sync(&update).await;
+                assert_eq!(reply.status, 200, "{}", reply.body);
+            }
+        }
+        let path = hub
+            .database_url
+            .strip_prefix("sqlite://")
+            .expect("a SQLite hub")
+            .into();
+        (hub, path)
+    }
+
+    #[tokio::test]
+    async fn replays_exactly_the_rows_of_the_first_send_that_it_is_asked_for() {
+        let (_hub, source) = hub_after_a_first_send().await;
+        for table in TABLES {
+            assert!(
+                !dump(&source, table).is_empty(),
+                "no {} to replay",
+                table.name
+            );
+        }
+        let changes = TABLES
+            .iter()
+            .find(|t| t.name == "changes")
+            .expect("changes");
+        assert_eq!(dump(&source, changes).len(), BATCHES * BATCH);
+        let all = [
+            "customers",
+            "customer_tags",
+            "customer_groups",
+            "customer_teams",
+            "changes",
+            "customer_terms",
+        ];
+        for (rows, asked) in [
+            (Rows::All, &all[..]),
+            (Rows::WithoutTerms, &all[..5]),
+            (Rows::CustomersOnly, &all[..1]),
+        ] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let target = dir.path().join("replay.db");
+            let url = format!("sqlite://{}", target.display());
+            drop(
+                clientele_store::connect(&clientele_store::StoreConfig::new(&url))
+                    .await
+                    .expect("the hub's schema"),
+            );
+            let (from, to) = (source.clone(), target.clone());
+            let replayed = tokio::task::spawn_blocking(move || replay(&from, &to, BATCH, rows))
+                .await
+                .expect("join")
+                .expect("replay");
+            assert_eq!(replayed.customers, BATCHES * BATCH, "{rows:?}");
+            assert!(replayed.seconds > 0.0, "{rows:?}");
+            for table in TABLES {
+                let written = dump(&target, table);
+                if asked.contains(&table.name) {
+                    assert_eq!(written, dump(&source, table), "{rows:?}: {}", table.name);
+                } else {
+                    assert!(written.is_empty(), "{rows:?}: {} written", table.name);
+                }
+            }
+            let timed: Vec<_> = replayed.tables.iter().map(|(name, _)| *name).collect();
+            assert_eq!(timed, asked, "{rows:?}");
+        }
+    }
+}

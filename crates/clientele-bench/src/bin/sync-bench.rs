@@ -189,9 +189,9 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
                "raw_cpu_us_per_customer": raw.cpu_micros_per_item(),
                "stepped_raw_rps": stepped.map(|floor| floor.rate().round()),
                "stepped_ratio": stepped.map(|floor| floor.rate() / first.rate()),
-               "replayed_rps": replayed_rate(&replays, Rows::All),
-               "replayed_without_terms_rps": replayed_rate(&replays, Rows::WithoutTerms),
-               "replayed_customers_only_rps": replayed_rate(&replays, Rows::CustomersOnly),
+               "replayed_rps": replayed(&replays, Rows::All).map(|r| r.rate().round()),
+               "replayed_without_terms_rps": replayed(&replays, Rows::WithoutTerms).map(|r| r.rate().round()),
+               "replayed_customers_only_rps": replayed(&replays, Rows::CustomersOnly).map(|r| r.rate().round()),
                "peak_rss_mib": rss})
     );
 
@@ -217,9 +217,9 @@ async fn measure(args: &Args, backend: &str) -> anyhow::Result<()> {
             json!({"backend": backend, "scenario": "sync_large", "customers": args.large,
                    "seconds": large.seconds, "rps": large.rate().round(), "peak_rss_mib": rss,
                    "disk_read_kib": large.disk_read_kib,
-                   "replayed_seconds": replayed_seconds(&replays, Rows::All),
-                   "replayed_without_terms_seconds": replayed_seconds(&replays, Rows::WithoutTerms),
-                   "replayed_customers_only_seconds": replayed_seconds(&replays, Rows::CustomersOnly)})
+                   "replayed_seconds": replayed(&replays, Rows::All).map(|r| r.seconds),
+                   "replayed_without_terms_seconds": replayed(&replays, Rows::WithoutTerms).map(|r| r.seconds),
+                   "replayed_customers_only_seconds": replayed(&replays, Rows::CustomersOnly).map(|r| r.seconds)})
         );
     }
     Ok(())
@@ -239,9 +239,8 @@ async fn replay_first_send(
     }
     let mut replays = Vec::new();
     for rows in [Rows::All, Rows::WithoutTerms, Rows::CustomersOnly] {
-        let target = tempfile::tempdir()?;
-        let url = hub_schema(backend, target.path()).await?;
-        let target = sqlite_path(&url)?;
+        let target_dir = tempfile::tempdir()?;
+        let target = sqlite_path(&hub_schema(backend, target_dir.path()).await?)?;
         let source = dir.join("hub.db");
         let batch = args.batch;
         let replayed =
@@ -268,7 +267,7 @@ fn print_replays(replays: &[Replayed], hub: &Run) {
             replayed.breakdown()
         );
     }
-    if let Some(all) = replays.iter().find(|r| r.rows == Rows::All) {
+    if let Some(all) = replayed(replays, Rows::All) {
         println!(
             "hub time / its own rows replayed raw: {:.2}",
             all.rate() / hub.rate()
@@ -276,13 +275,8 @@ fn print_replays(replays: &[Replayed], hub: &Run) {
     }
 }
 
-fn replayed_rate(replays: &[Replayed], rows: Rows) -> Option<f64> {
-    let replayed = replays.iter().find(|r| r.rows == rows)?;
-    Some(replayed.rate().round())
-}
-
-fn replayed_seconds(replays: &[Replayed], rows: Rows) -> Option<f64> {
-    Some(replays.iter().find(|r| r.rows == rows)?.seconds)
+fn replayed(replays: &[Replayed], rows: Rows) -> Option<&Replayed> {
+    replays.iter().find(|replayed| replayed.rows == rows)
 }
 
 /// The file of a `sqlite://` URL.
