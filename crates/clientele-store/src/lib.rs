@@ -18,6 +18,7 @@ mod sql_store;
 mod unit_of_work;
 
 pub mod postgres;
+mod postgres_copy;
 pub mod sqlite;
 mod sqlite_rows;
 

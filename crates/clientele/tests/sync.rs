@@ -2,7 +2,8 @@
 //! leave unchanged and delete by each unique key; items applied in order; renaming a key with
 //! `match`; one bad item failing alone with a full problem; `expected_version`; atomic batches;
 //! the request's limits and shape; address modes and tag edits; no change record for an
-//! unchanged item; and concurrent batches over overlapping keys losing no update.
+//! unchanged item; concurrent batches over overlapping keys losing no update; and text with the
+//! characters a database's row format reserves (PostgreSQL's `COPY`) stored as sent.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,6 +33,7 @@ hub_tests!(
     the_documented_item_is_a_customer_body,
     a_sync_update_keeps_the_stored_password,
     a_deleted_customer_leaves_none_of_its_rows,
+    text_the_row_formats_reserve_is_stored_as_sent,
 );
 
 const STATUSES: [&str; 5] = ["created", "updated", "unchanged", "deleted", "failed"];
@@ -1317,5 +1319,79 @@ async fn a_deleted_customer_leaves_none_of_its_rows(hub: TestHub) {
     // Nothing left holds the team or the group.
     for path in ["/v1/teams/north", "/v1/groups/members"] {
         assert_eq!(call(hub.delete(path)).await.status, 204, "{path}");
+    }
+}
+
+/// Tabs, line breaks, backslashes and what would read as `COPY`'s NULL or end-of-data marker
+/// (`\\N`, `\\.`), in every text a create writes: the customer row, its search terms, its tags
+/// and its change record. Through bulk sync and through a single create, each read back as sent.
+async fn text_the_row_formats_reserve_is_stored_as_sent(hub: TestHub) {
+    let fields = |n: usize| {
+        json!({
+            "first_name": format!("Ada\tTab{n}"),
+            "last_name": format!("Back\\slash\r\nLine{n}"),
+            "company": "\\N",
+            "note": "\\.\n\\N\t\\\\",
+            "tags": ["tag\\with\\backslashes", "\\N", "\\."],
+            "custom": {"path": "C:\\temp\\new\tfile"},
+        })
+    };
+    let synced = sync_item(&hub, "erp\\N\\.1", fields(1)).await;
+    let synced_id = id_of(&assert_results(&synced, &["created"])[0]);
+    let mut created = fields(2);
+    created["external_id"] = json!("erp\\N\\.2");
+    let created_id = hub.create_customer(created).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    for (n, id) in [(1, &synced_id), (2, &created_id)] {
+        let reply = call(hub.get(&format!("/v1/customers/{id}"))).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let stored = reply.body;
+        let sent = fields(n);
+        for field in ["first_name", "last_name", "company", "note", "custom"] {
+            assert_eq!(stored[field], sent[field], "{field} of customer {n}");
+        }
+        assert_eq!(stored["external_id"], json!(format!("erp\\N\\.{n}")));
+        let tags: BTreeSet<&str> = stored["tags"]
+            .as_array()
+            .expect("tags")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            tags,
+            BTreeSet::from(["tag\\with\\backslashes", "\\N", "\\."])
+        );
+    }
+    let by_tag = call(hub.get("/v1/customers?tag=%5CN")).await;
+    assert_eq!(by_tag.status, 200, "{}", by_tag.body);
+    assert_eq!(by_tag.body["data"].as_array().map(Vec::len), Some(2));
+
+    // The search terms: a word of the last name, with its backslash, finds both.
+    let found = call(hub.get("/v1/customers?q=back%5Cslash")).await;
+    assert_eq!(found.status, 200, "{}", found.body);
+    let ids: BTreeSet<&str> = found.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from([synced_id.as_str(), created_id.as_str()])
+    );
+
+    // The change records hold the documents as stored.
+    let feed = call(hub.get("/v1/changes?limit=10")).await;
+    assert_eq!(feed.status, 200, "{}", feed.body);
+    let changes = feed.body["data"].as_array().expect("changes");
+    assert_eq!(changes.len(), 2);
+    for (n, change) in changes.iter().enumerate() {
+        let sent = fields(n + 1);
+        assert_eq!(change["customer"]["note"], sent["note"]);
+        assert_eq!(change["customer"]["last_name"], sent["last_name"]);
+        assert_eq!(change["external_id"], json!(format!("erp\\N\\.{}", n + 1)));
     }
 }
