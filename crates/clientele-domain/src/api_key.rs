@@ -59,6 +59,16 @@ pub struct ApiKey {
     pub secret_encrypted: Vec<u8>,
 }
 
+impl ApiKey {
+    /// Whether this key may list, create or revoke a key restricted to `teams` (empty: none).
+    /// An admin key restricted to teams manages only keys restricted to some of its own teams,
+    /// so that it cannot hand out, or take away, more than it has itself.
+    pub fn manages_keys_of(&self, teams: &[String]) -> bool {
+        self.teams.is_empty()
+            || (!teams.is_empty() && teams.iter().all(|team| self.teams.contains(team)))
+    }
+}
+
 /// A key to store: the secret arrives only as its keyed lookup hash and its encrypted form.
 #[derive(Clone, Debug)]
 pub struct NewApiKey {
@@ -69,6 +79,33 @@ pub struct NewApiKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(teams: &[&str]) -> ApiKey {
+        ApiKey {
+            id: ApiKeyId::new(),
+            name: "k".into(),
+            role: Role::Admin,
+            teams: teams.iter().map(|t| (*t).to_owned()).collect(),
+            created_at: Timestamp::now(),
+            secret_encrypted: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_restricted_admin_manages_only_keys_within_its_teams() {
+        let unrestricted = key(&[]);
+        assert!(unrestricted.manages_keys_of(&[]));
+        assert!(unrestricted.manages_keys_of(&["north".into()]));
+
+        let north_south = key(&["north", "south"]);
+        assert!(north_south.manages_keys_of(&["north".into()]));
+        assert!(north_south.manages_keys_of(&["south".into(), "north".into()]));
+        assert!(
+            !north_south.manages_keys_of(&[]),
+            "an unrestricted key is more than it has"
+        );
+        assert!(!north_south.manages_keys_of(&["north".into(), "east".into()]));
+    }
 
     #[test]
     fn roles_include_the_ones_below() {

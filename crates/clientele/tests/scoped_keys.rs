@@ -2,7 +2,8 @@
 //! lists, searches, changes, deletes, syncs and counts only customers of its teams; every other
 //! customer is 404 for it (never 403), on every endpoint that can address a customer. Customers
 //! it creates without `teams` get its teams; it cannot name a foreign team, nor leave a customer
-//! outside its teams.
+//! outside its teams. A restricted admin key lists, creates and revokes only keys restricted to
+//! some of its own teams.
 
 use clientele_testkit::{TestHub, assert_invalid, assert_problem, call, hub_tests};
 use serde_json::{Value, json};
@@ -14,6 +15,7 @@ hub_tests!(
     a_scoped_key_cannot_name_foreign_teams_or_orphan_a_customer,
     a_scoped_key_syncs_only_its_customers,
     an_unrestricted_key_still_sees_everything,
+    a_scoped_admin_key_manages_only_keys_within_its_teams,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -431,4 +433,65 @@ async fn an_unrestricted_key_still_sees_everything(hub: TestHub) {
     .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body["teams"], json!(["north", "south"]));
+}
+
+async fn a_scoped_admin_key_manages_only_keys_within_its_teams(hub: TestHub) {
+    world(&hub).await;
+    let admin = scoped_key(&hub, "admin", &["north", "south"]).await;
+    let key_ids = |reply: &clientele_testkit::Reply| -> Vec<String> {
+        let mut ids: Vec<String> = reply.body["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|key| key["id"].as_str().expect("id").to_owned())
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let everyone = key_ids(&call(hub.get("/v1/api-keys")).await);
+
+    // A key it creates without teams gets its teams; it cannot hand out more than it has.
+    let reply = call(
+        admin
+            .post("/v1/api-keys")
+            .json(&json!({"name": "n", "role": "admin"})),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(reply.body["teams"], json!(["north", "south"]));
+    let created = reply.body["id"].as_str().expect("id").to_owned();
+    for (teams, field) in [
+        (json!(["east"]), "teams[0]"),
+        (json!(["north", "east"]), "teams[1]"),
+    ] {
+        let reply = call(
+            admin
+                .post("/v1/api-keys")
+                .json(&json!({"name": "x", "role": "read", "teams": teams})),
+        )
+        .await;
+        assert_invalid(&reply, &[(field, "unknown_team")]);
+    }
+
+    // It lists only the keys within its teams: not the unrestricted bootstrap key.
+    let listed = key_ids(&call(admin.get("/v1/api-keys")).await);
+    let all = key_ids(&call(hub.get("/v1/api-keys")).await);
+    assert_eq!(all.len(), everyone.len() + 1, "the one it created");
+    let outside: Vec<&String> = all.iter().filter(|id| !listed.contains(id)).collect();
+    assert_eq!(
+        outside.len(),
+        1,
+        "only the bootstrap key is outside: {outside:?}"
+    );
+
+    // A key outside its teams does not exist for it; one within them it revokes.
+    let reply = call(admin.delete(&format!("/v1/api-keys/{}", outside[0]))).await;
+    assert_problem(&reply, 404, "not_found");
+    assert_eq!(
+        call(hub.get("/v1/api-keys")).await.status,
+        200,
+        "still live"
+    );
+    let reply = call(admin.delete(&format!("/v1/api-keys/{created}"))).await;
+    assert_eq!(reply.status, 204);
 }

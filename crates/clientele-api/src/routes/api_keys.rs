@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{AdminCaller, new_api_key};
+use crate::auth::{AdminCaller, Caller, new_api_key};
 use crate::extract::StrictJson;
 use crate::idempotency::{Idempotency, sealed};
 use crate::problem::{ApiError, Problem};
@@ -32,7 +32,9 @@ pub(crate) struct NewKeyRequest {
     name: String,
     role: Role,
     /// Restricts the key to customers of these (existing) teams, at most 100: other customers
-    /// do not exist for it (404), customers it creates without `teams` get these.
+    /// do not exist for it (404), customers it creates without `teams` get these. An admin key
+    /// restricted to teams creates only keys restricted to some of its own teams (another team
+    /// is `unknown_team` for it), and a key it creates without `teams` gets its teams.
     #[serde(default)]
     teams: Vec<String>,
 }
@@ -84,10 +86,13 @@ impl From<ApiKey> for KeyView {
 )]
 async fn create_api_key(
     State(state): State<AppState>,
-    _caller: AdminCaller,
+    AdminCaller(caller): AdminCaller,
     idempotency: Idempotency,
-    StrictJson(request): StrictJson<NewKeyRequest>,
+    StrictJson(mut request): StrictJson<NewKeyRequest>,
 ) -> Result<Rendered, ApiError> {
+    if request.teams.is_empty() {
+        request.teams.clone_from(&caller.key.teams);
+    }
     let mut errors = ValidationErrors::default();
     let name = request.name.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
@@ -104,7 +109,7 @@ async fn create_api_key(
             format!("at most {MAX_KEY_TEAMS} teams"),
         );
     }
-    unknown_teams(&state, &request.teams, &mut errors).await?;
+    unknown_teams(&state, &caller, &request.teams, &mut errors).await?;
     errors.into_result()?;
     let mut teams = request.teams.clone();
     teams.sort_unstable();
@@ -142,7 +147,7 @@ async fn create_api_key(
         // A team was deleted since the check above: refused as that check would have.
         Err(DomainError::Validation(refused)) => {
             let mut errors = ValidationErrors::default();
-            unknown_teams(&state, &request.teams, &mut errors).await?;
+            unknown_teams(&state, &caller, &request.teams, &mut errors).await?;
             return Err(if errors.is_empty() { refused } else { errors }.into());
         }
         Err(error) => return Err(error.into()),
@@ -151,9 +156,12 @@ async fn create_api_key(
     Ok(created)
 }
 
-/// Names each requested team that does not exist (`teams[i]`, `unknown_team`).
+/// Names each requested team that does not exist for the caller (`teams[i]`, `unknown_team`):
+/// one that does not exist, or, for an admin key restricted to teams, one not among its own
+/// (a foreign team and a missing one look alike, as for customers).
 async fn unknown_teams(
     state: &AppState,
+    caller: &Caller,
     requested: &[String],
     errors: &mut ValidationErrors,
 ) -> Result<(), ApiError> {
@@ -164,7 +172,8 @@ async fn unknown_teams(
         .collect();
     let known = state.store().known_codes(&[], &codes).await?;
     for (i, team) in requested.iter().enumerate() {
-        if !known.teams.contains(team) {
+        let own = caller.key.teams.is_empty() || caller.key.teams.contains(team);
+        if !own || !known.teams.contains(team) {
             errors.push(
                 format!("teams[{i}]"),
                 "unknown_team",
@@ -175,7 +184,8 @@ async fn unknown_teams(
     Ok(())
 }
 
-/// List the live API keys (admin).
+/// List the live API keys (admin; an admin key restricted to teams sees only the keys
+/// restricted to some of its own teams).
 #[utoipa::path(
     get, path = "/v1/api-keys", tag = "api-keys",
     responses((status = 200, body = KeyList), (status = 403, body = Problem)),
@@ -183,15 +193,20 @@ async fn unknown_teams(
 )]
 async fn list_api_keys(
     State(state): State<AppState>,
-    _caller: AdminCaller,
+    AdminCaller(caller): AdminCaller,
 ) -> Result<Json<KeyList>, ApiError> {
     let keys = state.store().list_api_keys().await?;
     Ok(Json(KeyList {
-        data: keys.into_iter().map(KeyView::from).collect(),
+        data: keys
+            .into_iter()
+            .filter(|key| caller.key.manages_keys_of(&key.teams))
+            .map(KeyView::from)
+            .collect(),
     }))
 }
 
-/// Revoke an API key at once (admin).
+/// Revoke an API key at once (admin; a key outside a restricted admin key's teams does not
+/// exist for it: 404).
 #[utoipa::path(
     delete, path = "/v1/api-keys/{id}", tag = "api-keys",
     params(("id" = String, Path, description = "`key_…`")),
@@ -200,11 +215,17 @@ async fn list_api_keys(
 )]
 async fn revoke_api_key(
     State(state): State<AppState>,
-    _caller: AdminCaller,
+    AdminCaller(caller): AdminCaller,
     idempotency: Idempotency,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id: ApiKeyId = id.parse().map_err(|_| ApiError::not_found())?;
+    if !caller.key.teams.is_empty() {
+        let target = state.store().api_key_by_id(id).await?;
+        if !target.is_some_and(|key| caller.key.manages_keys_of(&key.teams)) {
+            return Err(ApiError::not_found());
+        }
+    }
     let render = |(): &()| Rendered::empty(StatusCode::NO_CONTENT).to_stored();
     let now = clientele_domain::Timestamp::now();
     if state
