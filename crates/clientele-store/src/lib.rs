@@ -20,6 +20,7 @@ mod unit_of_work;
 pub mod postgres;
 mod postgres_copy;
 pub mod sqlite;
+mod sqlite_point_reads;
 mod sqlite_rows;
 
 pub use sql_store::SqlStore;

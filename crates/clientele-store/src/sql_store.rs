@@ -50,6 +50,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// The pool that serves reads.
     fn reads(&self) -> &Self::Reader;
 
+    /// One customer by id or unique key: `GET /v1/customers/{id}`, the hottest read.
+    async fn customer_doc(&self, locator: &Locator) -> Result<Option<CustomerDoc>, DomainError> {
+        self.reads().customer_doc(locator).await
+    }
+
     /// The pool for single-statement writes outside customer transactions (API keys).
     fn writes(&self) -> &Self::Reader;
 
@@ -156,7 +161,7 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn get_customer(&self, locator: &Locator) -> Result<Option<CustomerDoc>, DomainError> {
-        self.backend.reads().customer_doc(locator).await
+        self.backend.customer_doc(locator).await
     }
 
     async fn delete_customer(

@@ -10,14 +10,15 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use clientele_domain::sync::{ChangeRecord, StoredCustomer};
-use clientele_domain::{Customer, CustomerId, CustomerKey};
+use clientele_domain::{Customer, CustomerDoc, CustomerId, CustomerKey, Locator};
 
 use crate::checkpoint::Checkpointer;
 use crate::directory::Memberships;
 use crate::error::db_error;
-use crate::primitives::{BatchTx, CustomerRow, decode_id, key_column, sql_primitives};
+use crate::primitives::{BatchTx, CustomerRow, Queries, decode_id, key_column, sql_primitives};
 use crate::search::{TermEdit, TermRows};
 use crate::sql_store::{Backend, SqlStore};
+use crate::sqlite_point_reads::PointReads;
 use crate::sqlite_rows::{Param, execute_per_row};
 use crate::{SqliteSync, StoreConfig, StoreError};
 
@@ -399,6 +400,8 @@ fn row_params<'a>((row, id): (&'a CustomerRow<'_>, &'a String)) -> [Param<'a>; 1
 pub struct SqliteBackend {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Reads of one customer on the request's thread; `None` for an in-memory database.
+    point_reads: Option<PointReads>,
     /// Copies the WAL back into the database file beside the writer; stops with the store.
     _checkpointer: Checkpointer,
 }
@@ -466,7 +469,7 @@ impl SqliteStore {
             )
             .await
             .map_err(StoreError::Connect)?;
-        let checkpointer = Checkpointer::start(options.pragma(
+        let checkpointer = Checkpointer::start(options.clone().pragma(
             "cache_size",
             settings::cache_size(settings::CHECKPOINTER_CACHE_KIB),
         ))
@@ -475,6 +478,7 @@ impl SqliteStore {
         let backend = SqliteBackend {
             writer,
             readers,
+            point_reads: PointReads::new(options.get_filename()),
             _checkpointer: checkpointer,
         };
         crate::search::backfill_terms(&backend)
@@ -504,6 +508,17 @@ impl Backend for SqliteBackend {
 
     fn reads(&self) -> &SqlitePool {
         &self.readers
+    }
+
+    async fn customer_doc(&self, locator: &Locator) -> Result<Option<CustomerDoc>, DomainError> {
+        if let Some(doc) = self
+            .point_reads
+            .as_ref()
+            .and_then(|p| p.customer_doc(locator))
+        {
+            return Ok(doc);
+        }
+        self.readers.customer_doc(locator).await
     }
 
     fn writes(&self) -> &SqlitePool {
