@@ -114,6 +114,15 @@ impl OrderWrite {
     pub fn validate(self, now: Timestamp) -> Result<NewOrder, ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let reference = match self.reference {
+            Some(r) if r.chars().any(char::is_control) => {
+                // An order number is an identifier; PostgreSQL's text cannot even hold NUL.
+                errors.push(
+                    "reference",
+                    "invalid_characters",
+                    "must not contain control characters",
+                );
+                r
+            }
             Some(r) if !r.trim().is_empty() && r.chars().count() <= MAX_REFERENCE => r,
             Some(_) => {
                 errors.push("reference", "invalid_length", "must be 1 to 255 characters");
@@ -227,7 +236,12 @@ fn customer_locator(
                 (Some(id), 0) => by_id(&id, "customer.id", errors),
                 (None, 1) => {
                     let (key, value, field) = given.remove(0);
-                    Some((Locator::Key(key, value), field))
+                    if crate::validation::is_valid_key(&value) {
+                        Some((Locator::Key(key, value), field))
+                    } else {
+                        crate::validation::check_key(errors, field, &value);
+                        None
+                    }
                 }
                 _ => {
                     errors.push(
@@ -301,6 +315,20 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(errors) => errors.0.into_iter().map(|e| (e.field, e.code)).collect(),
         }
+    }
+
+    #[test]
+    fn control_characters_in_a_reference_or_a_customer_key_are_refused() {
+        let now = Timestamp::from_micros(1_000_000);
+        let body = json!({"reference": "A\u{0}1", "customer": {"external_id": "P\n1"},
+                          "total": 1, "currency": "EUR"});
+        assert_eq!(
+            fields(write(body).validate(now)),
+            vec![
+                ("reference".into(), "invalid_characters"),
+                ("customer.external_id".into(), "invalid_characters"),
+            ]
+        );
     }
 
     #[test]

@@ -123,6 +123,18 @@ async fn invalid_orders_name_every_fault(hub: TestHub) {
     .await;
     assert_problem(&reply, 422, "validation_failed");
     assert_eq!(reply.body["errors"][0]["field"], "customer.extrnal");
+    // PostgreSQL's text cannot hold NUL: refused as input on both backends, never a 500.
+    let reply = call(hub.post("/v1/orders").json(&json!({
+        "reference": "A\u{0}", "customer": {"external_id": "P\u{0}"}, "total": 1, "currency": "EUR"
+    })))
+    .await;
+    assert_invalid(
+        &reply,
+        &[
+            ("reference", "invalid_characters"),
+            ("customer.external_id", "invalid_characters"),
+        ],
+    );
     assert_eq!(hub.count_rows("orders").await, 0);
 }
 
