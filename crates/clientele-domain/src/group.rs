@@ -360,12 +360,14 @@ pub fn named_codes<'a>(
             .flatten()
             .chain(write.add_groups.iter().flatten());
         groups.extend(refs.map(|g| g.code().to_owned()));
+        groups.extend(write.remove_groups.iter().flatten().cloned());
         let codes = write
             .teams
             .value()
             .into_iter()
             .flatten()
-            .chain(write.add_teams.iter().flatten());
+            .chain(write.add_teams.iter().flatten())
+            .chain(write.remove_teams.iter().flatten());
         teams.extend(codes.cloned());
     }
     for list in [&mut groups, &mut teams] {

@@ -208,8 +208,10 @@ pub enum AddressesKey {
     RemoteId,
 }
 
-/// A group membership in a write: a bare code, or a code with an explicit subscription.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// A group membership in a write: a bare code, or a code with an explicit subscription. A bare
+/// code keeps the subscription of a membership the customer has, and takes the group's default
+/// for a new one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum GroupRef {
     Code(String),
@@ -217,6 +219,58 @@ pub enum GroupRef {
         code: String,
         subscribed: Option<bool>,
     },
+}
+
+impl<'de> Deserialize<'de> for GroupRef {
+    /// By hand rather than derived as `untagged`: a derived untagged enum buffers the object,
+    /// so the body parser never sees its fields, and a misspelt `subscribed` was dropped
+    /// silently. Here an unknown field is skipped as any struct's is, and reported as one.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct GroupRefVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for GroupRefVisitor {
+            type Value = GroupRef;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a group code, or an object with `code` and `subscribed`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, code: &str) -> Result<GroupRef, E> {
+                Ok(GroupRef::Code(code.to_owned()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, code: String) -> Result<GroupRef, E> {
+                Ok(GroupRef::Code(code))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<GroupRef, A::Error> {
+                use serde::de::Error;
+                let (mut code, mut subscribed) = (None, None);
+                while let Some(field) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match &*field {
+                        "code" if code.is_some() => return Err(A::Error::duplicate_field("code")),
+                        "code" => code = Some(map.next_value::<String>()?),
+                        "subscribed" if subscribed.is_some() => {
+                            return Err(A::Error::duplicate_field("subscribed"));
+                        }
+                        "subscribed" => subscribed = Some(map.next_value::<Option<bool>>()?),
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(GroupRef::Membership {
+                    code: code.ok_or_else(|| A::Error::missing_field("code"))?,
+                    subscribed: subscribed.flatten(),
+                })
+            }
+        }
+
+        deserializer.deserialize_any(GroupRefVisitor)
+    }
 }
 
 impl GroupRef {
@@ -836,8 +890,11 @@ impl CodeSet<'_> {
             let field = format!("add_{}", self.field);
             set.extend(check_codes(&field, add, &unknown, errors));
         }
-        for code in self.remove.unwrap_or_default() {
-            set.remove(code);
+        if let Some(remove) = self.remove {
+            let field = format!("remove_{}", self.field);
+            for code in check_codes(&field, remove, &unknown, errors) {
+                set.remove(&code);
+            }
         }
         if set.len() > MAX_ITEMS {
             errors.push(
@@ -881,20 +938,30 @@ fn next_groups(
     directory: &dyn Directory,
     errors: &mut ValidationErrors,
 ) -> Vec<GroupMembership> {
-    let mut memberships: BTreeMap<String, bool> = match &write.groups {
-        Patch::Absent => base
-            .groups
-            .iter()
-            .map(|g| (g.code.clone(), g.subscribed))
-            .collect(),
+    let stored: BTreeMap<String, bool> = base
+        .groups
+        .iter()
+        .map(|g| (g.code.clone(), g.subscribed))
+        .collect();
+    let mut memberships = match &write.groups {
+        Patch::Absent => stored,
         Patch::Null => BTreeMap::new(),
-        Patch::Value(refs) => resolve_groups("groups", refs, directory, errors).collect(),
+        Patch::Value(refs) => resolve_groups("groups", refs, &stored, directory, errors),
     };
     if let Some(add) = &write.add_groups {
-        memberships.extend(resolve_groups("add_groups", add, directory, errors));
+        let added = resolve_groups("add_groups", add, &memberships, directory, errors);
+        memberships.extend(added);
     }
-    for code in write.remove_groups.as_deref().unwrap_or_default() {
-        memberships.remove(code);
+    if let Some(remove) = &write.remove_groups {
+        let unknown = |code: &str| {
+            directory
+                .group_default_subscribed(code)
+                .is_none()
+                .then_some(("unknown_group", "group"))
+        };
+        for code in check_codes("remove_groups", remove, &unknown, errors) {
+            memberships.remove(&code);
+        }
     }
     memberships
         .into_iter()
@@ -902,28 +969,35 @@ fn next_groups(
         .collect()
 }
 
-fn resolve_groups<'a>(
-    field: &'a str,
-    refs: &'a [GroupRef],
-    directory: &'a dyn Directory,
-    errors: &'a mut ValidationErrors,
-) -> impl Iterator<Item = (String, bool)> + 'a {
-    refs.iter().enumerate().filter_map(move |(i, group)| {
-        match directory.group_default_subscribed(group.code()) {
-            Some(default) => Some((
-                group.code().to_owned(),
-                group.subscribed().unwrap_or(default),
-            )),
-            None => {
-                errors.push(
-                    format!("{field}[{i}]"),
-                    "unknown_group",
-                    format!("there is no group {:?}", group.code()),
-                );
-                None
-            }
-        }
-    })
+/// The memberships a list of groups names. A bare code keeps the subscription of a membership
+/// the customer has (`current`), and takes the group's default for a new one: a client that
+/// sends the same list again never undoes a customer's opt-out.
+fn resolve_groups(
+    field: &str,
+    refs: &[GroupRef],
+    current: &BTreeMap<String, bool>,
+    directory: &dyn Directory,
+    errors: &mut ValidationErrors,
+) -> BTreeMap<String, bool> {
+    let mut resolved = BTreeMap::new();
+    for (i, group) in refs.iter().enumerate() {
+        let code = group.code();
+        let Some(default) = directory.group_default_subscribed(code) else {
+            errors.push(
+                format!("{field}[{i}]"),
+                "unknown_group",
+                format!("there is no group {code:?}"),
+            );
+            continue;
+        };
+        let subscribed = group
+            .subscribed()
+            .or_else(|| current.get(code).copied())
+            .unwrap_or(default);
+        // A group named twice: the later reference wins, as later items of a batch do.
+        resolved.insert(code.to_owned(), subscribed);
+    }
+    resolved
 }
 
 #[cfg(test)]

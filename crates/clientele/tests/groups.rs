@@ -311,6 +311,8 @@ async fn memberships_take_the_group_default_or_an_explicit_subscription(hub: Tes
         customer["groups"],
         json!([{"code": "news", "subscribed": false}, {"code": "staff", "subscribed": false}])
     );
+    // A bare code keeps a membership's subscription: re-sending the list, or adding the
+    // group again, never undoes the opt-out.
     let reply = call(
         hub.patch("/v1/customers/external_id/c")
             .json(&json!({"groups": ["news", {"code": "staff", "subscribed": true}]})),
@@ -318,18 +320,32 @@ async fn memberships_take_the_group_default_or_an_explicit_subscription(hub: Tes
     .await;
     assert_eq!(
         reply.body["groups"],
-        json!([{"code": "news", "subscribed": true}, {"code": "staff", "subscribed": true}])
+        json!([{"code": "news", "subscribed": false}, {"code": "staff", "subscribed": true}])
     );
+    for body in [
+        json!({"groups": [{"code": "news"}, "staff"]}),
+        json!({"add_groups": ["news"]}),
+    ] {
+        let reply = call(hub.patch("/v1/customers/external_id/c").json(&body)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body["version"], 2, "unchanged: {}", reply.body);
+    }
     let reply = call(
         hub.patch("/v1/customers/external_id/c")
-            .json(&json!({"groups": [{"code": "news"}]})),
+            .json(&json!({"groups": [{"code": "news", "subscribed": true}]})),
     )
     .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(
         reply.body["groups"],
         json!([{"code": "news", "subscribed": true}])
     );
+    // A misspelt field of a membership is refused, not dropped.
+    let reply = call(
+        hub.patch("/v1/customers/external_id/c")
+            .json(&json!({"add_groups": [{"code": "staff", "subscribd": false}]})),
+    )
+    .await;
+    assert_invalid(&reply, &[("add_groups[0].subscribd", "unknown_field")]);
 }
 
 async fn memberships_change_on_every_write_path(hub: TestHub) {
@@ -403,6 +419,19 @@ async fn unknown_groups_are_refused_everywhere(hub: TestHub) {
     )
     .await;
     assert_invalid(&reply, &[("add_groups[0]", "unknown_group")]);
+    // Removing an unknown code is refused too: a misspelt removal must not pass as done.
+    let reply = call(
+        hub.patch("/v1/customers/external_id/u")
+            .json(&json!({"remove_groups": ["known", "nope"], "remove_teams": ["nope"]})),
+    )
+    .await;
+    assert_invalid(
+        &reply,
+        &[
+            ("remove_teams[0]", "unknown_team"),
+            ("remove_groups[1]", "unknown_group"),
+        ],
+    );
     let reply = hub
         .sync(&json!({"key": "external_id", "customers": [
             {"external_id": "u", "groups": ["nope"]},

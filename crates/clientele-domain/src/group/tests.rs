@@ -118,13 +118,18 @@ fn named_codes_lists_each_valid_code_once() {
         "add_groups": ["vip", "bad code"],
         "teams": ["north"],
         "add_teams": ["south", "north"],
+        "remove_groups": ["old"],
+        "remove_teams": ["east"],
     }))
     .expect("accepted");
     let (groups, teams) = named_codes(&crate::Scope::All, [&write]);
-    assert_eq!(groups, ["news", "vip"]);
-    assert_eq!(teams, ["north", "south"]);
+    assert_eq!(groups, ["news", "old", "vip"]);
+    assert_eq!(teams, ["east", "north", "south"]);
     let scope = crate::Scope::Teams(vec!["west".into()]);
-    assert_eq!(named_codes(&scope, [&write]).1, ["north", "south", "west"]);
+    assert_eq!(
+        named_codes(&scope, [&write]).1,
+        ["east", "north", "south", "west"]
+    );
 }
 
 proptest! {

@@ -1154,11 +1154,37 @@ fn an_explicit_subscription_overrides_the_default() {
         &c,
         json!({"groups": [{"code": "news", "subscribed": true}, {"code": "vip", "subscribed": false}]}),
     );
-    // A bare code in a replacing list resets to the default.
-    let reset = update(&c, json!({"groups": ["vip", "news"]}));
+    // A bare code keeps a membership's subscription (re-sending a list never undoes an
+    // opt-out), in a replacing list and in `add_groups`; a new membership takes the default.
+    assert_unchanged(&c, json!({"groups": ["vip", "news"]}));
+    assert_unchanged(&c, json!({"add_groups": ["vip"]}));
+    let opted_out = update(
+        &c,
+        json!({"groups": [{"code": "vip", "subscribed": false}]}),
+    );
+    let rejoined = update(&opted_out, json!({"add_groups": ["news", "vip"]}));
     assert_eq!(
-        reset.groups,
-        vec![membership("news", false), membership("vip", true)]
+        rejoined.groups,
+        vec![membership("news", false), membership("vip", false)]
+    );
+}
+
+#[test]
+fn a_misspelt_membership_field_is_reported_as_unknown() {
+    let mut ignored = Vec::new();
+    let body = br#"{"groups": [{"code": "vip", "subscribd": false}]}"#;
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let parsed: CustomerWrite = serde_ignored::deserialize(&mut json, |path| {
+        ignored.push(path.to_string());
+    })
+    .unwrap();
+    assert_eq!(ignored, vec!["groups.?.0.subscribd".to_owned()]);
+    assert_eq!(
+        parsed.groups,
+        Patch::Value(vec![GroupRef::Membership {
+            code: "vip".into(),
+            subscribed: None
+        }])
     );
 }
 
@@ -1178,8 +1204,15 @@ fn groups_add_and_remove() {
         resubscribed.groups,
         vec![membership("news", false), membership("vip", true)]
     );
-    let removed = update(&resubscribed, json!({"remove_groups": ["vip", "gold"]}));
+    let removed = update(&resubscribed, json!({"remove_groups": ["vip"]}));
     assert_eq!(removed.groups, vec![membership("news", false)]);
+    assert_eq!(
+        errors(
+            Some(&resubscribed),
+            json!({"remove_groups": ["vip", "gold"]})
+        ),
+        vec![err("remove_groups[1]", "unknown_group")]
+    );
     let cleared = update(&removed, json!({"groups": null}));
     assert!(cleared.groups.is_empty());
     assert_unchanged(&removed, json!({"remove_groups": ["vip"]}));
