@@ -235,6 +235,43 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for StrictQuery<T>
     }
 }
 
+/// Path parameters, as axum's `Path` extracts them; a segment that does not decode (percent-
+/// encoded bytes that are not UTF-8, say) is a 400 problem naming the parameter, as every
+/// other client error is a problem document.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::path::{ErrorKind, FailedToDeserializePathParams};
+        use axum::extract::rejection::PathRejection;
+        let rejection = match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => return Ok(Path(value)),
+            Err(rejection) => rejection,
+        };
+        let field = match &rejection {
+            PathRejection::FailedToDeserializePathParams(failed) => {
+                match FailedToDeserializePathParams::kind(failed) {
+                    ErrorKind::InvalidUtf8InPathParam { key }
+                    | ErrorKind::ParseErrorAtKey { key, .. } => Some(key.clone()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let mut error = ApiError::new(ErrorCode::InvalidPath, rejection.body_text());
+        if let Some(field) = field {
+            error.errors.push(clientele_domain::FieldError {
+                field,
+                code: "invalid_path",
+                message: rejection.body_text(),
+            });
+        }
+        Err(error)
+    }
+}
+
 /// The version an `If-Match` header requires: `"3"` (or a bare `3`); `*` requires only that the
 /// customer exists and is treated as no precondition.
 pub struct IfMatch(pub Option<i64>);

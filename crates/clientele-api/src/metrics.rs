@@ -48,7 +48,7 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let in_flight = InFlight::start(metrics::with_local_recorder(
         state.recorder(),
         || metrics::gauge!("http_requests_in_flight", "method" => method.clone(), "route" => route.clone()),
@@ -63,6 +63,28 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
         metrics::histogram!("http_request_duration_seconds", &labels[..2]).record(elapsed);
     });
     response
+}
+
+/// The `method` label: one of the standard methods, or `other`. Anyone may send any method
+/// name, and a label value per name would let unauthenticated requests grow the hub's memory
+/// and its `/metrics` output without bound.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::CONNECT,
+    ];
+    KNOWN
+        .iter()
+        .find(|known| *known == method)
+        .map_or("other", Method::as_str)
 }
 
 /// One request counted in `http_requests_in_flight` until it is dropped: when its response

@@ -45,6 +45,7 @@ fn complete(method: HttpMethod, operation: &mut Operation) {
             .any(|p| p.parameter_in == location)
     };
     let has_query = has(ParameterIn::Query);
+    let has_path = has(ParameterIn::Path);
     let has_if_match = operation
         .parameters
         .iter()
@@ -69,6 +70,9 @@ fn complete(method: HttpMethod, operation: &mut Operation) {
     }
     if has_if_match {
         codes.push(ErrorCode::InvalidHeader);
+    }
+    if has_path {
+        codes.push(ErrorCode::InvalidPath);
     }
     if secured {
         codes.extend([

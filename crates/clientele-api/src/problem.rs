@@ -36,6 +36,7 @@ macro_rules! error_codes {
 error_codes! {
     MalformedJson => BAD_REQUEST, "malformed_json", "The body is not well-formed JSON";
     InvalidHeader => BAD_REQUEST, "invalid_header", "A request header is malformed";
+    InvalidPath => BAD_REQUEST, "invalid_path", "A path segment does not decode";
     Unauthorized => UNAUTHORIZED, "unauthorized", "Missing or invalid credentials";
     SignatureMissing => UNAUTHORIZED, "signature_missing", "A signed request lacks one of its headers";
     SignatureInvalid => UNAUTHORIZED, "signature_invalid", "The request signature does not verify";
@@ -247,6 +248,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = self.rendered().into_response();
+        if self.code.status() == StatusCode::UNAUTHORIZED {
+            // RFC 9110 §15.5.2: a 401 names the scheme that would authenticate. Signed
+            // requests are this API's own scheme, so the challenge offers the bearer one.
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"clientele\""),
+            );
+        }
         if self.outcome_unknown {
             response.extensions_mut().insert(OutcomeUnknown);
         }

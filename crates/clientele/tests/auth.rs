@@ -198,6 +198,11 @@ async fn requests_without_valid_credentials_are_unauthorized(hub: TestHub) {
             let reply = call(request.json(&body)).await;
             assert_eq!(reply.status, 401, "{method} {route} with {what}: {reply:?}");
             assert_problem(&reply, 401, "unauthorized");
+            assert_eq!(
+                reply.header("www-authenticate"),
+                Some("Bearer realm=\"clientele\""),
+                "a 401 names its scheme"
+            );
         }
     }
     // None of that changed anything.

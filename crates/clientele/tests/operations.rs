@@ -16,7 +16,9 @@ hub_tests!(
     documented_errors_are_the_problems_sent,
     documented_parameter_bounds_are_the_enforced_ones,
     an_unknown_route_is_a_problem,
+    a_path_segment_that_does_not_decode_is_a_problem,
     a_wrong_method_is_a_problem,
+    unknown_methods_share_one_metrics_label,
     a_body_that_is_not_json_is_unsupported,
     a_body_over_the_limit_is_refused,
     every_response_carries_a_request_id,
@@ -526,6 +528,49 @@ async fn an_unknown_route_is_a_problem(hub: TestHub) {
     }
     let reply = call(hub.post("/v1/nothing").json(&json!({}))).await;
     assert_problem_here(&reply, 404, "route_not_found");
+}
+
+async fn a_path_segment_that_does_not_decode_is_a_problem(hub: TestHub) {
+    for (path, field) in [
+        ("/v1/customers/%FF", "id"),
+        ("/v1/customers/external_id/%FF%FE", "value"),
+        ("/v1/groups/%C3", "code"),
+        ("/v1/teams/%FF", "code"),
+        ("/v1/orders/%FF", "id"),
+    ] {
+        let reply = call(hub.get(path)).await;
+        assert_problem_here(&reply, 400, "invalid_path");
+        assert_eq!(
+            reply.body["errors"][0]["field"], field,
+            "{path}: {}",
+            reply.body
+        );
+    }
+    let reply = call(hub.delete("/v1/api-keys/%FF")).await;
+    assert_problem_here(&reply, 400, "invalid_path");
+}
+
+async fn unknown_methods_share_one_metrics_label(hub: TestHub) {
+    for method in ["RANDM1X", "BREW", &"M".repeat(300)] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a token");
+        let reply = call(hub.client.request(method, hub.url("/healthz"))).await;
+        assert_problem_here(&reply, 405, "method_not_allowed");
+    }
+    let response = hub.client.get(hub.url("/metrics")).send().await;
+    let text = response.expect("metrics").text().await.expect("text");
+    assert!(
+        !text.contains("RANDM1X") && !text.contains("MMMM"),
+        "{text}"
+    );
+    assert_eq!(
+        metric_sample(
+            &text,
+            "http_requests_total",
+            &[r#"method="other""#, r#"status="405""#]
+        ),
+        Some(3.0),
+        "{text}"
+    );
 }
 
 async fn a_wrong_method_is_a_problem(hub: TestHub) {

@@ -1,7 +1,7 @@
 //! `/v1/api-keys`: admins create, list and revoke keys. A secret is shown once, at creation.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use clientele_domain::group::is_valid_code;
 use clientele_domain::{ApiKey, ApiKeyId, DomainError, Role, ValidationErrors};
@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{AdminCaller, Caller, new_api_key};
-use crate::extract::StrictJson;
+use crate::extract::{Path, StrictJson};
 use crate::idempotency::{Idempotency, sealed};
 use crate::problem::{ApiError, Problem};
 use crate::response::Rendered;

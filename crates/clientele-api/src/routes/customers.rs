@@ -2,7 +2,7 @@
 //! password checks.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::{ETAG, LOCATION};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{Caller, WriteCaller};
 use crate::cursor;
-use crate::extract::{IfMatch, StrictJson, StrictQuery, etag};
+use crate::extract::{IfMatch, Path, StrictJson, StrictQuery, etag};
 use crate::idempotency::Idempotency;
 use crate::password;
 use crate::problem::{ApiError, Problem};

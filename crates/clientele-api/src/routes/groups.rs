@@ -4,7 +4,7 @@
 //! read with `read`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::LOCATION;
 use clientele_domain::group::{MAX_SYNC_GROUPS, is_valid_code};
@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, WriteCaller};
-use crate::extract::{JsonBytes, StrictJson, StrictQuery, parse_json};
+use crate::extract::{JsonBytes, Path, StrictJson, StrictQuery, parse_json};
 use crate::idempotency::Idempotency;
 use crate::problem::{ApiError, ErrorCode, Problem};
 use crate::response::Rendered;

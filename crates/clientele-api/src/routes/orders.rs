@@ -2,7 +2,7 @@
 //! only orders of customers in its teams; for it, other customers' orders do not exist (404)
 //! and ordering for a customer outside its teams is refused like ordering for an unknown one.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::LOCATION;
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, WriteCaller};
-use crate::extract::{StrictJson, StrictQuery};
+use crate::extract::{Path, StrictJson, StrictQuery};
 use crate::idempotency::Idempotency;
 use crate::problem::{ApiError, Problem};
 use crate::response::Rendered;

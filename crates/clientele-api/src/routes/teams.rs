@@ -3,7 +3,7 @@
 //! only when no customer and no live API key belongs to it.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::LOCATION;
 use clientele_domain::group::check_code;
@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, WriteCaller};
-use crate::extract::{StrictJson, StrictQuery};
+use crate::extract::{Path, StrictJson, StrictQuery};
 use crate::idempotency::Idempotency;
 use crate::problem::{ApiError, Problem};
 use crate::response::Rendered;
