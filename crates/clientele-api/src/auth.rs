@@ -199,7 +199,7 @@ pub async fn bootstrap(
             Role::Admin,
             vec![],
         );
-        store.insert_api_key_if_absent(&key).await?;
+        store.restore_api_key(&key).await?;
         // The stored key may be older than this start (another id): find it by its secret.
         if let Some(stored) = store.api_key_by_lookup(&key.lookup_hash).await? {
             state.rate_limiter().bootstrap_key(stored.id);

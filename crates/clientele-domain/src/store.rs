@@ -345,8 +345,10 @@ pub trait Store: Send + Sync + 'static {
         completion: Option<Completion<'_, ()>>,
     ) -> Result<(), DomainError>;
 
-    /// Stores `key` unless a key with the same lookup hash exists; says whether it stored it.
-    async fn insert_api_key_if_absent(&self, key: &NewApiKey) -> Result<bool, DomainError>;
+    /// Stores `key`, or makes the key with the same lookup hash (the same secret) live again
+    /// with `key`'s role, teams and encrypted secret: the bootstrap key exists whenever its
+    /// secret is configured, even after a revocation or with another master key.
+    async fn restore_api_key(&self, key: &NewApiKey) -> Result<(), DomainError>;
 
     /// The live (not revoked) key with this lookup hash.
     async fn api_key_by_lookup(&self, lookup_hash: &[u8]) -> Result<Option<ApiKey>, DomainError>;

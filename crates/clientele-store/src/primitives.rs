@@ -43,13 +43,11 @@ pub(crate) trait CustomerTx: Send {
     /// would keep them until its connection is next used).
     async fn rollback(self) -> Result<(), DomainError>;
 
-    /// Stores an API key (unless one with its lookup hash exists, when `if_absent`); says
-    /// whether it stored it.
-    async fn insert_api_key(
-        &mut self,
-        key: &NewApiKey,
-        if_absent: bool,
-    ) -> Result<bool, DomainError>;
+    /// Stores an API key. With `restore`, a key with the same lookup hash (the same secret)
+    /// is made live again as given instead (role, teams, encrypted secret; id, name and
+    /// creation time stay); says whether a new row was stored.
+    async fn insert_api_key(&mut self, key: &NewApiKey, restore: bool)
+    -> Result<bool, DomainError>;
 
     /// Revokes a live key; `false` when there is none with this id.
     async fn revoke_api_key(&mut self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError>;
@@ -318,13 +316,15 @@ macro_rules! sql_primitives {
             async fn insert_api_key(
                 &mut self,
                 new: &clientele_domain::NewApiKey,
-                if_absent: bool,
+                restore: bool,
             ) -> Result<bool, clientele_domain::DomainError> {
                 let key = &new.key;
                 let teams = serde_json::to_string(&key.teams)
                     .map_err(|e| clientele_domain::DomainError::Storage(Box::new(e)))?;
-                let conflict = if if_absent {
-                    " ON CONFLICT (lookup_hash) DO NOTHING"
+                let conflict = if restore {
+                    " ON CONFLICT (lookup_hash) DO UPDATE SET revoked_at = NULL, \
+                     role = excluded.role, teams = excluded.teams, \
+                     secret_encrypted = excluded.secret_encrypted"
                 } else {
                     ""
                 };

@@ -237,11 +237,10 @@ impl<B: Backend> Store for SqlStore<B> {
         tx.commit().await
     }
 
-    async fn insert_api_key_if_absent(&self, key: &NewApiKey) -> Result<bool, DomainError> {
+    async fn restore_api_key(&self, key: &NewApiKey) -> Result<(), DomainError> {
         let mut tx = self.backend.begin_write().await?;
-        let inserted = tx.insert_api_key(key, true).await?;
-        tx.commit().await?;
-        Ok(inserted)
+        tx.insert_api_key(key, true).await?;
+        tx.commit().await
     }
 
     async fn api_key_by_lookup(&self, lookup_hash: &[u8]) -> Result<Option<ApiKey>, DomainError> {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use clientele_api::ApiConfig;
 use clientele_domain::Role;
 use clientele_testkit::{
     ADMIN_SECRET, Backend, Reply, TestHub, assert_invalid, assert_problem, call, hub_tests,
@@ -238,6 +239,28 @@ async fn the_bootstrap_admin_key_works(hub: TestHub) {
     assert_eq!(reply.status, 204);
     let key = create_key(&admin, json!({"name": "made by bootstrap", "role": "read"})).await;
     assert_eq!(key["role"], "read");
+
+    // Revoked, it comes back live at the next start that is given its secret: an operator
+    // cannot lock themselves out for good.
+    let bootstrap_id = keys[0]["id"].as_str().expect("id");
+    let other = create_key(&admin, json!({"name": "second admin", "role": "admin"})).await;
+    let other = hub.as_key(other["secret"].as_str().expect("secret"));
+    let reply = call(other.delete(&format!("/v1/api-keys/{bootstrap_id}"))).await;
+    assert_eq!(reply.status, 204);
+    assert_problem(&call(admin.get("/v1/api-keys")).await, 401, "unauthorized");
+    let restarted = hub.another_process(ApiConfig::default()).await;
+    let reply = call(restarted.as_key(ADMIN_SECRET).get("/v1/api-keys")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let ids: Vec<&str> = reply.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|key| key["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&bootstrap_id),
+        "the same key, live again: {ids:?}"
+    );
 }
 
 async fn a_read_key_reads_but_writes_nothing(hub: TestHub) {
