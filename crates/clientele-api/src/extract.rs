@@ -156,6 +156,18 @@ fn parse_error<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> ApiError {
                 None => ApiError::field(field_or_body(&field), "invalid_type", message),
             }
         }
+        // Well-formed JSON that serde_json still reports as a syntax error: a value other than
+        // a string for a field that takes one of a set of words ("expected value"), or a number
+        // beyond a double's range. The body is fine; the field's value is not.
+        _ if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() => {
+            let message = strip_position(&inner.to_string());
+            let message = if message == "number out of range" {
+                "the number is out of range".to_owned()
+            } else {
+                "not a value this field takes (see the schema of this request)".to_owned()
+            };
+            ApiError::field(field_or_body(&field), "invalid_type", message)
+        }
         _ => ApiError::new(ErrorCode::MalformedJson, inner.to_string()),
     }
 }
@@ -330,6 +342,25 @@ mod tests {
         assert_eq!(error.errors[0].field, "addresses[0].country");
         assert_eq!(error.errors[0].code, "invalid_type");
         assert!(!error.errors[0].message.contains("line"));
+    }
+
+    #[test]
+    fn a_non_string_for_a_word_field_or_a_huge_number_is_invalid_not_malformed() {
+        for (json, field) in [
+            (
+                r#"{"addresses":[{"title":"h","kind":5}]}"#,
+                "addresses[0].kind",
+            ),
+            (r#"{"addresses_mode":3}"#, "addresses_mode"),
+            (r#"{"discount_percent":1e400}"#, "discount_percent"),
+        ] {
+            let error = error_of(json);
+            assert_eq!(error.code, ErrorCode::ValidationFailed, "{json}");
+            assert_eq!(error.errors[0].field, field, "{json}");
+            assert_eq!(error.errors[0].code, "invalid_type", "{json}");
+        }
+        // Malformed JSON stays malformed.
+        assert_eq!(error_of(r#"{"kind": }"#).code, ErrorCode::MalformedJson);
     }
 
     #[test]

@@ -135,6 +135,32 @@ async fn wrong_types_are_named(hub: TestHub) {
     )
     .await;
     assert_invalid(&reply, &[("addresses[0].kind", "invalid_type")]);
+
+    // Well-formed JSON that serde_json calls a syntax error is still a field's fault: a
+    // non-string where one of a set of words goes, a number beyond a double.
+    let reply = create_raw(&hub, r#"{"addresses": [{"title": "Home", "kind": 5}]}"#).await;
+    assert_invalid(&reply, &[("addresses[0].kind", "invalid_type")]);
+    let reply = create_raw(&hub, r#"{"discount_percent": 1e400}"#).await;
+    assert_invalid(&reply, &[("discount_percent", "invalid_type")]);
+    let reply = call(
+        hub.post("/v1/api-keys")
+            .json(&json!({"name": "k", "role": null})),
+    )
+    .await;
+    assert_invalid(&reply, &[("role", "invalid_type")]);
+    let reply = hub
+        .sync(&json!({"key": "external_id", "customers": [
+            {"external_id": "k1", "addresses": [{"title": "Home", "kind": 5}]}
+        ]}))
+        .await;
+    let error = &reply.body["results"][0]["error"];
+    assert_eq!(
+        error["errors"][0]["field"], "addresses[0].kind",
+        "{}",
+        reply.body
+    );
+    let reply = hub.sync(&json!({"key": 5, "customers": []})).await;
+    assert_invalid(&reply, &[("key", "invalid_type")]);
     assert_eq!(customer_count(&hub).await, 0);
 }
 
