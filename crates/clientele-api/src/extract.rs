@@ -66,12 +66,38 @@ fn check_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
 /// simply closed.
 const DRAIN_BYTES: usize = 64 * 1024 * 1024;
 
+/// How long a whole body may take to arrive: 10 MiB at under 400 KB/s. A client that sends
+/// its body slower, or announces more than it sends, holds no connection longer.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Reads a whole body of at most `limit` bytes.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(BODY_READ_TIMEOUT, read_body_untimed(body, limit))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            ))
+        })
+}
+
+async fn read_body_untimed(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     use axum::body::HttpBody;
     use futures::StreamExt;
 
-    let announced = usize::try_from(body.size_hint().lower()).unwrap_or(limit);
+    let announced = body.size_hint().lower();
+    if announced > DRAIN_BYTES as u64 {
+        // More than would ever be drained: refused before a byte of it is read.
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is larger than {limit} bytes"),
+        ));
+    }
+    let announced = usize::try_from(announced).unwrap_or(limit);
     let mut bytes = Vec::with_capacity(announced.min(limit));
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {

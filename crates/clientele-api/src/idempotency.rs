@@ -7,7 +7,8 @@
 //! processes) before the handler runs. Handlers whose success writes data record the response in
 //! the same transaction as the write ([`IdempotencyContext::completion`]), so a write is never
 //! committed without the response its retry replays. Refusals, which write nothing, are
-//! recorded afterwards here; server errors release the key so that the request may be retried.
+//! recorded afterwards here; server errors and 415s (a wrong `Content-Type`, which the
+//! fingerprint does not cover) release the key so that the request may be retried.
 //! A request whose client went away still runs to its end ([`crate::detach`]), so its retry
 //! replays its answer.
 
@@ -169,7 +170,11 @@ async fn claim_and_run(
     if context.completed.load(Ordering::Acquire) {
         return Ok(response);
     }
-    if response.status().is_server_error() {
+    // A server error, or a body sent with the wrong Content-Type (which the fingerprint does not
+    // cover: a client that fixes the header and retries must not get the refusal back), is not
+    // kept: the key may be used again.
+    let status = response.status();
+    if status.is_server_error() || status == axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
         if let Err(error) = store.release_idempotency(&context.claim).await {
             tracing::error!(error = %error, "releasing an idempotency key failed");
         }

@@ -61,6 +61,7 @@ fn complete(method: HttpMethod, operation: &mut Operation) {
         codes.extend([
             ErrorCode::MalformedJson,
             ErrorCode::PayloadTooLarge,
+            ErrorCode::RequestTimeout,
             ErrorCode::UnsupportedMediaType,
             ErrorCode::ValidationFailed,
         ]);

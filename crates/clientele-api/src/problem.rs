@@ -59,6 +59,7 @@ error_codes! {
     VersionConflict => PRECONDITION_FAILED, "version_conflict", "The stored version differs from the expected one";
     CursorExpired => GONE, "cursor_expired", "The change-feed position is older than the changes kept";
     PayloadTooLarge => PAYLOAD_TOO_LARGE, "payload_too_large", "The request body is too large";
+    RequestTimeout => REQUEST_TIMEOUT, "request_timeout", "The request body did not arrive in time";
     UnsupportedMediaType => UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "The body must be application/json";
     ValidationFailed => UNPROCESSABLE_ENTITY, "validation_failed", "The request is not valid";
     Internal => INTERNAL_SERVER_ERROR, "internal_error", "Internal server error";

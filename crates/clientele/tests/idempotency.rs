@@ -427,6 +427,20 @@ async fn a_refusal_is_replayed_too(hub: TestHub) {
     let replay = call(with_key(hub.post("/v1/customers"), "clash").json(&clash)).await;
     assert_replay(&conflict, &replay);
     assert!(all_customers(&hub).await.is_empty());
+
+    // A wrong Content-Type is not kept: the fingerprint does not cover headers, so the same
+    // body sent again as JSON under the same key runs.
+    let body = r#"{"external_id": "typed"}"#;
+    let as_text = with_key(hub.post("/v1/customers"), "typed")
+        .header("content-type", "text/plain")
+        .body(body);
+    assert_problem(&call(as_text).await, 415, "unsupported_media_type");
+    let as_json = with_key(hub.post("/v1/customers"), "typed")
+        .header("content-type", "application/json")
+        .body(body);
+    let reply = call(as_json).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(reply.header("idempotent-replayed"), None);
 }
 
 /// Group and team writes and key revocations record their idempotent response in their own

@@ -670,6 +670,38 @@ async fn a_body_over_the_limit_is_refused(hub: TestHub) {
     // The default limit takes the same body.
     let reply = call(hub.post("/v1/customers").json(&big)).await;
     assert_eq!(reply.status, 201, "{}", reply.body);
+
+    // A body announced far larger than will ever be read is refused before it is sent, not
+    // waited for.
+    let head = raw_exchange(
+        &hub,
+        "POST /v1/customers HTTP/1.1\r\nHost: hub\r\nContent-Type: application/json\r\n\
+         Content-Length: 99999999999\r\n",
+        "{}",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+}
+
+/// Sends `head` (request line and headers, without the blank line) with the admin bearer key
+/// and `body`, and returns what the hub answers within 10 s.
+async fn raw_exchange(hub: &TestHub, head: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = hub.base_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let request = format!(
+        "{head}Authorization: Bearer {}\r\n\r\n{body}",
+        clientele_testkit::ADMIN_SECRET
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = vec![0; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read");
+    String::from_utf8_lossy(&answer[..read]).into_owned()
 }
 
 async fn every_response_carries_a_request_id(hub: TestHub) {
