@@ -16,6 +16,7 @@ pub mod response;
 pub mod retention;
 mod routes;
 pub mod secrets;
+mod serve;
 pub mod signed;
 mod state;
 
@@ -140,20 +141,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopping_tx.send(true);
-    });
-    let mut stopping = stopping_rx;
-    tokio::select! {
-        result = server => result,
-        () = async {
-            let _ = stopping.wait_for(|stopping| *stopping).await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!("requests still running after the shutdown grace period; stopping");
-            Ok(())
-        }
-    }
+    let header_read_timeout = state.config().header_read_timeout;
+    serve::run(listener, app(state), header_read_timeout, shutdown, grace).await;
+    Ok(())
 }

@@ -16,6 +16,9 @@ pub struct ApiConfig {
     pub rate_limit: Option<crate::rate_limit::RateLimit>,
     /// Whether the `CLIENTELE_BOOTSTRAP_KEY` key is rate limited too (it is exempt by default).
     pub rate_limit_bootstrap: bool,
+    /// How long a client has to send a request's headers: a connection that trickles them in,
+    /// or never finishes them, is closed after this.
+    pub header_read_timeout: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -24,6 +27,7 @@ impl Default for ApiConfig {
             max_body_bytes: 10 * 1024 * 1024,
             rate_limit: Some(crate::rate_limit::RateLimit::DEFAULT),
             rate_limit_bootstrap: false,
+            header_read_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -104,6 +104,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             burst: f64::from(args.rate_burst.max(1)),
         }),
         rate_limit_bootstrap: args.rate_limit_bootstrap,
+        ..ApiConfig::default()
     };
     let state = AppState::new(store, master_key, config);
     let bootstrap_secret = std::env::var("CLIENTELE_BOOTSTRAP_KEY").ok();

@@ -21,6 +21,7 @@ hub_tests!(
     unknown_methods_share_one_metrics_label,
     a_body_that_is_not_json_is_unsupported,
     a_body_over_the_limit_is_refused,
+    a_client_that_never_finishes_its_headers_is_cut_off,
     every_response_carries_a_request_id,
     a_given_request_id_is_echoed,
 );
@@ -681,6 +682,37 @@ async fn a_body_over_the_limit_is_refused(hub: TestHub) {
     )
     .await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+}
+
+async fn a_client_that_never_finishes_its_headers_is_cut_off(hub: TestHub) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let impatient = TestHub::start(
+        hub.backend,
+        ApiConfig {
+            header_read_timeout: std::time::Duration::from_millis(500),
+            ..ApiConfig::default()
+        },
+    )
+    .await
+    .expect("a second hub on the same backend");
+    let address = impatient.base_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: hub\r\n")
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(closed.is_ok(), "the connection was still open after 10 s");
+    // A complete request on a new connection is served as ever.
+    let reply = call(impatient.client.get(impatient.url("/healthz"))).await;
+    assert_eq!(reply.status, 200);
 }
 
 /// Sends `head` (request line and headers, without the blank line) with the admin bearer key

@@ -1,0 +1,75 @@
+//! The connection loop: accepts TCP connections and serves the app on each, HTTP/1.1 or
+//! HTTP/2, until shutdown.
+//!
+//! It is axum's `serve` with what that one leaves out: a client gets a bounded time to send a
+//! request's headers (`ApiConfig::header_read_timeout`), so connections that trickle them in,
+//! or never finish them, are closed instead of held for ever; and `TCP_NODELAY`, so a small
+//! response is not held back waiting for an acknowledgement.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tower::ServiceExt;
+
+/// How long to wait before accepting again after an error such as too many open files, which
+/// would otherwise spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+pub(crate) async fn run(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let connections = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY could not be set");
+        }
+        let service = app
+            .clone()
+            .map_request(|request: hyper::Request<Incoming>| request.map(Body::new));
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .into_owned();
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::trace!(%error, "a connection ended with an error");
+            }
+        });
+    }
+    // No new connections; those open finish their requests in flight, for at most `grace`.
+    drop(listener);
+    tokio::select! {
+        () = connections.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!("requests still running after the shutdown grace period; stopping");
+        }
+    }
+}
