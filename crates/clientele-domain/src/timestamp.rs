@@ -32,6 +32,18 @@ impl Timestamp {
             .map(Self)
     }
 
+    /// Parses an RFC 3339 timestamp as a bound of a time filter: the first microsecond at or
+    /// after it, so that `>=` and `<` against stored microseconds keep their meaning for a
+    /// bound given in finer units (`…14.885298001Z` excludes a time of `…14.885298Z` from
+    /// "at or after", and includes it in "before").
+    pub fn parse_rfc3339_bound(text: &str) -> Option<Self> {
+        let nanos = OffsetDateTime::parse(text, &Rfc3339)
+            .ok()?
+            .unix_timestamp_nanos();
+        let micros = nanos.div_euclid(1_000) + i128::from(nanos.rem_euclid(1_000) != 0);
+        i64::try_from(micros).ok().map(Self)
+    }
+
     fn to_datetime(self) -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
@@ -72,6 +84,22 @@ impl<'de> Deserialize<'de> for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filter_bound_rounds_up_to_the_next_microsecond() {
+        let exact = Timestamp::parse_rfc3339("2026-12-07T10:00:14.885298Z").expect("parses");
+        let finer = "2026-12-07T10:00:14.885298001Z";
+        assert_eq!(
+            Timestamp::parse_rfc3339_bound(finer),
+            Some(Timestamp(exact.0 + 1))
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339_bound("2026-12-07T10:00:14.885298Z"),
+            Some(exact)
+        );
+        let before_epoch = Timestamp::parse_rfc3339_bound("1969-12-31T23:59:59.9999995Z");
+        assert_eq!(before_epoch, Some(Timestamp(0)));
+    }
 
     #[test]
     fn formats_utc_with_microseconds_and_parses_back() {

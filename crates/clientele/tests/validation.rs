@@ -245,7 +245,14 @@ async fn discount_must_be_between_0_and_100(hub: TestHub) {
         assert_invalid(&reply, &[("discount_percent", "out_of_range")]);
     }
     assert_eq!(customer_count(&hub).await, 0);
-    for discount in [0.0, 100.0, 12.5] {
+    // Stored exactly as sent, to the last digit.
+    for discount in [
+        0.0,
+        100.0,
+        12.5,
+        94.527_069_555_392_23,
+        99.999_999_999_999_99,
+    ] {
         let customer = hub
             .create_customer(json!({"discount_percent": discount}))
             .await;

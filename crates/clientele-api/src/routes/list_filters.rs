@@ -30,7 +30,7 @@ fn timestamp(name: &str, value: &Option<String>) -> Result<Option<Timestamp>, Ap
     value
         .as_deref()
         .map(|text| {
-            Timestamp::parse_rfc3339(text).ok_or_else(|| {
+            Timestamp::parse_rfc3339_bound(text).ok_or_else(|| {
                 ApiError::field(
                     name,
                     "invalid_timestamp",
