@@ -2,10 +2,14 @@
 //! and is probed in the state. A row the state acknowledged with the same row hash is counted
 //! and dropped there, unmapped; only the other rows are mapped and handed on to be planned.
 //! With nothing changed, a run costs little more than reading the source.
+//!
+//! The probe also marks the key as read in this run: a key read again (a source holding it
+//! twice) is not mapped, it is a rejected row, and the first row with the key is the one used.
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::mapping::{MappedRow, Mapper, RowError, RowHash};
 use crate::source::{Chunk, SourceRow};
@@ -15,9 +19,12 @@ use crate::state::{Entry, Probe, StateReader};
 pub struct Compared {
     /// Rows read.
     pub rows: u64,
+    /// Rows whose key could be read (repeated keys included).
+    pub keyed: u64,
     /// Rows whose row hash the state holds: not mapped, not sent.
     pub same: u64,
-    /// Rows whose key the state knows as live (the `same` ones included).
+    /// Keys read for the first time in this run that the state knows as live (the `same` ones
+    /// included).
     pub live_seen: u64,
     /// The rest, mapped.
     pub candidates: Vec<Candidate>,
@@ -33,23 +40,28 @@ pub struct Candidate {
 }
 
 /// Compares chunks as they come from the source; a failure ends the stream with an `Err`.
+/// The reader comes back when the stream ends: it knows the keys this run has read.
 pub fn spawn(
     mut chunks: mpsc::Receiver<Chunk>,
     mapper: Arc<Mapper>,
     mut state: StateReader,
-) -> mpsc::Receiver<anyhow::Result<Compared>> {
+) -> (
+    mpsc::Receiver<anyhow::Result<Compared>>,
+    JoinHandle<StateReader>,
+) {
     let (sender, receiver) = mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
+    let done = tokio::task::spawn_blocking(move || {
         let mut buffer = Vec::with_capacity(256);
         while let Some(chunk) = chunks.blocking_recv() {
             let compared = chunk.and_then(|rows| compare(rows, &mapper, &mut state, &mut buffer));
             let failed = compared.is_err();
             if sender.blocking_send(compared).is_err() || failed {
-                return;
+                break;
             }
         }
+        state
     });
-    receiver
+    (receiver, done)
 }
 
 fn compare(
@@ -62,15 +74,22 @@ fn compare(
         .iter()
         .map(|row| (mapper.key_of(row), mapper.row_hash(row, buffer)))
         .collect();
-    let probes = state.probe_all(keyed.iter().map(|(key, hash)| (key.as_deref(), hash)))?;
+    let probes = state.probe_all(
+        keyed
+            .iter()
+            .zip(&rows)
+            .map(|((key, hash), row)| (key.as_deref(), hash, row.number)),
+    )?;
     let mut compared = Compared {
         rows: rows.len() as u64,
+        keyed: keyed.iter().filter(|(key, _)| key.is_some()).count() as u64,
         same: 0,
         live_seen: 0,
         candidates: Vec::new(),
     };
-    for ((row, (key, row_hash)), probe) in rows.into_iter().zip(keyed).zip(probes) {
-        let entry = match probe {
+    for ((mut row, (key, row_hash)), probe) in rows.into_iter().zip(keyed).zip(probes) {
+        let row_number = row.number;
+        let (entry, refused) = match probe {
             Probe::Same => {
                 compared.same += 1;
                 compared.live_seen += 1;
@@ -78,15 +97,35 @@ fn compare(
             }
             Probe::Known(entry) => {
                 compared.live_seen += u64::from(!entry.gone);
-                Some(entry)
+                (Some(entry), None)
             }
-            Probe::Unknown => None,
+            Probe::Unknown => (
+                None,
+                row.invalid.take().map(|message| RowError {
+                    code: "invalid_row",
+                    message,
+                }),
+            ),
+            Probe::Repeated { first } => (
+                None,
+                Some(RowError {
+                    code: "duplicate_key_in_source",
+                    message: format!(
+                        "row {first} has the same key `{}`; only the first row with a key is used",
+                        key.as_deref().unwrap_or_default()
+                    ),
+                }),
+            ),
+        };
+        let mapped = match refused {
+            Some(error) => Err(error),
+            None => mapper.map(row),
         };
         compared.candidates.push(Candidate {
-            number: row.number,
+            number: row_number,
             key,
             row_hash,
-            mapped: mapper.map(row),
+            mapped,
             entry,
         });
     }

@@ -6,14 +6,29 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// A job file that cannot be used, with where and why.
+/// A job file that cannot be used, with where and why: `path: line N: `section.key`: message`,
+/// or only as much of that as is known (a file that cannot be read has no line and no key).
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: line {line}: `{key}`: {message}")]
 pub struct JobError {
     pub path: String,
+    /// 0 when the error is about no line of the file.
     pub line: usize,
+    /// `section.key` (or a top-level key, or a section); empty when no key is at fault.
     pub key: String,
     pub message: String,
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: ", self.path)?;
+        if self.line > 0 {
+            write!(f, "line {}: ", self.line)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "`{}`: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,7 +184,10 @@ impl Job {
             path: file.clone(),
             line: 0,
             key: String::new(),
-            message: format!("cannot read the job file: {error}"),
+            message: match error.kind() {
+                std::io::ErrorKind::NotFound => "the job file does not exist".to_owned(),
+                _ => format!("cannot read the job file: {error}"),
+            },
         })?;
         let base_dir = path
             .parent()
@@ -187,7 +205,7 @@ impl Job {
             JobError {
                 path: file.to_owned(),
                 line,
-                key: key_in_message(error.message()).unwrap_or_else(|| line_key(text, line)),
+                key: key_at(text, line, error.message()),
                 message: error.message().trim().to_owned(),
             }
         })?;
@@ -347,18 +365,59 @@ fn line_at(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// serde names the key in its messages as "unknown field `x`" or "missing field `x`".
-fn key_in_message(message: &str) -> Option<String> {
-    let start = message.find('`')? + 1;
-    let end = start + message[start..].find('`')?;
-    Some(message[start..end].to_owned())
+/// The key a TOML or serde error is about, as `section.key`: serde names it in "unknown field
+/// `x`" and "missing field `x`"; otherwise it is the key set on the error's line. The section is
+/// the table the line is in (for a missing field, the line is the table's header).
+fn key_at(text: &str, line: usize, message: &str) -> String {
+    let content = text
+        .lines()
+        .nth(line.saturating_sub(1))
+        .unwrap_or_default()
+        .trim();
+    let header = content
+        .starts_with('[')
+        .then(|| content.trim_matches(['[', ']']).trim().to_owned());
+    let section = header.clone().unwrap_or_else(|| section_at(text, line));
+    let key = match key_in_message(message) {
+        Some(key) => key,
+        None => match &header {
+            Some(_) => return section,
+            None => content
+                .split('=')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .trim_matches('"')
+                .to_owned(),
+        },
+    };
+    // An unknown section is reported on its own header, as an unknown top-level key.
+    if section.is_empty() || header.as_deref() == Some(key.as_str()) {
+        key
+    } else {
+        format!("{section}.{key}")
+    }
 }
 
-fn line_key(text: &str, line: usize) -> String {
+/// serde names the key in its messages as "unknown field `x`" or "missing field `x`".
+fn key_in_message(message: &str) -> Option<String> {
+    let rest = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|prefix| Some(&message[message.find(prefix)? + prefix.len()..]))?;
+    Some(rest[..rest.find('`')?].to_owned())
+}
+
+/// The table that line `line` (1-based) is in: the last header above it ("" before any).
+fn section_at(text: &str, line: usize) -> String {
     text.lines()
-        .nth(line.saturating_sub(1))
-        .and_then(|content| content.split('=').next())
-        .map(|key| key.trim().trim_matches(['[', ']']).to_owned())
+        .take(line)
+        .filter_map(|content| {
+            let content = content.trim();
+            content
+                .starts_with('[')
+                .then(|| content.trim_matches(['[', ']']).trim().to_owned())
+        })
+        .last()
         .unwrap_or_default()
 }
 
@@ -428,13 +487,36 @@ first_name = "fname"
         let error =
             parse(&GOOD.replace("table = \"people\"", "tabel = \"people\"")).expect_err("refused");
         assert_eq!(error.line, 7, "{error}");
-        assert_eq!(error.key, "tabel", "{error}");
+        assert_eq!(error.key, "source.tabel", "{error}");
+        let error = parse(&GOOD.replace("batch_size = 500", "batch_size = 500\nbogus = 1"))
+            .expect_err("refused");
+        assert_eq!(
+            (error.line, error.key.as_str()),
+            (14, "sync.bogus"),
+            "{error}"
+        );
+        let error = parse(&format!("bogus = 1\n{GOOD}")).expect_err("refused");
+        assert_eq!((error.line, error.key.as_str()), (1, "bogus"), "{error}");
+        let error = parse(&format!("{GOOD}\n[bogus]\na = 1\n")).expect_err("refused");
+        assert_eq!(error.key, "bogus", "{error}");
+        let error = parse(&GOOD.replace("url = \"sqlite://backend.db\"", "")).expect_err("refused");
+        assert_eq!(error.key, "source.url", "{error}");
+    }
+
+    #[test]
+    fn a_missing_job_file_says_so() {
+        let error = Job::load(Path::new("/no/such/dir/job.toml")).expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            "/no/such/dir/job.toml: the job file does not exist"
+        );
     }
 
     #[test]
     fn a_bad_value_is_named_with_its_line() {
         let error = parse(&GOOD.replace("\"delete\"", "\"shred\"")).expect_err("refused");
         assert_eq!(error.line, 12, "{error}");
+        assert_eq!(error.key, "sync.on_missing", "{error}");
         assert!(
             error.message.contains("shred") || error.message.contains("variant"),
             "{error}"

@@ -125,6 +125,10 @@ impl Mirror {
             "CREATE TABLE IF NOT EXISTS _clientele_shadow (mirror_table TEXT NOT NULL, id TEXT NOT NULL, \
              version BIGINT NOT NULL, hash TEXT NOT NULL, PRIMARY KEY (mirror_table, id))"
                 .to_owned(),
+            "CREATE TABLE IF NOT EXISTS _clientele_pending_create (mirror_table TEXT NOT NULL, \
+             rowref TEXT NOT NULL, hash TEXT NOT NULL, idempotency_key TEXT NOT NULL, \
+             PRIMARY KEY (mirror_table, rowref))"
+                .to_owned(),
         ];
         for statement in statements {
             sqlx::query(&statement).execute(&self.pool).await?;
@@ -456,6 +460,71 @@ impl Mirror {
             );
             sqlx::query_with(&sql, args).execute(&mut *tx).await?;
         }
+        Ok(())
+    }
+
+    /// The idempotency key for creating the local row `rowref` with content `hash`: the key
+    /// recorded when a create of this very row and content was sent and its answer never
+    /// written back (a killed run: the hub replays what it did), or else `fresh`, recorded now.
+    /// A row's content and place (a rowid, a ctid) can recur, so the key is never derived from
+    /// them: a create whose answer was written back never shares its key with a later one.
+    pub async fn create_key(
+        &self,
+        rowref: &str,
+        hash: &str,
+        fresh: &str,
+    ) -> anyhow::Result<String> {
+        let sql = format!(
+            "SELECT hash, idempotency_key FROM _clientele_pending_create \
+             WHERE mirror_table = {} AND rowref = {}",
+            self.placeholder(1),
+            self.placeholder(2)
+        );
+        let pending: Option<(String, String)> = sqlx::query_as(&sql)
+            .bind(&self.table)
+            .bind(rowref)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some((pending_hash, key)) = pending
+            && pending_hash == hash
+        {
+            return Ok(key);
+        }
+        let sql = format!(
+            "INSERT INTO _clientele_pending_create (mirror_table, rowref, hash, idempotency_key) \
+             VALUES ({}, {}, {}, {}) ON CONFLICT (mirror_table, rowref) DO UPDATE \
+             SET hash = excluded.hash, idempotency_key = excluded.idempotency_key",
+            self.placeholder(1),
+            self.placeholder(2),
+            self.placeholder(3),
+            self.placeholder(4)
+        );
+        sqlx::query(&sql)
+            .bind(&self.table)
+            .bind(rowref)
+            .bind(hash)
+            .bind(fresh)
+            .execute(&self.pool)
+            .await?;
+        Ok(fresh.to_owned())
+    }
+
+    /// The hub answered the create of `rowref`: its key is done with.
+    pub async fn forget_create(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        rowref: &str,
+    ) -> anyhow::Result<()> {
+        let sql = format!(
+            "DELETE FROM _clientele_pending_create WHERE mirror_table = {} AND rowref = {}",
+            self.placeholder(1),
+            self.placeholder(2)
+        );
+        sqlx::query(&sql)
+            .bind(&self.table)
+            .bind(rowref)
+            .execute(&mut *tx)
+            .await?;
         Ok(())
     }
 

@@ -1,17 +1,28 @@
 //! `clientele push`: source rows to the hub through `POST /v1/customers/sync`.
 //!
-//! Rows whose row hash the state holds are dropped unmapped (`compare`); the others are mapped,
-//! and those whose item hash and hub key match the state are not sent either (the state just
-//! learns their new row hash). Changed rows go out in batches of `batch_size`, `concurrency` at a time, each batch with
-//! an `Idempotency-Key` derived from the job and the batch's bytes. The state records a batch's
-//! outcomes only once the hub answered, in one transaction. After a kill, the rows of batches
-//! that were acknowledged but not recorded are sent again: keyed upserts of the same content come
-//! back `unchanged` (or the hub replays the first answer when the batch is byte-for-byte the same,
-//! which it is whenever the batches before it were full), so nothing is applied twice.
+//! Before a row is read, the `[source] key` column is checked against the source's columns
+//! where the source has a fixed set of them (a table, a query, a CSV header). Rows whose row hash
+//! the state holds are dropped unmapped (`compare`); the others are mapped, and those whose item
+//! hash and hub key match the state are not sent either (the state just learns their new row
+//! hash). A key read a second time in a run is a rejected row; the first row with it is used.
 //!
-//! Keys that left the source are found only when the count of known keys seen in this run falls
-//! short of the state's live keys; then a second pass over the source's keys marks them seen,
-//! and the rest get `on_missing`.
+//! Changed rows go out in batches of `batch_size`, `concurrency` at a time. Each batch has an
+//! `Idempotency-Key` of its own, `push-<run id>-<batch number>`: the client's retries of that
+//! request carry the same key (and get the first attempt's answer, never a second apply), but no
+//! other send ever does. A key derived from the batch's content would not do: content that comes
+//! back (A → B → A, or archived, back, archived again) would be the same bytes under the same
+//! key, and the hub would answer with the replay of the first send and apply nothing.
+//!
+//! The state records a batch's outcomes only once the hub answered, in one transaction. After a
+//! kill, the rows of batches that were acknowledged but not recorded are sent again, under new
+//! keys: every item is a keyed upsert of absolute content, an archive or a delete, so applying it
+//! again comes back `unchanged` (a delete of a customer already deleted, `not_found`, counts as
+//! done), and nothing is applied twice.
+//!
+//! The reader marks each key read as seen in this run. Keys that left the source are looked for
+//! only when the count of known keys seen falls short of the state's live keys; then the live
+//! keys never seen get `on_missing`. A run that read rows of which none had a key stops before
+//! that: a key column that is wrong must not make every customer look gone.
 
 use std::sync::Arc;
 
@@ -28,7 +39,7 @@ use crate::mapping::{Mapper, RowHash};
 use crate::progress::{Counters, Progress};
 use crate::report::Report;
 use crate::source::Source;
-use crate::state::{Outcome, StateStore};
+use crate::state::{Outcome, StateReader, StateStore};
 
 /// One item planned for the hub, with what the state needs once it is acknowledged.
 #[derive(Debug)]
@@ -69,9 +80,10 @@ pub struct Push {
     report: Report,
     progress: Progress,
     dry_run: bool,
-    job_id: String,
-    /// Tells this run's fallback idempotency keys from every other run's.
+    /// Tells this run's idempotency keys from every other run's.
     run_id: String,
+    /// Batches sent so far in this run: the next one's number.
+    batches: u64,
     in_flight: JoinSet<anyhow::Result<()>>,
     pending: Vec<Planned>,
 }
@@ -85,18 +97,8 @@ impl Push {
         dry_run: bool,
     ) -> anyhow::Result<Push> {
         let state = StateStore::open(&job.state_path()).await?;
-        let section = job.source()?;
-        // Batches of different jobs never share idempotency keys, even with equal contents.
-        let job_id = hex::encode(
-            &Sha256::digest(format!(
-                "{}\n{}\n{}\n{}\n{}",
-                job.hub.url,
-                section.url,
-                section.table.as_deref().unwrap_or_default(),
-                section.query.as_deref().unwrap_or_default(),
-                job.state_path().display()
-            ))[..12],
-        );
+        state.bind_hub(&job.hub.url, !dry_run).await?;
+        let run_id = run_id(&job);
         Ok(Push {
             job,
             client,
@@ -104,8 +106,8 @@ impl Push {
             report,
             progress,
             dry_run,
-            job_id,
-            run_id: run_id(),
+            run_id,
+            batches: 0,
             in_flight: JoinSet::new(),
             pending: Vec::new(),
         })
@@ -113,18 +115,40 @@ impl Push {
 
     pub async fn run(mut self) -> anyhow::Result<()> {
         let source = Source::from_job(&self.job)?;
+        self.check_key_column(&source).await?;
         let mapper =
             Arc::new(Mapper::new(&self.job, &self.job.source()?.key).map_err(anyhow::Error::msg)?);
         let live_before = self.state.live_count().await?;
-        let mut known_seen = 0u64;
-        let mut chunks =
+        let (mut known_seen, mut rows, mut keyed) = (0u64, 0u64, 0u64);
+        let (mut chunks, reader) =
             crate::compare::spawn(source.stream(), mapper.clone(), self.state.reader()?);
         while let Some(chunk) = chunks.recv().await {
-            known_seen += self.plan_chunk(chunk?).await?;
+            let chunk = chunk?;
+            rows += chunk.rows;
+            keyed += chunk.keyed;
+            known_seen += self.plan_chunk(chunk).await?;
             self.progress.tick();
         }
+        let reader = reader.await.context("the comparing task failed")?;
+        if rows > 0 && keyed == 0 {
+            // Every row was rejected for want of a key: the key column is surely wrong, and
+            // every customer pushed before would look gone.
+            self.report.flush();
+            return Err(self
+                .job
+                .error(
+                    "source",
+                    "key",
+                    &format!(
+                        "none of the {rows} rows read has a value in the key column `{}`: the run \
+                         stops before any customer is archived or deleted as gone",
+                        self.job.source()?.key
+                    ),
+                )
+                .into());
+        }
         if self.job.sync.on_missing != OnMissing::Ignore && known_seen < live_before {
-            self.plan_vanished(&source, &mapper).await?;
+            self.plan_vanished(reader).await?;
         }
         self.flush().await?;
         while let Some(done) = self.in_flight.join_next().await {
@@ -132,6 +156,31 @@ impl Push {
         }
         self.report.flush();
         Ok(())
+    }
+
+    /// A key column that the source does not have would leave every row without a key: refused
+    /// before anything is read, wherever the source's columns are known.
+    async fn check_key_column(&self, source: &Source) -> anyhow::Result<()> {
+        let key = &self.job.source()?.key;
+        let Some(columns) = source.columns().await? else {
+            return Ok(());
+        };
+        if columns.iter().any(|column| column == key) {
+            return Ok(());
+        }
+        let columns = if columns.is_empty() {
+            "none".to_owned()
+        } else {
+            columns.join(", ")
+        };
+        Err(self
+            .job
+            .error(
+                "source",
+                "key",
+                &format!("the source has no column `{key}` (its columns: {columns})"),
+            )
+            .into())
     }
 
     /// Plans the rows of a compared chunk whose items changed, and records the new row hash of
@@ -201,14 +250,8 @@ impl Push {
         Ok(chunk.live_seen)
     }
 
-    /// Second pass: every key of the source is marked seen; live keys left unseen get `on_missing`.
-    async fn plan_vanished(&mut self, source: &Source, mapper: &Mapper) -> anyhow::Result<()> {
-        self.state.clear_seen().await?;
-        let mut chunks = source.stream();
-        while let Some(chunk) = chunks.recv().await {
-            let keys: Vec<String> = chunk?.iter().filter_map(|row| mapper.key_of(row)).collect();
-            self.state.add_seen(&keys).await?;
-        }
+    /// The live keys of the state that this run never read get `on_missing`.
+    async fn plan_vanished(&mut self, mut reader: StateReader) -> anyhow::Result<()> {
         let hub_field = self.job.sync.key.field();
         let (action, flag) = match self.job.sync.on_missing {
             OnMissing::Delete => (Action::Delete, "delete"),
@@ -216,7 +259,15 @@ impl Push {
         };
         let mut after = String::new();
         loop {
-            let page = self.state.vanished_after(&after, 1000).await?;
+            let from = after.clone();
+            let (back, page) = tokio::task::spawn_blocking(move || {
+                let page = reader.vanished_after(&from, 1000);
+                (reader, page)
+            })
+            .await
+            .context("the state reader failed")?;
+            reader = back;
+            let page = page?;
             let Some((last, _, _)) = page.last() else {
                 break;
             };
@@ -312,21 +363,28 @@ impl Push {
             report: self.report.clone(),
             progress: self.progress.clone(),
             hub_key: self.job.sync.key.field(),
-            job_id: self.job_id.clone(),
-            run_id: self.run_id.clone(),
+            idempotency_key: format!("push-{}-{}", self.run_id, self.batches),
         };
+        self.batches += 1;
         self.in_flight.spawn(sender.send(batch));
         Ok(())
     }
 }
 
-fn run_id() -> String {
+/// A run's id: the clock, the process and the job, so no two runs (of one job or of two, on one
+/// machine or two) share idempotency keys.
+fn run_id(job: &Job) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_nanos())
         .unwrap_or_default();
-    let digest = Sha256::digest(format!("{nanos}/{}", std::process::id()));
-    hex::encode(&digest[..8])
+    let digest = Sha256::digest(format!(
+        "{nanos}\n{}\n{}\n{}",
+        std::process::id(),
+        job.file,
+        job.state_path().display()
+    ));
+    hex::encode(&digest[..12])
 }
 
 struct BatchSender {
@@ -335,34 +393,34 @@ struct BatchSender {
     report: Report,
     progress: Progress,
     hub_key: &'static str,
-    job_id: String,
-    run_id: String,
+    /// This batch's own key: the same for the client's retries of it, and for nothing else.
+    idempotency_key: String,
 }
 
 impl BatchSender {
     async fn send(self, batch: Vec<Planned>) -> anyhow::Result<()> {
         let mut items = Vec::with_capacity(batch.len());
-        let mut digest = Sha256::new();
-        digest.update(self.job_id.as_bytes());
         for planned in &batch {
-            let raw = RawValue::from_string(serde_json::to_string(&planned.item)?)?;
-            digest.update(b"\n");
-            digest.update(raw.get().as_bytes());
-            items.push(raw);
+            items.push(RawValue::from_string(serde_json::to_string(
+                &planned.item,
+            )?)?);
         }
-        let idempotency_key = format!("push-{}", hex::encode(&digest.finalize()[..20]));
         let request = SyncRequest {
             key: self.hub_key,
             atomic: false,
             customers: &items,
         };
-        // A killed run leaves its last batches claimed on the hub until the claim's lease ends.
-        // Every item is a keyed upsert of absolute content (or an archive or delete), so applying
-        // the batch again under a fresh key cannot duplicate anything: it comes back unchanged.
-        // The fallback key is this run's own, so no claim of an earlier run can block it.
-        let response = match self.client.sync_customers(&request, &idempotency_key).await {
+        // Still in flight after the client's waits: an attempt of this very request whose
+        // connection was lost is still running on the hub. Every item is a keyed upsert of
+        // absolute content (or an archive or delete), so sending it again under another key
+        // cannot apply anything twice: whichever runs second comes back unchanged.
+        let response = match self
+            .client
+            .sync_customers(&request, &self.idempotency_key)
+            .await
+        {
             Err(error) if error.is_idempotency_in_flight() => {
-                let key = format!("{idempotency_key}-{}", self.run_id);
+                let key = format!("{}-again", self.idempotency_key);
                 self.client.sync_customers(&request, &key).await
             }
             outcome => outcome,

@@ -19,6 +19,9 @@ pub struct SourceRow {
     pub number: u64,
     pub names: Arc<[String]>,
     pub values: Vec<Value>,
+    /// Why the source could not make a row of this record (a JSONL line that is not a JSON
+    /// object): such a row has no columns, and goes to the report as `invalid_row`.
+    pub invalid: Option<String>,
 }
 
 impl SourceRow {
@@ -29,6 +32,7 @@ impl SourceRow {
             number,
             names: names.into(),
             values,
+            invalid: None,
         }
     }
 
@@ -96,6 +100,58 @@ impl Source {
         })
     }
 
+    /// The source's columns, where the source has a fixed set of them: a SQLite or PostgreSQL
+    /// table or query (from the prepared statement, without reading a row) or a CSV file (its
+    /// header). `None` for JSONL, whose lines each name their own.
+    pub async fn columns(&self) -> anyhow::Result<Option<Vec<String>>> {
+        match self {
+            Source::Sqlite { url, query } => {
+                let (url, query) = (url.clone(), query.clone());
+                tokio::task::spawn_blocking(move || {
+                    let conn = open_sqlite(&url)?;
+                    let statement = conn
+                        .prepare(&query)
+                        .with_context(|| format!("the source query failed ({query})"))?;
+                    Ok(Some(
+                        statement
+                            .column_names()
+                            .into_iter()
+                            .map(str::to_owned)
+                            .collect(),
+                    ))
+                })
+                .await?
+            }
+            Source::Postgres { url, query } => {
+                use sqlx::{Column, Executor, Statement};
+                let pool = connect_postgres(url).await?;
+                let statement = (&pool)
+                    .prepare(query.as_str())
+                    .await
+                    .with_context(|| format!("the source query failed ({query})"))?;
+                let names = statement
+                    .columns()
+                    .iter()
+                    .map(|column| column.name().to_owned())
+                    .collect();
+                pool.close().await;
+                Ok(Some(names))
+            }
+            Source::Csv(path) => {
+                let mut reader = csv::Reader::from_path(path)
+                    .with_context(|| format!("cannot open the CSV source {}", path.display()))?;
+                let names = reader
+                    .headers()
+                    .with_context(|| format!("{}: bad CSV header", path.display()))?
+                    .iter()
+                    .map(str::to_owned)
+                    .collect();
+                Ok(Some(names))
+            }
+            Source::Jsonl(_) => Ok(None),
+        }
+    }
+
     /// Starts reading; chunks arrive on the receiver, a failure arrives as an `Err` and ends it.
     pub fn stream(&self) -> mpsc::Receiver<Chunk> {
         let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
@@ -154,11 +210,21 @@ impl<'a> Chunker<'a> {
 
     /// Adds a row; returns the chunk it filled, if it filled one.
     fn add(&mut self, names: &Arc<[String]>, values: Vec<Value>) -> Option<Vec<SourceRow>> {
+        self.add_row(names.clone(), values, None)
+    }
+
+    fn add_row(
+        &mut self,
+        names: Arc<[String]>,
+        values: Vec<Value>,
+        invalid: Option<String>,
+    ) -> Option<Vec<SourceRow>> {
         self.number += 1;
         self.rows.push(SourceRow {
             number: self.number,
-            names: names.clone(),
+            names,
             values,
+            invalid,
         });
         (self.rows.len() >= CHUNK_ROWS)
             .then(|| std::mem::replace(&mut self.rows, Vec::with_capacity(CHUNK_ROWS)))
@@ -174,7 +240,18 @@ impl<'a> Chunker<'a> {
 
     /// [`Chunker::push`] for readers on a blocking thread.
     fn push_blocking(&mut self, names: &Arc<[String]>, values: Vec<Value>) -> bool {
-        match self.add(names, values) {
+        let full = self.add(names, values);
+        self.send_blocking(full)
+    }
+
+    /// A record that is no row: it keeps its place (its row number) and says what is wrong.
+    fn push_invalid_blocking(&mut self, why: String) -> bool {
+        let full = self.add_row(Arc::from([]), Vec::new(), Some(why));
+        self.send_blocking(full)
+    }
+
+    fn send_blocking(&mut self, full: Option<Vec<SourceRow>>) -> bool {
+        match full {
             Some(full) => self.sender.blocking_send(Ok(full)).is_ok(),
             None => true,
         }
@@ -193,20 +270,32 @@ impl<'a> Chunker<'a> {
     }
 }
 
-/// Read with rusqlite on a blocking thread: one row at a time straight from SQLite, with no
-/// per-row hand-off between threads (sqlx's SQLite worker costs more than the row itself here).
-fn read_sqlite(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> {
-    use rusqlite::types::ValueRef as Raw;
+fn open_sqlite(url: &str) -> anyhow::Result<rusqlite::Connection> {
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or(path);
     // Read-only: a mistyped path must not create an empty database that then "has no rows".
-    let conn = rusqlite::Connection::open_with_flags(
+    rusqlite::Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .with_context(|| format!("cannot open the SQLite source {url}"))?;
+    .with_context(|| format!("cannot open the SQLite source {url}"))
+}
+
+async fn connect_postgres(url: &str) -> anyhow::Result<sqlx::PgPool> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .context("cannot connect to the PostgreSQL source")
+}
+
+/// Read with rusqlite on a blocking thread: one row at a time straight from SQLite, with no
+/// per-row hand-off between threads (sqlx's SQLite worker costs more than the row itself here).
+fn read_sqlite(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> {
+    use rusqlite::types::ValueRef as Raw;
+    let conn = open_sqlite(url)?;
     let mut statement = conn
         .prepare(query)
         .with_context(|| format!("the source query failed ({query})"))?;
@@ -247,11 +336,7 @@ fn read_sqlite(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> anyhow::
 }
 
 async fn read_postgres(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await
-        .context("cannot connect to the PostgreSQL source")?;
+    let pool = connect_postgres(url).await?;
     // row_to_json gives every PostgreSQL type its JSON form without a decoder per type.
     let wrapped = format!("SELECT row_to_json(source_row)::text FROM ({query}) AS source_row");
     let mut chunker = Chunker::new(sender);
@@ -314,24 +399,36 @@ fn read_jsonl(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()
         if line.trim().is_empty() {
             continue;
         }
-        let columns = match serde_json::from_str::<Value>(&line) {
-            Ok(Value::Object(object)) => object,
-            // A line that is not an object is a bad row, not a broken file: its key is unknown,
-            // so it reaches the report with its line number only.
-            _ => {
-                let mut bad = Map::new();
-                bad.insert(
-                    "$invalid_line".into(),
-                    Value::String(format!("line {} is not a JSON object", index + 1)),
-                );
-                bad
+        // A line that is not an object is a bad row, not a broken file: its key is unknown, so
+        // it reaches the report with its row number, and its line number in the message.
+        let line_number = index + 1;
+        let more = match serde_json::from_str::<Value>(&line) {
+            Ok(Value::Object(columns)) => {
+                let (names, values): (Vec<String>, Vec<Value>) = columns.into_iter().unzip();
+                chunker.push_blocking(&names.into(), values)
             }
+            Ok(other) => chunker.push_invalid_blocking(format!(
+                "line {line_number} is not an object but {}",
+                json_kind(&other)
+            )),
+            Err(error) => chunker
+                .push_invalid_blocking(format!("line {line_number} is not valid JSON: {error}")),
         };
-        let (names, values): (Vec<String>, Vec<Value>) = columns.into_iter().unzip();
-        if !chunker.push_blocking(&names.into(), values) {
+        if !more {
             return Ok(());
         }
     }
     chunker.finish_blocking();
     Ok(())
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }

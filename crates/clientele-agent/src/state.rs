@@ -3,13 +3,17 @@
 //! hub id, and whether the key has left the source (archived). A batch's outcomes are committed
 //! in one transaction after the hub acknowledged it, so a run killed at any moment leaves the
 //! state describing acknowledged writes only. Writes go through sqlx; the per-row reads of a run
-//! go through [`StateReader`], a rusqlite connection on the comparing thread.
+//! go through [`StateReader`], a rusqlite connection on the comparing thread, which also keeps
+//! the keys read in the run (to tell a key read twice, and the keys that left the source).
+//!
+//! The state also records the hub it was written for: what it says was acknowledged was
+//! acknowledged by that hub only, so a job aimed at another hub is refused rather than sending
+//! that hub nothing.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::Context;
-use futures::TryStreamExt;
 use serde_json::{Value, json};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -36,6 +40,10 @@ pub enum Probe {
     /// Known, but the row must be mapped and its item compared.
     Known(Entry),
     Unknown,
+    /// The key was already read in this run, in row `first`: this row is not used.
+    Repeated {
+        first: u64,
+    },
 }
 
 /// The hub acknowledged an item; what the state records for it.
@@ -89,8 +97,10 @@ const SCHEMA: &[&str] = &[
         hub_id TEXT,
         gone INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID",
-    // Scratch space for the keys of one run, to find the keys that left the source.
-    "CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY) WITHOUT ROWID",
+    // What the state is bound to (`hub_url`).
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    // Older agents kept the keys of a run here; the run's reader keeps them now (`temp.seen`).
+    "DROP TABLE IF EXISTS seen",
 ];
 
 /// The row hash came after the first state files; those gain it empty (matching no row).
@@ -124,6 +134,40 @@ impl StateStore {
             pool,
             path: path.to_owned(),
         })
+    }
+
+    /// Binds the state to the hub at `url`, or checks that it is bound to it. A state written
+    /// before states were bound takes the job's hub (it cannot tell another). `record` false
+    /// (a dry run) checks without writing.
+    pub async fn bind_hub(&self, url: &str, record: bool) -> anyhow::Result<()> {
+        let url = url.trim_end_matches('/');
+        let bound: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'hub_url'")
+                .fetch_optional(&self.pool)
+                .await?;
+        match bound {
+            Some(bound) if bound == url => Ok(()),
+            Some(bound) => Err(anyhow::anyhow!(
+                "the state file {path} belongs to the hub at {bound}, not to {url} (this job's \
+                 [hub] url): it records what that hub has, so this run would send {url} only \
+                 what changed since. To push everything to {url}, give the job a new state file \
+                 ([sync] state) or delete {path}; if {url} is the same hub under another \
+                 address, delete the state file too (the next run then re-sends every row, \
+                 which the hub answers as unchanged)",
+                path = self.path.display()
+            )),
+            None if record => {
+                sqlx::query(
+                    "INSERT INTO meta (name, value) VALUES ('hub_url', ?1)
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(url)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// A reader for the per-row probes of a run, on a connection of its own.
@@ -222,38 +266,6 @@ impl StateStore {
         tx.commit().await?;
         Ok(())
     }
-
-    pub async fn clear_seen(&self) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM seen").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    pub async fn add_seen(&self, keys: &[String]) -> anyhow::Result<()> {
-        sqlx::query("INSERT OR IGNORE INTO seen (key) SELECT value FROM json_each(?1)")
-            .bind(serde_json::to_string(keys)?)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Live keys not seen in this run, as (key, hub value, pending), `limit` at a time after `after`.
-    pub async fn vanished_after(
-        &self,
-        after: &str,
-        limit: i64,
-    ) -> anyhow::Result<Vec<(String, String, bool)>> {
-        let rows = sqlx::query_as(
-            "SELECT key, hub_value, hash = '' FROM pushed
-             WHERE gone = 0 AND key > ?1 AND key NOT IN (SELECT key FROM seen)
-             ORDER BY key LIMIT ?2",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch(&self.pool)
-        .try_collect()
-        .await?;
-        Ok(rows)
-    }
 }
 
 #[cfg(test)]
@@ -265,7 +277,7 @@ mod tests {
     fn probe(state: &StateStore, key: &str) -> Probe {
         let mut reader = state.reader().expect("reader");
         let mut probes = reader
-            .probe_all([(Some(key), &ROW)].into_iter())
+            .probe_all([(Some(key), &ROW, 1)].into_iter())
             .expect("probe");
         probes.pop().expect("one probe")
     }
@@ -319,9 +331,16 @@ mod tests {
         assert_eq!(probe(&state, "b"), Probe::Same);
         assert_eq!(probe(&state, "c"), known("hc", "00", false));
 
-        state.clear_seen().await.expect("clear");
-        state.add_seen(&["a".into()]).await.expect("seen");
-        let vanished = state.vanished_after("", 10).await.expect("vanished");
+        // A run reads "a" twice (the second time is no use) and nothing else.
+        let mut run = state.reader().expect("reader");
+        let probes = run
+            .probe_all([(Some("a"), &ROW, 1), (None, &ROW, 2), (Some("a"), &ROW, 3)].into_iter())
+            .expect("probe");
+        assert_eq!(
+            probes,
+            vec![Probe::Same, Probe::Unknown, Probe::Repeated { first: 1 }]
+        );
+        let vanished = run.vanished_after("", 10).expect("vanished");
         assert_eq!(
             vanished,
             vec![
@@ -343,7 +362,7 @@ mod tests {
             .await
             .expect("pending");
         assert_eq!(probe(&state, "a"), Probe::Same, "pending never overwrites");
-        let vanished = state.vanished_after("c", 10).await.expect("vanished");
+        let vanished = run.vanished_after("c", 10).expect("vanished");
         assert_eq!(vanished, vec![("d".into(), "hd".into(), true)]);
         state
             .commit(&[Outcome::Removed { key: "d".into() }])
@@ -361,6 +380,33 @@ mod tests {
         // An archived key is never the same, whatever its row hash: it must be un-archived.
         assert_eq!(probe(&state, "a"), known("ha", "00", true));
         assert_eq!(probe(&state, "c"), Probe::Unknown);
+    }
+
+    #[tokio::test]
+    async fn a_state_is_bound_to_one_hub() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = StateStore::open(&dir.path().join("s.db"))
+            .await
+            .expect("open");
+        let hub = "http://127.0.0.1:8080";
+        state
+            .bind_hub("http://elsewhere", false)
+            .await
+            .expect("a dry run records nothing");
+        state.bind_hub(hub, true).await.expect("binds");
+        state
+            .bind_hub(&format!("{hub}/"), true)
+            .await
+            .expect("the same hub");
+        let error = state
+            .bind_hub("http://127.0.0.1:9090", false)
+            .await
+            .expect_err("another hub");
+        let message = error.to_string();
+        assert!(
+            message.contains(hub) && message.contains("s.db"),
+            "{message}"
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,15 @@
 //! `If-Match` on the shadow's version (a hub change that slipped in between is a 412, settled
 //! the same way) and local inserts are created; what the hub answers is written back with its
 //! new shadow, so the next run skips those events.
+//!
+//! Idempotency keys: an edit's key is the customer id, the version it is sent against and the
+//! body. The hub's versions only grow, so that triple names one request against one state of the
+//! customer: the same key again is the same request (a retry, or a resend after a kill before the
+//! answer was written back), whose replay is right. A create has no such anchor (a row's place
+//! and content can recur: a rowid is reused, the same row is inserted again after the hub erased
+//! the first one), so its key is made fresh for each create and recorded in the mirror database
+//! until the answer is written back (`Mirror::create_key`): only a create repeated after a kill
+//! reuses it, and gets the hub's replay rather than a twin.
 
 use std::sync::Arc;
 
@@ -33,6 +42,7 @@ pub async fn run(
     let section = job.mirror()?;
     let mirror = Mirror::open(&job.database_url(&section.url), &section.table).await?;
     let syncer = Syncer {
+        run_id: run_id(),
         mirror,
         client: client.clone(),
         report: report.clone(),
@@ -47,6 +57,8 @@ pub async fn run(
 }
 
 struct Syncer {
+    /// Makes this run's create keys differ from every other run's.
+    run_id: String,
     mirror: Mirror,
     client: Client,
     report: Report,
@@ -310,15 +322,31 @@ impl Syncer {
             .filter(|(_, value)| !value.is_null())
             .collect();
         let body = Value::Object(body);
-        // The same row with the same content after a kill gets the hub's replay, not a twin.
-        let key = idempotency_key("create", &row.rowref, 0, &body);
+        // The same row with the same content after a kill gets the hub's replay, not a twin;
+        // any other create gets a key of its own.
+        let hash = hex::encode(&Sha256::digest(body.to_string().as_bytes())[..16]);
+        let fresh = format!("sync-create-{}-{}", self.run_id, row.rowref);
+        let key = self.mirror.create_key(&row.rowref, &hash, &fresh).await?;
         match self.client.create_customer(&body, &key).await {
             Ok(response) => {
                 Counters::add(&self.counters().created, 1);
-                self.write_back(&row.rowref, &response.body).await
+                let mut tx = self.mirror.begin().await?;
+                self.write_back_in(&mut tx, &row.rowref, &response.body)
+                    .await?;
+                self.mirror.forget_create(&mut tx, &row.rowref).await?;
+                tx.commit().await?;
+                Ok(())
             }
             Err(error) => {
-                self.rejected(row.fields.get("external_id").and_then(Value::as_str), error)
+                let rejected =
+                    self.rejected(row.fields.get("external_id").and_then(Value::as_str), error);
+                if rejected.is_ok() {
+                    // A refusal is an answer too: the row is tried afresh next run.
+                    let mut tx = self.mirror.begin().await?;
+                    self.mirror.forget_create(&mut tx, &row.rowref).await?;
+                    tx.commit().await?;
+                }
+                rejected
             }
         }
     }
@@ -326,12 +354,19 @@ impl Syncer {
     /// Writes the hub's answer into the row and records it as the shadow, in one transaction.
     async fn write_back(&self, rowref: &str, customer: &Value) -> anyhow::Result<()> {
         let mut tx = self.mirror.begin().await?;
-        self.mirror.overwrite_row(&mut tx, rowref, customer).await?;
-        self.mirror
-            .set_shadows(&mut tx, &shadows_of(&[customer]))
-            .await?;
+        self.write_back_in(&mut tx, rowref, customer).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn write_back_in(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        rowref: &str,
+        customer: &Value,
+    ) -> anyhow::Result<()> {
+        self.mirror.overwrite_row(tx, rowref, customer).await?;
+        self.mirror.set_shadows(tx, &shadows_of(&[customer])).await
     }
 
     fn rejected(&self, key: Option<&str>, error: ClientError) -> anyhow::Result<()> {
@@ -352,6 +387,15 @@ fn idempotency_key(kind: &str, row: &str, version: i64, body: &Value) -> String 
     let mut digest = Sha256::new();
     digest.update(format!("{kind}\n{row}\n{version}\n{body}").as_bytes());
     format!("sync-{}", hex::encode(&digest.finalize()[..20]))
+}
+
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos())
+        .unwrap_or_default();
+    let digest = Sha256::digest(format!("{nanos}/{}", std::process::id()));
+    hex::encode(&digest[..12])
 }
 
 fn parse_time(text: &str) -> Option<time::OffsetDateTime> {

@@ -1,6 +1,7 @@
 //! The job's optional jq program (run with jaq): a row object in, a customer object out.
 
-use jaq_core::load::{Arena, File, Loader};
+use jaq_core::compile::Undefined;
+use jaq_core::load::{self, Arena, File, Loader};
 use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
 use jaq_json::Val;
 use serde_json::Value;
@@ -37,11 +38,30 @@ impl Transform {
                     path: (),
                 },
             )
-            .map_err(|errors| format!("the jq program does not parse: {}", describe(&errors)))?;
+            .map_err(|errors| {
+                let described: Vec<String> = errors
+                    .iter()
+                    .flat_map(|(_, error)| load_errors(program, error))
+                    .collect();
+                format!("the jq program does not parse: {}", described.join("; "))
+            })?;
         let filter = Compiler::default()
             .with_funs(funs)
             .compile(modules)
-            .map_err(|errors| format!("the jq program does not compile: {}", describe(&errors)))?;
+            .map_err(|errors| {
+                let described: Vec<String> = errors
+                    .iter()
+                    .flat_map(|(_, undefined)| undefined)
+                    .map(|(name, kind)| {
+                        let shown = match kind {
+                            Undefined::Filter(arity) => format!("{name}/{arity}"),
+                            _ => (*name).to_owned(),
+                        };
+                        format!("undefined {} `{shown}`{}", kind.as_str(), at(program, name))
+                    })
+                    .collect();
+                format!("the jq program does not compile: {}", described.join("; "))
+            })?;
         Ok(Transform { filter })
     }
 
@@ -69,12 +89,52 @@ impl Transform {
     }
 }
 
-fn describe<T: std::fmt::Debug>(errors: &[T]) -> String {
-    errors
-        .iter()
-        .map(|error| format!("{error:?}"))
-        .collect::<Vec<_>>()
-        .join("; ")
+/// What the loader found wrong, each with where in the program.
+fn load_errors(program: &str, error: &load::Error<&str>) -> Vec<String> {
+    match error {
+        load::Error::Io(errors) => errors
+            .iter()
+            .map(|(path, message)| format!("cannot load `{path}`: {message}"))
+            .collect(),
+        load::Error::Lex(errors) => errors
+            .iter()
+            .map(|(expected, found)| {
+                format!("expected {}{}", expected.as_str(), at(program, found))
+            })
+            .collect(),
+        load::Error::Parse(errors) => errors
+            .iter()
+            .map(|(expected, found)| {
+                let found_text = if found.is_empty() {
+                    "the end of the program".to_owned()
+                } else {
+                    format!("`{found}`")
+                };
+                format!(
+                    "expected {}{}, found {found_text}",
+                    expected.as_str(),
+                    at(program, found)
+                )
+            })
+            .collect(),
+    }
+}
+
+/// ` at line L, column C` for a piece of the program (the parser's errors point into it), or
+/// nothing when it does not.
+fn at(program: &str, piece: &str) -> String {
+    let start = program.as_ptr() as usize;
+    let offset = (piece.as_ptr() as usize).wrapping_sub(start);
+    if offset > program.len() {
+        return String::new();
+    }
+    let before = &program[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before[before.rfind('\n').map_or(0, |newline| newline + 1)..]
+        .chars()
+        .count()
+        + 1;
+    format!(" at line {line}, column {column}")
 }
 
 #[cfg(test)]
@@ -101,8 +161,20 @@ mod tests {
 
     #[test]
     fn bad_programs_and_bad_outputs_are_errors() {
-        assert!(Transform::compile("{ a: ").is_err());
-        assert!(Transform::compile("nosuchfunction(1)").is_err());
+        assert_eq!(
+            Transform::compile("{ a: ").expect_err("refused"),
+            "the jq program does not parse: expected closing brace at line 1, column 6"
+        );
+        assert_eq!(
+            Transform::compile("{ a: 1 }\n| nosuchfunction(1) | $x").expect_err("refused"),
+            "the jq program does not compile: undefined filter `nosuchfunction/1` at line 2, \
+             column 3; undefined variable `$x` at line 2, column 23"
+        );
+        assert_eq!(
+            Transform::compile("1 +").expect_err("refused"),
+            "the jq program does not parse: expected term at line 1, column 4, found the end of \
+             the program"
+        );
         let transform = Transform::compile(".[]").expect("compiles");
         assert!(transform.apply(json!({"a": 1, "b": 2})).is_err());
         let transform = Transform::compile(".a").expect("compiles");

@@ -1,5 +1,7 @@
-//! The agent's failures are clear and non-zero: a bad job file names its line and key, an
-//! unreachable hub, a refused key, a missing source table; and a PostgreSQL source works.
+//! The agent's failures are clear and non-zero: a bad job file names its line and key (and a
+//! missing one says so), an unreachable hub, a refused key, a missing source table, a key column
+//! the source lacks (refused before anything is sent), a state file of another hub; and a
+//! PostgreSQL source works.
 
 mod agent_support;
 
@@ -23,7 +25,16 @@ async fn a_bad_job_file_names_the_line_and_the_key() {
     assert!(!output.status.success());
     let stderr = stderr_of(&output);
     assert!(
-        stderr.contains("line 7") && stderr.contains("tabel"),
+        stderr.contains("line 7") && stderr.contains("`source.tabel`"),
+        "{stderr}"
+    );
+    let job = work.job(
+        &hub,
+        &PEOPLE_JOB.replace("concurrency = 4", "concurrency = 4\nbogus = 1"),
+    );
+    let stderr = stderr_of(&agent("push", &job, &[]).await);
+    assert!(
+        stderr.contains("line 16") && stderr.contains("`sync.bogus`"),
         "{stderr}"
     );
 
@@ -37,15 +48,105 @@ async fn a_bad_job_file_names_the_line_and_the_key() {
         "{stderr}"
     );
 
-    let job = work.job(
-        &hub,
-        &format!("{PEOPLE_JOB}transform = '{{ external_id: '\n"),
-    );
-    let stderr = stderr_of(&agent("push", &job, &[]).await);
+    // A jq program that does not parse or compile: where and what, in words.
+    for (program, says) in [
+        ("{ external_id: ", "line 1, column 16"),
+        ("{ external_id: nosuch(.a) }", "`nosuch/1`"),
+    ] {
+        let job = work.job(&hub, &format!("{PEOPLE_JOB}transform = '{program}'\n"));
+        let stderr = stderr_of(&agent("push", &job, &[]).await);
+        assert!(
+            stderr.contains("line 19") && stderr.contains("fields.transform"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(
+            !stderr.contains("File {") && !stderr.contains("(\""),
+            "{stderr}"
+        );
+    }
+
+    let output = agent("push", &work.path("nowhere.toml"), &[]).await;
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
     assert!(
-        stderr.contains("line 19") && stderr.contains("fields.transform"),
+        stderr.contains("nowhere.toml: the job file does not exist") && !stderr.contains("line 0"),
         "{stderr}"
     );
+}
+
+/// A `[source] key` that names no column of the source is refused before anything is sent:
+/// every row would lack a key, and every customer pushed before would look gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_column_the_source_lacks_is_refused_before_anything_is_sent() {
+    let hub = TestHub::sqlite().await;
+    let work = Workdir::new();
+    sqlite_source(&work.path("source.db"), &borrowed(&people(1..21))).await;
+    let deleting = PEOPLE_JOB.replace("\"archive\"", "\"delete\"");
+    agent_ok("push", &work.job(&hub, &deleting), &[]).await;
+    std::fs::write(work.path("people.csv"), "person_id,fname\n1,Name 1\n").expect("csv");
+    std::fs::write(
+        work.path("people.jsonl"),
+        "{\"person_id\": 1, \"fname\": \"Name 1\"}\n{\"person_id\": 2}\n",
+    )
+    .expect("jsonl");
+    let wrong_key = deleting.replace("key = \"person_id\"", "key = \"personid\"");
+    let file = |name: &str| {
+        wrong_key.replace(
+            "url = \"sqlite://source.db\"\ntable = \"people\"",
+            &format!("url = \"{name}\""),
+        )
+    };
+    let renamed = deleting.replace(
+        "table = \"people\"",
+        "query = \"SELECT person_id AS personid_, fname FROM people\"",
+    );
+    for (sections, says) in [
+        (wrong_key.clone(), "person_id, fname, email, vip"),
+        (renamed, "personid_, fname"),
+        (file("people.csv"), "person_id, fname"),
+        // A JSONL file has no header: no row yielding a key stops the run.
+        (file("people.jsonl"), "none of the 2 rows read"),
+    ] {
+        let output = agent("push", &work.job(&hub, &sections), &[]).await;
+        let stderr = stderr_of(&output);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("source.key") && stderr.contains(says),
+            "{stderr}"
+        );
+        let customers = hub_customers(&hub).await;
+        assert_eq!(customers.len(), 20, "{stderr}");
+    }
+}
+
+/// A state file remembers the hub it pushed to: the same job aimed at another hub would send
+/// nothing there, so it is refused with what to do instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_of_another_hub_is_refused() {
+    let hub = TestHub::sqlite().await;
+    let other = TestHub::sqlite().await;
+    let work = Workdir::new();
+    sqlite_source(&work.path("source.db"), &borrowed(&people(1..11))).await;
+    agent_ok("push", &work.job(&hub, PEOPLE_JOB), &[]).await;
+
+    let output = agent("push", &work.job(&other, PEOPLE_JOB), &[]).await;
+    let stderr = stderr_of(&output);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&hub.base_url)
+            && stderr.contains(&other.base_url)
+            && stderr.contains("state.db"),
+        "{stderr}"
+    );
+    assert!(hub_customers(&other).await.is_empty());
+
+    // A state file of its own starts the job over on the other hub.
+    let fresh = PEOPLE_JOB.replace("state = \"state.db\"", "state = \"other.state.db\"");
+    let out = agent_ok("push", &work.job(&other, &fresh), &[]).await;
+    counts(&out, &[("created", 10)]);
+    let out = agent_ok("push", &work.job(&hub, PEOPLE_JOB), &[]).await;
+    counts(&out, &[("unchanged", 10)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,4 +252,18 @@ async fn a_postgresql_source_table_and_query() {
     let customers = hub_customers(&hub).await;
     assert_eq!(customers["2"]["first_name"], "Bob");
     assert_eq!(customers["1"]["archived"], true);
+
+    // A key column the query does not have: refused, with the columns it does have.
+    let job = work.job(
+        &hub,
+        &sections.replace("key = \"person_id\"", "key = \"id\""),
+    );
+    let output = agent("push", &job, &[]).await;
+    let stderr = stderr_of(&output);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("source.key") && stderr.contains("person_id, fname, email, vip"),
+        "{stderr}"
+    );
+    assert_eq!(hub_customers(&hub).await["2"]["archived"], false);
 }

@@ -1,7 +1,8 @@
 //! `clientele pull` and `clientele sync` end to end: the real binary, a real hub on SQLite and
 //! PostgreSQL, and a mirror on the same kind of database. Pull with creates, updates and deletes
 //! and its position in the mirror; sync pushing local edits and inserts, pulling hub changes,
-//! settling conflicts by each policy, and never echoing its own writes.
+//! settling conflicts by each policy, and never echoing its own writes; a row inserted again
+//! with the content of one the hub erased is created again, not answered with an old replay.
 
 mod agent_support;
 
@@ -19,6 +20,7 @@ hub_tests!(
     sync_conflicts_hub_wins,
     sync_conflicts_source_wins,
     sync_conflicts_newest_wins,
+    sync_creates_a_row_inserted_again_after_the_hub_erased_it,
 );
 
 /// A mirror database of the hub's kind: a SQLite file, or a fresh PostgreSQL database.
@@ -280,4 +282,41 @@ async fn sync_conflicts_newest_wins(hub: TestHub) {
     let (hub_copy, local) = conflict(&other, "newest_wins", None).await;
     assert_eq!(hub_copy["first_name"], "Hub");
     assert_eq!(local, "Hub");
+}
+
+/// A local insert the hub erased later, inserted again the same (the same content, and on SQLite
+/// the same rowid): a new customer, not the replay of the first create.
+async fn sync_creates_a_row_inserted_again_after_the_hub_erased_it(hub: TestHub) {
+    let work = Workdir::new();
+    let url = mirror_url(&hub, &work).await;
+    let job = work.job(&hub, &mirror_job(&url, "newest_wins"));
+    agent_ok("sync", &job, &[]).await;
+    let insert = "INSERT INTO customers (external_id, first_name) VALUES ('local1', 'Made here')";
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        if hub.backend == Backend::Postgres {
+            // Free the first row's place, so the new row may take its ctid.
+            mirror_sql(&url, "VACUUM customers").await;
+        }
+        mirror_sql(&url, insert).await;
+        let out = agent_ok("sync", &job, &[]).await;
+        counts(&out, &[("created", 1), ("failed", 0)]);
+        let customers = hub_customers(&hub).await;
+        let id = customers
+            .get("local1")
+            .and_then(|customer| customer["id"].as_str())
+            .expect("the row is created in the hub")
+            .to_owned();
+        assert_eq!(
+            mirror_rows(&url).await["local1"].0.as_deref(),
+            Some(id.as_str())
+        );
+        ids.push(id);
+        // Erased in the hub: the next sync removes the local row.
+        hub_sync(&hub, vec![json!({"external_id": "local1", "delete": true})]).await;
+        let out = agent_ok("sync", &job, &[]).await;
+        counts(&out, &[("deleted", 1)]);
+        assert!(mirror_rows(&url).await.is_empty());
+    }
+    assert_ne!(ids[0], ids[1]);
 }

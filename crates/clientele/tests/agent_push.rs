@@ -1,7 +1,9 @@
 //! `clientele push` end to end, on a SQLite and a PostgreSQL hub: the real binary against a real
 //! hub. New, changed and vanished rows (archive and delete), nothing sent when nothing changed,
 //! rejected rows in the report without stopping the run, CSV, JSONL and PostgreSQL sources, a jq
-//! transform, the dry run, and clear errors for a bad job file, hub, key or table.
+//! transform, the dry run, and clear errors for a bad job file, hub, key or table. Content that
+//! comes back (A → B → A, archived → back → archived) reaches the hub every time, and a key that
+//! the source holds twice is used once.
 
 mod agent_support;
 
@@ -16,6 +18,8 @@ hub_tests!(
     csv_and_jsonl_sources_with_a_transform,
     a_dry_run_prints_the_plan_and_changes_nothing,
     every_repeats_the_run,
+    content_that_comes_back_is_sent_again,
+    a_key_twice_in_the_source_is_rejected_the_second_time,
 );
 
 async fn change_count(hub: &TestHub) -> usize {
@@ -248,7 +252,7 @@ async fn csv_and_jsonl_sources_with_a_transform(hub: TestHub) {
 
     std::fs::write(
         work.path("people.jsonl"),
-        "{\"id\": \"j1\", \"first_name\": \"Jo\", \"tags\": [\"a\", \"b\"], \"email_opt_out\": true}\n\n{\"id\": \"j2\", \"first_name\": \"Ky\"}\nnot json\n",
+        "{\"id\": \"j1\", \"first_name\": \"Jo\", \"tags\": [\"a\", \"b\"], \"email_opt_out\": true}\n\n{\"id\": \"j2\", \"first_name\": \"Ky\"}\nnot json\n[1, 2]\n",
     )
     .expect("jsonl");
     let job = work.job(
@@ -257,15 +261,37 @@ async fn csv_and_jsonl_sources_with_a_transform(hub: TestHub) {
     );
     let report = work.path("jsonl-report.jsonl");
     let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
-    counts(&out, &[("created", 2), ("failed", 1)]);
+    counts(&out, &[("created", 2), ("failed", 2)]);
     let customers = hub_customers(&hub).await;
     assert_eq!(customers["j1"]["email_opt_out"], true);
     assert_eq!(customers["j1"]["tags"], serde_json::json!(["a", "b"]));
     assert_eq!(customers["j2"]["first_name"], "Ky");
+    // A line that is not JSON, or not an object, is reported as such, with its line number.
+    let text = std::fs::read_to_string(report).expect("report");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for (line, (row, says)) in lines.iter().zip([(3, "line 4"), (4, "line 5")]) {
+        assert_eq!(line["row"], row, "{text}");
+        assert_eq!(line["problem"]["code"], "invalid_row", "{text}");
+        let detail = line["problem"]["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(says), "{text}");
+    }
     assert!(
-        std::fs::read_to_string(report)
-            .expect("report")
-            .contains("\"row\":3")
+        lines[0]["problem"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not valid JSON"),
+        "{text}"
+    );
+    assert!(
+        lines[1]["problem"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not an object"),
+        "{text}"
     );
 }
 
@@ -327,4 +353,92 @@ async fn every_repeats_the_run(hub: TestHub) {
         "{stdout}"
     );
     assert_eq!(hub_customers(&hub).await["50"]["first_name"], "Late");
+}
+
+/// Every send is applied: a row whose content returns to an earlier one (within the hub's
+/// idempotency window) is not answered with the replay of the first send.
+async fn content_that_comes_back_is_sent_again(hub: TestHub) {
+    let work = Workdir::new();
+    sqlite_source(&work.path("source.db"), &[(1, "A", "p1@example.com")]).await;
+    let job = work.job(&hub, PEOPLE_JOB);
+    let mut conn = sqlite_conn(&work).await;
+    counts(&agent_ok("push", &job, &[]).await, &[("created", 1)]);
+    for name in ["B", "A"] {
+        upsert_people(&mut conn, &[(1, name, "p1@example.com")]).await;
+        let out = agent_ok("push", &job, &[]).await;
+        counts(&out, &[("updated", 1), ("failed", 0)]);
+        assert_eq!(hub_customers(&hub).await["1"]["first_name"], name, "{out}");
+    }
+
+    // Leaves, comes back, leaves again: archived, un-archived, archived.
+    for (archived, row) in [(true, None), (false, Some("A")), (true, None)] {
+        match row {
+            Some(name) => upsert_people(&mut conn, &[(1, name, "p1@example.com")]).await,
+            None => {
+                source_sql(
+                    &work.path("source.db"),
+                    "DELETE FROM people WHERE person_id = 1",
+                )
+                .await
+            }
+        }
+        let out = agent_ok("push", &job, &[]).await;
+        counts(&out, &[("failed", 0)]);
+        assert_eq!(
+            hub_customers(&hub).await["1"]["archived"],
+            archived,
+            "{out}"
+        );
+    }
+}
+
+/// The second row with a key already read in this run is rejected; the first one is used.
+async fn a_key_twice_in_the_source_is_rejected_the_second_time(hub: TestHub) {
+    let work = Workdir::new();
+    sqlite_source(&work.path("source.db"), &borrowed(&people(1..6))).await;
+    let job = work.job(
+        &hub,
+        &PEOPLE_JOB.replace(
+            "table = \"people\"",
+            "query = \"SELECT person_id, fname, email FROM people UNION ALL SELECT person_id, 'Twin', email FROM people WHERE person_id = 2\"",
+        ),
+    );
+    let report = work.path("report.jsonl");
+    let report_arg = ["--report", report.to_str().expect("path")];
+    for run in 0..2 {
+        let out = agent_ok("push", &job, &report_arg).await;
+        let (created, unchanged) = if run == 0 { (5, 0) } else { (0, 5) };
+        counts(
+            &out,
+            &[
+                ("created", created),
+                ("unchanged", unchanged),
+                ("updated", 0),
+                ("failed", 1),
+            ],
+        );
+        let text = std::fs::read_to_string(&report).expect("report");
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("json line"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["key"], "2", "{text}");
+        assert_eq!(lines[0]["row"], 6, "{text}");
+        assert_eq!(
+            lines[0]["problem"]["code"], "duplicate_key_in_source",
+            "{text}"
+        );
+        assert_eq!(hub_customers(&hub).await["2"]["first_name"], "Name 2");
+    }
+
+    // A key that left the source is noticed even while another key is there twice.
+    source_sql(
+        &work.path("source.db"),
+        "DELETE FROM people WHERE person_id = 3",
+    )
+    .await;
+    let out = agent_ok("push", &job, &[]).await;
+    counts(&out, &[("archived", 1), ("failed", 1), ("unchanged", 4)]);
+    assert_eq!(hub_customers(&hub).await["3"]["archived"], true);
 }
