@@ -30,6 +30,32 @@ pub struct ChangeEvent {
     pub customer: Option<String>,
 }
 
+impl ChangeEvent {
+    /// The event as a caller of `scope` sees it. A change that took the customer out of all of
+    /// a team-restricted caller's teams is, for that caller, the customer's deletion: from then
+    /// on the customer does not exist for it (404), and a mirror it keeps must drop the row
+    /// rather than hold the last state it saw. (The store lists such changes for the teams the
+    /// customer left; see `ChangeRecord::seen_by_teams_left`.)
+    pub fn as_seen_by(mut self, scope: &Scope) -> Self {
+        let (Some(own), Some(customer)) = (scope.teams(), self.customer.as_deref()) else {
+            return self;
+        };
+        #[derive(serde::Deserialize)]
+        struct Teams {
+            #[serde(default)]
+            teams: Vec<String>,
+        }
+        let Ok(Teams { teams }) = serde_json::from_str::<Teams>(customer) else {
+            return self;
+        };
+        if !teams.iter().any(|team| own.contains(team)) {
+            self.kind = ChangeKind::Deleted;
+            self.customer = None;
+        }
+        self
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChangePage {
     pub events: Vec<ChangeEvent>,
@@ -53,5 +79,39 @@ impl ChangeKind {
             "deleted" => Some(ChangeKind::Deleted),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(customer: Option<&str>) -> ChangeEvent {
+        ChangeEvent {
+            seq: 7,
+            kind: ChangeKind::Updated,
+            customer_id: CustomerId::new(),
+            external_id: Some("a".into()),
+            version: 3,
+            at: Timestamp::from_micros(1),
+            customer: customer.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_change_that_leaves_a_scopes_teams_is_a_deletion_for_it() {
+        let north = Scope::Teams(vec!["north".into()]);
+        let moved = event(Some(r#"{"id": "x", "teams": ["south"]}"#));
+        let seen = moved.clone().as_seen_by(&north);
+        assert_eq!(
+            (seen.kind, seen.customer, seen.version),
+            (ChangeKind::Deleted, None, 3)
+        );
+        // Everyone else sees the update as it is.
+        assert_eq!(moved.clone().as_seen_by(&Scope::All), moved);
+        let south = Scope::Teams(vec!["south".into()]);
+        assert_eq!(moved.clone().as_seen_by(&south), moved);
+        let deleted = event(None);
+        assert_eq!(deleted.clone().as_seen_by(&north), deleted);
     }
 }

@@ -138,6 +138,18 @@ impl ChangeRecord {
             teams: customer.teams.clone(),
         }
     }
+
+    /// Lists the change for the teams the customer had `before` it and left with it too: a
+    /// caller restricted to such a team sees it as the customer's deletion
+    /// ([`crate::ChangeEvent::as_seen_by`]).
+    pub fn seen_by_teams_left(mut self, before: &Customer) -> Self {
+        for team in &before.teams {
+            if !self.teams.contains(team) {
+                self.teams.push(team.clone());
+            }
+        }
+        self
+    }
 }
 
 /// A customer row to write, with its response JSON.
@@ -404,15 +416,20 @@ impl WorkingSet<'_> {
             Patch::Null => None,
             Patch::Value(hash) => Some(hash.clone()),
         };
+        let mut before = None;
         let (index, kind) = match found {
             Some(index) => {
                 self.release_keys(index);
                 let row = &mut self.rows[index];
                 row.rekeyed |= row.existed && keys_differ(&row.stored.customer, &next);
-                row.stored = StoredCustomer {
-                    customer: next,
-                    password_hash,
-                };
+                let previous = std::mem::replace(
+                    &mut row.stored,
+                    StoredCustomer {
+                        customer: next,
+                        password_hash,
+                    },
+                );
+                before = Some(previous.customer);
                 row.dirty = true;
                 self.claim_keys(index);
                 (index, ChangeKind::Updated)
@@ -436,7 +453,7 @@ impl WorkingSet<'_> {
             version: Some(customer.version),
             error: None,
         };
-        self.record(index, kind);
+        self.record(index, kind, before.as_ref());
         result
     }
 
@@ -459,7 +476,7 @@ impl WorkingSet<'_> {
         row.deleted = true;
         row.stored.customer.version = version + 1;
         let id = row.stored.customer.id;
-        self.record(index, ChangeKind::Deleted);
+        self.record(index, ChangeKind::Deleted, None);
         ItemResult {
             status: ItemStatus::Deleted,
             id: Some(id),
@@ -502,7 +519,8 @@ impl WorkingSet<'_> {
         }
     }
 
-    fn record(&mut self, index: usize, kind: ChangeKind) {
+    /// Records the change of row `index`; `before`, the customer as it was before an update.
+    fn record(&mut self, index: usize, kind: ChangeKind, before: Option<&Customer>) {
         let row = &mut self.rows[index];
         let doc = match kind {
             ChangeKind::Deleted => None,
@@ -510,7 +528,7 @@ impl WorkingSet<'_> {
         };
         row.doc.clone_from(&doc);
         let customer = &row.stored.customer;
-        self.plan.changes.push(ChangeRecord {
+        let change = ChangeRecord {
             customer_id: customer.id,
             external_id: customer.external_id.clone(),
             kind,
@@ -522,6 +540,10 @@ impl WorkingSet<'_> {
             },
             customer: doc,
             teams: customer.teams.clone(),
+        };
+        self.plan.changes.push(match before {
+            Some(before) => change.seen_by_teams_left(before),
+            None => change,
         });
     }
 

@@ -154,7 +154,8 @@ macro_rules! feed_primitives {
                                 row.try_get(5).map_err(db)?,
                             ),
                             customer: row.try_get(6).map_err(db)?,
-                        })
+                        }
+                        .as_seen_by(scope))
                     })
                     .collect()
             }

@@ -140,8 +140,11 @@ async fn write_in(
             (WriteOutcome::Created, ChangeKind::Created)
         }
     };
-    tx.record_changes(&[ChangeRecord::of_write(&next, kind, doc)])
-        .await?;
+    let mut change = ChangeRecord::of_write(&next, kind, doc);
+    if let Some(stored) = &stored {
+        change = change.seen_by_teams_left(&stored.customer);
+    }
+    tx.record_changes(&[change]).await?;
     Ok((outcome, next))
 }
 

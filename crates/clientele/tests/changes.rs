@@ -623,7 +623,15 @@ async fn a_team_scoped_key_follows_only_its_teams_customers(hub: TestHub) {
             .collect()
     };
     let pair = |id: &str, kind: &str| (id.to_owned(), kind.to_owned());
-    assert_eq!(seen(read_all(&north, 0, 2).await), [pair("a", "created")]);
+    // Moved out of north, `a` is deleted as far as north can tell: it is 404 for it now, and a
+    // mirror kept with that key must drop it.
+    let north_events = read_all(&north, 0, 2).await;
+    assert_eq!(
+        seen(north_events.clone()),
+        [pair("a", "created"), pair("a", "deleted")]
+    );
+    assert_eq!(north_events[1]["customer"], Value::Null);
+    assert_eq!(north_events[1]["version"], 2);
     assert_eq!(
         seen(read_all(&south, 0, 2).await),
         [
@@ -634,14 +642,32 @@ async fn a_team_scoped_key_follows_only_its_teams_customers(hub: TestHub) {
     );
     assert_eq!(seen(read_all(&both, 0, 1).await).len(), 4);
     assert_eq!(seen(read_all(&hub, 0, 100).await).len(), 5);
-    // A scoped key moves past the changes it may not see (here four of them), so its next poll
-    // does not rescan them; a full page stops at its last event, since more may follow.
-    let page = feed(&north, "after=1&limit=100").await;
+    // A scoped key moves past the changes it may not see, so its next poll does not rescan
+    // them; a full page stops at its last event, since more may follow.
+    let page = feed(&north, "after=4&limit=100").await;
     assert_eq!(page["data"], json!([]));
     assert_eq!(page["next_after"], 5);
     let full = feed(&south, "after=0&limit=1").await;
     assert_eq!(full["data"].as_array().map(Vec::len), Some(1));
     assert_eq!(full["next_after"], full["data"][0]["seq"]);
+
+    // Moved back by a bulk sync: north sees it again, whole; south sees it go.
+    let reply = hub
+        .sync(
+            &json!({"key": "external_id", "customers": [{"external_id": "a", "teams": ["north"]}]}),
+        )
+        .await;
+    assert_eq!(reply.body["summary"]["updated"], 1, "{}", reply.body);
+    let back = events(&feed(&north, "after=5").await);
+    assert_eq!(seen(back.clone()), [pair("a", "updated")]);
+    assert_eq!(back[0]["customer"]["teams"], json!(["north"]));
+    let gone = events(&feed(&south, "after=5").await);
+    assert_eq!(seen(gone.clone()), [pair("a", "deleted")]);
+    assert_eq!(gone[0]["customer"], Value::Null);
+    assert_eq!(
+        seen(events(&feed(&both, "after=5").await)),
+        [pair("a", "updated")]
+    );
 }
 
 fn text_of(value: &Value, field: &str) -> String {
