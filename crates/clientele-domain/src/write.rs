@@ -673,6 +673,9 @@ fn next_addresses(
         AddressesMode::Replace => Vec::with_capacity(given.len()),
         AddressesMode::Merge => base.addresses.clone(),
     };
+    // For each address of the result, the body's address that last wrote it (none: kept as
+    // stored), so that an error names the address the caller sent.
+    let mut origin: Vec<Option<usize>> = vec![None; result.len()];
     let mut given_keys = BTreeSet::new();
     for (i, address) in given.iter().enumerate() {
         let path = format!("addresses[{i}]");
@@ -721,9 +724,13 @@ fn next_addresses(
             Some(index) => {
                 let merged = merge_address(&result[index], address);
                 result[index] = merged;
+                origin[index] = Some(i);
             }
             None => match new_address(address) {
-                Some(new) => result.push(new),
+                Some(new) => {
+                    result.push(new);
+                    origin.push(Some(i));
+                }
                 // A `null` title was already reported by `validate_address`.
                 None if address.title == Patch::Null => {}
                 None => errors.push(
@@ -734,26 +741,30 @@ fn next_addresses(
             },
         }
     }
-    let mut titles = BTreeSet::new();
-    let mut remote_ids = BTreeSet::new();
+    let mut titles = BTreeMap::new();
+    let mut remote_ids = BTreeMap::new();
+    // The body's address to blame for a clash between results `first` and `again`.
+    let blame = |first: usize, again: usize| origin[again].or(origin[first]).unwrap_or(again);
     for (i, address) in result.iter().enumerate() {
-        if !titles.insert(address.title.as_str()) {
+        if let Some(&first) = titles.get(address.title.as_str()) {
             errors.push(
-                format!("addresses[{i}].title"),
+                format!("addresses[{}].title", blame(first, i)),
                 "duplicate_title",
                 format!("another address already has the title {:?}", address.title),
             );
+        } else {
+            titles.insert(address.title.as_str(), i);
         }
-        if address
-            .remote_id
-            .as_deref()
-            .is_some_and(|remote_id| !remote_ids.insert(remote_id))
-        {
-            errors.push(
-                format!("addresses[{i}].remote_id"),
-                "duplicate_remote_id",
-                "another address already has this remote_id",
-            );
+        if let Some(remote_id) = address.remote_id.as_deref() {
+            if let Some(&first) = remote_ids.get(remote_id) {
+                errors.push(
+                    format!("addresses[{}].remote_id", blame(first, i)),
+                    "duplicate_remote_id",
+                    "another address already has this remote_id",
+                );
+            } else {
+                remote_ids.insert(remote_id, i);
+            }
         }
     }
     if result.len() > MAX_ITEMS {

@@ -771,6 +771,36 @@ fn address_remote_ids_must_be_unique() {
 }
 
 #[test]
+fn a_clash_names_the_address_the_body_sent() {
+    let stored = create(json!({"addresses": [
+        {"title": "Home", "remote_id": "r1"},
+        {"title": "Work", "remote_id": "r2"}
+    ]}));
+    // Merged in, the new address sits third in the result; the body sent it first.
+    let merged = json!({"addresses_mode": "merge", "addresses_key": "remote_id",
+                        "addresses": [{"remote_id": "r9", "title": "Home"}]});
+    assert_eq!(
+        errors(Some(&stored), merged),
+        vec![err("addresses[0].title", "duplicate_title")]
+    );
+    let renamed = json!({"addresses_mode": "merge", "addresses_key": "title",
+                         "addresses": [{"title": "Other"}, {"title": "Work", "remote_id": "r1"}]});
+    assert_eq!(
+        errors(Some(&stored), renamed),
+        vec![err("addresses[1].remote_id", "duplicate_remote_id")]
+    );
+    // A refused address before it does not shift the index either.
+    let replaced = json!({"addresses": [{"title": null}, {"title": "A"}, {"title": "A"}]});
+    assert_eq!(
+        errors(None, replaced),
+        vec![
+            err("addresses[0].title", "required"),
+            err("addresses[2].title", "duplicate_title")
+        ]
+    );
+}
+
+#[test]
 fn an_address_needs_a_title() {
     let missing = json!({"addresses": [{"line1": "Main 1"}]});
     assert_eq!(
@@ -1047,9 +1077,10 @@ fn addresses_merge_renaming_onto_another_title_is_a_duplicate() {
     let c = full_customer();
     let body = json!({"addresses_mode": "merge", "addresses_key": "remote_id",
                       "addresses": [{"remote_id": "r1", "title": "Work"}]});
+    // Named by its place in the body, not in the merged list.
     assert_eq!(
         errors(Some(&c), body),
-        vec![err("addresses[1].title", "duplicate_title")]
+        vec![err("addresses[0].title", "duplicate_title")]
     );
 }
 
