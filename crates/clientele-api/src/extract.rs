@@ -248,6 +248,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for StrictQuery<T>
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
+        check_utf8(query)?;
         let mut unknown = Vec::new();
         let deserializer =
             serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
@@ -308,6 +309,28 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
         }
         Err(error)
     }
+}
+
+/// Refuses a query whose names or values are not UTF-8 once percent-decoded: the query parser
+/// would replace such bytes with U+FFFD, and `q=%FF` would search for that instead of failing.
+fn check_utf8(query: &str) -> Result<(), ApiError> {
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decodes = |text: &str| {
+            percent_encoding::percent_decode_str(text)
+                .decode_utf8()
+                .is_ok()
+        };
+        if !decodes(name) || !decodes(value) {
+            let field = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+            return Err(ApiError::field(
+                field,
+                "invalid_parameter",
+                "not UTF-8 once percent-decoded",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The version an `If-Match` header requires: `"3"` (or a bare `3`); `*` requires only that the

@@ -500,6 +500,15 @@ async fn unknown_query_parameter_is_refused(hub: TestHub) {
     )
     .await;
     assert_invalid(&reply, &[("upsret", "unknown_parameter")]);
+    // Bytes that are not UTF-8 are refused, not searched for as U+FFFD.
+    for (path, field) in [
+        ("/v1/customers?q=%FF", "q"),
+        ("/v1/customers?limit=10&email=a%C3", "email"),
+        ("/v1/changes?after=0&wait=%FE", "wait"),
+    ] {
+        let reply = call(hub.get(path)).await;
+        assert_invalid(&reply, &[(field, "invalid_parameter")]);
+    }
     assert_eq!(customer_count(&hub).await, 0);
 }
 
