@@ -94,8 +94,10 @@ impl FromRequestParts<AppState> for AdminCaller {
 }
 
 /// Keys recently looked up by their secret's hash, for one second: a busy client costs one key
-/// query per second instead of one per request. A revocation through this process clears the
-/// cache at once; another hub process on the same database sees it within the second.
+/// query per second instead of one per request. A revocation clears the cache at once: through
+/// this process directly, through another hub process on the same PostgreSQL database by its
+/// notification (`Store::on_key_revoked`); only while that notification cannot arrive (a lost
+/// listener connection) does the second bound how long a revoked key is still taken.
 #[derive(Default)]
 pub(crate) struct KeyCache {
     entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (ApiKey, std::time::Instant)>>,

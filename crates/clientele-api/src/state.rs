@@ -52,16 +52,24 @@ impl AppState {
         let recorder = crate::metrics::recorder();
         let rate_limiter =
             crate::rate_limit::RateLimiter::new(config.rate_limit, config.rate_limit_bootstrap);
-        Self {
-            inner: Arc::new(Inner {
-                rate_limiter,
-                store,
-                master_key,
-                config,
-                recorder,
-                keys: crate::auth::KeyCache::default(),
-            }),
-        }
+        let inner = Arc::new(Inner {
+            rate_limiter,
+            store,
+            master_key,
+            config,
+            recorder,
+            keys: crate::auth::KeyCache::default(),
+        });
+        // A key revoked through another hub process on the same database is refused here at
+        // once too, not when its cache entry ages out. Weak: the store must not keep the state
+        // that owns it alive.
+        let weak = Arc::downgrade(&inner);
+        inner.store.on_key_revoked(Arc::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.keys.clear();
+            }
+        }));
+        Self { inner }
     }
 
     pub fn store(&self) -> &dyn Store {

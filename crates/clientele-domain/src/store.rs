@@ -345,6 +345,12 @@ pub trait Store: Send + Sync + 'static {
         completion: Option<Completion<'_, ()>>,
     ) -> Result<(), DomainError>;
 
+    /// Calls `revoked` whenever a hub process on this database revokes an API key, for as long
+    /// as the store lives, so that a process that caches keys drops them at once. Also called
+    /// when revocations may have been missed (a lost connection). A store that only this
+    /// process writes never calls it: the process knows its own revocations.
+    fn on_key_revoked(&self, _revoked: std::sync::Arc<dyn Fn() + Send + Sync>) {}
+
     /// Stores `key`, or makes the key with the same lookup hash (the same secret) live again
     /// with `key`'s role, teams and encrypted secret: the bootstrap key exists whenever its
     /// secret is configured, even after a revocation or with another master key.

@@ -48,6 +48,8 @@ const FEED_LOCK: i64 = 0x636c_6e74;
 pub(crate) const DEFAULT_POOL_SIZE: u32 = 16;
 /// The channel hub processes `LISTEN` on for committed changes.
 const FEED_CHANNEL: &str = "clientele_changes";
+/// Notified at the commit of every API key revocation, by any hub process.
+const KEYS_CHANNEL: &str = "clientele_api_keys";
 
 fn ids(ids: &[CustomerId]) -> Vec<String> {
     ids.iter().map(ToString::to_string).collect()
@@ -509,25 +511,36 @@ impl PostgresStore {
             .await
             .map_err(StoreError::Backfill)?;
         let store = SqlStore::new(backend);
-        tokio::spawn(listen_for_changes(pool, store.feed_signal().clone()));
+        tokio::spawn(listen(
+            pool,
+            store.feed_signal().clone(),
+            store.key_revoked().clone(),
+        ));
         Ok(store)
     }
 }
 
 /// Forwards `NOTIFY clientele_changes` (sent at the commit of every change, by any hub process
-/// on this database) to this process's long polls; reconnects when the connection drops. Until
-/// it is back, long polls still look again every second.
-async fn listen_for_changes(pool: PgPool, signal: crate::feed::FeedSignal) {
+/// on this database) to this process's long polls, and `NOTIFY clientele_api_keys` (at the
+/// commit of every key revocation) to its key caches; reconnects when the connection drops.
+/// Until it is back, long polls still look again every second and cached keys live a second.
+async fn listen(
+    pool: PgPool,
+    signal: crate::feed::FeedSignal,
+    key_revoked: crate::sql_store::KeyRevoked,
+) {
     loop {
         match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(mut listener) => {
-                if let Err(error) = listener.listen(FEED_CHANNEL).await {
+                if let Err(error) = listener.listen_all([FEED_CHANNEL, KEYS_CHANNEL]).await {
                     tracing::warn!(error = %error, "cannot LISTEN for changes");
                 } else {
-                    // A change may have been committed while no one listened.
+                    // A change or a revocation may have been committed while no one listened.
                     signal.notify();
+                    key_revoked.notify();
                     loop {
                         match listener.recv().await {
+                            Ok(notice) if notice.channel() == KEYS_CHANNEL => key_revoked.notify(),
                             Ok(_) => signal.notify(),
                             Err(error) => {
                                 tracing::warn!(error = %error, "change listener lost");
@@ -567,6 +580,15 @@ impl Backend for PostgresBackend {
 
     fn writes(&self) -> &PgPool {
         &self.pool
+    }
+
+    async fn announce_key_revocation(&self, tx: &mut Self::Tx) -> Result<(), DomainError> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(KEYS_CHANNEL)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 
     fn pool_stats(&self) -> PoolStats {

@@ -58,6 +58,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// The pool for single-statement writes outside customer transactions (API keys).
     fn writes(&self) -> &Self::Reader;
 
+    /// Tells the other hub processes on this database, at the commit of `tx`, that an API key
+    /// was revoked (nothing where no other process shares the database).
+    async fn announce_key_revocation(&self, _tx: &mut Self::Tx) -> Result<(), DomainError> {
+        Ok(())
+    }
+
     fn pool_stats(&self) -> PoolStats;
 }
 
@@ -67,6 +73,34 @@ pub struct SqlStore<B> {
     creates: CreateWriter,
     /// Wakes change-feed long polls after commits that recorded changes.
     feed: FeedSignal,
+    /// Who to tell when another process revokes an API key.
+    key_revoked: KeyRevoked,
+}
+
+/// What [`Store::on_key_revoked`] is given to call.
+type Callback = Arc<dyn Fn() + Send + Sync>;
+
+/// The callbacks of [`Store::on_key_revoked`], called by a backend's listener.
+#[derive(Clone, Default)]
+pub(crate) struct KeyRevoked(Arc<std::sync::Mutex<Vec<Callback>>>);
+
+impl KeyRevoked {
+    pub(crate) fn notify(&self) {
+        let callbacks = self
+            .0
+            .lock()
+            .map(|callbacks| callbacks.clone())
+            .unwrap_or_default();
+        for callback in callbacks {
+            callback();
+        }
+    }
+
+    fn add(&self, callback: Callback) {
+        if let Ok(mut callbacks) = self.0.lock() {
+            callbacks.push(callback);
+        }
+    }
 }
 
 impl<B> SqlStore<B> {
@@ -79,11 +113,16 @@ impl<B> SqlStore<B> {
             creates: CreateWriter::start(Arc::clone(&backend)),
             backend,
             feed: FeedSignal::new(),
+            key_revoked: KeyRevoked::default(),
         }
     }
 
     pub(crate) fn feed_signal(&self) -> &FeedSignal {
         &self.feed
+    }
+
+    pub(crate) fn key_revoked(&self) -> &KeyRevoked {
+        &self.key_revoked
     }
 }
 
@@ -274,9 +313,14 @@ impl<B: Backend> Store for SqlStore<B> {
         if !tx.revoke_api_key(id, at).await? {
             return Ok(false);
         }
+        self.backend.announce_key_revocation(&mut tx).await?;
         complete(&mut tx, completion, &()).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    fn on_key_revoked(&self, revoked: Callback) {
+        self.key_revoked.add(revoked);
     }
 
     async fn count_api_keys(&self) -> Result<i64, DomainError> {

@@ -568,6 +568,34 @@ async fn a_revoked_key_is_refused_at_once(hub: TestHub) {
     // Revoking again: it is gone.
     let reply = call(hub.delete(&format!("/v1/api-keys/{id}"))).await;
     assert_problem(&reply, 404, "not_found");
+
+    if hub.backend == Backend::Postgres {
+        revoked_through_one_hub_is_refused_at_once_by_another(&hub).await;
+    }
+}
+
+/// Hub processes on one PostgreSQL database: a key that another process has just used (so it
+/// holds it in its one-second cache) is refused there as soon as the first revokes it.
+async fn revoked_through_one_hub_is_refused_at_once_by_another(hub: &TestHub) {
+    let other = hub.another_process(ApiConfig::default()).await;
+    let key = create_key(hub, json!({"name": "shared", "role": "read"})).await;
+    let secret = key["secret"].as_str().expect("secret");
+    let there = other.as_key(secret);
+    assert_eq!(call(there.get("/v1/customers")).await.status, 200);
+    let id = key["id"].as_str().expect("id");
+    assert_eq!(
+        call(hub.delete(&format!("/v1/api-keys/{id}"))).await.status,
+        204
+    );
+    // The notification crosses in milliseconds; the cache alone would keep the key for 1 s.
+    let started = std::time::Instant::now();
+    while call(there.get("/v1/customers")).await.status == 200 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(500),
+            "the other hub still took the revoked key"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 async fn revoking_a_missing_key_is_not_found(hub: TestHub) {
