@@ -75,10 +75,7 @@ pub fn app(state: AppState) -> Router {
     router
         .route(
             "/openapi.json",
-            get(move || {
-                let document = document.clone();
-                async move { axum::Json(document.as_ref().clone()) }
-            }),
+            get(move || openapi::document(document.clone())),
         )
         .fallback(|| async {
             ApiError::new(ErrorCode::RouteNotFound, "there is no such endpoint")

@@ -1,8 +1,18 @@
 //! The OpenAPI 3.1 document: the routers contribute their paths (`utoipa_axum`), this adds the
-//! frame, the security scheme and the shared schemas.
+//! frame, the security schemes, the shared schemas and the path of the document itself.
 
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use std::sync::Arc;
+
+use axum::Json;
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::{Modify, OpenApi};
+
+/// The security scheme of a bearer API key secret.
+const BEARER: &str = "bearer";
+/// The security scheme of a signed request (see [`BearerAuth`] for why it is one scheme).
+const SIGNED: &str = "signed";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +36,7 @@ use utoipa::{Modify, OpenApi};
         clientele_domain::order::CustomerRef,
         clientele_domain::schema::FieldType,
     )),
+    paths(document),
     modifiers(&BearerAuth),
     tags(
         (name = "customers", description = "Customers, addressed by hub id or by a backend's own key"),
@@ -40,13 +51,45 @@ use utoipa::{Modify, OpenApi};
 )]
 pub(crate) struct ApiDoc;
 
+// Served by `crate::app` (it needs the finished document, so it is not one of the routers that
+// contribute to it); declared here so that the document lists its own path too. Its doc comment
+// is the operation's summary.
+/// This document: the OpenAPI 3.1 description of every endpoint, generated from the code.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "operations", operation_id = "openapi",
+    responses((
+        status = 200, description = "The OpenAPI 3.1 document of this API",
+        content_type = "application/json", body = Object
+    ))
+)]
+pub(crate) async fn document(
+    document: Arc<utoipa::openapi::OpenApi>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json(document.as_ref().clone())
+}
+
+/// Lets a signed request authenticate `operation` wherever a bearer secret does: the hub's
+/// signed-request middleware authenticates every request that carries the signature headers,
+/// before any handler, so each operation's `bearer` requirement gets a `signed` alternative
+/// (requirements in the list are alternatives: either one suffices).
+pub(crate) fn allow_signed(operation: &mut utoipa::openapi::path::Operation) {
+    let bearer = SecurityRequirement::new(BEARER, Vec::<String>::new());
+    let signed = SecurityRequirement::new(SIGNED, Vec::<String>::new());
+    if let Some(requirements) = operation.security.as_mut()
+        && requirements.contains(&bearer)
+        && !requirements.contains(&signed)
+    {
+        requirements.push(signed);
+    }
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
-            "bearer",
+            BEARER,
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
@@ -54,10 +97,16 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
-        // Signed requests authenticate every operation that takes a bearer secret; OpenAPI has
-        // no scheme for an HMAC over several headers, so this one documents them.
+        // Signed requests authenticate every operation that takes a bearer secret (see
+        // `allow_signed`). OpenAPI 3.1 has no scheme for an HMAC over several headers: `http`
+        // schemes are `Authorization` schemes, and an `apiKey` scheme names exactly one header.
+        // Four `apiKey` schemes required together (one requirement object naming them all)
+        // would list the headers, but clients and generators would then ask for four static
+        // credentials, while the timestamp, nonce and signature are computed for each request.
+        // So it is one `apiKey` scheme, named by the header that carries the proof, whose
+        // description says how to make all four headers.
         components.add_security_scheme(
-            "signed",
+            SIGNED,
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "X-Clientele-Signature",
                 "Instead of a bearer secret: X-Clientele-Key (key id), X-Clientele-Timestamp (Unix \

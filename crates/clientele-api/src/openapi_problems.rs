@@ -2,9 +2,15 @@
 //! of in every handler's annotation: the extractors and middleware that refuse a request (auth,
 //! strict JSON and query parsing, `If-Match`, `Idempotency-Key`, rate limits, the database being
 //! busy) run for many routes, so the document must say so for each of them. Also makes every
-//! error response `application/problem+json`, which is what the hub sends.
+//! error response `application/problem+json`, which is what the hub sends, describes the
+//! response headers that middleware adds (`Retry-After` on 429, `Idempotent-Replayed` on
+//! replays) and lets signed requests authenticate wherever a bearer secret does.
 
+use std::collections::BTreeSet;
+
+use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{
     Content, HttpMethod, OpenApi, Ref, RefOr, Required, Response, ResponseBuilder, Schema,
 };
@@ -12,6 +18,8 @@ use utoipa::openapi::{
 use crate::problem::ErrorCode;
 
 const PROBLEM_JSON: &str = "application/problem+json";
+const RETRY_AFTER: &str = "Retry-After";
+const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
 
 /// Completes the document's error responses; see the module documentation.
 pub(crate) fn document_problems(openapi: &mut OpenApi) {
@@ -76,6 +84,7 @@ fn complete(method: HttpMethod, operation: &mut Operation) {
         codes.push(ErrorCode::InvalidPath);
     }
     if secured {
+        crate::openapi::allow_signed(operation);
         codes.extend([
             ErrorCode::Unauthorized,
             ErrorCode::SignatureMissing,
@@ -96,6 +105,28 @@ fn complete(method: HttpMethod, operation: &mut Operation) {
         }
     }
 
+    // What the handler answers (its annotated responses and its extractors' refusals) is
+    // recorded for an `Idempotency-Key` and replayed. The middleware in front of it refuses
+    // before the key is claimed (401, 429, a bad key, a body too large or too slow: it reads
+    // the body), and 415s and server errors release the key: those are never replayed.
+    let mut replayable: BTreeSet<String> = operation.responses.responses.keys().cloned().collect();
+    let handler_refusals = [
+        (has_body, ErrorCode::MalformedJson),
+        (has_body || has_query, ErrorCode::ValidationFailed),
+        (has_if_match, ErrorCode::InvalidHeader),
+        (has_path, ErrorCode::InvalidPath),
+        (secured, ErrorCode::Forbidden),
+    ];
+    replayable.extend(
+        handler_refusals
+            .iter()
+            .filter(|(refuses, _)| *refuses)
+            .map(|(_, code)| code.status().as_u16().to_string()),
+    );
+    replayable.retain(|status| {
+        !["401", "408", "415", "429"].contains(&status.as_str()) && !status.starts_with('5')
+    });
+
     let responses = &mut operation.responses.responses;
     for code in codes {
         let status = code.status().as_u16().to_string();
@@ -107,10 +138,53 @@ fn complete(method: HttpMethod, operation: &mut Operation) {
         }
     }
     for (status, response) in responses.iter_mut() {
-        if let (true, RefOr::T(response)) = (status.starts_with(['4', '5']), response) {
+        let RefOr::T(response) = response else {
+            continue;
+        };
+        if status.starts_with(['4', '5']) {
             as_problem(response);
         }
+        if status == "429" {
+            response
+                .headers
+                .insert(RETRY_AFTER.to_owned(), retry_after());
+        }
+        if secured && write && replayable.contains(status) {
+            response
+                .headers
+                .insert(IDEMPOTENT_REPLAYED.to_owned(), idempotent_replayed());
+        }
     }
+}
+
+/// `Retry-After` as the rate limiter sends it (the only sender: a 503 carries none).
+fn retry_after() -> Header {
+    HeaderBuilder::new()
+        .schema(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1)),
+        )
+        .description(Some(
+            "Whole seconds until this API key's rate limit accepts a request again",
+        ))
+        .build()
+}
+
+/// `Idempotent-Replayed`, on the responses a request with an `Idempotency-Key` may get again.
+fn idempotent_replayed() -> Header {
+    HeaderBuilder::new()
+        .schema(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["true"])),
+        )
+        .description(Some(
+            "`true` when this response is the recorded answer to an earlier request with the \
+             same `Idempotency-Key` (same method, path and body, within 24 hours), sent again \
+             without changing anything; absent on a request handled now",
+        ))
+        .build()
 }
 
 fn problem_response(code: ErrorCode) -> Response {

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use clientele_api::ApiConfig;
+use clientele_domain::Role;
 use clientele_testkit::{Reply, TestHub, assert_problem, call, hub_tests, metric_sample};
 use serde_json::{Value, json};
 
@@ -15,6 +16,8 @@ hub_tests!(
     documented_operations_are_served,
     documented_errors_are_the_problems_sent,
     documented_parameter_bounds_are_the_enforced_ones,
+    authenticated_operations_take_a_bearer_key_or_a_signature,
+    documented_response_headers_are_the_headers_sent,
     an_unknown_route_is_a_problem,
     a_path_segment_that_does_not_decode_is_a_problem,
     a_wrong_method_is_a_problem,
@@ -225,7 +228,11 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/tags", &["get"]),
     ("/healthz", &["get"]),
     ("/metrics", &["get"]),
+    ("/openapi.json", &["get"]),
 ];
+
+/// The routes that need no credentials.
+const UNAUTHENTICATED: &[&str] = &["/healthz", "/metrics", "/openapi.json"];
 
 const HTTP_METHODS: &[&str] = &[
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
@@ -258,7 +265,13 @@ async fn openapi_documents_every_route(hub: TestHub) {
                 responses.keys().any(|s| s.starts_with('2')),
                 "{method} {path} documents no success"
             );
-            if *path != "/healthz" && *path != "/metrics" {
+            if UNAUTHENTICATED.contains(path) {
+                assert!(
+                    operation["security"].is_null(),
+                    "{method} {path} needs no credentials: {}",
+                    operation["security"]
+                );
+            } else {
                 assert!(
                     responses.keys().any(|s| s.starts_with('4')),
                     "{method} {path} documents no 4xx response: {:?}",
@@ -282,6 +295,14 @@ async fn openapi_documents_every_route(hub: TestHub) {
             }
         }
     }
+    // The document describes itself: served by `app()` outside the routers that contribute
+    // the other paths, it was missing.
+    let itself = &paths["/openapi.json"]["get"];
+    assert_eq!(itself["tags"], json!(["operations"]), "{itself}");
+    assert!(
+        itself["responses"]["200"]["content"]["application/json"].is_object(),
+        "{itself}"
+    );
 }
 
 async fn documented_operations_are_served(hub: TestHub) {
@@ -417,6 +438,221 @@ async fn documented_errors_are_the_problems_sent(hub: TestHub) {
             }
         }
     }
+}
+
+/// Whether the method changes something (and so takes `Idempotency-Key`).
+fn mutating(method: &str) -> bool {
+    ["post", "put", "patch", "delete"].contains(&method)
+}
+
+/// The documented operations, as (path, method, operation).
+fn operations(document: &Value) -> Vec<(&str, &str, &Value)> {
+    let paths = document["paths"].as_object().expect("paths");
+    let mut operations = Vec::new();
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("a path item") {
+            if HTTP_METHODS.contains(&method.as_str()) {
+                operations.push((path.as_str(), method.as_str(), operation));
+            }
+        }
+    }
+    operations
+}
+
+async fn authenticated_operations_take_a_bearer_key_or_a_signature(hub: TestHub) {
+    // Found in an audit: the `signed` scheme was declared but no operation listed it, so a
+    // client generated from the document could only send bearer secrets.
+    let document = openapi_json(&hub).await;
+    let signed = &document["components"]["securitySchemes"]["signed"];
+    assert_eq!(signed["type"], "apiKey", "{signed}");
+    assert_eq!(signed["in"], "header", "{signed}");
+    let description = signed["description"].as_str().unwrap_or_default();
+    for header in [
+        "X-Clientele-Key",
+        "X-Clientele-Timestamp",
+        "X-Clientele-Nonce",
+        "X-Clientele-Signature",
+    ] {
+        assert!(
+            signed["name"] == header || description.contains(header),
+            "the signed scheme names {header}: {signed}"
+        );
+    }
+
+    let key = hub.create_key_pair(Role::Admin).await;
+    let mut authenticated = 0;
+    for (path, method, operation) in operations(&document) {
+        let what = format!("{method} {path}");
+        if operation["security"].is_null() {
+            assert!(
+                UNAUTHENTICATED.contains(&path),
+                "{what} needs no credentials"
+            );
+            continue;
+        }
+        authenticated += 1;
+        // Either alternative suffices (a list of requirements is an "or").
+        assert_eq!(
+            operation["security"],
+            json!([{"bearer": []}, {"signed": []}]),
+            "{what}"
+        );
+        // And so it is: a signed request is authenticated there.
+        let body: &[u8] = if ["post", "put", "patch"].contains(&method) {
+            br#"{"password": "x"}"#
+        } else {
+            b""
+        };
+        let concrete = concrete_path(path);
+        let method: reqwest::Method = method.to_uppercase().parse().expect("a method");
+        let reply = call(hub.signed(&key, method, &concrete, body)).await;
+        assert!(
+            reply.status != 401 && reply.status < 500,
+            "{what} signed: {} {:?}",
+            reply.status,
+            reply.body
+        );
+    }
+    assert!(authenticated >= ROUTES.len() - UNAUTHENTICATED.len());
+}
+
+/// The response header `name` the operation documents for `status`, if any (header names are
+/// case-insensitive).
+fn documented_header<'a>(operation: &'a Value, status: u16, name: &str) -> Option<&'a Value> {
+    operation["responses"][status.to_string()]["headers"]
+        .as_object()?
+        .iter()
+        .find(|(header, _)| header.eq_ignore_ascii_case(name))
+        .map(|(_, header)| header)
+}
+
+/// Asserts the operation documents `Idempotent-Replayed: true` on its `status` responses.
+#[track_caller]
+fn assert_documents_replayed(operation: &Value, status: u16, what: &str) {
+    let header = documented_header(operation, status, "Idempotent-Replayed")
+        .unwrap_or_else(|| panic!("{what} {status} does not document Idempotent-Replayed"));
+    assert_eq!(header["schema"]["type"], "string", "{what} {status}");
+    assert_eq!(header["schema"]["enum"], json!(["true"]), "{what} {status}");
+    assert!(header["description"].is_string(), "{what} {status}");
+}
+
+/// Asserts the operation documents `Retry-After` (whole seconds) on its `status` responses.
+#[track_caller]
+fn assert_documents_retry_after(operation: &Value, status: u16, what: &str) {
+    let header = documented_header(operation, status, "Retry-After")
+        .unwrap_or_else(|| panic!("{what} {status} does not document Retry-After"));
+    assert_eq!(header["schema"]["type"], "integer", "{what} {status}");
+    assert_eq!(header["schema"]["minimum"], 1, "{what} {status}");
+}
+
+async fn documented_response_headers_are_the_headers_sent(hub: TestHub) {
+    // Found in an audit: neither `Idempotent-Replayed` on replays of writes nor `Retry-After`
+    // on 429 was in the document.
+    let document = openapi_json(&hub).await;
+    for (path, method, operation) in operations(&document) {
+        let what = format!("{method} {path}");
+        let authenticated = operation["security"].is_array();
+        for status in operation["responses"]
+            .as_object()
+            .expect("responses")
+            .keys()
+        {
+            let status: u16 = status.parse().expect("a status");
+            let replayed = documented_header(operation, status, "Idempotent-Replayed");
+            if authenticated && mutating(method) && (200..300).contains(&status) {
+                assert_documents_replayed(operation, status, &what);
+            }
+            // Refused before the key is claimed, or released: never a replay.
+            if !authenticated || !mutating(method) || [401, 415, 429].contains(&status) {
+                assert!(replayed.is_none(), "{what} {status} is never replayed");
+            }
+            if status >= 500 {
+                assert!(replayed.is_none(), "{what} {status} is never replayed");
+            }
+        }
+        if authenticated {
+            assert_documents_retry_after(operation, 429, &what);
+        }
+    }
+
+    // Replays, of successes and of refusals, carry the header where the document says so.
+    hub.create_customer(json!({"first_name": "Ada", "external_id": "ada"}))
+        .await;
+    for (method, path, template, body, status) in [
+        (
+            "post",
+            "/v1/customers",
+            "/v1/customers",
+            json!({"first_name": "Bo"}),
+            201,
+        ),
+        (
+            "post",
+            "/v1/customers",
+            "/v1/customers",
+            json!({"no_such_field": 1}),
+            422,
+        ),
+        (
+            "put",
+            "/v1/groups/vip",
+            "/v1/groups/{code}",
+            json!({"title": "VIP"}),
+            201,
+        ),
+        (
+            "patch",
+            "/v1/customers/external_id/ada",
+            "/v1/customers/{key}/{value}",
+            json!({"last_name": "L"}),
+            200,
+        ),
+        (
+            "delete",
+            "/v1/teams/nothing",
+            "/v1/teams/{code}",
+            json!({}),
+            404,
+        ),
+    ] {
+        let what = format!("{method} {path}");
+        let send = || {
+            let request = hub
+                .request(method.to_uppercase().parse().expect("a method"), path)
+                .header(
+                    "idempotency-key",
+                    format!("replay-{method}-{path}-{status}"),
+                );
+            if method == "delete" {
+                request
+            } else {
+                request.json(&body)
+            }
+        };
+        let first = call(send()).await;
+        assert_eq!(first.status, status, "{what}: {:?}", first.body);
+        assert_eq!(first.header("idempotent-replayed"), None, "{what}");
+        let again = call(send()).await;
+        assert_eq!(again.status, status, "{what}: {:?}", again.body);
+        assert_eq!(again.header("idempotent-replayed"), Some("true"), "{what}");
+        assert_documents_replayed(&document["paths"][template][method], status, &what);
+    }
+
+    // A key over its rate gets `Retry-After` where the document says so.
+    let limited = TestHub::with_rate_limit(hub.backend, 1.0, 1.0, false)
+        .await
+        .expect("a hub with a tiny rate limit");
+    let limited = limited.as_key(&limited.create_key(Role::Read).await);
+    assert_eq!(call(limited.get("/v1/tags")).await.status, 200);
+    let reply = call(limited.get("/v1/tags")).await;
+    assert_problem_here(&reply, 429, "rate_limited");
+    let retry: u64 = reply
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("whole seconds");
+    assert!(retry >= 1);
+    assert_documents_retry_after(&document["paths"]["/v1/tags"]["get"], 429, "get /v1/tags");
 }
 
 /// The schema of a documented parameter.
