@@ -300,6 +300,18 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The whole seconds of a 429's `Retry-After`, asserting it is there and at least 1.
+    #[track_caller]
+    pub fn retry_after_secs(&self) -> u64 {
+        let retry: u64 = self
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .expect("whole seconds");
+        assert!(retry >= 1, "Retry-After {retry}");
+        retry
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }

@@ -646,12 +646,7 @@ async fn documented_response_headers_are_the_headers_sent(hub: TestHub) {
     assert_eq!(call(limited.get("/v1/tags")).await.status, 200);
     let reply = call(limited.get("/v1/tags")).await;
     assert_problem_here(&reply, 429, "rate_limited");
-    let retry: u64 = reply
-        .header("retry-after")
-        .expect("Retry-After")
-        .parse()
-        .expect("whole seconds");
-    assert!(retry >= 1);
+    reply.retry_after_secs();
     assert_documents_retry_after(&document["paths"]["/v1/tags"]["get"], 429, "get /v1/tags");
 }
 
