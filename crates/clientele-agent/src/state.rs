@@ -290,6 +290,60 @@ mod tests {
         })
     }
 
+    /// Repeats and vanished keys come out the same whether the run's keys are remembered in
+    /// memory, in the scratch table, or some in each.
+    #[tokio::test]
+    async fn keys_read_are_remembered_in_memory_and_past_it_in_a_table() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = StateStore::open(&dir.path().join("s.db"))
+            .await
+            .expect("open");
+        let stored: Vec<Outcome> = ["a", "b", "c", "d", "e"]
+            .into_iter()
+            .map(|key| Outcome::Stored {
+                key: key.into(),
+                hub_value: format!("h{key}"),
+                hash: "00".into(),
+                row_hash: Some(ROW),
+                hub_id: Some(format!("cus_{key}")),
+            })
+            .collect();
+        state.commit(&stored).await.expect("commit");
+        for keys_in_memory in [0, 1, 2, 100] {
+            let mut run = state
+                .reader()
+                .expect("reader")
+                .with_keys_in_memory(keys_in_memory);
+            let rows = [("d", 1), ("a", 2), ("d", 3), ("a", 4), ("x", 5), ("x", 6)];
+            let probes = run
+                .probe_all(rows.iter().map(|(key, row)| (Some(*key), &ROW, *row)))
+                .expect("probe");
+            assert_eq!(
+                probes,
+                vec![
+                    Probe::Same,
+                    Probe::Same,
+                    Probe::Repeated { first: 1 },
+                    Probe::Repeated { first: 2 },
+                    Probe::Unknown,
+                    Probe::Repeated { first: 5 },
+                ],
+                "{keys_in_memory} keys in memory"
+            );
+            let mut vanished = Vec::new();
+            let mut after = String::new();
+            loop {
+                let page = run.vanished_after(&after, 1).expect("vanished");
+                let Some((last, _, _)) = page.last() else {
+                    break;
+                };
+                after.clone_from(last);
+                vanished.extend(page.into_iter().map(|(key, _, _)| key));
+            }
+            assert_eq!(vanished, ["b", "c", "e"], "{keys_in_memory} keys in memory");
+        }
+    }
+
     #[tokio::test]
     async fn outcomes_are_recorded_and_vanished_keys_found() {
         let dir = tempfile::tempdir().expect("dir");
