@@ -30,7 +30,6 @@ use anyhow::Context;
 use clientele_client::{Client, ItemStatus, SyncRequest, SyncResponse};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
 use crate::compare::{Candidate, Compared};
@@ -98,7 +97,7 @@ impl Push {
     ) -> anyhow::Result<Push> {
         let state = StateStore::open(&job.state_path()).await?;
         state.bind_hub(&job.hub.url, !dry_run).await?;
-        let run_id = run_id(&job);
+        let run_id = crate::run_id();
         Ok(Push {
             job,
             client,
@@ -369,22 +368,6 @@ impl Push {
         self.in_flight.spawn(sender.send(batch));
         Ok(())
     }
-}
-
-/// A run's id: the clock, the process and the job, so no two runs (of one job or of two, on one
-/// machine or two) share idempotency keys.
-fn run_id(job: &Job) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos())
-        .unwrap_or_default();
-    let digest = Sha256::digest(format!(
-        "{nanos}\n{}\n{}\n{}",
-        std::process::id(),
-        job.file,
-        job.state_path().display()
-    ));
-    hex::encode(&digest[..12])
 }
 
 struct BatchSender {

@@ -42,7 +42,7 @@ pub async fn run(
     let section = job.mirror()?;
     let mirror = Mirror::open(&job.database_url(&section.url), &section.table).await?;
     let syncer = Syncer {
-        run_id: run_id(),
+        run_id: crate::run_id(),
         mirror,
         client: client.clone(),
         report: report.clone(),
@@ -387,15 +387,6 @@ fn idempotency_key(kind: &str, row: &str, version: i64, body: &Value) -> String 
     let mut digest = Sha256::new();
     digest.update(format!("{kind}\n{row}\n{version}\n{body}").as_bytes());
     format!("sync-{}", hex::encode(&digest.finalize()[..20]))
-}
-
-fn run_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos())
-        .unwrap_or_default();
-    let digest = Sha256::digest(format!("{nanos}/{}", std::process::id()));
-    hex::encode(&digest[..12])
 }
 
 fn parse_time(text: &str) -> Option<time::OffsetDateTime> {

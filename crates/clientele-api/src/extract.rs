@@ -299,12 +299,13 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
             }
             _ => None,
         };
-        let mut error = ApiError::new(ErrorCode::InvalidPath, rejection.body_text());
+        let message = rejection.body_text();
+        let mut error = ApiError::new(ErrorCode::InvalidPath, message.clone());
         if let Some(field) = field {
             error.errors.push(clientele_domain::FieldError {
                 field,
                 code: "invalid_path",
-                message: rejection.body_text(),
+                message,
             });
         }
         Err(error)

@@ -124,6 +124,11 @@ impl<B> SqlStore<B> {
     pub(crate) fn key_revoked(&self) -> &KeyRevoked {
         &self.key_revoked
     }
+
+    #[cfg(test)]
+    pub(crate) fn sql_backend(&self) -> &B {
+        &self.backend
+    }
 }
 
 #[async_trait]

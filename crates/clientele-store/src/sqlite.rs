@@ -537,6 +537,18 @@ impl Backend for SqliteBackend {
 mod tests {
     use super::*;
 
+    /// A store on a database file reads customers on the request's thread; the fallback to
+    /// the pool would hide a store that never does.
+    #[tokio::test]
+    async fn a_store_on_a_file_makes_point_reads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+        let store = SqliteStore::connect(&StoreConfig::new(url))
+            .await
+            .expect("store");
+        assert!(store.sql_backend().point_reads.is_some());
+    }
+
     /// The workspace's .cargo/config.toml builds SQLite with a page cache per connection; a
     /// build that lost it would let a bulk load starve the readers' caches.
     #[tokio::test]

@@ -300,6 +300,16 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The `id` of each item of a list's `data`, in order.
+    pub fn data_ids(&self) -> Vec<&str> {
+        self.body["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .filter_map(|item| item["id"].as_str())
+            .collect()
+    }
+
     /// The whole seconds of a 429's `Retry-After`, asserting it is there and at least 1.
     #[track_caller]
     pub fn retry_after_secs(&self) -> u64 {

@@ -251,12 +251,7 @@ async fn the_bootstrap_admin_key_works(hub: TestHub) {
     let restarted = hub.another_process(ApiConfig::default()).await;
     let reply = call(restarted.as_key(ADMIN_SECRET).get("/v1/api-keys")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let ids: Vec<&str> = reply.body["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .filter_map(|key| key["id"].as_str())
-        .collect();
+    let ids = reply.data_ids();
     assert!(
         ids.contains(&bootstrap_id),
         "the same key, live again: {ids:?}"
@@ -555,12 +550,7 @@ async fn a_revoked_key_is_refused_at_once(hub: TestHub) {
     .await;
     assert_problem(&reply, 401, "unauthorized");
     let list = call(hub.get("/v1/api-keys")).await;
-    let ids: Vec<&str> = list.body["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .filter_map(|k| k["id"].as_str())
-        .collect();
+    let ids = list.data_ids();
     assert!(!ids.contains(&id), "a revoked key is not listed: {ids:?}");
     let customers = call(hub.get("/v1/customers")).await;
     assert_eq!(customers.body["data"], json!([]));

@@ -439,12 +439,7 @@ async fn a_scoped_admin_key_manages_only_keys_within_its_teams(hub: TestHub) {
     world(&hub).await;
     let admin = scoped_key(&hub, "admin", &["north", "south"]).await;
     let key_ids = |reply: &clientele_testkit::Reply| -> Vec<String> {
-        let mut ids: Vec<String> = reply.body["data"]
-            .as_array()
-            .expect("data")
-            .iter()
-            .map(|key| key["id"].as_str().expect("id").to_owned())
-            .collect();
+        let mut ids: Vec<String> = reply.data_ids().into_iter().map(str::to_owned).collect();
         ids.sort_unstable();
         ids
     };

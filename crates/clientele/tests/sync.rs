@@ -1372,12 +1372,7 @@ async fn text_the_row_formats_reserve_is_stored_as_sent(hub: TestHub) {
     // The search terms: a word of the last name, with its backslash, finds both.
     let found = call(hub.get("/v1/customers?q=back%5Cslash")).await;
     assert_eq!(found.status, 200, "{}", found.body);
-    let ids: BTreeSet<&str> = found.body["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .filter_map(|c| c["id"].as_str())
-        .collect();
+    let ids: BTreeSet<&str> = found.data_ids().into_iter().collect();
     assert_eq!(
         ids,
         BTreeSet::from([synced_id.as_str(), created_id.as_str()])

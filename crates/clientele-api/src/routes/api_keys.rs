@@ -172,7 +172,7 @@ async fn unknown_teams(
         .collect();
     let known = state.store().known_codes(&[], &codes).await?;
     for (i, team) in requested.iter().enumerate() {
-        let own = caller.key.teams.is_empty() || caller.key.teams.contains(team);
+        let own = caller.key.manages_keys_of(std::slice::from_ref(team));
         if !own || !known.teams.contains(team) {
             errors.push(
                 format!("teams[{i}]"),
