@@ -134,10 +134,18 @@ impl KeyCache {
 }
 
 fn bearer_secret(parts: &Parts) -> Result<&str, ApiError> {
-    let header = parts
-        .headers
-        .get(AUTHORIZATION)
+    let mut headers = parts.headers.get_all(AUTHORIZATION).iter();
+    let header = headers
+        .next()
         .ok_or_else(|| unauthorized("send Authorization: Bearer <API key secret>"))?;
+    if headers.next().is_some() {
+        // Which of two credentials would count is anyone's guess (a proxy's and the client's,
+        // say); RFC 9110 allows the field once.
+        return Err(ApiError::header(
+            "Authorization",
+            "Authorization may be given only once",
+        ));
+    }
     let value = header
         .to_str()
         .map_err(|_| unauthorized("the Authorization header is not valid text"))?;

@@ -57,7 +57,8 @@ fn check_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
         Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
             format!("send the body as application/json, not {media_type}"),
-        ))
+        )
+        .naming("Content-Type"))
     }
 }
 
@@ -342,17 +343,24 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get(IF_MATCH) else {
+        let mut values = parts.headers.get_all(IF_MATCH).iter();
+        let Some(value) = values.next() else {
             return Ok(IfMatch(None));
         };
+        if values.next().is_some() {
+            return Err(ApiError::header(
+                "If-Match",
+                "If-Match may be given only once, with one version",
+            ));
+        }
         let text = value.to_str().unwrap_or_default().trim();
         if text == "*" {
             return Ok(IfMatch(None));
         }
         let unquoted = text.trim_start_matches("W/").trim_matches('"');
         unquoted.parse().map(|v| IfMatch(Some(v))).map_err(|_| {
-            ApiError::new(
-                ErrorCode::InvalidHeader,
+            ApiError::header(
+                "If-Match",
                 "If-Match must be a version as the ETag gives it, e.g. \"3\"",
             )
         })

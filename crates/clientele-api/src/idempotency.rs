@@ -102,11 +102,21 @@ pub(crate) async fn middleware(
     let Some(header) = request.headers().get(&IDEMPOTENCY_KEY).filter(|_| mutating) else {
         return next.run(request).await;
     };
+    if request
+        .headers()
+        .get_all(&IDEMPOTENCY_KEY)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return ApiError::header("Idempotency-Key", "Idempotency-Key may be given only once")
+            .into_response();
+    }
     let key = match header.to_str() {
         Ok(key) if !key.is_empty() && key.len() <= MAX_KEY_LENGTH => key.to_owned(),
         _ => {
-            return ApiError::new(
-                ErrorCode::InvalidHeader,
+            return ApiError::header(
+                "Idempotency-Key",
                 format!("Idempotency-Key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters"),
             )
             .into_response();

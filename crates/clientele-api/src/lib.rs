@@ -12,6 +12,7 @@ mod openapi_problems;
 pub mod password;
 pub mod problem;
 pub mod rate_limit;
+mod request_limits;
 pub mod response;
 pub mod retention;
 mod routes;
@@ -89,6 +90,7 @@ pub fn app(state: AppState) -> Router {
         // Bodies are read by `StrictJson` with the configured limit; lift axum's own default.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(detach::run_to_completion))
+        .layer(axum::middleware::from_fn(request_limits::check))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

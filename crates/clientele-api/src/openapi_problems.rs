@@ -64,7 +64,8 @@ fn complete(method: HttpMethod, operation: &mut Operation) {
         HttpMethod::Post | HttpMethod::Put | HttpMethod::Patch | HttpMethod::Delete
     );
 
-    let mut codes: Vec<ErrorCode> = Vec::new();
+    // `request_limits` bounds every request's head.
+    let mut codes: Vec<ErrorCode> = vec![ErrorCode::UriTooLong, ErrorCode::HeadersTooLarge];
     if has_body {
         codes.extend([
             ErrorCode::MalformedJson,
@@ -144,7 +145,7 @@ fn complete(method: HttpMethod, operation: &mut Operation) {
         if status.starts_with(['4', '5']) {
             as_problem(response);
         }
-        if status == "429" {
+        if status == "429" || status == "503" {
             response
                 .headers
                 .insert(RETRY_AFTER.to_owned(), retry_after());
@@ -157,7 +158,8 @@ fn complete(method: HttpMethod, operation: &mut Operation) {
     }
 }
 
-/// `Retry-After` as the rate limiter sends it (the only sender: a 503 carries none).
+/// `Retry-After` as the hub sends it: on a 429, when this key's rate limit accepts a request
+/// again; on a 503, a short pause before a retry.
 fn retry_after() -> Header {
     HeaderBuilder::new()
         .schema(
@@ -166,7 +168,9 @@ fn retry_after() -> Header {
                 .minimum(Some(1)),
         )
         .description(Some(
-            "Whole seconds until this API key's rate limit accepts a request again",
+            "Whole seconds to wait before retrying: on 429, until this API key's rate limit \
+             accepts a request again; on 503, a short pause while the database is busy or the \
+             server restarts",
         ))
         .build()
 }

@@ -37,6 +37,8 @@ error_codes! {
     MalformedJson => BAD_REQUEST, "malformed_json", "The body is not well-formed JSON";
     InvalidHeader => BAD_REQUEST, "invalid_header", "A request header is malformed";
     InvalidPath => BAD_REQUEST, "invalid_path", "A path segment does not decode";
+    UriTooLong => URI_TOO_LONG, "uri_too_long", "The request's path and query are too long";
+    HeadersTooLarge => REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", "The request's headers are too many or too large";
     Unauthorized => UNAUTHORIZED, "unauthorized", "Missing or invalid credentials";
     SignatureMissing => UNAUTHORIZED, "signature_missing", "A signed request lacks one of its headers";
     SignatureInvalid => UNAUTHORIZED, "signature_invalid", "The request signature does not verify";
@@ -65,6 +67,10 @@ error_codes! {
     Internal => INTERNAL_SERVER_ERROR, "internal_error", "Internal server error";
     Unavailable => SERVICE_UNAVAILABLE, "unavailable", "The service is temporarily unavailable";
 }
+
+/// The `Retry-After` of a 503: the database was busy or unreachable, or the server is
+/// stopping (another hub behind the same address can answer a second later).
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
 
 /// An RFC 9457 problem document.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -123,6 +129,22 @@ impl ApiError {
 
     pub fn field(field: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
         Self::invalid(ValidationErrors::single(field, code, message))
+    }
+
+    /// A request header that is malformed (or given more than once where it may appear only
+    /// once), named in `errors[0].field` as the header's name.
+    pub fn header(name: &str, detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidHeader, detail).naming(name)
+    }
+
+    /// Names the field (or header) at fault in `errors`, under the problem's own code.
+    pub fn naming(mut self, field: &str) -> Self {
+        self.errors.push(FieldError {
+            field: field.to_owned(),
+            code: self.code.as_str(),
+            message: self.detail.clone(),
+        });
+        self
     }
 
     pub fn not_found() -> Self {
@@ -257,6 +279,14 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("Bearer realm=\"clientele\""),
             );
         }
+        if self.code.status() == StatusCode::SERVICE_UNAVAILABLE {
+            // Busy or shutting down: worth a retry soon, and a client that honours
+            // `Retry-After` (as the SDK does) need not guess how soon.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+            );
+        }
         if self.outcome_unknown {
             response.extensions_mut().insert(OutcomeUnknown);
         }
@@ -280,6 +310,31 @@ mod tests {
             );
             assert!(code.status().is_client_error() || code.status().is_server_error());
         }
+    }
+
+    #[test]
+    fn a_503_says_when_to_retry_and_other_errors_do_not() {
+        let busy = ApiError::new(ErrorCode::Unavailable, "busy").into_response();
+        assert_eq!(busy.status(), 503);
+        assert_eq!(
+            busy.headers()[axum::http::header::RETRY_AFTER],
+            UNAVAILABLE_RETRY_AFTER_SECS.to_string()
+        );
+        let internal = ApiError::new(ErrorCode::Internal, "bug").into_response();
+        assert!(
+            !internal
+                .headers()
+                .contains_key(axum::http::header::RETRY_AFTER)
+        );
+    }
+
+    #[test]
+    fn a_header_problem_names_the_header() {
+        let problem = ApiError::header("If-Match", "not a version").problem();
+        assert_eq!(problem.status, 400);
+        assert_eq!(problem.code, "invalid_header");
+        assert_eq!(problem.errors[0].field, "If-Match");
+        assert_eq!(problem.errors[0].code, "invalid_header");
     }
 
     #[test]

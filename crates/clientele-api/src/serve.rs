@@ -3,8 +3,9 @@
 //!
 //! It is axum's `serve` with what that one leaves out: a client gets a bounded time to send a
 //! request's headers (`ApiConfig::header_read_timeout`), so connections that trickle them in,
-//! or never finish them, are closed instead of held for ever; and `TCP_NODELAY`, so a small
-//! response is not held back waiting for an acknowledgement.
+//! or never finish them, are closed instead of held for ever; `TCP_NODELAY`, so a small
+//! response is not held back waiting for an acknowledgement; and room in hyper's buffers for
+//! heads that `request_limits` refuses with a problem.
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,6 +19,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tower::ServiceExt;
 
+use crate::request_limits;
+
 /// How long to wait before accepting again after an error such as too many open files, which
 /// would otherwise spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -30,10 +33,16 @@ pub(crate) async fn run(
     grace: Duration,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
+    // hyper's own refusals have empty bodies: its bounds sit well above the ones
+    // `request_limits` answers with a problem, so only a grossly oversized head meets them.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(header_read_timeout)
+        .max_headers(4 * request_limits::MAX_HEADER_COUNT);
+    builder
+        .http2()
+        .max_header_list_size((4 * request_limits::MAX_HEADER_BYTES) as u32);
     let connections = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

@@ -20,6 +20,8 @@ hub_tests!(
     documented_response_headers_are_the_headers_sent,
     an_unknown_route_is_a_problem,
     a_path_segment_that_does_not_decode_is_a_problem,
+    a_head_over_its_bounds_is_a_problem,
+    a_header_given_twice_where_once_is_allowed_is_a_problem,
     a_wrong_method_is_a_problem,
     unknown_methods_share_one_metrics_label,
     a_body_that_is_not_json_is_unsupported,
@@ -386,11 +388,27 @@ async fn documented_errors_are_the_problems_sent(hub: TestHub) {
                     assert!(response["description"].is_string(), "{what} {status}");
                 }
             }
+            let method: reqwest::Method = method.to_uppercase().parse().expect("a method");
+            let concrete = concrete_path(path);
+
+            // Every operation bounds the request's head: documented 414 and 431.
+            let reply = call(hub.request(
+                method.clone(),
+                &format!("{concrete}?padding={}", "p".repeat(9000)),
+            ))
+            .await;
+            assert_problem_here(&reply, 414, "uri_too_long");
+            assert_documents_problem(operation, 414, &what);
+            let mut crowded = hub.request(method.clone(), &concrete);
+            for i in 0..120 {
+                crowded = crowded.header(format!("x-padding-{i}"), "p");
+            }
+            assert_problem_here(&call(crowded).await, 431, "headers_too_large");
+            assert_documents_problem(operation, 431, &what);
+
             if !operation["security"].is_array() {
                 continue;
             }
-            let method: reqwest::Method = method.to_uppercase().parse().expect("a method");
-            let concrete = concrete_path(path);
 
             // Without credentials: a documented 401.
             let reply = call(hub.client.request(method.clone(), hub.url(&concrete))).await;
@@ -563,7 +581,7 @@ async fn documented_response_headers_are_the_headers_sent(hub: TestHub) {
                 assert_documents_replayed(operation, status, &what);
             }
             // Refused before the key is claimed, or released: never a replay.
-            if !authenticated || !mutating(method) || [401, 415, 429].contains(&status) {
+            if !authenticated || !mutating(method) || [401, 414, 415, 429, 431].contains(&status) {
                 assert!(replayed.is_none(), "{what} {status} is never replayed");
             }
             if status >= 500 {
@@ -572,6 +590,7 @@ async fn documented_response_headers_are_the_headers_sent(hub: TestHub) {
         }
         if authenticated {
             assert_documents_retry_after(operation, 429, &what);
+            assert_documents_retry_after(operation, 503, &what);
         }
     }
 
@@ -780,6 +799,82 @@ async fn a_path_segment_that_does_not_decode_is_a_problem(hub: TestHub) {
     }
     let reply = call(hub.delete("/v1/api-keys/%FF")).await;
     assert_problem_here(&reply, 400, "invalid_path");
+}
+
+async fn a_head_over_its_bounds_is_a_problem(hub: TestHub) {
+    // Found in an audit: hyper refused these itself, with an empty body.
+    let query = format!("/v1/customers?q={}", "a".repeat(9 * 1024));
+    let reply = call(hub.get(&query)).await;
+    assert_problem_here(&reply, 414, "uri_too_long");
+
+    let mut many = hub.get("/v1/customers");
+    for i in 0..150 {
+        many = many.header(format!("x-extra-{i}"), "1");
+    }
+    assert_problem_here(&call(many).await, 431, "headers_too_large");
+
+    let large = hub
+        .get("/v1/customers")
+        .header("x-large-a", "a".repeat(20 * 1024))
+        .header("x-large-b", "b".repeat(20 * 1024));
+    assert_problem_here(&call(large).await, 431, "headers_too_large");
+
+    // Within the bounds, the same shapes are served.
+    let within = hub
+        .get(&format!("/v1/customers?q={}", "a".repeat(200)))
+        .header("x-large-a", "a".repeat(10 * 1024));
+    assert_eq!(call(within).await.status, 200);
+}
+
+async fn a_header_given_twice_where_once_is_allowed_is_a_problem(hub: TestHub) {
+    // Found in an audit: of two Authorization headers the first counted, silently.
+    let secret = hub.create_key(Role::Read).await;
+    let reply = call(
+        hub.client
+            .get(hub.url("/v1/customers"))
+            .header("authorization", format!("Bearer {secret}"))
+            .header("authorization", "Bearer ck_someone_else"),
+    )
+    .await;
+    assert_header_problem(&reply, "Authorization");
+
+    let customer = hub.create_customer(json!({"first_name": "Ada"})).await;
+    let path = format!("/v1/customers/{}", customer["id"].as_str().expect("id"));
+    let reply = call(
+        hub.patch(&path)
+            .json(&json!({"last_name": "L"}))
+            .header("if-match", "\"1\"")
+            .header("if-match", "\"2\""),
+    )
+    .await;
+    assert_header_problem(&reply, "If-Match");
+
+    let reply = call(
+        hub.post("/v1/customers")
+            .json(&json!({"first_name": "Bo"}))
+            .header("idempotency-key", "one")
+            .header("idempotency-key", "two"),
+    )
+    .await;
+    assert_header_problem(&reply, "Idempotency-Key");
+    // Nothing was written: the customer list holds only Ada.
+    assert_eq!(call(hub.get("/v1/customers")).await.data_ids().len(), 1);
+
+    // A malformed header is named too.
+    let reply = call(
+        hub.patch(&path)
+            .json(&json!({"last_name": "M"}))
+            .header("if-match", "soon"),
+    )
+    .await;
+    assert_header_problem(&reply, "If-Match");
+}
+
+/// Asserts a 400 `invalid_header` naming `header` as the field at fault.
+#[track_caller]
+fn assert_header_problem(reply: &Reply, header: &str) {
+    assert_problem_here(reply, 400, "invalid_header");
+    assert_eq!(reply.body["errors"][0]["field"], header, "{}", reply.body);
 }
 
 async fn unknown_methods_share_one_metrics_label(hub: TestHub) {
