@@ -47,7 +47,8 @@ pub struct WriteCommand {
     pub scope: Scope,
 }
 
-/// A keyset page of a list ordered by a name (group and team codes, tags), in byte order.
+/// A keyset page of a list ordered by a name (group and team codes, tags, API key ids), in
+/// byte order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamePage {
     /// The last name of the previous page.
@@ -362,7 +363,8 @@ pub trait Store: Send + Sync + 'static {
     /// The live key with this id (signed requests name their key by id).
     async fn api_key_by_id(&self, id: ApiKeyId) -> Result<Option<ApiKey>, DomainError>;
 
-    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, DomainError>;
+    /// A page of the live keys in id order: at most `page.limit`, after the id `page.after`.
+    async fn list_api_keys(&self, page: &NamePage) -> Result<Vec<ApiKey>, DomainError>;
 
     /// Revokes a live key, recording the completion in the same transaction; `false` (and
     /// nothing recorded) when there is no live key with this id.

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use clientele_domain::sync::{ChangeRecord, StoredCustomer};
 use clientele_domain::{
     ApiKey, ApiKeyId, Customer, CustomerDoc, CustomerId, CustomerKey, DomainError,
-    IdempotencyClaim, ListQuery, Locator, NewApiKey, Page, StoredResponse, Timestamp,
+    IdempotencyClaim, ListQuery, Locator, NamePage, NewApiKey, Page, StoredResponse, Timestamp,
 };
 
 use crate::search::TermEdit;
@@ -135,7 +135,8 @@ pub(crate) trait Queries: Send + Sync {
         column: KeyColumn,
         value: KeyValue<'_>,
     ) -> Result<Option<ApiKey>, DomainError>;
-    async fn api_keys(&self) -> Result<Vec<ApiKey>, DomainError>;
+    /// A page of the live keys in id order, after `page.after`.
+    async fn api_keys(&self, page: &NamePage) -> Result<Vec<ApiKey>, DomainError>;
     async fn count_api_keys(&self) -> Result<i64, DomainError>;
     async fn ping(&self) -> Result<(), DomainError>;
 
@@ -718,12 +719,15 @@ macro_rules! sql_primitives {
 
             async fn api_keys(
                 &self,
+                page: &clientele_domain::NamePage,
             ) -> Result<Vec<clientele_domain::ApiKey>, clientele_domain::DomainError> {
                 use sqlx::Row;
                 let rows = sqlx::query(
                     "SELECT id, name, role, teams, secret_encrypted, created_at FROM api_keys \
-                     WHERE revoked_at IS NULL ORDER BY id",
+                     WHERE revoked_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
                 )
+                .bind(page.after.as_deref().unwrap_or(""))
+                .bind(i64::from(page.limit))
                 .fetch_all(self)
                 .await
                 .map_err($crate::error::db_error)?;

@@ -304,8 +304,8 @@ impl<B: Backend> Store for SqlStore<B> {
             .await
     }
 
-    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, DomainError> {
-        self.backend.reads().api_keys().await
+    async fn list_api_keys(&self, page: &NamePage) -> Result<Vec<ApiKey>, DomainError> {
+        self.backend.reads().api_keys(page).await
     }
 
     async fn revoke_api_key(

@@ -5,7 +5,7 @@
 //! outside its teams. A restricted admin key lists, creates and revokes only keys restricted to
 //! some of its own teams.
 
-use clientele_testkit::{TestHub, assert_invalid, assert_problem, call, hub_tests};
+use clientele_testkit::{Reply, TestHub, assert_invalid, assert_problem, call, hub_tests};
 use serde_json::{Value, json};
 
 hub_tests!(
@@ -16,6 +16,7 @@ hub_tests!(
     a_scoped_key_syncs_only_its_customers,
     an_unrestricted_key_still_sees_everything,
     a_scoped_admin_key_manages_only_keys_within_its_teams,
+    api_keys_are_listed_in_pages_a_scoped_admin_sees_its_own_in_full,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -438,8 +439,8 @@ async fn an_unrestricted_key_still_sees_everything(hub: TestHub) {
 async fn a_scoped_admin_key_manages_only_keys_within_its_teams(hub: TestHub) {
     world(&hub).await;
     let admin = scoped_key(&hub, "admin", &["north", "south"]).await;
-    let key_ids = |reply: &clientele_testkit::Reply| -> Vec<String> {
-        let mut ids: Vec<String> = reply.data_ids().into_iter().map(str::to_owned).collect();
+    let key_ids = |reply: &Reply| -> Vec<String> {
+        let mut ids = listed_ids(reply);
         ids.sort_unstable();
         ids
     };
@@ -489,4 +490,78 @@ async fn a_scoped_admin_key_manages_only_keys_within_its_teams(hub: TestHub) {
     );
     let reply = call(admin.delete(&format!("/v1/api-keys/{created}"))).await;
     assert_eq!(reply.status, 204);
+}
+
+/// The ids of a list reply's `data`, in order.
+fn listed_ids(reply: &Reply) -> Vec<String> {
+    reply.data_ids().into_iter().map(str::to_owned).collect()
+}
+
+/// Every id of `GET /v1/api-keys` as `hub` pages through it `limit` at a time.
+async fn key_pages(hub: &TestHub, limit: u32) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut path = format!("/v1/api-keys?limit={limit}");
+    loop {
+        let reply = call(hub.get(&path)).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+        let ids = listed_ids(&reply);
+        assert!(ids.len() <= limit as usize, "{path}: {}", reply.body);
+        pages.push(ids);
+        match reply.body["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/api-keys?limit={limit}&cursor={cursor}"),
+            None => return pages,
+        }
+    }
+}
+
+async fn api_keys_are_listed_in_pages_a_scoped_admin_sees_its_own_in_full(hub: TestHub) {
+    // Found in an audit: the key list had no bound and ignored unknown parameters.
+    world(&hub).await;
+    let admin = scoped_key(&hub, "admin", &["north"]).await;
+    // Interleave keys it manages with many it does not, so that a page of its own needs
+    // several reads of the store.
+    let mut its_own = Vec::new();
+    for round in 0..4 {
+        for _ in 0..5 {
+            scoped_key(&hub, "read", &["south"]).await;
+        }
+        let reply = call(
+            hub.post("/v1/api-keys")
+                .json(&json!({"name": format!("own-{round}"), "role": "read", "teams": ["north"]})),
+        )
+        .await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        its_own.push(reply.body["id"].as_str().expect("id").to_owned());
+    }
+
+    let whole = listed_ids(&call(hub.get("/v1/api-keys")).await);
+    assert_eq!(
+        whole.len(),
+        1 + 1 + 1 + 20 + 4,
+        "bootstrap, world's key, scoped admin, south keys, own keys"
+    );
+    let mut sorted = whole.clone();
+    sorted.sort_unstable();
+    assert_eq!(whole, sorted, "listed in id order");
+    let pages = key_pages(&hub, 7).await;
+    assert_eq!(pages.len(), 4, "27 keys, 7 a page: {pages:?}");
+    assert_eq!(pages.concat(), whole, "every key once, in order");
+
+    // The scoped admin sees the north keys (world's, its own and itself), whole pages of them.
+    let visible = listed_ids(&call(admin.get("/v1/api-keys")).await);
+    assert_eq!(visible.len(), 4 + 2, "{visible:?}");
+    assert!(its_own.iter().all(|id| visible.contains(id)), "{visible:?}");
+    let pages = key_pages(&admin, 2).await;
+    assert_eq!(pages.concat(), visible, "{pages:?}");
+    assert!(pages.iter().all(|page| page.len() == 2), "{pages:?}");
+
+    for (query, field, code) in [
+        ("?limit=0", "limit", "out_of_range"),
+        ("?limit=1001", "limit", "out_of_range"),
+        ("?cursor=!!!", "cursor", "invalid_cursor"),
+        ("?role=admin", "role", "unknown_parameter"),
+    ] {
+        let reply = call(hub.get(&format!("/v1/api-keys{query}"))).await;
+        assert_invalid(&reply, &[(field, code)]);
+    }
 }

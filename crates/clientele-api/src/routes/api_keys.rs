@@ -11,10 +11,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{AdminCaller, Caller, new_api_key};
-use crate::extract::{Path, StrictJson};
+use crate::extract::{Path, StrictJson, StrictQuery};
 use crate::idempotency::{Idempotency, sealed};
 use crate::problem::{ApiError, Problem};
 use crate::response::Rendered;
+use crate::routes::name_page::{NamePageParams, paged};
 use crate::secrets::generate_secret;
 use crate::state::AppState;
 
@@ -63,6 +64,8 @@ pub(crate) struct CreatedKey {
 #[derive(Serialize, ToSchema)]
 pub(crate) struct KeyList {
     data: Vec<KeyView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 impl From<ApiKey> for KeyView {
@@ -184,25 +187,40 @@ async fn unknown_teams(
     Ok(())
 }
 
-/// List the live API keys (admin; an admin key restricted to teams sees only the keys
-/// restricted to some of its own teams).
+/// List the live API keys in id order, keyset-paginated (1000 per page unless `limit` says
+/// fewer; admin). An admin key restricted to teams sees only the keys restricted to some of its
+/// own teams.
 #[utoipa::path(
     get, path = "/v1/api-keys", tag = "api-keys",
-    responses((status = 200, body = KeyList), (status = 403, body = Problem)),
+    params(NamePageParams),
+    responses((status = 200, body = KeyList), (status = 403, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = []))
 )]
 async fn list_api_keys(
     State(state): State<AppState>,
     AdminCaller(caller): AdminCaller,
+    StrictQuery(params): StrictQuery<NamePageParams>,
 ) -> Result<Json<KeyList>, ApiError> {
-    let keys = state.store().list_api_keys().await?;
-    Ok(Json(KeyList {
-        data: keys
-            .into_iter()
-            .filter(|key| caller.key.manages_keys_of(&key.teams))
-            .map(KeyView::from)
-            .collect(),
-    }))
+    let page = params.page()?;
+    // A restricted caller does not see every key the store pages through: read on until the
+    // page is full (one more than the limit, to tell whether there is a next) or the keys end.
+    let mut visible = Vec::new();
+    let mut scan = page.clone();
+    loop {
+        let keys = state.store().list_api_keys(&scan).await?;
+        let ended = keys.len() < scan.limit as usize;
+        scan.after = keys.last().map(|key| key.id.to_string());
+        visible.extend(
+            keys.into_iter()
+                .filter(|key| caller.key.manages_keys_of(&key.teams))
+                .map(KeyView::from),
+        );
+        if ended || visible.len() >= page.limit as usize {
+            break;
+        }
+    }
+    let (data, next_cursor) = paged(visible, &page, |key| &key.id);
+    Ok(Json(KeyList { data, next_cursor }))
 }
 
 /// Revoke an API key at once (admin; a key outside a restricted admin key's teams does not
