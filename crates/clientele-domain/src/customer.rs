@@ -173,11 +173,42 @@ impl FromStr for CustomerKey {
     }
 }
 
-/// The display name derived from first and last name, when either is set.
+/// The display name derived from first and last name, when either is set: the two joined by
+/// one space, without the spaces around either (which exports leave, and which are kept in
+/// the names themselves as given).
 pub fn derived_name(first: Option<&str>, last: Option<&str>) -> Option<String> {
+    fn part(name: Option<&str>) -> Option<&str> {
+        name.map(str::trim).filter(|name| !name.is_empty())
+    }
+    match (part(first), part(last)) {
+        (Some(f), Some(l)) => Some(format!("{f} {l}")),
+        (Some(one), None) | (None, Some(one)) => Some(one.to_owned()),
+        (None, None) => None,
+    }
+}
+
+/// The name [`derived_name`] gave before it trimmed its parts, so that a name stored then
+/// still counts as derived.
+pub(crate) fn untrimmed_derived_name(first: Option<&str>, last: Option<&str>) -> Option<String> {
     match (first, last) {
         (Some(f), Some(l)) => Some(format!("{f} {l}")),
         (Some(one), None) | (None, Some(one)) => Some(one.to_owned()),
         (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod derived_name_tests {
+    use super::*;
+
+    #[test]
+    fn joins_trimmed_parts_with_one_space() {
+        assert_eq!(
+            derived_name(Some(" Ada "), Some("Lovelace  ")).as_deref(),
+            Some("Ada Lovelace")
+        );
+        assert_eq!(derived_name(Some("Ada"), None).as_deref(), Some("Ada"));
+        assert_eq!(derived_name(None, Some(" Lee")).as_deref(), Some("Lee"));
+        assert_eq!(derived_name(None, None), None);
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use crate::customer::derived_name;
+use crate::customer::{derived_name, untrimmed_derived_name};
 use crate::validation::{
     MAX_ITEMS, MAX_NOTE, MAX_SHORT_TEXT, check_key, check_text, is_date, is_plausible_email,
 };
@@ -18,16 +18,22 @@ use crate::{
 };
 
 /// The body of a customer write. Every field is optional: absent leaves the stored value,
-/// `null` clears it. Unknown fields are refused by the HTTP layer before this is built.
+/// `null` clears it; an empty or blank string clears optional text too (exports write "" for
+/// "no value"), except the unique keys, where "" is 422 `empty`. Unknown fields are refused by
+/// the HTTP layer before this is built.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct CustomerWrite {
+    /// Unique key; "" is refused (422 `empty`): `null` clears it.
     #[schema(value_type = Option<String>)]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub external_id: Patch<String>,
+    /// Unique key, case-insensitively (stored as given); "" is refused (422 `empty`): `null`
+    /// clears it.
     #[schema(value_type = Option<String>)]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub email: Patch<String>,
+    /// Unique key; "" is refused (422 `empty`): `null` clears it.
     #[schema(value_type = Option<String>)]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub username: Patch<String>,
@@ -109,6 +115,9 @@ pub struct CustomerWrite {
     pub add_teams: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remove_teams: Option<Vec<String>>,
+    /// Custom fields, as one object: given, it replaces the stored object whole (a field left
+    /// out is removed; send the fields to keep with it), checked against the schema's custom
+    /// fields when a schema is defined; `null` removes them all.
     #[schema(value_type = Option<Object>)]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub custom: Patch<Map<String, Value>>,
@@ -638,8 +647,9 @@ fn next_name(
         }
         Patch::Null => derived,
         Patch::Absent => {
-            let was_derived =
-                base.name == derived_name(base.first_name.as_deref(), base.last_name.as_deref());
+            let (first, last) = (base.first_name.as_deref(), base.last_name.as_deref());
+            let was_derived = base.name == derived_name(first, last)
+                || base.name == untrimmed_derived_name(first, last);
             if was_derived {
                 derived
             } else {

@@ -521,6 +521,25 @@ fn a_derived_name_follows_first_and_last_name() {
 }
 
 #[test]
+fn a_derived_name_has_no_stray_spaces() {
+    // Found in an audit: " Ann " and "Lee" gave " Ann  Lee".
+    let c = create(json!({"first_name": " Ann ", "last_name": "Lee"}));
+    assert_eq!(c.name.as_deref(), Some("Ann Lee"));
+    assert_eq!(
+        c.first_name.as_deref(),
+        Some(" Ann "),
+        "the names stay as given"
+    );
+    let renamed = update(&c, json!({"first_name": "Anna "}));
+    assert_eq!(renamed.name.as_deref(), Some("Anna Lee"));
+
+    // A name derived before the trimming, spaces and all, still follows the names.
+    let earlier = create(json!({"first_name": "Ann ", "last_name": "Lee", "name": "Ann  Lee"}));
+    let follows = update(&earlier, json!({"last_name": "Li"}));
+    assert_eq!(follows.name.as_deref(), Some("Ann Li"));
+}
+
+#[test]
 fn an_explicit_name_sticks_until_cleared() {
     let c = create(json!({"first_name": "Ann", "last_name": "Lee", "name": "Boss"}));
     assert_eq!(c.name.as_deref(), Some("Boss"));
