@@ -43,6 +43,9 @@ use crate::problem::{ApiError, ErrorCode};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The endpoints served without credentials; the rate limiter leaves them alone.
+pub(crate) const OPEN_PATHS: [&str; 3] = ["/healthz", "/metrics", "/openapi.json"];
+
 /// The OpenAPI document of every route the router serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     routes_and_document().1
@@ -143,4 +146,29 @@ pub async fn serve(
     let header_read_timeout = state.config().header_read_timeout;
     serve::run(listener, app(state), header_read_timeout, shutdown, grace).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_paths_are_the_documented_operations_without_security() {
+        let document = serde_json::to_value(openapi()).expect("the document as JSON");
+        // `/openapi.json` is documented (see `openapi::ApiDoc`) though routed in `app`.
+        let mut open: Vec<&str> = Vec::new();
+        for (path, item) in document["paths"].as_object().expect("paths") {
+            let operations = item.as_object().expect("a path item");
+            if operations
+                .values()
+                .any(|operation| operation.get("security").is_none())
+            {
+                open.push(path);
+            }
+        }
+        open.sort_unstable();
+        let mut expected = OPEN_PATHS.to_vec();
+        expected.sort_unstable();
+        assert_eq!(open, expected);
+    }
 }

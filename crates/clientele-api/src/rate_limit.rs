@@ -4,7 +4,8 @@
 //! (whole seconds, at least 1) before it authenticates further, claims an idempotency key or
 //! touches the database.
 //!
-//! The bootstrap key is exempt unless configured otherwise: it is the operator's own key.
+//! The bootstrap key is exempt unless configured otherwise: it is the operator's own key. The
+//! endpoints that need no key (`OPEN_PATHS`) are never limited.
 //! Memory is bounded: buckets that refilled completely are the same as fresh ones and are
 //! dropped when the map grows past its bound, so revoked keys do not stay forever.
 
@@ -122,6 +123,11 @@ pub(crate) async fn middleware(
     request: Request,
     next: Next,
 ) -> Response {
+    if crate::OPEN_PATHS.contains(&request.uri().path()) {
+        // They need no key, so a key sent along is not spent (a health check must not fail
+        // because its key is busy elsewhere) nor even looked up.
+        return next.run(request).await;
+    }
     let (mut parts, body) = request.into_parts();
     let caller = match parts.extensions.get::<Caller>() {
         Some(caller) => Some(caller.clone()),

@@ -9,6 +9,7 @@ hub_tests!(
     a_key_over_its_burst_gets_429_with_retry_after,
     the_bootstrap_key_is_exempt_unless_configured,
     signed_requests_spend_the_same_bucket,
+    the_open_endpoints_are_never_limited,
 );
 
 /// A hub (on the test's backend) whose keys may make three requests, then one a second.
@@ -74,6 +75,27 @@ async fn signed_requests_spend_the_same_bucket(hub: TestHub) {
     }
     let reply = call(hub.signed(&key, Method::GET, "/v1/customers", b"")).await;
     assert_problem(&reply, 429, "rate_limited");
+}
+
+async fn the_open_endpoints_are_never_limited(hub: TestHub) {
+    // Found in an audit: a health check that sent a key was refused once the key's bucket ran
+    // dry, and a load balancer would have taken the hub out of service.
+    let hub = tiny(&hub, false).await;
+    let limited = hub.as_key(&hub.create_key(Role::Read).await);
+    for _ in 0..5 {
+        for path in ["/healthz", "/metrics", "/openapi.json"] {
+            assert_eq!(call(limited.get(path)).await.status, 200, "{path}");
+        }
+    }
+    // The open endpoints took nothing from the bucket: its burst of three is all there.
+    for _ in 0..3 {
+        assert_eq!(call(limited.get("/v1/customers")).await.status, 200);
+    }
+    assert_problem(
+        &call(limited.get("/v1/customers")).await,
+        429,
+        "rate_limited",
+    );
 }
 
 /// The `serve` flags reach the limiter: the real binary with a burst of 2 for every key, the
