@@ -4,7 +4,7 @@
 //!
 //! The reader also remembers which keys this run has read. A key read a second time is
 //! [`Probe::Repeated`]; the live keys of the state never read are the ones that left the source.
-//! The first [`KEYS_IN_MEMORY`] keys are kept as 64-bit hashes in memory (36 MiB at most): a
+//! The first [`KEYS_IN_MEMORY`] keys are kept as 64-bit hashes in memory (18 MiB at most): a
 //! table insert per row doubled the time of a run that finds nothing changed. Two keys of a run
 //! share a hash with odds of about n²/2⁶⁵ (3 in 100 million for a million keys); the later row
 //! would then be rejected as a repeat and reported, never sent wrongly. Keys past those go to
@@ -30,9 +30,10 @@ pub struct StateReader {
     keys_in_memory: usize,
 }
 
-/// Keys remembered in memory before the rest go to `temp.seen`: the map then holds 2²¹ slots
-/// of 17 bytes.
-const KEYS_IN_MEMORY: usize = 1 << 20;
+/// Keys remembered in memory before the rest go to `temp.seen`: as many as a map of 2²⁰ slots
+/// (of 17 bytes) holds at its load factor of 7/8, so it never grows to 2²¹ slots (36 MiB, and
+/// 54 MiB while it moves from the old slots to the new).
+const KEYS_IN_MEMORY: usize = (1 << 20) / 8 * 7;
 
 /// One row to probe: its key (none when it has none), its row hash and its row number.
 pub type ProbeRow<'a> = (Option<&'a str>, &'a RowHash, u64);
