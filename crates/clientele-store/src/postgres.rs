@@ -43,6 +43,10 @@ crate::feed::feed_primitives!(
 /// The advisory lock that orders commits of change-recording transactions (`'clnt'`).
 const FEED_LOCK: i64 = 0x636c_6e74;
 
+/// The advisory lock every sync batch holds shared, and a batch that keeps losing races for
+/// new keys holds alone (`'clsy'`).
+const BATCH_LOCK: i64 = 0x636c_7379;
+
 /// Connections in a hub process's pool when `--db-max-connections` is not given: they wait on
 /// the network and the server's own processes, not on this machine's cores.
 pub(crate) const DEFAULT_POOL_SIZE: u32 = 16;
@@ -96,6 +100,20 @@ impl Columns {
 
 #[async_trait]
 impl BatchTx for Transaction<'static, Postgres> {
+    async fn lock_batches(&mut self, alone: bool) -> Result<(), DomainError> {
+        let sql = if alone {
+            "SELECT pg_advisory_xact_lock($1)"
+        } else {
+            "SELECT pg_advisory_xact_lock_shared($1)"
+        };
+        sqlx::query(sql)
+            .bind(BATCH_LOCK)
+            .execute(&mut **self)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     async fn load_many(
         &mut self,
         key: CustomerKey,

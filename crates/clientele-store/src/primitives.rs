@@ -65,6 +65,16 @@ pub(crate) trait CustomerTx: Send {
 /// kind of write as one statement over arrays, so a batch costs a handful of round trips.
 #[async_trait]
 pub(crate) trait BatchTx: Send {
+    /// Where concurrent batches can race to create the same key (PostgreSQL, where a key no
+    /// row holds cannot be locked), takes the batch lock as the transaction's first step:
+    /// shared by every batch, or held `alone` by a batch that lost such a race on every retry,
+    /// so that its last attempt cannot lose to another batch. Nothing where writes are
+    /// serialized anyway (SQLite).
+    async fn lock_batches(&mut self, alone: bool) -> Result<(), DomainError> {
+        let _ = alone;
+        Ok(())
+    }
+
     /// The customers holding these batch-key values (normalized), locked for the transaction
     /// where the backend locks rows, in id order so concurrent batches cannot deadlock.
     async fn load_many(

@@ -283,7 +283,10 @@ impl Codes {
 /// Where writes are serialized (SQLite), the batch is planned optimistically on a read snapshot
 /// first; under the write lock only the versions and owners it saw are checked again (index
 /// lookups), and it is planned afresh only if they moved. A key taken concurrently (possible on
-/// PostgreSQL) makes the whole batch retry, which then sees the winner's row.
+/// PostgreSQL) makes the whole batch retry, which then sees the winner's row; its last retry
+/// runs alone among batches ([`BatchTx::lock_batches`]). A batch that still loses (to single
+/// writes taking its keys all along) is [`DomainError::Unavailable`]: a race, not an answer
+/// to the request, so its `Idempotency-Key` is released and a retry may well succeed.
 pub(crate) async fn sync_customers<B: Backend>(
     backend: &B,
     batch: &SyncBatch,
@@ -304,6 +307,7 @@ pub(crate) async fn sync_customers<B: Backend>(
     loop {
         let mut tx = backend.begin_write().await?;
         let attempted = async {
+            tx.lock_batches(attempt == RACE_RETRIES).await?;
             let plan = match optimistic.take() {
                 Some((observed, plan))
                     if still_observed(&mut tx, batch, &addressed, &claimed, &codes, &observed)
@@ -343,6 +347,11 @@ pub(crate) async fn sync_customers<B: Backend>(
             {
                 tx.rollback().await?;
                 attempt += 1;
+            }
+            Err(DomainError::DuplicateKey(key)) => {
+                return Err(DomainError::Unavailable(
+                    format!("concurrent writes kept taking {key} values of the batch").into(),
+                ));
             }
             Err(error) => return Err(error),
         }

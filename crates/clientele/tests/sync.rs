@@ -29,6 +29,7 @@ hub_tests!(
     address_modes_on_patch_and_put,
     unchanged_items_write_no_change_record,
     concurrent_overlapping_batches_lose_no_update,
+    concurrent_batches_deleting_and_recreating_keys_answer_item_by_item,
     batches_crossing_on_a_second_unique_key_both_finish,
     the_documented_item_is_a_customer_body,
     a_sync_update_keeps_the_stored_password,
@@ -1121,6 +1122,69 @@ async fn concurrent_overlapping_batches_lose_no_update(hub: TestHub) {
         total as i64,
         "one change per item"
     );
+}
+
+async fn concurrent_batches_deleting_and_recreating_keys_answer_item_by_item(hub: TestHub) {
+    // Found in an audit, on PostgreSQL: batches racing to create keys that others delete lost
+    // every retry and answered 409 duplicate_key for the whole batch, and a retry with the
+    // same Idempotency-Key replayed that 409 for ever.
+    const CLIENTS: u64 = 4;
+    const ROUNDS: u64 = 50;
+    const KEYS: u64 = 10;
+    let clients = (0..CLIENTS).map(|client| {
+        let hub = &hub;
+        async move {
+            // A fixed pseudo-random walk per client: the same items on every run.
+            let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ client;
+            let mut next = move |bound: u64| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 33) % bound
+            };
+            let mut replies = Vec::new();
+            for round in 0..ROUNDS {
+                let items: Vec<Value> = (0..1 + next(20))
+                    .map(|_| {
+                        let key = format!("race-{}", next(KEYS));
+                        if next(10) == 0 {
+                            json!({"external_id": key, "delete": true})
+                        } else {
+                            json!({"external_id": key, "first_name": format!("c{client}r{round}")})
+                        }
+                    })
+                    .collect();
+                let request = hub
+                    .post("/v1/customers/sync")
+                    .header("idempotency-key", format!("race-{client}-{round}"))
+                    .json(&batch("external_id", items));
+                replies.push(call(request).await);
+            }
+            replies
+        }
+    });
+    let replies: Vec<Reply> = join_all(clients).await.into_iter().flatten().collect();
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "a whole batch failed: {}", reply.body);
+        for result in reply.body["results"].as_array().expect("results") {
+            assert_ne!(
+                result["error"]["code"], "duplicate_key",
+                "a race reached an item: {}",
+                reply.body
+            );
+        }
+    }
+    // No key was ever held by two customers.
+    let listed = call(hub.get("/v1/customers?limit=100")).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let keys: BTreeSet<&str> = listed.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|customer| customer["external_id"].as_str().expect("external_id"))
+        .collect();
+    assert_eq!(keys.len(), listed.data_ids().len(), "{}", listed.body);
+    assert!(keys.len() <= KEYS as usize, "{}", listed.body);
 }
 
 /// Key values are looked up for the whole batch before items are validated: a value the
