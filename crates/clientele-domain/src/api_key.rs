@@ -67,6 +67,12 @@ impl ApiKey {
         self.teams.is_empty()
             || (!teams.is_empty() && teams.iter().all(|team| self.teams.contains(team)))
     }
+
+    /// Whether the team exists for this key: every team for an unrestricted key, its own for a
+    /// key restricted to teams (any other is as absent to it as a team that does not exist).
+    pub fn sees_team(&self, code: &str) -> bool {
+        self.teams.is_empty() || self.teams.iter().any(|team| team == code)
+    }
 }
 
 /// A key to store: the secret arrives only as its keyed lookup hash and its encrypted form.
@@ -105,6 +111,14 @@ mod tests {
             "an unrestricted key is more than it has"
         );
         assert!(!north_south.manages_keys_of(&["north".into(), "east".into()]));
+    }
+
+    #[test]
+    fn a_restricted_key_sees_only_its_own_teams() {
+        assert!(key(&[]).sees_team("east"));
+        let north_south = key(&["north", "south"]);
+        assert!(north_south.sees_team("south"));
+        assert!(!north_south.sees_team("east"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ hub_tests!(
     an_unrestricted_key_still_sees_everything,
     a_scoped_admin_key_manages_only_keys_within_its_teams,
     api_keys_are_listed_in_pages_a_scoped_admin_sees_its_own_in_full,
+    a_scoped_key_sees_and_changes_only_its_own_teams,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -564,4 +565,53 @@ async fn api_keys_are_listed_in_pages_a_scoped_admin_sees_its_own_in_full(hub: T
         let reply = call(hub.get(&format!("/v1/api-keys{query}"))).await;
         assert_invalid(&reply, &[(field, code)]);
     }
+}
+
+async fn a_scoped_key_sees_and_changes_only_its_own_teams(hub: TestHub) {
+    // Found in an audit: a key restricted to north listed, read, renamed and deleted south.
+    let World { scoped, .. } = world(&hub).await;
+    for team in ["alpha", "omega"] {
+        let reply = call(hub.put(&format!("/v1/teams/{team}")).json(&json!({}))).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+    let codes = |reply: &Reply| -> Vec<String> {
+        reply.body["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|team| team["code"].as_str().expect("code").to_owned())
+            .collect()
+    };
+    let listed = call(scoped.get("/v1/teams")).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(codes(&listed), ["north"]);
+    // Pages of one, with its team amid others: whole, and no page after it.
+    let page = call(scoped.get("/v1/teams?limit=1")).await;
+    assert_eq!(codes(&page), ["north"]);
+    assert!(page.body["next_cursor"].is_null(), "{}", page.body);
+    assert_eq!(codes(&call(hub.get("/v1/teams")).await).len(), 5);
+
+    assert_eq!(call(scoped.get("/v1/teams/north")).await.status, 200);
+    for path in ["/v1/teams/south", "/v1/teams/nowhere"] {
+        assert_absent(&call(scoped.get(path)).await, path);
+        assert_absent(&call(scoped.delete(path)).await, path);
+    }
+    // Renaming another team or creating one is refused alike, whether it exists or not.
+    for path in ["/v1/teams/south", "/v1/teams/newteam"] {
+        let reply = call(scoped.put(path).json(&json!({"name": "mine now"}))).await;
+        assert_problem(&reply, 403, "forbidden");
+    }
+    let south = call(hub.get("/v1/teams/south")).await;
+    assert!(south.body["name"].is_null(), "{}", south.body);
+    assert_absent(&call(hub.get("/v1/teams/newteam")).await, "newteam");
+
+    // Its own team it may rename.
+    let reply = call(
+        scoped
+            .put("/v1/teams/north")
+            .json(&json!({"name": "The North"})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["name"], "The North");
 }

@@ -1,6 +1,8 @@
 //! `/v1/teams`: the teams customers and API keys belong to. A team-restricted key sees only
-//! customers of its teams. Written with the `write` role, read with `read`; a team is deleted
-//! only when no customer and no live API key belongs to it.
+//! customers of its teams, and only its own teams: any other is absent for it (404), and it
+//! may not create or change one (403, whether the team exists or not, so it learns nothing of
+//! other teams). Written with the `write` role, read with `read`; a team is deleted only when
+//! no customer and no live API key belongs to it.
 
 use axum::Json;
 use axum::extract::State;
@@ -16,7 +18,7 @@ use utoipa_axum::routes;
 use crate::auth::{Caller, WriteCaller};
 use crate::extract::{Path, StrictJson, StrictQuery};
 use crate::idempotency::Idempotency;
-use crate::problem::{ApiError, Problem};
+use crate::problem::{ApiError, ErrorCode, Problem};
 use crate::response::Rendered;
 use crate::routes::groups::{existing_code, status_of};
 use crate::routes::name_page::{NamePageParams, paged};
@@ -36,7 +38,8 @@ pub(crate) struct TeamList {
     next_cursor: Option<String>,
 }
 
-/// Create or rename a team: absent `name` keeps it, `null` clears it.
+/// Create or rename a team: absent `name` keeps it, `null` clears it. A key restricted to
+/// teams may rename only its own teams, and creates none.
 #[utoipa::path(
     put, path = "/v1/teams/{code}", tag = "teams",
     params(("code" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$", description = "1 to 64 characters of `[A-Za-z0-9_.-]`")),
@@ -44,13 +47,14 @@ pub(crate) struct TeamList {
     responses(
         (status = 201, description = "Created", body = Team, headers(("Location" = String))),
         (status = 200, description = "Updated or unchanged", body = Team),
+        (status = 403, description = "The key's role is below `write`, or the key is restricted to teams and this is not one of them", body = Problem),
         (status = 422, body = Problem),
     ),
     security(("bearer" = []))
 )]
 async fn put_team(
     State(state): State<AppState>,
-    _caller: WriteCaller,
+    WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
     Path(code): Path<String>,
     StrictJson(write): StrictJson<TeamWrite>,
@@ -59,6 +63,12 @@ async fn put_team(
     let mut errors = ValidationErrors::default();
     check_code(&mut errors, "code", &code);
     errors.into_result()?;
+    if !caller.key.sees_team(&code) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "a key restricted to teams creates and changes only its own teams",
+        ));
+    }
     let render = |result: &(WriteOutcome, Team)| written(result).to_stored();
     let result = state
         .store()
@@ -91,9 +101,13 @@ async fn get_team(
     Path(code): Path<String>,
 ) -> Result<Json<Team>, ApiError> {
     caller.require(Role::Read)?;
+    let code = existing_code(&code)?;
+    if !caller.key.sees_team(code) {
+        return Err(ApiError::not_found());
+    }
     state
         .store()
-        .get_team(existing_code(&code)?)
+        .get_team(code)
         .await?
         .map(Json)
         .ok_or_else(ApiError::not_found)
@@ -113,8 +127,24 @@ async fn list_teams(
 ) -> Result<Json<TeamList>, ApiError> {
     caller.require(Role::Read)?;
     let page = params.page()?;
-    let teams = state.store().list_teams(&page).await?;
-    let (data, next_cursor) = paged(teams, &page, |t| &t.code);
+    // A restricted key's teams are a few among all: read on until its page is full (one more
+    // than the limit, to tell whether there is a next) or the teams end.
+    let mut visible = Vec::new();
+    let mut scan = page.clone();
+    loop {
+        let teams = state.store().list_teams(&scan).await?;
+        let ended = teams.len() < scan.limit as usize;
+        scan.after = teams.last().map(|team| team.code.clone());
+        visible.extend(
+            teams
+                .into_iter()
+                .filter(|team| caller.key.sees_team(&team.code)),
+        );
+        if ended || visible.len() >= page.limit as usize {
+            break;
+        }
+    }
+    let (data, next_cursor) = paged(visible, &page, |t| &t.code);
     Ok(Json(TeamList { data, next_cursor }))
 }
 
@@ -127,11 +157,14 @@ async fn list_teams(
 )]
 async fn delete_team(
     State(state): State<AppState>,
-    _caller: WriteCaller,
+    WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
     Path(code): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let code = existing_code(&code)?;
+    if !caller.key.sees_team(code) {
+        return Err(ApiError::not_found());
+    }
     let render = |(): &()| Rendered::empty(StatusCode::NO_CONTENT).to_stored();
     state
         .store()
