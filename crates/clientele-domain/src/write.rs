@@ -928,7 +928,8 @@ impl CodeSet<'_> {
     }
 }
 
-/// The codes that are well formed and known; an error for each other one.
+/// The codes that are well formed and known, without the spaces around them (" vip" and
+/// "vip" are one tag, and a blank one is `empty`); an error for each other one.
 fn check_codes(
     field: &str,
     codes: &[String],
@@ -937,6 +938,7 @@ fn check_codes(
 ) -> Vec<String> {
     let mut valid = Vec::with_capacity(codes.len());
     for (i, code) in codes.iter().enumerate() {
+        let code = code.trim();
         let path = format!("{field}[{i}]");
         let before = errors.0.len();
         check_key(errors, &path, code);
@@ -947,7 +949,7 @@ fn check_codes(
             Some((error_code, noun)) => {
                 errors.push(path, error_code, format!("there is no {noun} {code:?}"));
             }
-            None => valid.push(code.clone()),
+            None => valid.push(code.to_owned()),
         }
     }
     valid

@@ -521,6 +521,24 @@ fn a_derived_name_follows_first_and_last_name() {
 }
 
 #[test]
+fn tags_are_kept_without_the_spaces_around_them() {
+    // Found in an audit: " y " was stored beside "y", and "   " was a tag.
+    let c = create(json!({"tags": [" vip", "vip ", "b2b"]}));
+    assert_eq!(c.tags, ["b2b", "vip"]);
+    assert_unchanged(&c, json!({"add_tags": [" b2b "]}));
+    let removed = update(&c, json!({"remove_tags": ["vip  "]}));
+    assert_eq!(removed.tags, ["b2b"]);
+    assert_eq!(
+        errors(Some(&c), json!({"tags": ["   "]})),
+        [err("tags[0]", "empty")]
+    );
+    assert_eq!(
+        errors(Some(&c), json!({"add_tags": [" "]})),
+        [err("add_tags[0]", "empty")]
+    );
+}
+
+#[test]
 fn a_derived_name_has_no_stray_spaces() {
     // Found in an audit: " Ann " and "Lee" gave " Ann  Lee".
     let c = create(json!({"first_name": " Ann ", "last_name": "Lee"}));
