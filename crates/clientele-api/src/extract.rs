@@ -171,16 +171,19 @@ fn parse_error<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> ApiError {
     match inner.classify() {
         serde_json::error::Category::Data => {
             let message = strip_position(&inner.to_string());
-            match missing_field(&message) {
-                Some(name) => {
-                    let path = if field == "." {
-                        name.to_owned()
-                    } else {
-                        format!("{field}.{name}")
-                    };
-                    ApiError::field(path, "required", format!("{name} is required"))
+            let child = |name: &str| {
+                if field == "." {
+                    name.to_owned()
+                } else {
+                    format!("{field}.{name}")
                 }
-                None => ApiError::field(field_or_body(&field), "invalid_type", message),
+            };
+            if let Some(name) = missing_field(&message) {
+                ApiError::field(child(name), "required", format!("{name} is required"))
+            } else if let Some(name) = duplicate_field(&message) {
+                ApiError::field(child(name), "duplicate_field", "given more than once")
+            } else {
+                ApiError::field(field_or_body(&field), "invalid_type", message)
             }
         }
         // Well-formed JSON that serde_json still reports as a syntax error: a value other than
@@ -202,6 +205,11 @@ fn parse_error<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> ApiError {
 /// The field serde names in "missing field `name`".
 fn missing_field(message: &str) -> Option<&str> {
     message.strip_prefix("missing field `")?.strip_suffix('`')
+}
+
+/// The field serde names in "duplicate field `name`".
+fn duplicate_field(message: &str) -> Option<&str> {
+    message.strip_prefix("duplicate field `")?.strip_suffix('`')
 }
 
 fn field_or_body(path: &str) -> &str {
@@ -391,6 +399,27 @@ mod tests {
         let fields: Vec<_> = error.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["frist_name", "addresses[0].strete"]);
         assert!(error.errors.iter().all(|e| e.code == "unknown_field"));
+    }
+
+    #[test]
+    fn names_a_field_given_twice() {
+        // Found in an audit: the top-level one was `invalid_type` on `body`, and in `custom`
+        // the last of the two won silently.
+        for (json, field) in [
+            (r#"{"first_name":"a","first_name":"b"}"#, "first_name"),
+            (
+                r#"{"addresses":[{"title":"x","title":"y"}]}"#,
+                "addresses[0].title",
+            ),
+            (r#"{"custom":{"a":1,"a":2}}"#, "custom.a"),
+        ] {
+            let error = error_of(json);
+            assert_eq!(error.code, ErrorCode::ValidationFailed, "{json}");
+            assert_eq!(error.errors[0].field, field, "{json}");
+            assert_eq!(error.errors[0].code, "duplicate_field", "{json}");
+        }
+        // One of each is fine, in custom too.
+        assert!(parse_json::<CustomerWrite>(br#"{"custom":{"a":1,"b":{"a":2}}}"#).is_ok());
     }
 
     #[test]

@@ -119,7 +119,10 @@ pub struct CustomerWrite {
     /// out is removed; send the fields to keep with it), checked against the schema's custom
     /// fields when a schema is defined; `null` removes them all.
     #[schema(value_type = Option<Object>)]
-    #[serde(skip_serializing_if = "Patch::is_absent")]
+    #[serde(
+        skip_serializing_if = "Patch::is_absent",
+        deserialize_with = "custom_fields"
+    )]
     pub custom: Patch<Map<String, Value>>,
     /// Write-only; stored as an Argon2id hash. `null` removes the password.
     #[schema(value_type = Option<String>, write_only)]
@@ -612,6 +615,48 @@ pub(crate) fn blank_customer(now: Timestamp) -> Customer {
         created_at: now,
         updated_at: now,
     }
+}
+
+/// `custom` as given, refusing a field named twice: JSON objects keep the last of two, so one
+/// of the two values would be dropped without a word.
+fn custom_fields<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Patch<Map<String, Value>>, D::Error> {
+    struct UniqueFields(Map<String, Value>);
+
+    impl<'de> Deserialize<'de> for UniqueFields {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Fields;
+            impl<'de> serde::de::Visitor<'de> for Fields {
+                type Value = UniqueFields;
+
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an object of custom fields")
+                }
+
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut access: A,
+                ) -> Result<UniqueFields, A::Error> {
+                    let mut fields = Map::new();
+                    while let Some(name) = access.next_key::<String>()? {
+                        if fields.contains_key(&name) {
+                            return Err(serde::de::Error::custom(format!(
+                                "duplicate field `{name}`"
+                            )));
+                        }
+                        let value = access.next_value()?;
+                        fields.insert(name, value);
+                    }
+                    Ok(UniqueFields(fields))
+                }
+            }
+            deserializer.deserialize_map(Fields)
+        }
+    }
+
+    Option::<UniqueFields>::deserialize(deserializer)
+        .map(|given| given.map_or(Patch::Null, |UniqueFields(fields)| Patch::Value(fields)))
 }
 
 /// Optional text given as an empty or blank string counts as `null`: exports from other systems
