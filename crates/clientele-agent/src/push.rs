@@ -13,11 +13,14 @@
 //! back (A → B → A, or archived, back, archived again) would be the same bytes under the same
 //! key, and the hub would answer with the replay of the first send and apply nothing.
 //!
-//! The state records a batch's outcomes only once the hub answered, in one transaction. After a
-//! kill, the rows of batches that were acknowledged but not recorded are sent again, under new
-//! keys: every item is a keyed upsert of absolute content, an archive or a delete, so applying it
-//! again comes back `unchanged` (a delete of a customer already deleted, `not_found`, counts as
-//! done), and nothing is applied twice.
+//! The state records a batch's outcomes only once the hub answered, in one transaction, and
+//! before the batch goes out its keys are written down as in flight (see [`crate::state`]).
+//! After a kill, the next run first makes the keys of batches in flight dirty, so that whatever
+//! the hub applied of them their rows are sent again, under new keys (even a row that went back
+//! to the content last acknowledged), and those that left the source get `on_missing` if the
+//! hub has them: every item is a keyed upsert of absolute content, an archive or a delete, so
+//! applying it again comes back `unchanged` (a delete of a customer already deleted,
+//! `not_found`, counts as done), and nothing is applied twice.
 //!
 //! The reader marks each key read as seen in this run. Keys that left the source are looked for
 //! only when the count of known keys seen falls short of the state's live keys; then the live
@@ -97,6 +100,10 @@ impl Push {
     ) -> anyhow::Result<Push> {
         let state = StateStore::open(&job.state_path()).await?;
         state.bind_hub(&job.hub.url, !dry_run).await?;
+        if !dry_run {
+            // Before anything is compared: a killed run's batches may be on the hub.
+            state.recover().await?;
+        }
         let run_id = crate::run_id();
         Ok(Push {
             job,
@@ -224,8 +231,9 @@ impl Push {
                     if entry.hub_value != mapped.hub_value {
                         item.insert("match".into(), Value::String(entry.hub_value.clone()));
                     }
-                    if entry.gone && !item.contains_key("archived") {
-                        // It was archived when it left the source; it is back.
+                    if (entry.gone || entry.hash.is_empty()) && !item.contains_key("archived") {
+                        // It was archived when it left the source and it is back, or it was in
+                        // a batch of a killed run that may have archived it.
                         item.insert("archived".into(), Value::Bool(false));
                     }
                     Action::Update
@@ -273,7 +281,8 @@ impl Push {
             after = last.clone();
             for (key, hub_value, pending) in page {
                 if pending && !self.customer_exists(&hub_value).await? {
-                    // Sent once, never acknowledged, and gone from the source: nothing to undo.
+                    // In a batch never acknowledged, not on the hub, and gone from the source:
+                    // nothing to undo.
                     if !self.dry_run {
                         self.state.commit(&[Outcome::Removed { key }]).await?;
                     }
@@ -345,24 +354,23 @@ impl Push {
             }
         }
         let batch = std::mem::take(&mut self.pending);
-        let first_sends: Vec<Outcome> = batch
-            .iter()
-            .filter(|planned| planned.action == Action::Create)
-            .map(|planned| Outcome::Pending {
-                key: planned.key.clone(),
-                hub_value: planned.hub_value.clone(),
-            })
-            .collect();
-        if !first_sends.is_empty() {
-            self.state.commit(&first_sends).await?;
-        }
+        let idempotency_key = format!("push-{}-{}", self.run_id, self.batches);
+        // Written down before the hub can apply any of it (see `crate::state`).
+        self.state
+            .begin_batch(
+                &idempotency_key,
+                batch
+                    .iter()
+                    .map(|planned| (planned.key.as_str(), planned.hub_value.as_str())),
+            )
+            .await?;
         let sender = BatchSender {
             client: self.client.clone(),
             state: self.state.clone(),
             report: self.report.clone(),
             progress: self.progress.clone(),
             hub_key: self.job.sync.key.field(),
-            idempotency_key: format!("push-{}-{}", self.run_id, self.batches),
+            idempotency_key,
         };
         self.batches += 1;
         self.in_flight.spawn(sender.send(batch));
@@ -377,6 +385,7 @@ struct BatchSender {
     progress: Progress,
     hub_key: &'static str,
     /// This batch's own key: the same for the client's retries of it, and for nothing else.
+    /// It also names the batch's intent in the state.
     idempotency_key: String,
 }
 
@@ -467,7 +476,9 @@ impl BatchSender {
                 }
             }
         }
-        self.state.commit(&outcomes).await?;
+        self.state
+            .commit_batch(&self.idempotency_key, &outcomes)
+            .await?;
         self.progress.tick();
         Ok(())
     }
