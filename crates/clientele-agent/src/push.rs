@@ -104,6 +104,8 @@ impl Push {
             // Before anything is compared: a killed run's batches may be on the hub.
             state.recover().await?;
         }
+        // Even in a dry run: the plan must see the keys as this agent identifies them.
+        state.normalize_keys(job.sync.key).await?;
         let run_id = crate::run_id();
         Ok(Push {
             job,
@@ -126,8 +128,12 @@ impl Push {
             Arc::new(Mapper::new(&self.job, &self.job.source()?.key).map_err(anyhow::Error::msg)?);
         let live_before = self.state.live_count().await?;
         let (mut known_seen, mut rows, mut keyed) = (0u64, 0u64, 0u64);
-        let (mut chunks, reader) =
-            crate::compare::spawn(source.stream(), mapper.clone(), self.state.reader()?);
+        let (mut chunks, reader) = crate::compare::spawn(
+            source.stream(),
+            mapper.clone(),
+            self.job.sync.key,
+            self.state.reader()?,
+        );
         while let Some(chunk) = chunks.recv().await {
             let chunk = chunk?;
             rows += chunk.rows;

@@ -29,6 +29,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use crate::job::HubKey;
 use crate::mapping::RowHash;
 
 mod reader;
@@ -172,6 +173,77 @@ impl StateStore {
             }
             None => Ok(()),
         }
+    }
+
+    /// Rewrites the keys of a state written before keys were identified as the hub compares
+    /// them (see [`HubKey::identity`]), once: otherwise every key spelt otherwise (a mixed-case
+    /// email) would look gone from the source, and `on_missing` would delete or archive its
+    /// customer. Two keys that become one were one customer on the hub: the one kept is made
+    /// dirty, so its row is sent again.
+    pub async fn normalize_keys(&self, hub_key: HubKey) -> anyhow::Result<()> {
+        if hub_key != HubKey::Email {
+            return Ok(());
+        }
+        const FORM: &str = "email-lowercase";
+        let mut tx = self.pool.begin().await?;
+        let done: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'key_form'")
+                .fetch_optional(&mut *tx)
+                .await?;
+        if done.as_deref() == Some(FORM) {
+            return Ok(());
+        }
+        // SQLite's lower() folds ASCII only; the hub folds Unicode: the keys are read out, a
+        // page at a time. A key moved ahead of the page is met again, already in its form.
+        let mut after = String::new();
+        loop {
+            let keys: Vec<String> = sqlx::query_scalar(
+                "SELECT key FROM pushed WHERE key > ?1 ORDER BY key LIMIT 10000",
+            )
+            .bind(&after)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = keys.last() else {
+                break;
+            };
+            after.clone_from(last);
+            for key in keys {
+                let identity = hub_key.identity(key.clone());
+                if identity == key {
+                    continue;
+                }
+                let moved = sqlx::query("UPDATE OR IGNORE pushed SET key = ?2 WHERE key = ?1")
+                    .bind(&key)
+                    .bind(&identity)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if moved == 0 {
+                    sqlx::query(
+                        "UPDATE pushed SET hash = '', row_hash = NULL,
+                         gone = min(gone, (SELECT gone FROM pushed WHERE key = ?1))
+                     WHERE key = ?2",
+                    )
+                    .bind(&key)
+                    .bind(&identity)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("DELETE FROM pushed WHERE key = ?1")
+                        .bind(&key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ('key_form', ?1)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(FORM)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// A reader for the per-row probes of a run, on a connection of its own.
@@ -549,6 +621,55 @@ mod tests {
                 ("n".into(), "hn".into(), true)
             ]
         );
+    }
+
+    /// A state written when email keys kept their case: rewritten once, so no key looks gone;
+    /// two spellings of one email (one customer on the hub) become one dirty key.
+    #[tokio::test]
+    async fn email_keys_of_an_older_state_take_the_hubs_form_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = StateStore::open(&dir.path().join("s.db"))
+            .await
+            .expect("open");
+        let stored = |key: &str| Outcome::Stored {
+            key: key.into(),
+            hub_value: key.into(),
+            hash: "00".into(),
+            row_hash: Some(ROW),
+            hub_id: None,
+        };
+        state
+            .commit(&[
+                stored("Case.One@Example.com"),
+                stored("other@example.com"),
+                stored("Twin@Example.com"),
+                stored("twin@example.com"),
+                stored("ÄNNE@example.com"),
+            ])
+            .await
+            .expect("commit");
+        state
+            .normalize_keys(HubKey::ExternalId)
+            .await
+            .expect("not email keys");
+        assert_eq!(probe(&state, "Case.One@Example.com"), Probe::Same);
+        state.normalize_keys(HubKey::Email).await.expect("rewrite");
+        assert_eq!(probe(&state, "Case.One@Example.com"), Probe::Unknown);
+        assert_eq!(probe(&state, "case.one@example.com"), Probe::Same);
+        assert_eq!(probe(&state, "other@example.com"), Probe::Same);
+        assert_eq!(probe(&state, "änne@example.com"), Probe::Same);
+        assert_eq!(
+            probe(&state, "twin@example.com"),
+            known("twin@example.com", "", false)
+        );
+        assert_eq!(state.live_count().await.expect("count"), 4);
+        // Once: a key stored since in another form (it cannot be, but) is left alone.
+        state
+            .commit(&[stored("Later@Example.com")])
+            .await
+            .expect("commit");
+        state.normalize_keys(HubKey::Email).await.expect("again");
+        assert_eq!(probe(&state, "Later@Example.com"), Probe::Same);
     }
 
     #[tokio::test]
