@@ -4,6 +4,7 @@
 //! transform, the dry run, and clear errors for a bad job file, hub, key or table. Content that
 //! comes back (A → B → A, archived → back → archived) reaches the hub every time, and a key that
 //! the source holds twice is used once. Email keys are one key whatever their case, as on the hub.
+//! A batch over the hub's body limit is split; a row too large alone is rejected, not fatal.
 
 mod agent_support;
 
@@ -21,6 +22,7 @@ hub_tests!(
     content_that_comes_back_is_sent_again,
     a_key_twice_in_the_source_is_rejected_the_second_time,
     email_keys_compare_as_the_hub_compares_them,
+    batches_too_large_for_the_hub_are_split_and_a_row_too_large_is_rejected,
 );
 
 async fn change_count(hub: &TestHub) -> usize {
@@ -553,5 +555,59 @@ async fn email_keys_compare_as_the_hub_compares_them(hub: TestHub) {
     assert_eq!(
         customers_by_email(&hub).await["mixed.case@example.com"],
         "M"
+    );
+}
+
+/// A hub whose body limit is 32 KiB: a batch of 40 rows with 5 KB notes is refused whole
+/// (413) and goes through in parts; a row whose 40 KB note is too large alone is a rejected row,
+/// reported with the hub's problem, and every other row goes through.
+async fn batches_too_large_for_the_hub_are_split_and_a_row_too_large_is_rejected(hub: TestHub) {
+    let config = clientele_api::ApiConfig {
+        max_body_bytes: 32 * 1024,
+        ..clientele_api::ApiConfig::default()
+    };
+    let hub = TestHub::start(hub.backend, config)
+        .await
+        .expect("a hub like the test's");
+    let work = Workdir::new();
+    let mut csv = String::from("id,first_name,note\n");
+    for i in 0..40 {
+        csv.push_str(&format!("n{i},Name {i},{}\n", "x".repeat(5000)));
+    }
+    csv.push_str(&format!("huge,Huge,{}\n", "y".repeat(40_000)));
+    std::fs::write(work.path("source.csv"), csv).expect("csv");
+    let job = work.job(
+        &hub,
+        "[source]\nurl = \"source.csv\"\nkey = \"id\"\n\n[sync]\nkey = \"external_id\"\n\
+         state = \"state.db\"\nbatch_size = 1000\n",
+    );
+    let report = work.path("report.jsonl");
+    let report_arg = ["--report", report.to_str().expect("path")];
+    let out = agent_ok("push", &job, &report_arg).await;
+    counts(&out, &[("created", 40), ("failed", 1)]);
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers.len(), 40);
+    assert_eq!(customers["n7"]["note"].as_str().map(str::len), Some(5000));
+    assert!(!customers.contains_key("huge"));
+    let text = std::fs::read_to_string(&report).expect("report");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["key"], "huge", "{text}");
+    assert_eq!(lines[0]["row"], 41, "{text}");
+    assert_eq!(lines[0]["problem"]["code"], "payload_too_large", "{text}");
+
+    // The next run sends the rejected row alone, and it is rejected again; nothing else moves.
+    let out = agent_ok("push", &job, &report_arg).await;
+    counts(
+        &out,
+        &[
+            ("created", 0),
+            ("updated", 0),
+            ("unchanged", 40),
+            ("failed", 1),
+        ],
     );
 }
