@@ -5,12 +5,17 @@
 //!
 //! The probe also marks the key as read in this run: a key read again (a source holding it
 //! twice) is not mapped, it is a rejected row, and the first row with the key is the one used.
+//!
+//! Keys are compared as the hub compares the hub key they fill ([`HubKey::identity`]): with
+//! `[sync] key = "email"`, `A@x.example` and `a@x.example` are one customer on the hub, so they
+//! are one key here (in the state, for repeats, and for the keys that left the source).
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::job::HubKey;
 use crate::mapping::{MappedRow, Mapper, RowError, RowHash};
 use crate::source::{Chunk, SourceRow};
 use crate::state::{Entry, Probe, StateReader};
@@ -44,6 +49,7 @@ pub struct Candidate {
 pub fn spawn(
     mut chunks: mpsc::Receiver<Chunk>,
     mapper: Arc<Mapper>,
+    hub_key: HubKey,
     mut state: StateReader,
 ) -> (
     mpsc::Receiver<anyhow::Result<Compared>>,
@@ -53,7 +59,8 @@ pub fn spawn(
     let done = tokio::task::spawn_blocking(move || {
         let mut buffer = Vec::with_capacity(256);
         while let Some(chunk) = chunks.blocking_recv() {
-            let compared = chunk.and_then(|rows| compare(rows, &mapper, &mut state, &mut buffer));
+            let compared =
+                chunk.and_then(|rows| compare(rows, &mapper, hub_key, &mut state, &mut buffer));
             let failed = compared.is_err();
             if sender.blocking_send(compared).is_err() || failed {
                 break;
@@ -67,12 +74,16 @@ pub fn spawn(
 fn compare(
     rows: Vec<SourceRow>,
     mapper: &Mapper,
+    hub_key: HubKey,
     state: &mut StateReader,
     buffer: &mut Vec<u8>,
 ) -> anyhow::Result<Compared> {
     let keyed: Vec<(Option<String>, RowHash)> = rows
         .iter()
-        .map(|row| (mapper.key_of(row), mapper.row_hash(row, buffer)))
+        .map(|row| {
+            let key = mapper.key_of(row).map(|key| hub_key.identity(key));
+            (key, mapper.row_hash(row, buffer))
+        })
         .collect();
     let probes = state.probe_all(
         keyed
@@ -119,7 +130,10 @@ fn compare(
         };
         let mapped = match refused {
             Some(error) => Err(error),
-            None => mapper.map(row),
+            None => mapper.map(row).map(|mut mapped| {
+                mapped.key = hub_key.identity(mapped.key);
+                mapped
+            }),
         };
         compared.candidates.push(Candidate {
             number: row_number,

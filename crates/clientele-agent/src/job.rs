@@ -99,6 +99,16 @@ impl HubKey {
             HubKey::Username => "username",
         }
     }
+
+    /// A source key as the agent identifies it when it fills this hub key: as the hub compares
+    /// values of the key (emails case-insensitively, `CustomerKey::normalize`), so that two
+    /// spellings the hub takes for one customer are one key to the state too.
+    pub fn identity(self, key: String) -> String {
+        match self {
+            HubKey::Email => clientele_domain::CustomerKey::Email.normalize(&key),
+            HubKey::ExternalId | HubKey::Username => key,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -13,11 +13,20 @@
 //! back (A → B → A, or archived, back, archived again) would be the same bytes under the same
 //! key, and the hub would answer with the replay of the first send and apply nothing.
 //!
-//! The state records a batch's outcomes only once the hub answered, in one transaction. After a
-//! kill, the rows of batches that were acknowledged but not recorded are sent again, under new
-//! keys: every item is a keyed upsert of absolute content, an archive or a delete, so applying it
-//! again comes back `unchanged` (a delete of a customer already deleted, `not_found`, counts as
-//! done), and nothing is applied twice.
+//! The state records a batch's outcomes only once the hub answered, in one transaction, and
+//! before the batch goes out its keys are written down as in flight (see [`crate::state`]).
+//! After a kill, the next run first makes the keys of batches in flight dirty, so that whatever
+//! the hub applied of them their rows are sent again, under new keys (even a row that went back
+//! to the content last acknowledged), and those that left the source get `on_missing` if the
+//! hub has them: every item is a keyed upsert of absolute content, an archive or a delete, so
+//! applying it again comes back `unchanged` (a delete of a customer already deleted,
+//! `not_found`, counts as done), and nothing is applied twice.
+//!
+//! A batch also ends before its items' JSON passes [`MAX_BATCH_BYTES`], under the hub's default
+//! body limit (10 MiB). A hub with a lower limit answers `413 payload_too_large`: the batch is
+//! then split in halves, each sent under the batch's key with a suffix (`-a`, `-b`, again for
+//! their halves), down to single items; an item too large alone is a rejected row, with the
+//! hub's problem, and the rest of the run goes on.
 //!
 //! The reader marks each key read as seen in this run. Keys that left the source are looked for
 //! only when the count of known keys seen falls short of the state's live keys; then the live
@@ -28,6 +37,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clientele_client::{Client, ItemStatus, SyncRequest, SyncResponse};
+use clientele_client::{ClientError, SyncResult};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
@@ -40,6 +50,10 @@ use crate::report::Report;
 use crate::source::Source;
 use crate::state::{Outcome, StateReader, StateStore};
 
+/// A batch's items end before their JSON passes this many bytes (the hub's default body limit
+/// is 10 MiB; the rest is room for the request's envelope and for a limit set a little lower).
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
 /// One item planned for the hub, with what the state needs once it is acknowledged.
 #[derive(Debug)]
 struct Planned {
@@ -51,6 +65,13 @@ struct Planned {
     row_hash: Option<RowHash>,
     action: Action,
     item: Map<String, Value>,
+}
+
+/// A planned item in the JSON it is sent as.
+#[derive(Debug)]
+struct Encoded {
+    planned: Planned,
+    json: Box<RawValue>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +105,9 @@ pub struct Push {
     /// Batches sent so far in this run: the next one's number.
     batches: u64,
     in_flight: JoinSet<anyhow::Result<()>>,
-    pending: Vec<Planned>,
+    pending: Vec<Encoded>,
+    /// The JSON bytes of `pending`'s items.
+    pending_bytes: usize,
 }
 
 impl Push {
@@ -97,6 +120,12 @@ impl Push {
     ) -> anyhow::Result<Push> {
         let state = StateStore::open(&job.state_path()).await?;
         state.bind_hub(&job.hub.url, !dry_run).await?;
+        if !dry_run {
+            // Before anything is compared: a killed run's batches may be on the hub.
+            state.recover().await?;
+        }
+        // Even in a dry run: the plan must see the keys as this agent identifies them.
+        state.normalize_keys(job.sync.key).await?;
         let run_id = crate::run_id();
         Ok(Push {
             job,
@@ -109,6 +138,7 @@ impl Push {
             batches: 0,
             in_flight: JoinSet::new(),
             pending: Vec::new(),
+            pending_bytes: 0,
         })
     }
 
@@ -119,8 +149,12 @@ impl Push {
             Arc::new(Mapper::new(&self.job, &self.job.source()?.key).map_err(anyhow::Error::msg)?);
         let live_before = self.state.live_count().await?;
         let (mut known_seen, mut rows, mut keyed) = (0u64, 0u64, 0u64);
-        let (mut chunks, reader) =
-            crate::compare::spawn(source.stream(), mapper.clone(), self.state.reader()?);
+        let (mut chunks, reader) = crate::compare::spawn(
+            source.stream(),
+            mapper.clone(),
+            self.job.sync.key,
+            self.state.reader()?,
+        );
         while let Some(chunk) = chunks.recv().await {
             let chunk = chunk?;
             rows += chunk.rows;
@@ -224,8 +258,9 @@ impl Push {
                     if entry.hub_value != mapped.hub_value {
                         item.insert("match".into(), Value::String(entry.hub_value.clone()));
                     }
-                    if entry.gone && !item.contains_key("archived") {
-                        // It was archived when it left the source; it is back.
+                    if (entry.gone || entry.hash.is_empty()) && !item.contains_key("archived") {
+                        // It was archived when it left the source and it is back, or it was in
+                        // a batch of a killed run that may have archived it.
                         item.insert("archived".into(), Value::Bool(false));
                     }
                     Action::Update
@@ -273,7 +308,8 @@ impl Push {
             after = last.clone();
             for (key, hub_value, pending) in page {
                 if pending && !self.customer_exists(&hub_value).await? {
-                    // Sent once, never acknowledged, and gone from the source: nothing to undo.
+                    // In a batch never acknowledged, not on the hub, and gone from the source:
+                    // nothing to undo.
                     if !self.dry_run {
                         self.state.commit(&[Outcome::Removed { key }]).await?;
                     }
@@ -327,7 +363,13 @@ impl Push {
             Counters::add(counter, 1);
             return Ok(());
         }
-        self.pending.push(planned);
+        let json = RawValue::from_string(serde_json::to_string(&planned.item)?)?;
+        let bytes = json.get().len() + 1;
+        if !self.pending.is_empty() && self.pending_bytes + bytes > MAX_BATCH_BYTES {
+            self.flush().await?;
+        }
+        self.pending.push(Encoded { planned, json });
+        self.pending_bytes += bytes;
         if self.pending.len() >= self.job.sync.batch_size {
             self.flush().await?;
         }
@@ -345,24 +387,24 @@ impl Push {
             }
         }
         let batch = std::mem::take(&mut self.pending);
-        let first_sends: Vec<Outcome> = batch
-            .iter()
-            .filter(|planned| planned.action == Action::Create)
-            .map(|planned| Outcome::Pending {
-                key: planned.key.clone(),
-                hub_value: planned.hub_value.clone(),
-            })
-            .collect();
-        if !first_sends.is_empty() {
-            self.state.commit(&first_sends).await?;
-        }
+        self.pending_bytes = 0;
+        let idempotency_key = format!("push-{}-{}", self.run_id, self.batches);
+        // Written down before the hub can apply any of it (see `crate::state`).
+        self.state
+            .begin_batch(
+                &idempotency_key,
+                batch.iter().map(|Encoded { planned, .. }| {
+                    (planned.key.as_str(), planned.hub_value.as_str())
+                }),
+            )
+            .await?;
         let sender = BatchSender {
             client: self.client.clone(),
             state: self.state.clone(),
             report: self.report.clone(),
             progress: self.progress.clone(),
             hub_key: self.job.sync.key.field(),
-            idempotency_key: format!("push-{}-{}", self.run_id, self.batches),
+            idempotency_key,
         };
         self.batches += 1;
         self.in_flight.spawn(sender.send(batch));
@@ -377,54 +419,83 @@ struct BatchSender {
     progress: Progress,
     hub_key: &'static str,
     /// This batch's own key: the same for the client's retries of it, and for nothing else.
+    /// It also names the batch's intent in the state.
     idempotency_key: String,
 }
 
 impl BatchSender {
-    async fn send(self, batch: Vec<Planned>) -> anyhow::Result<()> {
-        let mut items = Vec::with_capacity(batch.len());
-        for planned in &batch {
-            items.push(RawValue::from_string(serde_json::to_string(
-                &planned.item,
-            )?)?);
+    /// Sends the batch, in parts if the hub finds it too large, and settles every item.
+    async fn send(self, batch: Vec<Encoded>) -> anyhow::Result<()> {
+        let (batch, items): (Vec<Planned>, Vec<Box<RawValue>>) = batch
+            .into_iter()
+            .map(|Encoded { planned, json }| (planned, json))
+            .unzip();
+        let mut results: Vec<Option<SyncResult>> = vec![None; items.len()];
+        // Parts still to send: a range of the batch and its idempotency key.
+        let mut parts = vec![(0..items.len(), self.idempotency_key.clone())];
+        while let Some((range, key)) = parts.pop() {
+            match self.post(&items[range.clone()], &key).await {
+                Ok(response) => {
+                    for result in response.results {
+                        let Some(slot) = results.get_mut(range.start + result.index) else {
+                            anyhow::bail!("the hub answered for item {} of a batch", result.index);
+                        };
+                        *slot = Some(result);
+                    }
+                }
+                Err(error) if is_too_large(&error) && range.len() > 1 => {
+                    // Halves under keys of their own: each is another request, and a retry of
+                    // one must not get the other's (or the whole batch's) answer.
+                    let middle = range.start + range.len() / 2;
+                    parts.push((middle..range.end, format!("{key}-b")));
+                    parts.push((range.start..middle, format!("{key}-a")));
+                }
+                Err(error) if is_too_large(&error) => {
+                    // One item the hub will never take: a rejected row, not a stopped run.
+                    results[range.start] = Some(SyncResult {
+                        index: range.start,
+                        status: ItemStatus::Failed,
+                        id: None,
+                        version: None,
+                        error: error.problem().cloned(),
+                    });
+                }
+                Err(error) => return Err(error).context("the hub did not take a batch"),
+            }
         }
+        let results = results
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .context("the hub answered for only some items of a batch")?;
+        self.settle(batch, results).await
+    }
+
+    /// One `POST /v1/customers/sync` of `items` under `key`.
+    async fn post(&self, items: &[Box<RawValue>], key: &str) -> Result<SyncResponse, ClientError> {
         let request = SyncRequest {
             key: self.hub_key,
             atomic: false,
-            customers: &items,
+            customers: items,
         };
         // Still in flight after the client's waits: an attempt of this very request whose
         // connection was lost is still running on the hub. Every item is a keyed upsert of
         // absolute content (or an archive or delete), so sending it again under another key
         // cannot apply anything twice: whichever runs second comes back unchanged.
-        let response = match self
-            .client
-            .sync_customers(&request, &self.idempotency_key)
-            .await
-        {
+        let response = match self.client.sync_customers(&request, key).await {
             Err(error) if error.is_idempotency_in_flight() => {
-                let key = format!("{}-again", self.idempotency_key);
+                let key = format!("{key}-again");
                 self.client.sync_customers(&request, &key).await
             }
             outcome => outcome,
-        }
-        .context("the hub did not take a batch")?;
-        self.settle(batch, response.body).await
+        }?;
+        Ok(response.body)
     }
 
     /// Counts, reports and records the hub's answer for every item of the batch.
-    async fn settle(&self, batch: Vec<Planned>, response: SyncResponse) -> anyhow::Result<()> {
+    /// `results` are the batch's, in its order.
+    async fn settle(&self, batch: Vec<Planned>, results: Vec<SyncResult>) -> anyhow::Result<()> {
         let counters = &self.progress.counters;
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut results = response.results;
-        results.sort_by_key(|result| result.index);
-        if results.len() != batch.len() {
-            anyhow::bail!(
-                "the hub answered {} results for a batch of {}",
-                results.len(),
-                batch.len()
-            );
-        }
         for (planned, result) in batch.into_iter().zip(results) {
             let not_found = result
                 .error
@@ -467,8 +538,15 @@ impl BatchSender {
                 }
             }
         }
-        self.state.commit(&outcomes).await?;
+        self.state
+            .commit_batch(&self.idempotency_key, &outcomes)
+            .await?;
         self.progress.tick();
         Ok(())
     }
+}
+
+/// The hub refused the request's body as too large (`413 payload_too_large`).
+fn is_too_large(error: &ClientError) -> bool {
+    error.status() == Some(413)
 }

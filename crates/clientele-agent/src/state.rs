@@ -2,7 +2,17 @@
 //! hub last acknowledged, the row hash of the source row it came from, the hub key's value, the
 //! hub id, and whether the key has left the source (archived). A batch's outcomes are committed
 //! in one transaction after the hub acknowledged it, so a run killed at any moment leaves the
-//! state describing acknowledged writes only. Writes go through sqlx; the per-row reads of a run
+//! state describing acknowledged writes only.
+//!
+//! What the state says is acknowledged is not all the hub may have: a batch the hub applied but
+//! whose answer never reached a killed run. So before a batch is sent, its keys are written
+//! down as *in flight* (one row per batch in `in_flight`, a write-ahead intent), and the
+//! transaction that records the batch's outcomes deletes that row. A run that finds intents
+//! left by a killed run first makes their keys *dirty* ([`StateStore::recover`]): their item
+//! hash becomes empty, which matches no row (so a row that went back to the content last
+//! acknowledged is still sent), and a key the state did not know gets an entry with an empty
+//! hash (so that if its row left the source, `on_missing` still looks for it on the hub).
+//! Writes go through sqlx; the per-row reads of a run
 //! go through [`StateReader`], a rusqlite connection on the comparing thread, which also keeps
 //! the keys read in the run (to tell a key read twice, and the keys that left the source).
 //!
@@ -19,6 +29,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use crate::job::HubKey;
 use crate::mapping::RowHash;
 
 mod reader;
@@ -49,14 +60,6 @@ pub enum Probe {
 /// The hub acknowledged an item; what the state records for it.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// About to be sent for the first time: known from now on, so that if the hub takes it and
-    /// the run dies before recording that, a later run still knows the key (its hash is empty
-    /// and matches nothing, so the row is sent again; if it left the source meanwhile, the hub
-    /// is asked whether the customer exists before `on_missing` applies).
-    Pending {
-        key: String,
-        hub_value: String,
-    },
     Stored {
         key: String,
         hub_value: String,
@@ -101,6 +104,8 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
     // Older agents kept the keys of a run here; the run's reader keeps them now (`temp.seen`).
     "DROP TABLE IF EXISTS seen",
+    // Batches sent and not yet recorded: the batch's id and its `[[key, hub value], ...]`.
+    "CREATE TABLE IF NOT EXISTS in_flight (batch TEXT PRIMARY KEY, keys TEXT NOT NULL) WITHOUT ROWID",
 ];
 
 /// The row hash came after the first state files; those gain it empty (matching no row).
@@ -170,6 +175,77 @@ impl StateStore {
         }
     }
 
+    /// Rewrites the keys of a state written before keys were identified as the hub compares
+    /// them (see [`HubKey::identity`]), once: otherwise every key spelt otherwise (a mixed-case
+    /// email) would look gone from the source, and `on_missing` would delete or archive its
+    /// customer. Two keys that become one were one customer on the hub: the one kept is made
+    /// dirty, so its row is sent again.
+    pub async fn normalize_keys(&self, hub_key: HubKey) -> anyhow::Result<()> {
+        if hub_key != HubKey::Email {
+            return Ok(());
+        }
+        const FORM: &str = "email-lowercase";
+        let mut tx = self.pool.begin().await?;
+        let done: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'key_form'")
+                .fetch_optional(&mut *tx)
+                .await?;
+        if done.as_deref() == Some(FORM) {
+            return Ok(());
+        }
+        // SQLite's lower() folds ASCII only; the hub folds Unicode: the keys are read out, a
+        // page at a time. A key moved ahead of the page is met again, already in its form.
+        let mut after = String::new();
+        loop {
+            let keys: Vec<String> = sqlx::query_scalar(
+                "SELECT key FROM pushed WHERE key > ?1 ORDER BY key LIMIT 10000",
+            )
+            .bind(&after)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = keys.last() else {
+                break;
+            };
+            after.clone_from(last);
+            for key in keys {
+                let identity = hub_key.identity(key.clone());
+                if identity == key {
+                    continue;
+                }
+                let moved = sqlx::query("UPDATE OR IGNORE pushed SET key = ?2 WHERE key = ?1")
+                    .bind(&key)
+                    .bind(&identity)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if moved == 0 {
+                    sqlx::query(
+                        "UPDATE pushed SET hash = '', row_hash = NULL,
+                         gone = min(gone, (SELECT gone FROM pushed WHERE key = ?1))
+                     WHERE key = ?2",
+                    )
+                    .bind(&key)
+                    .bind(&identity)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("DELETE FROM pushed WHERE key = ?1")
+                        .bind(&key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ('key_form', ?1)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(FORM)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// A reader for the per-row probes of a run, on a connection of its own.
     pub fn reader(&self) -> anyhow::Result<StateReader> {
         StateReader::open(&self.path)
@@ -183,16 +259,74 @@ impl StateStore {
         Ok(count as u64)
     }
 
-    /// Records one acknowledged batch, all of it or nothing.
+    /// Makes the keys of batches that a killed run sent and never recorded dirty, in one
+    /// transaction, and forgets those batches. Returns how many keys were in flight.
+    ///
+    /// The hub may or may not have applied such a batch. A dirty key's empty hash matches no
+    /// item, so its row is sent again (an upsert of absolute content: applied twice it comes
+    /// back unchanged) and, since an archive may have been applied, with `archived: false`; a
+    /// dirty key whose row left the source is looked up on the hub before `on_missing` applies.
+    /// It is live again (`gone = 0`) for the same reason: an un-archive may have been applied.
+    pub async fn recover(&self) -> anyhow::Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM in_flight")
+            .fetch_one(&mut *tx)
+            .await?;
+        if batches == 0 {
+            return Ok(0);
+        }
+        let keys = sqlx::query(
+            "INSERT INTO pushed (key, hub_value, hash, row_hash, hub_id, gone)
+             SELECT k.value ->> 0, k.value ->> 1, '', NULL, NULL, 0
+             FROM in_flight, json_each(in_flight.keys) AS k WHERE true
+             ON CONFLICT (key) DO UPDATE SET hash = '', row_hash = NULL, gone = 0",
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM in_flight")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(keys)
+    }
+
+    /// Writes down that the batch `batch` is about to be sent with these `(key, hub value)`s,
+    /// before it is: see the module doc. [`StateStore::commit_batch`] takes it back.
+    pub async fn begin_batch<'a>(
+        &self,
+        batch: &str,
+        keys: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> anyhow::Result<()> {
+        let keys: Vec<Value> = keys
+            .map(|(key, hub_value)| json!([key, hub_value]))
+            .collect();
+        sqlx::query("INSERT OR REPLACE INTO in_flight (batch, keys) VALUES (?1, ?2)")
+            .bind(batch)
+            .bind(Value::Array(keys).to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the outcomes of an acknowledged batch and drops its intent, in one transaction.
+    pub async fn commit_batch(&self, batch: &str, outcomes: &[Outcome]) -> anyhow::Result<()> {
+        self.commit_with(Some(batch), outcomes).await
+    }
+
+    /// Records outcomes that no batch sent (new row hashes of unchanged items, or keys found
+    /// gone from the hub), all of them or nothing.
     pub async fn commit(&self, outcomes: &[Outcome]) -> anyhow::Result<()> {
+        self.commit_with(None, outcomes).await
+    }
+
+    async fn commit_with(&self, batch: Option<&str>, outcomes: &[Outcome]) -> anyhow::Result<()> {
         let mut stored = Vec::new();
         let mut archived = Vec::new();
         let mut removed = Vec::new();
-        let mut pending = Vec::new();
         let mut refreshed = Vec::new();
         for outcome in outcomes {
             match outcome {
-                Outcome::Pending { key, hub_value } => pending.push(json!([key, hub_value])),
                 Outcome::Stored {
                     key,
                     hub_value,
@@ -216,16 +350,6 @@ impl StateStore {
             }
         }
         let mut tx = self.pool.begin().await?;
-        if !pending.is_empty() {
-            sqlx::query(
-                "INSERT INTO pushed (key, hub_value, hash, hub_id, gone)
-                 SELECT value ->> 0, value ->> 1, '', NULL, 0 FROM json_each(?1) WHERE true
-                 ON CONFLICT (key) DO NOTHING",
-            )
-            .bind(Value::Array(pending).to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
         if !stored.is_empty() {
             sqlx::query(
                 "INSERT INTO pushed (key, hub_value, hash, row_hash, hub_id, gone)
@@ -260,6 +384,12 @@ impl StateStore {
         if !removed.is_empty() {
             sqlx::query("DELETE FROM pushed WHERE key IN (SELECT value FROM json_each(?1))")
                 .bind(Value::Array(removed).to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(batch) = batch {
+            sqlx::query("DELETE FROM in_flight WHERE batch = ?1")
+                .bind(batch)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -402,20 +532,12 @@ mod tests {
                 ("c".into(), "hc".into(), false)
             ]
         );
+        // A batch with a new key "d" was sent, and the run that sent it was killed.
         state
-            .commit(&[
-                Outcome::Pending {
-                    key: "d".into(),
-                    hub_value: "hd".into(),
-                },
-                Outcome::Pending {
-                    key: "a".into(),
-                    hub_value: "x".into(),
-                },
-            ])
+            .begin_batch("b0", [("d", "hd")].into_iter())
             .await
-            .expect("pending");
-        assert_eq!(probe(&state, "a"), Probe::Same, "pending never overwrites");
+            .expect("intent");
+        assert_eq!(state.recover().await.expect("recover"), 1);
         let vanished = run.vanished_after("c", 10).expect("vanished");
         assert_eq!(vanished, vec![("d".into(), "hd".into(), true)]);
         state
@@ -434,6 +556,120 @@ mod tests {
         // An archived key is never the same, whatever its row hash: it must be un-archived.
         assert_eq!(probe(&state, "a"), known("ha", "00", true));
         assert_eq!(probe(&state, "c"), Probe::Unknown);
+    }
+
+    /// The keys of a batch sent and never recorded are dirty for the next run: whatever the hub
+    /// applied of it, their rows are sent again, or looked up on the hub if they left.
+    #[tokio::test]
+    async fn keys_in_flight_when_a_run_died_are_dirty_for_the_next() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = StateStore::open(&dir.path().join("s.db"))
+            .await
+            .expect("open");
+        let stored = |key: &str| Outcome::Stored {
+            key: key.into(),
+            hub_value: format!("h{key}"),
+            hash: "00".into(),
+            row_hash: Some(ROW),
+            hub_id: None,
+        };
+        state
+            .commit(&[stored("a"), stored("b"), stored("c")])
+            .await
+            .expect("commit");
+        state
+            .commit(&[Outcome::Archived { key: "c".into() }])
+            .await
+            .expect("archive");
+        // An acknowledged batch leaves no intent behind.
+        state
+            .begin_batch("b0", [("b", "hb")].into_iter())
+            .await
+            .expect("intent");
+        state
+            .commit_batch("b0", &[stored("b")])
+            .await
+            .expect("recorded");
+        // Two batches die in flight: an update of "a", an un-archive of "c", a create of "n".
+        state
+            .begin_batch("b1", [("a", "ha"), ("n", "hn")].into_iter())
+            .await
+            .expect("intent");
+        state
+            .begin_batch("b2", [("c", "hc")].into_iter())
+            .await
+            .expect("intent");
+        assert_eq!(state.recover().await.expect("recover"), 3);
+        assert_eq!(probe(&state, "a"), known("ha", "", false));
+        assert_eq!(probe(&state, "b"), Probe::Same);
+        assert_eq!(probe(&state, "c"), known("hc", "", false));
+        assert_eq!(probe(&state, "n"), known("hn", "", false));
+        assert_eq!(
+            state.recover().await.expect("again"),
+            0,
+            "intents are dropped"
+        );
+        // Keys that left the source are listed as unsure (empty hash): the hub is asked.
+        let mut run = state.reader().expect("reader");
+        run.probe_all([(Some("b"), &ROW, 1)].into_iter())
+            .expect("probe");
+        assert_eq!(
+            run.vanished_after("", 10).expect("vanished"),
+            vec![
+                ("a".into(), "ha".into(), true),
+                ("c".into(), "hc".into(), true),
+                ("n".into(), "hn".into(), true)
+            ]
+        );
+    }
+
+    /// A state written when email keys kept their case: rewritten once, so no key looks gone;
+    /// two spellings of one email (one customer on the hub) become one dirty key.
+    #[tokio::test]
+    async fn email_keys_of_an_older_state_take_the_hubs_form_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = StateStore::open(&dir.path().join("s.db"))
+            .await
+            .expect("open");
+        let stored = |key: &str| Outcome::Stored {
+            key: key.into(),
+            hub_value: key.into(),
+            hash: "00".into(),
+            row_hash: Some(ROW),
+            hub_id: None,
+        };
+        state
+            .commit(&[
+                stored("Case.One@Example.com"),
+                stored("other@example.com"),
+                stored("Twin@Example.com"),
+                stored("twin@example.com"),
+                stored("ÄNNE@example.com"),
+            ])
+            .await
+            .expect("commit");
+        state
+            .normalize_keys(HubKey::ExternalId)
+            .await
+            .expect("not email keys");
+        assert_eq!(probe(&state, "Case.One@Example.com"), Probe::Same);
+        state.normalize_keys(HubKey::Email).await.expect("rewrite");
+        assert_eq!(probe(&state, "Case.One@Example.com"), Probe::Unknown);
+        assert_eq!(probe(&state, "case.one@example.com"), Probe::Same);
+        assert_eq!(probe(&state, "other@example.com"), Probe::Same);
+        assert_eq!(probe(&state, "änne@example.com"), Probe::Same);
+        assert_eq!(
+            probe(&state, "twin@example.com"),
+            known("twin@example.com", "", false)
+        );
+        assert_eq!(state.live_count().await.expect("count"), 4);
+        // Once: a key stored since in another form (it cannot be, but) is left alone.
+        state
+            .commit(&[stored("Later@Example.com")])
+            .await
+            .expect("commit");
+        state.normalize_keys(HubKey::Email).await.expect("again");
+        assert_eq!(probe(&state, "Later@Example.com"), Probe::Same);
     }
 
     #[tokio::test]

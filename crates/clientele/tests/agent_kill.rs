@@ -2,16 +2,31 @@
 //! changing between some of the kills: the run that finally completes leaves the hub exactly
 //! equal to the source, and no write was applied twice (every customer's version counts only
 //! the distinct contents its row really had).
+//!
+//! And killed at the worst moment, deterministically: the hub applied a batch and the agent never
+//! heard back (a proxy between them forwards `POST /v1/customers/sync` and swallows the answer).
+//! Whatever the source does next (goes back to the content the state recorded, brings back a row
+//! whose delete or archive was applied, drops a row whose create was applied), the next run
+//! brings the hub back to the source.
 
 mod agent_support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use agent_support::*;
 use clientele_testkit::{TestHub, hub_tests};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
-hub_tests!(killed_pushes_resume_to_exactly_the_source);
+hub_tests!(
+    killed_pushes_resume_to_exactly_the_source,
+    batches_applied_but_never_acknowledged_archive,
+    batches_applied_but_never_acknowledged_delete,
+);
 
 /// A small deterministic generator, seeded from the clock (the seed is printed for replays).
 struct Lcg(u64);
@@ -159,4 +174,194 @@ async fn read_people(work: &Workdir) -> BTreeMap<i64, (String, String)> {
     rows.into_iter()
         .map(|(id, fname, email)| (id, (fname, email)))
         .collect()
+}
+
+/// An HTTP/1.1 proxy in front of the hub, one request per connection. While `swallow` is set,
+/// a `POST /v1/customers/sync` is forwarded and the hub's answer read (the batch is applied),
+/// then the test is told and the agent never gets the answer.
+struct SwallowingProxy {
+    url: String,
+    swallow: Arc<AtomicBool>,
+    applied: mpsc::UnboundedReceiver<()>,
+}
+
+impl SwallowingProxy {
+    async fn start(hub: &str) -> SwallowingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let upstream = hub.trim_start_matches("http://").to_owned();
+        let swallow = Arc::new(AtomicBool::new(false));
+        let (tell, applied) = mpsc::unbounded_channel();
+        let swallowing = swallow.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (upstream, swallowing, tell) =
+                    (upstream.clone(), swallowing.clone(), tell.clone());
+                tokio::spawn(async move {
+                    let _ = forward(client, &upstream, &swallowing, &tell).await;
+                });
+            }
+        });
+        SwallowingProxy {
+            url,
+            swallow,
+            applied,
+        }
+    }
+
+    /// Runs a push that is killed once the hub has applied its first batch.
+    async fn push_killed_after_apply(&mut self, job: &std::path::Path) {
+        self.swallow.store(true, Ordering::SeqCst);
+        let mut child = agent_command("push", job, &[])
+            .spawn()
+            .expect("spawn agent");
+        let applied = tokio::time::timeout(Duration::from_secs(60), self.applied.recv()).await;
+        child.kill().ok(); // SIGKILL
+        child.wait().expect("reap");
+        self.swallow.store(false, Ordering::SeqCst);
+        assert!(
+            matches!(applied, Ok(Some(()))),
+            "the agent sent no batch to swallow"
+        );
+    }
+}
+
+async fn forward(
+    client: TcpStream,
+    upstream: &str,
+    swallow: &AtomicBool,
+    applied: &mpsc::UnboundedSender<()>,
+) -> std::io::Result<()> {
+    let mut client = BufReader::new(client);
+    let mut head = String::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if client.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(value) = lower.strip_prefix("content-length:") {
+            length = value.trim().parse().expect("content-length");
+        }
+        // One request per upstream connection: the hub closes it after answering.
+        if !lower.starts_with("connection:") {
+            head.push_str(&line);
+        }
+    }
+    head.push_str("connection: close\r\n\r\n");
+    let mut body = vec![0; length];
+    client.read_exact(&mut body).await?;
+    let mut hub = TcpStream::connect(upstream).await?;
+    hub.write_all(head.as_bytes()).await?;
+    hub.write_all(&body).await?;
+    let mut answer = Vec::new();
+    hub.read_to_end(&mut answer).await?;
+    if swallow.load(Ordering::SeqCst) && head.starts_with("POST /v1/customers/sync ") {
+        let _ = applied.send(());
+        // Never answer: the agent waits until it is killed.
+        std::future::pending::<()>().await;
+    }
+    client.get_mut().write_all(&answer).await?;
+    client.get_mut().shutdown().await
+}
+
+async fn batches_applied_but_never_acknowledged_archive(hub: TestHub) {
+    batches_applied_but_never_acknowledged(hub, "archive").await;
+}
+
+async fn batches_applied_but_never_acknowledged_delete(hub: TestHub) {
+    batches_applied_but_never_acknowledged(hub, "delete").await;
+}
+
+async fn batches_applied_but_never_acknowledged(hub: TestHub, on_missing: &str) {
+    let mut proxy = SwallowingProxy::start(&hub.base_url).await;
+    let work = Workdir::new();
+    let csv = work.path("source.csv");
+    let job = work.path("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "[hub]\nurl = \"{}\"\nkey_env = \"CLIENTELE_TEST_AGENT_KEY\"\n\n[source]\n\
+             url = \"source.csv\"\nkey = \"id\"\n\n[sync]\nkey = \"external_id\"\n\
+             on_missing = \"{on_missing}\"\nstate = \"state.db\"\n",
+            proxy.url
+        ),
+    )
+    .expect("job");
+    let source = |rows: &[(&str, &str)]| {
+        let mut text = String::from("id,first_name\n");
+        for (id, name) in rows {
+            text.push_str(&format!("{id},{name}\n"));
+        }
+        std::fs::write(&csv, text).expect("csv");
+    };
+    let present = |customers: &BTreeMap<String, serde_json::Value>, id: &str| {
+        customers
+            .get(id)
+            .is_some_and(|customer| customer["archived"] == false)
+    };
+
+    // Content that goes back to what the state recorded, after an update the hub applied.
+    source(&[("r1", "Orig"), ("d1", "Del"), ("k1", "Keep")]);
+    agent_ok("push", &job, &[]).await;
+    source(&[("r1", "Edited"), ("d1", "Del"), ("k1", "Keep")]);
+    proxy.push_killed_after_apply(&job).await;
+    assert_eq!(hub_customers(&hub).await["r1"]["first_name"], "Edited");
+    source(&[("r1", "Orig"), ("d1", "Del"), ("k1", "Keep")]);
+    agent_ok("push", &job, &[]).await;
+    agent_ok("push", &job, &[]).await;
+    assert_eq!(
+        hub_customers(&hub).await["r1"]["first_name"],
+        "Orig",
+        "the hub keeps content the source no longer has"
+    );
+
+    // A row whose archive or delete the hub applied comes back as it was.
+    source(&[("r1", "Orig"), ("k1", "Keep")]);
+    proxy.push_killed_after_apply(&job).await;
+    assert!(!present(&hub_customers(&hub).await, "d1"), "applied");
+    source(&[("r1", "Orig"), ("d1", "Del"), ("k1", "Keep")]);
+    agent_ok("push", &job, &[]).await;
+    let customers = hub_customers(&hub).await;
+    assert!(
+        present(&customers, "d1"),
+        "d1 is back in the source: {customers:?}"
+    );
+    assert_eq!(customers["d1"]["first_name"], "Del");
+
+    // A row whose create the hub applied leaves the source.
+    source(&[("r1", "Orig"), ("d1", "Del"), ("k1", "Keep"), ("n1", "New")]);
+    proxy.push_killed_after_apply(&job).await;
+    assert!(present(&hub_customers(&hub).await, "n1"), "applied");
+    source(&[("r1", "Orig"), ("d1", "Del"), ("k1", "Keep")]);
+    agent_ok("push", &job, &[]).await;
+    let customers = hub_customers(&hub).await;
+    assert!(
+        !present(&customers, "n1"),
+        "n1 left the source: {customers:?}"
+    );
+    if on_missing == "delete" {
+        assert!(!customers.contains_key("n1"), "deleted");
+    }
+
+    // The hub equals the source, and the state agrees: the next run sends nothing.
+    for (id, name) in [("r1", "Orig"), ("d1", "Del"), ("k1", "Keep")] {
+        assert!(present(&customers, id), "{id}");
+        assert_eq!(customers[id]["first_name"], name, "{id}");
+    }
+    let out = agent_ok("push", &job, &[]).await;
+    counts(
+        &out,
+        &[
+            ("created", 0),
+            ("updated", 0),
+            ("archived", 0),
+            ("deleted", 0),
+            ("unchanged", 3),
+        ],
+    );
 }

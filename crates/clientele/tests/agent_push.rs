@@ -3,7 +3,8 @@
 //! rejected rows in the report without stopping the run, CSV, JSONL and PostgreSQL sources, a jq
 //! transform, the dry run, and clear errors for a bad job file, hub, key or table. Content that
 //! comes back (A → B → A, archived → back → archived) reaches the hub every time, and a key that
-//! the source holds twice is used once.
+//! the source holds twice is used once. Email keys are one key whatever their case, as on the hub.
+//! A batch over the hub's body limit is split; a row too large alone is rejected, not fatal.
 
 mod agent_support;
 
@@ -20,6 +21,8 @@ hub_tests!(
     every_repeats_the_run,
     content_that_comes_back_is_sent_again,
     a_key_twice_in_the_source_is_rejected_the_second_time,
+    email_keys_compare_as_the_hub_compares_them,
+    batches_too_large_for_the_hub_are_split_and_a_row_too_large_is_rejected,
 );
 
 async fn change_count(hub: &TestHub) -> usize {
@@ -441,4 +444,170 @@ async fn a_key_twice_in_the_source_is_rejected_the_second_time(hub: TestHub) {
     let out = agent_ok("push", &job, &[]).await;
     counts(&out, &[("archived", 1), ("failed", 1), ("unchanged", 4)]);
     assert_eq!(hub_customers(&hub).await["3"]["archived"], true);
+}
+
+/// The hub's customers by email (lowercased), with their first names.
+async fn customers_by_email(hub: &TestHub) -> std::collections::BTreeMap<String, String> {
+    let reply = clientele_testkit::call(hub.get("/v1/customers?limit=1000")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|customer| {
+            (
+                customer["email"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_lowercase(),
+                customer["first_name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// With `[sync] key = "email"`, a key whose case changed is the same customer (the hub matches
+/// emails case-insensitively): it is updated, never created and then deleted as gone. Two rows
+/// whose emails differ only by case are one key twice. A state written by an agent that kept
+/// the case of email keys is rewritten once, and no customer looks gone.
+async fn email_keys_compare_as_the_hub_compares_them(hub: TestHub) {
+    let work = Workdir::new();
+    let csv = work.path("source.csv");
+    let job = work.job(
+        &hub,
+        "[source]\nurl = \"source.csv\"\nkey = \"email\"\n\n[sync]\nkey = \"email\"\n\
+         on_missing = \"delete\"\nstate = \"state.db\"\n",
+    );
+    let source = |rows: &[&str]| {
+        std::fs::write(&csv, format!("email,first_name\n{}\n", rows.join("\n"))).expect("csv");
+    };
+    source(&["Case.One@Example.com,A", "other@example.com,B"]);
+    let out = agent_ok("push", &job, &[]).await;
+    counts(&out, &[("created", 2), ("failed", 0)]);
+
+    source(&["case.one@example.com,A", "other@example.com,B"]);
+    let out = agent_ok("push", &job, &["--dry-run"]).await;
+    assert!(
+        !out.lines().any(|line| line.starts_with("delete ")),
+        "{out}"
+    );
+    let out = agent_ok("push", &job, &[]).await;
+    counts(
+        &out,
+        &[
+            ("created", 0),
+            ("updated", 1),
+            ("deleted", 0),
+            ("unchanged", 1),
+        ],
+    );
+    let customers = customers_by_email(&hub).await;
+    assert_eq!(customers.len(), 2, "{customers:?}");
+    assert_eq!(customers["case.one@example.com"], "A");
+
+    // The same email twice, in two cases: the second row is rejected, nothing is deleted.
+    source(&[
+        "case.one@example.com,A",
+        "other@example.com,B",
+        "OTHER@example.com,C",
+    ]);
+    let report = work.path("report.jsonl");
+    let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
+    counts(&out, &[("failed", 1), ("deleted", 0), ("unchanged", 2)]);
+    let text = std::fs::read_to_string(&report).expect("report");
+    assert!(text.contains("duplicate_key_in_source"), "{text}");
+    assert_eq!(customers_by_email(&hub).await["other@example.com"], "B");
+
+    // A state file an older agent wrote, its keys in the source's case.
+    source(&["Mixed.Case@Example.com,M"]);
+    std::fs::remove_file(work.path("state.db")).expect("fresh state");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(work.path(&format!("state.db{suffix}")));
+    }
+    agent_ok("push", &job, &[]).await;
+    {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", work.path("state.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("state");
+        for sql in [
+            "DELETE FROM meta WHERE name = 'key_form'",
+            "UPDATE pushed SET key = 'Mixed.Case@Example.com'",
+        ] {
+            sqlx::query(sql)
+                .execute(&mut conn)
+                .await
+                .expect("older state");
+        }
+    }
+    let out = agent_ok("push", &job, &[]).await;
+    counts(
+        &out,
+        &[
+            ("created", 0),
+            ("updated", 0),
+            ("deleted", 0),
+            ("unchanged", 1),
+        ],
+    );
+    assert_eq!(
+        customers_by_email(&hub).await["mixed.case@example.com"],
+        "M"
+    );
+}
+
+/// A hub whose body limit is 32 KiB: a batch of 40 rows with 5 KB notes is refused whole
+/// (413) and goes through in parts; a row whose 40 KB note is too large alone is a rejected row,
+/// reported with the hub's problem, and every other row goes through.
+async fn batches_too_large_for_the_hub_are_split_and_a_row_too_large_is_rejected(hub: TestHub) {
+    let config = clientele_api::ApiConfig {
+        max_body_bytes: 32 * 1024,
+        ..clientele_api::ApiConfig::default()
+    };
+    let hub = TestHub::start(hub.backend, config)
+        .await
+        .expect("a hub like the test's");
+    let work = Workdir::new();
+    let mut csv = String::from("id,first_name,note\n");
+    for i in 0..40 {
+        csv.push_str(&format!("n{i},Name {i},{}\n", "x".repeat(5000)));
+    }
+    csv.push_str(&format!("huge,Huge,{}\n", "y".repeat(40_000)));
+    std::fs::write(work.path("source.csv"), csv).expect("csv");
+    let job = work.job(
+        &hub,
+        "[source]\nurl = \"source.csv\"\nkey = \"id\"\n\n[sync]\nkey = \"external_id\"\n\
+         state = \"state.db\"\nbatch_size = 1000\n",
+    );
+    let report = work.path("report.jsonl");
+    let report_arg = ["--report", report.to_str().expect("path")];
+    let out = agent_ok("push", &job, &report_arg).await;
+    counts(&out, &[("created", 40), ("failed", 1)]);
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers.len(), 40);
+    assert_eq!(customers["n7"]["note"].as_str().map(str::len), Some(5000));
+    assert!(!customers.contains_key("huge"));
+    let text = std::fs::read_to_string(&report).expect("report");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["key"], "huge", "{text}");
+    assert_eq!(lines[0]["row"], 41, "{text}");
+    assert_eq!(lines[0]["problem"]["code"], "payload_too_large", "{text}");
+
+    // The next run sends the rejected row alone, and it is rejected again; nothing else moves.
+    let out = agent_ok("push", &job, &report_arg).await;
+    counts(
+        &out,
+        &[
+            ("created", 0),
+            ("updated", 0),
+            ("unchanged", 40),
+            ("failed", 1),
+        ],
+    );
 }

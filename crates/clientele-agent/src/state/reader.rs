@@ -128,8 +128,9 @@ impl StateReader {
         Ok(probes)
     }
 
-    /// Live keys of the state that this run has not read, as (key, hub value, pending),
-    /// `limit` at a time after `after`.
+    /// Live keys of the state that this run has not read, as (key, hub value, unsure), `limit`
+    /// at a time after `after`. Unsure keys (empty hash) were sent and never acknowledged: the
+    /// hub may or may not have them.
     pub fn vanished_after(
         &mut self,
         after: &str,
