@@ -358,8 +358,24 @@ impl Mirror {
             .enumerate()
             .map(|(index, (name, _))| format!("{name} = {}", self.placeholder(index + 1)))
             .collect();
-        let n = CUSTOMER_FIELDS.len() + 1;
-        let condition = match self.dialect {
+        let condition = self.at_rowref(CUSTOMER_FIELDS.len() + 1, rowref, &mut args)?;
+        let sql = format!(
+            "UPDATE {} SET {} WHERE {condition}",
+            self.table,
+            sets.join(", ")
+        );
+        sqlx::query_with(&sql, args).execute(&mut *tx).await?;
+        Ok(())
+    }
+
+    /// The condition picking the row at `rowref`, its value bound as parameter `n`.
+    fn at_rowref(
+        &self,
+        n: usize,
+        rowref: &str,
+        args: &mut AnyArguments<'_>,
+    ) -> anyhow::Result<String> {
+        Ok(match self.dialect {
             Dialect::Sqlite => {
                 args.add(rowref.parse::<i64>().unwrap_or(-1))
                     .map_err(anyhow::Error::msg)?;
@@ -369,12 +385,30 @@ impl Mirror {
                 args.add(rowref.to_owned()).map_err(anyhow::Error::msg)?;
                 format!("ctid = ${n}::tid")
             }
-        };
-        let sql = format!(
-            "UPDATE {} SET {} WHERE {condition}",
-            self.table,
-            sets.join(", ")
-        );
+        })
+    }
+
+    /// The row at `rowref`, if there is one.
+    pub async fn row_at(&self, rowref: &str) -> anyhow::Result<Option<LocalRow>> {
+        let mut args = AnyArguments::default();
+        let condition = self.at_rowref(1, rowref, &mut args)?;
+        let sql = format!("{} WHERE m.{condition}", self.select_rows());
+        let row: Option<(String, String)> = sqlx::query_as_with(&sql, args)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|(rowref, json)| local_row(rowref, &json))
+            .transpose()
+    }
+
+    /// Removes the row at `rowref` (not its id's shadow: the row is a local twin of another).
+    pub async fn delete_at(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        rowref: &str,
+    ) -> anyhow::Result<()> {
+        let mut args = AnyArguments::default();
+        let condition = self.at_rowref(1, rowref, &mut args)?;
+        let sql = format!("DELETE FROM {} WHERE {condition}", self.table);
         sqlx::query_with(&sql, args).execute(&mut *tx).await?;
         Ok(())
     }
@@ -507,6 +541,18 @@ impl Mirror {
             .execute(&self.pool)
             .await?;
         Ok(fresh.to_owned())
+    }
+
+    /// The rows whose create was sent and whose answer was never written back (a killed run).
+    pub async fn pending_creates(&self) -> anyhow::Result<Vec<String>> {
+        let sql = format!(
+            "SELECT rowref FROM _clientele_pending_create WHERE mirror_table = {}",
+            self.placeholder(1)
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(&self.table)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// The hub answered the create of `rowref`: its key is done with.

@@ -16,8 +16,10 @@
 //! and content can recur: a rowid is reused, the same row is inserted again after the hub erased
 //! the first one), so its key is made fresh for each create and recorded in the mirror database
 //! until the answer is written back (`Mirror::create_key`): only a create repeated after a kill
-//! reuses it, and gets the hub's replay rather than a twin.
+//! reuses it, and gets the hub's replay rather than a twin. Such creates are resumed before the
+//! feed comes down, so the hub's copy of one is never pulled as a second row.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -50,8 +52,15 @@ pub async fn run(
         conflict: section.conflict,
         dry_run,
     };
+    // A create a killed run sent is finished before the feed comes down, so that the hub's copy
+    // of it is our own write coming back, not a customer the mirror lacks.
+    let resumed = if dry_run {
+        HashSet::new()
+    } else {
+        syncer.resume_creates().await?
+    };
     syncer.pull_phase().await?;
-    syncer.push_phase().await?;
+    syncer.push_phase(&resumed).await?;
     report.flush();
     Ok(())
 }
@@ -196,8 +205,31 @@ impl Syncer {
         }
     }
 
-    /// Local inserts and edits up.
-    async fn push_phase(&self) -> anyhow::Result<()> {
+    /// Sends again the creates a killed run left pending (the row still where it was, without
+    /// an id): the same row and content reuse the recorded key and get the hub's replay. Returns
+    /// the rows so handled, which the push phase then leaves alone.
+    async fn resume_creates(&self) -> anyhow::Result<HashSet<String>> {
+        let mut resumed = HashSet::new();
+        for rowref in self.mirror.pending_creates().await? {
+            match self.mirror.row_at(&rowref).await? {
+                Some(row) if row.fields.get("id").is_none_or(Value::is_null) => {
+                    Counters::add(&self.counters().rows, 1);
+                    self.send_insert(row).await?;
+                    resumed.insert(rowref);
+                }
+                _ => {
+                    // The row is gone or has an id: nothing of it is left to create.
+                    let mut tx = self.mirror.begin().await?;
+                    self.mirror.forget_create(&mut tx, &rowref).await?;
+                    tx.commit().await?;
+                }
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// Local inserts and edits up (except the rows `resumed` already created).
+    async fn push_phase(&self, resumed: &HashSet<String>) -> anyhow::Result<()> {
         let mut inserts: Vec<LocalRow> = Vec::new();
         let mut edits: Vec<Edit> = Vec::new();
         let mut first_seen: Vec<(String, Shadow)> = Vec::new();
@@ -209,6 +241,7 @@ impl Syncer {
                     .and_then(Value::as_str)
                     .map(str::to_owned);
                 match (id, shadow) {
+                    (None, _) if resumed.contains(&row.rowref) => {}
                     (None, _) => inserts.push(row),
                     (Some(id), Some(shadow)) => {
                         if content_hash(&row.fields) != shadow.hash {
@@ -317,22 +350,30 @@ impl Syncer {
     }
 
     async fn send_insert(&self, row: LocalRow) -> anyhow::Result<()> {
-        let body: Map<String, Value> = writable_part(&row.fields)
-            .into_iter()
-            .filter(|(_, value)| !value.is_null())
-            .collect();
-        let body = Value::Object(body);
+        let (body, hash) = create_request(&row.fields);
         // The same row with the same content after a kill gets the hub's replay, not a twin;
         // any other create gets a key of its own.
-        let hash = hex::encode(&Sha256::digest(body.to_string().as_bytes())[..16]);
         let fresh = format!("sync-create-{}-{}", self.run_id, row.rowref);
         let key = self.mirror.create_key(&row.rowref, &hash, &fresh).await?;
         match self.client.create_customer(&body, &key).await {
             Ok(response) => {
                 Counters::add(&self.counters().created, 1);
+                let customer = &response.body;
+                // A replay after a kill: the hub's copy may have come down meanwhile (a `pull`,
+                // or the feed read by an older agent). The local row is exactly what the create
+                // sent (else its key would not have been reused), so the copy, the same or newer,
+                // is the one row kept, and the local twin goes.
+                let pulled = match customer["id"].as_str() {
+                    Some(id) => self.mirror.rows_by_id(&[id]).await?.remove(id),
+                    None => None,
+                };
                 let mut tx = self.mirror.begin().await?;
-                self.write_back_in(&mut tx, &row.rowref, &response.body)
-                    .await?;
+                match pulled {
+                    Some(_) => self.mirror.delete_at(&mut tx, &row.rowref).await?,
+                    None => {
+                        self.write_back_in(&mut tx, &row.rowref, customer).await?;
+                    }
+                }
                 self.mirror.forget_create(&mut tx, &row.rowref).await?;
                 tx.commit().await?;
                 Ok(())
@@ -381,6 +422,18 @@ impl Syncer {
             error => Err(error.into()),
         }
     }
+}
+
+/// The body of the create of a local row (its writable fields that have a value) and the hash
+/// its pending create is recorded under.
+pub fn create_request(fields: &Map<String, Value>) -> (Value, String) {
+    let body: Map<String, Value> = writable_part(fields)
+        .into_iter()
+        .filter(|(_, value)| !value.is_null())
+        .collect();
+    let body = Value::Object(body);
+    let hash = hex::encode(&Sha256::digest(body.to_string().as_bytes())[..16]);
+    (body, hash)
 }
 
 fn idempotency_key(kind: &str, row: &str, version: i64, body: &Value) -> String {

@@ -2,13 +2,16 @@
 //! PostgreSQL, and a mirror on the same kind of database. Pull with creates, updates and deletes
 //! and its position in the mirror; sync pushing local edits and inserts, pulling hub changes,
 //! settling conflicts by each policy, and never echoing its own writes; a row inserted again
-//! with the content of one the hub erased is created again, not answered with an old replay.
+//! with the content of one the hub erased is created again, not answered with an old replay; a
+//! create a killed run left pending (the hub applied it, the answer was lost) ends as one row.
 
 mod agent_support;
 
 use std::collections::BTreeMap;
 
 use agent_support::*;
+use clientele_agent::mirror::Mirror;
+use clientele_agent::sync::create_request;
 use clientele_testkit::{Backend, TestHub, call, hub_tests};
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -21,6 +24,8 @@ hub_tests!(
     sync_conflicts_source_wins,
     sync_conflicts_newest_wins,
     sync_creates_a_row_inserted_again_after_the_hub_erased_it,
+    sync_finishes_a_create_a_killed_run_left_pending,
+    sync_merges_a_pending_create_with_its_pulled_copy,
 );
 
 /// A mirror database of the hub's kind: a SQLite file, or a fresh PostgreSQL database.
@@ -319,4 +324,118 @@ async fn sync_creates_a_row_inserted_again_after_the_hub_erased_it(hub: TestHub)
         assert!(mirror_rows(&url).await.is_empty());
     }
     assert_ne!(ids[0], ids[1]);
+}
+
+/// Rows in the mirror table, duplicates included.
+async fn mirror_count(url: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.expect("mirror");
+    sqlx::query_scalar("SELECT COUNT(*) FROM customers")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count")
+}
+
+/// What a sync killed while creating the local row without an id leaves behind: the create
+/// recorded as pending under its key (as the agent records it before sending), the hub having
+/// applied it (its event in the feed), the answer never written back. Returns the hub's answer.
+async fn leave_create_pending(hub: &TestHub, url: &str) -> Value {
+    let mirror = Mirror::open(url, "customers").await.expect("mirror");
+    let mut local = Vec::new();
+    mirror
+        .scan(|row, _| {
+            if row.fields["id"].is_null() {
+                local.push(row);
+            }
+            Ok(())
+        })
+        .await
+        .expect("scan");
+    let [row] = <[_; 1]>::try_from(local).expect("one local row without an id");
+    let (body, hash) = create_request(&row.fields);
+    let key = mirror
+        .create_key(&row.rowref, &hash, "sync-create-killed-run")
+        .await
+        .expect("pending create");
+    let reply = call(
+        hub.post("/v1/customers")
+            .header("Idempotency-Key", key)
+            .json(&body),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.body
+}
+
+/// Starts a mirror with two customers and a local row, and leaves its create pending.
+async fn killed_during_create(
+    hub: &TestHub,
+    work: &Workdir,
+) -> (String, std::path::PathBuf, Value) {
+    let url = mirror_url(hub, work).await;
+    let job = work.job(hub, &mirror_job(&url, "newest_wins"));
+    seed(hub, 2).await;
+    agent_ok("sync", &job, &[]).await;
+    mirror_sql(
+        &url,
+        "INSERT INTO customers (external_id, first_name) VALUES ('local1', 'Made here')",
+    )
+    .await;
+    let created = leave_create_pending(hub, &url).await;
+    (url, job, created)
+}
+
+/// The next sync replays the pending create (not a twin), writes the answer into the local row,
+/// skips the create's event as its own write, and later syncs move nothing.
+async fn sync_finishes_a_create_a_killed_run_left_pending(hub: TestHub) {
+    let work = Workdir::new();
+    let (url, job, created) = killed_during_create(&hub, &work).await;
+    let out = agent_ok("sync", &job, &[]).await;
+    counts(&out, &[("created", 1), ("updated", 0), ("failed", 0)]);
+    assert_eq!(mirror_count(&url).await, 3);
+    let rows = mirror_rows(&url).await;
+    assert_eq!(rows["local1"].0.as_deref(), created["id"].as_str());
+    assert_eq!(rows["local1"].2, Some(1));
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers.len(), 3);
+    assert_eq!(customers["local1"]["id"], created["id"]);
+    for _ in 0..2 {
+        let out = agent_ok("sync", &job, &[]).await;
+        counts(&out, &[("created", 0), ("updated", 0), ("failed", 0)]);
+    }
+    assert_eq!(mirror_count(&url).await, 3);
+    assert_eq!(hub_customers(&hub).await["local1"]["version"], 1);
+}
+
+/// The hub's copy of the pending create came down first (a `pull` between the runs, here after
+/// the hub changed it): the two become one row, the hub's newer copy, and syncs go on working.
+async fn sync_merges_a_pending_create_with_its_pulled_copy(hub: TestHub) {
+    let work = Workdir::new();
+    let (url, job, created) = killed_during_create(&hub, &work).await;
+    hub_sync(
+        &hub,
+        vec![json!({"external_id": "local1", "first_name": "Changed in the hub"})],
+    )
+    .await;
+    agent_ok("pull", &job, &[]).await;
+    assert_eq!(
+        mirror_count(&url).await,
+        4,
+        "the local row and its pulled copy"
+    );
+    let out = agent_ok("sync", &job, &[]).await;
+    counts(&out, &[("created", 1), ("failed", 0)]);
+    assert_eq!(mirror_count(&url).await, 3);
+    let rows = mirror_rows(&url).await;
+    assert_eq!(rows["local1"].0.as_deref(), created["id"].as_str());
+    assert_eq!(rows["local1"].1.as_deref(), Some("Changed in the hub"));
+    assert_eq!(rows["local1"].2, Some(2));
+    for _ in 0..2 {
+        let out = agent_ok("sync", &job, &[]).await;
+        counts(&out, &[("created", 0), ("updated", 0), ("failed", 0)]);
+    }
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers.len(), 3);
+    assert_eq!(customers["local1"]["version"], 2);
+    assert_eq!(customers["local1"]["first_name"], "Changed in the hub");
 }
