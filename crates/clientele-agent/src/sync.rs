@@ -42,7 +42,13 @@ pub async fn run(
     dry_run: bool,
 ) -> anyhow::Result<()> {
     let section = job.mirror()?;
-    let mirror = Mirror::open(&job.database_url(&section.url), &section.table).await?;
+    let url = job.database_url(&section.url);
+    // A dry run changes nothing, not even by creating the mirror.
+    let mirror = if dry_run {
+        Mirror::open_for_plan(&url, &section.table).await?
+    } else {
+        Mirror::open(&url, &section.table).await?
+    };
     let syncer = Syncer {
         run_id: crate::run_id(),
         mirror,
@@ -59,8 +65,8 @@ pub async fn run(
     } else {
         syncer.resume_creates().await?
     };
-    syncer.pull_phase().await?;
-    syncer.push_phase(&resumed).await?;
+    let planned_down = syncer.pull_phase().await?;
+    syncer.push_phase(&resumed, &planned_down).await?;
     report.flush();
     Ok(())
 }
@@ -118,7 +124,11 @@ impl Syncer {
     }
 
     /// Hub changes down, page by page, each page with its feed position in one transaction.
-    async fn pull_phase(&self) -> anyhow::Result<()> {
+    /// A dry run writes nothing, so it returns the ids whose hub copy a real run would have
+    /// written (and whose local edit it would thereby have settled), for the plan of the push
+    /// phase to follow the same rule; a real run returns none.
+    async fn pull_phase(&self) -> anyhow::Result<HashSet<String>> {
+        let mut planned_down = HashSet::new();
         let mut position = self.mirror.position().await?;
         loop {
             let page = self
@@ -127,7 +137,7 @@ impl Syncer {
                 .await
                 .context("cannot read the change feed")?;
             if page.data.is_empty() {
-                return Ok(());
+                return Ok(planned_down);
             }
             Counters::add(&self.counters().rows, page.data.len() as u64);
             let changes = last_per_customer(&page.data, |change| &change.customer_id);
@@ -159,6 +169,10 @@ impl Syncer {
                         // An erasure in the hub is final, edited locally or not.
                         deleted.push(id);
                         Counters::add(&self.counters().deleted, 1);
+                        if self.dry_run {
+                            println!("delete {id}");
+                            planned_down.insert(id.to_owned());
+                        }
                         continue;
                     }
                     (_, Some(customer)) => customer,
@@ -187,6 +201,7 @@ impl Syncer {
                 Counters::add(counter, 1);
                 if self.dry_run {
                     println!("down {id}");
+                    planned_down.insert(id.to_owned());
                 }
                 upserts.push(customer);
             }
@@ -228,8 +243,13 @@ impl Syncer {
         Ok(resumed)
     }
 
-    /// Local inserts and edits up (except the rows `resumed` already created).
-    async fn push_phase(&self, resumed: &HashSet<String>) -> anyhow::Result<()> {
+    /// Local inserts and edits up (except the rows `resumed` already created, and, in a dry
+    /// run, the edits the pull phase's plan settled for the hub's copy).
+    async fn push_phase(
+        &self,
+        resumed: &HashSet<String>,
+        planned_down: &HashSet<String>,
+    ) -> anyhow::Result<()> {
         let mut inserts: Vec<LocalRow> = Vec::new();
         let mut edits: Vec<Edit> = Vec::new();
         let mut first_seen: Vec<(String, Shadow)> = Vec::new();
@@ -244,7 +264,7 @@ impl Syncer {
                     (None, _) if resumed.contains(&row.rowref) => {}
                     (None, _) => inserts.push(row),
                     (Some(id), Some(shadow)) => {
-                        if content_hash(&row.fields) != shadow.hash {
+                        if content_hash(&row.fields) != shadow.hash && !planned_down.contains(&id) {
                             edits.push(Edit {
                                 id,
                                 rowref: row.rowref,
