@@ -4,7 +4,7 @@
 //! the raw row's values hashed under the job's mapping identity, which is cheap enough to take
 //! for every row and lets an unchanged row skip the mapping altogether.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -16,7 +16,9 @@ use crate::transform::Transform;
 
 /// Names the mapping code: bump it when renames, coercions or the item's encoding change, so
 /// that every row hash changes with it and each row is mapped (and compared) again.
-const MAPPING_VERSION: &str = "clientele-agent mapping 1";
+/// (2: an explicit `[fields]` mapping wins over a column named like its field, whatever order
+/// the columns come in.)
+const MAPPING_VERSION: &str = "clientele-agent mapping 2";
 
 /// The hash of the raw row under one job's mapping: equal row hashes mean equal items.
 pub type RowHash = [u8; 16];
@@ -40,8 +42,11 @@ pub struct MappedRow {
 pub struct Mapper {
     source_key: String,
     hub_key: HubKey,
-    /// Source column → hub field.
-    renames: BTreeMap<String, String>,
+    /// Source column → the hub fields `[fields]` fills from it.
+    renames: BTreeMap<String, Vec<String>>,
+    /// The hub fields `[fields]` fills: a column named like one of them does not map by itself,
+    /// the explicit mapping wins.
+    mapped: BTreeSet<String>,
     transform: Option<Transform>,
     /// SHA-256 already fed with everything of the job that decides the item: every row hash
     /// starts from it, so editing the mapping or the transform changes every row hash.
@@ -50,11 +55,14 @@ pub struct Mapper {
 
 impl Mapper {
     pub fn new(job: &Job, source_key: &str) -> Result<Mapper, String> {
-        let renames = job
-            .fields
-            .iter()
-            .map(|(field, column)| (column.clone(), field.clone()))
-            .collect();
+        let mut renames: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (field, column) in &job.fields {
+            renames
+                .entry(column.clone())
+                .or_default()
+                .push(field.clone());
+        }
+        let mapped = job.fields.keys().cloned().collect();
         let transform = job
             .transform
             .as_deref()
@@ -73,6 +81,7 @@ impl Mapper {
             source_key: source_key.to_owned(),
             hub_key: job.sync.key,
             renames,
+            mapped,
             transform,
             identity,
         })
@@ -156,13 +165,18 @@ impl Mapper {
     fn rename(&self, row: Map<String, Value>) -> Map<String, Value> {
         let mut item = Map::new();
         for (column, value) in row {
-            let field = match self.renames.get(&column) {
-                Some(field) => field.clone(),
-                None if fields::is_writable(&column) => column,
-                None => continue,
-            };
-            let value = fields::coerce(&field, value);
-            item.insert(field, value);
+            match self.renames.get(&column) {
+                Some(targets) => {
+                    for field in targets {
+                        item.insert(field.clone(), fields::coerce(field, value.clone()));
+                    }
+                }
+                None if fields::is_writable(&column) && !self.mapped.contains(&column) => {
+                    let value = fields::coerce(&column, value);
+                    item.insert(column, value);
+                }
+                None => {}
+            }
         }
         item
     }
@@ -285,6 +299,26 @@ mod tests {
             Value::Object(row.item),
             json!({"external_id": "7", "first_name": "Ann", "email": "a@x.example", "archived": false})
         );
+    }
+
+    #[test]
+    fn an_explicit_mapping_wins_over_a_column_named_like_its_field() {
+        // Whatever order the columns come in, before or after the mapped one.
+        let mapper = Mapper::new(
+            &job("note = \"company\"\nlast_name = \"fname\""),
+            "person_id",
+        )
+        .expect("mapper");
+        for row in [
+            json!({"person_id": 7, "company": "ColCompany", "note": "ColNote", "fname": "Ann", "last_name": "Col"}),
+            json!({"last_name": "Col", "note": "ColNote", "fname": "Ann", "company": "ColCompany", "person_id": 7}),
+        ] {
+            let item = mapper.map(object(row)).expect("maps").item;
+            assert_eq!(item["note"], "ColCompany");
+            assert_eq!(item["last_name"], "Ann");
+            // One column may feed several fields (`first_name = "fname"` is in every job here).
+            assert_eq!(item["first_name"], "Ann");
+        }
     }
 
     #[test]

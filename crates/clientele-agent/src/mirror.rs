@@ -46,30 +46,92 @@ pub struct LocalRow {
     pub fields: Map<String, Value>,
 }
 
+/// How [`Mirror::connect`] opens the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Created if missing, in WAL mode: a real run.
+    Create,
+    /// Read-only, changing nothing: a dry run.
+    ReadOnly,
+    /// A private in-memory database: a dry run's plan for a mirror not there yet.
+    Memory,
+}
+
+fn is_sqlite(url: &str) -> bool {
+    url.to_ascii_lowercase().starts_with("sqlite:")
+}
+
+fn is_postgres(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+/// Whether the file of a `sqlite:` URL exists (an in-memory URL has none to create).
+fn sqlite_file_exists(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or(rest);
+    path.is_empty() || path.starts_with(":memory:") || std::path::Path::new(path).exists()
+}
+
 /// Statements stay under both backends' parameter limits.
 const ROWS_PER_STATEMENT: usize = 500;
 
 impl Mirror {
+    /// Opens the mirror, creating its database (SQLite) and tables where missing.
     pub async fn open(url: &str, table: &str) -> anyhow::Result<Mirror> {
+        let mirror = Mirror::connect(url, table, Access::Create).await?;
+        mirror.ensure_tables().await?;
+        Ok(mirror)
+    }
+
+    /// The mirror as it stands, for a dry run, which must change nothing: opened read-only
+    /// when its database and tables are all there. A mirror not there yet (no database file,
+    /// or a table missing) is planned as an empty one, an in-memory database of the same
+    /// tables: everything the hub has would be created.
+    pub async fn open_for_plan(url: &str, table: &str) -> anyhow::Result<Mirror> {
+        if !is_sqlite(url) || sqlite_file_exists(url) {
+            let mirror = Mirror::connect(url, table, Access::ReadOnly).await?;
+            if mirror.has_tables().await? {
+                return Ok(mirror);
+            }
+            mirror.pool.close().await;
+        }
+        let mirror = Mirror::connect("sqlite::memory:", table, Access::Memory).await?;
+        mirror.ensure_tables().await?;
+        Ok(mirror)
+    }
+
+    async fn connect(url: &str, table: &str, access: Access) -> anyhow::Result<Mirror> {
         sqlx::any::install_default_drivers();
-        let lower = url.to_ascii_lowercase();
-        let (dialect, url) = if lower.starts_with("sqlite:") {
-            let url = if url.contains('?') {
-                url.to_owned()
-            } else {
-                format!("{url}?mode=rwc")
+        let (dialect, url) = if is_sqlite(url) {
+            let mode = match access {
+                Access::Create => "mode=rwc",
+                Access::ReadOnly => "mode=ro",
+                Access::Memory => "",
+            };
+            let url = match (url.contains('?'), mode) {
+                (_, "") => url.to_owned(),
+                (true, _) => format!("{url}&{mode}"),
+                (false, _) => format!("{url}?{mode}"),
             };
             (Dialect::Sqlite, url)
-        } else if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        } else if is_postgres(url) {
             (Dialect::Postgres, url.to_owned())
         } else {
             anyhow::bail!("the mirror URL must be sqlite://PATH or postgres://...");
         };
+        let wal = dialect == Dialect::Sqlite && access == Access::Create;
         let pool = AnyPoolOptions::new()
             .max_connections(if dialect == Dialect::Sqlite { 1 } else { 4 })
+            // An in-memory database lives as long as its one connection.
+            .idle_timeout(None)
+            .max_lifetime(None)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if dialect == Dialect::Sqlite {
+                    if wal {
                         // WAL with NORMAL: durable across a killed process, one sync per checkpoint.
                         sqlx::query("PRAGMA journal_mode = WAL")
                             .execute(&mut *conn)
@@ -77,6 +139,8 @@ impl Mirror {
                         sqlx::query("PRAGMA synchronous = NORMAL")
                             .execute(&mut *conn)
                             .await?;
+                    }
+                    if dialect == Dialect::Sqlite {
                         sqlx::query("PRAGMA busy_timeout = 30000")
                             .execute(&mut *conn)
                             .await?;
@@ -87,13 +151,35 @@ impl Mirror {
             .connect(&url)
             .await
             .with_context(|| format!("cannot open the mirror database {}", redact(&url)))?;
-        let mirror = Mirror {
+        Ok(Mirror {
             pool,
             dialect,
             table: table.to_owned(),
+        })
+    }
+
+    /// Whether the mirror table and the agent's tables beside it all exist.
+    async fn has_tables(&self) -> anyhow::Result<bool> {
+        let names = [
+            self.table.as_str(),
+            "_clientele_feed",
+            "_clientele_shadow",
+            "_clientele_pending_create",
+        ];
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN (?, ?, ?, ?)"
+            }
+            Dialect::Postgres => {
+                "SELECT COUNT(*) FROM (VALUES ($1), ($2), ($3), ($4)) AS wanted (name) \
+                 WHERE to_regclass(wanted.name) IS NOT NULL"
+            }
         };
-        mirror.ensure_tables().await?;
-        Ok(mirror)
+        let mut query = sqlx::query_scalar::<_, i64>(sql);
+        for name in names {
+            query = query.bind(name);
+        }
+        Ok(query.fetch_one(&self.pool).await? == names.len() as i64)
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -358,8 +444,24 @@ impl Mirror {
             .enumerate()
             .map(|(index, (name, _))| format!("{name} = {}", self.placeholder(index + 1)))
             .collect();
-        let n = CUSTOMER_FIELDS.len() + 1;
-        let condition = match self.dialect {
+        let condition = self.at_rowref(CUSTOMER_FIELDS.len() + 1, rowref, &mut args)?;
+        let sql = format!(
+            "UPDATE {} SET {} WHERE {condition}",
+            self.table,
+            sets.join(", ")
+        );
+        sqlx::query_with(&sql, args).execute(&mut *tx).await?;
+        Ok(())
+    }
+
+    /// The condition picking the row at `rowref`, its value bound as parameter `n`.
+    fn at_rowref(
+        &self,
+        n: usize,
+        rowref: &str,
+        args: &mut AnyArguments<'_>,
+    ) -> anyhow::Result<String> {
+        Ok(match self.dialect {
             Dialect::Sqlite => {
                 args.add(rowref.parse::<i64>().unwrap_or(-1))
                     .map_err(anyhow::Error::msg)?;
@@ -369,12 +471,30 @@ impl Mirror {
                 args.add(rowref.to_owned()).map_err(anyhow::Error::msg)?;
                 format!("ctid = ${n}::tid")
             }
-        };
-        let sql = format!(
-            "UPDATE {} SET {} WHERE {condition}",
-            self.table,
-            sets.join(", ")
-        );
+        })
+    }
+
+    /// The row at `rowref`, if there is one.
+    pub async fn row_at(&self, rowref: &str) -> anyhow::Result<Option<LocalRow>> {
+        let mut args = AnyArguments::default();
+        let condition = self.at_rowref(1, rowref, &mut args)?;
+        let sql = format!("{} WHERE m.{condition}", self.select_rows());
+        let row: Option<(String, String)> = sqlx::query_as_with(&sql, args)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|(rowref, json)| local_row(rowref, &json))
+            .transpose()
+    }
+
+    /// Removes the row at `rowref` (not its id's shadow: the row is a local twin of another).
+    pub async fn delete_at(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        rowref: &str,
+    ) -> anyhow::Result<()> {
+        let mut args = AnyArguments::default();
+        let condition = self.at_rowref(1, rowref, &mut args)?;
+        let sql = format!("DELETE FROM {} WHERE {condition}", self.table);
         sqlx::query_with(&sql, args).execute(&mut *tx).await?;
         Ok(())
     }
@@ -507,6 +627,18 @@ impl Mirror {
             .execute(&self.pool)
             .await?;
         Ok(fresh.to_owned())
+    }
+
+    /// The rows whose create was sent and whose answer was never written back (a killed run).
+    pub async fn pending_creates(&self) -> anyhow::Result<Vec<String>> {
+        let sql = format!(
+            "SELECT rowref FROM _clientele_pending_create WHERE mirror_table = {}",
+            self.placeholder(1)
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(&self.table)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// The hub answered the create of `rowref`: its key is done with.

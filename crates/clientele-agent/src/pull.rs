@@ -50,7 +50,13 @@ pub async fn run(
     dry_run: bool,
 ) -> anyhow::Result<()> {
     let section = job.mirror()?;
-    let mirror = Mirror::open(&job.database_url(&section.url), &section.table).await?;
+    let url = job.database_url(&section.url);
+    // A dry run changes nothing, not even by creating the mirror.
+    let mirror = if dry_run {
+        Mirror::open_for_plan(&url, &section.table).await?
+    } else {
+        Mirror::open(&url, &section.table).await?
+    };
     let mut position = mirror.position().await?;
     let mut pages = read_feed(client, position);
     // A page read while filling a transaction that must wait its turn: the end, or a failure.

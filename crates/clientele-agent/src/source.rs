@@ -364,24 +364,20 @@ fn read_csv(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> 
         .with_context(|| format!("cannot open the CSV source {}", path.display()))?;
     let names: Arc<[String]> = reader.headers()?.iter().map(str::to_owned).collect();
     let mut chunker = Chunker::new(sender);
-    let mut record = csv::StringRecord::new();
+    // Read as bytes, so that a record which is not UTF-8 is one bad row, not a broken file.
+    let mut record = csv::ByteRecord::new();
     while reader
-        .read_record(&mut record)
+        .read_byte_record(&mut record)
         .with_context(|| format!("{}: bad CSV", path.display()))?
     {
-        // An empty CSV cell is an unset value, not an empty string.
-        let values = record
-            .iter()
-            .take(names.len())
-            .map(|cell| {
-                if cell.is_empty() {
-                    Value::Null
-                } else {
-                    Value::String(cell.to_owned())
-                }
-            })
-            .collect();
-        if !chunker.push_blocking(&names, values) {
+        let more = match csv_values(&record, names.len()) {
+            Ok(values) => chunker.push_blocking(&names, values),
+            Err(error) => {
+                let line = record.position().map_or(0, csv::Position::line);
+                chunker.push_invalid_blocking(format!("line {line} is not valid UTF-8 ({error})"))
+            }
+        };
+        if !more {
             return Ok(());
         }
     }
@@ -389,20 +385,58 @@ fn read_csv(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A CSV record's cells, at most `columns` of them; an empty cell is an unset value, not an
+/// empty string.
+fn csv_values(record: &csv::ByteRecord, columns: usize) -> Result<Vec<Value>, std::str::Utf8Error> {
+    record
+        .iter()
+        .take(columns)
+        .map(|cell| {
+            Ok(match std::str::from_utf8(cell)? {
+                "" => Value::Null,
+                text => Value::String(text.to_owned()),
+            })
+        })
+        .collect()
+}
+
 fn read_jsonl(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> {
     use std::io::BufRead;
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot open the JSONL source {}", path.display()))?;
+    let mut reader = std::io::BufReader::new(file);
     let mut chunker = Chunker::new(sender);
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
+    // Lines are read as bytes: one that is not UTF-8 is a bad row, not the end of the run.
+    let mut bytes = Vec::new();
+    let mut line_number = 0usize;
+    loop {
+        bytes.clear();
+        if reader
+            .read_until(b'\n', &mut bytes)
+            .with_context(|| format!("cannot read the JSONL source {}", path.display()))?
+            == 0
+        {
+            break;
+        }
+        line_number += 1;
+        let raw = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = match std::str::from_utf8(raw) {
+            Ok(line) => line,
+            Err(error) => {
+                let why = format!("line {line_number} is not valid UTF-8 ({error})");
+                if !chunker.push_invalid_blocking(why) {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
         // A line that is not an object is a bad row, not a broken file: its key is unknown, so
         // it reaches the report with its row number, and its line number in the message.
-        let line_number = index + 1;
-        let more = match serde_json::from_str::<Value>(&line) {
+        let more = match serde_json::from_str::<Value>(line) {
             Ok(Value::Object(columns)) => {
                 let (names, values): (Vec<String>, Vec<Value>) = columns.into_iter().unzip();
                 chunker.push_blocking(&names.into(), values)

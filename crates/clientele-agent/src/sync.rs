@@ -16,8 +16,10 @@
 //! and content can recur: a rowid is reused, the same row is inserted again after the hub erased
 //! the first one), so its key is made fresh for each create and recorded in the mirror database
 //! until the answer is written back (`Mirror::create_key`): only a create repeated after a kill
-//! reuses it, and gets the hub's replay rather than a twin.
+//! reuses it, and gets the hub's replay rather than a twin. Such creates are resumed before the
+//! feed comes down, so the hub's copy of one is never pulled as a second row.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -40,7 +42,13 @@ pub async fn run(
     dry_run: bool,
 ) -> anyhow::Result<()> {
     let section = job.mirror()?;
-    let mirror = Mirror::open(&job.database_url(&section.url), &section.table).await?;
+    let url = job.database_url(&section.url);
+    // A dry run changes nothing, not even by creating the mirror.
+    let mirror = if dry_run {
+        Mirror::open_for_plan(&url, &section.table).await?
+    } else {
+        Mirror::open(&url, &section.table).await?
+    };
     let syncer = Syncer {
         run_id: crate::run_id(),
         mirror,
@@ -50,8 +58,15 @@ pub async fn run(
         conflict: section.conflict,
         dry_run,
     };
-    syncer.pull_phase().await?;
-    syncer.push_phase().await?;
+    // A create a killed run sent is finished before the feed comes down, so that the hub's copy
+    // of it is our own write coming back, not a customer the mirror lacks.
+    let resumed = if dry_run {
+        HashSet::new()
+    } else {
+        syncer.resume_creates().await?
+    };
+    let planned_down = syncer.pull_phase().await?;
+    syncer.push_phase(&resumed, &planned_down).await?;
     report.flush();
     Ok(())
 }
@@ -109,7 +124,11 @@ impl Syncer {
     }
 
     /// Hub changes down, page by page, each page with its feed position in one transaction.
-    async fn pull_phase(&self) -> anyhow::Result<()> {
+    /// A dry run writes nothing, so it returns the ids whose hub copy a real run would have
+    /// written (and whose local edit it would thereby have settled), for the plan of the push
+    /// phase to follow the same rule; a real run returns none.
+    async fn pull_phase(&self) -> anyhow::Result<HashSet<String>> {
+        let mut planned_down = HashSet::new();
         let mut position = self.mirror.position().await?;
         loop {
             let page = self
@@ -118,7 +137,7 @@ impl Syncer {
                 .await
                 .context("cannot read the change feed")?;
             if page.data.is_empty() {
-                return Ok(());
+                return Ok(planned_down);
             }
             Counters::add(&self.counters().rows, page.data.len() as u64);
             let changes = last_per_customer(&page.data, |change| &change.customer_id);
@@ -150,6 +169,10 @@ impl Syncer {
                         // An erasure in the hub is final, edited locally or not.
                         deleted.push(id);
                         Counters::add(&self.counters().deleted, 1);
+                        if self.dry_run {
+                            println!("delete {id}");
+                            planned_down.insert(id.to_owned());
+                        }
                         continue;
                     }
                     (_, Some(customer)) => customer,
@@ -178,6 +201,7 @@ impl Syncer {
                 Counters::add(counter, 1);
                 if self.dry_run {
                     println!("down {id}");
+                    planned_down.insert(id.to_owned());
                 }
                 upserts.push(customer);
             }
@@ -196,8 +220,36 @@ impl Syncer {
         }
     }
 
-    /// Local inserts and edits up.
-    async fn push_phase(&self) -> anyhow::Result<()> {
+    /// Sends again the creates a killed run left pending (the row still where it was, without
+    /// an id): the same row and content reuse the recorded key and get the hub's replay. Returns
+    /// the rows so handled, which the push phase then leaves alone.
+    async fn resume_creates(&self) -> anyhow::Result<HashSet<String>> {
+        let mut resumed = HashSet::new();
+        for rowref in self.mirror.pending_creates().await? {
+            match self.mirror.row_at(&rowref).await? {
+                Some(row) if row.fields.get("id").is_none_or(Value::is_null) => {
+                    Counters::add(&self.counters().rows, 1);
+                    self.send_insert(row).await?;
+                    resumed.insert(rowref);
+                }
+                _ => {
+                    // The row is gone or has an id: nothing of it is left to create.
+                    let mut tx = self.mirror.begin().await?;
+                    self.mirror.forget_create(&mut tx, &rowref).await?;
+                    tx.commit().await?;
+                }
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// Local inserts and edits up (except the rows `resumed` already created, and, in a dry
+    /// run, the edits the pull phase's plan settled for the hub's copy).
+    async fn push_phase(
+        &self,
+        resumed: &HashSet<String>,
+        planned_down: &HashSet<String>,
+    ) -> anyhow::Result<()> {
         let mut inserts: Vec<LocalRow> = Vec::new();
         let mut edits: Vec<Edit> = Vec::new();
         let mut first_seen: Vec<(String, Shadow)> = Vec::new();
@@ -209,9 +261,10 @@ impl Syncer {
                     .and_then(Value::as_str)
                     .map(str::to_owned);
                 match (id, shadow) {
+                    (None, _) if resumed.contains(&row.rowref) => {}
                     (None, _) => inserts.push(row),
                     (Some(id), Some(shadow)) => {
-                        if content_hash(&row.fields) != shadow.hash {
+                        if content_hash(&row.fields) != shadow.hash && !planned_down.contains(&id) {
                             edits.push(Edit {
                                 id,
                                 rowref: row.rowref,
@@ -317,22 +370,30 @@ impl Syncer {
     }
 
     async fn send_insert(&self, row: LocalRow) -> anyhow::Result<()> {
-        let body: Map<String, Value> = writable_part(&row.fields)
-            .into_iter()
-            .filter(|(_, value)| !value.is_null())
-            .collect();
-        let body = Value::Object(body);
+        let (body, hash) = create_request(&row.fields);
         // The same row with the same content after a kill gets the hub's replay, not a twin;
         // any other create gets a key of its own.
-        let hash = hex::encode(&Sha256::digest(body.to_string().as_bytes())[..16]);
         let fresh = format!("sync-create-{}-{}", self.run_id, row.rowref);
         let key = self.mirror.create_key(&row.rowref, &hash, &fresh).await?;
         match self.client.create_customer(&body, &key).await {
             Ok(response) => {
                 Counters::add(&self.counters().created, 1);
+                let customer = &response.body;
+                // A replay after a kill: the hub's copy may have come down meanwhile (a `pull`,
+                // or the feed read by an older agent). The local row is exactly what the create
+                // sent (else its key would not have been reused), so the copy, the same or newer,
+                // is the one row kept, and the local twin goes.
+                let pulled = match customer["id"].as_str() {
+                    Some(id) => self.mirror.rows_by_id(&[id]).await?.remove(id),
+                    None => None,
+                };
                 let mut tx = self.mirror.begin().await?;
-                self.write_back_in(&mut tx, &row.rowref, &response.body)
-                    .await?;
+                match pulled {
+                    Some(_) => self.mirror.delete_at(&mut tx, &row.rowref).await?,
+                    None => {
+                        self.write_back_in(&mut tx, &row.rowref, customer).await?;
+                    }
+                }
                 self.mirror.forget_create(&mut tx, &row.rowref).await?;
                 tx.commit().await?;
                 Ok(())
@@ -381,6 +442,18 @@ impl Syncer {
             error => Err(error.into()),
         }
     }
+}
+
+/// The body of the create of a local row (its writable fields that have a value) and the hash
+/// its pending create is recorded under.
+pub fn create_request(fields: &Map<String, Value>) -> (Value, String) {
+    let body: Map<String, Value> = writable_part(fields)
+        .into_iter()
+        .filter(|(_, value)| !value.is_null())
+        .collect();
+    let body = Value::Object(body);
+    let hash = hex::encode(&Sha256::digest(body.to_string().as_bytes())[..16]);
+    (body, hash)
 }
 
 fn idempotency_key(kind: &str, row: &str, version: i64, body: &Value) -> String {

@@ -2,13 +2,17 @@
 //! PostgreSQL, and a mirror on the same kind of database. Pull with creates, updates and deletes
 //! and its position in the mirror; sync pushing local edits and inserts, pulling hub changes,
 //! settling conflicts by each policy, and never echoing its own writes; a row inserted again
-//! with the content of one the hub erased is created again, not answered with an old replay.
+//! with the content of one the hub erased is created again, not answered with an old replay; a
+//! create a killed run left pending (the hub applied it, the answer was lost) ends as one row;
+//! dry runs create no mirror, and a sync dry run plans what the real run then does.
 
 mod agent_support;
 
 use std::collections::BTreeMap;
 
 use agent_support::*;
+use clientele_agent::mirror::Mirror;
+use clientele_agent::sync::create_request;
 use clientele_testkit::{Backend, TestHub, call, hub_tests};
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -21,6 +25,10 @@ hub_tests!(
     sync_conflicts_source_wins,
     sync_conflicts_newest_wins,
     sync_creates_a_row_inserted_again_after_the_hub_erased_it,
+    sync_finishes_a_create_a_killed_run_left_pending,
+    sync_merges_a_pending_create_with_its_pulled_copy,
+    dry_runs_create_no_mirror,
+    a_sync_dry_run_plans_what_the_run_does,
 );
 
 /// A mirror database of the hub's kind: a SQLite file, or a fresh PostgreSQL database.
@@ -319,4 +327,211 @@ async fn sync_creates_a_row_inserted_again_after_the_hub_erased_it(hub: TestHub)
         assert!(mirror_rows(&url).await.is_empty());
     }
     assert_ne!(ids[0], ids[1]);
+}
+
+/// Rows in the mirror table, duplicates included.
+async fn mirror_count(url: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.expect("mirror");
+    sqlx::query_scalar("SELECT COUNT(*) FROM customers")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count")
+}
+
+/// What a sync killed while creating the local row without an id leaves behind: the create
+/// recorded as pending under its key (as the agent records it before sending), the hub having
+/// applied it (its event in the feed), the answer never written back. Returns the hub's answer.
+async fn leave_create_pending(hub: &TestHub, url: &str) -> Value {
+    let mirror = Mirror::open(url, "customers").await.expect("mirror");
+    let mut local = Vec::new();
+    mirror
+        .scan(|row, _| {
+            if row.fields["id"].is_null() {
+                local.push(row);
+            }
+            Ok(())
+        })
+        .await
+        .expect("scan");
+    let [row] = <[_; 1]>::try_from(local).expect("one local row without an id");
+    let (body, hash) = create_request(&row.fields);
+    let key = mirror
+        .create_key(&row.rowref, &hash, "sync-create-killed-run")
+        .await
+        .expect("pending create");
+    let reply = call(
+        hub.post("/v1/customers")
+            .header("Idempotency-Key", key)
+            .json(&body),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.body
+}
+
+/// Starts a mirror with two customers and a local row, and leaves its create pending.
+async fn killed_during_create(
+    hub: &TestHub,
+    work: &Workdir,
+) -> (String, std::path::PathBuf, Value) {
+    let url = mirror_url(hub, work).await;
+    let job = work.job(hub, &mirror_job(&url, "newest_wins"));
+    seed(hub, 2).await;
+    agent_ok("sync", &job, &[]).await;
+    mirror_sql(
+        &url,
+        "INSERT INTO customers (external_id, first_name) VALUES ('local1', 'Made here')",
+    )
+    .await;
+    let created = leave_create_pending(hub, &url).await;
+    (url, job, created)
+}
+
+/// The next sync replays the pending create (not a twin), writes the answer into the local row,
+/// skips the create's event as its own write, and later syncs move nothing.
+async fn sync_finishes_a_create_a_killed_run_left_pending(hub: TestHub) {
+    let work = Workdir::new();
+    let (url, job, created) = killed_during_create(&hub, &work).await;
+    let out = agent_ok("sync", &job, &[]).await;
+    counts(&out, &[("created", 1), ("updated", 0), ("failed", 0)]);
+    assert_eq!(mirror_count(&url).await, 3);
+    let rows = mirror_rows(&url).await;
+    assert_eq!(rows["local1"].0.as_deref(), created["id"].as_str());
+    assert_eq!(rows["local1"].2, Some(1));
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers.len(), 3);
+    assert_eq!(customers["local1"]["id"], created["id"]);
+    for _ in 0..2 {
+        let out = agent_ok("sync", &job, &[]).await;
+        counts(&out, &[("created", 0), ("updated", 0), ("failed", 0)]);
+    }
+    assert_eq!(mirror_count(&url).await, 3);
+    assert_eq!(hub_customers(&hub).await["local1"]["version"], 1);
+}
+
+/// The hub's copy of the pending create came down first (a `pull` between the runs, here after
+/// the hub changed it): the two become one row, the hub's newer copy, and syncs go on working.
+async fn sync_merges_a_pending_create_with_its_pulled_copy(hub: TestHub) {
+    let work = Workdir::new();
+    let (url, job, created) = killed_during_create(&hub, &work).await;
+    hub_sync(
+        &hub,
+        vec![json!({"external_id": "local1", "first_name": "Changed in the hub"})],
+    )
+    .await;
+    agent_ok("pull", &job, &[]).await;
+    assert_eq!(
+        mirror_count(&url).await,
+        4,
+        "the local row and its pulled copy"
+    );
+    let out = agent_ok("sync", &job, &[]).await;
+    counts(&out, &[("created", 1), ("failed", 0)]);
+    assert_eq!(mirror_count(&url).await, 3);
+    let rows = mirror_rows(&url).await;
+    assert_eq!(rows["local1"].0.as_deref(), created["id"].as_str());
+    assert_eq!(rows["local1"].1.as_deref(), Some("Changed in the hub"));
+    assert_eq!(rows["local1"].2, Some(2));
+    for _ in 0..2 {
+        let out = agent_ok("sync", &job, &[]).await;
+        counts(&out, &[("created", 0), ("updated", 0), ("failed", 0)]);
+    }
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers.len(), 3);
+    assert_eq!(customers["local1"]["version"], 2);
+    assert_eq!(customers["local1"]["first_name"], "Changed in the hub");
+}
+
+/// The tables in a PostgreSQL mirror database.
+async fn postgres_tables(url: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.expect("mirror");
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema()",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("tables")
+}
+
+/// `pull --dry-run` and `sync --dry-run` on a mirror not there yet plan to create every
+/// customer, and create neither the database file nor any table.
+async fn dry_runs_create_no_mirror(hub: TestHub) {
+    let work = Workdir::new();
+    let url = mirror_url(&hub, &work).await;
+    let job = work.job(&hub, &mirror_job(&url, "newest_wins"));
+    seed(&hub, 3).await;
+    for (command, verb) in [("pull", "upsert "), ("sync", "down ")] {
+        let out = agent_ok(command, &job, &["--dry-run"]).await;
+        counts(&out, &[("created", 3)]);
+        assert_eq!(out.matches(verb).count(), 3, "{out}");
+        match hub.backend {
+            Backend::Sqlite => assert!(!work.path("mirror.db").exists(), "{command}"),
+            Backend::Postgres => assert_eq!(postgres_tables(&url).await, 0, "{command}"),
+        }
+    }
+    // Once there, the mirror is read as it stands, and still left alone.
+    agent_ok("sync", &job, &[]).await;
+    hub_sync(
+        &hub,
+        vec![json!({"external_id": "e1", "first_name": "Hub"})],
+    )
+    .await;
+    for command in ["pull", "sync"] {
+        let out = agent_ok(command, &job, &["--dry-run"]).await;
+        counts(&out, &[("created", 0), ("updated", 1)]);
+    }
+    assert_eq!(mirror_rows(&url).await["e1"].1.as_deref(), Some("First 1"));
+}
+
+/// A local edit the hub's newer change beats is planned as `down` only, as the run then does;
+/// a local edit without a hub change is planned `up`.
+async fn a_sync_dry_run_plans_what_the_run_does(hub: TestHub) {
+    let work = Workdir::new();
+    let url = mirror_url(&hub, &work).await;
+    let job = work.job(&hub, &mirror_job(&url, "newest_wins"));
+    seed(&hub, 3).await;
+    agent_ok("sync", &job, &[]).await;
+    mirror_sql(
+        &url,
+        "UPDATE customers SET first_name = 'Local', updated_at = '2020-01-01T00:00:00.000Z' \
+         WHERE external_id = 'e1'",
+    )
+    .await;
+    mirror_sql(
+        &url,
+        "UPDATE customers SET first_name = 'Local' WHERE external_id = 'e2'",
+    )
+    .await;
+    hub_sync(
+        &hub,
+        vec![
+            json!({"external_id": "e1", "first_name": "Hub"}),
+            json!({"external_id": "e3", "first_name": "Hub"}),
+        ],
+    )
+    .await;
+    let rows = mirror_rows(&url).await;
+    let id = |key: &str| rows[key].0.clone().unwrap_or_default();
+    let plan = agent_ok("sync", &job, &["--dry-run"]).await;
+    let mut lines: Vec<&str> = plan
+        .lines()
+        .filter(|line| line.starts_with("down ") || line.starts_with("up "))
+        .collect();
+    lines.sort_unstable();
+    let mut expected = vec![
+        format!("down {}", id("e1")),
+        format!("down {}", id("e3")),
+        format!("up {}", id("e2")),
+    ];
+    expected.sort_unstable();
+    assert_eq!(lines, expected, "{plan}");
+    counts(&plan, &[("updated", 3)]);
+    let out = agent_ok("sync", &job, &[]).await;
+    counts(&out, &[("updated", 3), ("failed", 0)]);
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers["e1"]["first_name"], "Hub");
+    assert_eq!(customers["e2"]["first_name"], "Local");
+    assert_eq!(mirror_rows(&url).await["e1"].1.as_deref(), Some("Hub"));
 }
