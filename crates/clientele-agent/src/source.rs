@@ -360,21 +360,32 @@ async fn read_postgres(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> 
 }
 
 fn read_csv(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> {
-    let mut reader = csv::Reader::from_path(path)
+    // Flexible, and read as bytes: a record with another number of cells than the header, or
+    // one that is not UTF-8, is one bad row, not a broken file.
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
         .with_context(|| format!("cannot open the CSV source {}", path.display()))?;
     let names: Arc<[String]> = reader.headers()?.iter().map(str::to_owned).collect();
     let mut chunker = Chunker::new(sender);
-    // Read as bytes, so that a record which is not UTF-8 is one bad row, not a broken file.
     let mut record = csv::ByteRecord::new();
     while reader
         .read_byte_record(&mut record)
         .with_context(|| format!("{}: bad CSV", path.display()))?
     {
-        let more = match csv_values(&record, names.len()) {
-            Ok(values) => chunker.push_blocking(&names, values),
-            Err(error) => {
-                let line = record.position().map_or(0, csv::Position::line);
-                chunker.push_invalid_blocking(format!("line {line} is not valid UTF-8 ({error})"))
+        let line = || record.position().map_or(0, csv::Position::line);
+        let more = if record.len() != names.len() {
+            chunker.push_invalid_blocking(format!(
+                "line {} has {} cells where the header has {}",
+                line(),
+                record.len(),
+                names.len()
+            ))
+        } else {
+            match csv_values(&record, names.len()) {
+                Ok(values) => chunker.push_blocking(&names, values),
+                Err(error) => chunker
+                    .push_invalid_blocking(format!("line {} is not valid UTF-8 ({error})", line())),
             }
         };
         if !more {

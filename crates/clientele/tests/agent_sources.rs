@@ -1,7 +1,7 @@
 //! What push makes of its source's rows, end to end: an explicit `[fields]` mapping wins over a
 //! column named like its hub field, whatever the columns' order; a JSONL line or a CSV record
-//! that is not UTF-8 is one rejected row (`invalid_row`, with its line number), and the rest of
-//! the source goes through.
+//! that is not UTF-8, or a CSV record with another number of cells than its header, is one
+//! rejected row (`invalid_row`, with its line number), and the rest of the source goes through.
 
 mod agent_support;
 
@@ -91,6 +91,36 @@ async fn a_line_that_is_not_utf8_is_a_rejected_row_and_the_rest_goes_through() {
         assert!(
             says.contains(&format!("line {line}")) && says.contains("UTF-8"),
             "{file}: {lines:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_record_with_another_number_of_cells_is_a_rejected_row() {
+    let hub = TestHub::sqlite().await;
+    let work = Workdir::new();
+    std::fs::write(
+        work.path("cells.csv"),
+        "id,first_name\nk1,Ann\nk2,Bo,extra\nk3\nk4,Di\n",
+    )
+    .expect("csv");
+    let job = work.job(
+        &hub,
+        "[source]\nurl = \"cells.csv\"\nkey = \"id\"\n\n[sync]\nstate = \"cells.state.db\"\n",
+    );
+    let report = work.path("cells.report.jsonl");
+    let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
+    counts(&out, &[("created", 2), ("failed", 2)]);
+    let customers = hub_customers(&hub).await;
+    assert!(customers.contains_key("k1") && customers.contains_key("k4"));
+    let lines = report_lines(&report);
+    let rows: Vec<&Value> = lines.iter().map(|line| &line["row"]).collect();
+    assert_eq!(rows, [2, 3], "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["problem"]["code"], "invalid_row", "{lines:?}");
+        assert!(
+            line["problem"]["detail"].to_string().contains("cells"),
+            "{lines:?}"
         );
     }
 }
