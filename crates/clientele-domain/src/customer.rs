@@ -180,16 +180,16 @@ pub fn derived_name(first: Option<&str>, last: Option<&str>) -> Option<String> {
     fn part(name: Option<&str>) -> Option<&str> {
         name.map(str::trim).filter(|name| !name.is_empty())
     }
-    match (part(first), part(last)) {
-        (Some(f), Some(l)) => Some(format!("{f} {l}")),
-        (Some(one), None) | (None, Some(one)) => Some(one.to_owned()),
-        (None, None) => None,
-    }
+    joined(part(first), part(last))
 }
 
 /// The name [`derived_name`] gave before it trimmed its parts, so that a name stored then
 /// still counts as derived.
 pub(crate) fn untrimmed_derived_name(first: Option<&str>, last: Option<&str>) -> Option<String> {
+    joined(first, last)
+}
+
+fn joined(first: Option<&str>, last: Option<&str>) -> Option<String> {
     match (first, last) {
         (Some(f), Some(l)) => Some(format!("{f} {l}")),
         (Some(one), None) | (None, Some(one)) => Some(one.to_owned()),

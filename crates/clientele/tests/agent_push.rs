@@ -167,11 +167,8 @@ async fn rejected_rows_go_to_the_report_and_the_rest_goes_through(hub: TestHub) 
     let job = work.job(&hub, &PEOPLE_JOB.replace("table = \"people\"", "query = \"SELECT CASE WHEN person_id = 4 THEN NULL ELSE person_id END AS person_id, fname, email, CASE WHEN person_id = 1 THEN 'XYZ' ELSE 'EUR' END AS currency FROM people ORDER BY fname\""));
     let report = work.path("report.jsonl");
     let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
-    let text = std::fs::read_to_string(&report).expect("report");
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("json line"))
-        .collect();
+    let lines = report_lines(&report);
+    let text = format!("{lines:#?}");
     let failed = summary(&out)["failed"];
     assert_eq!(failed as usize, lines.len(), "{text}");
     assert_eq!(failed, 3, "{out}\n{text}");
@@ -420,11 +417,8 @@ async fn a_key_twice_in_the_source_is_rejected_the_second_time(hub: TestHub) {
                 ("failed", 1),
             ],
         );
-        let text = std::fs::read_to_string(&report).expect("report");
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("json line"))
-            .collect();
+        let lines = report_lines(&report);
+        let text = format!("{lines:#?}");
         assert_eq!(lines.len(), 1, "{text}");
         assert_eq!(lines[0]["key"], "2", "{text}");
         assert_eq!(lines[0]["row"], 6, "{text}");
@@ -589,11 +583,8 @@ async fn batches_too_large_for_the_hub_are_split_and_a_row_too_large_is_rejected
     assert_eq!(customers.len(), 40);
     assert_eq!(customers["n7"]["note"].as_str().map(str::len), Some(5000));
     assert!(!customers.contains_key("huge"));
-    let text = std::fs::read_to_string(&report).expect("report");
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("json line"))
-        .collect();
+    let lines = report_lines(&report);
+    let text = format!("{lines:#?}");
     assert_eq!(lines.len(), 1, "{text}");
     assert_eq!(lines[0]["key"], "huge", "{text}");
     assert_eq!(lines[0]["row"], 41, "{text}");

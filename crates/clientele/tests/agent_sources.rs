@@ -9,14 +9,6 @@ use agent_support::*;
 use clientele_testkit::TestHub;
 use serde_json::Value;
 
-/// The lines of a `--report` file.
-fn report_lines(path: &std::path::Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).expect("report");
-    text.lines()
-        .map(|line| serde_json::from_str(line).expect("json line"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_explicit_mapping_wins_over_a_column_named_like_its_field() {
     let hub = TestHub::sqlite().await;

@@ -15,7 +15,7 @@ use crate::extract::{Path, StrictJson, StrictQuery};
 use crate::idempotency::{Idempotency, sealed};
 use crate::problem::{ApiError, Problem};
 use crate::response::Rendered;
-use crate::routes::name_page::{NamePageParams, paged};
+use crate::routes::name_page::{NamePageParams, paged, visible_page};
 use crate::secrets::generate_secret;
 use crate::state::AppState;
 
@@ -202,23 +202,15 @@ async fn list_api_keys(
     StrictQuery(params): StrictQuery<NamePageParams>,
 ) -> Result<Json<KeyList>, ApiError> {
     let page = params.page()?;
-    // A restricted caller does not see every key the store pages through: read on until the
-    // page is full (one more than the limit, to tell whether there is a next) or the keys end.
-    let mut visible = Vec::new();
-    let mut scan = page.clone();
-    loop {
-        let keys = state.store().list_api_keys(&scan).await?;
-        let ended = keys.len() < scan.limit as usize;
-        scan.after = keys.last().map(|key| key.id.to_string());
-        visible.extend(
-            keys.into_iter()
-                .filter(|key| caller.key.manages_keys_of(&key.teams))
-                .map(KeyView::from),
-        );
-        if ended || visible.len() >= page.limit as usize {
-            break;
-        }
-    }
+    let store = state.store();
+    let keys = visible_page(
+        &page,
+        |scan| async move { store.list_api_keys(&scan).await },
+        |key: &ApiKey| caller.key.manages_keys_of(&key.teams),
+        |key| key.id.to_string(),
+    )
+    .await?;
+    let visible: Vec<KeyView> = keys.into_iter().map(KeyView::from).collect();
     let (data, next_cursor) = paged(visible, &page, |key| &key.id);
     Ok(Json(KeyList { data, next_cursor }))
 }

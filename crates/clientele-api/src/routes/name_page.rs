@@ -1,10 +1,10 @@
-//! Keyset pages of lists ordered by a name (groups and teams by code, tags by tag): `limit` (1 to
-//! 1000, default 1000) and an opaque `cursor` (the last name of the previous page,
-//! base64url-encoded); `next_cursor` is `null` on the last page.
+//! Keyset pages of lists ordered by a name (groups and teams by code, tags by tag, API keys by
+//! id): `limit` (1 to 1000, default 1000) and an opaque `cursor` (the last name of the previous
+//! page, base64url-encoded); `next_cursor` is `null` on the last page.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use clientele_domain::NamePage;
+use clientele_domain::{DomainError, NamePage};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -52,6 +52,32 @@ fn decode(cursor: &str) -> Result<String, ApiError> {
         .ok_or_else(|| {
             ApiError::field("cursor", "invalid_cursor", "not a cursor this API returned")
         })
+}
+
+/// The items of a page that a caller sees only some of (a key restricted to teams): reads the
+/// store's pages through `fetch` until the page is full (one more than the limit, so that
+/// [`paged`] tells whether there is a next) or the items end, keeping those `visible` keeps.
+/// The page is whole, and its cursor (the last item kept) skips none of the caller's.
+pub(crate) async fn visible_page<T, Fetched>(
+    page: &NamePage,
+    fetch: impl Fn(NamePage) -> Fetched,
+    visible: impl Fn(&T) -> bool,
+    name: impl Fn(&T) -> String,
+) -> Result<Vec<T>, ApiError>
+where
+    Fetched: std::future::Future<Output = Result<Vec<T>, DomainError>>,
+{
+    let mut kept = Vec::new();
+    let mut scan = page.clone();
+    loop {
+        let items = fetch(scan.clone()).await?;
+        let ended = items.len() < scan.limit as usize;
+        scan.after = items.last().map(&name);
+        kept.extend(items.into_iter().filter(|item| visible(item)));
+        if ended || kept.len() >= page.limit as usize {
+            return Ok(kept);
+        }
+    }
 }
 
 /// The items of the page (at most the asked limit) and the cursor of the next one.

@@ -21,7 +21,7 @@ use crate::idempotency::Idempotency;
 use crate::problem::{ApiError, ErrorCode, Problem};
 use crate::response::Rendered;
 use crate::routes::groups::{existing_code, status_of};
-use crate::routes::name_page::{NamePageParams, paged};
+use crate::routes::name_page::{NamePageParams, paged, visible_page};
 use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -127,23 +127,14 @@ async fn list_teams(
 ) -> Result<Json<TeamList>, ApiError> {
     caller.require(Role::Read)?;
     let page = params.page()?;
-    // A restricted key's teams are a few among all: read on until its page is full (one more
-    // than the limit, to tell whether there is a next) or the teams end.
-    let mut visible = Vec::new();
-    let mut scan = page.clone();
-    loop {
-        let teams = state.store().list_teams(&scan).await?;
-        let ended = teams.len() < scan.limit as usize;
-        scan.after = teams.last().map(|team| team.code.clone());
-        visible.extend(
-            teams
-                .into_iter()
-                .filter(|team| caller.key.sees_team(&team.code)),
-        );
-        if ended || visible.len() >= page.limit as usize {
-            break;
-        }
-    }
+    let store = state.store();
+    let visible = visible_page(
+        &page,
+        |scan| async move { store.list_teams(&scan).await },
+        |team: &Team| caller.key.sees_team(&team.code),
+        |team| team.code.clone(),
+    )
+    .await?;
     let (data, next_cursor) = paged(visible, &page, |t| &t.code);
     Ok(Json(TeamList { data, next_cursor }))
 }

@@ -83,6 +83,14 @@ pub fn summary(stdout: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// The lines of a `--report` file.
+pub fn report_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).expect("report");
+    text.lines()
+        .map(|line| serde_json::from_str(line).expect("json line"))
+        .collect()
+}
+
 pub fn counts(stdout: &str, expected: &[(&str, u64)]) {
     let summary = summary(stdout);
     for (name, value) in expected {
