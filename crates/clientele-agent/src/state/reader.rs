@@ -178,3 +178,18 @@ impl StateReader {
 fn key_hash(key: &str) -> u64 {
     BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keys_kept_in_memory_fill_a_map_of_2_20_slots_without_growing_it() {
+        let mut seen: HashMap<u64, u64> = HashMap::new();
+        for n in 0..KEYS_IN_MEMORY as u64 {
+            seen.insert(n.wrapping_mul(0x9E37_79B9_7F4A_7C15), n);
+        }
+        // 2²⁰ slots hold 7/8 of that many entries; one more and the map would double.
+        assert_eq!(seen.capacity(), KEYS_IN_MEMORY);
+    }
+}
