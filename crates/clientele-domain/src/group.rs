@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::validation::{MAX_SHORT_TEXT, check_text};
+use crate::validation::{TextKind, check_text};
 use crate::write::Directory;
 use crate::{CustomerWrite, DomainError, Patch, Timestamp, ValidationErrors, WriteOutcome};
 
@@ -124,7 +124,7 @@ fn text(
     match patch {
         Patch::Value(v) if v.trim().is_empty() => None,
         Patch::Value(v) => {
-            check_text(errors, field, v, MAX_SHORT_TEXT);
+            check_text(errors, field, v, TextKind::Line);
             Some(v.clone())
         }
         Patch::Null => None,

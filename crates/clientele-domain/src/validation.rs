@@ -56,16 +56,64 @@ pub const MAX_KEY: usize = 255;
 /// Most addresses or tags on one customer.
 pub const MAX_ITEMS: usize = 1_000;
 
-pub(crate) fn check_text(errors: &mut ValidationErrors, field: &str, value: &str, max: usize) {
-    if value.contains('\0') {
-        // PostgreSQL text cannot hold NUL, SQLite can: refused on both, so they agree.
+/// What a text field may hold besides printable characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TextKind {
+    /// One line (names, phone numbers, address lines), at most [`MAX_SHORT_TEXT`] characters:
+    /// no control characters at all. A tab, a line break or an escape sequence in a name breaks
+    /// every list, label and CSV export it reaches, and an escape can drive a terminal.
+    Line,
+    /// A unique key value, tag or code, at most [`MAX_KEY`] characters: no control characters.
+    Key,
+    /// Free text (`note`), at most [`MAX_NOTE`] characters: tabs and line breaks, no other
+    /// control characters.
+    Multiline,
+}
+
+impl TextKind {
+    fn max(self) -> usize {
+        match self {
+            TextKind::Line => MAX_SHORT_TEXT,
+            TextKind::Key => MAX_KEY,
+            TextKind::Multiline => MAX_NOTE,
+        }
+    }
+
+    fn allows(self, c: char) -> bool {
+        !c.is_control() || (self == TextKind::Multiline && matches!(c, '\t' | '\n' | '\r'))
+    }
+}
+
+pub(crate) fn check_text(errors: &mut ValidationErrors, field: &str, value: &str, kind: TextKind) {
+    let mut count = 0usize;
+    let mut refused = None;
+    for c in value.chars() {
+        count += 1;
+        if refused.is_none() && !kind.allows(c) {
+            refused = Some(c);
+        }
+    }
+    if let Some(c) = refused {
+        // NUL among them: PostgreSQL text cannot hold it, SQLite can; refused on both, so
+        // they agree.
+        let allowed = match kind {
+            TextKind::Line | TextKind::Key => "",
+            TextKind::Multiline => " other than tabs and line breaks",
+        };
         errors.push(
             field,
             "invalid_characters",
-            "must not contain NUL characters",
+            format!(
+                "must not contain control characters{allowed} (found U+{:04X})",
+                u32::from(c)
+            ),
         );
-    } else if value.chars().count() > max {
-        errors.push(field, "too_long", format!("at most {max} characters"));
+    } else if count > kind.max() {
+        errors.push(
+            field,
+            "too_long",
+            format!("at most {} characters", kind.max()),
+        );
     }
 }
 
@@ -79,14 +127,8 @@ pub fn is_valid_key(value: &str) -> bool {
 pub(crate) fn check_key(errors: &mut ValidationErrors, field: &str, value: &str) {
     if value.is_empty() {
         errors.push(field, "empty", "must not be empty; use null to clear it");
-    } else if value.chars().any(char::is_control) {
-        errors.push(
-            field,
-            "invalid_characters",
-            "must not contain control characters",
-        );
     } else {
-        check_text(errors, field, value, MAX_KEY);
+        check_text(errors, field, value, TextKind::Key);
     }
 }
 

@@ -9,9 +9,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::customer::{derived_name, untrimmed_derived_name};
-use crate::validation::{
-    MAX_ITEMS, MAX_NOTE, MAX_SHORT_TEXT, check_key, check_text, is_date, is_plausible_email,
-};
+use crate::validation::{MAX_ITEMS, TextKind, check_key, check_text, is_date, is_plausible_email};
 use crate::{
     Address, AddressKind, Customer, CustomerId, CustomerKey, GroupMembership, Patch, Timestamp,
     ValidationErrors, iso,
@@ -19,7 +17,9 @@ use crate::{
 
 /// The body of a customer write. Every field is optional: absent leaves the stored value,
 /// `null` clears it; an empty or blank string clears optional text too (exports write "" for
-/// "no value"), except the unique keys, where "" is 422 `empty`. Unknown fields are refused by
+/// "no value"), except the unique keys, where "" is 422 `empty`. Text is one line, without
+/// control characters (422 `invalid_characters`), at most 1,000 characters (keys and tags 255);
+/// `note` may hold tabs and line breaks, up to 65,536 characters. Unknown fields are refused by
 /// the HTTP layer before this is built.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
@@ -117,7 +117,9 @@ pub struct CustomerWrite {
     pub remove_teams: Option<Vec<String>>,
     /// Custom fields, as one object: given, it replaces the stored object whole (a field left
     /// out is removed; send the fields to keep with it), checked against the schema's custom
-    /// fields when a schema is defined; `null` removes them all.
+    /// fields when a schema is defined; `null` removes them all. A number beyond the range of
+    /// 64-bit integers is refused (422 `out_of_range`, naming where it is): it could not be
+    /// stored exactly, so send such values (long account numbers) as strings.
     #[schema(value_type = Option<Object>)]
     #[serde(
         skip_serializing_if = "Patch::is_absent",
@@ -456,38 +458,38 @@ pub fn apply(
     next.email = write.email.clone().apply_to(next.email);
     next.username = write.username.clone().apply_to(next.username);
 
-    let texts: [(&str, &Patch<String>, &mut Option<String>, usize); 7] = [
+    let texts: [(&str, &Patch<String>, &mut Option<String>, TextKind); 7] = [
         (
             "first_name",
             &write.first_name,
             &mut next.first_name,
-            MAX_SHORT_TEXT,
+            TextKind::Line,
         ),
         (
             "last_name",
             &write.last_name,
             &mut next.last_name,
-            MAX_SHORT_TEXT,
+            TextKind::Line,
         ),
-        ("company", &write.company, &mut next.company, MAX_SHORT_TEXT),
-        ("phone", &write.phone, &mut next.phone, MAX_SHORT_TEXT),
+        ("company", &write.company, &mut next.company, TextKind::Line),
+        ("phone", &write.phone, &mut next.phone, TextKind::Line),
         (
             "phone_alt",
             &write.phone_alt,
             &mut next.phone_alt,
-            MAX_SHORT_TEXT,
+            TextKind::Line,
         ),
         (
             "payment_terms",
             &write.payment_terms,
             &mut next.payment_terms,
-            MAX_SHORT_TEXT,
+            TextKind::Line,
         ),
-        ("note", &write.note, &mut next.note, MAX_NOTE),
+        ("note", &write.note, &mut next.note, TextKind::Multiline),
     ];
-    for (field, patch, slot, max) in texts {
+    for (field, patch, slot, kind) in texts {
         if let Patch::Value(v) = patch {
-            check_text(&mut errors, field, v, max);
+            check_text(&mut errors, field, v, kind);
         }
         *slot = blank_as_null(patch).apply_to(slot.take());
     }
@@ -565,6 +567,9 @@ pub fn apply(
         Patch::Absent => base.has_password,
     };
     if let Patch::Value(custom) = &write.custom {
+        for (name, value) in custom {
+            check_exact_numbers(&format!("custom.{name}"), value, &mut errors);
+        }
         ctx.schema.check_custom(custom, &mut errors);
     }
     if current.is_none() {
@@ -659,6 +664,38 @@ fn custom_fields<'de, D: serde::Deserializer<'de>>(
         .map(|given| given.map_or(Patch::Null, |UniqueFields(fields)| Patch::Value(fields)))
 }
 
+/// A JSON integer beyond 64 bits (an account number, say) reaches the hub as a double: it would
+/// be stored rounded, and read back as another number. Any double outside the range of 64-bit
+/// integers is refused with the field named, so the client sends such values as strings.
+fn check_exact_numbers(path: &str, value: &Value, errors: &mut ValidationErrors) {
+    const BEYOND_U64: f64 = 18_446_744_073_709_551_616.0; // 2^64
+    const I64_MIN: f64 = -9_223_372_036_854_775_808.0; // -2^63: one below rounds to it
+    match value {
+        Value::Number(n)
+            if n.as_f64()
+                .is_some_and(|x| n.is_f64() && !(I64_MIN < x && x < BEYOND_U64)) =>
+        {
+            errors.push(
+                path,
+                "out_of_range",
+                "numbers beyond the range of 64-bit integers cannot be stored exactly; send \
+                 the value as a string",
+            )
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_exact_numbers(&format!("{path}[{i}]"), item, errors);
+            }
+        }
+        Value::Object(fields) => {
+            for (name, item) in fields {
+                check_exact_numbers(&format!("{path}.{name}"), item, errors);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Optional text given as an empty or blank string counts as `null`: exports from other systems
 /// write "" for "no value", and a stored "" would differ from null for no reason.
 fn blank_as_null(patch: &Patch<String>) -> Patch<String> {
@@ -687,7 +724,7 @@ fn next_name(
     let derived = derived_name(next.first_name.as_deref(), next.last_name.as_deref());
     match patch {
         Patch::Value(name) => {
-            check_text(errors, "name", name, MAX_SHORT_TEXT);
+            check_text(errors, "name", name, TextKind::Line);
             Some(name.clone())
         }
         Patch::Null => derived,
@@ -874,7 +911,7 @@ fn validate_address(path: &str, address: &AddressWrite, errors: &mut ValidationE
     ];
     for (field, patch) in texts {
         if let Patch::Value(v) = patch {
-            check_text(errors, &format!("{path}.{field}"), v, MAX_SHORT_TEXT);
+            check_text(errors, &format!("{path}.{field}"), v, TextKind::Line);
         }
     }
 }

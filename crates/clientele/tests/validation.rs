@@ -35,6 +35,8 @@ hub_tests!(
     a_garbage_cursor_is_refused,
     a_cursor_only_pages_its_own_sort,
     text_must_not_contain_nul,
+    one_line_text_must_not_contain_control_characters,
+    custom_numbers_beyond_64_bit_integers_are_refused,
     key_values_with_control_characters_name_no_customer,
     a_cursor_with_nul_is_refused,
     a_rejected_write_changes_nothing,
@@ -741,11 +743,77 @@ async fn text_must_not_contain_nul(hub: TestHub) {
     }
     assert_eq!(customer_count(&hub).await, 0);
 
-    // Other control characters are fine in free text (a note may have lines and tabs).
+    // A note may have lines and tabs.
     let customer = hub
         .create_customer(json!({"last_name": "O'Brien", "note": "line 1\n\tline 2"}))
         .await;
     assert_eq!(customer["note"], "line 1\n\tline 2");
+}
+
+/// A tab, a line break or an escape sequence in a name breaks lists, labels and exports, and an
+/// escape can drive the terminal that shows it: one-line text takes no control characters. A
+/// note keeps its tabs and line breaks, and nothing else of the kind.
+async fn one_line_text_must_not_contain_control_characters(hub: TestHub) {
+    for (field, value) in [
+        ("first_name", "Ada\tKing"),
+        ("last_name", "King\r\n"),
+        ("name", "\u{1b}[2JAda"),
+        ("company", "Acme\u{7}"),
+        ("phone", "+358\u{85}40"),
+        ("note", "bell\u{7}"),
+    ] {
+        let reply = create(&hub, json!({ field: value })).await;
+        assert_invalid(&reply, &[(field, "invalid_characters")]);
+    }
+    let reply = create(
+        &hub,
+        json!({"addresses": [{"title": "Home", "city": "Oulu\n"}]}),
+    )
+    .await;
+    assert_invalid(&reply, &[("addresses[0].city", "invalid_characters")]);
+    let reply = call(hub.post("/v1/customers/sync").json(&json!({
+        "key": "external_id",
+        "customers": [
+            {"external_id": "tab", "first_name": "A\tB"},
+            {"external_id": "ok", "first_name": "A B"},
+        ],
+    })))
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let results = &reply.body["results"];
+    assert_eq!(results[0]["status"], "failed");
+    assert_eq!(results[0]["error"]["errors"][0]["field"], "first_name");
+    assert_eq!(
+        results[0]["error"]["errors"][0]["code"],
+        "invalid_characters"
+    );
+    assert_eq!(results[1]["status"], "created");
+    assert_eq!(customer_count(&hub).await, 1);
+}
+
+/// serde_json reads an integer past 64 bits as a double: stored, it would come back as another
+/// number. Refused, with the field (and where in it) named.
+async fn custom_numbers_beyond_64_bit_integers_are_refused(hub: TestHub) {
+    let reply = create_raw(
+        &hub,
+        r#"{"last_name": "Big", "custom": {"account": 123456789012345678901234567890, "ok": 1}}"#,
+    )
+    .await;
+    assert_invalid(&reply, &[("custom.account", "out_of_range")]);
+    let reply = create_raw(
+        &hub,
+        r#"{"last_name": "Big", "custom": {"ids": [1, -18446744073709551616]}}"#,
+    )
+    .await;
+    assert_invalid(&reply, &[("custom.ids[1]", "out_of_range")]);
+    assert_eq!(customer_count(&hub).await, 0);
+    // The whole range of 64-bit integers is kept exactly.
+    let reply = create_raw(&hub, r#"{"last_name": "Big", "custom": {"max": 18446744073709551615, "min": -9223372036854775808}}"#).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let id = reply.body["id"].as_str().unwrap_or_default();
+    let stored = call(hub.get(&format!("/v1/customers/{id}"))).await;
+    assert_eq!(stored.body["custom"]["max"], json!(u64::MAX));
+    assert_eq!(stored.body["custom"]["min"], json!(i64::MIN));
 }
 
 async fn key_values_with_control_characters_name_no_customer(hub: TestHub) {

@@ -1680,3 +1680,69 @@ proptest! {
         prop_assert_eq!(customer.updated_at, Timestamp::from_micros(last_change));
     }
 }
+
+#[test]
+fn single_line_text_refuses_control_characters_and_a_note_keeps_its_lines() {
+    for bad in [
+        "Ada\tKing",
+        "Ada\nKing",
+        "Ada\rKing",
+        "Ada\u{1b}[31mKing",
+        "Ada\u{85}King",
+    ] {
+        assert_eq!(
+            errors(None, json!({"first_name": bad})),
+            vec![err("first_name", "invalid_characters")],
+            "{bad:?}"
+        );
+        assert_eq!(
+            errors(
+                None,
+                json!({"addresses": [{"title": "Home", "line1": bad}]})
+            ),
+            vec![err("addresses[0].line1", "invalid_characters")],
+            "{bad:?}"
+        );
+    }
+    let customer = create(json!({"note": "line 1\r\n\tline 2", "last_name": "O'Brien-Łukasz"}));
+    assert_eq!(customer.note.as_deref(), Some("line 1\r\n\tline 2"));
+    for bad in ["a\u{0}b", "a\u{7}b", "a\u{1b}b"] {
+        assert_eq!(
+            errors(None, json!({"note": bad})),
+            vec![err("note", "invalid_characters")],
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn custom_numbers_beyond_64_bit_integers_are_refused_not_rounded() {
+    let body = |custom: &str| -> CustomerWrite {
+        serde_json::from_str(&format!(r#"{{"custom": {custom}}}"#)).unwrap()
+    };
+    let refused = |custom: &str| match apply(&ctx_at(T0), None, &body(custom)) {
+        Err(errors) => errors
+            .0
+            .into_iter()
+            .map(|e| (e.field, e.code))
+            .collect::<Vec<_>>(),
+        other => panic!("{custom} was accepted: {other:?}"),
+    };
+    assert_eq!(
+        refused(r#"{"account": 123456789012345678901234567890}"#),
+        vec![("custom.account".to_owned(), "out_of_range")]
+    );
+    assert_eq!(
+        refused(r#"{"list": [1, {"n": -9223372036854775809}]}"#),
+        vec![("custom.list[1].n".to_owned(), "out_of_range")]
+    );
+    // Every 64-bit integer is kept exactly, and so are ordinary decimals.
+    let kept = r#"{"max": 18446744073709551615, "min": -9223372036854775808, "ratio": 0.1, "big": 1.5e18}"#;
+    match apply(&ctx_at(T0), None, &body(kept)) {
+        Ok(Applied::Changed(customer)) => assert_eq!(
+            serde_json::to_string(&customer.custom).unwrap(),
+            r#"{"big":1.5e+18,"max":18446744073709551615,"min":-9223372036854775808,"ratio":0.1}"#
+        ),
+        other => panic!("{other:?}"),
+    }
+}
