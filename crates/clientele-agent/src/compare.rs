@@ -6,16 +6,18 @@
 //! The probe also marks the key as read in this run: a key read again (a source holding it
 //! twice) is not mapped, it is a rejected row, and the first row with the key is the one used.
 //!
-//! Keys are compared as the hub compares the hub key they fill ([`HubKey::identity`]): with
-//! `[sync] key = "email"`, `A@x.example` and `a@x.example` are one customer on the hub, so they
-//! are one key here (in the state, for repeats, and for the keys that left the source).
+//! Keys are compared as the hub compares the hub key they fill ([`KeyForm`]): with
+//! `[sync] key = "email"` and the key column filling the email, `A@x.example` and `a@x.example`
+//! are one customer on the hub, so they are one key here (in the state, for repeats, and for
+//! the keys that left the source). A key column that is some other identifier (the email comes
+//! from another column) is compared as written.
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::job::HubKey;
+use crate::job::KeyForm;
 use crate::mapping::{MappedRow, Mapper, RowError, RowHash};
 use crate::source::{Chunk, SourceRow};
 use crate::state::{Entry, Probe, StateReader};
@@ -49,7 +51,7 @@ pub struct Candidate {
 pub fn spawn(
     mut chunks: mpsc::Receiver<Chunk>,
     mapper: Arc<Mapper>,
-    hub_key: HubKey,
+    key_form: KeyForm,
     mut state: StateReader,
 ) -> (
     mpsc::Receiver<anyhow::Result<Compared>>,
@@ -60,7 +62,7 @@ pub fn spawn(
         let mut buffer = Vec::with_capacity(256);
         while let Some(chunk) = chunks.blocking_recv() {
             let compared =
-                chunk.and_then(|rows| compare(rows, &mapper, hub_key, &mut state, &mut buffer));
+                chunk.and_then(|rows| compare(rows, &mapper, key_form, &mut state, &mut buffer));
             let failed = compared.is_err();
             if sender.blocking_send(compared).is_err() || failed {
                 break;
@@ -74,14 +76,14 @@ pub fn spawn(
 fn compare(
     rows: Vec<SourceRow>,
     mapper: &Mapper,
-    hub_key: HubKey,
+    key_form: KeyForm,
     state: &mut StateReader,
     buffer: &mut Vec<u8>,
 ) -> anyhow::Result<Compared> {
     let keyed: Vec<(Option<String>, RowHash)> = rows
         .iter()
         .map(|row| {
-            let key = mapper.key_of(row).map(|key| hub_key.identity(key));
+            let key = mapper.key_of(row).map(|key| key_form.identity(key));
             (key, mapper.row_hash(row, buffer))
         })
         .collect();
@@ -100,23 +102,24 @@ fn compare(
     };
     for ((mut row, (key, row_hash)), probe) in rows.into_iter().zip(keyed).zip(probes) {
         let row_number = row.number;
+        let invalid = row.invalid.take().map(|message| RowError {
+            code: "invalid_row",
+            message,
+        });
         let (entry, refused) = match probe {
             Probe::Same => {
-                compared.same += 1;
                 compared.live_seen += 1;
-                continue;
+                if invalid.is_none() {
+                    compared.same += 1;
+                    continue;
+                }
+                (None, invalid)
             }
             Probe::Known(entry) => {
                 compared.live_seen += u64::from(!entry.gone);
-                (Some(entry), None)
+                (Some(entry), invalid)
             }
-            Probe::Unknown => (
-                None,
-                row.invalid.take().map(|message| RowError {
-                    code: "invalid_row",
-                    message,
-                }),
-            ),
+            Probe::Unknown => (None, invalid),
             Probe::Repeated { first } => (
                 None,
                 Some(RowError {
@@ -131,7 +134,7 @@ fn compare(
         let mapped = match refused {
             Some(error) => Err(error),
             None => mapper.map(row).map(|mut mapped| {
-                mapped.key = hub_key.identity(mapped.key);
+                mapped.key = key_form.identity(mapped.key);
                 mapped
             }),
         };

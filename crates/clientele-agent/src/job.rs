@@ -99,14 +99,46 @@ impl HubKey {
             HubKey::Username => "username",
         }
     }
+}
 
-    /// A source key as the agent identifies it when it fills this hub key: as the hub compares
-    /// values of the key (emails case-insensitively, `CustomerKey::normalize`), so that two
-    /// spellings the hub takes for one customer are one key to the state too.
+/// How the agent writes a source key down in its state, so that two spellings the hub takes for
+/// one customer are one key to the state too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyForm {
+    /// As the source has it.
+    AsWritten,
+    /// As the hub compares emails (`CustomerKey::normalize`): the source key fills the hub's
+    /// `email`.
+    Email,
+}
+
+impl KeyForm {
+    /// The form a job's source keys take. Only a key that becomes the customer's email is folded
+    /// as an email: the key column when the job keys customers by email, unless `[fields]` or a
+    /// source column named `email` fills the email from another column (then the key is some
+    /// other identifier, where `AB1` and `ab1` may be two rows). `columns` are the source's, where
+    /// known before reading (not for JSONL, whose rows each name their own).
+    pub fn of(job: &Job, source_key: &str, columns: Option<&[String]>) -> KeyForm {
+        if job.sync.key != HubKey::Email {
+            return KeyForm::AsWritten;
+        }
+        let email = HubKey::Email.field();
+        let key_fills_email = match job.fields.get(email) {
+            Some(column) => column == source_key,
+            None if source_key == email => true,
+            None => !columns.is_some_and(|columns| columns.iter().any(|c| c == email)),
+        };
+        if key_fills_email {
+            KeyForm::Email
+        } else {
+            KeyForm::AsWritten
+        }
+    }
+
     pub fn identity(self, key: String) -> String {
         match self {
-            HubKey::Email => clientele_domain::CustomerKey::Email.normalize(&key),
-            HubKey::ExternalId | HubKey::Username => key,
+            KeyForm::Email => clientele_domain::CustomerKey::Email.normalize(&key),
+            KeyForm::AsWritten => key,
         }
     }
 }

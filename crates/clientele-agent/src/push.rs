@@ -43,12 +43,12 @@ use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 
 use crate::compare::{Candidate, Compared};
-use crate::job::{Job, OnMissing};
+use crate::job::{Job, KeyForm, OnMissing};
 use crate::mapping::{Mapper, RowHash};
 use crate::progress::{Counters, Progress};
 use crate::report::Report;
 use crate::source::Source;
-use crate::state::{Outcome, StateReader, StateStore};
+use crate::state::{Outcome, StateReader, StateStore, Vanished};
 
 /// A batch's items end before their JSON passes this many bytes (the hub's default body limit
 /// is 10 MiB; the rest is room for the request's envelope and for a limit set a little lower).
@@ -124,8 +124,6 @@ impl Push {
             // Before anything is compared: a killed run's batches may be on the hub.
             state.recover().await?;
         }
-        // Even in a dry run: the plan must see the keys as this agent identifies them.
-        state.normalize_keys(job.sync.key).await?;
         let run_id = crate::run_id();
         Ok(Push {
             job,
@@ -144,15 +142,21 @@ impl Push {
 
     pub async fn run(mut self) -> anyhow::Result<()> {
         let source = Source::from_job(&self.job)?;
-        self.check_key_column(&source).await?;
-        let mapper =
-            Arc::new(Mapper::new(&self.job, &self.job.source()?.key).map_err(anyhow::Error::msg)?);
+        let source_key = &self.job.source()?.key;
+        let columns = source.columns().await?;
+        self.check_columns(columns.as_deref())?;
+        // Even in a dry run: the plan must see the keys as this agent identifies them.
+        let key_form = self
+            .state
+            .settle_key_form(KeyForm::of(&self.job, source_key, columns.as_deref()))
+            .await?;
+        let mapper = Arc::new(Mapper::new(&self.job, source_key).map_err(anyhow::Error::msg)?);
         let live_before = self.state.live_count().await?;
         let (mut known_seen, mut rows, mut keyed) = (0u64, 0u64, 0u64);
         let (mut chunks, reader) = crate::compare::spawn(
             source.stream(),
             mapper.clone(),
-            self.job.sync.key,
+            key_form,
             self.state.reader()?,
         );
         while let Some(chunk) = chunks.recv().await {
@@ -191,13 +195,22 @@ impl Push {
         Ok(())
     }
 
-    /// A key column that the source does not have would leave every row without a key: refused
-    /// before anything is read, wherever the source's columns are known.
-    async fn check_key_column(&self, source: &Source) -> anyhow::Result<()> {
+    /// A key column that the source does not have would leave every row without a key, and two
+    /// columns of one name would leave one unread: both refused before anything is read,
+    /// wherever the source's columns are known.
+    fn check_columns(&self, columns: Option<&[String]>) -> anyhow::Result<()> {
         let key = &self.job.source()?.key;
-        let Some(columns) = source.columns().await? else {
+        let Some(columns) = columns else {
             return Ok(());
         };
+        // A row is read into a map by column name: of two columns with one name, one value
+        // would be dropped without a word.
+        let mut names = std::collections::HashSet::new();
+        if let Some(repeated) = columns.iter().find(|column| !names.insert(column.as_str())) {
+            return Err(anyhow::anyhow!(
+                "the source has two columns named `{repeated}`: rename one (in a query, with AS)"
+            ));
+        }
         if columns.iter().any(|column| column == key) {
             return Ok(());
         }
@@ -302,24 +315,32 @@ impl Push {
             .context("the state reader failed")?;
             reader = back;
             let page = page?;
-            let Some((last, _, _)) = page.last() else {
+            let Some(last) = page.last() else {
                 break;
             };
-            after = last.clone();
-            for (key, hub_value, pending) in page {
-                if pending && !self.customer_exists(&hub_value).await? {
-                    // In a batch never acknowledged, not on the hub, and gone from the source:
-                    // nothing to undo.
-                    if !self.dry_run {
-                        self.state.commit(&[Outcome::Removed { key }]).await?;
+            after = last.key.clone();
+            for vanished in page {
+                let hub_value = if vanished.unsure {
+                    match self.value_on_hub(&vanished).await? {
+                        Some(value) => value,
+                        None => {
+                            // In a batch never acknowledged, not on the hub, and gone from the
+                            // source: nothing to undo.
+                            if !self.dry_run {
+                                let key = vanished.key;
+                                self.state.commit(&[Outcome::Removed { key }]).await?;
+                            }
+                            continue;
+                        }
                     }
-                    continue;
-                }
+                } else {
+                    vanished.hub_value
+                };
                 let mut item = Map::new();
                 item.insert(hub_field.into(), Value::String(hub_value.clone()));
                 item.insert(flag.into(), Value::Bool(true));
                 self.plan(Planned {
-                    key,
+                    key: vanished.key,
                     row: None,
                     hub_value,
                     hash: String::new(),
@@ -331,6 +352,19 @@ impl Push {
             }
         }
         Ok(())
+    }
+
+    /// The hub value under which the hub has a customer whose key left the source while a
+    /// batch carrying it was unacknowledged: the recorded one, or the one a rename in flight
+    /// carried; `None` when the hub has neither.
+    async fn value_on_hub(&self, vanished: &Vanished) -> anyhow::Result<Option<String>> {
+        let candidates = std::iter::once(&vanished.hub_value).chain(&vanished.sent_value);
+        for value in candidates {
+            if self.customer_exists(value).await? {
+                return Ok(Some(value.clone()));
+            }
+        }
+        Ok(None)
     }
 
     async fn customer_exists(&self, hub_value: &str) -> anyhow::Result<bool> {
@@ -519,7 +553,10 @@ impl BatchSender {
                 }
                 (Action::Archive, _) => {
                     Counters::add(&counters.archived, 1);
-                    outcomes.push(Outcome::Archived { key: planned.key });
+                    outcomes.push(Outcome::Archived {
+                        key: planned.key,
+                        hub_value: planned.hub_value,
+                    });
                 }
                 (_, status) => {
                     let counter = match status {

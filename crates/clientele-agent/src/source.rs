@@ -12,6 +12,9 @@ use tokio::sync::mpsc;
 
 use crate::job::Job;
 
+mod jsonl_line;
+use jsonl_line::JsonlLine;
+
 /// One source row: its 1-based position in the source, and its values by column. Rows of a
 /// table share one list of column names, so a row costs its values only.
 #[derive(Debug, Clone)]
@@ -19,8 +22,9 @@ pub struct SourceRow {
     pub number: u64,
     pub names: Arc<[String]>,
     pub values: Vec<Value>,
-    /// Why the source could not make a row of this record (a JSONL line that is not a JSON
-    /// object): such a row has no columns, and goes to the report as `invalid_row`.
+    /// Why the source refuses this record, which goes to the report as `invalid_row`: a JSONL
+    /// line that is not a JSON object (a row without columns), or one that names a field twice
+    /// (a row that keeps its key, so its customer counts as still in the source).
     pub invalid: Option<String>,
 }
 
@@ -250,6 +254,18 @@ impl<'a> Chunker<'a> {
         self.send_blocking(full)
     }
 
+    /// A row that is read but refused: it keeps its columns (and so its key, which counts as
+    /// seen in this run) and says what is wrong.
+    fn push_refused_blocking(
+        &mut self,
+        names: Arc<[String]>,
+        values: Vec<Value>,
+        why: String,
+    ) -> bool {
+        let full = self.add_row(names, values, Some(why));
+        self.send_blocking(full)
+    }
+
     fn send_blocking(&mut self, full: Option<Vec<SourceRow>>) -> bool {
         match full {
             Some(full) => self.sender.blocking_send(Ok(full)).is_ok(),
@@ -447,15 +463,18 @@ fn read_jsonl(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()
         }
         // A line that is not an object is a bad row, not a broken file: its key is unknown, so
         // it reaches the report with its row number, and its line number in the message.
-        let more = match serde_json::from_str::<Value>(line) {
-            Ok(Value::Object(columns)) => {
+        let more = match JsonlLine::parse(line) {
+            Ok(JsonlLine::Object(columns)) => {
                 let (names, values): (Vec<String>, Vec<Value>) = columns.into_iter().unzip();
                 chunker.push_blocking(&names.into(), values)
             }
-            Ok(other) => chunker.push_invalid_blocking(format!(
-                "line {line_number} is not an object but {}",
-                json_kind(&other)
-            )),
+            Ok(JsonlLine::NotAnObject(kind)) => chunker
+                .push_invalid_blocking(format!("line {line_number} is not an object but {kind}")),
+            Ok(JsonlLine::RepeatedField { name, fields }) => {
+                let (names, values): (Vec<String>, Vec<Value>) = fields.into_iter().unzip();
+                let why = format!("line {line_number} names the field `{name}` more than once");
+                chunker.push_refused_blocking(names.into(), values, why)
+            }
             Err(error) => chunker
                 .push_invalid_blocking(format!("line {line_number} is not valid JSON: {error}")),
         };
@@ -465,15 +484,4 @@ fn read_jsonl(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()
     }
     chunker.finish_blocking();
     Ok(())
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }

@@ -29,11 +29,11 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::job::HubKey;
+use crate::job::KeyForm;
 use crate::mapping::RowHash;
 
 mod reader;
-pub use reader::StateReader;
+pub use reader::{StateReader, Vanished};
 
 /// What the state holds for one source key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,8 +78,10 @@ pub enum Outcome {
         hash: String,
         row_hash: RowHash,
     },
+    /// Archived under `hub_value` (after a kill, possibly the value of a rename in flight).
     Archived {
         key: String,
+        hub_value: String,
     },
     Removed {
         key: String,
@@ -108,8 +110,16 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS in_flight (batch TEXT PRIMARY KEY, keys TEXT NOT NULL) WITHOUT ROWID",
 ];
 
-/// The row hash came after the first state files; those gain it empty (matching no row).
-const ROW_HASH_COLUMN: &str = "ALTER TABLE pushed ADD COLUMN row_hash TEXT";
+/// Columns later than the first state files, which gain them empty: the row hash (empty matches
+/// no row), and the hub value a batch in flight at a kill carried where it was not the one
+/// recorded (a rename the hub may have applied; see [`StateStore::recover`]).
+const LATER_COLUMNS: &[(&str, &str)] = &[
+    ("row_hash", "ALTER TABLE pushed ADD COLUMN row_hash TEXT"),
+    (
+        "sent_value",
+        "ALTER TABLE pushed ADD COLUMN sent_value TEXT",
+    ),
+];
 
 impl StateStore {
     pub async fn open(path: &Path) -> anyhow::Result<StateStore> {
@@ -127,13 +137,16 @@ impl StateStore {
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await?;
         }
-        let has_row_hash: bool = sqlx::query_scalar(
-            "SELECT count(*) > 0 FROM pragma_table_info('pushed') WHERE name = 'row_hash'",
-        )
-        .fetch_one(&pool)
-        .await?;
-        if !has_row_hash {
-            sqlx::query(ROW_HASH_COLUMN).execute(&pool).await?;
+        for (column, add) in LATER_COLUMNS {
+            let has: bool = sqlx::query_scalar(
+                "SELECT count(*) > 0 FROM pragma_table_info('pushed') WHERE name = ?1",
+            )
+            .bind(column)
+            .fetch_one(&pool)
+            .await?;
+            if !has {
+                sqlx::query(add).execute(&pool).await?;
+            }
         }
         Ok(StateStore {
             pool,
@@ -175,23 +188,26 @@ impl StateStore {
         }
     }
 
-    /// Rewrites the keys of a state written before keys were identified as the hub compares
-    /// them (see [`HubKey::identity`]), once: otherwise every key spelt otherwise (a mixed-case
-    /// email) would look gone from the source, and `on_missing` would delete or archive its
-    /// customer. Two keys that become one were one customer on the hub: the one kept is made
-    /// dirty, so its row is sent again.
-    pub async fn normalize_keys(&self, hub_key: HubKey) -> anyhow::Result<()> {
-        if hub_key != HubKey::Email {
-            return Ok(());
-        }
-        const FORM: &str = "email-lowercase";
+    /// Settles the form of this state's keys (see [`KeyForm`]) and returns the one to use.
+    ///
+    /// Once a state's keys are folded as emails they stay so, whatever the job says since:
+    /// keys cannot be unfolded, and keys in another form would all look gone from the source,
+    /// and `on_missing` would delete or archive their customers. A state whose keys were written
+    /// as the source has them and whose job now wants emails is rewritten, once (also a state
+    /// written before keys had forms): two keys that become one were one customer on the hub, and
+    /// the one kept is made dirty, so its row is sent again.
+    pub async fn settle_key_form(&self, wanted: KeyForm) -> anyhow::Result<KeyForm> {
+        const FOLDED: &str = "email-lowercase";
         let mut tx = self.pool.begin().await?;
-        let done: Option<String> =
+        let form: Option<String> =
             sqlx::query_scalar("SELECT value FROM meta WHERE name = 'key_form'")
                 .fetch_optional(&mut *tx)
                 .await?;
-        if done.as_deref() == Some(FORM) {
-            return Ok(());
+        if form.as_deref() == Some(FOLDED) {
+            return Ok(KeyForm::Email);
+        }
+        if wanted == KeyForm::AsWritten {
+            return Ok(KeyForm::AsWritten);
         }
         // SQLite's lower() folds ASCII only; the hub folds Unicode: the keys are read out, a
         // page at a time. A key moved ahead of the page is met again, already in its form.
@@ -208,7 +224,7 @@ impl StateStore {
             };
             after.clone_from(last);
             for key in keys {
-                let identity = hub_key.identity(key.clone());
+                let identity = KeyForm::Email.identity(key.clone());
                 if identity == key {
                     continue;
                 }
@@ -239,11 +255,11 @@ impl StateStore {
             "INSERT INTO meta (name, value) VALUES ('key_form', ?1)
              ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         )
-        .bind(FORM)
+        .bind(FOLDED)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(KeyForm::Email)
     }
 
     /// A reader for the per-row probes of a run, on a connection of its own.
@@ -267,6 +283,12 @@ impl StateStore {
     /// back unchanged) and, since an archive may have been applied, with `archived: false`; a
     /// dirty key whose row left the source is looked up on the hub before `on_missing` applies.
     /// It is live again (`gone = 0`) for the same reason: an un-archive may have been applied.
+    ///
+    /// A key sent with another hub value than the one recorded was a rename (`match`): the hub
+    /// may have the customer under either. The recorded value stays the one a resent item
+    /// matches (the hub finds a rename it applied under the new value), and the sent one is kept
+    /// beside it (`sent_value`), so that a row that left the source meanwhile is looked for
+    /// under both.
     pub async fn recover(&self) -> anyhow::Result<u64> {
         let mut tx = self.pool.begin().await?;
         let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM in_flight")
@@ -279,7 +301,9 @@ impl StateStore {
             "INSERT INTO pushed (key, hub_value, hash, row_hash, hub_id, gone)
              SELECT k.value ->> 0, k.value ->> 1, '', NULL, NULL, 0
              FROM in_flight, json_each(in_flight.keys) AS k WHERE true
-             ON CONFLICT (key) DO UPDATE SET hash = '', row_hash = NULL, gone = 0",
+             ON CONFLICT (key) DO UPDATE SET hash = '', row_hash = NULL, gone = 0,
+                 sent_value = CASE WHEN excluded.hub_value IS NOT pushed.hub_value
+                     THEN excluded.hub_value ELSE pushed.sent_value END",
         )
         .execute(&mut *tx)
         .await?
@@ -345,7 +369,7 @@ impl StateStore {
                     hash,
                     row_hash,
                 } => refreshed.push(json!([key, hash, hex::encode(row_hash)])),
-                Outcome::Archived { key } => archived.push(Value::String(key.clone())),
+                Outcome::Archived { key, hub_value } => archived.push(json!([key, hub_value])),
                 Outcome::Removed { key } => removed.push(Value::String(key.clone())),
             }
         }
@@ -358,7 +382,8 @@ impl StateStore {
                  FROM json_each(?1) WHERE true
                  ON CONFLICT (key) DO UPDATE SET hub_value = excluded.hub_value,
                      hash = excluded.hash, row_hash = excluded.row_hash,
-                     hub_id = coalesce(excluded.hub_id, pushed.hub_id), gone = 0",
+                     hub_id = coalesce(excluded.hub_id, pushed.hub_id), gone = 0,
+                     sent_value = NULL",
             )
             .bind(Value::Array(stored).to_string())
             .execute(&mut *tx)
@@ -375,7 +400,8 @@ impl StateStore {
         }
         if !archived.is_empty() {
             sqlx::query(
-                "UPDATE pushed SET gone = 1 WHERE key IN (SELECT value FROM json_each(?1))",
+                "UPDATE pushed SET gone = 1, hub_value = a.value ->> 1, sent_value = NULL
+                 FROM json_each(?1) AS a WHERE pushed.key = a.value ->> 0",
             )
             .bind(Value::Array(archived).to_string())
             .execute(&mut *tx)
@@ -410,6 +436,16 @@ mod tests {
             .probe_all([(Some(key), &ROW, 1)].into_iter())
             .expect("probe");
         probes.pop().expect("one probe")
+    }
+
+    /// The vanished key `key`, with hub value `h{key}` and no rename in flight.
+    fn gone(key: &str, unsure: bool) -> Vanished {
+        Vanished {
+            key: key.into(),
+            hub_value: format!("h{key}"),
+            unsure,
+            sent_value: None,
+        }
     }
 
     fn known(hub_value: &str, hash: &str, gone: bool) -> Probe {
@@ -464,11 +500,11 @@ mod tests {
             let mut after = String::new();
             loop {
                 let page = run.vanished_after(&after, 1).expect("vanished");
-                let Some((last, _, _)) = page.last() else {
+                let Some(last) = page.last() else {
                     break;
                 };
-                after.clone_from(last);
-                vanished.extend(page.into_iter().map(|(key, _, _)| key));
+                after.clone_from(&last.key);
+                vanished.extend(page.into_iter().map(|vanished| vanished.key));
             }
             assert_eq!(vanished, ["b", "c", "e"], "{keys_in_memory} keys in memory");
         }
@@ -525,13 +561,7 @@ mod tests {
             vec![Probe::Same, Probe::Unknown, Probe::Repeated { first: 1 }]
         );
         let vanished = run.vanished_after("", 10).expect("vanished");
-        assert_eq!(
-            vanished,
-            vec![
-                ("b".into(), "hb".into(), false),
-                ("c".into(), "hc".into(), false)
-            ]
-        );
+        assert_eq!(vanished, vec![gone("b", false), gone("c", false)]);
         // A batch with a new key "d" was sent, and the run that sent it was killed.
         state
             .begin_batch("b0", [("d", "hd")].into_iter())
@@ -539,7 +569,7 @@ mod tests {
             .expect("intent");
         assert_eq!(state.recover().await.expect("recover"), 1);
         let vanished = run.vanished_after("c", 10).expect("vanished");
-        assert_eq!(vanished, vec![("d".into(), "hd".into(), true)]);
+        assert_eq!(vanished, vec![gone("d", true)]);
         state
             .commit(&[Outcome::Removed { key: "d".into() }])
             .await
@@ -547,7 +577,10 @@ mod tests {
 
         state
             .commit(&[
-                Outcome::Archived { key: "a".into() },
+                Outcome::Archived {
+                    key: "a".into(),
+                    hub_value: "ha".into(),
+                },
                 Outcome::Removed { key: "c".into() },
             ])
             .await
@@ -574,11 +607,14 @@ mod tests {
             hub_id: None,
         };
         state
-            .commit(&[stored("a"), stored("b"), stored("c")])
+            .commit(&[stored("a"), stored("b"), stored("c"), stored("r")])
             .await
             .expect("commit");
         state
-            .commit(&[Outcome::Archived { key: "c".into() }])
+            .commit(&[Outcome::Archived {
+                key: "c".into(),
+                hub_value: "hc".into(),
+            }])
             .await
             .expect("archive");
         // An acknowledged batch leaves no intent behind.
@@ -599,7 +635,14 @@ mod tests {
             .begin_batch("b2", [("c", "hc")].into_iter())
             .await
             .expect("intent");
-        assert_eq!(state.recover().await.expect("recover"), 3);
+        // And a rename of "r"'s hub value, which the hub may or may not have applied.
+        state
+            .begin_batch("b3", [("r", "renamed")].into_iter())
+            .await
+            .expect("intent");
+        assert_eq!(state.recover().await.expect("recover"), 4);
+        // A resent item matches the recorded value (the hub finds an applied rename anyway).
+        assert_eq!(probe(&state, "r"), known("hr", "", false));
         assert_eq!(probe(&state, "a"), known("ha", "", false));
         assert_eq!(probe(&state, "b"), Probe::Same);
         assert_eq!(probe(&state, "c"), known("hc", "", false));
@@ -613,14 +656,43 @@ mod tests {
         let mut run = state.reader().expect("reader");
         run.probe_all([(Some("b"), &ROW, 1)].into_iter())
             .expect("probe");
+        let renamed = Vanished {
+            sent_value: Some("renamed".into()),
+            ..gone("r", true)
+        };
         assert_eq!(
             run.vanished_after("", 10).expect("vanished"),
-            vec![
-                ("a".into(), "ha".into(), true),
-                ("c".into(), "hc".into(), true),
-                ("n".into(), "hn".into(), true)
-            ]
+            vec![gone("a", true), gone("c", true), gone("n", true), renamed]
         );
+        // Archived under the value the hub had: that is the one recorded, the other forgotten.
+        state
+            .commit(&[Outcome::Archived {
+                key: "r".into(),
+                hub_value: "renamed".into(),
+            }])
+            .await
+            .expect("archive");
+        assert_eq!(probe(&state, "r"), known("renamed", "", true));
+        // A rename acknowledged leaves nothing to look for under another value.
+        state
+            .begin_batch("b4", [("a", "ha2")].into_iter())
+            .await
+            .expect("intent");
+        state.recover().await.expect("recover");
+        state
+            .commit(&[Outcome::Stored {
+                key: "a".into(),
+                hub_value: "ha2".into(),
+                hash: "01".into(),
+                row_hash: None,
+                hub_id: None,
+            }])
+            .await
+            .expect("stored");
+        let mut run = state.reader().expect("reader");
+        let vanished = run.vanished_after("", 10).expect("vanished");
+        assert_eq!(vanished[0].key, "a");
+        assert_eq!(vanished[0].sent_value, None);
     }
 
     /// A state written when email keys kept their case: rewritten once, so no key looks gone;
@@ -648,12 +720,17 @@ mod tests {
             ])
             .await
             .expect("commit");
-        state
-            .normalize_keys(HubKey::ExternalId)
+        let form = state
+            .settle_key_form(KeyForm::AsWritten)
             .await
-            .expect("not email keys");
+            .expect("keys as written");
+        assert_eq!(form, KeyForm::AsWritten);
         assert_eq!(probe(&state, "Case.One@Example.com"), Probe::Same);
-        state.normalize_keys(HubKey::Email).await.expect("rewrite");
+        let form = state
+            .settle_key_form(KeyForm::Email)
+            .await
+            .expect("rewrite");
+        assert_eq!(form, KeyForm::Email);
         assert_eq!(probe(&state, "Case.One@Example.com"), Probe::Unknown);
         assert_eq!(probe(&state, "case.one@example.com"), Probe::Same);
         assert_eq!(probe(&state, "other@example.com"), Probe::Same);
@@ -668,8 +745,14 @@ mod tests {
             .commit(&[stored("Later@Example.com")])
             .await
             .expect("commit");
-        state.normalize_keys(HubKey::Email).await.expect("again");
+        state.settle_key_form(KeyForm::Email).await.expect("again");
         assert_eq!(probe(&state, "Later@Example.com"), Probe::Same);
+        // Folded keys stay folded, whatever the job wants since.
+        let form = state
+            .settle_key_form(KeyForm::AsWritten)
+            .await
+            .expect("settled");
+        assert_eq!(form, KeyForm::Email);
     }
 
     #[tokio::test]

@@ -6,8 +6,8 @@
 //! And killed at the worst moment, deterministically: the hub applied a batch and the agent never
 //! heard back (a proxy between them forwards `POST /v1/customers/sync` and swallows the answer).
 //! Whatever the source does next (goes back to the content the state recorded, brings back a row
-//! whose delete or archive was applied, drops a row whose create was applied), the next run
-//! brings the hub back to the source.
+//! whose delete or archive was applied, drops a row whose create or rename was applied), the
+//! next run brings the hub back to the source.
 
 mod agent_support;
 
@@ -26,6 +26,7 @@ hub_tests!(
     killed_pushes_resume_to_exactly_the_source,
     batches_applied_but_never_acknowledged_archive,
     batches_applied_but_never_acknowledged_delete,
+    a_rename_applied_but_never_acknowledged_then_gone_from_the_source,
 );
 
 /// A small deterministic generator, seeded from the clock (the seed is printed for replays).
@@ -281,17 +282,13 @@ async fn batches_applied_but_never_acknowledged(hub: TestHub, on_missing: &str) 
     let mut proxy = SwallowingProxy::start(&hub.base_url).await;
     let work = Workdir::new();
     let csv = work.path("source.csv");
-    let job = work.path("job.toml");
-    std::fs::write(
-        &job,
-        format!(
-            "[hub]\nurl = \"{}\"\nkey_env = \"CLIENTELE_TEST_AGENT_KEY\"\n\n[source]\n\
-             url = \"source.csv\"\nkey = \"id\"\n\n[sync]\nkey = \"external_id\"\n\
-             on_missing = \"{on_missing}\"\nstate = \"state.db\"\n",
-            proxy.url
+    let job = work.job_at(
+        &proxy.url,
+        &format!(
+            "[source]\nurl = \"source.csv\"\nkey = \"id\"\n\n[sync]\nkey = \"external_id\"\n\
+             on_missing = \"{on_missing}\"\nstate = \"state.db\"\n"
         ),
-    )
-    .expect("job");
+    );
     let source = |rows: &[(&str, &str)]| {
         let mut text = String::from("id,first_name\n");
         for (id, name) in rows {
@@ -364,4 +361,51 @@ async fn batches_applied_but_never_acknowledged(hub: TestHub, on_missing: &str) 
             ("unchanged", 3),
         ],
     );
+}
+
+/// A row's hub value changed (a rename, sent with `match`), the hub applied it and the agent
+/// never heard back, and then the row left the source: the customer is found under its new
+/// value, and archived.
+async fn a_rename_applied_but_never_acknowledged_then_gone_from_the_source(hub: TestHub) {
+    let mut proxy = SwallowingProxy::start(&hub.base_url).await;
+    let work = Workdir::new();
+    let csv = work.path("source.csv");
+    let job = work.job_at(
+        &proxy.url,
+        "[source]\nurl = \"source.csv\"\nkey = \"id\"\n\n[sync]\nkey = \"external_id\"\n\
+         on_missing = \"archive\"\nstate = \"state.db\"\n\n[fields]\nexternal_id = \"code\"\n",
+    );
+    let source = |rows: &str| {
+        std::fs::write(&csv, format!("id,code,first_name\n{rows}")).expect("csv");
+    };
+    source("p1,C-OLD,Ann\nk1,K-1,Keep\n");
+    agent_ok("push", &job, &[]).await;
+    source("p1,C-NEW,Ann\nk1,K-1,Keep\n");
+    proxy.push_killed_after_apply(&job).await;
+    let customers = hub_customers(&hub).await;
+    assert!(
+        customers.contains_key("C-NEW") && !customers.contains_key("C-OLD"),
+        "the rename was applied: {customers:?}"
+    );
+    source("k1,K-1,Keep\n");
+    counts(
+        &agent_ok("push", &job, &[]).await,
+        &[("archived", 1), ("failed", 0)],
+    );
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers["C-NEW"]["archived"], true, "{customers:?}");
+    assert_eq!(customers["K-1"]["archived"], false, "{customers:?}");
+    counts(
+        &agent_ok("push", &job, &[]).await,
+        &[("archived", 0), ("unchanged", 1), ("created", 0)],
+    );
+    // Back in the source under its new value: un-archived, not created again.
+    source("p1,C-NEW,Ann\nk1,K-1,Keep\n");
+    counts(
+        &agent_ok("push", &job, &[]).await,
+        &[("created", 0), ("updated", 1)],
+    );
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers.len(), 2, "{customers:?}");
+    assert_eq!(customers["C-NEW"]["archived"], false, "{customers:?}");
 }

@@ -1,7 +1,10 @@
 //! What push makes of its source's rows, end to end: an explicit `[fields]` mapping wins over a
 //! column named like its hub field, whatever the columns' order; a JSONL line or a CSV record
 //! that is not UTF-8, or a CSV record with another number of cells than its header, is one
-//! rejected row (`invalid_row`, with its line number), and the rest of the source goes through.
+//! rejected row (`invalid_row`, with its line number), and the rest of the source goes through;
+//! a JSONL line naming a field twice is a rejected row that keeps its key; a source with two
+//! columns of one name is refused before anything is read; and an email-keyed job folds the
+//! case of its source keys only when the key column fills the email.
 
 mod agent_support;
 
@@ -115,4 +118,129 @@ async fn a_csv_record_with_another_number_of_cells_is_a_rejected_row() {
             "{lines:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jsonl_line_naming_a_field_twice_is_refused_and_keeps_its_customer() {
+    let hub = TestHub::sqlite().await;
+    let work = Workdir::new();
+    let job = work.job(
+        &hub,
+        "[source]\nurl = \"d.jsonl\"\nkey = \"id\"\n\n[sync]\non_missing = \"archive\"\nstate = \"d.state.db\"\n",
+    );
+    std::fs::write(
+        work.path("d.jsonl"),
+        "{\"id\": \"d1\", \"first_name\": \"Ann\"}\n{\"id\": \"d2\", \"first_name\": \"Bo\"}\n",
+    )
+    .expect("jsonl");
+    counts(&agent_ok("push", &job, &[]).await, &[("created", 2)]);
+    // d2 now names its first name twice: which one is meant cannot be told.
+    std::fs::write(
+        work.path("d.jsonl"),
+        "{\"id\": \"d1\", \"first_name\": \"Ann\"}\n{\"id\": \"d2\", \"first_name\": \"Bea\", \"first_name\": \"Bo\"}\n",
+    )
+    .expect("jsonl");
+    let report = work.path("d.report.jsonl");
+    let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
+    counts(&out, &[("failed", 1), ("archived", 0), ("unchanged", 1)]);
+    let lines = report_lines(&report);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["key"], "d2", "{lines:?}");
+    assert_eq!(lines[0]["problem"]["code"], "invalid_row", "{lines:?}");
+    assert!(
+        lines[0]["problem"]["detail"]
+            .to_string()
+            .contains("`first_name` more than once"),
+        "{lines:?}"
+    );
+    // Still in the source: not archived, and left as it was.
+    let d2 = &hub_customers(&hub).await["d2"];
+    assert_eq!(d2["archived"], false, "{d2}");
+    assert_eq!(d2["first_name"], "Bo", "{d2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_with_two_columns_of_one_name_is_refused_before_reading() {
+    let hub = TestHub::sqlite().await;
+    let work = Workdir::new();
+    std::fs::write(
+        work.path("twice.csv"),
+        "id,first_name,first_name\nt1,Ann,Anna\n",
+    )
+    .expect("csv");
+    std::fs::File::create(work.path("source.db")).expect("source db");
+    source_sql(
+        &work.path("source.db"),
+        "CREATE TABLE a (id TEXT, name TEXT); CREATE TABLE b (id TEXT, name TEXT); \
+         INSERT INTO a VALUES ('q1', 'x'); INSERT INTO b VALUES ('q1', 'y');",
+    )
+    .await;
+    for source in [
+        "url = \"twice.csv\"".to_owned(),
+        "url = \"sqlite://source.db\"\nquery = \"SELECT a.id, a.name AS first_name, b.name AS first_name FROM a JOIN b USING (id)\"".to_owned(),
+    ] {
+        let job = work.job(
+            &hub,
+            &format!("[source]\n{source}\nkey = \"id\"\n\n[sync]\nstate = \"twice.state.db\"\n"),
+        );
+        let output = agent("push", &job, &[]).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{source}: {stderr}");
+        assert!(
+            stderr.contains("two columns named `first_name`"),
+            "{source}: {stderr}"
+        );
+    }
+    assert!(hub_customers(&hub).await.is_empty());
+}
+
+/// With `[sync] key = "email"`, the key column's case is folded as the hub folds emails only when
+/// that column fills the email. Here the email comes from its own column and the key is an ERP
+/// id, where `AB1` and `ab1` are two customers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_keyed_job_compares_another_key_column_as_written() {
+    let hub = TestHub::sqlite().await;
+    let work = Workdir::new();
+    std::fs::write(
+        work.path("erp.csv"),
+        "erp_id,email,first_name\nAB1,one@example.com,Ann\nab1,two@example.com,Bo\n",
+    )
+    .expect("csv");
+    let job = work.job(
+        &hub,
+        "[source]\nurl = \"erp.csv\"\nkey = \"erp_id\"\n\n[sync]\nkey = \"email\"\non_missing = \"archive\"\nstate = \"erp.state.db\"\n",
+    );
+    counts(
+        &agent_ok("push", &job, &[]).await,
+        &[("created", 2), ("failed", 0)],
+    );
+    let again = agent_ok("push", &job, &[]).await;
+    counts(&again, &[("unchanged", 2), ("archived", 0), ("failed", 0)]);
+    let reply = clientele_testkit::call(hub.get("/v1/customers?limit=10")).await;
+    let emails: Vec<&str> = reply.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|customer| customer["email"].as_str())
+        .collect();
+    assert_eq!(emails.len(), 2, "{}", reply.body);
+
+    // The key column filling the email is folded: two spellings are one customer.
+    std::fs::write(
+        work.path("mail.csv"),
+        "mail,first_name\nCase@Example.com,Cy\ncase@example.com,Di\n",
+    )
+    .expect("csv");
+    let job = work.job(
+        &hub,
+        "[source]\nurl = \"mail.csv\"\nkey = \"mail\"\n\n[sync]\nkey = \"email\"\nstate = \"mail.state.db\"\n",
+    );
+    let report = work.path("mail.report.jsonl");
+    let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
+    counts(&out, &[("created", 1), ("failed", 1)]);
+    let lines = report_lines(&report);
+    assert_eq!(
+        lines[0]["problem"]["code"], "duplicate_key_in_source",
+        "{lines:?}"
+    );
 }

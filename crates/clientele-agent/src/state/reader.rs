@@ -22,6 +22,17 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use super::{Entry, Probe};
 use crate::mapping::RowHash;
 
+/// A live key of the state that a run did not read: its row left the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vanished {
+    pub key: String,
+    pub hub_value: String,
+    /// Sent and never acknowledged (empty hash): the hub may or may not have it.
+    pub unsure: bool,
+    /// The other hub value an unacknowledged rename carried, under which the hub may have it.
+    pub sent_value: Option<String>,
+}
+
 pub struct StateReader {
     conn: Connection,
     /// Hashes of the first keys read in this run, each with the row it was first read in.
@@ -128,26 +139,20 @@ impl StateReader {
         Ok(probes)
     }
 
-    /// Live keys of the state that this run has not read, as (key, hub value, unsure), `limit`
-    /// at a time after `after`. Unsure keys (empty hash) were sent and never acknowledged: the
-    /// hub may or may not have them.
-    pub fn vanished_after(
-        &mut self,
-        after: &str,
-        limit: i64,
-    ) -> anyhow::Result<Vec<(String, String, bool)>> {
+    /// Live keys of the state that this run has not read, `limit` at a time after `after`.
+    pub fn vanished_after(&mut self, after: &str, limit: i64) -> anyhow::Result<Vec<Vanished>> {
         // The table knows the keys past the memory's; those in memory are filtered out here,
         // page after page, until some are left or the state ends.
         let mut from = after.to_owned();
         loop {
             let page = self.unseen_in_table_after(&from, limit)?;
-            let Some((last, _, _)) = page.last() else {
+            let Some(last) = page.last() else {
                 return Ok(page);
             };
-            from.clone_from(last);
+            from.clone_from(&last.key);
             let unseen: Vec<_> = page
                 .into_iter()
-                .filter(|(key, _, _)| !self.seen.contains_key(&key_hash(key)))
+                .filter(|vanished| !self.seen.contains_key(&key_hash(&vanished.key)))
                 .collect();
             if !unseen.is_empty() {
                 return Ok(unseen);
@@ -155,19 +160,20 @@ impl StateReader {
         }
     }
 
-    fn unseen_in_table_after(
-        &mut self,
-        after: &str,
-        limit: i64,
-    ) -> anyhow::Result<Vec<(String, String, bool)>> {
+    fn unseen_in_table_after(&mut self, after: &str, limit: i64) -> anyhow::Result<Vec<Vanished>> {
         let mut statement = self.conn.prepare_cached(
-            "SELECT key, hub_value, hash = '' FROM main.pushed
+            "SELECT key, hub_value, hash = '', sent_value FROM main.pushed
              WHERE gone = 0 AND key > ?1 AND key NOT IN (SELECT key FROM temp.seen)
              ORDER BY key LIMIT ?2",
         )?;
         let rows = statement
             .query_map((after, limit), |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                Ok(Vanished {
+                    key: row.get(0)?,
+                    hub_value: row.get(1)?,
+                    unsure: row.get(2)?,
+                    sent_value: row.get(3)?,
+                })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)

@@ -28,11 +28,14 @@ impl Workdir {
 
     /// Writes `job.toml` for this hub with the given sections after `[hub]`.
     pub fn job(&self, hub: &TestHub, sections: &str) -> PathBuf {
+        self.job_at(&hub.base_url, sections)
+    }
+
+    /// [`Workdir::job`] for a hub at `url` (a proxy in front of one, say).
+    pub fn job_at(&self, url: &str, sections: &str) -> PathBuf {
         let path = self.path("job.toml");
-        let text = format!(
-            "[hub]\nurl = \"{}\"\nkey_env = \"CLIENTELE_TEST_AGENT_KEY\"\n\n{sections}",
-            hub.base_url
-        );
+        let text =
+            format!("[hub]\nurl = \"{url}\"\nkey_env = \"CLIENTELE_TEST_AGENT_KEY\"\n\n{sections}");
         std::fs::write(&path, text).expect("write job");
         path
     }
