@@ -1716,6 +1716,22 @@ fn single_line_text_refuses_control_characters_and_a_note_keeps_its_lines() {
 }
 
 #[test]
+fn text_stored_before_the_rule_may_be_sent_again_unchanged() {
+    let mut stored = create(json!({"external_id": "legacy"}));
+    stored.first_name = Some("Ann\tMarie".into());
+    stored.name = Some("Ann\tMarie Smith".into());
+    let same = json!({"first_name": "Ann\tMarie", "name": "Ann\tMarie Smith"});
+    assert!(matches!(
+        apply(&ctx_at(T1), Some(&stored), &write(same)),
+        Ok(Applied::Unchanged)
+    ));
+    assert_eq!(
+        errors(Some(&stored), json!({"first_name": "Ann\tMaria"})),
+        vec![err("first_name", "invalid_characters")]
+    );
+}
+
+#[test]
 fn custom_numbers_beyond_64_bit_integers_are_refused_not_rounded() {
     let body = |custom: &str| -> CustomerWrite {
         serde_json::from_str(&format!(r#"{{"custom": {custom}}}"#)).unwrap()
