@@ -28,6 +28,9 @@ pub struct Compared {
     pub rows: u64,
     /// Rows whose key could be read (repeated keys included).
     pub keyed: u64,
+    /// Records the source could not read as rows, whose key is unknown (a JSONL line that is
+    /// not JSON): any of the keys not read in this run may be theirs.
+    pub unreadable: u64,
     /// Rows whose row hash the state holds: not mapped, not sent.
     pub same: u64,
     /// Keys read for the first time in this run that the state knows as live (the `same` ones
@@ -96,6 +99,7 @@ fn compare(
     let mut compared = Compared {
         rows: rows.len() as u64,
         keyed: keyed.iter().filter(|(key, _)| key.is_some()).count() as u64,
+        unreadable: 0,
         same: 0,
         live_seen: 0,
         candidates: Vec::new(),
@@ -106,6 +110,7 @@ fn compare(
             code: "invalid_row",
             message,
         });
+        compared.unreadable += u64::from(invalid.is_some() && key.is_none());
         let (entry, refused) = match probe {
             Probe::Same => {
                 compared.live_seen += 1;

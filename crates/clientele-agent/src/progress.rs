@@ -77,6 +77,14 @@ impl Progress {
         }
     }
 
+    /// A line for the operator, above the bar when there is one.
+    pub fn note(&self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("{}: {message}", self.command)),
+            None => eprintln!("{}: {message}", self.command),
+        }
+    }
+
     fn counts_line(&self) -> String {
         let c = &self.counters;
         format!(

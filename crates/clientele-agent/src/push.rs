@@ -31,7 +31,9 @@
 //! The reader marks each key read as seen in this run. Keys that left the source are looked for
 //! only when the count of known keys seen falls short of the state's live keys; then the live
 //! keys never seen get `on_missing`. A run that read rows of which none had a key stops before
-//! that: a key column that is wrong must not make every customer look gone.
+//! that: a key column that is wrong must not make every customer look gone. So does a run with
+//! a record it could not read at all (a JSONL line that is not JSON): its key might be any of
+//! those not read. A record read but refused (not UTF-8, cells missing) keeps its key.
 
 use std::sync::Arc;
 
@@ -152,7 +154,7 @@ impl Push {
             .await?;
         let mapper = Arc::new(Mapper::new(&self.job, source_key).map_err(anyhow::Error::msg)?);
         let live_before = self.state.live_count().await?;
-        let (mut known_seen, mut rows, mut keyed) = (0u64, 0u64, 0u64);
+        let (mut known_seen, mut rows, mut keyed, mut unreadable) = (0u64, 0u64, 0u64, 0u64);
         let (mut chunks, reader) = crate::compare::spawn(
             source.stream(),
             mapper.clone(),
@@ -163,6 +165,7 @@ impl Push {
             let chunk = chunk?;
             rows += chunk.rows;
             keyed += chunk.keyed;
+            unreadable += chunk.unreadable;
             known_seen += self.plan_chunk(chunk).await?;
             self.progress.tick();
         }
@@ -185,7 +188,17 @@ impl Push {
                 .into());
         }
         if self.job.sync.on_missing != OnMissing::Ignore && known_seen < live_before {
-            self.plan_vanished(reader).await?;
+            if unreadable == 0 {
+                self.plan_vanished(reader).await?;
+            } else {
+                // A record that could not be read may hold any of the keys not read: archiving
+                // or deleting them could undo a customer that is still in the source.
+                self.progress.note(&format!(
+                    "{unreadable} source records could not be read (see the report): the \
+                     customers whose keys this run did not read are left as they are, not \
+                     given `on_missing`, until every record reads"
+                ));
+            }
         }
         self.flush().await?;
         while let Some(done) = self.in_flight.join_next().await {

@@ -377,7 +377,9 @@ async fn read_postgres(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> 
 
 fn read_csv(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> {
     // Flexible, and read as bytes: a record with another number of cells than the header, or
-    // one that is not UTF-8, is one bad row, not a broken file.
+    // one that is not UTF-8, is one refused row, not a broken file. It keeps the cells it has
+    // (decoded with replacement characters where they are not UTF-8), so its key still counts
+    // as seen: a bad byte in a name must not make its customer look gone from the source.
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .from_path(path)
@@ -389,20 +391,20 @@ fn read_csv(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> 
         .read_byte_record(&mut record)
         .with_context(|| format!("{}: bad CSV", path.display()))?
     {
-        let line = || record.position().map_or(0, csv::Position::line);
-        let more = if record.len() != names.len() {
-            chunker.push_invalid_blocking(format!(
-                "line {} has {} cells where the header has {}",
-                line(),
+        let line = record.position().map_or(0, csv::Position::line);
+        let (values, not_utf8) = csv_values(&record, names.len());
+        let more = if let Some(error) = not_utf8 {
+            let why = format!("line {line} is not valid UTF-8 ({error})");
+            chunker.push_refused_blocking(names.clone(), values, why)
+        } else if record.len() != names.len() {
+            let why = format!(
+                "line {line} has {} cells where the header has {}",
                 record.len(),
                 names.len()
-            ))
+            );
+            chunker.push_refused_blocking(names.clone(), values, why)
         } else {
-            match csv_values(&record, names.len()) {
-                Ok(values) => chunker.push_blocking(&names, values),
-                Err(error) => chunker
-                    .push_invalid_blocking(format!("line {} is not valid UTF-8 ({error})", line())),
-            }
+            chunker.push_blocking(&names, values)
         };
         if !more {
             return Ok(());
@@ -412,19 +414,33 @@ fn read_csv(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// A CSV record's cells, at most `columns` of them; an empty cell is an unset value, not an
-/// empty string.
-fn csv_values(record: &csv::ByteRecord, columns: usize) -> Result<Vec<Value>, std::str::Utf8Error> {
-    record
+/// A CSV record's cells, at most `columns` of them (an empty cell is an unset value, not an
+/// empty string), and the first UTF-8 error among them: such a cell is decoded with
+/// replacement characters.
+fn csv_values(
+    record: &csv::ByteRecord,
+    columns: usize,
+) -> (Vec<Value>, Option<std::str::Utf8Error>) {
+    let mut not_utf8 = None;
+    let values = record
         .iter()
         .take(columns)
         .map(|cell| {
-            Ok(match std::str::from_utf8(cell)? {
-                "" => Value::Null,
-                text => Value::String(text.to_owned()),
-            })
+            let text = match std::str::from_utf8(cell) {
+                Ok(text) => text.to_owned(),
+                Err(error) => {
+                    not_utf8.get_or_insert(error);
+                    String::from_utf8_lossy(cell).into_owned()
+                }
+            };
+            if text.is_empty() {
+                Value::Null
+            } else {
+                Value::String(text)
+            }
         })
-        .collect()
+        .collect();
+    (values, not_utf8)
 }
 
 fn read_jsonl(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()> {
@@ -448,34 +464,36 @@ fn read_jsonl(path: &PathBuf, sender: &mpsc::Sender<Chunk>) -> anyhow::Result<()
         line_number += 1;
         let raw = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line = match std::str::from_utf8(raw) {
-            Ok(line) => line,
-            Err(error) => {
-                let why = format!("line {line_number} is not valid UTF-8 ({error})");
-                if !chunker.push_invalid_blocking(why) {
-                    return Ok(());
-                }
-                continue;
-            }
+        let (line, not_utf8) = match std::str::from_utf8(raw) {
+            Ok(line) => (std::borrow::Cow::Borrowed(line), None),
+            // Parsed all the same, so that the refused row keeps its key.
+            Err(error) => (String::from_utf8_lossy(raw), Some(error)),
         };
         if line.trim().is_empty() {
             continue;
         }
         // A line that is not an object is a bad row, not a broken file: its key is unknown, so
         // it reaches the report with its row number, and its line number in the message.
-        let more = match JsonlLine::parse(line) {
-            Ok(JsonlLine::Object(columns)) => {
+        let more = match (JsonlLine::parse(&line), not_utf8) {
+            (Ok(JsonlLine::Object(columns)), None) => {
                 let (names, values): (Vec<String>, Vec<Value>) = columns.into_iter().unzip();
                 chunker.push_blocking(&names.into(), values)
             }
-            Ok(JsonlLine::NotAnObject(kind)) => chunker
-                .push_invalid_blocking(format!("line {line_number} is not an object but {kind}")),
-            Ok(JsonlLine::RepeatedField { name, fields }) => {
+            (Ok(JsonlLine::Object(fields)), Some(error)) => {
+                let (names, values): (Vec<String>, Vec<Value>) = fields.into_iter().unzip();
+                let why = format!("line {line_number} is not valid UTF-8 ({error})");
+                chunker.push_refused_blocking(names.into(), values, why)
+            }
+            (Ok(JsonlLine::RepeatedField { name, fields }), _) => {
                 let (names, values): (Vec<String>, Vec<Value>) = fields.into_iter().unzip();
                 let why = format!("line {line_number} names the field `{name}` more than once");
                 chunker.push_refused_blocking(names.into(), values, why)
             }
-            Err(error) => chunker
+            (_, Some(error)) => chunker
+                .push_invalid_blocking(format!("line {line_number} is not valid UTF-8 ({error})")),
+            (Ok(JsonlLine::NotAnObject(kind)), None) => chunker
+                .push_invalid_blocking(format!("line {line_number} is not an object but {kind}")),
+            (Err(error), None) => chunker
                 .push_invalid_blocking(format!("line {line_number} is not valid JSON: {error}")),
         };
         if !more {

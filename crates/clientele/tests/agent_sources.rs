@@ -4,7 +4,9 @@
 //! rejected row (`invalid_row`, with its line number), and the rest of the source goes through;
 //! a JSONL line naming a field twice is a rejected row that keeps its key; a source with two
 //! columns of one name is refused before anything is read; and an email-keyed job folds the
-//! case of its source keys only when the key column fills the email.
+//! case of its source keys only when the key column fills the email. A refused record keeps its
+//! key, and a record that cannot be read at all holds `on_missing` back: neither makes a
+//! customer still in the source look gone.
 
 mod agent_support;
 
@@ -243,4 +245,64 @@ async fn an_email_keyed_job_compares_another_key_column_as_written() {
         lines[0]["problem"]["code"], "duplicate_key_in_source",
         "{lines:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_records_never_make_their_customers_look_gone() {
+    let hub = TestHub::sqlite().await;
+    let work = Workdir::new();
+    let job = work.job(
+        &hub,
+        "[source]\nurl = \"m.csv\"\nkey = \"id\"\n\n[sync]\non_missing = \"delete\"\nstate = \"m.state.db\"\n",
+    );
+    std::fs::write(work.path("m.csv"), "id,first_name\nk1,Ann\nk2,Bo\nk3,Cy\n").expect("csv");
+    counts(&agent_ok("push", &job, &[]).await, &[("created", 3)]);
+    // k2 gets a byte that is not UTF-8, k3 a cell too many: refused, and still in the source.
+    std::fs::write(
+        work.path("m.csv"),
+        b"id,first_name\nk1,Ann\nk2,B\xffo\nk3,Cy,extra\n",
+    )
+    .expect("csv");
+    let report = work.path("m.report.jsonl");
+    let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
+    counts(&out, &[("failed", 2), ("deleted", 0), ("unchanged", 1)]);
+    let keys: Vec<Value> = report_lines(&report)
+        .into_iter()
+        .map(|line| line["key"].clone())
+        .collect();
+    assert_eq!(keys, [Value::from("k2"), Value::from("k3")]);
+    let customers = hub_customers(&hub).await;
+    assert!(
+        ["k1", "k2", "k3"]
+            .iter()
+            .all(|k| customers.contains_key(*k)),
+        "{customers:?}"
+    );
+
+    // A JSONL line that is not JSON at all may be any row: nothing is deleted while it is there.
+    let job = work.job(
+        &hub,
+        "[source]\nurl = \"j.jsonl\"\nkey = \"id\"\n\n[sync]\non_missing = \"delete\"\nstate = \"j.state.db\"\n",
+    );
+    std::fs::write(work.path("j.jsonl"), "{\"id\": \"j1\"}\n{\"id\": \"j2\"}\n").expect("jsonl");
+    counts(&agent_ok("push", &job, &[]).await, &[("created", 2)]);
+    std::fs::write(
+        work.path("j.jsonl"),
+        "{\"id\": \"j1\"}\n{\"id\": \"j2\", oops}\n",
+    )
+    .expect("jsonl");
+    let output = agent("push", &job, &[]).await;
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    counts(&stdout, &[("failed", 1), ("deleted", 0)]);
+    assert!(stderr.contains("could not be read"), "{stderr}");
+    assert!(hub_customers(&hub).await.contains_key("j2"));
+    // Once every record reads, the key that left is deleted.
+    std::fs::write(work.path("j.jsonl"), "{\"id\": \"j1\"}\n").expect("jsonl");
+    counts(
+        &agent_ok("push", &job, &[]).await,
+        &[("deleted", 1), ("failed", 0)],
+    );
+    assert!(!hub_customers(&hub).await.contains_key("j2"));
 }
