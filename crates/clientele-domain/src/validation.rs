@@ -79,7 +79,7 @@ impl TextKind {
         }
     }
 
-    fn allows(self, c: char) -> bool {
+    pub(crate) fn allows(self, c: char) -> bool {
         !c.is_control() || (self == TextKind::Multiline && matches!(c, '\t' | '\n' | '\r'))
     }
 }

@@ -19,41 +19,41 @@ use crate::{
 /// `null` clears it; an empty or blank string clears optional text too (exports write "" for
 /// "no value"), except the unique keys, where "" is 422 `empty`. Text is one line, without
 /// control characters (422 `invalid_characters`), at most 1,000 characters (keys and tags 255);
-/// `note` may hold tabs and line breaks, up to 65,536 characters. Unknown fields are refused by
-/// the HTTP layer before this is built.
+/// `note` may hold tabs and line breaks, up to 65,536 characters (the schema's `pattern`s say
+/// which characters). Unknown fields are refused by the HTTP layer before this is built.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct CustomerWrite {
     /// Unique key; "" is refused (422 `empty`): `null` clears it.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub external_id: Patch<String>,
     /// Unique key, case-insensitively (stored as given); "" is refused (422 `empty`): `null`
     /// clears it.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub email: Patch<String>,
     /// Unique key; "" is refused (422 `empty`): `null` clears it.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub username: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub first_name: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub last_name: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub company: Patch<String>,
     /// Display name; when unset it is derived from first and last name.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub name: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub phone: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub phone_alt: Patch<String>,
     #[schema(value_type = Option<bool>)]
@@ -72,10 +72,10 @@ pub struct CustomerWrite {
     #[schema(value_type = Option<f64>, minimum = 0, maximum = 100)]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub discount_percent: Patch<f64>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub payment_terms: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 65536, pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub note: Patch<String>,
     /// `YYYY-MM-DD`, a real date.
@@ -164,44 +164,44 @@ pub struct CustomerWrite {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct AddressWrite {
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub title: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub remote_id: Patch<String>,
     #[schema(value_type = Option<AddressKind>)]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub kind: Patch<AddressKind>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub name: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub company: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub line1: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub line2: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub line3: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub city: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub region: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub postal_code: Patch<String>,
     /// ISO 3166-1 alpha-2 (case-insensitive in input, stored upper case).
     #[schema(value_type = Option<String>)]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub country: Patch<String>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     #[serde(skip_serializing_if = "Patch::is_absent")]
     pub phone: Patch<String>,
 }

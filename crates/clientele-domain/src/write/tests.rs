@@ -1762,3 +1762,34 @@ fn custom_numbers_beyond_64_bit_integers_are_refused_not_rounded() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The OpenAPI document's patterns for text say what the validation does, character for
+/// character, so generated clients and fuzzers refuse what the hub refuses.
+#[test]
+fn the_documented_text_patterns_match_the_validation() {
+    use crate::validation::TextKind;
+    let schema = serde_json::to_value(<CustomerWrite as utoipa::PartialSchema>::schema()).unwrap();
+    let pattern = |field: &str| {
+        let pattern = schema["properties"][field]["pattern"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} has no pattern"));
+        regex::Regex::new(pattern).unwrap()
+    };
+    let chars = (0u32..0x300)
+        .chain([0x2028, 0x2029, 0xFEFF, 0x1F600])
+        .filter_map(char::from_u32);
+    let (line, note) = (pattern("first_name"), pattern("note"));
+    for c in chars {
+        let text = format!("a{c}b");
+        assert_eq!(
+            line.is_match(&text),
+            TextKind::Line.allows(c),
+            "{c:?} in a line"
+        );
+        assert_eq!(
+            note.is_match(&text),
+            TextKind::Multiline.allows(c),
+            "{c:?} in a note"
+        );
+    }
+}
