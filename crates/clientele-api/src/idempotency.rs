@@ -7,8 +7,9 @@
 //! processes) before the handler runs. Handlers whose success writes data record the response in
 //! the same transaction as the write ([`IdempotencyContext::completion`]), so a write is never
 //! committed without the response its retry replays. Refusals, which write nothing, are
-//! recorded afterwards here; server errors and 415s (a wrong `Content-Type`, which the
-//! fingerprint does not cover) release the key so that the request may be retried.
+//! recorded afterwards here; server errors, 415s (a wrong `Content-Type`, which the
+//! fingerprint does not cover) and refusals for want of rights (401, 403) release the key, so
+//! that the request may be retried and a key without rights stores nothing.
 //! A request whose client went away still runs to its end ([`crate::detach`]), so its retry
 //! replays its answer.
 
@@ -18,11 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::body::{Body, to_bytes};
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredResponse, Timestamp};
-use sha2::{Digest, Sha256};
 
 use crate::auth::Caller;
 use crate::extract::read_body;
@@ -143,7 +143,7 @@ async fn claim_and_run(
     let claim = IdempotencyClaim {
         api_key: caller.key.id,
         key,
-        fingerprint: fingerprint(&parts, &bytes),
+        fingerprint: fingerprint(state, &parts, &bytes),
         at: Timestamp::now(),
     };
     parts.extensions.insert(caller);
@@ -182,9 +182,14 @@ async fn claim_and_run(
     }
     // A server error, or a body sent with the wrong Content-Type (which the fingerprint does not
     // cover: a client that fixes the header and retries must not get the refusal back), is not
-    // kept: the key may be used again.
+    // kept: the key may be used again. Nor is a refusal for want of rights: a key that may do
+    // nothing must not fill the table with the rows of its refused attempts.
     let status = response.status();
-    if status.is_server_error() || status == axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
+    let kept = !(status.is_server_error()
+        || status == StatusCode::UNSUPPORTED_MEDIA_TYPE
+        || status == StatusCode::FORBIDDEN
+        || status == StatusCode::UNAUTHORIZED);
+    if !kept {
         if let Err(error) = store.release_idempotency(&context.claim).await {
             tracing::error!(error = %error, "releasing an idempotency key failed");
         }
@@ -250,16 +255,12 @@ fn replayed(state: &AppState, mut stored: StoredResponse) -> Response {
     response
 }
 
-/// SHA-256 over method, path with query, and body.
-fn fingerprint(parts: &Parts, body: &[u8]) -> Vec<u8> {
+/// The keyed hash of method, path with query, and body (see [`crate::secrets::MasterKey`]): a
+/// body may carry a password.
+fn fingerprint(state: &AppState, parts: &Parts, body: &[u8]) -> Vec<u8> {
     let path = parts.uri.path_and_query().map_or("", |p| p.as_str());
-    let mut hash = Sha256::new();
-    hash.update(parts.method.as_str().as_bytes());
-    hash.update(b"\n");
-    hash.update(path.as_bytes());
-    hash.update(b"\n");
-    hash.update(body);
-    hash.finalize().to_vec()
+    let parts: [&[u8]; 3] = [parts.method.as_str().as_bytes(), path.as_bytes(), body];
+    state.master_key().fingerprint(&parts).to_vec()
 }
 
 /// Forgets idempotency keys older than their 24 hours, every `every`, until the process stops.

@@ -24,9 +24,9 @@
 //! losing or changing it invalidates every stored API key (bearer lookups stop matching and
 //! stored secrets can no longer be decrypted), and they must then be re-issued.
 //!
-//! Two purpose-specific subkeys are derived from the master key
-//! (`HMAC-SHA256(master, "clientele lookup v1")` and `HMAC-SHA256(master, "clientele encrypt v1")`)
-//! so the same key bytes are never used for two purposes.
+//! Three purpose-specific subkeys are derived from the master key
+//! (`HMAC-SHA256(master, "clientele lookup v1")`, `… "clientele encrypt v1"` and
+//! `… "clientele fingerprint v1"`) so the same key bytes are never used for two purposes.
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
@@ -60,6 +60,7 @@ const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const LOOKUP_LABEL: &[u8] = b"clientele lookup v1";
 const ENCRYPT_LABEL: &[u8] = b"clientele encrypt v1";
+const FINGERPRINT_LABEL: &[u8] = b"clientele fingerprint v1";
 
 /// Errors of this module. Messages never contain key material.
 #[derive(Debug, thiserror::Error)]
@@ -115,11 +116,12 @@ impl fmt::Debug for MasterKeySource {
     }
 }
 
-/// The hub's 32-byte master key, held as its two derived subkeys.
+/// The hub's 32-byte master key, held as its three derived subkeys.
 #[derive(Clone)]
 pub struct MasterKey {
     lookup_key: [u8; 32],
     encrypt_key: [u8; 32],
+    fingerprint_key: [u8; 32],
 }
 
 impl fmt::Debug for MasterKey {
@@ -134,6 +136,7 @@ impl MasterKey {
         MasterKey {
             lookup_key: hmac_sha256(&master, &[LOOKUP_LABEL]),
             encrypt_key: hmac_sha256(&master, &[ENCRYPT_LABEL]),
+            fingerprint_key: hmac_sha256(&master, &[FINGERPRINT_LABEL]),
         }
     }
 
@@ -150,6 +153,18 @@ impl MasterKey {
     /// HMAC-SHA256 of the secret under the lookup subkey.
     pub fn lookup_hash(&self, secret: &str) -> [u8; 32] {
         hmac_sha256(&self.lookup_key, &[secret.as_bytes()])
+    }
+
+    /// The stored fingerprint of a request (its parts, each followed by a newline): HMAC-SHA256
+    /// under the fingerprint subkey. A bare hash would let anyone who reads the database test
+    /// guesses of a password a request carried at hash speed, around Argon2.
+    pub fn fingerprint(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = new_mac(&self.fingerprint_key);
+        for part in parts {
+            mac.update(part);
+            mac.update(b"\n");
+        }
+        mac.finalize().into_bytes().into()
     }
 
     /// Encrypts with ChaCha20-Poly1305 under the encryption subkey and a random nonce.
@@ -407,6 +422,9 @@ mod tests {
         let master = [9u8; 32];
         let key = MasterKey::from_bytes(master);
         assert_ne!(key.lookup_key, key.encrypt_key);
+        assert_ne!(key.fingerprint_key, key.lookup_key);
+        assert_ne!(key.fingerprint_key, key.encrypt_key);
+        assert_ne!(key.fingerprint_key, master);
         assert_ne!(key.lookup_key, master);
         assert_ne!(key.encrypt_key, master);
         // The lookup hash is HMAC under the derived subkey, not under the master key itself.

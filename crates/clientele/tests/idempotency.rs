@@ -22,6 +22,8 @@ hub_tests!(
     a_key_with_another_request_is_refused,
     keys_are_per_api_key,
     a_refusal_is_replayed_too,
+    a_refusal_for_want_of_rights_stores_nothing,
+    a_password_leaves_no_plain_hash_behind,
     a_repeat_while_the_first_runs_is_409_and_then_replays,
     a_created_api_key_replays_its_secret_which_is_stored_sealed,
     get_ignores_the_header_and_malformed_keys_are_400,
@@ -815,4 +817,65 @@ async fn postgres_two_hubs_on_one_database_share_keys() {
     assert_eq!(on_a.status, 200, "{}", on_a.body);
     assert_replay(&on_a, &send(&b).await);
     assert_eq!(count_rows(&url, "customers").await, 51);
+}
+
+/// A key that may not do something must not fill the table with its refused attempts: a 403
+/// keeps no idempotency key, and the same key may be used again once the caller has the right.
+async fn a_refusal_for_want_of_rights_stores_nothing(hub: TestHub) {
+    let reader = hub.as_key(&hub.create_key(Role::Read).await);
+    for attempt in 0..3 {
+        let reply = call(
+            with_key(reader.post("/v1/customers"), &format!("refused-{attempt}"))
+                .json(&json!({"first_name": "Ann"})),
+        )
+        .await;
+        assert_problem(&reply, 403, "forbidden");
+    }
+    let stored = column_bytes(
+        &hub.database_url,
+        "SELECT key FROM idempotency_keys WHERE key LIKE 'refused-%'",
+    )
+    .await;
+    assert!(stored.is_empty(), "{} kept", stored.len());
+}
+
+/// The stored fingerprint of a request is keyed: a body that carries a password does not leave
+/// a plain SHA-256 of it behind, which would let a reader of the database test guesses at hash
+/// speed instead of Argon2's.
+async fn a_password_leaves_no_plain_hash_behind(hub: TestHub) {
+    use sha2::{Digest, Sha256};
+    let customer = hub.create_customer(json!({"first_name": "Ann"})).await;
+    let path = format!("/v1/customers/{}", customer["id"].as_str().expect("id"));
+    let body = r#"{"password":"Summer2026!"}"#;
+    let reply = call(
+        with_key(hub.patch(&path), "pw-1")
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let stored = column_bytes(
+        &hub.database_url,
+        "SELECT fingerprint FROM idempotency_keys WHERE key = 'pw-1'",
+    )
+    .await;
+    let fingerprint = stored[0].clone().expect("a fingerprint");
+    let plain = Sha256::digest(format!("PATCH\n{path}\n{body}").as_bytes()).to_vec();
+    assert_eq!(fingerprint.len(), 32);
+    assert_ne!(fingerprint, plain);
+    // And it still tells a repeat from another request.
+    let repeat = call(
+        with_key(hub.patch(&path), "pw-1")
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await;
+    assert_eq!(repeat.header(REPLAYED), Some("true"));
+    let other = call(
+        with_key(hub.patch(&path), "pw-1")
+            .header("content-type", "application/json")
+            .body(r#"{"password":"Winter2026!"}"#),
+    )
+    .await;
+    assert_problem(&other, 422, "idempotency_key_reused");
 }
