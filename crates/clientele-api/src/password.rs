@@ -3,11 +3,24 @@
 //! Hashes are PHC strings from `Argon2::default()` (Argon2id, version 19, m=19456 KiB, t=2,
 //! p=1) with a random 16-byte salt. Hashing and verification are CPU- and memory-heavy, so
 //! both run on tokio's blocking pool ([`tokio::task::spawn_blocking`]), never on an async
-//! worker. Passwords longer than [`MAX_PASSWORD_BYTES`] are never handed to Argon2.
+//! worker, and at most one per core at a time ([`ARGON2_SLOTS`]): each takes 19 MiB, and the
+//! blocking pool would otherwise run up to 512 of them at once (10 GB) for anyone who sends
+//! enough wrong passwords. The rest wait their turn, at the cost of an async task each.
+//! Passwords longer than [`MAX_PASSWORD_BYTES`] are never handed to Argon2.
+
+use std::sync::LazyLock;
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use tokio::sync::Semaphore;
+
+/// Argon2 computations allowed at once in this process: one per core.
+static ARGON2_SLOTS: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(argon2_slots()));
+
+fn argon2_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+}
 
 /// Minimum password length, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 8;
@@ -44,7 +57,10 @@ pub async fn hash_password(password: String) -> Result<String, PasswordError> {
     if password.len() > MAX_PASSWORD_BYTES {
         return Err(PasswordError::TooLong);
     }
+    // `Err` only for a closed semaphore, and this one is never closed.
+    let slot = ARGON2_SLOTS.acquire().await.ok();
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
@@ -61,7 +77,9 @@ pub async fn verify_password(password: String, phc: String) -> bool {
     if password.len() > MAX_PASSWORD_BYTES {
         return false;
     }
+    let slot = ARGON2_SLOTS.acquire().await.ok();
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let Ok(hash) = PasswordHash::new(&phc) else {
             return false;
         };
@@ -77,6 +95,17 @@ pub async fn verify_password(password: String, phc: String) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn argon2_waits_for_a_free_slot() {
+        let slots = u32::try_from(argon2_slots()).unwrap();
+        let all = ARGON2_SLOTS.acquire_many(slots).await.unwrap();
+        let waiting = tokio::spawn(hash_password("correct horse battery".to_owned()));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "Argon2 ran without a slot");
+        drop(all);
+        assert!(waiting.await.unwrap().is_ok());
+    }
 
     #[tokio::test]
     async fn hash_then_verify() {
