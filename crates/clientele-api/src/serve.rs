@@ -3,7 +3,8 @@
 //!
 //! It is axum's `serve` with what that one leaves out: a client gets a bounded time to send a
 //! request's headers (`ApiConfig::header_read_timeout`), so connections that trickle them in,
-//! or never finish them, are closed instead of held for ever; `TCP_NODELAY`, so a small
+//! or never finish them, are closed instead of held for ever (over HTTP/2, which has no such
+//! timeout, a peer that stops answering keep-alive PINGs is); `TCP_NODELAY`, so a small
 //! response is not held back waiting for an acknowledgement; and room in hyper's buffers for
 //! heads that `request_limits` refuses with a problem.
 
@@ -24,6 +25,9 @@ use crate::request_limits;
 /// How long to wait before accepting again after an error such as too many open files, which
 /// would otherwise spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Longest an HTTP/2 peer has to answer a keep-alive PING (sent after each head timeout's
+/// worth of silence; the answer is due within the same time, or this).
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn run(
     listener: tokio::net::TcpListener,
@@ -40,8 +44,13 @@ pub(crate) async fn run(
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
         .max_headers(4 * request_limits::MAX_HEADER_COUNT);
+    // HTTP/2 has no head timeout: a peer that answers no PING within the timeout is dropped,
+    // so connections opened and left (a preface and nothing more) do not pile up.
     builder
         .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(header_read_timeout)
+        .keep_alive_timeout(header_read_timeout.min(H2_PING_TIMEOUT))
         .max_header_list_size((4 * request_limits::MAX_HEADER_BYTES) as u32);
     let connections = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);

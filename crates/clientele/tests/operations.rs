@@ -1011,7 +1011,6 @@ async fn a_body_over_the_limit_is_refused(hub: TestHub) {
 }
 
 async fn a_client_that_never_finishes_its_headers_is_cut_off(hub: TestHub) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let impatient = TestHub::start(
         hub.backend,
         ApiConfig {
@@ -1022,23 +1021,36 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off(hub: TestHub) {
     .await
     .expect("a second hub on the same backend");
     let address = impatient.base_url.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: hub\r\n")
-        .await
-        .expect("send");
-    let mut answer = Vec::new();
-    let closed = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        stream.read_to_end(&mut answer),
-    )
-    .await;
-    assert!(closed.is_ok(), "the connection was still open after 10 s");
+    assert!(
+        closed_within_10_s(address, b"GET /healthz HTTP/1.1\r\nHost: hub\r\n").await,
+        "the connection was still open after 10 s"
+    );
+    // Over HTTP/2 (prior knowledge), a peer that sends the preface and its settings and then
+    // answers nothing, not even a PING, is cut off too.
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    assert!(
+        closed_within_10_s(address, preface).await,
+        "the HTTP/2 connection was still open after 10 s"
+    );
     // A complete request on a new connection is served as ever.
     let reply = call(impatient.client.get(impatient.url("/healthz"))).await;
     assert_eq!(reply.status, 200);
+}
+
+/// Whether the hub closes a connection on which `sent` is all it gets, within 10 s.
+async fn closed_within_10_s(address: &str, sent: &[u8]) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream.write_all(sent).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .is_ok()
 }
 
 /// Sends `head` (request line and headers, without the blank line) with the admin bearer key
@@ -1062,6 +1074,7 @@ async fn raw_exchange(hub: &TestHub, head: &str, body: &str) -> String {
     String::from_utf8_lossy(&answer[..read]).into_owned()
 }
 
+/// And `Cache-Control: no-store`.
 async fn every_response_carries_a_request_id(hub: TestHub) {
     let customer = hub.create_customer(json!({"first_name": "Ada"})).await;
     let path = format!("/v1/customers/{}", customer["id"].as_str().expect("id"));
@@ -1094,6 +1107,13 @@ async fn every_response_carries_a_request_id(hub: TestHub) {
             .to_owned();
         assert!(!id.is_empty());
         assert!(ids.insert(id.clone()), "request id {id} was given twice");
+        // Responses carry personal data (and, once, key secrets): no cache may keep any.
+        assert_eq!(
+            reply.header("cache-control"),
+            Some("no-store"),
+            "{}",
+            reply.status
+        );
         if reply.status >= 400 {
             // Every 4xx here is a problem document.
             let code = reply.body["code"].as_str().unwrap_or_default().to_owned();
