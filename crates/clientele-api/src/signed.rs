@@ -185,15 +185,19 @@ fn refused(code: ErrorCode, header: &str, message: &str) -> ApiError {
     error
 }
 
+/// How much longer than 2 × the window a nonce is kept: the window is checked on whole seconds
+/// of the server clock, and hub processes sharing one database have clocks apart.
+const NONCE_MARGIN_SECONDS: i64 = 60;
+
 /// Forgets nonces that no acceptable request can carry any more, every `every`, until the
 /// process stops. A timestamp is acceptable for 2 × the window around itself, so a nonce seen
-/// at `t` can only be replayed before `t` + 2 × window.
+/// at `t` can only be replayed before `t` + 2 × window (plus the margin).
 pub async fn purge_expired(state: AppState, every: std::time::Duration) {
     let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
-        let cutoff =
-            Timestamp::from_micros(Timestamp::now().as_micros() - 2 * WINDOW_SECONDS * 1_000_000);
+        let kept = 2 * WINDOW_SECONDS + NONCE_MARGIN_SECONDS;
+        let cutoff = Timestamp::from_micros(Timestamp::now().as_micros() - kept * 1_000_000);
         match state.store().purge_nonces(cutoff).await {
             Ok(0) => {}
             Ok(purged) => tracing::debug!(purged, "forgot expired signed-request nonces"),

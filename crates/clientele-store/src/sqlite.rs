@@ -397,6 +397,31 @@ fn row_params<'a>((row, id): (&'a CustomerRow<'_>, &'a String)) -> [Param<'a>; 1
     ]
 }
 
+/// Creates a missing database file readable by its owner only (SQLite would follow the umask):
+/// it holds personal data and password hashes. SQLite gives its `-wal` and `-shm` files the
+/// database file's permissions.
+fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" || path.exists() {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            // Another process created it meanwhile: that one is used as it is.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(StoreError::Connect(sqlx::Error::Io(error))),
+        }
+    }
+    Ok(())
+}
+
 pub struct SqliteBackend {
     writer: SqlitePool,
     readers: SqlitePool,
@@ -414,8 +439,11 @@ impl SqliteStore {
             SqliteSync::Normal => SqliteSynchronous::Normal,
             SqliteSync::Full => SqliteSynchronous::Full,
         };
-        let options = SqliteConnectOptions::from_str(&config.url)
-            .map_err(StoreError::Connect)?
+        let options = SqliteConnectOptions::from_str(&config.url).map_err(StoreError::Connect)?;
+        if !config.url.contains("mode=memory") {
+            create_private(options.get_filename())?;
+        }
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(synchronous)

@@ -14,6 +14,9 @@ use clientele_api::{ApiConfig, AppState};
 use clientele_store::{SqliteSync, StoreConfig};
 use tracing_subscriber::EnvFilter;
 
+/// Fewest characters a `CLIENTELE_BOOTSTRAP_KEY` secret may have.
+const MIN_BOOTSTRAP_SECRET: usize = 32;
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// Address to listen on.
@@ -108,6 +111,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let state = AppState::new(store, master_key, config);
     let bootstrap_secret = std::env::var("CLIENTELE_BOOTSTRAP_KEY").ok();
+    // An admin key that is exempt from rate limits must not be guessable.
+    if let Some(secret) = bootstrap_secret.as_deref().filter(|s| !s.is_empty())
+        && secret.chars().count() < MIN_BOOTSTRAP_SECRET
+    {
+        anyhow::bail!(
+            "CLIENTELE_BOOTSTRAP_KEY must be at least {MIN_BOOTSTRAP_SECRET} characters: use a \
+             random secret (`ck_` and 43 characters, as the hub makes them)"
+        );
+    }
     match bootstrap(
         &state,
         bootstrap_secret.as_deref().filter(|s| !s.is_empty()),

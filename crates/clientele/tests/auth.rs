@@ -864,3 +864,46 @@ async fn a_null_password_removes_it(hub: TestHub) {
     .await;
     assert_eq!(reply.body, json!({"valid": true}));
 }
+
+/// The bootstrap key is an admin exempt from rate limits: a short, guessable secret is refused
+/// before the hub serves anything.
+#[test]
+fn a_short_bootstrap_secret_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
+        .arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--database")
+        .arg(format!("sqlite://{}", dir.path().join("hub.db").display()))
+        .arg("--master-key-file")
+        .arg(dir.path().join("master.key"))
+        .env("CLIENTELE_BOOTSTRAP_KEY", "hunter2")
+        .output()
+        .expect("run clientele");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("CLIENTELE_BOOTSTRAP_KEY must be at least 32 characters"),
+        "{stderr}"
+    );
+}
+
+/// The SQLite database holds personal data and password hashes: created readable by its owner
+/// only, whatever the umask.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_sqlite_database_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let hub = TestHub::sqlite().await;
+    let path = hub
+        .database_url
+        .strip_prefix("sqlite://")
+        .expect("a SQLite URL");
+    let path = path.split('?').next().unwrap_or(path);
+    let mode = std::fs::metadata(path)
+        .expect("database file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{path}: {mode:o}");
+}
