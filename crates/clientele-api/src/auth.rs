@@ -93,6 +93,48 @@ impl FromRequestParts<AppState> for AdminCaller {
     }
 }
 
+/// The caller of a write to what every team shares (the schema, the groups): the role, and a
+/// key not restricted to teams. A restricted key changing them would change them for teams it
+/// may not see; it may read them.
+fn shared_settings_writer(caller: Caller, needed: Role) -> Result<Caller, ApiError> {
+    caller.require(needed)?;
+    if caller.key.teams.is_empty() {
+        Ok(caller)
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "a key restricted to teams cannot change what every team shares (the schema, the \
+             groups)",
+        ))
+    }
+}
+
+/// [`WriteCaller`] for writes to what every team shares; see [`shared_settings_writer`].
+#[derive(Clone, Debug)]
+pub struct SharedWriteCaller(pub Caller);
+
+impl FromRequestParts<AppState> for SharedWriteCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        shared_settings_writer(caller, Role::Write).map(SharedWriteCaller)
+    }
+}
+
+/// [`AdminCaller`] for writes to what every team shares; see [`shared_settings_writer`].
+#[derive(Clone, Debug)]
+pub struct SharedAdminCaller(pub Caller);
+
+impl FromRequestParts<AppState> for SharedAdminCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        shared_settings_writer(caller, Role::Admin).map(SharedAdminCaller)
+    }
+}
+
 /// Keys recently looked up by their secret's hash, for one second: a busy client costs one key
 /// query per second instead of one per request. A revocation clears the cache at once: through
 /// this process directly, through another hub process on the same PostgreSQL database by its

@@ -40,8 +40,9 @@ impl Scope {
 impl Scope {
     /// Applies a customer write for a caller with this scope: a customer outside it does not
     /// exist (`NotFound`); a new customer without teams gets the scope's teams; the write may
-    /// name only the scope's teams (another team is as unknown as a missing one, so the key
-    /// learns nothing about teams it is not in) and must leave the customer in one of them.
+    /// name only the scope's teams, to set, add or remove (another team is as unknown as a
+    /// missing one, so the key learns nothing about teams it is not in); a team set it replaces
+    /// keeps the teams the key is not in; and it must leave the customer in one of its teams.
     pub fn apply(
         &self,
         ctx: &ApplyContext<'_>,
@@ -54,20 +55,11 @@ impl Scope {
         if current.is_some_and(|c| !self.admits(c)) {
             return Err(DomainError::NotFound);
         }
-        let filled;
-        let write = if current.is_none() && write.teams.is_absent() && write.add_teams.is_none() {
-            filled = CustomerWrite {
-                teams: Patch::Value(own.clone()),
-                ..write.clone()
-            };
-            &filled
-        } else {
-            write
-        };
         let mut foreign = ValidationErrors::default();
         let named = [
             ("teams", write.teams.value()),
             ("add_teams", write.add_teams.as_ref()),
+            ("remove_teams", write.remove_teams.as_ref()),
         ];
         for (field, codes) in named {
             for (i, code) in codes.into_iter().flatten().enumerate() {
@@ -80,6 +72,46 @@ impl Scope {
                 }
             }
         }
+        // A new customer without teams joins the key's; a replaced team set keeps the teams
+        // the key is not in, which it may neither see nor take away.
+        let filled;
+        let write = match (current, &write.teams) {
+            (None, Patch::Absent) if write.add_teams.is_none() => {
+                filled = CustomerWrite {
+                    teams: Patch::Value(own.clone()),
+                    ..write.clone()
+                };
+                &filled
+            }
+            // As edits of the key's own teams: the directory a restricted key writes through
+            // knows only its teams.
+            (Some(current), Patch::Value(_) | Patch::Null) if foreign.is_empty() => {
+                let given = write.teams.value().map_or(&[][..], Vec::as_slice);
+                let mut add_teams = write.add_teams.clone().unwrap_or_default();
+                add_teams.extend(
+                    given
+                        .iter()
+                        .filter(|team| !current.teams.contains(team))
+                        .cloned(),
+                );
+                let mut remove_teams = write.remove_teams.clone().unwrap_or_default();
+                remove_teams.extend(
+                    current
+                        .teams
+                        .iter()
+                        .filter(|team| own.contains(team) && !given.contains(team))
+                        .cloned(),
+                );
+                filled = CustomerWrite {
+                    teams: Patch::Absent,
+                    add_teams: Some(add_teams),
+                    remove_teams: Some(remove_teams),
+                    ..write.clone()
+                };
+                &filled
+            }
+            _ => write,
+        };
         let applied = match apply(ctx, current, write) {
             Err(mut errors) => {
                 errors.0.extend(foreign.0);

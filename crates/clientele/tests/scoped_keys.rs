@@ -18,6 +18,8 @@ hub_tests!(
     a_scoped_admin_key_manages_only_keys_within_its_teams,
     api_keys_are_listed_in_pages_a_scoped_admin_sees_its_own_in_full,
     a_scoped_key_sees_and_changes_only_its_own_teams,
+    a_scoped_key_cannot_take_a_shared_customer_from_other_teams,
+    shared_settings_need_an_unrestricted_key,
 );
 
 const PASSWORD: &str = "correct horse battery";
@@ -614,4 +616,77 @@ async fn a_scoped_key_sees_and_changes_only_its_own_teams(hub: TestHub) {
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body["name"], "The North");
+}
+
+/// Found in an audit: a key restricted to north took a customer shared with south away from
+/// south (by replacing its teams, or removing south), and learnt which team codes exist.
+async fn a_scoped_key_cannot_take_a_shared_customer_from_other_teams(hub: TestHub) {
+    let World { scoped, .. } = world(&hub).await;
+    let shared = hub
+        .create_customer(json!({"external_id": "shared", "teams": ["north", "south"]}))
+        .await;
+    let path = format!("/v1/customers/{}", id(&shared));
+    for team in ["south", "ghost"] {
+        let reply = call(scoped.patch(&path).json(&json!({"remove_teams": [team]}))).await;
+        assert_invalid(&reply, &[("remove_teams[0]", "unknown_team")]);
+    }
+    // Replacing the team set keeps the teams the key is not in.
+    let reply = call(
+        scoped
+            .patch(&path)
+            .json(&json!({"teams": ["north"], "note": "x"})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let stored = call(hub.get(&path)).await;
+    let mut teams: Vec<String> =
+        serde_json::from_value(stored.body["teams"].clone()).expect("teams");
+    teams.sort();
+    assert!(teams.contains(&"south".to_owned()), "{teams:?}");
+    let south = scoped_key(&hub, "read", &["south"]).await;
+    assert_eq!(call(south.get(&path)).await.status, 200);
+}
+
+/// The schema and the groups apply to every team: a key restricted to teams may read them, not
+/// change them (and a delete refused for members it cannot see would tell it they exist).
+async fn shared_settings_need_an_unrestricted_key(hub: TestHub) {
+    let World { .. } = world(&hub).await;
+    let admin = scoped_key(&hub, "admin", &["north"]).await;
+    let writer = scoped_key(&hub, "write", &["north"]).await;
+    let reply = call(
+        admin
+            .put("/v1/schema")
+            .json(&json!({"required_on_create": ["currency"]})),
+    )
+    .await;
+    assert_problem(&reply, 403, "forbidden");
+    assert_eq!(call(admin.get("/v1/schema")).await.status, 200);
+    let reply = call(
+        hub.put("/v1/groups/southvip")
+            .json(&json!({"title": "South VIP"})),
+    )
+    .await;
+    assert!(reply.status == 201 || reply.status == 200, "{}", reply.body);
+    for key in [&admin, &writer] {
+        let reply = call(
+            key.put("/v1/groups/southvip")
+                .json(&json!({"title": "pwned"})),
+        )
+        .await;
+        assert_problem(&reply, 403, "forbidden");
+        assert_problem(
+            &call(key.delete("/v1/groups/southvip")).await,
+            403,
+            "forbidden",
+        );
+        let reply = call(
+            key.post("/v1/groups/sync")
+                .json(&json!({"groups": [{"code": "x", "title": "x"}]})),
+        )
+        .await;
+        assert_problem(&reply, 403, "forbidden");
+        assert_eq!(call(key.get("/v1/groups/southvip")).await.status, 200);
+    }
+    let group = call(hub.get("/v1/groups/southvip")).await;
+    assert_eq!(group.body["title"], "South VIP");
 }

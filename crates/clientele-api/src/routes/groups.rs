@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Caller, WriteCaller};
+use crate::auth::{Caller, SharedWriteCaller};
 use crate::extract::{JsonBytes, Path, StrictJson, StrictQuery, parse_json};
 use crate::idempotency::Idempotency;
 use crate::problem::{ApiError, ErrorCode, Problem};
@@ -74,7 +74,7 @@ pub(crate) fn status_of(outcome: WriteOutcome) -> StatusCode {
 )]
 async fn put_group(
     State(state): State<AppState>,
-    _caller: WriteCaller,
+    _caller: SharedWriteCaller,
     idempotency: Idempotency,
     Path(code): Path<String>,
     StrictJson(mut write): StrictJson<GroupWrite>,
@@ -162,7 +162,7 @@ async fn list_groups(
 )]
 async fn delete_group(
     State(state): State<AppState>,
-    _caller: WriteCaller,
+    _caller: SharedWriteCaller,
     idempotency: Idempotency,
     Path(code): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -219,7 +219,7 @@ pub(crate) struct GroupSyncResponse {
 )]
 async fn sync_groups(
     State(state): State<AppState>,
-    _caller: WriteCaller,
+    _caller: SharedWriteCaller,
     idempotency: Idempotency,
     JsonBytes(body): JsonBytes,
 ) -> Result<Rendered, ApiError> {

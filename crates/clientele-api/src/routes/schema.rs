@@ -11,7 +11,7 @@ use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{AdminCaller, Caller};
+use crate::auth::{Caller, SharedAdminCaller};
 use crate::extract::StrictJson;
 use crate::idempotency::Idempotency;
 use crate::problem::{ApiError, Problem};
@@ -49,7 +49,7 @@ async fn get_schema(State(state): State<AppState>, caller: Caller) -> Result<Res
 )]
 async fn put_schema(
     State(state): State<AppState>,
-    _caller: AdminCaller,
+    _caller: SharedAdminCaller,
     idempotency: Idempotency,
     StrictJson(document): StrictJson<Value>,
 ) -> Result<Response, ApiError> {
