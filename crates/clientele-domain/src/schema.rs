@@ -87,7 +87,7 @@ pub const REQUIRABLE: &[&str] = &[
     "password",
 ];
 
-const MAX_CUSTOM_FIELDS: usize = 200;
+pub(crate) const MAX_CUSTOM_FIELDS: usize = 200;
 const MAX_ENUM_VALUES: usize = 1000;
 
 impl Schema {

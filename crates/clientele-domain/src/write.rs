@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::customer::{derived_name, untrimmed_derived_name};
+use crate::schema::MAX_CUSTOM_FIELDS;
 use crate::validation::{MAX_ITEMS, TextKind, check_key, check_text, is_date, is_plausible_email};
 use crate::{
     Address, AddressKind, Customer, CustomerId, CustomerKey, GroupMembership, Patch, Timestamp,
@@ -117,7 +118,8 @@ pub struct CustomerWrite {
     pub remove_teams: Option<Vec<String>>,
     /// Custom fields, as one object: given, it replaces the stored object whole (a field left
     /// out is removed; send the fields to keep with it), checked against the schema's custom
-    /// fields when a schema is defined; `null` removes them all. A number beyond the range of
+    /// fields when a schema is defined; `null` removes them all. At most 200 fields and 64 KiB of
+    /// JSON (422 `too_many`, `too_large`). A number beyond the range of
     /// 64-bit integers is refused (422 `out_of_range`, naming where it is): it could not be
     /// stored exactly, so send such values (long account numbers) as strings.
     #[schema(value_type = Option<Object>)]
@@ -571,6 +573,7 @@ pub fn apply(
         Patch::Absent => base.has_password,
     };
     if let Patch::Value(custom) = &write.custom {
+        check_custom_size(custom, &mut errors);
         for (name, value) in custom {
             check_exact_numbers(&format!("custom.{name}"), value, &mut errors);
         }
@@ -666,6 +669,27 @@ fn custom_fields<'de, D: serde::Deserializer<'de>>(
 
     Option::<UniqueFields>::deserialize(deserializer)
         .map(|given| given.map_or(Patch::Null, |UniqueFields(fields)| Patch::Value(fields)))
+}
+
+/// Most bytes of `custom`'s JSON (and at most as many fields as a schema may declare): the
+/// object is stored with the customer and copied into each of its change records, and pages of
+/// customers are built whole.
+const MAX_CUSTOM_BYTES: usize = 64 * 1024;
+
+fn check_custom_size(custom: &Map<String, Value>, errors: &mut ValidationErrors) {
+    if custom.len() > MAX_CUSTOM_FIELDS {
+        errors.push(
+            "custom",
+            "too_many",
+            format!("at most {MAX_CUSTOM_FIELDS} custom fields"),
+        );
+    } else if serde_json::to_vec(custom).map_or(0, |json| json.len()) > MAX_CUSTOM_BYTES {
+        errors.push(
+            "custom",
+            "too_large",
+            format!("at most {MAX_CUSTOM_BYTES} bytes of JSON"),
+        );
+    }
 }
 
 /// A JSON integer beyond 64 bits (an account number, say) reaches the hub as a double: it would

@@ -1793,3 +1793,20 @@ fn the_documented_text_patterns_match_the_validation() {
         );
     }
 }
+
+#[test]
+fn custom_fields_are_bounded_in_number_and_size() {
+    let many: Map<String, Value> = (0..201).map(|i| (format!("f{i}"), json!(i))).collect();
+    assert_eq!(
+        errors(None, json!({"custom": many})),
+        vec![err("custom", "too_many")]
+    );
+    let fits: Map<String, Value> = (0..200).map(|i| (format!("f{i}"), json!(i))).collect();
+    assert_eq!(create(json!({"custom": fits})).custom.len(), 200);
+    assert_eq!(
+        errors(None, json!({"custom": {"blob": "x".repeat(64 * 1024)}})),
+        vec![err("custom", "too_large")]
+    );
+    let near = "x".repeat(64 * 1024 - 20);
+    assert_eq!(create(json!({"custom": {"blob": near}})).custom.len(), 1);
+}
