@@ -31,7 +31,8 @@ pub struct ChangeEvent {
 }
 
 impl ChangeEvent {
-    /// The event as a caller of `scope` sees it. A change that took the customer out of all of
+    /// The event as a caller of `scope` sees it: the customer with only the caller's teams
+    /// ([`Scope::shown_document`]). A change that took the customer out of all of
     /// a team-restricted caller's teams is, for that caller, the customer's deletion: from then
     /// on the customer does not exist for it (404), and a mirror it keeps must drop the row
     /// rather than hold the last state it saw. (The store lists such changes for the teams the
@@ -51,6 +52,8 @@ impl ChangeEvent {
         if !teams.iter().any(|team| own.contains(team)) {
             self.kind = ChangeKind::Deleted;
             self.customer = None;
+        } else if teams.iter().any(|team| !own.contains(team)) {
+            self.customer = self.customer.map(|json| scope.shown_document(json));
         }
         self
     }

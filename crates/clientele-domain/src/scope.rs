@@ -137,6 +137,44 @@ impl Scope {
     }
 }
 
+impl Scope {
+    /// A customer as this scope shows it: a restricted key sees only its own teams among the
+    /// customer's (the others are not its to see, nor to take away; see [`Scope::apply`]).
+    pub fn shown<'a>(&self, customer: &'a Customer) -> std::borrow::Cow<'a, Customer> {
+        match self {
+            Scope::Teams(own) if customer.teams.iter().any(|team| !own.contains(team)) => {
+                let mut shown = customer.clone();
+                shown.teams.retain(|team| own.contains(team));
+                std::borrow::Cow::Owned(shown)
+            }
+            _ => std::borrow::Cow::Borrowed(customer),
+        }
+    }
+
+    /// [`Scope::shown`] for a stored customer document (its response JSON): unchanged for an
+    /// unrestricted scope or a customer in none but its teams, else re-encoded without them.
+    pub fn shown_document(&self, json: String) -> String {
+        let Scope::Teams(own) = self else {
+            return json;
+        };
+        let Ok(serde_json::Value::Object(mut document)) = serde_json::from_str(&json) else {
+            return json;
+        };
+        let Some(serde_json::Value::Array(teams)) = document.get_mut("teams") else {
+            return json;
+        };
+        let before = teams.len();
+        teams.retain(|team| {
+            team.as_str()
+                .is_some_and(|team| own.iter().any(|o| o == team))
+        });
+        if teams.len() == before {
+            return json;
+        }
+        serde_json::Value::Object(document).to_string()
+    }
+}
+
 impl ApiKey {
     /// The customers this key may see: all of them unless the key is restricted to teams.
     pub fn scope(&self) -> Scope {

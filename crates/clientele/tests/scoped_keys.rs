@@ -645,6 +645,31 @@ async fn a_scoped_key_cannot_take_a_shared_customer_from_other_teams(hub: TestHu
     assert!(teams.contains(&"south".to_owned()), "{teams:?}");
     let south = scoped_key(&hub, "read", &["south"]).await;
     assert_eq!(call(south.get(&path)).await.status, 200);
+
+    // It sees only its own teams of the customer: by id, in the list, in a write's answer and
+    // in the change feed; the hub and the other team see them all.
+    let only_north = json!(["north"]);
+    assert_eq!(call(scoped.get(&path)).await.body["teams"], only_north);
+    let listed = call(scoped.get("/v1/customers?limit=100")).await;
+    let entry = listed.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|customer| customer["id"] == shared["id"])
+        .cloned()
+        .expect("listed");
+    assert_eq!(entry["teams"], only_north);
+    let written = call(scoped.patch(&path).json(&json!({"note": "y"}))).await;
+    assert_eq!(written.body["teams"], only_north, "{}", written.body);
+    let feed = call(scoped.get("/v1/changes?limit=1000")).await;
+    for event in feed.body["data"].as_array().expect("data") {
+        if event["customer_id"] == shared["id"] && !event["customer"].is_null() {
+            assert_eq!(event["customer"]["teams"], only_north, "{event}");
+        }
+    }
+    let full = call(hub.get(&path)).await.body["teams"].clone();
+    assert_eq!(full, json!(["north", "south"]));
+    assert_eq!(call(south.get(&path)).await.body["teams"], json!(["south"]));
 }
 
 /// The schema and the groups apply to every team: a key restricted to teams may read them, not

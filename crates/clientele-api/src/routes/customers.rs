@@ -373,9 +373,16 @@ async fn list_customers(
         })
         .await?;
     let next_cursor = page.next.as_ref().map(|c| cursor::encode(c, sort));
+    let mut items = page.items;
+    let scope = caller.scope();
+    if scope != Scope::All {
+        for doc in &mut items {
+            doc.json = scope.shown_document(std::mem::take(&mut doc.json));
+        }
+    }
     Ok(Rendered::json(
         StatusCode::OK,
-        page_json(&page.items, next_cursor.as_deref(), feed_position),
+        page_json(&items, next_cursor.as_deref(), feed_position),
     )
     .header(FEED_POSITION, feed_position.to_string())
     .into_response())
@@ -463,13 +470,14 @@ async fn write_customer(
         expected_version,
         scope: caller.scope(),
     };
-    let render = |result: &(WriteOutcome, Customer)| written(result).to_stored();
+    let scope = caller.scope();
+    let render = |result: &(WriteOutcome, Customer)| written(result, &scope).to_stored();
     let result = state
         .store()
         .write_customer(command, idempotency.completion(&render))
         .await?;
     idempotency.completed();
-    Ok(written(&result).into_response())
+    Ok(written(&result, &scope).into_response())
 }
 
 /// Checks and hashes a password given in a write (`field` names it in errors).
@@ -493,12 +501,14 @@ pub(crate) async fn hash_password(
 }
 
 /// The answer to a customer write: 201 with `Location` when created, else 200; `ETag` always.
-fn written((outcome, customer): &(WriteOutcome, Customer)) -> Rendered {
+/// The customer as the caller's `scope` shows it.
+fn written((outcome, customer): &(WriteOutcome, Customer), scope: &Scope) -> Rendered {
     let status = match outcome {
         WriteOutcome::Created => StatusCode::CREATED,
         WriteOutcome::Updated | WriteOutcome::Unchanged => StatusCode::OK,
     };
-    let rendered = Rendered::serialize(status, customer).header(ETAG, etag(customer.version));
+    let rendered = Rendered::serialize(status, scope.shown(customer).as_ref())
+        .header(ETAG, etag(customer.version));
     if *outcome == WriteOutcome::Created {
         rendered.header(LOCATION, format!("/v1/customers/{}", customer.id))
     } else {
@@ -533,9 +543,11 @@ async fn read_customer(
     locator: Locator,
 ) -> Result<Response, ApiError> {
     let doc = visible_customer(state, caller, &locator).await?;
-    Ok(Rendered::json(StatusCode::OK, doc.json)
-        .header(ETAG, etag(doc.version))
-        .into_response())
+    Ok(
+        Rendered::json(StatusCode::OK, caller.scope().shown_document(doc.json))
+            .header(ETAG, etag(doc.version))
+            .into_response(),
+    )
 }
 
 /// The stored customer, if the caller may see it: one outside a team-restricted key's teams is
