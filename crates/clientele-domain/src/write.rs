@@ -683,13 +683,31 @@ fn check_custom_size(custom: &Map<String, Value>, errors: &mut ValidationErrors)
             "too_many",
             format!("at most {MAX_CUSTOM_FIELDS} custom fields"),
         );
-    } else if serde_json::to_vec(custom).map_or(0, |json| json.len()) > MAX_CUSTOM_BYTES {
+    } else if json_length(custom) > MAX_CUSTOM_BYTES {
         errors.push(
             "custom",
             "too_large",
             format!("at most {MAX_CUSTOM_BYTES} bytes of JSON"),
         );
     }
+}
+
+/// The length of a value's JSON, counted as it is written, without keeping it.
+fn json_length(value: &impl Serialize) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing into a counter cannot fail, nor can a map of JSON values fail to serialize.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
 }
 
 /// A JSON integer beyond 64 bits (an account number, say) reaches the hub as a double: it would
