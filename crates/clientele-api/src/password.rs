@@ -3,9 +3,10 @@
 //! Hashes are PHC strings from `Argon2::default()` (Argon2id, version 19, m=19456 KiB, t=2,
 //! p=1) with a random 16-byte salt. Hashing and verification are CPU- and memory-heavy, so
 //! both run on tokio's blocking pool ([`tokio::task::spawn_blocking`]), never on an async
-//! worker, and at most one per core at a time ([`ARGON2_SLOTS`]): each takes 19 MiB, and the
-//! blocking pool would otherwise run up to 512 of them at once (10 GB) for anyone who sends
-//! enough wrong passwords. The rest wait their turn, at the cost of an async task each.
+//! worker, and on at most half the cores at a time ([`ARGON2_SLOTS`]): each takes 19 MiB, and
+//! the blocking pool would otherwise run up to 512 of them at once (10 GB) for anyone who sends
+//! enough wrong passwords, and the other half of the cores keeps serving everything else. The
+//! rest wait their turn, at the cost of an async task each.
 //! Passwords longer than [`MAX_PASSWORD_BYTES`] are never handed to Argon2.
 
 use std::sync::LazyLock;
@@ -15,11 +16,11 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use tokio::sync::Semaphore;
 
-/// Argon2 computations allowed at once in this process: one per core.
+/// Argon2 computations allowed at once in this process: one per two cores, at least one.
 static ARGON2_SLOTS: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(argon2_slots()));
 
 fn argon2_slots() -> usize {
-    std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+    (std::thread::available_parallelism().map_or(2, std::num::NonZero::get) / 2).max(1)
 }
 
 /// Minimum password length, in characters.
