@@ -66,14 +66,15 @@ fn is_postgres(url: &str) -> bool {
     lower.starts_with("postgres://") || lower.starts_with("postgresql://")
 }
 
-/// Whether the file of a `sqlite:` URL exists (an in-memory URL has none to create).
+/// Whether the file of a `sqlite:` URL exists (an in-memory URL has none to create), read as
+/// sqlx reads the URL; one it cannot read is left to the connection to refuse.
 fn sqlite_file_exists(url: &str) -> bool {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let path = rest.split('?').next().unwrap_or(rest);
-    path.is_empty() || path.starts_with(":memory:") || std::path::Path::new(path).exists()
+    use std::str::FromStr as _;
+    let Ok(options) = sqlx::sqlite::SqliteConnectOptions::from_str(url) else {
+        return true;
+    };
+    let path = options.get_filename();
+    path.as_os_str().is_empty() || path.starts_with(":memory:") || path.exists()
 }
 
 /// Statements stay under both backends' parameter limits.
@@ -85,6 +86,15 @@ impl Mirror {
         let mirror = Mirror::connect(url, table, Access::Create).await?;
         mirror.ensure_tables().await?;
         Ok(mirror)
+    }
+
+    /// [`Mirror::open`], or for a dry run [`Mirror::open_for_plan`].
+    pub async fn open_for(url: &str, table: &str, dry_run: bool) -> anyhow::Result<Mirror> {
+        if dry_run {
+            Mirror::open_for_plan(url, table).await
+        } else {
+            Mirror::open(url, table).await
+        }
     }
 
     /// The mirror as it stands, for a dry run, which must change nothing: opened read-only

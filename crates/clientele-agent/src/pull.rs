@@ -52,11 +52,7 @@ pub async fn run(
     let section = job.mirror()?;
     let url = job.database_url(&section.url);
     // A dry run changes nothing, not even by creating the mirror.
-    let mirror = if dry_run {
-        Mirror::open_for_plan(&url, &section.table).await?
-    } else {
-        Mirror::open(&url, &section.table).await?
-    };
+    let mirror = Mirror::open_for(&url, &section.table, dry_run).await?;
     let mut position = mirror.position().await?;
     let mut pages = read_feed(client, position);
     // A page read while filling a transaction that must wait its turn: the end, or a failure.

@@ -147,10 +147,13 @@ impl Push {
         let source_key = &self.job.source()?.key;
         let columns = source.columns().await?;
         self.check_columns(columns.as_deref())?;
-        // Even in a dry run: the plan must see the keys as this agent identifies them.
+        // A dry run rewrites no state: it compares keys as the state holds them.
         let key_form = self
             .state
-            .settle_key_form(KeyForm::of(&self.job, source_key, columns.as_deref()))
+            .settle_key_form(
+                KeyForm::of(&self.job, source_key, columns.as_deref()),
+                !self.dry_run,
+            )
             .await?;
         let mapper = Arc::new(Mapper::new(&self.job, source_key).map_err(anyhow::Error::msg)?);
         let live_before = self.state.live_count().await?;

@@ -195,8 +195,9 @@ impl StateStore {
     /// and `on_missing` would delete or archive their customers. A state whose keys were written
     /// as the source has them and whose job now wants emails is rewritten, once (also a state
     /// written before keys had forms): two keys that become one were one customer on the hub, and
-    /// the one kept is made dirty, so its row is sent again.
-    pub async fn settle_key_form(&self, wanted: KeyForm) -> anyhow::Result<KeyForm> {
+    /// the one kept is made dirty, so its row is sent again. `record` false (a dry run) rewrites
+    /// nothing: keys not folded yet are then compared as the state holds them.
+    pub async fn settle_key_form(&self, wanted: KeyForm, record: bool) -> anyhow::Result<KeyForm> {
         const FOLDED: &str = "email-lowercase";
         let mut tx = self.pool.begin().await?;
         let form: Option<String> =
@@ -206,7 +207,7 @@ impl StateStore {
         if form.as_deref() == Some(FOLDED) {
             return Ok(KeyForm::Email);
         }
-        if wanted == KeyForm::AsWritten {
+        if wanted == KeyForm::AsWritten || !record {
             return Ok(KeyForm::AsWritten);
         }
         // SQLite's lower() folds ASCII only; the hub folds Unicode: the keys are read out, a
@@ -430,6 +431,15 @@ mod tests {
 
     const ROW: RowHash = [7; 16];
 
+    /// A new state file in a directory of its own, which lives as long as the returned guard.
+    async fn new_state() -> (tempfile::TempDir, StateStore) {
+        let dir = tempfile::tempdir().expect("dir");
+        let state = StateStore::open(&dir.path().join("s.db"))
+            .await
+            .expect("open");
+        (dir, state)
+    }
+
     fn probe(state: &StateStore, key: &str) -> Probe {
         let mut reader = state.reader().expect("reader");
         let mut probes = reader
@@ -460,10 +470,7 @@ mod tests {
     /// memory, in the scratch table, or some in each.
     #[tokio::test]
     async fn keys_read_are_remembered_in_memory_and_past_it_in_a_table() {
-        let dir = tempfile::tempdir().expect("dir");
-        let state = StateStore::open(&dir.path().join("s.db"))
-            .await
-            .expect("open");
+        let (_dir, state) = new_state().await;
         let stored: Vec<Outcome> = ["a", "b", "c", "d", "e"]
             .into_iter()
             .map(|key| Outcome::Stored {
@@ -512,10 +519,7 @@ mod tests {
 
     #[tokio::test]
     async fn outcomes_are_recorded_and_vanished_keys_found() {
-        let dir = tempfile::tempdir().expect("dir");
-        let state = StateStore::open(&dir.path().join("s.db"))
-            .await
-            .expect("open");
+        let (_dir, state) = new_state().await;
         let stored = |key: &str| Outcome::Stored {
             key: key.into(),
             hub_value: format!("h{key}"),
@@ -595,10 +599,7 @@ mod tests {
     /// applied of it, their rows are sent again, or looked up on the hub if they left.
     #[tokio::test]
     async fn keys_in_flight_when_a_run_died_are_dirty_for_the_next() {
-        let dir = tempfile::tempdir().expect("dir");
-        let state = StateStore::open(&dir.path().join("s.db"))
-            .await
-            .expect("open");
+        let (_dir, state) = new_state().await;
         let stored = |key: &str| Outcome::Stored {
             key: key.into(),
             hub_value: format!("h{key}"),
@@ -699,10 +700,7 @@ mod tests {
     /// two spellings of one email (one customer on the hub) become one dirty key.
     #[tokio::test]
     async fn email_keys_of_an_older_state_take_the_hubs_form_once() {
-        let dir = tempfile::tempdir().expect("dir");
-        let state = StateStore::open(&dir.path().join("s.db"))
-            .await
-            .expect("open");
+        let (_dir, state) = new_state().await;
         let stored = |key: &str| Outcome::Stored {
             key: key.into(),
             hub_value: key.into(),
@@ -721,13 +719,20 @@ mod tests {
             .await
             .expect("commit");
         let form = state
-            .settle_key_form(KeyForm::AsWritten)
+            .settle_key_form(KeyForm::AsWritten, true)
             .await
             .expect("keys as written");
         assert_eq!(form, KeyForm::AsWritten);
         assert_eq!(probe(&state, "Case.One@Example.com"), Probe::Same);
+        // A dry run rewrites nothing: the keys are compared as the state holds them.
         let form = state
-            .settle_key_form(KeyForm::Email)
+            .settle_key_form(KeyForm::Email, false)
+            .await
+            .expect("dry run");
+        assert_eq!(form, KeyForm::AsWritten);
+        assert_eq!(probe(&state, "Case.One@Example.com"), Probe::Same);
+        let form = state
+            .settle_key_form(KeyForm::Email, true)
             .await
             .expect("rewrite");
         assert_eq!(form, KeyForm::Email);
@@ -745,11 +750,14 @@ mod tests {
             .commit(&[stored("Later@Example.com")])
             .await
             .expect("commit");
-        state.settle_key_form(KeyForm::Email).await.expect("again");
+        state
+            .settle_key_form(KeyForm::Email, true)
+            .await
+            .expect("again");
         assert_eq!(probe(&state, "Later@Example.com"), Probe::Same);
         // Folded keys stay folded, whatever the job wants since.
         let form = state
-            .settle_key_form(KeyForm::AsWritten)
+            .settle_key_form(KeyForm::AsWritten, true)
             .await
             .expect("settled");
         assert_eq!(form, KeyForm::Email);
@@ -757,10 +765,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_state_is_bound_to_one_hub() {
-        let dir = tempfile::tempdir().expect("dir");
-        let state = StateStore::open(&dir.path().join("s.db"))
-            .await
-            .expect("open");
+        let (_dir, state) = new_state().await;
         let hub = "http://127.0.0.1:8080";
         state
             .bind_hub("http://elsewhere", false)

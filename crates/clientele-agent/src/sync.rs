@@ -44,11 +44,7 @@ pub async fn run(
     let section = job.mirror()?;
     let url = job.database_url(&section.url);
     // A dry run changes nothing, not even by creating the mirror.
-    let mirror = if dry_run {
-        Mirror::open_for_plan(&url, &section.table).await?
-    } else {
-        Mirror::open(&url, &section.table).await?
-    };
+    let mirror = Mirror::open_for(&url, &section.table, dry_run).await?;
     let syncer = Syncer {
         run_id: crate::run_id(),
         mirror,
@@ -383,9 +379,10 @@ impl Syncer {
                 // or the feed read by an older agent). The local row is exactly what the create
                 // sent (else its key would not have been reused), so the copy, the same or newer,
                 // is the one row kept, and the local twin goes.
+                let replayed = key != fresh;
                 let pulled = match customer["id"].as_str() {
-                    Some(id) => self.mirror.rows_by_id(&[id]).await?.remove(id),
-                    None => None,
+                    Some(id) if replayed => self.mirror.rows_by_id(&[id]).await?.remove(id),
+                    _ => None,
                 };
                 let mut tx = self.mirror.begin().await?;
                 match pulled {

@@ -10,7 +10,6 @@ mod agent_support;
 
 use agent_support::*;
 use clientele_testkit::{TestHub, hub_tests};
-use serde_json::Value;
 
 hub_tests!(
     push_creates_changes_and_archives_and_skips_what_is_unchanged,
@@ -165,9 +164,7 @@ async fn rejected_rows_go_to_the_report_and_the_rest_goes_through(hub: TestHub) 
     .await;
     // Row 1 gets an invalid currency, row 2 has a bad e-mail, row 4 has no key.
     let job = work.job(&hub, &PEOPLE_JOB.replace("table = \"people\"", "query = \"SELECT CASE WHEN person_id = 4 THEN NULL ELSE person_id END AS person_id, fname, email, CASE WHEN person_id = 1 THEN 'XYZ' ELSE 'EUR' END AS currency FROM people ORDER BY fname\""));
-    let report = work.path("report.jsonl");
-    let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
-    let lines = report_lines(&report);
+    let (out, lines) = push_reporting(&work, &job, "report.jsonl").await;
     let text = format!("{lines:#?}");
     let failed = summary(&out)["failed"];
     assert_eq!(failed as usize, lines.len(), "{text}");
@@ -259,19 +256,14 @@ async fn csv_and_jsonl_sources_with_a_transform(hub: TestHub) {
         &hub,
         "[source]\nurl = \"people.jsonl\"\nkey = \"id\"\n\n[sync]\nstate = \"jsonl.state.db\"\n",
     );
-    let report = work.path("jsonl-report.jsonl");
-    let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
+    let (out, lines) = push_reporting(&work, &job, "jsonl-report.jsonl").await;
     counts(&out, &[("created", 2), ("failed", 2)]);
     let customers = hub_customers(&hub).await;
     assert_eq!(customers["j1"]["email_opt_out"], true);
     assert_eq!(customers["j1"]["tags"], serde_json::json!(["a", "b"]));
     assert_eq!(customers["j2"]["first_name"], "Ky");
     // A line that is not JSON, or not an object, is reported as such, with its line number.
-    let text = std::fs::read_to_string(report).expect("report");
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("json line"))
-        .collect();
+    let text = format!("{lines:?}");
     assert_eq!(lines.len(), 2, "{text}");
     for (line, (row, says)) in lines.iter().zip([(3, "line 4"), (4, "line 5")]) {
         assert_eq!(line["row"], row, "{text}");
@@ -508,10 +500,9 @@ async fn email_keys_compare_as_the_hub_compares_them(hub: TestHub) {
         "other@example.com,B",
         "OTHER@example.com,C",
     ]);
-    let report = work.path("report.jsonl");
-    let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
+    let (out, lines) = push_reporting(&work, &job, "report.jsonl").await;
     counts(&out, &[("failed", 1), ("deleted", 0), ("unchanged", 2)]);
-    let text = std::fs::read_to_string(&report).expect("report");
+    let text = format!("{lines:?}");
     assert!(text.contains("duplicate_key_in_source"), "{text}");
     assert_eq!(customers_by_email(&hub).await["other@example.com"], "B");
 

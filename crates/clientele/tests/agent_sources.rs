@@ -70,14 +70,12 @@ async fn a_line_that_is_not_utf8_is_a_rejected_row_and_the_rest_goes_through() {
                 "[source]\nurl = \"{file}\"\nkey = \"id\"\n\n[sync]\nstate = \"{file}.state.db\"\n"
             ),
         );
-        let report = work.path(&format!("{file}.report.jsonl"));
-        let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
+        let (out, lines) = push_reporting(&work, &job, &format!("{file}.report.jsonl")).await;
         counts(&out, &[("created", 2), ("failed", 1)]);
         let customers = hub_customers(&hub).await;
         for key in keys {
             assert!(customers.contains_key(key), "{file}: {key} is pushed");
         }
-        let lines = report_lines(&report);
         assert_eq!(lines.len(), 1, "{file}: {lines:?}");
         assert_eq!(lines[0]["row"], 2, "{file}: {lines:?}");
         assert_eq!(
@@ -105,12 +103,10 @@ async fn a_csv_record_with_another_number_of_cells_is_a_rejected_row() {
         &hub,
         "[source]\nurl = \"cells.csv\"\nkey = \"id\"\n\n[sync]\nstate = \"cells.state.db\"\n",
     );
-    let report = work.path("cells.report.jsonl");
-    let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
+    let (out, lines) = push_reporting(&work, &job, "cells.report.jsonl").await;
     counts(&out, &[("created", 2), ("failed", 2)]);
     let customers = hub_customers(&hub).await;
     assert!(customers.contains_key("k1") && customers.contains_key("k4"));
-    let lines = report_lines(&report);
     let rows: Vec<&Value> = lines.iter().map(|line| &line["row"]).collect();
     assert_eq!(rows, [2, 3], "{lines:?}");
     for line in &lines {
@@ -142,10 +138,8 @@ async fn a_jsonl_line_naming_a_field_twice_is_refused_and_keeps_its_customer() {
         "{\"id\": \"d1\", \"first_name\": \"Ann\"}\n{\"id\": \"d2\", \"first_name\": \"Bea\", \"first_name\": \"Bo\"}\n",
     )
     .expect("jsonl");
-    let report = work.path("d.report.jsonl");
-    let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
+    let (out, lines) = push_reporting(&work, &job, "d.report.jsonl").await;
     counts(&out, &[("failed", 1), ("archived", 0), ("unchanged", 1)]);
-    let lines = report_lines(&report);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["key"], "d2", "{lines:?}");
     assert_eq!(lines[0]["problem"]["code"], "invalid_row", "{lines:?}");
@@ -237,10 +231,8 @@ async fn an_email_keyed_job_compares_another_key_column_as_written() {
         &hub,
         "[source]\nurl = \"mail.csv\"\nkey = \"mail\"\n\n[sync]\nkey = \"email\"\nstate = \"mail.state.db\"\n",
     );
-    let report = work.path("mail.report.jsonl");
-    let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
+    let (out, lines) = push_reporting(&work, &job, "mail.report.jsonl").await;
     counts(&out, &[("created", 1), ("failed", 1)]);
-    let lines = report_lines(&report);
     assert_eq!(
         lines[0]["problem"]["code"], "duplicate_key_in_source",
         "{lines:?}"
@@ -263,13 +255,9 @@ async fn malformed_records_never_make_their_customers_look_gone() {
         b"id,first_name\nk1,Ann\nk2,B\xffo\nk3,Cy,extra\n",
     )
     .expect("csv");
-    let report = work.path("m.report.jsonl");
-    let out = agent_ok("push", &job, &["--report", report.to_str().expect("path")]).await;
+    let (out, lines) = push_reporting(&work, &job, "m.report.jsonl").await;
     counts(&out, &[("failed", 2), ("deleted", 0), ("unchanged", 1)]);
-    let keys: Vec<Value> = report_lines(&report)
-        .into_iter()
-        .map(|line| line["key"].clone())
-        .collect();
+    let keys: Vec<Value> = lines.into_iter().map(|line| line["key"].clone()).collect();
     assert_eq!(keys, [Value::from("k2"), Value::from("k3")]);
     let customers = hub_customers(&hub).await;
     assert!(
@@ -278,6 +266,22 @@ async fn malformed_records_never_make_their_customers_look_gone() {
             .all(|k| customers.contains_key(*k)),
         "{customers:?}"
     );
+    // A bad byte in the key cell itself: the key read is not the one meant, so it may be any
+    // key not read, and nothing is deleted while it is there.
+    std::fs::write(
+        work.path("m.csv"),
+        b"id,first_name\nk1,Ann\nk\xff2,Bo\nk3,Cy\n",
+    )
+    .expect("csv");
+    let output = agent("push", &job, &[]).await;
+    assert!(output.status.success());
+    counts(
+        &String::from_utf8_lossy(&output.stdout),
+        &[("failed", 1), ("deleted", 0)],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("could not be read"), "{stderr}");
+    assert!(hub_customers(&hub).await.contains_key("k2"));
 
     // A JSONL line that is not JSON at all may be any row: nothing is deleted while it is there.
     let job = work.job(

@@ -94,11 +94,36 @@ pub fn report_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Runs a push that writes its rejected rows to `report` in the work directory; returns its
+/// stdout and the report's lines.
+pub async fn push_reporting(work: &Workdir, job: &Path, report: &str) -> (String, Vec<Value>) {
+    let report = work.path(report);
+    let out = agent_ok("push", job, &["--report", report.to_str().expect("path")]).await;
+    (out, report_lines(&report))
+}
+
 pub fn counts(stdout: &str, expected: &[(&str, u64)]) {
     let summary = summary(stdout);
     for (name, value) in expected {
         assert_eq!(summary.get(*name), Some(value), "{name} in {stdout}");
     }
+}
+
+/// Runs a push that must find nothing to send: `unchanged` rows, nothing created, updated,
+/// archived, deleted or failed (the hub and the state agree with the source).
+pub async fn assert_push_sends_nothing(job: &Path, unchanged: u64) {
+    let out = agent_ok("push", job, &[]).await;
+    counts(
+        &out,
+        &[
+            ("created", 0),
+            ("updated", 0),
+            ("archived", 0),
+            ("deleted", 0),
+            ("failed", 0),
+            ("unchanged", unchanged),
+        ],
+    );
 }
 
 /// Every customer of the hub, archived or not, by external id.
