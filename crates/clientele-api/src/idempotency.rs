@@ -8,7 +8,7 @@
 //! the same transaction as the write ([`IdempotencyContext::completion`]), so a write is never
 //! committed without the response its retry replays. Refusals, which write nothing, are
 //! recorded afterwards here; server errors, 415s (a wrong `Content-Type`, which the
-//! fingerprint does not cover) and refusals for want of rights (401, 403) release the key, so
+//! fingerprint does not cover) and refusals for want of rights (403) release the key, so
 //! that the request may be retried and a key without rights stores nothing.
 //! A request whose client went away still runs to its end ([`crate::detach`]), so its retry
 //! replays its answer.
@@ -185,10 +185,10 @@ async fn claim_and_run(
     // kept: the key may be used again. Nor is a refusal for want of rights: a key that may do
     // nothing must not fill the table with the rows of its refused attempts.
     let status = response.status();
+    // (A 401 never gets here: the caller is authenticated before the key is claimed.)
     let kept = !(status.is_server_error()
         || status == StatusCode::UNSUPPORTED_MEDIA_TYPE
-        || status == StatusCode::FORBIDDEN
-        || status == StatusCode::UNAUTHORIZED);
+        || status == StatusCode::FORBIDDEN);
     if !kept {
         if let Err(error) = store.release_idempotency(&context.claim).await {
             tracing::error!(error = %error, "releasing an idempotency key failed");

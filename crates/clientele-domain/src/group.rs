@@ -115,16 +115,20 @@ fn bind_code(path_code: &str, body_code: Option<&str>) -> Result<(), ValidationE
     errors.into_result()
 }
 
+/// The next value of a text field; a value equal to the stored one is not checked again (text
+/// stored before a rule was tightened must not make an unchanged re-send fail).
 fn text(
     errors: &mut ValidationErrors,
-    field: &str,
+    (field, kind): (&str, TextKind),
     patch: &Patch<String>,
     current: &Option<String>,
 ) -> Option<String> {
     match patch {
         Patch::Value(v) if v.trim().is_empty() => None,
         Patch::Value(v) => {
-            check_text(errors, field, v, TextKind::Line);
+            if current.as_deref() != Some(v.as_str()) {
+                check_text(errors, field, v, kind);
+            }
             Some(v.clone())
         }
         Patch::Null => None,
@@ -144,7 +148,7 @@ impl TeamWrite {
         let mut errors = ValidationErrors::default();
         let name = text(
             &mut errors,
-            "name",
+            ("name", TextKind::Line),
             &self.name,
             &stored.and_then(|t| t.name.clone()),
         );
@@ -234,16 +238,22 @@ impl Hierarchy {
             updated_at: now,
         });
         let mut next = base.clone();
-        next.title = text(&mut errors, "title", &write.title, &base.title);
+        next.title = text(
+            &mut errors,
+            ("title", TextKind::Line),
+            &write.title,
+            &base.title,
+        );
         next.description = text(
             &mut errors,
-            "description",
+            // Free text, as before one-line text refused control characters.
+            ("description", TextKind::Multiline),
             &write.description,
             &base.description,
         );
         next.subscribe_text = text(
             &mut errors,
-            "subscribe_text",
+            ("subscribe_text", TextKind::Multiline),
             &write.subscribe_text,
             &base.subscribe_text,
         );

@@ -573,9 +573,13 @@ pub fn apply(
         Patch::Absent => base.has_password,
     };
     if let Patch::Value(custom) = &write.custom {
-        check_custom_size(custom, &mut errors);
-        for (name, value) in custom {
-            check_exact_numbers(&format!("custom.{name}"), value, &mut errors);
+        // Bounds a stored object already met, or met before they were set, are not checked
+        // again when it is sent unchanged (as text, above); the schema always is.
+        if *custom != base.custom {
+            check_custom_size(custom, &mut errors);
+            for (name, value) in custom {
+                check_exact_numbers(&format!("custom.{name}"), value, &mut errors);
+            }
         }
         ctx.schema.check_custom(custom, &mut errors);
     }

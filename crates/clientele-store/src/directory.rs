@@ -160,6 +160,11 @@ pub(crate) fn membership_conditions(query: &ListQuery, first: usize) -> (Vec<Str
         binds.push(group.clone());
     }
     if let Some(team) = &filter.team {
+        // A team a restricted key is not in does not exist for it: filtering by it must not
+        // tell which of its customers are shared with that team.
+        if query.scope.teams().is_some_and(|own| !own.contains(team)) {
+            conditions.push("1 = 0".to_owned());
+        }
         conditions.push(format!(
             "EXISTS (SELECT 1 FROM customer_teams ft2 WHERE ft2.customer_id = customers.id \
              AND ft2.team_code = ${})",

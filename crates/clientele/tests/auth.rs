@@ -870,7 +870,7 @@ async fn a_null_password_removes_it(hub: TestHub) {
 #[test]
 fn a_short_bootstrap_secret_is_refused_at_start() {
     let dir = tempfile::tempdir().expect("dir");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
+    let mut output = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
         .arg("serve")
         .arg("--listen")
         .arg("127.0.0.1:0")
@@ -879,10 +879,26 @@ fn a_short_bootstrap_secret_is_refused_at_start() {
         .arg("--master-key-file")
         .arg(dir.path().join("master.key"))
         .env("CLIENTELE_BOOTSTRAP_KEY", "hunter2")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run clientele");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    // A hub that started anyway would serve for ever: it must have stopped within seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = output.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            output.kill().ok();
+            panic!("the hub started with a short bootstrap secret");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut output.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
     assert!(
         stderr.contains("CLIENTELE_BOOTSTRAP_KEY must be at least 32 characters"),
         "{stderr}"

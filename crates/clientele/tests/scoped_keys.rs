@@ -642,7 +642,7 @@ async fn a_scoped_key_cannot_take_a_shared_customer_from_other_teams(hub: TestHu
     let mut teams: Vec<String> =
         serde_json::from_value(stored.body["teams"].clone()).expect("teams");
     teams.sort();
-    assert!(teams.contains(&"south".to_owned()), "{teams:?}");
+    assert_eq!(teams, ["north", "south"]);
     let south = scoped_key(&hub, "read", &["south"]).await;
     assert_eq!(call(south.get(&path)).await.status, 200);
 
@@ -662,11 +662,22 @@ async fn a_scoped_key_cannot_take_a_shared_customer_from_other_teams(hub: TestHu
     let written = call(scoped.patch(&path).json(&json!({"note": "y"}))).await;
     assert_eq!(written.body["teams"], only_north, "{}", written.body);
     let feed = call(scoped.get("/v1/changes?limit=1000")).await;
-    for event in feed.body["data"].as_array().expect("data") {
-        if event["customer_id"] == shared["id"] && !event["customer"].is_null() {
-            assert_eq!(event["customer"]["teams"], only_north, "{event}");
-        }
+    let shown: Vec<&Value> = feed.body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter(|event| event["customer_id"] == shared["id"] && !event["customer"].is_null())
+        .collect();
+    assert!(!shown.is_empty(), "{}", feed.body);
+    for event in shown {
+        assert_eq!(event["customer"]["teams"], only_north, "{event}");
     }
+    // Nor does filtering by another team tell which of its customers that team shares.
+    let filtered = call(scoped.get("/v1/customers?team=south")).await;
+    assert_eq!(filtered.status, 200, "{}", filtered.body);
+    assert_eq!(filtered.body["data"], json!([]), "{}", filtered.body);
+    let filtered = call(scoped.get("/v1/customers?team=north")).await;
+    assert_eq!(filtered.body["data"].as_array().map(Vec::len), Some(2));
     let full = call(hub.get(&path)).await.body["teams"].clone();
     assert_eq!(full, json!(["north", "south"]));
     assert_eq!(call(south.get(&path)).await.body["teams"], json!(["south"]));

@@ -153,3 +153,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_title_is_one_line_and_a_description_free_text() {
+    let mut hierarchy = Hierarchy::default();
+    let write = GroupWrite {
+        title: Patch::Value("VIP\tcustomers".into()),
+        ..GroupWrite::default()
+    };
+    let errors = hierarchy.apply("vip", &write, now()).expect_err("refused");
+    assert_eq!(errors.0[0].field, "title");
+    assert_eq!(errors.0[0].code, "invalid_characters");
+    let write = GroupWrite {
+        description: Patch::Value("Our best customers.\nSee the handbook.".into()),
+        subscribe_text: Patch::Value("Yes,\r\nplease".into()),
+        ..GroupWrite::default()
+    };
+    let (_, group) = hierarchy.apply("vip", &write, now()).expect("accepted");
+    assert_eq!(
+        group.description.as_deref(),
+        Some("Our best customers.\nSee the handbook.")
+    );
+}

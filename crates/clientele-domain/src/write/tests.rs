@@ -1810,3 +1810,20 @@ fn custom_fields_are_bounded_in_number_and_size() {
     let near = "x".repeat(64 * 1024 - 20);
     assert_eq!(create(json!({"custom": {"blob": near}})).custom.len(), 1);
 }
+
+#[test]
+fn custom_fields_stored_before_their_bounds_may_be_sent_again_unchanged() {
+    let mut stored = create(json!({"external_id": "legacy"}));
+    let many: Map<String, Value> = (0..201).map(|i| (format!("f{i}"), json!(i))).collect();
+    stored.custom = many.clone();
+    assert!(matches!(
+        apply(&ctx_at(T1), Some(&stored), &write(json!({"custom": many}))),
+        Ok(Applied::Unchanged)
+    ));
+    let mut more = stored.custom.clone();
+    more.insert("f201".into(), json!(201));
+    assert_eq!(
+        errors(Some(&stored), json!({"custom": more})),
+        vec![err("custom", "too_many")]
+    );
+}
