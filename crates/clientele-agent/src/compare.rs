@@ -112,10 +112,11 @@ fn compare(
         });
         // A refused record whose key is unknown, or was decoded with replacement characters
         // (so the key the source meant was not read), may hold any key not read.
-        let key_unread = key
-            .as_deref()
-            .is_none_or(|key| key.contains(char::REPLACEMENT_CHARACTER));
-        compared.unreadable += u64::from(invalid.is_some() && key_unread);
+        let key_unread = || {
+            key.as_deref()
+                .is_none_or(|key| key.contains(char::REPLACEMENT_CHARACTER))
+        };
+        compared.unreadable += u64::from(invalid.is_some() && key_unread());
         let (entry, refused) = match probe {
             Probe::Same => {
                 compared.live_seen += 1;
