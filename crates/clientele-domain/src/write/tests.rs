@@ -1764,34 +1764,40 @@ fn custom_numbers_beyond_64_bit_integers_are_refused_not_rounded() {
 }
 
 /// The OpenAPI document's patterns for text say what the validation does, character for
-/// character, so generated clients and fuzzers refuse what the hub refuses.
+/// character, so generated clients and fuzzers refuse what the hub refuses: every text field of
+/// a customer write and of an address has one, and `note` alone takes line breaks.
 #[test]
 fn the_documented_text_patterns_match_the_validation() {
     use crate::validation::TextKind;
-    let schema = serde_json::to_value(<CustomerWrite as utoipa::PartialSchema>::schema()).unwrap();
-    let pattern = |field: &str| {
-        let pattern = schema["properties"][field]["pattern"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{field} has no pattern"));
-        regex::Regex::new(pattern).unwrap()
-    };
-    let chars = (0u32..0x300)
+    let schemas = [
+        serde_json::to_value(<CustomerWrite as utoipa::PartialSchema>::schema()).unwrap(),
+        serde_json::to_value(<AddressWrite as utoipa::PartialSchema>::schema()).unwrap(),
+    ];
+    let chars: Vec<char> = (0u32..0x300)
         .chain([0x2028, 0x2029, 0xFEFF, 0x1F600])
-        .filter_map(char::from_u32);
-    let (line, note) = (pattern("first_name"), pattern("note"));
-    for c in chars {
-        let text = format!("a{c}b");
-        assert_eq!(
-            line.is_match(&text),
-            TextKind::Line.allows(c),
-            "{c:?} in a line"
-        );
-        assert_eq!(
-            note.is_match(&text),
-            TextKind::Multiline.allows(c),
-            "{c:?} in a note"
-        );
+        .filter_map(char::from_u32)
+        .collect();
+    let mut checked = Vec::new();
+    for schema in &schemas {
+        for (field, property) in schema["properties"].as_object().unwrap() {
+            let Some(pattern) = property["pattern"].as_str() else {
+                continue;
+            };
+            let pattern = regex::Regex::new(pattern).unwrap();
+            let kind = if field == "note" {
+                TextKind::Multiline
+            } else {
+                TextKind::Line
+            };
+            for &c in &chars {
+                let text = format!("a{c}b");
+                assert_eq!(pattern.is_match(&text), kind.allows(c), "{c:?} in {field}");
+            }
+            checked.push(field.clone());
+        }
     }
+    // The customer's eleven text fields (keys included) and the address's eleven.
+    assert_eq!(checked.len(), 22, "{checked:?}");
 }
 
 #[test]
