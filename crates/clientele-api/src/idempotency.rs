@@ -8,8 +8,9 @@
 //! the same transaction as the write ([`IdempotencyContext::completion`]), so a write is never
 //! committed without the response its retry replays. Refusals, which write nothing, are
 //! recorded afterwards here; server errors, 415s (a wrong `Content-Type`, which the
-//! fingerprint does not cover) and refusals for want of rights (403) release the key, so
-//! that the request may be retried and a key without rights stores nothing.
+//! fingerprint does not cover), refusals for want of rights (403) and of rate (429: a request
+//! whose passwords are over its key's budget) release the key, so that the request may be
+//! retried and a key without rights stores nothing.
 //! A request whose client went away still runs to its end ([`crate::detach`]), so its retry
 //! replays its answer.
 
@@ -183,12 +184,14 @@ async fn claim_and_run(
     // A server error, or a body sent with the wrong Content-Type (which the fingerprint does not
     // cover: a client that fixes the header and retries must not get the refusal back), is not
     // kept: the key may be used again. Nor is a refusal for want of rights: a key that may do
-    // nothing must not fill the table with the rows of its refused attempts.
+    // nothing must not fill the table with the rows of its refused attempts. Nor a 429, which
+    // asks for the same request again later.
     let status = response.status();
     // (A 401 never gets here: the caller is authenticated before the key is claimed.)
     let kept = !(status.is_server_error()
         || status == StatusCode::UNSUPPORTED_MEDIA_TYPE
-        || status == StatusCode::FORBIDDEN);
+        || status == StatusCode::FORBIDDEN
+        || status == StatusCode::TOO_MANY_REQUESTS);
     if !kept {
         if let Err(error) = store.release_idempotency(&context.claim).await {
             tracing::error!(error = %error, "releasing an idempotency key failed");

@@ -97,6 +97,8 @@ pub struct ApiError {
     /// A write failed in its commit, so it may have been applied: the response carries
     /// [`OutcomeUnknown`].
     pub outcome_unknown: bool,
+    /// Whole seconds a client should wait before it retries (`Retry-After`), for a 429.
+    pub retry_after: Option<u64>,
 }
 
 /// Marks (in its extensions) an error response to a request whose write may have been applied
@@ -111,6 +113,18 @@ impl ApiError {
             detail: detail.into(),
             errors: Vec::new(),
             outcome_unknown: false,
+            retry_after: None,
+        }
+    }
+
+    /// 429 `rate_limited`: the caller's key is over its rate, and may retry in `wait` seconds.
+    pub fn rate_limited(wait: u64) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..Self::new(
+                ErrorCode::RateLimited,
+                format!("this API key is over its request rate; retry in {wait} s"),
+            )
         }
     }
 
@@ -124,6 +138,7 @@ impl ApiError {
             detail,
             errors: errors.0,
             outcome_unknown: false,
+            retry_after: None,
         }
     }
 
@@ -196,6 +211,7 @@ impl ApiError {
                     message: format!("{key} must be unique"),
                 }],
                 outcome_unknown: false,
+                retry_after: None,
             },
             &DomainError::VersionConflict { expected, actual } => ApiError::new(
                 ErrorCode::VersionConflict,
@@ -214,6 +230,7 @@ impl ApiError {
                     message: format!("must be at least {horizon}"),
                 }],
                 outcome_unknown: false,
+                retry_after: None,
             },
             DomainError::CustomerHasOrders => ApiError::new(
                 ErrorCode::CustomerHasOrders,
@@ -285,6 +302,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+            );
+        }
+        if let Some(wait) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(wait),
             );
         }
         if self.outcome_unknown {

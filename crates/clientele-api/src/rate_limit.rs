@@ -4,6 +4,11 @@
 //! (whole seconds, at least 1) before it authenticates further, claims an idempotency key or
 //! touches the database.
 //!
+//! A password hashed or verified costs a token of its own on top of its request's
+//! ([`RateLimiter::charge_passwords`]), so a bulk sync carrying a thousand passwords, a
+//! thousand Argon2id computations, spends its key's budget as a thousand requests would; it is
+//! refused with 429 before any is hashed, and leaves its idempotency key unused.
+//!
 //! The bootstrap key is exempt unless configured otherwise: it is the operator's own key. The
 //! endpoints that need no key (`OPEN_PATHS`) are never limited.
 //! Memory is bounded: buckets that refilled completely are the same as fresh ones and are
@@ -14,14 +19,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::HeaderValue;
-use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
+use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use clientele_domain::ApiKeyId;
 
 use crate::auth::Caller;
-use crate::problem::{ApiError, ErrorCode};
+use crate::problem::ApiError;
 use crate::state::AppState;
 
 /// A token bucket's settings: `per_second` tokens are added each second, up to `burst`.
@@ -75,8 +79,22 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token of `key`'s bucket; `Err(seconds)` to wait when there is none.
-    fn take(&self, key: ApiKeyId, now: Instant) -> Result<(), u64> {
+    /// Takes a token of `key`'s bucket for each of `passwords` passwords about to be hashed
+    /// or verified, after the request's own token. A batch costing more than the bucket holds
+    /// is let through once the bucket is as full as the request left it, and runs it into debt:
+    /// the key's next requests wait until the rate has paid for every password.
+    pub(crate) fn charge_passwords(&self, key: ApiKeyId, passwords: usize) -> Result<(), ApiError> {
+        if passwords == 0 {
+            return Ok(());
+        }
+        self.take(key, passwords as f64, 1.0, Instant::now())
+            .map_err(ApiError::rate_limited)
+    }
+
+    /// Takes `cost` tokens of `key`'s bucket when it holds them, or holds all it can with
+    /// `spent` of them already taken by this request; `Err(seconds)` to wait otherwise, counted
+    /// for the request sent again (which takes its `spent` tokens again first).
+    fn take(&self, key: ApiKeyId, cost: f64, spent: f64, now: Instant) -> Result<(), u64> {
         let Some(limit) = self.limit else {
             return Ok(());
         };
@@ -99,11 +117,12 @@ impl RateLimiter {
         });
         bucket.tokens = refill(bucket, limit, now);
         bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        let admitted_at = cost.min(limit.burst - spent);
+        if bucket.tokens >= admitted_at {
+            bucket.tokens -= cost;
             Ok(())
         } else {
-            let wait = (1.0 - bucket.tokens) / limit.per_second;
+            let wait = (admitted_at + spent - bucket.tokens) / limit.per_second;
             Err((wait.ceil() as u64).max(1))
         }
     }
@@ -142,17 +161,11 @@ pub(crate) async fn middleware(
         None => None,
     };
     if let Some(caller) = caller
-        && let Err(wait) = state.rate_limiter().take(caller.key.id, Instant::now())
+        && let Err(wait) = state
+            .rate_limiter()
+            .take(caller.key.id, 1.0, 0.0, Instant::now())
     {
-        let mut response = ApiError::new(
-            ErrorCode::RateLimited,
-            format!("this API key is over its request rate; retry in {wait} s"),
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(wait));
-        return response;
+        return ApiError::rate_limited(wait).into_response();
     }
     next.run(Request::from_parts(parts, body)).await
 }
@@ -173,20 +186,20 @@ mod tests {
         let key = ApiKeyId::new();
         let start = Instant::now();
         for _ in 0..3 {
-            assert_eq!(limiter.take(key, start), Ok(()));
+            assert_eq!(limiter.take(key, 1.0, 0.0, start), Ok(()));
         }
-        assert_eq!(limiter.take(key, start), Err(1));
+        assert_eq!(limiter.take(key, 1.0, 0.0, start), Err(1));
         assert_eq!(
-            limiter.take(key, start + Duration::from_millis(500)),
+            limiter.take(key, 1.0, 0.0, start + Duration::from_millis(500)),
             Ok(())
         );
         assert!(
             limiter
-                .take(key, start + Duration::from_millis(500))
+                .take(key, 1.0, 0.0, start + Duration::from_millis(500))
                 .is_err()
         );
         // Another key has its own bucket.
-        assert_eq!(limiter.take(ApiKeyId::new(), start), Ok(()));
+        assert_eq!(limiter.take(ApiKeyId::new(), 1.0, 0.0, start), Ok(()));
     }
 
     #[test]
@@ -194,8 +207,8 @@ mod tests {
         let limiter = limiter(0.1, 1.0);
         let key = ApiKeyId::new();
         let now = Instant::now();
-        assert_eq!(limiter.take(key, now), Ok(()));
-        assert_eq!(limiter.take(key, now), Err(10));
+        assert_eq!(limiter.take(key, 1.0, 0.0, now), Ok(()));
+        assert_eq!(limiter.take(key, 1.0, 0.0, now), Err(10));
     }
 
     #[test]
@@ -205,7 +218,7 @@ mod tests {
         let exempting = limiter(1.0, 1.0);
         exempting.bootstrap_key(key);
         for _ in 0..5 {
-            assert_eq!(exempting.take(key, now), Ok(()));
+            assert_eq!(exempting.take(key, 1.0, 0.0, now), Ok(()));
         }
         let strict = RateLimiter::new(
             Some(RateLimit {
@@ -215,12 +228,35 @@ mod tests {
             true,
         );
         strict.bootstrap_key(key);
-        assert_eq!(strict.take(key, now), Ok(()));
-        assert!(strict.take(key, now).is_err());
+        assert_eq!(strict.take(key, 1.0, 0.0, now), Ok(()));
+        assert!(strict.take(key, 1.0, 0.0, now).is_err());
         let off = RateLimiter::new(None, false);
         for _ in 0..5 {
-            assert_eq!(off.take(key, now), Ok(()));
+            assert_eq!(off.take(key, 1.0, 0.0, now), Ok(()));
         }
+    }
+
+    #[test]
+    fn a_costly_request_takes_its_cost_and_may_run_the_bucket_into_debt() {
+        let limiter = limiter(10.0, 20.0);
+        let key = ApiKeyId::new();
+        let now = Instant::now();
+        assert_eq!(limiter.take(key, 15.0, 0.0, now), Ok(()));
+        // 5 left: 15 more need a second's refill of 10.
+        assert_eq!(limiter.take(key, 15.0, 0.0, now), Err(1));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(limiter.take(key, 15.0, 0.0, later), Ok(()));
+        // More than the bucket holds: let through when it is full, and paid for afterwards.
+        let other = ApiKeyId::new();
+        assert_eq!(limiter.take(other, 1000.0, 0.0, now), Ok(()));
+        assert_eq!(limiter.take(other, 1.0, 0.0, now), Err(99));
+        // A request that spent a token first is let through once the rest is back, and its
+        // wait counts the token its next attempt spends again.
+        let third = ApiKeyId::new();
+        assert_eq!(limiter.take(third, 1.0, 0.0, now), Ok(()));
+        assert_eq!(limiter.take(third, 10.0, 0.0, now), Ok(()));
+        assert_eq!(limiter.take(third, 1.0, 0.0, now), Ok(()));
+        assert_eq!(limiter.take(third, 100.0, 1.0, now), Err(2));
     }
 
     #[test]
@@ -228,7 +264,7 @@ mod tests {
         let limiter = limiter(1000.0, 1.0);
         let now = Instant::now();
         for _ in 0..(MAX_BUCKETS + 10) {
-            let _ = limiter.take(ApiKeyId::new(), now);
+            let _ = limiter.take(ApiKeyId::new(), 1.0, 0.0, now);
         }
         assert!(limiter.buckets.lock().map(|b| b.len()).unwrap_or(0) <= MAX_BUCKETS);
     }

@@ -1,5 +1,6 @@
 //! Rate limiting per API key over HTTP: a token bucket per key and hub process, 429
-//! `rate_limited` with `Retry-After`, the bootstrap key exempt unless configured.
+//! `rate_limited` with `Retry-After`, the bootstrap key exempt unless configured, and every
+//! password hashed or verified charged as a request of its own.
 
 use clientele_domain::Role;
 use clientele_testkit::{ADMIN_SECRET, HubProcess, TestHub, assert_problem, call, hub_tests};
@@ -10,6 +11,7 @@ hub_tests!(
     the_bootstrap_key_is_exempt_unless_configured,
     signed_requests_spend_the_same_bucket,
     the_open_endpoints_are_never_limited,
+    passwords_are_charged_one_token_each,
 );
 
 /// A hub (on the test's backend) whose keys may make three requests, then one a second.
@@ -96,6 +98,63 @@ async fn the_open_endpoints_are_never_limited(hub: TestHub) {
         429,
         "rate_limited",
     );
+}
+
+async fn passwords_are_charged_one_token_each(hub: TestHub) {
+    // Found in a review: a bulk sync of a thousand passwords made a thousand Argon2id hashes for
+    // one token.
+    let hub = tiny(&hub, false).await;
+    let limited = hub.as_key(&hub.create_key(Role::Write).await);
+    let batch = serde_json::json!({"key": "external_id", "customers": [
+        {"external_id": "a", "password": "correct horse 1"},
+        {"external_id": "b", "password": "correct horse 2"},
+        {"external_id": "c", "password": "correct horse 3"},
+    ]});
+    let send = || {
+        limited
+            .post("/v1/customers/sync")
+            .header("Idempotency-Key", "three-passwords")
+            .json(&batch)
+    };
+    assert_eq!(call(limited.get("/v1/customers")).await.status, 200);
+    // Its own token leaves one: not enough for three passwords, nor for as many as the
+    // bucket can hold beside a request (two).
+    let refused = call(send()).await;
+    assert_problem(&refused, 429, "rate_limited");
+    assert_eq!(refused.retry_after_secs(), 2, "two tokens to come back");
+    assert_eq!(
+        hub.count_rows("customers").await,
+        0,
+        "nothing hashed or written"
+    );
+
+    // Its Retry-After was enough, and the idempotency key was left unused.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let applied = call(send()).await;
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    assert_eq!(applied.body["summary"]["created"], 3);
+    // Three passwords cost three tokens though two were left: the key is in debt.
+    assert_problem(
+        &call(limited.get("/v1/customers")).await,
+        429,
+        "rate_limited",
+    );
+
+    // A password verified is charged too: the bucket refilled holds three, the request and its
+    // password take two, and a second check finds one.
+    tokio::time::sleep(std::time::Duration::from_millis(4100)).await;
+    let id = applied.body["results"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let check = || {
+        limited
+            .post(&format!("/v1/customers/{id}/verify-password"))
+            .json(&serde_json::json!({"password": "correct horse 1"}))
+    };
+    let verdict = call(check()).await;
+    assert_eq!(verdict.body["valid"], true, "{}", verdict.body);
+    assert_problem(&call(check()).await, 429, "rate_limited");
 }
 
 /// The `serve` flags reach the limiter: the real binary with a burst of 2 for every key, the

@@ -445,7 +445,10 @@ async fn verify_password(
         .await?
         .ok_or_else(ApiError::not_found)?;
     let valid = match hash {
-        Some(hash) => password::verify_password(check.password, hash).await,
+        Some(hash) => {
+            state.rate_limiter().charge_passwords(caller.key.id, 1)?;
+            password::verify_password(check.password, hash).await
+        }
         None => false,
     };
     Ok(Json(PasswordVerdict { valid }))
@@ -463,6 +466,9 @@ async fn write_customer(
 ) -> Result<Response, ApiError> {
     write.reject_sync_directives()?;
     let password = std::mem::take(&mut write.password);
+    if matches!(password, Patch::Value(_)) {
+        state.rate_limiter().charge_passwords(caller.key.id, 1)?;
+    }
     let command = WriteCommand {
         target,
         write,

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use clientele_domain::sync::{
     ItemResult, ItemStatus, MAX_ITEMS, SyncBatch, SyncCommand, SyncItem, SyncReport,
 };
-use clientele_domain::{CustomerKey, CustomerWrite, Role, ValidationErrors};
+use clientele_domain::{CustomerKey, CustomerWrite, Patch, Role, ValidationErrors};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -114,7 +114,7 @@ async fn sync_customers(
     let batch = SyncBatch {
         key: request.key,
         atomic: request.atomic,
-        items: parse_items(request.customers).await?,
+        items: parse_items(&state, &caller, request.customers).await?,
         scope: caller.scope(),
     };
     let render = |report: &SyncReport| rendered(report).to_stored();
@@ -128,13 +128,25 @@ async fn sync_customers(
     Ok(rendered(&report).into_response())
 }
 
-/// Parses each item on its own; passwords are hashed two at a time (Argon2 is CPU- and
-/// memory-bound, and this machine class has two cores).
-async fn parse_items(raw: Vec<&RawValue>) -> Result<Vec<SyncItem>, ApiError> {
+/// Parses each item on its own; passwords are charged to the caller's rate budget, then
+/// hashed two at a time (Argon2 is CPU- and memory-bound; `password` bounds how many run at once
+/// in the whole process).
+async fn parse_items(
+    state: &AppState,
+    caller: &Caller,
+    raw: Vec<&RawValue>,
+) -> Result<Vec<SyncItem>, ApiError> {
     let parsed: Vec<Result<CustomerWrite, ApiError>> = raw
         .into_iter()
         .map(|item| parse_json::<CustomerWrite>(item.get().as_bytes()))
         .collect();
+    let passwords = parsed
+        .iter()
+        .filter(|write| matches!(write, Ok(write) if matches!(write.password, Patch::Value(_))))
+        .count();
+    state
+        .rate_limiter()
+        .charge_passwords(caller.key.id, passwords)?;
     let hashed = parsed.into_iter().map(|parsed| async move {
         let mut write = match parsed {
             Ok(write) => write,
