@@ -2,7 +2,7 @@
 //! its teams; everything else does not exist for it (the HTTP layer answers 404, never 403, so
 //! the key cannot learn what exists outside its teams).
 
-use crate::write::{Applied, ApplyContext, apply};
+use crate::write::{Applied, ApplyContext, apply, apply_keeping_teams};
 use crate::{ApiKey, Customer, CustomerWrite, DomainError, Patch, ValidationErrors};
 
 /// The customers a caller may see and change.
@@ -63,7 +63,8 @@ impl Scope {
         ];
         for (field, codes) in named {
             for (i, code) in codes.into_iter().flatten().enumerate() {
-                if ctx.directory.team_exists(code) && !own.contains(code) {
+                let code = code.trim();
+                if !own.iter().any(|team| team == code) && ctx.directory.team_exists(code) {
                     foreign.push(
                         format!("{field}[{i}]"),
                         "unknown_team",
@@ -72,8 +73,7 @@ impl Scope {
                 }
             }
         }
-        // A new customer without teams joins the key's; a replaced team set keeps the teams
-        // the key is not in, which it may neither see nor take away.
+        // A new customer without teams joins the key's.
         let filled;
         let write = match (current, &write.teams) {
             (None, Patch::Absent) if write.add_teams.is_none() => {
@@ -83,36 +83,12 @@ impl Scope {
                 };
                 &filled
             }
-            // As edits of the key's own teams: the directory a restricted key writes through
-            // knows only its teams.
-            (Some(current), Patch::Value(_) | Patch::Null) if foreign.is_empty() => {
-                let given = write.teams.value().map_or(&[][..], Vec::as_slice);
-                let mut add_teams = write.add_teams.clone().unwrap_or_default();
-                add_teams.extend(
-                    given
-                        .iter()
-                        .filter(|team| !current.teams.contains(team))
-                        .cloned(),
-                );
-                let mut remove_teams = write.remove_teams.clone().unwrap_or_default();
-                remove_teams.extend(
-                    current
-                        .teams
-                        .iter()
-                        .filter(|team| own.contains(team) && !given.contains(team))
-                        .cloned(),
-                );
-                filled = CustomerWrite {
-                    teams: Patch::Absent,
-                    add_teams: Some(add_teams),
-                    remove_teams: Some(remove_teams),
-                    ..write.clone()
-                };
-                &filled
-            }
             _ => write,
         };
-        let applied = match apply(ctx, current, write) {
+        // A replaced team set keeps the teams the key is not in, which it may neither see nor
+        // take away.
+        let foreign_team = |team: &str| !own.iter().any(|own| own == team);
+        let applied = match apply_keeping_teams(ctx, current, write, &foreign_team) {
             Err(mut errors) => {
                 errors.0.extend(foreign.0);
                 return Err(errors.into());
@@ -270,6 +246,64 @@ mod tests {
             created(Scope::All.apply(&ctx, None, &write(serde_json::json!({"teams": ["south"]}))));
         let result = scope.apply(&ctx, Some(&foreign), &write(serde_json::json!({})));
         assert!(matches!(result, Err(DomainError::NotFound)), "{result:?}");
+    }
+
+    #[test]
+    fn a_scoped_team_set_keeps_foreign_teams_and_reports_at_the_codes_sent() {
+        let directory = directory();
+        let ctx = context(&directory);
+        let scope = Scope::Teams(teams(&["north"]));
+        let shared = created(Scope::All.apply(
+            &ctx,
+            None,
+            &write(serde_json::json!({"teams": ["north", "south"]})),
+        ));
+        // A code is the same with spaces around it, as everywhere else.
+        let same = scope.apply(
+            &ctx,
+            Some(&shared),
+            &write(serde_json::json!({"teams": [" north "]})),
+        );
+        assert!(matches!(same, Ok(Applied::Unchanged)), "{same:?}");
+        // An error names the code where it was sent, not an edit it was turned into.
+        let body = serde_json::json!({"teams": ["north", "ghost", "south"]});
+        assert_eq!(
+            field_codes(scope.apply(&ctx, Some(&shared), &write(body))),
+            [
+                ("teams[1]".to_owned(), "unknown_team"),
+                ("teams[2]".to_owned(), "unknown_team")
+            ]
+        );
+        // Clearing the set clears the key's teams only, and must leave it one.
+        let cleared = scope.apply(
+            &ctx,
+            Some(&shared),
+            &write(serde_json::json!({"teams": null})),
+        );
+        assert_eq!(
+            field_codes(cleared),
+            [("teams".to_owned(), "outside_scope")]
+        );
+        let body = serde_json::json!({"remove_teams": [" south"]});
+        assert_eq!(
+            field_codes(scope.apply(&ctx, Some(&shared), &write(body))),
+            [("remove_teams[0]".to_owned(), "unknown_team")]
+        );
+        let wider = Scope::Teams(teams(&["north", "west"]));
+        let directory = crate::KnownCodes {
+            teams: ["north", "south", "west"]
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+            ..Default::default()
+        };
+        let ctx = context(&directory);
+        let moved = created(wider.apply(
+            &ctx,
+            Some(&shared),
+            &write(serde_json::json!({"teams": ["west"]})),
+        ));
+        assert_eq!(moved.teams, ["south", "west"]);
     }
 
     #[test]

@@ -435,6 +435,17 @@ pub fn apply(
     current: Option<&Customer>,
     write: &CustomerWrite,
 ) -> Result<Applied, ValidationErrors> {
+    apply_keeping_teams(ctx, current, write, &|_| false)
+}
+
+/// [`apply`], where a `teams` that replaces the customer's set (or clears it) keeps the teams
+/// `kept` names: a team-restricted key's write leaves alone the teams it may not see.
+pub(crate) fn apply_keeping_teams(
+    ctx: &ApplyContext<'_>,
+    current: Option<&Customer>,
+    write: &CustomerWrite,
+    kept: &dyn Fn(&str) -> bool,
+) -> Result<Applied, ValidationErrors> {
     let mut errors = ValidationErrors::default();
     let blank;
     let base = match current {
@@ -548,6 +559,7 @@ pub fn apply(
         replace: &write.tags,
         add: write.add_tags.as_deref(),
         remove: write.remove_tags.as_deref(),
+        kept: &|_| false,
     };
     next.tags = tags.apply(&base.tags, |_| None, &mut errors);
     let teams = CodeSet {
@@ -555,6 +567,7 @@ pub fn apply(
         replace: &write.teams,
         add: write.add_teams.as_deref(),
         remove: write.remove_teams.as_deref(),
+        kept,
     };
     next.teams = teams.apply(
         &base.teams,
@@ -1021,6 +1034,8 @@ struct CodeSet<'a> {
     replace: &'a Patch<Vec<String>>,
     add: Option<&'a [String]>,
     remove: Option<&'a [String]>,
+    /// Current codes a replacement keeps (and no removal takes away).
+    kept: &'a dyn Fn(&str) -> bool,
 }
 
 /// What makes a well-formed code unacceptable: an error code and the noun for the message.
@@ -1034,11 +1049,13 @@ impl CodeSet<'_> {
         unknown: impl Fn(&str) -> Unknown,
         errors: &mut ValidationErrors,
     ) -> Vec<String> {
+        let kept = current.iter().filter(|code| (self.kept)(code)).cloned();
         let mut set: BTreeSet<String> = match self.replace {
             Patch::Absent => current.iter().cloned().collect(),
-            Patch::Null => BTreeSet::new(),
+            Patch::Null => kept.collect(),
             Patch::Value(codes) => check_codes(self.field, codes, &unknown, errors)
                 .into_iter()
+                .chain(kept)
                 .collect(),
         };
         if let Some(add) = self.add {
@@ -1048,7 +1065,9 @@ impl CodeSet<'_> {
         if let Some(remove) = self.remove {
             let field = format!("remove_{}", self.field);
             for code in check_codes(&field, remove, &unknown, errors) {
-                set.remove(&code);
+                if !(self.kept)(&code) {
+                    set.remove(&code);
+                }
             }
         }
         if set.len() > MAX_ITEMS {
