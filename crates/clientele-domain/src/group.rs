@@ -355,7 +355,8 @@ impl Directory for KnownCodes {
 }
 
 /// The group and team codes some writes by a caller with this scope may name (what a store must
-/// look up: the scope's teams too, which new customers get), sorted and unique.
+/// look up: the scope's teams too, which new customers get), sorted and unique, without the
+/// spaces around them that a write may send (as the write's own checks drop them).
 pub fn named_codes<'a>(
     scope: &crate::Scope,
     writes: impl IntoIterator<Item = &'a CustomerWrite>,
@@ -369,8 +370,14 @@ pub fn named_codes<'a>(
             .into_iter()
             .flatten()
             .chain(write.add_groups.iter().flatten());
-        groups.extend(refs.map(|g| g.code().to_owned()));
-        groups.extend(write.remove_groups.iter().flatten().cloned());
+        groups.extend(refs.map(|g| g.code().trim().to_owned()));
+        groups.extend(
+            write
+                .remove_groups
+                .iter()
+                .flatten()
+                .map(|c| c.trim().to_owned()),
+        );
         let codes = write
             .teams
             .value()
@@ -378,7 +385,7 @@ pub fn named_codes<'a>(
             .flatten()
             .chain(write.add_teams.iter().flatten())
             .chain(write.remove_teams.iter().flatten());
-        teams.extend(codes.cloned());
+        teams.extend(codes.map(|c| c.trim().to_owned()));
     }
     for list in [&mut groups, &mut teams] {
         list.retain(|c| is_valid_code(c));

@@ -1157,7 +1157,8 @@ fn resolve_groups(
 ) -> BTreeMap<String, bool> {
     let mut resolved = BTreeMap::new();
     for (i, group) in refs.iter().enumerate() {
-        let code = group.code();
+        // Without the spaces around it, as tag and team codes are.
+        let code = group.code().trim();
         let Some(default) = directory.group_default_subscribed(code) else {
             errors.push(
                 format!("{field}[{i}]"),

@@ -124,6 +124,19 @@ async fn customers_join_and_leave_teams_on_every_write_path(hub: TestHub) {
         json!(["a"])
     );
     assert_eq!(hub.count_rows("customer_teams").await, 2);
+
+    // Codes are the same with spaces around them, on every list, groups' too. Found in a
+    // review: the codes to look up kept the spaces, so existing teams were unknown.
+    let group = call(hub.put("/v1/groups/vip").json(&json!({}))).await;
+    assert_eq!(group.status, 201, "{}", group.body);
+    let reply = call(
+        hub.patch(&format!("/v1/customers/{id}"))
+            .json(&json!({"add_teams": [" b"], "remove_teams": ["a "], "add_groups": [" vip "]})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(teams(&reply.body), json!(["b"]));
+    assert_eq!(reply.body["groups"][0]["code"], "vip");
 }
 
 async fn unknown_teams_are_refused_everywhere(hub: TestHub) {

@@ -112,12 +112,12 @@ fn a_batch_may_name_parents_created_earlier_in_it() {
 }
 
 #[test]
-fn named_codes_lists_each_valid_code_once() {
+fn named_codes_lists_each_valid_code_once_without_spaces_around_it() {
     let write: CustomerWrite = serde_json::from_value(serde_json::json!({
         "groups": ["vip", {"code": "news", "subscribed": false}],
-        "add_groups": ["vip", "bad code"],
+        "add_groups": ["vip ", "bad code"],
         "teams": ["north"],
-        "add_teams": ["south", "north"],
+        "add_teams": ["south", " north"],
         "remove_groups": ["old"],
         "remove_teams": ["east"],
     }))
