@@ -412,6 +412,12 @@ mod tests {
                 "addresses[0].title",
             ),
             (r#"{"custom":{"a":1,"a":2}}"#, "custom.a"),
+            // Found in a review: inside `custom`, the last of two still won.
+            (r#"{"custom":{"a":{"b":1,"b":2}}}"#, "custom.a.b"),
+            (
+                r#"{"custom":{"a":[1,{"c":{"d":1,"d":1}}]}}"#,
+                "custom.a[1].c.d",
+            ),
         ] {
             let error = error_of(json);
             assert_eq!(error.code, ErrorCode::ValidationFailed, "{json}");
@@ -419,7 +425,22 @@ mod tests {
             assert_eq!(error.errors[0].code, "duplicate_field", "{json}");
         }
         // One of each is fine, in custom too.
-        assert!(parse_json::<CustomerWrite>(br#"{"custom":{"a":1,"b":{"a":2}}}"#).is_ok());
+        let write = parse_json::<CustomerWrite>(
+            br#"{"custom":{"a":1,"b":{"a":2,"n":[1.5,-3,18446744073709551615,1e300,null,true,"s"]}}}"#,
+        )
+        .expect("no field twice");
+        // Read as `serde_json::Value` reads it.
+        let expected: serde_json::Value = serde_json::from_str(
+            r#"{"a":1,"b":{"a":2,"n":[1.5,-3,18446744073709551615,1e300,null,true,"s"]}}"#,
+        )
+        .expect("JSON");
+        assert_eq!(
+            write
+                .custom
+                .value()
+                .map(|c| serde_json::Value::Object(c.clone())),
+            Some(expected)
+        );
     }
 
     #[test]

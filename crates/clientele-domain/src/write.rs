@@ -121,7 +121,8 @@ pub struct CustomerWrite {
     /// fields when a schema is defined; `null` removes them all. At most 200 fields and 64 KiB of
     /// JSON (422 `too_many`, `too_large`). A number beyond the range of
     /// 64-bit integers is refused (422 `out_of_range`, naming where it is): it could not be
-    /// stored exactly, so send such values (long account numbers) as strings.
+    /// stored exactly, so send such values (long account numbers) as strings. A name given twice
+    /// in one object, at any depth, is refused (422 `duplicate_field`, naming where it is).
     #[schema(value_type = Option<Object>)]
     #[serde(
         skip_serializing_if = "Patch::is_absent",
@@ -646,8 +647,8 @@ pub(crate) fn blank_customer(now: Timestamp) -> Customer {
     }
 }
 
-/// `custom` as given, refusing a field named twice: JSON objects keep the last of two, so one
-/// of the two values would be dropped without a word.
+/// `custom` as given, refusing a field named twice at any depth: JSON objects keep the last of
+/// two, so one of the two values would be dropped without a word.
 fn custom_fields<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Patch<Map<String, Value>>, D::Error> {
@@ -665,19 +666,9 @@ fn custom_fields<'de, D: serde::Deserializer<'de>>(
 
                 fn visit_map<A: serde::de::MapAccess<'de>>(
                     self,
-                    mut access: A,
+                    access: A,
                 ) -> Result<UniqueFields, A::Error> {
-                    let mut fields = Map::new();
-                    while let Some(name) = access.next_key::<String>()? {
-                        if fields.contains_key(&name) {
-                            return Err(serde::de::Error::custom(format!(
-                                "duplicate field `{name}`"
-                            )));
-                        }
-                        let value = access.next_value()?;
-                        fields.insert(name, value);
-                    }
-                    Ok(UniqueFields(fields))
+                    unique_fields(access).map(UniqueFields)
                 }
             }
             deserializer.deserialize_map(Fields)
@@ -686,6 +677,87 @@ fn custom_fields<'de, D: serde::Deserializer<'de>>(
 
     Option::<UniqueFields>::deserialize(deserializer)
         .map(|given| given.map_or(Patch::Null, |UniqueFields(fields)| Patch::Value(fields)))
+}
+
+/// The fields of a JSON object, refusing a name given twice in it or in any object inside it.
+fn unique_fields<'de, A: serde::de::MapAccess<'de>>(
+    mut access: A,
+) -> Result<Map<String, Value>, A::Error> {
+    let mut fields = Map::new();
+    while let Some(name) = access.next_key::<String>()? {
+        if fields.contains_key(&name) {
+            return Err(serde::de::Error::custom(format!(
+                "duplicate field `{name}`"
+            )));
+        }
+        let UniqueValue(value) = access.next_value()?;
+        fields.insert(name, value);
+    }
+    Ok(fields)
+}
+
+/// Any JSON value, as `serde_json::Value` reads it, but with [`unique_fields`] in its objects.
+struct UniqueValue(Value);
+
+impl<'de> Deserialize<'de> for UniqueValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AnyValue;
+        impl<'de> serde::de::Visitor<'de> for AnyValue {
+            type Value = UniqueValue;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, value: bool) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::Bool(value)))
+            }
+            fn visit_i64<E>(self, value: i64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::from(value)))
+            }
+            fn visit_u64<E>(self, value: u64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::from(value)))
+            }
+            fn visit_f64<E>(self, value: f64) -> Result<UniqueValue, E> {
+                // JSON has no infinities nor NaN; `Value` reads them as null too.
+                Ok(UniqueValue(Value::from(value)))
+            }
+            fn visit_str<E>(self, value: &str) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::String(value.to_owned())))
+            }
+            fn visit_string<E>(self, value: String) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::String(value)))
+            }
+            fn visit_unit<E>(self) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::Null))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                deserializer: D,
+            ) -> Result<UniqueValue, D::Error> {
+                UniqueValue::deserialize(deserializer)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueValue, A::Error> {
+                let mut items = Vec::with_capacity(access.size_hint().unwrap_or(0).min(64));
+                while let Some(UniqueValue(item)) = access.next_element()? {
+                    items.push(item);
+                }
+                Ok(UniqueValue(Value::Array(items)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                access: A,
+            ) -> Result<UniqueValue, A::Error> {
+                unique_fields(access).map(|fields| UniqueValue(Value::Object(fields)))
+            }
+        }
+        deserializer.deserialize_any(AnyValue)
+    }
 }
 
 /// Most bytes of `custom`'s JSON (and at most as many fields as a schema may declare): the
