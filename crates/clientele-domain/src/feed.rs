@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::{ChangeKind, CustomerId, Scope, Timestamp};
+use crate::{ChangeKind, CustomerId, DomainError, Scope, Timestamp};
 
 /// One page of the feed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,25 +37,14 @@ impl ChangeEvent {
     /// on the customer does not exist for it (404), and a mirror it keeps must drop the row
     /// rather than hold the last state it saw. (The store lists such changes for the teams the
     /// customer left; see `ChangeRecord::seen_by_teams_left`.)
-    pub fn as_seen_by(mut self, scope: &Scope) -> Self {
-        let (Some(own), Some(customer)) = (scope.teams(), self.customer.as_deref()) else {
-            return self;
-        };
-        #[derive(serde::Deserialize)]
-        struct Teams {
-            #[serde(default)]
-            teams: Vec<String>,
+    pub fn as_seen_by(mut self, scope: &Scope) -> Result<Self, DomainError> {
+        if let Some(customer) = self.customer.take() {
+            self.customer = scope.shown_document(customer)?;
+            if self.customer.is_none() {
+                self.kind = ChangeKind::Deleted;
+            }
         }
-        let Ok(Teams { teams }) = serde_json::from_str::<Teams>(customer) else {
-            return self;
-        };
-        if !teams.iter().any(|team| own.contains(team)) {
-            self.kind = ChangeKind::Deleted;
-            self.customer = None;
-        } else if teams.iter().any(|team| !own.contains(team)) {
-            self.customer = self.customer.map(|json| scope.shown_document(json));
-        }
-        self
+        Ok(self)
     }
 }
 
@@ -105,16 +94,19 @@ mod tests {
     fn a_change_that_leaves_a_scopes_teams_is_a_deletion_for_it() {
         let north = Scope::Teams(vec!["north".into()]);
         let moved = event(Some(r#"{"id": "x", "teams": ["south"]}"#));
-        let seen = moved.clone().as_seen_by(&north);
+        let seen = moved.clone().as_seen_by(&north).expect("decodes");
         assert_eq!(
             (seen.kind, seen.customer, seen.version),
             (ChangeKind::Deleted, None, 3)
         );
         // Everyone else sees the update as it is.
-        assert_eq!(moved.clone().as_seen_by(&Scope::All), moved);
+        assert_eq!(
+            moved.clone().as_seen_by(&Scope::All).ok(),
+            Some(moved.clone())
+        );
         let south = Scope::Teams(vec!["south".into()]);
-        assert_eq!(moved.clone().as_seen_by(&south), moved);
+        assert_eq!(moved.clone().as_seen_by(&south).ok(), Some(moved));
         let deleted = event(None);
-        assert_eq!(deleted.clone().as_seen_by(&north), deleted);
+        assert_eq!(deleted.clone().as_seen_by(&north).ok(), Some(deleted));
     }
 }

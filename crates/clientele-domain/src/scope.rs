@@ -127,27 +127,37 @@ impl Scope {
         }
     }
 
-    /// [`Scope::shown`] for a stored customer document (its response JSON): unchanged for an
-    /// unrestricted scope or a customer in none but its teams, else re-encoded without them.
-    pub fn shown_document(&self, json: String) -> String {
+    /// A stored customer document (its response JSON) as this scope shows it: `None` when the
+    /// customer is not visible, else unchanged for an unrestricted scope or a customer in none
+    /// but its teams, else re-encoded with only the scope's teams ([`Scope::shown`]). A document
+    /// that does not decode is a storage error, never shown unfiltered.
+    pub fn shown_document(&self, json: String) -> Result<Option<String>, DomainError> {
         let Scope::Teams(own) = self else {
-            return json;
+            return Ok(Some(json));
         };
-        let Ok(serde_json::Value::Object(mut document)) = serde_json::from_str(&json) else {
-            return json;
-        };
-        let Some(serde_json::Value::Array(teams)) = document.get_mut("teams") else {
-            return json;
-        };
-        let before = teams.len();
-        teams.retain(|team| {
-            team.as_str()
-                .is_some_and(|team| own.iter().any(|o| o == team))
-        });
-        if teams.len() == before {
-            return json;
+        #[derive(serde::Deserialize)]
+        struct Teams {
+            #[serde(default)]
+            teams: Vec<String>,
         }
-        serde_json::Value::Object(document).to_string()
+        let undecodable = |error: serde_json::Error| DomainError::Storage(Box::new(error));
+        // Only the teams are read first: most documents a key reads are in its teams alone.
+        let Teams { teams } = serde_json::from_str(&json).map_err(undecodable)?;
+        let is_own = |team: &String| own.contains(team);
+        if !teams.iter().any(is_own) {
+            return Ok(None);
+        }
+        if teams.iter().all(is_own) {
+            return Ok(Some(json));
+        }
+        let mut document: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&json).map_err(undecodable)?;
+        let shown = teams
+            .into_iter()
+            .filter(is_own)
+            .map(serde_json::Value::String);
+        document.insert("teams".to_owned(), shown.collect());
+        Ok(Some(serde_json::Value::Object(document).to_string()))
     }
 }
 
@@ -304,6 +314,38 @@ mod tests {
             &write(serde_json::json!({"teams": ["west"]})),
         ));
         assert_eq!(moved.teams, ["south", "west"]);
+    }
+
+    #[test]
+    fn a_document_is_shown_with_the_scopes_teams_or_not_at_all() {
+        let north = Scope::Teams(teams(&["north"]));
+        let own = r#"{"id":"a","teams":["north"]}"#.to_owned();
+        assert_eq!(north.shown_document(own.clone()).ok(), Some(Some(own)));
+        let shared = r#"{"id":"a","teams":["north","south"]}"#.to_owned();
+        assert_eq!(
+            north.shown_document(shared.clone()).ok(),
+            Some(Some(r#"{"id":"a","teams":["north"]}"#.to_owned()))
+        );
+        assert_eq!(
+            Scope::All.shown_document(shared).ok(),
+            Some(Some(r#"{"id":"a","teams":["north","south"]}"#.to_owned()))
+        );
+        let foreign = r#"{"id":"a","teams":["south"]}"#.to_owned();
+        assert_eq!(north.shown_document(foreign).ok(), Some(None));
+        assert_eq!(
+            north.shown_document(r#"{"id":"a"}"#.to_owned()).ok(),
+            Some(None)
+        );
+        // Found in a review: a document that did not decode was shown as it was.
+        for broken in [r#"{"id":"a","teams":["south"]"#, r#"{"teams":"south"}"#] {
+            assert!(
+                matches!(
+                    north.shown_document(broken.to_owned()),
+                    Err(DomainError::Storage(_))
+                ),
+                "{broken}"
+            );
+        }
     }
 
     #[test]

@@ -138,7 +138,7 @@ macro_rules! feed_primitives {
                 rows.iter()
                     .map(|row| {
                         let kind: &str = row.try_get(1).map_err(db)?;
-                        Ok(clientele_domain::ChangeEvent {
+                        clientele_domain::ChangeEvent {
                             seq: row.try_get(0).map_err(db)?,
                             kind: clientele_domain::ChangeKind::parse(kind).ok_or_else(|| {
                                 clientele_domain::DomainError::Storage(
@@ -155,7 +155,7 @@ macro_rules! feed_primitives {
                             ),
                             customer: row.try_get(6).map_err(db)?,
                         }
-                        .as_seen_by(scope))
+                        .as_seen_by(scope)
                     })
                     .collect()
             }
