@@ -592,6 +592,15 @@ async fn a_scoped_key_sees_and_changes_only_its_own_teams(hub: TestHub) {
     assert_eq!(codes(&page), ["north"]);
     assert!(page.body["next_cursor"].is_null(), "{}", page.body);
     assert_eq!(codes(&call(hub.get("/v1/teams")).await).len(), 5);
+    // A key of two teams pages through them, and only them.
+    let two = scoped_key(&hub, "read", &["omega", "east"]).await;
+    assert_eq!(codes(&call(two.get("/v1/teams")).await), ["east", "omega"]);
+    let first = call(two.get("/v1/teams?limit=1")).await;
+    assert_eq!(codes(&first), ["east"]);
+    let cursor = first.body["next_cursor"].as_str().expect("a next page");
+    let second = call(two.get(&format!("/v1/teams?limit=1&cursor={cursor}"))).await;
+    assert_eq!(codes(&second), ["omega"]);
+    assert!(second.body["next_cursor"].is_null(), "{}", second.body);
 
     assert_eq!(call(scoped.get("/v1/teams/north")).await.status, 200);
     for path in ["/v1/teams/south", "/v1/teams/nowhere"] {
