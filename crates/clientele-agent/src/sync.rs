@@ -16,8 +16,9 @@
 //! and content can recur: a rowid is reused, the same row is inserted again after the hub erased
 //! the first one), so its key is made fresh for each create and recorded in the mirror database
 //! until the answer is written back (`Mirror::create_key`): only a create repeated after a kill
-//! reuses it, and gets the hub's replay rather than a twin. Such creates are resumed before the
-//! feed comes down, so the hub's copy of one is never pulled as a second row.
+//! reuses it, and gets the hub's replay rather than a twin; a row edited since is bound to the
+//! customer its recorded request made, and its edit sent as an edit. Such creates are resumed
+//! before the feed comes down, so the hub's copy of one is never pulled as a second row.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -216,27 +217,82 @@ impl Syncer {
         }
     }
 
-    /// Sends again the creates a killed run left pending (the row still where it was, without
-    /// an id): the same row and content reuse the recorded key and get the hub's replay. Returns
-    /// the rows so handled, which the push phase then leaves alone.
+    /// Finishes the creates a killed run left pending (the row still where it was, without an
+    /// id). The same row and content reuse the recorded key and get the hub's replay. A row
+    /// edited since is bound to what its create made (the recorded request sent again is
+    /// replayed too), and its edit goes up in the push phase, as any local edit. Returns the
+    /// rows so handled, which the push phase creates no more.
     async fn resume_creates(&self) -> anyhow::Result<HashSet<String>> {
         let mut resumed = HashSet::new();
-        for rowref in self.mirror.pending_creates().await? {
-            match self.mirror.row_at(&rowref).await? {
+        for pending in self.mirror.pending_creates().await? {
+            match self.mirror.row_at(&pending.rowref).await? {
                 Some(row) if row.fields.get("id").is_none_or(Value::is_null) => {
                     Counters::add(&self.counters().rows, 1);
-                    self.send_insert(row).await?;
-                    resumed.insert(rowref);
+                    resumed.insert(pending.rowref.clone());
+                    let (_, hash) = create_request(&row.fields);
+                    match &pending.body {
+                        Some(sent) if hash != pending.hash => {
+                            self.resume_edited_create(row, &pending.key, sent).await?;
+                        }
+                        _ => self.send_insert(row).await?,
+                    }
                 }
                 _ => {
                     // The row is gone or has an id: nothing of it is left to create.
                     let mut tx = self.mirror.begin().await?;
-                    self.mirror.forget_create(&mut tx, &rowref).await?;
+                    self.mirror.forget_create(&mut tx, &pending.rowref).await?;
                     tx.commit().await?;
                 }
             }
         }
         Ok(resumed)
+    }
+
+    /// A pending create whose row was edited after it was sent: the request as it was sent
+    /// (`sent`, under its key) gets the hub's answer, and the row takes the customer's id and
+    /// the hub's own fields while keeping its edited ones; the shadow is the hub's copy, so the
+    /// edit is what the push phase sends. A refused create made nothing: the row is created
+    /// afresh.
+    async fn resume_edited_create(
+        &self,
+        row: LocalRow,
+        key: &str,
+        sent: &Value,
+    ) -> anyhow::Result<()> {
+        let customer = match self.client.create_customer(sent, key).await {
+            Ok(response) => response.body,
+            Err(ClientError::Problem { status, .. })
+                if (400..500).contains(&status) && status != 401 && status != 403 =>
+            {
+                let mut tx = self.mirror.begin().await?;
+                self.mirror.forget_create(&mut tx, &row.rowref).await?;
+                tx.commit().await?;
+                return self.send_insert(row).await;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        Counters::add(&self.counters().created, 1);
+        let Some(id) = customer["id"].as_str() else {
+            anyhow::bail!("the hub answered a create without an id");
+        };
+        let mut bound = customer.as_object().cloned().unwrap_or_default();
+        bound.extend(writable_part(&row.fields));
+        // A `pull` in between may have brought the hub's copy down as a row of its own: the
+        // local row, with its edit, is the one kept.
+        let pulled = self.mirror.rows_by_id(&[id]).await?.remove(id);
+        let mut tx = self.mirror.begin().await?;
+        if let Some(pulled) = pulled {
+            self.mirror.delete_at(&mut tx, &pulled.rowref).await?;
+        }
+        self.mirror
+            .overwrite_row(&mut tx, &row.rowref, &Value::Object(bound))
+            .await?;
+        self.mirror
+            .set_shadows(&mut tx, &shadows_of(&[&customer]))
+            .await?;
+        self.mirror.forget_create(&mut tx, &row.rowref).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Local inserts and edits up (except the rows `resumed` already created, and, in a dry
@@ -370,7 +426,10 @@ impl Syncer {
         // The same row with the same content after a kill gets the hub's replay, not a twin;
         // any other create gets a key of its own.
         let fresh = format!("sync-create-{}-{}", self.run_id, row.rowref);
-        let key = self.mirror.create_key(&row.rowref, &hash, &fresh).await?;
+        let key = self
+            .mirror
+            .create_key(&row.rowref, &hash, &fresh, &body)
+            .await?;
         match self.client.create_customer(&body, &key).await {
             Ok(response) => {
                 Counters::add(&self.counters().created, 1);

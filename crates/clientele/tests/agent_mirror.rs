@@ -27,6 +27,8 @@ hub_tests!(
     sync_creates_a_row_inserted_again_after_the_hub_erased_it,
     sync_finishes_a_create_a_killed_run_left_pending,
     sync_merges_a_pending_create_with_its_pulled_copy,
+    sync_sends_the_edit_of_a_pending_create_without_a_twin,
+    a_mirror_made_by_an_earlier_agent_is_brought_up_to_date,
     dry_runs_create_no_mirror,
     a_sync_dry_run_plans_what_the_run_does,
 );
@@ -356,8 +358,13 @@ async fn leave_create_pending(hub: &TestHub, url: &str) -> Value {
         .expect("scan");
     let [row] = <[_; 1]>::try_from(local).expect("one local row without an id");
     let (body, hash) = create_request(&row.fields);
+    // A key of its own each time: tests reuse their hub.
+    let fresh = format!(
+        "sync-create-killed-run-{}",
+        clientele_domain::CustomerId::new()
+    );
     let key = mirror
-        .create_key(&row.rowref, &hash, "sync-create-killed-run")
+        .create_key(&row.rowref, &hash, &fresh, &body)
         .await
         .expect("pending create");
     let reply = call(
@@ -441,6 +448,95 @@ async fn sync_merges_a_pending_create_with_its_pulled_copy(hub: TestHub) {
     assert_eq!(customers.len(), 3);
     assert_eq!(customers["local1"]["version"], 2);
     assert_eq!(customers["local1"]["first_name"], "Changed in the hub");
+}
+
+/// The local row was edited after its create was sent and the run killed (found in a review:
+/// the edited row was created again, a twin). Its create is finished as sent, the row is bound
+/// to that customer, and the edit goes up as an edit; with the hub's copy pulled in between
+/// too, one row remains.
+async fn sync_sends_the_edit_of_a_pending_create_without_a_twin(hub: TestHub) {
+    for pulled_between in [false, true] {
+        let work = Workdir::new();
+        let (url, job, created) = killed_during_create(&hub, &work).await;
+        if pulled_between {
+            agent_ok("pull", &job, &[]).await;
+        }
+        mirror_sql(
+            &url,
+            "UPDATE customers SET first_name = 'Edited after the kill' WHERE id IS NULL",
+        )
+        .await;
+        let out = agent_ok("sync", &job, &[]).await;
+        counts(&out, &[("created", 1), ("failed", 0)]);
+        let rows = mirror_rows(&url).await;
+        assert_eq!(
+            mirror_count(&url).await,
+            3,
+            "pulled between: {pulled_between}"
+        );
+        assert_eq!(rows["local1"].0.as_deref(), created["id"].as_str());
+        assert_eq!(rows["local1"].1.as_deref(), Some("Edited after the kill"));
+        let customers = hub_customers(&hub).await;
+        assert_eq!(
+            customers.len(),
+            3,
+            "no twin; pulled between: {pulled_between}"
+        );
+        assert_eq!(customers["local1"]["id"], created["id"]);
+        assert_eq!(customers["local1"]["first_name"], "Edited after the kill");
+        assert_eq!(customers["local1"]["version"], 2);
+        assert_eq!(rows["local1"].2, Some(2));
+        for _ in 0..2 {
+            let out = agent_ok("sync", &job, &[]).await;
+            counts(&out, &[("created", 0), ("updated", 0), ("failed", 0)]);
+        }
+        assert_eq!(hub_customers(&hub).await["local1"]["version"], 2);
+        // The next round starts from an empty hub.
+        for (_, customer) in customers {
+            let id = customer["id"].as_str().expect("id");
+            let reply = call(hub.delete(&format!("/v1/customers/{id}"))).await;
+            assert_eq!(reply.status, 204, "{}", reply.body);
+        }
+    }
+}
+
+/// A mirror an earlier agent made: on PostgreSQL without the identity column that names a row
+/// through its edits (rows were named by `ctid`), and without the pending create's body. A dry
+/// run plans on it as it is; a run adds what is missing and syncs.
+async fn a_mirror_made_by_an_earlier_agent_is_brought_up_to_date(hub: TestHub) {
+    let work = Workdir::new();
+    let url = mirror_url(&hub, &work).await;
+    let job = work.job(&hub, &mirror_job(&url, "newest_wins"));
+    seed(&hub, 2).await;
+    agent_ok("sync", &job, &[]).await;
+    if hub.backend == Backend::Postgres {
+        mirror_sql(&url, "ALTER TABLE customers DROP COLUMN _clientele_ref").await;
+    }
+    mirror_sql(
+        &url,
+        "ALTER TABLE _clientele_pending_create DROP COLUMN body",
+    )
+    .await;
+    mirror_sql(
+        &url,
+        "INSERT INTO customers (external_id, first_name) VALUES ('local1', 'Made here')",
+    )
+    .await;
+    let plan = agent_ok("sync", &job, &["--dry-run"]).await;
+    assert!(plan.contains("create row"), "{plan}");
+    let out = agent_ok("sync", &job, &[]).await;
+    counts(&out, &[("created", 1), ("failed", 0)]);
+    assert_eq!(mirror_count(&url).await, 3);
+    assert_eq!(hub_customers(&hub).await.len(), 3);
+    // The edit of a row goes up as before.
+    mirror_sql(
+        &url,
+        "UPDATE customers SET first_name = 'Edited' WHERE external_id = 'local1'",
+    )
+    .await;
+    let out = agent_ok("sync", &job, &[]).await;
+    counts(&out, &[("created", 0), ("updated", 1), ("failed", 0)]);
+    assert_eq!(hub_customers(&hub).await["local1"]["first_name"], "Edited");
 }
 
 /// The tables in a PostgreSQL mirror database.
