@@ -21,7 +21,10 @@ use crate::{
 /// "no value"), except the unique keys, where "" is 422 `empty`. Text is one line, without
 /// control characters (422 `invalid_characters`), at most 1,000 characters (keys and tags 255);
 /// `note` may hold tabs and line breaks, up to 65,536 characters (the schema's `pattern`s say
-/// which characters). Unknown fields are refused by the HTTP layer before this is built.
+/// which characters). Text sent unchanged (equal to the stored value, or for an address to its
+/// stored address of the same title or `remote_id`) is not checked again, so text stored
+/// before a rule was tightened does not make a re-send fail. Unknown fields are refused by the
+/// HTTP layer before this is built.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct CustomerWrite {
@@ -908,7 +911,14 @@ fn next_addresses(
     let mut given_keys = BTreeSet::new();
     for (i, address) in given.iter().enumerate() {
         let path = format!("addresses[{i}]");
-        validate_address(&path, address, errors);
+        let stored = base.addresses.iter().find(|stored| match key {
+            AddressesKey::Title => address.title.value() == Some(&stored.title),
+            AddressesKey::RemoteId => {
+                address.remote_id.value().is_some()
+                    && address.remote_id.value() == stored.remote_id.as_ref()
+            }
+        });
+        validate_address(&path, address, stored, errors);
         if mode == AddressesMode::Merge {
             let (field, value) = match key {
                 AddressesKey::Title => ("title", address.title.value()),
@@ -1006,7 +1016,14 @@ fn next_addresses(
     result
 }
 
-fn validate_address(path: &str, address: &AddressWrite, errors: &mut ValidationErrors) {
+/// Checks an address as sent; `stored` is the customer's address it names (by the key of the
+/// write), whose text is not checked again where it is sent unchanged, as a customer's is not.
+fn validate_address(
+    path: &str,
+    address: &AddressWrite,
+    stored: Option<&Address>,
+    errors: &mut ValidationErrors,
+) {
     match &address.title {
         Patch::Value(title) if title.trim().is_empty() => {
             errors.push(
@@ -1033,21 +1050,40 @@ fn validate_address(path: &str, address: &AddressWrite, errors: &mut ValidationE
             "not an ISO 3166-1 alpha-2 country code",
         );
     }
-    let texts = [
-        ("title", &address.title),
-        ("remote_id", &address.remote_id),
-        ("name", &address.name),
-        ("company", &address.company),
-        ("line1", &address.line1),
-        ("line2", &address.line2),
-        ("line3", &address.line3),
-        ("city", &address.city),
-        ("region", &address.region),
-        ("postal_code", &address.postal_code),
-        ("phone", &address.phone),
+    let stored_text = |text: fn(&Address) -> Option<&str>| stored.and_then(text);
+    let texts: [(&str, &Patch<String>, Option<&str>); 11] = [
+        ("title", &address.title, stored_text(|a| Some(&a.title))),
+        (
+            "remote_id",
+            &address.remote_id,
+            stored_text(|a| a.remote_id.as_deref()),
+        ),
+        ("name", &address.name, stored_text(|a| a.name.as_deref())),
+        (
+            "company",
+            &address.company,
+            stored_text(|a| a.company.as_deref()),
+        ),
+        ("line1", &address.line1, stored_text(|a| a.line1.as_deref())),
+        ("line2", &address.line2, stored_text(|a| a.line2.as_deref())),
+        ("line3", &address.line3, stored_text(|a| a.line3.as_deref())),
+        ("city", &address.city, stored_text(|a| a.city.as_deref())),
+        (
+            "region",
+            &address.region,
+            stored_text(|a| a.region.as_deref()),
+        ),
+        (
+            "postal_code",
+            &address.postal_code,
+            stored_text(|a| a.postal_code.as_deref()),
+        ),
+        ("phone", &address.phone, stored_text(|a| a.phone.as_deref())),
     ];
-    for (field, patch) in texts {
-        if let Patch::Value(v) = patch {
+    for (field, patch, stored) in texts {
+        if let Patch::Value(v) = patch
+            && stored != Some(v.as_str())
+        {
             check_text(errors, &format!("{path}.{field}"), v, TextKind::Line);
         }
     }

@@ -1729,6 +1729,38 @@ fn text_stored_before_the_rule_may_be_sent_again_unchanged() {
         errors(Some(&stored), json!({"first_name": "Ann\tMaria"})),
         vec![err("first_name", "invalid_characters")]
     );
+
+    // An address's lines too (found in a review: they were checked as sent), on every mode.
+    stored.addresses = vec![address(
+        json!({"title": "Home", "remote_id": "r1", "line1": "Main St"}),
+    )];
+    stored.addresses[0].line1 = Some("Main\tSt".into());
+    for (mode, key) in [
+        ("replace", "title"),
+        ("merge", "title"),
+        ("merge", "remote_id"),
+    ] {
+        let same = json!({
+            "addresses_mode": mode, "addresses_key": key,
+            "addresses": [{"title": "Home", "remote_id": "r1", "line1": "Main\tSt"}],
+        });
+        let result = apply(&ctx_at(T1), Some(&stored), &write(same));
+        assert!(
+            matches!(result, Ok(Applied::Unchanged)),
+            "{mode} by {key}: {result:?}"
+        );
+    }
+    let elsewhere = json!({"addresses": [
+        {"title": "Home", "remote_id": "r1", "line1": "Main\tSt"},
+        {"title": "Work", "line1": "Main\tSt", "line2": "Main\tSt"},
+    ]});
+    assert_eq!(
+        errors(Some(&stored), elsewhere),
+        vec![
+            err("addresses[1].line1", "invalid_characters"),
+            err("addresses[1].line2", "invalid_characters")
+        ]
+    );
 }
 
 #[test]
