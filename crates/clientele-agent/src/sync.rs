@@ -218,10 +218,9 @@ impl Syncer {
     }
 
     /// Finishes the creates a killed run left pending (the row still where it was, without an
-    /// id). The same row and content reuse the recorded key and get the hub's replay. A row
-    /// edited since is bound to what its create made (the recorded request sent again is
-    /// replayed too), and its edit goes up in the push phase, as any local edit. Returns the
-    /// rows so handled, which the push phase creates no more.
+    /// id): each is sent again as it was, under its key, and the row bound to the customer it
+    /// made ([`Syncer::finish_pending`]). Returns the rows so handled, which the push phase
+    /// creates no more.
     async fn resume_creates(&self) -> anyhow::Result<HashSet<String>> {
         let mut resumed = HashSet::new();
         for pending in self.mirror.pending_creates().await? {
@@ -229,68 +228,149 @@ impl Syncer {
                 Some(row) if row.fields.get("id").is_none_or(Value::is_null) => {
                     Counters::add(&self.counters().rows, 1);
                     resumed.insert(pending.rowref.clone());
-                    let (_, hash) = create_request(&row.fields);
-                    match &pending.body {
-                        Some(sent) if hash != pending.hash => {
-                            self.resume_edited_create(row, &pending.key, sent).await?;
+                    let (body, hash) = create_request(&row.fields);
+                    let edited = hash != pending.hash;
+                    match (pending.body, edited) {
+                        (Some(sent), _) => {
+                            self.finish_pending(row, &pending.key, &sent, edited)
+                                .await?;
                         }
-                        _ => self.send_insert(row).await?,
+                        (None, false) => {
+                            self.finish_pending(row, &pending.key, &body, false).await?;
+                        }
+                        (None, true) => {
+                            // An earlier agent's record, without the request it sent: the row,
+                            // edited since, can only be created as it is now.
+                            self.forget_create(&row.rowref).await?;
+                            self.send_insert(row).await?;
+                        }
                     }
                 }
                 _ => {
                     // The row is gone or has an id: nothing of it is left to create.
-                    let mut tx = self.mirror.begin().await?;
-                    self.mirror.forget_create(&mut tx, &pending.rowref).await?;
-                    tx.commit().await?;
+                    self.forget_create(&pending.rowref).await?;
                 }
             }
         }
         Ok(resumed)
     }
 
-    /// A pending create whose row was edited after it was sent: the request as it was sent
-    /// (`sent`, under its key) gets the hub's answer, and the row takes the customer's id and
-    /// the hub's own fields while keeping its edited ones; the shadow is the hub's copy, so the
-    /// edit is what the push phase sends. A refused create made nothing: the row is created
-    /// afresh.
-    async fn resume_edited_create(
+    /// A create a killed run sent (`sent`, under `key`), sent again: the hub replays what it did
+    /// or does it now, and the row is bound to that customer, keeping its edits if it was
+    /// `edited` since. If the hub forgot the key (it keeps them 24 hours) and the create had
+    /// been applied, the customer's unique key is taken (409 `duplicate_key`): the customer
+    /// holding it is the row's. A create refused made nothing: an edited row is created as it
+    /// is now, an unedited one reported.
+    async fn finish_pending(
         &self,
         row: LocalRow,
         key: &str,
         sent: &Value,
+        edited: bool,
     ) -> anyhow::Result<()> {
         let customer = match self.client.create_customer(sent, key).await {
             Ok(response) => response.body,
-            Err(ClientError::Problem { status, .. })
-                if (400..500).contains(&status) && status != 401 && status != 403 =>
-            {
-                let mut tx = self.mirror.begin().await?;
-                self.mirror.forget_create(&mut tx, &row.rowref).await?;
-                tx.commit().await?;
-                return self.send_insert(row).await;
-            }
-            Err(error) => return Err(error.into()),
+            Err(error) => match self.holder_of_key(&error, sent).await? {
+                Some(customer) => customer,
+                None if is_refusal(&error) && edited => {
+                    // Recorded afresh: the content differs from the refused create's.
+                    let (body, hash) = create_request(&row.fields);
+                    let fresh = self.fresh_create_key(&row);
+                    let key = self
+                        .mirror
+                        .create_key(&row.rowref, &hash, &fresh, &body)
+                        .await?;
+                    return self.create_new(row, &body, &key).await;
+                }
+                None => {
+                    let rejected =
+                        self.rejected(row.fields.get("external_id").and_then(Value::as_str), error);
+                    if rejected.is_ok() {
+                        self.forget_create(&row.rowref).await?;
+                    }
+                    return rejected;
+                }
+            },
         };
         Counters::add(&self.counters().created, 1);
+        self.bind_created(row, &customer, edited).await
+    }
+
+    /// The customer holding the unique key a create was refused for (409 `duplicate_key`).
+    async fn holder_of_key(
+        &self,
+        error: &ClientError,
+        sent: &Value,
+    ) -> anyhow::Result<Option<Value>> {
+        let ClientError::Problem {
+            status: 409,
+            problem,
+            ..
+        } = error
+        else {
+            return Ok(None);
+        };
+        let field = problem.errors.first().and_then(|e| e.field.as_deref());
+        let (Some(field), Some("duplicate_key")) = (field, problem.code.as_deref()) else {
+            return Ok(None);
+        };
+        let Some(value) = sent.get(field).and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        match self.client.get_customer_by(field, value).await {
+            Ok(customer) => Ok(Some(customer)),
+            Err(ClientError::Problem { status: 404, .. }) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Binds the local row of a finished create to the hub's `customer`. A row `edited` since
+    /// the create was sent takes the customer's id and the hub's own fields, keeps its edited
+    /// ones, and gets the hub's copy as its shadow, so its edit is what the push phase sends.
+    /// An unedited row is what the create sent, so the hub's copy (the same or newer) replaces
+    /// it. Either way a copy of the customer a `pull` brought down in between gives way: one
+    /// row remains.
+    async fn bind_created(
+        &self,
+        row: LocalRow,
+        customer: &Value,
+        edited: bool,
+    ) -> anyhow::Result<()> {
         let Some(id) = customer["id"].as_str() else {
             anyhow::bail!("the hub answered a create without an id");
         };
-        let mut bound = customer.as_object().cloned().unwrap_or_default();
-        bound.extend(writable_part(&row.fields));
-        // A `pull` in between may have brought the hub's copy down as a row of its own: the
-        // local row, with its edit, is the one kept.
-        let pulled = self.mirror.rows_by_id(&[id]).await?.remove(id);
+        let pulled = self
+            .mirror
+            .rows_by_id(&[id])
+            .await?
+            .remove(id)
+            .filter(|pulled| pulled.rowref != row.rowref);
         let mut tx = self.mirror.begin().await?;
-        if let Some(pulled) = pulled {
-            self.mirror.delete_at(&mut tx, &pulled.rowref).await?;
+        match (edited, pulled) {
+            (true, pulled) => {
+                if let Some(pulled) = pulled {
+                    self.mirror.delete_at(&mut tx, &pulled.rowref).await?;
+                }
+                let mut bound = customer.as_object().cloned().unwrap_or_default();
+                bound.extend(writable_part(&row.fields));
+                self.mirror
+                    .overwrite_row(&mut tx, &row.rowref, &Value::Object(bound))
+                    .await?;
+                self.mirror
+                    .set_shadows(&mut tx, &shadows_of(&[customer]))
+                    .await?;
+            }
+            (false, Some(_)) => self.mirror.delete_at(&mut tx, &row.rowref).await?,
+            (false, None) => self.write_back_in(&mut tx, &row.rowref, customer).await?,
         }
-        self.mirror
-            .overwrite_row(&mut tx, &row.rowref, &Value::Object(bound))
-            .await?;
-        self.mirror
-            .set_shadows(&mut tx, &shadows_of(&[&customer]))
-            .await?;
         self.mirror.forget_create(&mut tx, &row.rowref).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn forget_create(&self, rowref: &str) -> anyhow::Result<()> {
+        let mut tx = self.mirror.begin().await?;
+        self.mirror.forget_create(&mut tx, rowref).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -421,35 +501,35 @@ impl Syncer {
         Ok(())
     }
 
+    /// Creates a local row in the hub, under a key recorded before it is sent (a kill before
+    /// the answer is written back leaves the create pending, for the next run to finish).
     async fn send_insert(&self, row: LocalRow) -> anyhow::Result<()> {
         let (body, hash) = create_request(&row.fields);
-        // The same row with the same content after a kill gets the hub's replay, not a twin;
-        // any other create gets a key of its own.
-        let fresh = format!("sync-create-{}-{}", self.run_id, row.rowref);
+        let fresh = self.fresh_create_key(&row);
         let key = self
             .mirror
             .create_key(&row.rowref, &hash, &fresh, &body)
             .await?;
-        match self.client.create_customer(&body, &key).await {
+        if key != fresh {
+            // This very row and content were sent before, and the answer lost.
+            return self.finish_pending(row, &key, &body, false).await;
+        }
+        self.create_new(row, &body, &key).await
+    }
+
+    /// A key no other create shares: this run's, for this row.
+    fn fresh_create_key(&self, row: &LocalRow) -> String {
+        format!("sync-create-{}-{}", self.run_id, row.rowref)
+    }
+
+    /// Sends the create of a row recorded as pending under `key`, and writes the answer back.
+    async fn create_new(&self, row: LocalRow, body: &Value, key: &str) -> anyhow::Result<()> {
+        match self.client.create_customer(body, key).await {
             Ok(response) => {
                 Counters::add(&self.counters().created, 1);
-                let customer = &response.body;
-                // A replay after a kill: the hub's copy may have come down meanwhile (a `pull`,
-                // or the feed read by an older agent). The local row is exactly what the create
-                // sent (else its key would not have been reused), so the copy, the same or newer,
-                // is the one row kept, and the local twin goes.
-                let replayed = key != fresh;
-                let pulled = match customer["id"].as_str() {
-                    Some(id) if replayed => self.mirror.rows_by_id(&[id]).await?.remove(id),
-                    _ => None,
-                };
                 let mut tx = self.mirror.begin().await?;
-                match pulled {
-                    Some(_) => self.mirror.delete_at(&mut tx, &row.rowref).await?,
-                    None => {
-                        self.write_back_in(&mut tx, &row.rowref, customer).await?;
-                    }
-                }
+                self.write_back_in(&mut tx, &row.rowref, &response.body)
+                    .await?;
                 self.mirror.forget_create(&mut tx, &row.rowref).await?;
                 tx.commit().await?;
                 Ok(())
@@ -459,9 +539,7 @@ impl Syncer {
                     self.rejected(row.fields.get("external_id").and_then(Value::as_str), error);
                 if rejected.is_ok() {
                     // A refusal is an answer too: the row is tried afresh next run.
-                    let mut tx = self.mirror.begin().await?;
-                    self.mirror.forget_create(&mut tx, &row.rowref).await?;
-                    tx.commit().await?;
+                    self.forget_create(&row.rowref).await?;
                 }
                 rejected
             }
@@ -490,7 +568,7 @@ impl Syncer {
         match error {
             ClientError::Problem {
                 status, problem, ..
-            } if (400..500).contains(&status) && status != 401 && status != 403 => {
+            } if is_refusal_status(Some(status)) => {
                 Counters::add(&self.counters().failed, 1);
                 self.report.rejected(key, None, &problem);
                 Ok(())
@@ -498,6 +576,16 @@ impl Syncer {
             error => Err(error.into()),
         }
     }
+}
+
+/// Whether the hub refused the request itself (a 4xx other than for the key's credentials),
+/// which is reported and never stops a run.
+fn is_refusal(error: &ClientError) -> bool {
+    is_refusal_status(error.status())
+}
+
+fn is_refusal_status(status: Option<u16>) -> bool {
+    status.is_some_and(|status| (400..500).contains(&status) && status != 401 && status != 403)
 }
 
 /// The body of the create of a local row (its writable fields that have a value) and the hash

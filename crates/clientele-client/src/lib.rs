@@ -164,6 +164,17 @@ impl Client {
         Ok(self.send(Method::GET, &path, None, None, &[]).await?.body)
     }
 
+    /// `GET /v1/customers/{key}/{value}`: the customer a unique key (`external_id`, `email`,
+    /// `username`) names.
+    pub async fn get_customer_by(&self, key: &str, value: &str) -> Result<Value, ClientError> {
+        let path = format!(
+            "/v1/customers/{}/{}",
+            encode_segment(key),
+            encode_segment(value)
+        );
+        Ok(self.send(Method::GET, &path, None, None, &[]).await?.body)
+    }
+
     /// `POST /v1/customers`: create, 201 + the customer.
     pub async fn create_customer(
         &self,
