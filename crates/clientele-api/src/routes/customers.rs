@@ -378,12 +378,13 @@ async fn list_customers(
     if scope != Scope::All {
         // The store lists only the customers the scope admits; what is shown of each is the
         // domain's rule.
-        for doc in &mut items {
-            doc.json = scope
-                .shown_document(std::mem::take(&mut doc.json))?
-                .unwrap_or_default();
+        let listed = std::mem::take(&mut items);
+        for mut doc in listed {
+            if let Some(shown) = scope.shown_document(doc.json)? {
+                doc.json = shown;
+                items.push(doc);
+            }
         }
-        items.retain(|doc| !doc.json.is_empty());
     }
     Ok(Rendered::json(
         StatusCode::OK,
