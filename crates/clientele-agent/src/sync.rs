@@ -224,43 +224,71 @@ impl Syncer {
     async fn resume_creates(&self) -> anyhow::Result<HashSet<String>> {
         let mut resumed = HashSet::new();
         for pending in self.mirror.pending_creates().await? {
-            match self.mirror.row_at(&pending.rowref).await? {
-                Some(row) if row.fields.get("id").is_none_or(Value::is_null) => {
-                    Counters::add(&self.counters().rows, 1);
-                    resumed.insert(pending.rowref.clone());
-                    let (body, hash) = create_request(&row.fields);
-                    let edited = hash != pending.hash;
-                    match (pending.body, edited) {
-                        (Some(sent), _) => {
-                            self.finish_pending(row, &pending.key, &sent, edited)
-                                .await?;
-                        }
-                        (None, false) => {
-                            self.finish_pending(row, &pending.key, &body, false).await?;
-                        }
-                        (None, true) => {
-                            // An earlier agent's record, without the request it sent: the row,
-                            // edited since, can only be created as it is now.
-                            self.forget_create(&row.rowref).await?;
-                            self.send_insert(row).await?;
-                        }
-                    }
-                }
-                _ => {
-                    // The row is gone or has an id: nothing of it is left to create.
-                    self.forget_create(&pending.rowref).await?;
-                }
+            let row = match self.mirror.row_at(&pending.rowref).await? {
+                Some(row) => Some(row),
+                // Recorded by an earlier agent under a row reference of another form (a
+                // PostgreSQL `ctid`): the row is the one still as it was sent.
+                None if !self.mirror.is_row_ref(&pending.rowref) => self
+                    .mirror
+                    .rows_without_id()
+                    .await?
+                    .into_iter()
+                    .find(|row| create_request(&row.fields).1 == pending.hash),
+                None => None,
+            };
+            let Some(row) = row.filter(|row| row.fields.get("id").is_none_or(Value::is_null))
+            else {
+                // The row is gone or has an id: nothing of it is left to create.
+                self.forget_create(&pending.rowref).await?;
+                continue;
+            };
+            Counters::add(&self.counters().rows, 1);
+            let (body, hash) = create_request(&row.fields);
+            if row.rowref != pending.rowref {
+                self.forget_create(&pending.rowref).await?;
+                self.mirror
+                    .create_key(&row.rowref, &hash, &pending.key, &body)
+                    .await?;
+            }
+            resumed.insert(row.rowref.clone());
+            let sent = pending.body.unwrap_or_else(|| body.clone());
+            if hash == pending.hash {
+                self.finish_pending(row, &pending.key, &sent, false).await?;
+            } else if self.is_same_row(&sent, &row.fields) {
+                self.finish_pending(row, &pending.key, &sent, true).await?;
+            } else {
+                // Another row in the place of the one sent (SQLite reuses the rowid of a row
+                // deleted last), or an earlier agent's record without the request: created
+                // as it is now.
+                let fresh = self.fresh_create_key(&row);
+                let key = self
+                    .mirror
+                    .create_key(&row.rowref, &hash, &fresh, &body)
+                    .await?;
+                self.create_new(row, &body, &key).await?;
             }
         }
         Ok(resumed)
     }
 
+    /// Whether a row whose content differs from the create `sent` from its place is that row,
+    /// edited since: its place is never reused (PostgreSQL's identity column), or it still
+    /// has a unique key the create sent.
+    fn is_same_row(&self, sent: &Value, fields: &Map<String, Value>) -> bool {
+        self.mirror.row_refs_are_never_reused()
+            || UNIQUE_KEYS.iter().any(|key| {
+                let sent = sent.get(*key).and_then(Value::as_str);
+                sent.is_some() && sent == fields.get(*key).and_then(Value::as_str)
+            })
+    }
+
     /// A create a killed run sent (`sent`, under `key`), sent again: the hub replays what it did
     /// or does it now, and the row is bound to that customer, keeping its edits if it was
     /// `edited` since. If the hub forgot the key (it keeps them 24 hours) and the create had
-    /// been applied, the customer's unique key is taken (409 `duplicate_key`): the customer
-    /// holding it is the row's. A create refused made nothing: an edited row is created as it
-    /// is now, an unedited one reported.
+    /// been applied, its unique key is taken (409 `duplicate_key`): the customer holding every
+    /// unique key the create set is the row's. A create refused made nothing: an edited
+    /// row is created as it is now, an unedited one reported. Answers that refuse nothing
+    /// (429, a create still in flight) keep it pending for the next run.
     async fn finish_pending(
         &self,
         row: LocalRow,
@@ -270,7 +298,7 @@ impl Syncer {
     ) -> anyhow::Result<()> {
         let customer = match self.client.create_customer(sent, key).await {
             Ok(response) => response.body,
-            Err(error) => match self.holder_of_key(&error, sent).await? {
+            Err(error) => match self.holder_of_keys(&error, sent).await? {
                 Some(customer) => customer,
                 None if is_refusal(&error) && edited => {
                     // Recorded afresh: the content differs from the refused create's.
@@ -293,11 +321,13 @@ impl Syncer {
             },
         };
         Counters::add(&self.counters().created, 1);
-        self.bind_created(row, &customer, edited).await
+        self.bind_created(row, &customer, sent, edited).await
     }
 
-    /// The customer holding the unique key a create was refused for (409 `duplicate_key`).
-    async fn holder_of_key(
+    /// The customer holding the unique key a create was refused for (409 `duplicate_key`), if
+    /// it holds every unique key the create set: a customer another system made with one of
+    /// them and another value of the next is not the row's.
+    async fn holder_of_keys(
         &self,
         error: &ClientError,
         sent: &Value,
@@ -317,23 +347,37 @@ impl Syncer {
         let Some(value) = sent.get(field).and_then(Value::as_str) else {
             return Ok(None);
         };
-        match self.client.get_customer_by(field, value).await {
-            Ok(customer) => Ok(Some(customer)),
-            Err(ClientError::Problem { status: 404, .. }) => Ok(None),
-            Err(error) => Err(error.into()),
-        }
+        let holder = match self.client.get_customer_by(field, value).await {
+            Ok(customer) => customer,
+            Err(ClientError::Problem { status: 404, .. }) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        let holds_every_key = UNIQUE_KEYS.iter().all(|key| {
+            let Some(sent) = sent.get(*key).and_then(Value::as_str) else {
+                // A key the create did not set may have been given since.
+                return true;
+            };
+            let held = holder.get(*key).and_then(Value::as_str);
+            match held {
+                // Emails are unique case-insensitively.
+                Some(held) if *key == "email" => sent.eq_ignore_ascii_case(held),
+                held => held == Some(sent),
+            }
+        });
+        Ok(holds_every_key.then_some(holder))
     }
 
     /// Binds the local row of a finished create to the hub's `customer`. A row `edited` since
-    /// the create was sent takes the customer's id and the hub's own fields, keeps its edited
-    /// ones, and gets the hub's copy as its shadow, so its edit is what the push phase sends.
-    /// An unedited row is what the create sent, so the hub's copy (the same or newer) replaces
-    /// it. Either way a copy of the customer a `pull` brought down in between gives way: one
-    /// row remains.
+    /// the create was `sent` takes the hub's copy with its edits (the fields where it differs
+    /// from what was sent) over it, and the hub's copy as its shadow, so its edits are what the
+    /// push phase sends. An unedited row is what the create sent, so the hub's copy (the same
+    /// or newer) replaces it. Either way a copy of the customer a `pull` brought down in
+    /// between gives way: one row remains.
     async fn bind_created(
         &self,
         row: LocalRow,
         customer: &Value,
+        sent: &Value,
         edited: bool,
     ) -> anyhow::Result<()> {
         let Some(id) = customer["id"].as_str() else {
@@ -352,7 +396,10 @@ impl Syncer {
                     self.mirror.delete_at(&mut tx, &pulled.rowref).await?;
                 }
                 let mut bound = customer.as_object().cloned().unwrap_or_default();
-                bound.extend(writable_part(&row.fields));
+                let edits = writable_part(&row.fields)
+                    .into_iter()
+                    .filter(|(field, value)| sent.get(field).unwrap_or(&Value::Null) != value);
+                bound.extend(edits);
                 self.mirror
                     .overwrite_row(&mut tx, &row.rowref, &Value::Object(bound))
                     .await?;
@@ -566,11 +613,9 @@ impl Syncer {
 
     fn rejected(&self, key: Option<&str>, error: ClientError) -> anyhow::Result<()> {
         match error {
-            ClientError::Problem {
-                status, problem, ..
-            } if is_refusal_status(Some(status)) => {
+            ClientError::Problem { ref problem, .. } if is_refusal(&error) => {
                 Counters::add(&self.counters().failed, 1);
-                self.report.rejected(key, None, &problem);
+                self.report.rejected(key, None, problem);
                 Ok(())
             }
             error => Err(error.into()),
@@ -578,14 +623,25 @@ impl Syncer {
     }
 }
 
-/// Whether the hub refused the request itself (a 4xx other than for the key's credentials),
-/// which is reported and never stops a run.
-fn is_refusal(error: &ClientError) -> bool {
-    is_refusal_status(error.status())
-}
+/// The unique keys a customer may be found by.
+const UNIQUE_KEYS: [&str; 3] = ["external_id", "email", "username"];
 
-fn is_refusal_status(status: Option<u16>) -> bool {
-    status.is_some_and(|status| (400..500).contains(&status) && status != 401 && status != 403)
+/// Whether the hub refused the request itself, which is reported and never stops a run: a 4xx
+/// other than for the key's credentials, its rate (429, after the client's retries) or its
+/// idempotency key (in flight, or used with another request), which say nothing of the row.
+fn is_refusal(error: &ClientError) -> bool {
+    let ClientError::Problem {
+        status, problem, ..
+    } = error
+    else {
+        return false;
+    };
+    (400..500).contains(status)
+        && ![401, 403, 429].contains(status)
+        && !matches!(
+            problem.code.as_deref(),
+            Some("idempotency_in_flight" | "idempotency_key_reused")
+        )
 }
 
 /// The body of the create of a local row (its writable fields that have a value) and the hash
