@@ -3,6 +3,9 @@
 //! equal to the source, and no write was applied twice (every customer's version counts only
 //! the distinct contents its row really had).
 //!
+//! `clientele sync` killed the same way while local rows are inserted and edited between runs:
+//! every local row ends as one customer, bound to its row, with its last edit.
+//!
 //! And killed at the worst moment, deterministically: the hub applied a batch and the agent never
 //! heard back (a proxy between them forwards `POST /v1/customers/sync` and swallows the answer).
 //! Whatever the source does next (goes back to the content the state recorded, brings back a row
@@ -27,12 +30,23 @@ hub_tests!(
     batches_applied_but_never_acknowledged_archive,
     batches_applied_but_never_acknowledged_delete,
     a_rename_applied_but_never_acknowledged_then_gone_from_the_source,
+    killed_syncs_create_each_local_row_once_and_keep_every_edit,
 );
 
 /// A small deterministic generator, seeded from the clock (the seed is printed for replays).
 struct Lcg(u64);
 
 impl Lcg {
+    /// Seeded from the clock; the seed is printed, for a replay of a failure.
+    fn from_clock(test: &str) -> Lcg {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos() as u64;
+        eprintln!("{test} kill test seed {seed}");
+        Lcg(seed)
+    }
+
     fn next(&mut self, bound: u64) -> u64 {
         self.0 = self
             .0
@@ -43,12 +57,7 @@ impl Lcg {
 }
 
 async fn killed_pushes_resume_to_exactly_the_source(hub: TestHub) {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as u64;
-    eprintln!("kill test seed {seed}");
-    let mut random = Lcg(seed);
+    let mut random = Lcg::from_clock("push");
     let work = Workdir::new();
     let rows = people(1..2001);
     sqlite_source(&work.path("source.db"), &borrowed(&rows)).await;
@@ -150,6 +159,119 @@ async fn killed_pushes_resume_to_exactly_the_source(hub: TestHub) {
     }
     // And the state agrees: the next run sends nothing.
     assert_push_sends_nothing(&job, source.len() as u64).await;
+}
+
+/// Local rows are inserted (ten a round) and edited (created ones and ones whose create may be
+/// pending) between syncs killed at random moments; a run is let finish, and then: each local
+/// row is exactly one customer, bound to its row by id, with the row's last edit, and the hub and
+/// the mirror hold the same customers.
+async fn killed_syncs_create_each_local_row_once_and_keep_every_edit(hub: TestHub) {
+    let mut random = Lcg::from_clock("sync");
+    let work = Workdir::new();
+    let url = mirror_url(&hub, &work).await;
+    let job = work.job(&hub, &mirror_job(&url, "source_wins"));
+    let seeded: Vec<serde_json::Value> = (0..50)
+        .map(
+            |i| serde_json::json!({"external_id": format!("hub{i}"), "first_name": "From the hub"}),
+        )
+        .collect();
+    let reply = hub
+        .sync(&serde_json::json!({"key": "external_id", "customers": seeded}))
+        .await;
+    assert_eq!(reply.body["summary"]["failed"], 0, "{}", reply.body);
+    agent_ok("sync", &job, &[]).await;
+
+    // The local rows' external ids and the first name each should end with.
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    for round in 0..8 {
+        let labels: Vec<String> = expected.keys().cloned().collect();
+        for _ in 0..labels.len().min(4) {
+            let label = &labels[random.next(labels.len() as u64) as usize];
+            let name = format!("Edited in round {round}");
+            mirror_sql(
+                &url,
+                &format!(
+                    "UPDATE customers SET first_name = '{name}' WHERE external_id = '{label}'"
+                ),
+            )
+            .await;
+            expected.insert(label.clone(), name);
+        }
+        for i in 0..10 {
+            let label = format!("local{round}-{i}");
+            let name = format!("Made in round {round}");
+            mirror_sql(
+                &url,
+                &format!(
+                    "INSERT INTO customers (external_id, first_name) VALUES ('{label}', '{name}')"
+                ),
+            )
+            .await;
+            expected.insert(label, name);
+        }
+        let mut child = agent_command("sync", &job, &[])
+            .spawn()
+            .expect("spawn agent");
+        let delay = random.next(250);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let finished = child.try_wait().expect("try_wait").is_some();
+        child.kill().ok(); // SIGKILL
+        child.wait().expect("reap");
+        eprintln!("sync round {round}: killed after {delay} ms (finished first: {finished})");
+    }
+    let out = agent_ok("sync", &job, &[]).await;
+    counts(&out, &[("failed", 0)]);
+    let out = agent_ok("sync", &job, &[]).await;
+    counts(&out, &[("created", 0), ("updated", 0), ("failed", 0)]);
+
+    let customers = hub_customers(&hub).await;
+    assert_eq!(
+        customers.len(),
+        50 + expected.len(),
+        "no customer twice, none lost"
+    );
+    let rows = mirror_rows_by_external_id(&url).await;
+    assert_eq!(
+        rows.len(),
+        customers.len(),
+        "the mirror holds the hub's customers"
+    );
+    for (label, name) in &expected {
+        let customer = &customers[label];
+        assert_eq!(
+            customer["first_name"].as_str(),
+            Some(name.as_str()),
+            "{label}"
+        );
+        let (id, first_name) = &rows[label];
+        assert_eq!(
+            id.as_deref(),
+            customer["id"].as_str(),
+            "{label} is bound to its customer"
+        );
+        assert_eq!(first_name.as_deref(), Some(name.as_str()), "{label}");
+    }
+}
+
+/// The mirror's rows by external id: (id, first name).
+async fn mirror_rows_by_external_id(
+    url: &str,
+) -> BTreeMap<String, (Option<String>, Option<String>)> {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.expect("mirror");
+    let rows: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT external_id, id, first_name FROM customers")
+            .fetch_all(&mut conn)
+            .await
+            .expect("rows");
+    let count = rows.len();
+    let keyed: BTreeMap<_, _> = rows
+        .into_iter()
+        .map(|(key, id, first_name)| (key, (id, first_name)))
+        .collect();
+    assert_eq!(keyed.len(), count, "one mirror row per external id");
+    keyed
 }
 
 async fn read_people(work: &Workdir) -> BTreeMap<i64, (String, String)> {

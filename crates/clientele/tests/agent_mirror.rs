@@ -37,29 +37,6 @@ hub_tests!(
     a_sync_dry_run_plans_what_the_run_does,
 );
 
-/// A mirror database of the hub's kind: a SQLite file, or a fresh PostgreSQL database.
-async fn mirror_url(hub: &TestHub, work: &Workdir) -> String {
-    match hub.backend {
-        Backend::Sqlite => format!("sqlite://{}", work.path("mirror.db").display()),
-        Backend::Postgres => clientele_testkit::fresh_postgres_database()
-            .await
-            .expect("postgres"),
-    }
-}
-
-fn mirror_job(url: &str, conflict: &str) -> String {
-    format!("[mirror]\nurl = \"{url}\"\ntable = \"customers\"\nconflict = \"{conflict}\"\n")
-}
-
-async fn mirror_sql(url: &str, sql: &str) {
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.expect("mirror");
-    sqlx::query(sql)
-        .execute(&mut conn)
-        .await
-        .expect("mirror sql");
-}
-
 /// A mirror row: (id, first_name, version, tags as stored).
 type MirrorRow = (Option<String>, Option<String>, Option<i64>, Option<String>);
 /// The same with the external id in front, as selected.

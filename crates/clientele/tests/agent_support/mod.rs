@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use clientele_testkit::{ADMIN_SECRET, TestHub, call};
+use clientele_testkit::{ADMIN_SECRET, Backend, TestHub, call};
 use serde_json::Value;
 use sqlx::Connection;
 
@@ -208,3 +208,26 @@ pub fn borrowed(rows: &[(i64, String, String)]) -> Vec<(i64, &str, &str)> {
 }
 
 pub const PEOPLE_JOB: &str = "[source]\nurl = \"sqlite://source.db\"\ntable = \"people\"\nkey = \"person_id\"\n\n[sync]\nkey = \"external_id\"\non_missing = \"archive\"\nstate = \"state.db\"\nbatch_size = 100\nconcurrency = 4\n\n[fields]\nfirst_name = \"fname\"\n";
+
+/// A mirror database of the hub's kind: a SQLite file, or a fresh PostgreSQL database.
+pub async fn mirror_url(hub: &TestHub, work: &Workdir) -> String {
+    match hub.backend {
+        Backend::Sqlite => format!("sqlite://{}", work.path("mirror.db").display()),
+        Backend::Postgres => clientele_testkit::fresh_postgres_database()
+            .await
+            .expect("postgres"),
+    }
+}
+
+pub fn mirror_job(url: &str, conflict: &str) -> String {
+    format!("[mirror]\nurl = \"{url}\"\ntable = \"customers\"\nconflict = \"{conflict}\"\n")
+}
+
+pub async fn mirror_sql(url: &str, sql: &str) {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.expect("mirror");
+    sqlx::query(sql)
+        .execute(&mut conn)
+        .await
+        .expect("mirror sql");
+}
