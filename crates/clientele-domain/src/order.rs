@@ -174,7 +174,7 @@ impl OrderWrite {
                 errors.push(
                     "placed_at",
                     "invalid_timestamp",
-                    "not an RFC 3339 timestamp",
+                    "not an RFC 3339 timestamp whose year in UTC is 0000 to 9999",
                 );
                 now
             }
@@ -329,6 +329,21 @@ mod tests {
                 ("customer.external_id".into(), "invalid_characters"),
             ]
         );
+    }
+
+    #[test]
+    fn a_placed_at_beyond_four_digit_utc_years_is_refused() {
+        // Found in a review: year -1 in UTC was stored, and every read of the order failed.
+        let now = Timestamp::from_micros(1_000_000);
+        for placed_at in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00"] {
+            let body = json!({"reference": "A-1", "customer": {"external_id": "P-1"},
+                              "total": 1, "currency": "EUR", "placed_at": placed_at});
+            assert_eq!(
+                fields(write(body).validate(now)),
+                vec![("placed_at".into(), "invalid_timestamp")],
+                "{placed_at}"
+            );
+        }
     }
 
     #[test]

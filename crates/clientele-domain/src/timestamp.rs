@@ -24,12 +24,17 @@ impl Timestamp {
         self.0
     }
 
-    /// Parses an RFC 3339 timestamp with any offset.
+    /// The first microsecond written back as a four-digit year: 0000-01-01T00:00:00Z.
+    const MIN_MICROS: i64 = -62_167_219_200_000_000;
+    /// The last one: 9999-12-31T23:59:59.999999Z.
+    const MAX_MICROS: i64 = 253_402_300_799_999_999;
+
+    /// Parses an RFC 3339 timestamp with any offset. A time whose UTC year is outside
+    /// 0000–9999 is refused (`None`): RFC 3339 allows it with an offset (`0000-01-01T00:00:00+01:00`
+    /// is year −1 in UTC), but it cannot be written back as RFC 3339 UTC.
     pub fn parse_rfc3339(text: &str) -> Option<Self> {
         let parsed = OffsetDateTime::parse(text, &Rfc3339).ok()?;
-        i64::try_from(parsed.unix_timestamp_nanos() / 1_000)
-            .ok()
-            .map(Self)
+        Self::in_range(parsed.unix_timestamp_nanos() / 1_000)
     }
 
     /// Parses an RFC 3339 timestamp as a bound of a time filter: the first microsecond at or
@@ -41,7 +46,14 @@ impl Timestamp {
             .ok()?
             .unix_timestamp_nanos();
         let micros = nanos.div_euclid(1_000) + i128::from(nanos.rem_euclid(1_000) != 0);
-        i64::try_from(micros).ok().map(Self)
+        Self::in_range(micros)
+    }
+
+    fn in_range(micros: i128) -> Option<Self> {
+        let micros = i64::try_from(micros).ok()?;
+        (Self::MIN_MICROS..=Self::MAX_MICROS)
+            .contains(&micros)
+            .then_some(Self(micros))
     }
 
     fn to_datetime(self) -> OffsetDateTime {
@@ -107,6 +119,20 @@ mod tests {
         let text = ts.to_string();
         assert_eq!(text, "2026-11-18T11:06:40.123456Z");
         assert_eq!(Timestamp::parse_rfc3339(&text), Some(ts));
+    }
+
+    #[test]
+    fn times_outside_four_digit_utc_years_are_refused() {
+        // Found in a review: year -1 in UTC was stored, and every read of it failed.
+        for text in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00"] {
+            assert_eq!(Timestamp::parse_rfc3339(text), None, "{text}");
+            assert_eq!(Timestamp::parse_rfc3339_bound(text), None, "{text}");
+        }
+        for text in ["0000-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"] {
+            let parsed = Timestamp::parse_rfc3339(text).expect(text);
+            assert_eq!(parsed.to_string(), text.replace("00Z", "00.000000Z"));
+            assert_eq!(Timestamp::parse_rfc3339(&parsed.to_string()), Some(parsed));
+        }
     }
 
     #[test]
