@@ -261,7 +261,7 @@ fn replayed(state: &AppState, mut stored: StoredResponse) -> Response {
 /// The keyed hash of method, path with query, and body (see [`crate::secrets::MasterKey`]): a
 /// body may carry a password.
 fn fingerprint(state: &AppState, parts: &Parts, body: &[u8]) -> Vec<u8> {
-    let path = parts.uri.path_and_query().map_or("", |p| p.as_str());
+    let path = crate::key_paths::sent_path_and_query(parts);
     let parts: [&[u8]; 3] = [parts.method.as_str().as_bytes(), path.as_bytes(), body];
     state.master_key().fingerprint(&parts).to_vec()
 }

@@ -6,6 +6,7 @@ mod cursor;
 mod detach;
 pub mod extract;
 pub mod idempotency;
+mod key_paths;
 mod metrics;
 mod openapi;
 mod openapi_problems;
@@ -77,7 +78,7 @@ fn api_router() -> OpenApiRouter<AppState> {
 pub fn app(state: AppState) -> Router {
     let (router, document) = routes_and_document();
     let document = std::sync::Arc::new(document);
-    router
+    let routed = router
         .route(
             "/openapi.json",
             get(move || openapi::document(document.clone())),
@@ -114,7 +115,10 @@ pub fn app(state: AppState) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, UlidRequestId))
-        .with_state(state)
+        .with_state(state);
+    // A layer of the router itself runs after routing; this one must run before.
+    let key_paths_first = axum::middleware::from_fn(key_paths::route_key_paths);
+    Router::new().fallback_service(tower::Layer::layer(&key_paths_first, routed))
 }
 
 /// A request id for requests that come without one.

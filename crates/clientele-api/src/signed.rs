@@ -116,7 +116,7 @@ async fn verify(
         })?;
 
     let bytes = read_body(body, state.config().max_body_bytes).await?;
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path_and_query = crate::key_paths::sent_path_and_query(&parts);
     let string_to_sign = signing::string_to_sign(
         parts.method.as_str(),
         path_and_query,

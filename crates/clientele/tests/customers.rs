@@ -15,6 +15,7 @@ hub_tests!(
     every_unique_key_reads_patches_and_deletes,
     a_path_key_that_is_not_unique_is_a_documented_404,
     key_values_are_url_decoded,
+    key_values_that_are_words_of_other_routes_address_their_customers,
     absent_keeps_null_clears_and_an_equal_write_keeps_the_version,
     if_match_guards_patch_put_and_delete,
     unique_keys_clash_with_409_naming_the_key,
@@ -312,6 +313,48 @@ async fn key_values_are_url_decoded(hub: TestHub) {
     let read = call(hub.get(&format!("/v1/customers/external_id/{encoded}"))).await;
     assert_eq!(read.status, 200);
     assert_eq!(read.body["id"], created.body["id"]);
+}
+
+/// Found in a review: `/v1/customers/{id}/orders` and `.../verify-password` took the key paths
+/// whose value is `orders` or `verify-password` (404, or 405 for writes).
+async fn key_values_that_are_words_of_other_routes_address_their_customers(hub: TestHub) {
+    for (key, value) in [("external_id", "orders"), ("username", "verify-password")] {
+        let path = format!("/v1/customers/{key}/{value}");
+        let created = call(hub.put(&path).json(&json!({"first_name": "Word"}))).await;
+        assert_eq!(created.status, 201, "{path}: {}", created.body);
+        assert_eq!(created.body[key], value);
+        let read = call(hub.get(&path)).await;
+        assert_eq!(read.status, 200, "{path}: {}", read.body);
+        assert_eq!(read.body["id"], created.body["id"]);
+        let patched = call(
+            hub.patch(&path)
+                .header("Idempotency-Key", format!("patch-{value}"))
+                .json(&json!({"last_name": "Path"})),
+        )
+        .await;
+        assert_eq!(patched.status, 200, "{path}: {}", patched.body);
+        assert_eq!(patched.body["last_name"], "Path");
+        // A retry is the same request, path as sent and all.
+        let again = call(
+            hub.patch(&path)
+                .header("Idempotency-Key", format!("patch-{value}"))
+                .json(&json!({"last_name": "Path"})),
+        )
+        .await;
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        // The routes of a customer's orders and password check are where they were.
+        let id = created.body["id"].as_str().expect("id");
+        let orders = call(hub.get(&format!("/v1/customers/{id}/orders"))).await;
+        assert_eq!(orders.status, 200, "{}", orders.body);
+        let check = call(
+            hub.post(&format!("/v1/customers/{id}/verify-password"))
+                .json(&json!({"password": "whatever"})),
+        )
+        .await;
+        assert_eq!(check.status, 200, "{}", check.body);
+        assert_eq!(call(hub.delete(&path)).await.status, 204, "{path}");
+        assert_eq!(call(hub.get(&path)).await.status, 404, "{path}");
+    }
 }
 
 async fn absent_keeps_null_clears_and_an_equal_write_keeps_the_version(hub: TestHub) {

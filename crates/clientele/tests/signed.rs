@@ -90,6 +90,14 @@ async fn the_path_and_query_are_signed(hub: TestHub) {
     request.url_mut().set_query(Some("limit=11"));
     let reply = call_built(&hub, request).await;
     assert_refused(&reply, "signature_invalid", "X-Clientele-Signature");
+    // A key path routed under another encoding is checked against the path as sent.
+    let reply = call(hub.signed(&key, Method::GET, "/v1/customers/external_id/orders", b"")).await;
+    assert_eq!(
+        reply.status, 404,
+        "no such customer, and a valid signature: {}",
+        reply.body
+    );
+    assert_eq!(reply.body["code"], "not_found");
 }
 
 async fn call_built(hub: &TestHub, request: reqwest::Request) -> clientele_testkit::Reply {
