@@ -228,14 +228,9 @@ impl FieldType {
                 }
                 None => wrong_type(errors, "a string"),
             },
+            // Compared as integers: a double would take 2^53 + 1 for 2^53.
             FieldType::Integer { min, max } => match value.as_i64() {
-                Some(n) => check_range(
-                    path,
-                    n as f64,
-                    min.map(|m| m as f64),
-                    max.map(|m| m as f64),
-                    errors,
-                ),
+                Some(n) => check_range(path, n, *min, *max, errors),
                 None => wrong_type(errors, "an integer"),
             },
             FieldType::Number { min, max } => match value.as_f64() {
@@ -263,21 +258,17 @@ impl FieldType {
             },
             FieldType::Enum { values } => match value.as_str() {
                 Some(text) if values.iter().any(|v| v == text) => {}
-                _ => errors.push(
-                    path,
-                    "invalid_value",
-                    format!("must be one of {}", values.join(", ")),
-                ),
+                _ => errors.push(path, "invalid_value", enum_message(values)),
             },
         }
     }
 }
 
-fn check_range(
+fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
     path: &str,
-    n: f64,
-    min: Option<f64>,
-    max: Option<f64>,
+    n: T,
+    min: Option<T>,
+    max: Option<T>,
     errors: &mut ValidationErrors,
 ) {
     if min.is_some_and(|min| n < min) || max.is_some_and(|max| n > max) {
@@ -289,6 +280,20 @@ fn check_range(
         };
         errors.push(path, "out_of_range", format!("must be {bounds}"));
     }
+}
+
+/// The values an enum field takes, for its error: all of a short list; of a long one, the first
+/// few and where to find the rest (every item of a 1,000-item sync may carry one).
+fn enum_message(values: &[String]) -> String {
+    const SHOWN: usize = 10;
+    if values.len() <= SHOWN {
+        return format!("must be one of {}", values.join(", "));
+    }
+    format!(
+        "must be one of the {} values GET /v1/schema lists ({}, ...)",
+        values.len(),
+        values[..SHOWN].join(", ")
+    )
 }
 
 /// Whether a field of a customer counts as set: not null, not an empty list or object.
@@ -375,7 +380,7 @@ fn parse_field(path: &str, spec: &Value, errors: &mut ValidationErrors) -> Optio
                 }),
             };
             let (min, max) = (bound("min", errors), bound("max", errors));
-            check_bounds(path, min.map(|m| m as f64), max.map(|m| m as f64), errors);
+            check_bounds(path, min, max, errors);
             FieldType::Integer { min, max }
         }
         Some("number") => {
@@ -429,7 +434,12 @@ fn parse_field(path: &str, spec: &Value, errors: &mut ValidationErrors) -> Optio
     (errors.0.len() == before).then_some(field)
 }
 
-fn check_bounds(path: &str, min: Option<f64>, max: Option<f64>, errors: &mut ValidationErrors) {
+fn check_bounds<T: PartialOrd>(
+    path: &str,
+    min: Option<T>,
+    max: Option<T>,
+    errors: &mut ValidationErrors,
+) {
     if let (Some(min), Some(max)) = (min, max)
         && min > max
     {
@@ -467,6 +477,40 @@ mod tests {
             }
         }))
         .expect("valid schema")
+    }
+
+    #[test]
+    fn integer_bounds_are_exact_and_enum_errors_are_bounded() {
+        // Found in a review: integer bounds were compared as doubles.
+        let big = 9_007_199_254_740_993_i64; // 2^53 + 1
+        let schema = Schema::parse(&json!({"custom_fields": {
+            "n": {"type": "integer", "min": big},
+            "tier": {"type": "enum", "values": (0..1000).map(|i| format!("v{i}")).collect::<Vec<_>>()},
+        }}))
+        .expect("valid schema");
+        let check = |custom: Value| {
+            let mut errors = ValidationErrors::default();
+            schema.check_custom(custom.as_object().expect("object"), &mut errors);
+            errors.0
+        };
+        let refused = check(json!({"n": big - 1}));
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].code, "out_of_range");
+        assert!(check(json!({"n": big})).is_empty());
+        let refused = check(json!({"tier": "gold"}));
+        assert_eq!(refused[0].code, "invalid_value");
+        assert!(refused[0].message.len() < 200, "{}", refused[0].message);
+        assert!(
+            refused[0].message.contains("1000 values"),
+            "{}",
+            refused[0].message
+        );
+        assert_eq!(
+            faults(Schema::parse(&json!({"custom_fields": {
+                "n": {"type": "integer", "min": big, "max": big - 1},
+            }}))),
+            [("custom_fields.n.min".to_owned(), "out_of_range")]
+        );
     }
 
     #[test]

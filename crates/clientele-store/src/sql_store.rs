@@ -357,8 +357,13 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn get_schema(&self) -> Result<Schema, DomainError> {
-        // On the write connection's transaction, as writes read it: never an older snapshot.
-        schema_store::get(self.backend.begin_write().await?).await
+        // A new read transaction sees the schema committed last: SQLite's readers need not
+        // queue for the writer (PostgreSQL's reads and writes share one pool).
+        let tx = match self.backend.begin_snapshot().await? {
+            Some(tx) => tx,
+            None => self.backend.begin_write().await?,
+        };
+        schema_store::get(tx).await
     }
 
     async fn put_schema(
