@@ -2,7 +2,8 @@
 //!
 //! Decisions the contract leaves open (documented in the OpenAPI document too):
 //! - `total` is money: given as a JSON number or a decimal string (`"19.90"`), at least 0 and at
-//!   most 10^15, with at most 4 decimals; returned as a JSON number.
+//!   most 10^15, with at most 4 decimals, and refused when a double would not keep it exactly
+//!   (15 significant digits always are); returned as a JSON number.
 //! - `currency` is an ISO 4217 code (case-insensitive in, upper-case out), required.
 //! - `status` is a short code (`[a-z0-9_-]`, up to 32 characters), default `placed`.
 //! - `reference` is the source system's order number (1 to 255 characters), required; it is not
@@ -59,11 +60,14 @@ pub struct OrderWrite {
     /// `cus_…`; or give `customer` instead.
     pub customer_id: Option<String>,
     pub customer: Option<CustomerRef>,
-    /// A number or a decimal string.
+    /// A number or a decimal string: at least 0, at most 10^15, at most 4 decimals, and at most
+    /// as many digits as are kept exactly (15 significant digits always are; 422
+    /// `invalid_total` otherwise).
     #[schema(value_type = Object)]
     pub total: Option<Value>,
     pub currency: Option<String>,
     pub status: Option<String>,
+    /// RFC 3339, with any offset; its year in UTC is 0000 to 9999. Default: now.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub placed_at: Option<String>,
 }
@@ -287,10 +291,22 @@ fn parse_total(value: &Value) -> Result<f64, &'static str> {
     if decimals.len() > MAX_DECIMALS {
         return Err("at most 4 decimals");
     }
-    match text.parse::<f64>() {
-        Ok(total) if total.is_finite() && total <= MAX_TOTAL => Ok(total),
-        _ => Err("must be at most 10^15"),
+    let total = match text.parse::<f64>() {
+        Ok(total) if total.is_finite() && total <= MAX_TOTAL => total,
+        _ => return Err("must be at most 10^15"),
+    };
+    // Stored as a double: refused unless it reads back as given (past 15 significant digits it
+    // may not, and 999999999999999.9999 would come back as 10^15).
+    let whole = whole.trim_start_matches('0');
+    let given = format!(
+        "{}.{decimals:0<width$}",
+        if whole.is_empty() { "0" } else { whole },
+        width = MAX_DECIMALS
+    );
+    if format!("{total:.prec$}", prec = MAX_DECIMALS) != given {
+        return Err("more digits than can be kept exactly: at most 15 significant digits");
     }
+    Ok(total)
 }
 
 fn is_status(status: &str) -> bool {
@@ -368,8 +384,24 @@ mod tests {
 
     #[test]
     fn totals_are_plain_non_negative_decimals() {
-        for good in [json!(0), json!(12.5), json!("19.90"), json!("1000000")] {
+        for good in [
+            json!(0),
+            json!(12.5),
+            json!("19.90"),
+            json!("1000000"),
+            json!("007.50"),
+            json!("12345678901.2345"),
+            json!("1000000000000000"),
+        ] {
             assert!(parse_total(&good).is_ok(), "{good}");
+        }
+        assert_eq!(
+            parse_total(&json!("12345678901.2345")),
+            Ok(12_345_678_901.234_5)
+        );
+        // Found in a review: these came back rounded.
+        for rounded in ["999999999999999.9999", "123456789012345.6789"] {
+            assert!(parse_total(&json!(rounded)).is_err(), "{rounded}");
         }
         for bad in [
             json!(-1),
