@@ -43,38 +43,91 @@ pub(crate) async fn put(
     tx.commit().await
 }
 
-macro_rules! schema_sql {
-    ($db:ty) => {
-        #[async_trait::async_trait]
-        impl $crate::schema_store::SchemaTx for sqlx::Transaction<'static, $db> {
-            async fn schema_doc(
-                &mut self,
-            ) -> Result<Option<String>, clientele_domain::DomainError> {
-                sqlx::query_scalar("SELECT doc FROM customer_schema WHERE id = 1")
-                    .fetch_optional(&mut **self)
-                    .await
-                    .map_err($crate::error::db_error)
-            }
+const SCHEMA_SQL: &str = "SELECT doc FROM customer_schema WHERE id = 1";
 
-            async fn save_schema_doc(
-                &mut self,
-                doc: &str,
-            ) -> Result<(), clientele_domain::DomainError> {
-                sqlx::query(
-                    "INSERT INTO customer_schema (id, doc, updated_at) VALUES (1, $1, $2) \
-                     ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, \
-                     updated_at = excluded.updated_at",
-                )
-                .bind(doc)
-                .bind(clientele_domain::Timestamp::now().as_micros())
-                .execute(&mut **self)
-                .await
-                .map_err($crate::error::db_error)?;
-                Ok(())
-            }
-        }
-    };
+const SAVE_SQL: &str = "INSERT INTO customer_schema (id, doc, updated_at) VALUES (1, $1, $2) \
+                        ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, \
+                        updated_at = excluded.updated_at";
+
+/// SQLite: a write transaction holds the database's one write lock from its start, so the schema
+/// it reads stays the schema in force until it commits.
+#[async_trait]
+impl SchemaTx for sqlx::Transaction<'static, sqlx::Sqlite> {
+    async fn schema_doc(&mut self) -> Result<Option<String>, DomainError> {
+        sqlx::query_scalar(SCHEMA_SQL)
+            .fetch_optional(&mut **self)
+            .await
+            .map_err(crate::error::db_error)
+    }
+
+    async fn save_schema_doc(&mut self, doc: &str) -> Result<(), DomainError> {
+        sqlx::query(SAVE_SQL)
+            .bind(doc)
+            .bind(clientele_domain::Timestamp::now().as_micros())
+            .execute(&mut **self)
+            .await
+            .map_err(crate::error::db_error)?;
+        Ok(())
+    }
 }
 
-schema_sql!(sqlx::Sqlite);
-schema_sql!(sqlx::Postgres);
+/// PostgreSQL: a transaction that reads the schema holds [`SCHEMA_LOCK`] shared until it ends,
+/// and a schema change holds it alone. Without it a write could read the schema, a change (a
+/// newly required field, say) commit and be answered, and the write commit later against the
+/// schema it read. The lock is taken in the statement before the read, in the same round trip:
+/// each statement of a READ COMMITTED transaction reads the data committed before it began.
+#[async_trait]
+impl SchemaTx for sqlx::Transaction<'static, sqlx::Postgres> {
+    async fn schema_doc(&mut self) -> Result<Option<String>, DomainError> {
+        use sqlx::{Executor as _, Row as _};
+        // Through the connection's `fetch_all`: `RawSql::fetch_all` is not `Send` enough for
+        // `async_trait` (sqlx issue 3591).
+        let connection: &mut sqlx::PgConnection = self;
+        let rows = connection
+            .fetch_all(sqlx::raw_sql(PG_LOCKED_SCHEMA_SQL))
+            .await
+            .map_err(crate::error::db_error)?;
+        // The lock's row, then the schema's if there is one.
+        match rows.get(1) {
+            Some(row) => row.try_get("doc").map_err(crate::error::db_error),
+            None => Ok(None),
+        }
+    }
+
+    async fn save_schema_doc(&mut self, doc: &str) -> Result<(), DomainError> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SCHEMA_LOCK)
+            .execute(&mut **self)
+            .await
+            .map_err(crate::error::db_error)?;
+        sqlx::query(SAVE_SQL)
+            .bind(doc)
+            .bind(clientele_domain::Timestamp::now().as_micros())
+            .execute(&mut **self)
+            .await
+            .map_err(crate::error::db_error)?;
+        Ok(())
+    }
+}
+
+/// The advisory lock between schema changes and the transactions that check writes against
+/// the schema (`'clsc'`).
+const SCHEMA_LOCK: i64 = 0x636c_7363;
+
+/// [`SCHEMA_SQL`] after the shared [`SCHEMA_LOCK`], as one simple query (a literal: the
+/// statements of a simple query take no parameters).
+const PG_LOCKED_SCHEMA_SQL: &str =
+    "SELECT pg_advisory_xact_lock_shared(1668051811); SELECT doc FROM customer_schema WHERE id = 1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_locked_read_takes_the_schema_lock_then_reads_the_schema() {
+        assert_eq!(
+            PG_LOCKED_SCHEMA_SQL,
+            format!("SELECT pg_advisory_xact_lock_shared({SCHEMA_LOCK}); {SCHEMA_SQL}")
+        );
+    }
+}

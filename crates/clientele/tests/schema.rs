@@ -4,7 +4,7 @@
 
 use clientele_api::ApiConfig;
 use clientele_domain::Role;
-use clientele_testkit::{TestHub, assert_invalid, assert_problem, call, hub_tests};
+use clientele_testkit::{Backend, TestHub, assert_invalid, assert_problem, call, hub_tests};
 use serde_json::{Value, json};
 
 hub_tests!(
@@ -15,6 +15,7 @@ hub_tests!(
     custom_fields_are_checked_on_every_write_path,
     stored_customers_are_not_revalidated,
     another_hub_process_sees_the_new_schema_at_once,
+    a_schema_change_and_the_writes_checked_against_it_do_not_overlap,
 );
 
 fn example() -> Value {
@@ -261,4 +262,60 @@ async fn another_hub_process_sees_the_new_schema_at_once(hub: TestHub) {
     )
     .await;
     assert_invalid(&reply, &[("custom.x", "unknown_custom_field")]);
+}
+
+/// The advisory lock of `clientele_store::schema_store` (`'clsc'`).
+const SCHEMA_LOCK: i64 = 0x636c_7363;
+
+/// PostgreSQL (SQLite's writers take turns): a schema change waits for the writes that read
+/// the schema in force, and writes wait for a schema change. Found in a review: a create could
+/// read the schema, a newly required field be set and answered, and the create commit after it
+/// without the field. The hub's own transactions are stood in for by ones holding the lock as
+/// they do.
+async fn a_schema_change_and_the_writes_checked_against_it_do_not_overlap(hub: TestHub) {
+    if hub.backend != Backend::Postgres {
+        return;
+    }
+    let pool = sqlx::PgPool::connect(&hub.database_url)
+        .await
+        .expect("the hub's database");
+    let pending = std::time::Duration::from_millis(300);
+
+    let mut write = pool.begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(SCHEMA_LOCK)
+        .execute(&mut *write)
+        .await
+        .expect("lock shared");
+    let change = tokio::spawn(call(
+        hub.put("/v1/schema")
+            .json(&json!({"required_on_create": ["currency"]})),
+    ));
+    tokio::time::sleep(pending).await;
+    assert!(!change.is_finished(), "the change waits for the write");
+    write.commit().await.expect("commit");
+    assert_eq!(change.await.expect("join").status, 200);
+
+    let mut change = pool.begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SCHEMA_LOCK)
+        .execute(&mut *change)
+        .await
+        .expect("lock alone");
+    let create = tokio::spawn(call(
+        hub.post("/v1/customers")
+            .json(&json!({"first_name": "Waits", "currency": "EUR"})),
+    ));
+    tokio::time::sleep(pending).await;
+    assert!(!create.is_finished(), "the write waits for the change");
+    change.commit().await.expect("commit");
+    let created = create.await.expect("join");
+    assert_eq!(created.status, 201, "{}", created.body);
+    // And a write reads the schema committed before it: the currency is required now.
+    let refused = call(
+        hub.post("/v1/customers")
+            .json(&json!({"first_name": "No currency"})),
+    )
+    .await;
+    assert_invalid(&refused, &[("currency", "required")]);
 }
