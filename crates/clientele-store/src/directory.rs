@@ -24,8 +24,10 @@ pub(crate) trait DirectoryTx: Send {
         teams: &[String],
     ) -> Result<KnownCodes, DomainError>;
 
-    /// Every group, after serializing group writes (the hierarchy check needs a stable view).
-    async fn lock_groups(&mut self) -> Result<Vec<Group>, DomainError>;
+    /// Serializes group writes (the hierarchy check needs a stable view), then loads the groups
+    /// `named` and all their ancestors: what a batch naming these codes and parents needs to
+    /// check for cycles, whatever the number of groups.
+    async fn lock_groups(&mut self, named: &[String]) -> Result<Vec<Group>, DomainError>;
 
     async fn upsert_groups(&mut self, groups: &[Group]) -> Result<(), DomainError>;
 
@@ -282,17 +284,35 @@ macro_rules! directory_primitives {
 
             async fn lock_groups(
                 &mut self,
+                named: &[String],
             ) -> Result<Vec<clientele_domain::Group>, clientele_domain::DomainError> {
+                use $crate::directory::list;
                 let db = $crate::error::db_error;
                 if !$serialize.is_empty() {
                     sqlx::query($serialize).execute(&mut **self).await.map_err(db)?;
                 }
-                let sql = format!(
-                    "SELECT {} FROM groups ORDER BY code",
-                    $crate::directory::GROUP_COLUMNS
-                );
-                let rows = sqlx::query(&sql).fetch_all(&mut **self).await.map_err(db)?;
-                rows.iter().map(decode_group).collect()
+                let mut loaded = std::collections::BTreeMap::new();
+                for named in named.chunks($crate::directory::CODES_PER_QUERY) {
+                    let sql = format!(
+                        "WITH RECURSIVE chain (code) AS ( \
+                             SELECT code FROM groups WHERE code IN ({}) \
+                             UNION \
+                             SELECT g.parent FROM groups AS g JOIN chain AS c ON g.code = c.code \
+                             WHERE g.parent IS NOT NULL) \
+                         SELECT {} FROM groups WHERE code IN (SELECT code FROM chain)",
+                        list(1, named.len()),
+                        $crate::directory::GROUP_COLUMNS
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for code in named {
+                        query = query.bind(code);
+                    }
+                    for row in query.fetch_all(&mut **self).await.map_err(db)? {
+                        let group = decode_group(&row)?;
+                        loaded.insert(group.code.clone(), group);
+                    }
+                }
+                Ok(loaded.into_values().collect())
             }
 
             async fn upsert_groups(

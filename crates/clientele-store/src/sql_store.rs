@@ -380,7 +380,15 @@ impl<B: Backend> Store for SqlStore<B> {
         completion: Option<Completion<'_, GroupResults>>,
     ) -> Result<GroupResults, DomainError> {
         let mut tx = self.backend.begin_write().await?;
-        let plan = Hierarchy::new(tx.lock_groups().await?).plan(items, Timestamp::now());
+        let named: Vec<String> = items
+            .iter()
+            .flatten()
+            .flat_map(|write| write.code.iter().chain(write.parent.value()))
+            // A malformed code names no group (and PostgreSQL text cannot hold every string).
+            .filter(|code| clientele_domain::group::is_valid_code(code))
+            .cloned()
+            .collect();
+        let plan = Hierarchy::new(tx.lock_groups(&named).await?).plan(items, Timestamp::now());
         if !plan.upserts.is_empty() {
             tx.upsert_groups(&plan.upserts).await?;
         }
@@ -408,7 +416,8 @@ impl<B: Backend> Store for SqlStore<B> {
         completion: Option<Completion<'_, ()>>,
     ) -> Result<(), DomainError> {
         let mut tx = self.backend.begin_write().await?;
-        tx.lock_groups().await?;
+        // Only the lock: the delete checks its own subgroups and members.
+        tx.lock_groups(&[]).await?;
         tx.delete_group(code).await?;
         complete(&mut tx, completion, &()).await?;
         tx.commit().await
