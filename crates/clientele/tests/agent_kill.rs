@@ -4,7 +4,8 @@
 //! the distinct contents its row really had).
 //!
 //! `clientele sync` killed the same way while local rows are inserted and edited between runs:
-//! every local row ends as one customer, bound to its row, with its last edit.
+//! every local row ends as one customer, bound to its row, with its last edit. `clientele pull`
+//! killed while the hub changes: the mirror ends equal to the hub.
 //!
 //! And killed at the worst moment, deterministically: the hub applied a batch and the agent never
 //! heard back (a proxy between them forwards `POST /v1/customers/sync` and swallows the answer).
@@ -31,6 +32,7 @@ hub_tests!(
     batches_applied_but_never_acknowledged_delete,
     a_rename_applied_but_never_acknowledged_then_gone_from_the_source,
     killed_syncs_create_each_local_row_once_and_keep_every_edit,
+    killed_pulls_leave_the_mirror_equal_to_the_hub,
 );
 
 /// A small deterministic generator, seeded from the clock (the seed is printed for replays).
@@ -70,15 +72,7 @@ async fn killed_pushes_resume_to_exactly_the_source(hub: TestHub) {
     let mut removed: Vec<i64> = Vec::new();
 
     for round in 0..8 {
-        let mut child = agent_command("push", &job, &[])
-            .spawn()
-            .expect("spawn agent");
-        let delay = 30 + random.next(700);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        let finished = child.try_wait().expect("try_wait").is_some();
-        child.kill().ok(); // SIGKILL
-        child.wait().expect("reap");
-        eprintln!("round {round}: killed after {delay} ms (finished first: {finished})");
+        run_killed("push", &job, 30 + random.next(700), round).await;
         if round % 3 == 1 {
             // The source moves on between runs: some rows change, one row leaves.
             let start = 1 + random.next(1900) as i64;
@@ -209,15 +203,7 @@ async fn killed_syncs_create_each_local_row_once_and_keep_every_edit(hub: TestHu
             .await;
             expected.insert(label, name);
         }
-        let mut child = agent_command("sync", &job, &[])
-            .spawn()
-            .expect("spawn agent");
-        let delay = random.next(250);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        let finished = child.try_wait().expect("try_wait").is_some();
-        child.kill().ok(); // SIGKILL
-        child.wait().expect("reap");
-        eprintln!("sync round {round}: killed after {delay} ms (finished first: {finished})");
+        run_killed("sync", &job, random.next(250), round).await;
     }
     let out = agent_ok("sync", &job, &[]).await;
     counts(&out, &[("failed", 0)]);
@@ -230,27 +216,85 @@ async fn killed_syncs_create_each_local_row_once_and_keep_every_edit(hub: TestHu
         50 + expected.len(),
         "no customer twice, none lost"
     );
-    let rows = mirror_rows_by_external_id(&url).await;
+    // Each local row is bound to its customer, which has the row's last edit.
+    assert_mirror_equals_hub(&url, &customers).await;
+    for (label, name) in &expected {
+        assert_eq!(
+            customers[label]["first_name"].as_str(),
+            Some(name.as_str()),
+            "{label}"
+        );
+    }
+}
+
+/// Pulls of a feed of several pages are killed at random moments while the hub creates,
+/// updates and deletes customers between them; a pull let finish leaves the mirror holding
+/// exactly the hub's customers, each as the hub has it.
+async fn killed_pulls_leave_the_mirror_equal_to_the_hub(hub: TestHub) {
+    let mut random = Lcg::from_clock("pull");
+    let work = Workdir::new();
+    let url = mirror_url(&hub, &work).await;
+    let job = work.job(&hub, &mirror_job(&url, "hub_wins"));
+    let mut next = 0;
+    for round in 0..6 {
+        // New customers, and changes and deletes of earlier ones.
+        let mut items: Vec<serde_json::Value> = (next..next + 700)
+            .map(|i| serde_json::json!({"external_id": format!("c{i}"), "first_name": "New"}))
+            .collect();
+        next += 700;
+        for _ in 0..50 {
+            let i = random.next(next);
+            items.push(serde_json::json!({"external_id": format!("c{i}"), "first_name": format!("Round {round}")}));
+        }
+        for _ in 0..10 {
+            let i = random.next(next);
+            items.push(serde_json::json!({"external_id": format!("c{i}"), "delete": true}));
+        }
+        for batch in items.chunks(1000) {
+            // An item may delete a customer already gone, or update one deleted: it fails alone.
+            let reply = hub
+                .sync(&serde_json::json!({"key": "external_id", "customers": batch}))
+                .await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+        run_killed("pull", &job, random.next(300), round).await;
+    }
+    agent_ok("pull", &job, &[]).await;
+
+    assert_mirror_equals_hub(&url, &hub_customers(&hub).await).await;
+}
+
+/// The mirror holds exactly the hub's `customers` (by external id), each with the hub's id and
+/// first name.
+async fn assert_mirror_equals_hub(url: &str, customers: &BTreeMap<String, serde_json::Value>) {
+    let rows = mirror_rows_by_external_id(url).await;
     assert_eq!(
         rows.len(),
         customers.len(),
         "the mirror holds the hub's customers"
     );
-    for (label, name) in &expected {
-        let customer = &customers[label];
+    for (key, customer) in customers {
+        let (id, first_name) = rows.get(key).unwrap_or_else(|| panic!("{key} is missing"));
+        assert_eq!(id.as_deref(), customer["id"].as_str(), "{key}");
         assert_eq!(
+            first_name.as_deref(),
             customer["first_name"].as_str(),
-            Some(name.as_str()),
-            "{label}"
+            "{key}"
         );
-        let (id, first_name) = &rows[label];
-        assert_eq!(
-            id.as_deref(),
-            customer["id"].as_str(),
-            "{label} is bound to its customer"
-        );
-        assert_eq!(first_name.as_deref(), Some(name.as_str()), "{label}");
     }
+}
+
+/// Runs `clientele command` and kills it with SIGKILL after `delay` milliseconds (unless it
+/// finished first).
+async fn run_killed(command: &str, job: &std::path::Path, delay: u64, round: usize) {
+    let mut child = agent_command(command, job, &[])
+        .spawn()
+        .expect("spawn agent");
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    let finished = child.try_wait().expect("try_wait").is_some();
+    child.kill().ok(); // SIGKILL
+    child.wait().expect("reap");
+    eprintln!("{command} round {round}: killed after {delay} ms (finished first: {finished})");
 }
 
 /// The mirror's rows by external id: (id, first name).
