@@ -259,13 +259,8 @@ impl Syncer {
             } else {
                 // Another row in the place of the one sent (SQLite reuses the rowid of a row
                 // deleted last), or an earlier agent's record without the request: created
-                // as it is now.
-                let fresh = self.fresh_create_key(&row);
-                let key = self
-                    .mirror
-                    .create_key(&row.rowref, &hash, &fresh, &body)
-                    .await?;
-                self.create_new(row, &body, &key).await?;
+                // as it is now, under a key of its own (its content is not the recorded one).
+                self.send_insert(row).await?;
             }
         }
         Ok(resumed)
@@ -301,14 +296,9 @@ impl Syncer {
             Err(error) => match self.holder_of_keys(&error, sent).await? {
                 Some(customer) => customer,
                 None if is_refusal(&error) && edited => {
-                    // Recorded afresh: the content differs from the refused create's.
-                    let (body, hash) = create_request(&row.fields);
-                    let fresh = self.fresh_create_key(&row);
-                    let key = self
-                        .mirror
-                        .create_key(&row.rowref, &hash, &fresh, &body)
-                        .await?;
-                    return self.create_new(row, &body, &key).await;
+                    // Created as it is now, under a key of its own (its content is not the
+                    // refused create's). Boxed: `send_insert` may finish a pending create.
+                    return Box::pin(self.send_insert(row)).await;
                 }
                 None => {
                     let rejected =
@@ -552,7 +542,8 @@ impl Syncer {
     /// the answer is written back leaves the create pending, for the next run to finish).
     async fn send_insert(&self, row: LocalRow) -> anyhow::Result<()> {
         let (body, hash) = create_request(&row.fields);
-        let fresh = self.fresh_create_key(&row);
+        // A key no other create shares: this run's, for this row.
+        let fresh = format!("sync-create-{}-{}", self.run_id, row.rowref);
         let key = self
             .mirror
             .create_key(&row.rowref, &hash, &fresh, &body)
@@ -561,17 +552,7 @@ impl Syncer {
             // This very row and content were sent before, and the answer lost.
             return self.finish_pending(row, &key, &body, false).await;
         }
-        self.create_new(row, &body, &key).await
-    }
-
-    /// A key no other create shares: this run's, for this row.
-    fn fresh_create_key(&self, row: &LocalRow) -> String {
-        format!("sync-create-{}-{}", self.run_id, row.rowref)
-    }
-
-    /// Sends the create of a row recorded as pending under `key`, and writes the answer back.
-    async fn create_new(&self, row: LocalRow, body: &Value, key: &str) -> anyhow::Result<()> {
-        match self.client.create_customer(body, key).await {
+        match self.client.create_customer(&body, &key).await {
             Ok(response) => {
                 Counters::add(&self.counters().created, 1);
                 let mut tx = self.mirror.begin().await?;

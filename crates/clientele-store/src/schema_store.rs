@@ -12,6 +12,11 @@ use crate::primitives::CustomerTx;
 pub(crate) trait SchemaTx: Send {
     /// The stored schema document (`None` when none was ever set).
     async fn schema_doc(&mut self) -> Result<Option<String>, DomainError>;
+    /// Waits until no other transaction reads the schema, and keeps them waiting until this one
+    /// ends; a backend whose writers take turns anyway has nothing to do.
+    async fn hold_schema_alone(&mut self) -> Result<(), DomainError> {
+        Ok(())
+    }
     async fn save_schema_doc(&mut self, doc: &str) -> Result<(), DomainError>;
 }
 
@@ -35,6 +40,7 @@ pub(crate) async fn put(
     completion: Option<Completion<'_, Schema>>,
 ) -> Result<(), DomainError> {
     let doc = serde_json::to_string(schema).map_err(|e| DomainError::Storage(Box::new(e)))?;
+    tx.hold_schema_alone().await?;
     tx.save_schema_doc(&doc).await?;
     if let Some(completion) = completion {
         let response = (completion.render)(schema);
@@ -61,10 +67,9 @@ impl SchemaTx for sqlx::Transaction<'static, sqlx::Sqlite> {
     }
 
     async fn save_schema_doc(&mut self, doc: &str) -> Result<(), DomainError> {
-        sqlx::query(SAVE_SQL)
-            .bind(doc)
-            .bind(clientele_domain::Timestamp::now().as_micros())
-            .execute(&mut **self)
+        let now = clientele_domain::Timestamp::now().as_micros();
+        let save = sqlx::query(SAVE_SQL).bind(doc).bind(now);
+        save.execute(&mut **self)
             .await
             .map_err(crate::error::db_error)?;
         Ok(())
@@ -94,16 +99,19 @@ impl SchemaTx for sqlx::Transaction<'static, sqlx::Postgres> {
         }
     }
 
-    async fn save_schema_doc(&mut self, doc: &str) -> Result<(), DomainError> {
+    async fn hold_schema_alone(&mut self) -> Result<(), DomainError> {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(SCHEMA_LOCK)
             .execute(&mut **self)
             .await
             .map_err(crate::error::db_error)?;
-        sqlx::query(SAVE_SQL)
-            .bind(doc)
-            .bind(clientele_domain::Timestamp::now().as_micros())
-            .execute(&mut **self)
+        Ok(())
+    }
+
+    async fn save_schema_doc(&mut self, doc: &str) -> Result<(), DomainError> {
+        let now = clientele_domain::Timestamp::now().as_micros();
+        let save = sqlx::query(SAVE_SQL).bind(doc).bind(now);
+        save.execute(&mut **self)
             .await
             .map_err(crate::error::db_error)?;
         Ok(())

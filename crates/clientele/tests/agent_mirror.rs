@@ -390,10 +390,7 @@ async fn sync_finishes_a_create_a_killed_run_left_pending(hub: TestHub) {
     let customers = hub_customers(&hub).await;
     assert_eq!(customers.len(), 3);
     assert_eq!(customers["local1"]["id"], created["id"]);
-    for _ in 0..2 {
-        let out = agent_ok("sync", &job, &[]).await;
-        counts(&out, &[("created", 0), ("updated", 0), ("failed", 0)]);
-    }
+    assert_syncs_move_nothing(&job).await;
     assert_eq!(mirror_count(&url).await, 3);
     assert_eq!(hub_customers(&hub).await["local1"]["version"], 1);
 }
@@ -421,10 +418,7 @@ async fn sync_merges_a_pending_create_with_its_pulled_copy(hub: TestHub) {
     assert_eq!(rows["local1"].0.as_deref(), created["id"].as_str());
     assert_eq!(rows["local1"].1.as_deref(), Some("Changed in the hub"));
     assert_eq!(rows["local1"].2, Some(2));
-    for _ in 0..2 {
-        let out = agent_ok("sync", &job, &[]).await;
-        counts(&out, &[("created", 0), ("updated", 0), ("failed", 0)]);
-    }
+    assert_syncs_move_nothing(&job).await;
     let customers = hub_customers(&hub).await;
     assert_eq!(customers.len(), 3);
     assert_eq!(customers["local1"]["version"], 2);
@@ -467,17 +461,9 @@ async fn sync_sends_the_edit_of_a_pending_create_without_a_twin(hub: TestHub) {
         assert_eq!(customers["local1"]["first_name"], "Edited after the kill");
         assert_eq!(customers["local1"]["version"], 2);
         assert_eq!(rows["local1"].2, Some(2));
-        for _ in 0..2 {
-            let out = agent_ok("sync", &job, &[]).await;
-            counts(&out, &[("created", 0), ("updated", 0), ("failed", 0)]);
-        }
+        assert_syncs_move_nothing(&job).await;
         assert_eq!(hub_customers(&hub).await["local1"]["version"], 2);
-        // The next round starts from an empty hub.
-        for (_, customer) in customers {
-            let id = customer["id"].as_str().expect("id");
-            let reply = call(hub.delete(&format!("/v1/customers/{id}"))).await;
-            assert_eq!(reply.status, 204, "{}", reply.body);
-        }
+        erase_every_customer(&hub).await;
     }
 }
 
@@ -524,15 +510,8 @@ async fn a_pending_create_the_hub_forgot_is_bound_by_its_unique_key(hub: TestHub
         assert_eq!(customers["local1"]["first_name"], expected, "{case}");
         assert_eq!(customers["local1"]["last_name"], "From the hub", "{case}");
         assert_eq!(rows["local1"].1.as_deref(), Some(expected), "{case}");
-        for _ in 0..2 {
-            let out = agent_ok("sync", &job, &[]).await;
-            counts(&out, &[("created", 0), ("updated", 0), ("failed", 0)]);
-        }
-        for (_, customer) in customers {
-            let id = customer["id"].as_str().expect("id");
-            let reply = call(hub.delete(&format!("/v1/customers/{id}"))).await;
-            assert_eq!(reply.status, 204, "{}", reply.body);
-        }
+        assert_syncs_move_nothing(&job).await;
+        erase_every_customer(&hub).await;
     }
 }
 
@@ -630,8 +609,7 @@ async fn an_earlier_agents_pending_create_is_finished(hub: TestHub) {
     let rows = mirror_rows(&url).await;
     assert_eq!(rows["local1"].0.as_deref(), created["id"].as_str());
     assert_eq!(hub_customers(&hub).await.len(), 3);
-    let out = agent_ok("sync", &job, &[]).await;
-    counts(&out, &[("created", 0), ("updated", 0), ("failed", 0)]);
+    assert_syncs_move_nothing(&job).await;
 }
 
 /// A mirror an earlier agent made: on PostgreSQL without the identity column that names a row
@@ -671,6 +649,15 @@ async fn a_mirror_made_by_an_earlier_agent_is_brought_up_to_date(hub: TestHub) {
     let out = agent_ok("sync", &job, &[]).await;
     counts(&out, &[("created", 0), ("updated", 1), ("failed", 0)]);
     assert_eq!(hub_customers(&hub).await["local1"]["first_name"], "Edited");
+}
+
+/// Erases every customer of the hub: the next round of a test starts from an empty hub.
+async fn erase_every_customer(hub: &TestHub) {
+    for (_, customer) in hub_customers(hub).await {
+        let id = customer["id"].as_str().expect("id");
+        let reply = call(hub.delete(&format!("/v1/customers/{id}"))).await;
+        assert_eq!(reply.status, 204, "{}", reply.body);
+    }
 }
 
 /// The tables in a PostgreSQL mirror database.

@@ -281,12 +281,7 @@ async fn a_schema_change_and_the_writes_checked_against_it_do_not_overlap(hub: T
         .expect("the hub's database");
     let pending = std::time::Duration::from_millis(300);
 
-    let mut write = pool.begin().await.expect("begin");
-    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-        .bind(SCHEMA_LOCK)
-        .execute(&mut *write)
-        .await
-        .expect("lock shared");
+    let write = holding_schema_lock(&pool, "pg_advisory_xact_lock_shared").await;
     let change = tokio::spawn(call(
         hub.put("/v1/schema")
             .json(&json!({"required_on_create": ["currency"]})),
@@ -296,12 +291,7 @@ async fn a_schema_change_and_the_writes_checked_against_it_do_not_overlap(hub: T
     write.commit().await.expect("commit");
     assert_eq!(change.await.expect("join").status, 200);
 
-    let mut change = pool.begin().await.expect("begin");
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(SCHEMA_LOCK)
-        .execute(&mut *change)
-        .await
-        .expect("lock alone");
+    let change = holding_schema_lock(&pool, "pg_advisory_xact_lock").await;
     let create = tokio::spawn(call(
         hub.post("/v1/customers")
             .json(&json!({"first_name": "Waits", "currency": "EUR"})),
@@ -318,4 +308,18 @@ async fn a_schema_change_and_the_writes_checked_against_it_do_not_overlap(hub: T
     )
     .await;
     assert_invalid(&refused, &[("currency", "required")]);
+}
+
+/// A transaction holding the schema lock, taken with `function` (shared or alone).
+async fn holding_schema_lock(
+    pool: &sqlx::PgPool,
+    function: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query(&format!("SELECT {function}($1)"))
+        .bind(SCHEMA_LOCK)
+        .execute(&mut *tx)
+        .await
+        .expect("lock");
+    tx
 }

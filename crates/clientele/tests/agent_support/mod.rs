@@ -109,6 +109,15 @@ pub fn counts(stdout: &str, expected: &[(&str, u64)]) {
     }
 }
 
+/// Runs `clientele sync` twice, and neither creates, updates nor fails anything: the mirror
+/// and the hub agree, and the agent's own writes do not come back as changes.
+pub async fn assert_syncs_move_nothing(job: &Path) {
+    for _ in 0..2 {
+        let out = agent_ok("sync", job, &[]).await;
+        counts(&out, &[("created", 0), ("updated", 0), ("failed", 0)]);
+    }
+}
+
 /// Runs a push that must find nothing to send: `unchanged` rows, nothing created, updated,
 /// archived, deleted or failed (the hub and the state agree with the source).
 pub async fn assert_push_sends_nothing(job: &Path, unchanged: u64) {
