@@ -440,8 +440,13 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_team(&self, code: &str) -> Result<Option<Team>, DomainError>;
 
-    /// Teams by code, after `after`, at most `limit`.
-    async fn list_teams(&self, page: &NamePage) -> Result<Vec<Team>, DomainError>;
+    /// Teams by code, after `after`, at most `limit`; only those `among` names, when given (a
+    /// team-restricted key's own).
+    async fn list_teams(
+        &self,
+        page: &NamePage,
+        among: Option<&[String]>,
+    ) -> Result<Vec<Team>, DomainError>;
 
     /// Deletes a team no customer and no live API key belongs to (else [`DomainError::InUse`]).
     async fn delete_team(

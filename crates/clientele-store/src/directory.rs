@@ -56,7 +56,11 @@ pub(crate) trait DirectoryQueries: Send + Sync {
     async fn group(&self, code: &str) -> Result<Option<Group>, DomainError>;
     async fn groups(&self, page: &NamePage) -> Result<Vec<Group>, DomainError>;
     async fn team(&self, code: &str) -> Result<Option<Team>, DomainError>;
-    async fn teams(&self, page: &NamePage) -> Result<Vec<Team>, DomainError>;
+    async fn teams(
+        &self,
+        page: &NamePage,
+        among: Option<&[String]>,
+    ) -> Result<Vec<Team>, DomainError>;
     async fn tag_counts(
         &self,
         scope: &Scope,
@@ -537,14 +541,27 @@ macro_rules! directory_primitives {
             async fn teams(
                 &self,
                 page: &clientele_domain::NamePage,
+                among: Option<&[String]>,
             ) -> Result<Vec<clientele_domain::Team>, clientele_domain::DomainError> {
+                // A key names at most 100 teams: one list of parameters.
+                let filter = match among {
+                    None => String::new(),
+                    Some([]) => return Ok(Vec::new()),
+                    Some(codes) => {
+                        format!(" AND code IN ({})", $crate::directory::list(3, codes.len()))
+                    }
+                };
                 let sql = format!(
-                    "SELECT {} FROM teams WHERE code > $1 ORDER BY code LIMIT $2",
+                    "SELECT {} FROM teams WHERE code > $1{filter} ORDER BY code LIMIT $2",
                     $crate::directory::TEAM_COLUMNS
                 );
-                let rows = sqlx::query(&sql)
+                let mut query = sqlx::query(&sql)
                     .bind(page.after.as_deref().unwrap_or(""))
-                    .bind(i64::from(page.limit))
+                    .bind(i64::from(page.limit));
+                for code in among.unwrap_or_default() {
+                    query = query.bind(code);
+                }
+                let rows = query
                     .fetch_all(self)
                     .await
                     .map_err($crate::error::db_error)?;

@@ -446,8 +446,12 @@ impl<B: Backend> Store for SqlStore<B> {
         self.backend.reads().team(code).await
     }
 
-    async fn list_teams(&self, page: &NamePage) -> Result<Vec<Team>, DomainError> {
-        self.backend.reads().teams(page).await
+    async fn list_teams(
+        &self,
+        page: &NamePage,
+        among: Option<&[String]>,
+    ) -> Result<Vec<Team>, DomainError> {
+        self.backend.reads().teams(page, among).await
     }
 
     async fn delete_team(

@@ -127,29 +127,9 @@ async fn list_teams(
 ) -> Result<Json<TeamList>, ApiError> {
     caller.require(Role::Read)?;
     let page = params.page()?;
-    let store = state.store();
-    let visible = if caller.key.teams.is_empty() {
-        store.list_teams(&page).await?
-    } else {
-        // A restricted key sees its own teams only (at most `MAX_KEY_TEAMS`): read those, not
-        // every team of the hub to filter them.
-        let mut own: Vec<&String> = caller
-            .key
-            .teams
-            .iter()
-            .filter(|code| page.after.as_ref().is_none_or(|after| *code > after))
-            .collect();
-        own.sort_unstable();
-        own.dedup();
-        let mut visible = Vec::new();
-        for code in own {
-            if visible.len() == page.limit as usize {
-                break;
-            }
-            visible.extend(store.get_team(code).await?);
-        }
-        visible
-    };
+    // A restricted key sees its own teams only.
+    let among = (!caller.key.teams.is_empty()).then_some(caller.key.teams.as_slice());
+    let visible = state.store().list_teams(&page, among).await?;
     let (data, next_cursor) = paged(visible, &page, |t| &t.code);
     Ok(Json(TeamList { data, next_cursor }))
 }
