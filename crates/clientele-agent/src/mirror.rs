@@ -38,17 +38,20 @@ pub struct Mirror {
 /// create must find its row again after a kill, however the row was edited since.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RowRef {
-    /// SQLite's `rowid`.
+    /// SQLite, a dry run of a table made by an agent before the column: the `rowid`, which
+    /// SQLite gives again to the next row once the last one is deleted, and may renumber on
+    /// `VACUUM`.
     Rowid,
-    /// PostgreSQL: the `_clientele_ref` identity column the agent adds to the table (a row's
-    /// `ctid` changes with every update).
+    /// The `_clientele_ref` column the agent gives the table: on PostgreSQL an identity column
+    /// (a row's `ctid` changes with every update), on SQLite an `INTEGER PRIMARY KEY
+    /// AUTOINCREMENT` (never given to another row, kept by `VACUUM`).
     RefColumn,
     /// PostgreSQL, a dry run of a table made by an agent before the column: `ctid`, which is
     /// stable for as long as a run that writes nothing.
     Ctid,
 }
 
-/// The identity column the agent adds to a PostgreSQL mirror table.
+/// The column naming a mirror row for as long as it lives ([`RowRef::RefColumn`]).
 const REF_COLUMN: &str = "_clientele_ref";
 
 /// A mirror row as the hub last had it.
@@ -195,20 +198,19 @@ impl Mirror {
             pool,
             dialect,
             table: table.to_owned(),
-            row_ref: RowRef::Rowid,
+            row_ref: RowRef::RefColumn,
         };
-        if dialect == Dialect::Postgres {
-            mirror.row_ref = if mirror.has_ref_column().await? {
-                RowRef::RefColumn
-            } else {
-                RowRef::Ctid
+        if !mirror.has_ref_column().await? {
+            mirror.row_ref = match dialect {
+                Dialect::Sqlite => RowRef::Rowid,
+                Dialect::Postgres => RowRef::Ctid,
             };
         }
         Ok(mirror)
     }
 
-    /// Whether the PostgreSQL mirror table has its identity column (false when the table is
-    /// not there at all).
+    /// Whether the mirror table has its `_clientele_ref` column (false when the table is not
+    /// there at all).
     async fn has_ref_column(&self) -> anyhow::Result<bool> {
         self.has_column(&self.table, REF_COLUMN).await
     }
@@ -268,14 +270,12 @@ impl Mirror {
             .iter()
             .map(|(name, kind)| {
                 if *name == "id" {
-                    // PostgreSQL keys cannot be NULL, and a local insert has no id yet.
-                    return match self.dialect {
-                        Dialect::Sqlite => "id TEXT PRIMARY KEY".to_owned(),
-                        Dialect::Postgres => "id TEXT UNIQUE".to_owned(),
-                    };
+                    // Not the key: a local insert has no id yet.
+                    return "id TEXT UNIQUE".to_owned();
                 }
                 format!("{name} {}", self.sql_type(*kind))
             })
+            .chain([format!("{REF_COLUMN} {}", self.ref_column_type())])
             .collect();
         let statements = [
             format!("CREATE TABLE IF NOT EXISTS {} ({})", self.table, columns.join(", ")),
@@ -291,25 +291,140 @@ impl Mirror {
         for statement in statements {
             sqlx::query(&statement).execute(&self.pool).await?;
         }
-        if self.dialect == Dialect::Postgres {
-            if !self.has_ref_column().await? {
-                // A table made by an earlier agent (or by hand) gets it once, in a rewrite of
-                // the table. ALWAYS: a value copied in from elsewhere (`INSERT ... SELECT *`)
-                // is refused rather than naming two rows.
-                let add = format!(
-                    "ALTER TABLE {} ADD COLUMN {REF_COLUMN} BIGINT GENERATED ALWAYS AS IDENTITY",
-                    self.table
-                );
-                sqlx::query(&add).execute(&self.pool).await?;
+        if !self.has_ref_column().await? {
+            // A table made by an earlier agent (or by hand) gets it once, in a rewrite of the
+            // table.
+            match self.dialect {
+                Dialect::Sqlite => self.rebuild_with_ref_column().await?,
+                Dialect::Postgres => {
+                    let add = format!(
+                        "ALTER TABLE {} ADD COLUMN {REF_COLUMN} {}",
+                        self.table,
+                        self.ref_column_type()
+                    );
+                    sqlx::query(&add).execute(&self.pool).await?;
+                }
             }
-            self.row_ref = RowRef::RefColumn;
         }
+        self.row_ref = RowRef::RefColumn;
         // Mirrors made by agents before the create's body was kept get its column.
         if !self.has_column("_clientele_pending_create", "body").await? {
             sqlx::query("ALTER TABLE _clientele_pending_create ADD COLUMN body TEXT")
                 .execute(&self.pool)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// The type of [`REF_COLUMN`]. PostgreSQL's ALWAYS refuses a value copied in from elsewhere
+    /// (`INSERT ... SELECT *`) rather than letting it name two rows; SQLite's AUTOINCREMENT
+    /// never gives a deleted row's number to another.
+    fn ref_column_type(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+            Dialect::Postgres => "BIGINT GENERATED ALWAYS AS IDENTITY",
+        }
+    }
+
+    /// Gives a SQLite mirror table made before [`REF_COLUMN`] the column, which SQLite cannot
+    /// add to a table in place as a key: the table is made again, as SQLite's manual says
+    /// (its "generalized ALTER TABLE procedure"), in one transaction. Each row keeps its rowid
+    /// as its reference, so creates pending under it still find their rows; every column,
+    /// index and trigger is kept, and the key on `id` becomes a unique constraint.
+    async fn rebuild_with_ref_column(&self) -> anyhow::Result<()> {
+        let mut connection = self.pool.acquire().await?;
+        let columns: Vec<DeclaredColumn> = sqlx::query_as(
+            "SELECT name, type AS declared, \"notnull\" AS not_null, dflt_value AS default_value, \
+             pk AS key_position FROM pragma_table_info(?) ORDER BY cid",
+        )
+        .bind(&self.table)
+        .fetch_all(&mut *connection)
+        .await?;
+        let kept: Vec<String> = sqlx::query_scalar(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND type IN ('index', 'trigger') \
+             AND sql IS NOT NULL",
+        )
+        .bind(&self.table)
+        .fetch_all(&mut *connection)
+        .await?;
+        let mut definitions: Vec<String> = columns.iter().map(DeclaredColumn::definition).collect();
+        definitions.push(format!("{REF_COLUMN} {}", self.ref_column_type()));
+        let mut key: Vec<&DeclaredColumn> = columns
+            .iter()
+            .filter(|column| column.key_position > 0)
+            .collect();
+        key.sort_by_key(|column| column.key_position);
+        if !key.is_empty() {
+            let names: Vec<String> = key.iter().map(|column| quoted(&column.name)).collect();
+            definitions.push(format!("UNIQUE ({})", names.join(", ")));
+        }
+        let names: Vec<String> = columns.iter().map(|column| quoted(&column.name)).collect();
+        let names = names.join(", ");
+        // Views naming the table are left as they are: SQLite's newer renames would check them
+        // while the table is away.
+        sqlx::query("PRAGMA legacy_alter_table = ON")
+            .execute(&mut *connection)
+            .await?;
+        let rebuilt = self
+            .rebuild(&mut connection, &definitions, &names, kept)
+            .await;
+        sqlx::query("PRAGMA legacy_alter_table = OFF")
+            .execute(&mut *connection)
+            .await?;
+        rebuilt
+    }
+
+    /// The transaction of [`Mirror::rebuild_with_ref_column`]: the table made again with
+    /// `definitions`, its rows (`names`) copied, the `kept` indexes and triggers made again.
+    async fn rebuild(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        definitions: &[String],
+        names: &str,
+        kept: Vec<String>,
+    ) -> anyhow::Result<()> {
+        let rebuilt = "_clientele_rebuilt";
+        let mut tx = sqlx::Connection::begin(connection).await?;
+        let mut statements = vec![
+            format!("DROP TABLE IF EXISTS {rebuilt}"),
+            format!("CREATE TABLE {rebuilt} ({})", definitions.join(", ")),
+            format!(
+                "INSERT INTO {rebuilt} ({names}, {REF_COLUMN}) SELECT {names}, rowid FROM {}",
+                self.table
+            ),
+            format!("DROP TABLE {}", self.table),
+            format!("ALTER TABLE {rebuilt} RENAME TO {}", self.table),
+        ];
+        statements.extend(kept);
+        for statement in statements {
+            sqlx::query(&statement).execute(&mut *tx).await?;
+        }
+        // A create pending under the rowid of a row deleted since names no row; no new row
+        // may take its number.
+        let pending: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(CAST(rowref AS INTEGER)) FROM _clientele_pending_create \
+             WHERE mirror_table = ?",
+        )
+        .bind(&self.table)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(pending) = pending {
+            sqlx::query("DELETE FROM sqlite_sequence WHERE name = ? AND seq < ?")
+                .bind(&self.table)
+                .bind(pending)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO sqlite_sequence (name, seq) SELECT ?, ? \
+                 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?)",
+            )
+            .bind(&self.table)
+            .bind(pending)
+            .bind(&self.table)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -402,8 +517,9 @@ impl Mirror {
     ) -> anyhow::Result<()> {
         let sql = match self.dialect {
             Dialect::Sqlite => format!(
-                "SELECT CAST(m.rowid AS TEXT), {}, s.version, s.hash FROM {} AS m \
+                "SELECT CAST(m.{} AS TEXT), {}, s.version, s.hash FROM {} AS m \
                  LEFT JOIN _clientele_shadow AS s ON s.mirror_table = ? AND s.id = m.id",
+                self.row_ref_column(),
                 self.json_expression("m"),
                 self.table
             ),
@@ -429,7 +545,8 @@ impl Mirror {
     fn select_rows(&self) -> String {
         match self.dialect {
             Dialect::Sqlite => format!(
-                "SELECT CAST(m.rowid AS TEXT), {} FROM {} AS m",
+                "SELECT CAST(m.{} AS TEXT), {} FROM {} AS m",
+                self.row_ref_column(),
                 self.json_expression("m"),
                 self.table
             ),
@@ -574,7 +691,7 @@ impl Mirror {
             RowRef::RefColumn => {
                 args.add(rowref.parse::<i64>().unwrap_or(-1))
                     .map_err(anyhow::Error::msg)?;
-                format!("{REF_COLUMN} = ${n}")
+                format!("{REF_COLUMN} = {}", self.placeholder(n))
             }
             RowRef::Ctid => {
                 args.add(rowref.to_owned()).map_err(anyhow::Error::msg)?;
@@ -590,13 +707,6 @@ impl Mirror {
             RowRef::Rowid | RowRef::RefColumn => rowref.parse::<i64>().is_ok(),
             RowRef::Ctid => rowref.starts_with('('),
         }
-    }
-
-    /// Whether a row's reference names no other row after it is deleted: PostgreSQL's identity
-    /// column, not SQLite's `rowid` (the rowid of the row inserted last is given again once
-    /// that row is deleted).
-    pub fn row_refs_are_never_reused(&self) -> bool {
-        self.row_ref == RowRef::RefColumn
     }
 
     /// The rows without an id: local inserts not created yet.
@@ -870,6 +980,37 @@ pub fn content_hash(normalized: &Map<String, Value>) -> String {
 
 pub fn is_mirror_field(name: &str) -> bool {
     kind_of(name).is_some()
+}
+
+/// A column of a SQLite table as `pragma_table_info` declares it.
+#[derive(sqlx::FromRow)]
+struct DeclaredColumn {
+    name: String,
+    declared: String,
+    not_null: i64,
+    default_value: Option<String>,
+    /// Its place in the primary key, 0 when outside it.
+    key_position: i64,
+}
+
+impl DeclaredColumn {
+    /// The column as `CREATE TABLE` declares it, its key aside.
+    fn definition(&self) -> String {
+        let mut definition = format!("{} {}", quoted(&self.name), self.declared);
+        if self.not_null != 0 {
+            definition.push_str(" NOT NULL");
+        }
+        if let Some(default) = &self.default_value {
+            definition.push_str(" DEFAULT ");
+            definition.push_str(default);
+        }
+        definition
+    }
+}
+
+/// An identifier as SQL quotes it (a column named by hand may be a keyword, or hold a space).
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn redact(url: &str) -> String {

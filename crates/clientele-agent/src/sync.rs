@@ -13,7 +13,7 @@
 //! body. The hub's versions only grow, so that triple names one request against one state of the
 //! customer: the same key again is the same request (a retry, or a resend after a kill before the
 //! answer was written back), whose replay is right. A create has no such anchor (a row's place
-//! and content can recur: a rowid is reused, the same row is inserted again after the hub erased
+//! and content can recur: the same row is inserted again after the hub erased
 //! the first one), so its key is made fresh for each create and recorded in the mirror database
 //! until the answer is written back (`Mirror::create_key`): only a create repeated after a kill
 //! reuses it, and gets the hub's replay rather than a twin; a row edited since is bound to the
@@ -251,30 +251,20 @@ impl Syncer {
                     .await?;
             }
             resumed.insert(row.rowref.clone());
-            let sent = pending.body.unwrap_or_else(|| body.clone());
-            if hash == pending.hash {
-                self.finish_pending(row, &pending.key, &sent, false).await?;
-            } else if self.is_same_row(&sent, &row.fields) {
-                self.finish_pending(row, &pending.key, &sent, true).await?;
-            } else {
-                // Another row in the place of the one sent (SQLite reuses the rowid of a row
-                // deleted last), or an earlier agent's record without the request: created
-                // as it is now, under a key of its own (its content is not the recorded one).
-                self.send_insert(row).await?;
+            match pending.body {
+                _ if hash == pending.hash => {
+                    let sent = pending.body.unwrap_or(body);
+                    self.finish_pending(row, &pending.key, &sent, false).await?;
+                }
+                // The row, edited since: a row's reference is never another row's.
+                Some(sent) => self.finish_pending(row, &pending.key, &sent, true).await?,
+                // An edited row whose request an earlier agent did not keep (sent again under
+                // its key with other content, it would be refused as a reused key): created as
+                // it is now, under a key of its own.
+                None => self.send_insert(row).await?,
             }
         }
         Ok(resumed)
-    }
-
-    /// Whether a row whose content differs from the create `sent` from its place is that row,
-    /// edited since: its place is never reused (PostgreSQL's identity column), or it still
-    /// has a unique key the create sent.
-    fn is_same_row(&self, sent: &Value, fields: &Map<String, Value>) -> bool {
-        self.mirror.row_refs_are_never_reused()
-            || UNIQUE_KEYS.iter().any(|key| {
-                let sent = sent.get(*key).and_then(Value::as_str);
-                sent.is_some() && sent == fields.get(*key).and_then(Value::as_str)
-            })
     }
 
     /// A create a killed run sent (`sent`, under `key`), sent again: the hub replays what it did

@@ -28,6 +28,7 @@ hub_tests!(
     sync_finishes_a_create_a_killed_run_left_pending,
     sync_merges_a_pending_create_with_its_pulled_copy,
     sync_sends_the_edit_of_a_pending_create_without_a_twin,
+    a_pending_create_without_a_unique_key_survives_an_edit_and_a_vacuum,
     a_mirror_made_by_an_earlier_agent_is_brought_up_to_date,
     a_pending_create_the_hub_forgot_is_bound_by_its_unique_key,
     another_row_in_the_place_of_a_pending_create_is_created_as_itself,
@@ -314,12 +315,7 @@ async fn sync_creates_a_row_inserted_again_after_the_hub_erased_it(hub: TestHub)
 
 /// Rows in the mirror table, duplicates included.
 async fn mirror_count(url: &str) -> i64 {
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.expect("mirror");
-    sqlx::query_scalar("SELECT COUNT(*) FROM customers")
-        .fetch_one(&mut conn)
-        .await
-        .expect("count")
+    mirror_scalar(url, "SELECT COUNT(*) FROM customers").await
 }
 
 /// What a sync killed while creating the local row without an id leaves behind: the create
@@ -467,6 +463,49 @@ async fn sync_sends_the_edit_of_a_pending_create_without_a_twin(hub: TestHub) {
     }
 }
 
+/// A local row with no unique key (no external_id, email or username), edited after its create
+/// was sent and the run killed, and the mirror vacuumed (SQLite renumbers a table's bare rowids
+/// then): nothing but the row's reference tells it from a new row, so the reference must be
+/// the agent's own column, never reused nor renumbered (found in a review: on SQLite such a row
+/// was created again, a twin).
+async fn a_pending_create_without_a_unique_key_survives_an_edit_and_a_vacuum(hub: TestHub) {
+    let work = Workdir::new();
+    let url = mirror_url(&hub, &work).await;
+    let job = work.job(&hub, &mirror_job(&url, "newest_wins"));
+    seed(&hub, 2).await;
+    agent_ok("sync", &job, &[]).await;
+    // Rows before it, gone by the vacuum: the row's rowid would be renumbered down.
+    for first_name in ["Scratch 1", "Scratch 2", "Nameless"] {
+        mirror_sql(
+            &url,
+            &format!("INSERT INTO customers (first_name) VALUES ('{first_name}')"),
+        )
+        .await;
+    }
+    mirror_sql(
+        &url,
+        "DELETE FROM customers WHERE first_name LIKE 'Scratch%'",
+    )
+    .await;
+    let created = leave_create_pending(&hub, &url).await;
+    mirror_sql(
+        &url,
+        "UPDATE customers SET first_name = 'Named since' WHERE id IS NULL",
+    )
+    .await;
+    mirror_sql(&url, "VACUUM").await;
+    let out = agent_ok("sync", &job, &[]).await;
+    counts(&out, &[("created", 1), ("failed", 0)]);
+    assert_eq!(mirror_count(&url).await, 3);
+    let customers = hub_customers_by(&hub, "id").await;
+    assert_eq!(customers.len(), 3, "no twin: {customers:?}");
+    let id = created["id"].as_str().expect("id");
+    assert_eq!(customers[id]["first_name"], "Named since");
+    assert_eq!(customers[id]["version"], 2);
+    assert_syncs_move_nothing(&job).await;
+    assert_eq!(hub_customers_by(&hub, "id").await.len(), 3);
+}
+
 /// A sync resumed after the hub forgot the pending create's key (it keeps them 24 hours): the
 /// create sent again is refused for its external_id, taken by the customer it made, and the row
 /// is bound to that customer (found in a review: it failed on every run). Unedited, edited, and
@@ -596,8 +635,8 @@ async fn an_earlier_agents_pending_create_is_finished(hub: TestHub) {
              SET rowref = (SELECT ctid::text FROM customers WHERE id IS NULL)",
         )
         .await;
-        mirror_sql(&url, "ALTER TABLE customers DROP COLUMN _clientele_ref").await;
     }
+    make_mirror_as_an_earlier_agent(&hub, &url).await;
     mirror_sql(
         &url,
         "ALTER TABLE _clientele_pending_create DROP COLUMN body",
@@ -621,8 +660,13 @@ async fn a_mirror_made_by_an_earlier_agent_is_brought_up_to_date(hub: TestHub) {
     let job = work.job(&hub, &mirror_job(&url, "newest_wins"));
     seed(&hub, 2).await;
     agent_ok("sync", &job, &[]).await;
-    if hub.backend == Backend::Postgres {
-        mirror_sql(&url, "ALTER TABLE customers DROP COLUMN _clientele_ref").await;
+    make_mirror_as_an_earlier_agent(&hub, &url).await;
+    // What users add to their mirror survives the table's rewrite.
+    for statement in [
+        "CREATE INDEX customers_by_first_name ON customers (first_name)",
+        "CREATE VIEW named_customers AS SELECT id, first_name FROM customers",
+    ] {
+        mirror_sql(&url, statement).await;
     }
     mirror_sql(
         &url,
@@ -649,6 +693,80 @@ async fn a_mirror_made_by_an_earlier_agent_is_brought_up_to_date(hub: TestHub) {
     let out = agent_ok("sync", &job, &[]).await;
     counts(&out, &[("created", 0), ("updated", 1), ("failed", 0)]);
     assert_eq!(hub_customers(&hub).await["local1"]["first_name"], "Edited");
+    let kept = match hub.backend {
+        Backend::Sqlite => {
+            "SELECT COUNT(*) FROM sqlite_master WHERE name IN \
+             ('customers_by_first_name', 'named_customers')"
+        }
+        Backend::Postgres => {
+            "SELECT (to_regclass('customers_by_first_name') IS NOT NULL)::int \
+             + (to_regclass('named_customers') IS NOT NULL)::int"
+        }
+    };
+    assert_eq!(mirror_scalar(&url, kept).await, 2, "index and view kept");
+    assert_eq!(
+        mirror_scalar(
+            &url,
+            "SELECT COUNT(*) FROM named_customers WHERE first_name = 'Edited'"
+        )
+        .await,
+        1
+    );
+    // Rows are named by the agent's column, given to a new row past every old one.
+    let ref_column = "SELECT COUNT(DISTINCT _clientele_ref) FROM customers";
+    assert_eq!(mirror_scalar(&url, ref_column).await, 3);
+}
+
+/// One number read from the mirror database.
+async fn mirror_scalar(url: &str, sql: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.expect("mirror");
+    let value: i64 = sqlx::query_scalar(sql)
+        .fetch_one(&mut conn)
+        .await
+        .expect("mirror scalar");
+    value
+}
+
+/// Makes a mirror table as an agent before `_clientele_ref` made it: on PostgreSQL without the
+/// column (its rows were named by `ctid`), on SQLite keyed by `id` and named by bare rowids
+/// (kept as they were).
+async fn make_mirror_as_an_earlier_agent(hub: &TestHub, url: &str) {
+    if hub.backend == Backend::Postgres {
+        mirror_sql(url, "ALTER TABLE customers DROP COLUMN _clientele_ref").await;
+        return;
+    }
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.expect("mirror");
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, type FROM pragma_table_info('customers') \
+         WHERE name NOT IN ('id', '_clientele_ref') ORDER BY cid",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("columns");
+    let names: Vec<&str> = columns.iter().map(|(name, _)| name.as_str()).collect();
+    let names = names.join(", ");
+    let declared: Vec<String> = columns
+        .iter()
+        .map(|(name, declared)| format!("{name} {declared}"))
+        .collect();
+    for statement in [
+        format!(
+            "CREATE TABLE legacy (id TEXT PRIMARY KEY, {})",
+            declared.join(", ")
+        ),
+        format!(
+            "INSERT INTO legacy (rowid, id, {names}) SELECT _clientele_ref, id, {names} FROM customers"
+        ),
+        "DROP TABLE customers".to_owned(),
+        "ALTER TABLE legacy RENAME TO customers".to_owned(),
+    ] {
+        sqlx::query(&statement)
+            .execute(&mut conn)
+            .await
+            .expect("legacy mirror");
+    }
 }
 
 /// Erases every customer of the hub: the next round of a test starts from an empty hub.

@@ -434,23 +434,12 @@ async fn a_key_twice_in_the_source_is_rejected_the_second_time(hub: TestHub) {
 
 /// The hub's customers by email (lowercased), with their first names.
 async fn customers_by_email(hub: &TestHub) -> std::collections::BTreeMap<String, String> {
-    let reply = clientele_testkit::call(hub.get("/v1/customers?limit=1000")).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.body["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .map(|customer| {
-            (
-                customer["email"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_lowercase(),
-                customer["first_name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            )
+    hub_customers_by(hub, "email")
+        .await
+        .into_iter()
+        .map(|(email, customer)| {
+            let first_name = customer["first_name"].as_str().unwrap_or_default();
+            (email.to_lowercase(), first_name.to_owned())
         })
         .collect()
 }

@@ -137,6 +137,11 @@ pub async fn assert_push_sends_nothing(job: &Path, unchanged: u64) {
 
 /// Every customer of the hub, archived or not, by external id.
 pub async fn hub_customers(hub: &TestHub) -> BTreeMap<String, Value> {
+    hub_customers_by(hub, "external_id").await
+}
+
+/// Every customer of the hub, archived or not, by `field` (a key each holds once, or none).
+pub async fn hub_customers_by(hub: &TestHub, field: &str) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -147,13 +152,10 @@ pub async fn hub_customers(hub: &TestHub) -> BTreeMap<String, Value> {
         let reply = call(hub.get(&path)).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         for customer in reply.body["data"].as_array().expect("data") {
-            let key = customer["external_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
+            let key = customer[field].as_str().unwrap_or_default().to_owned();
             assert!(
                 out.insert(key.clone(), customer.clone()).is_none(),
-                "duplicate external_id {key}"
+                "duplicate {field} {key}"
             );
         }
         match reply.body["next_cursor"].as_str() {
