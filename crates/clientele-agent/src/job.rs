@@ -99,6 +99,16 @@ impl HubKey {
             HubKey::Username => "username",
         }
     }
+
+    /// A value of this key as the hub compares it (emails case-insensitively).
+    pub fn identity(self, value: &str) -> String {
+        let key = match self {
+            HubKey::ExternalId => clientele_domain::CustomerKey::ExternalId,
+            HubKey::Email => clientele_domain::CustomerKey::Email,
+            HubKey::Username => clientele_domain::CustomerKey::Username,
+        };
+        key.normalize(value)
+    }
 }
 
 /// How the agent writes a source key down in its state, so that two spellings the hub takes for

@@ -18,7 +18,7 @@ use crate::transform::Transform;
 /// that every row hash changes with it and each row is mapped (and compared) again.
 /// (2: an explicit `[fields]` mapping wins over a column named like its field, whatever order
 /// the columns come in.)
-const MAPPING_VERSION: &str = "clientele-agent mapping 2";
+const MAPPING_VERSION: &str = "clientele-agent mapping 3";
 
 /// The hash of the raw row under one job's mapping: equal row hashes mean equal items.
 pub type RowHash = [u8; 16];
@@ -124,21 +124,22 @@ impl Mapper {
             for (field, value) in &item {
                 input.entry(field.clone()).or_insert_with(|| value.clone());
             }
-            item = match transform.apply(Value::Object(input)) {
-                Ok(object) => object
-                    .into_iter()
-                    .map(|(field, value)| {
+            // Its output is laid over the mapped fields: `[fields]` beside a transform (as in
+            // the contract's example job) still fills what the program does not set.
+            match transform.apply(Value::Object(input)) {
+                Ok(object) => {
+                    for (field, value) in object {
                         let value = fields::coerce(&field, value);
-                        (field, value)
-                    })
-                    .collect(),
+                        item.insert(field, value);
+                    }
+                }
                 Err(message) => {
                     return Err(RowError {
                         code: "transform_failed",
                         message,
                     });
                 }
-            };
+            }
         } else {
             item = self.rename(row);
         }
@@ -347,6 +348,26 @@ mod tests {
             json!({"external_id": "P3", "first_name": "Bo", "tags": ["vip"]})
         );
         assert_eq!(row.hash, hash_item(&row.item));
+    }
+
+    /// The contract's example job: `[fields]` beside a transform that sets other fields.
+    #[test]
+    fn the_transform_is_laid_over_the_mapped_fields() {
+        let mapper = Mapper::new(
+            &job("external_id = \"person_id\"\n\
+                  transform = '{ external_id: .person_id, email: (.email | ascii_downcase) }'"),
+            "person_id",
+        )
+        .expect("mapper");
+        let row = mapper
+            .map(object(
+                json!({"person_id": "p1", "fname": "Bo", "email": "BO@X.FI"}),
+            ))
+            .expect("maps");
+        assert_eq!(
+            Value::Object(row.item),
+            json!({"external_id": "p1", "first_name": "Bo", "email": "bo@x.fi"})
+        );
     }
 
     #[test]

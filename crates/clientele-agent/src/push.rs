@@ -35,6 +35,7 @@
 //! a record it could not read at all (a JSONL line that is not JSON): its key might be any of
 //! those not read. A record read but refused (not UTF-8, cells missing) keeps its key.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -45,12 +46,12 @@ use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 
 use crate::compare::{Candidate, Compared};
-use crate::job::{Job, KeyForm, OnMissing};
+use crate::job::{HubKey, Job, KeyForm, OnMissing};
 use crate::mapping::{Mapper, RowHash};
 use crate::progress::{Counters, Progress};
 use crate::report::Report;
 use crate::source::Source;
-use crate::state::{Outcome, StateReader, StateStore, Vanished};
+use crate::state::{Entry, Outcome, StateReader, StateStore, Vanished};
 
 /// A batch's items end before their JSON passes this many bytes (the hub's default body limit
 /// is 10 MiB; the rest is room for the request's envelope and for a limit set a little lower).
@@ -110,6 +111,10 @@ pub struct Push {
     pending: Vec<Encoded>,
     /// The JSON bytes of `pending`'s items.
     pending_bytes: usize,
+    /// A dry run's creates, by hub value as the hub compares it: the state, which a real run's
+    /// acknowledged creates are in, cannot say a customer that left under one key is back under
+    /// another ([`Push::holder`]).
+    planned_creates: HashSet<String>,
 }
 
 impl Push {
@@ -139,6 +144,7 @@ impl Push {
             in_flight: JoinSet::new(),
             pending: Vec::new(),
             pending_bytes: 0,
+            planned_creates: HashSet::new(),
         })
     }
 
@@ -191,6 +197,9 @@ impl Push {
                 .into());
         }
         if self.job.sync.on_missing != OnMissing::Ignore && known_seen < live_before {
+            // The state holds every acknowledged row of the run before a key is taken as gone:
+            // its customer may be another key's now.
+            self.finish_batches().await?;
             if unreadable == 0 {
                 self.plan_vanished(reader).await?;
             } else {
@@ -203,11 +212,17 @@ impl Push {
                 ));
             }
         }
+        self.finish_batches().await?;
+        self.report.flush();
+        Ok(())
+    }
+
+    /// Sends what is pending and waits for every batch's answer to be recorded.
+    async fn finish_batches(&mut self) -> anyhow::Result<()> {
         self.flush().await?;
         while let Some(done) = self.in_flight.join_next().await {
             done.context("a batch task failed")??;
         }
-        self.report.flush();
         Ok(())
     }
 
@@ -285,7 +300,8 @@ impl Push {
                 }
                 Some(entry) => {
                     if entry.hub_value != mapped.hub_value {
-                        item.insert("match".into(), Value::String(entry.hub_value.clone()));
+                        let matched = self.current_value(&entry, &mapped.hub_value).await?;
+                        item.insert("match".into(), Value::String(matched));
                     }
                     if (entry.gone || entry.hash.is_empty()) && !item.contains_key("archived") {
                         // It was archived when it left the source and it is back, or it was in
@@ -313,6 +329,23 @@ impl Push {
         Ok(chunk.live_seen)
     }
 
+    /// The hub value a row's customer is found by, for a row whose value changed to `new`:
+    /// the recorded one, unless a killed run sent a rename to another value (`sent_value`)
+    /// that the hub may have applied. The hub finds a rename to `new` by itself (no customer
+    /// under the old value, one under the new); a rename to a third value is looked up, or
+    /// the row would be created again beside its customer.
+    async fn current_value(&self, entry: &Entry, new: &str) -> anyhow::Result<String> {
+        match &entry.sent_value {
+            Some(sent) if sent != new => {
+                let on_hub = self
+                    .first_on_hub(std::iter::once(&entry.hub_value).chain(Some(sent)))
+                    .await?;
+                Ok(on_hub.unwrap_or_else(|| entry.hub_value.clone()))
+            }
+            _ => Ok(entry.hub_value.clone()),
+        }
+    }
+
     /// The live keys of the state that this run never read get `on_missing`.
     async fn plan_vanished(&mut self, mut reader: StateReader) -> anyhow::Result<()> {
         let hub_field = self.job.sync.key.field();
@@ -323,19 +356,39 @@ impl Push {
         let mut after = String::new();
         loop {
             let from = after.clone();
+            let hub_key = self.job.sync.key;
             let (back, page) = tokio::task::spawn_blocking(move || {
-                let page = reader.vanished_after(&from, 1000);
+                let page = reader.vanished_after(&from, 1000).and_then(|page| {
+                    page.into_iter()
+                        .map(|vanished| {
+                            let held = Push::holder(&mut reader, hub_key, &vanished)?;
+                            Ok((vanished, held))
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()
+                });
                 (reader, page)
             })
             .await
             .context("the state reader failed")?;
             reader = back;
             let page = page?;
-            let Some(last) = page.last() else {
+            let Some((last, _)) = page.last() else {
                 break;
             };
             after = last.key.clone();
-            for vanished in page {
+            for (vanished, held) in page {
+                let values = std::iter::once(&vanished.hub_value).chain(&vanished.sent_value);
+                let created = values
+                    .map(|value| hub_key.identity(value))
+                    .any(|value| self.planned_creates.contains(&value));
+                if held || created {
+                    // Its customer is another key's now: that key's row keeps it.
+                    if !self.dry_run {
+                        let key = vanished.key;
+                        self.state.commit(&[Outcome::Removed { key }]).await?;
+                    }
+                    continue;
+                }
                 let hub_value = if vanished.unsure {
                     match self.value_on_hub(&vanished).await? {
                         Some(value) => value,
@@ -370,11 +423,38 @@ impl Push {
         Ok(())
     }
 
+    /// Whether a key that left the source pointed at a customer that another key this run read
+    /// holds (under the recorded hub value, or the one a rename in flight carried).
+    fn holder(
+        reader: &mut StateReader,
+        hub_key: HubKey,
+        vanished: &Vanished,
+    ) -> anyhow::Result<bool> {
+        let same = |a: &str, b: &str| hub_key.identity(a) == hub_key.identity(b);
+        for value in std::iter::once(&vanished.hub_value).chain(&vanished.sent_value) {
+            if reader
+                .holder_read_in_run(&vanished.key, value, same)?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The hub value under which the hub has a customer whose key left the source while a
     /// batch carrying it was unacknowledged: the recorded one, or the one a rename in flight
     /// carried; `None` when the hub has neither.
     async fn value_on_hub(&self, vanished: &Vanished) -> anyhow::Result<Option<String>> {
-        let candidates = std::iter::once(&vanished.hub_value).chain(&vanished.sent_value);
+        self.first_on_hub(std::iter::once(&vanished.hub_value).chain(&vanished.sent_value))
+            .await
+    }
+
+    /// The first of `candidates` the hub has a customer under.
+    async fn first_on_hub(
+        &self,
+        candidates: impl Iterator<Item = &String>,
+    ) -> anyhow::Result<Option<String>> {
         for value in candidates {
             if self.customer_exists(value).await? {
                 return Ok(Some(value.clone()));
@@ -396,13 +476,17 @@ impl Push {
         {
             Ok(_) => Ok(true),
             Err(error) if error.status() == Some(404) => Ok(false),
-            Err(error) => Err(error).context("cannot look up a customer that left the source"),
+            Err(error) => Err(error).context("cannot look up a customer a killed run sent"),
         }
     }
 
     async fn plan(&mut self, planned: Planned) -> anyhow::Result<()> {
         if self.dry_run {
             println!("{} {}", planned.action.verb(), planned.key);
+            if planned.action == Action::Create {
+                let value = self.job.sync.key.identity(&planned.hub_value);
+                self.planned_creates.insert(value);
+            }
             let counters = &self.progress.counters;
             let counter = match planned.action {
                 Action::Create => &counters.created,

@@ -41,6 +41,8 @@ pub struct Entry {
     pub hub_value: String,
     pub hash: String,
     pub gone: bool,
+    /// The other hub value a rename in flight at a kill carried ([`StateStore::recover`]).
+    pub sent_value: Option<String>,
 }
 
 /// What the state says about a source row, given its key and row hash.
@@ -110,6 +112,11 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS in_flight (batch TEXT PRIMARY KEY, keys TEXT NOT NULL) WITHOUT ROWID",
 ];
 
+/// Made after [`LATER_COLUMNS`] (an index names their columns' table as it then is): the keys
+/// by hub value, case folded as SQLite folds (ASCII), for [`StateReader::holder_read_in_run`].
+const LATER_INDEXES: &[&str] =
+    &["CREATE INDEX IF NOT EXISTS pushed_by_hub_value ON pushed (lower(hub_value))"];
+
 /// Columns later than the first state files, which gain them empty: the row hash (empty matches
 /// no row), and the hub value a batch in flight at a kill carried where it was not the one
 /// recorded (a rename the hub may have applied; see [`StateStore::recover`]).
@@ -147,6 +154,9 @@ impl StateStore {
             if !has {
                 sqlx::query(add).execute(&pool).await?;
             }
+        }
+        for statement in LATER_INDEXES {
+            sqlx::query(statement).execute(&pool).await?;
         }
         Ok(StateStore {
             pool,
@@ -463,6 +473,7 @@ mod tests {
             hub_value: hub_value.into(),
             hash: hash.into(),
             gone,
+            sent_value: None,
         })
     }
 
@@ -643,7 +654,14 @@ mod tests {
             .expect("intent");
         assert_eq!(state.recover().await.expect("recover"), 4);
         // A resent item matches the recorded value (the hub finds an applied rename anyway).
-        assert_eq!(probe(&state, "r"), known("hr", "", false));
+        // The value it carried is kept beside it, to be looked up if the row changes again.
+        let Probe::Known(entry) = probe(&state, "r") else {
+            panic!("r is known");
+        };
+        assert_eq!(
+            (entry.hub_value.as_str(), entry.sent_value.as_deref()),
+            ("hr", Some("renamed"))
+        );
         assert_eq!(probe(&state, "a"), known("ha", "", false));
         assert_eq!(probe(&state, "b"), Probe::Same);
         assert_eq!(probe(&state, "c"), known("hc", "", false));

@@ -21,6 +21,8 @@ hub_tests!(
     content_that_comes_back_is_sent_again,
     a_key_twice_in_the_source_is_rejected_the_second_time,
     email_keys_compare_as_the_hub_compares_them,
+    a_customer_whose_row_took_another_key_is_not_given_on_missing,
+    a_rename_a_killed_run_sent_is_found_when_the_row_changes_again,
     batches_too_large_for_the_hub_are_split_and_a_row_too_large_is_rejected,
 );
 
@@ -530,6 +532,128 @@ async fn email_keys_compare_as_the_hub_compares_them(hub: TestHub) {
         customers_by_email(&hub).await["mixed.case@example.com"],
         "M"
     );
+}
+
+/// The job keys customers by email, the source by `person_id`. The table is reloaded with new
+/// ids (the same people), and two rows come to share one email: the customers are the new keys'
+/// now, so no key that left gets `on_missing` (found in an audit: `delete` erased them all, and
+/// every later run said `unchanged`), in the plan of a dry run neither. A customer whose every
+/// row left still gets it.
+async fn a_customer_whose_row_took_another_key_is_not_given_on_missing(hub: TestHub) {
+    for on_missing in ["delete", "archive"] {
+        let work = Workdir::new();
+        let path = work.path("source.db");
+        let prefix = format!("{on_missing}.");
+        let email = |name: &str| format!("{prefix}{name}@example.com");
+        sqlite_source(
+            &path,
+            &[
+                (1, "Ann", &email("ann")),
+                (2, "Bo", &email("bo")),
+                (3, "Cy", &email("cy")),
+            ],
+        )
+        .await;
+        let job = work.job(
+            &hub,
+            &PEOPLE_JOB
+                .replace("key = \"external_id\"", "key = \"email\"")
+                .replace("\"archive\"", &format!("\"{on_missing}\"")),
+        );
+        agent_ok("push", &job, &[]).await;
+        source_sql(&path, "DELETE FROM people").await;
+        // Reloaded: new ids; Bo's email is now also Dee's (in another case), Cy is gone.
+        sqlite_source(
+            &path,
+            &[
+                (11, "Ann", &email("ann")),
+                (12, "Bo", &email("bo")),
+                (13, "Dee", &email("BO")),
+            ],
+        )
+        .await;
+        let (verb, gone) = match on_missing {
+            "delete" => ("delete", "deleted"),
+            _ => ("archive", "archived"),
+        };
+        let plan = agent_ok("push", &job, &["--dry-run"]).await;
+        let planned: Vec<&str> = plan.lines().filter(|line| line.starts_with(verb)).collect();
+        assert_eq!(planned, vec![format!("{verb} 3")], "{plan}");
+        let out = agent_ok("push", &job, &[]).await;
+        counts(&out, &[(gone, 1), ("failed", 0)]);
+        // Emails as the hub compares them (Dee's row sent Bo's in another case).
+        let customers: std::collections::BTreeMap<String, serde_json::Value> =
+            hub_customers_by(&hub, "email")
+                .await
+                .into_iter()
+                .map(|(email, customer)| (email.to_lowercase(), customer))
+                .collect();
+        let mine: Vec<_> = customers
+            .keys()
+            .filter(|email| email.starts_with(&prefix))
+            .collect();
+        let live = |name: &str| {
+            customers
+                .get(&email(name))
+                .is_some_and(|customer| customer["archived"] == false)
+        };
+        assert!(live("ann") && live("bo"), "{on_missing}: {mine:?}");
+        assert!(!live("cy"), "{on_missing}: {mine:?}");
+        assert_push_sends_nothing(&job, 3).await;
+        // Dee's row leaves: Bo's row still holds the customer.
+        source_sql(&path, "DELETE FROM people WHERE person_id = 13").await;
+        let out = agent_ok("push", &job, &[]).await;
+        counts(&out, &[(gone, 0), ("failed", 0)]);
+        let bo = hub_customers_by(&hub, "email").await[&email("BO")].clone();
+        assert_eq!(bo["archived"], false, "{on_missing}");
+    }
+}
+
+/// A run killed after the hub applied a rename (`match`) it sent, and the row's hub key changed
+/// again before the next run: the customer is found under the value the rename gave it, not
+/// created again beside it (found in an audit: a second customer, and the first orphaned).
+async fn a_rename_a_killed_run_sent_is_found_when_the_row_changes_again(hub: TestHub) {
+    let work = Workdir::new();
+    let path = work.path("source.db");
+    sqlite_source(&path, &[(1, "Ann", "ren-a@example.com")]).await;
+    let job = work.job(
+        &hub,
+        &PEOPLE_JOB.replace("key = \"external_id\"", "key = \"email\""),
+    );
+    agent_ok("push", &job, &[]).await;
+    // What the killed run left: the rename to ren-b applied on the hub, its batch in flight.
+    let reply = clientele_testkit::call(hub.post("/v1/customers/sync").json(&serde_json::json!({
+        "key": "email",
+        "customers": [{"email": "ren-b@example.com", "match": "ren-a@example.com"}],
+    })))
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", work.path("state.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("state");
+        sqlx::query(
+            "INSERT INTO in_flight (batch, keys) VALUES ('killed', '[[\"1\", \"ren-b@example.com\"]]')",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("batch in flight");
+    }
+    // The row changes again, before the next run.
+    source_sql(
+        &path,
+        "UPDATE people SET email = 'ren-c@example.com' WHERE person_id = 1",
+    )
+    .await;
+    let out = agent_ok("push", &job, &[]).await;
+    counts(&out, &[("created", 0), ("updated", 1), ("failed", 0)]);
+    let customers = hub_customers_by(&hub, "email").await;
+    assert_eq!(
+        customers.keys().collect::<Vec<_>>(),
+        vec!["ren-c@example.com"],
+        "one customer, renamed twice"
+    );
+    assert_push_sends_nothing(&job, 1).await;
 }
 
 /// A hub whose body limit is 32 KiB: a batch of 40 rows with 5 KB notes is refused whole

@@ -91,7 +91,7 @@ impl StateReader {
         {
             // The row hash is stored bound to the item hash it vouches for (see `Outcome`).
             let mut statement = tx.prepare_cached(
-                "SELECT gone = 0 AND row_hash IS ?2 || hash, hub_value, hash, gone
+                "SELECT gone = 0 AND row_hash IS ?2 || hash, hub_value, hash, gone, sent_value
                  FROM main.pushed WHERE key = ?1",
             )?;
             let mut mark = tx.prepare_cached(
@@ -128,6 +128,7 @@ impl StateReader {
                                 hub_value: row.get(1)?,
                                 hash: row.get(2)?,
                                 gone: row.get::<_, i64>(3)? != 0,
+                                sent_value: row.get(4)?,
                             })
                         })
                     })
@@ -158,6 +159,46 @@ impl StateReader {
                 return Ok(unseen);
             }
         }
+    }
+
+    /// A live key of the state other than `key` that this run read and whose hub value is
+    /// `hub_value` as the hub compares it (`same`): the customer `key` pointed at is still in
+    /// the source, under that key (its key column was renumbered, or two rows fill one
+    /// customer), so it must not get `on_missing`. The state must hold this run's
+    /// acknowledged batches.
+    pub fn holder_read_in_run(
+        &mut self,
+        key: &str,
+        hub_value: &str,
+        same: impl Fn(&str, &str) -> bool,
+    ) -> anyhow::Result<Option<String>> {
+        let candidates: Vec<(String, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT key, hub_value FROM main.pushed
+                 WHERE lower(hub_value) = lower(?1) AND key <> ?2 AND gone = 0",
+            )?
+            .query_map((hub_value, key), |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (holder, value) in candidates {
+            if same(&value, hub_value) && self.was_read(&holder)? {
+                return Ok(Some(holder));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether this run read `key`.
+    fn was_read(&mut self, key: &str) -> anyhow::Result<bool> {
+        if self.seen.contains_key(&key_hash(key)) {
+            return Ok(true);
+        }
+        let in_table = self
+            .conn
+            .prepare_cached("SELECT 1 FROM temp.seen WHERE key = ?1")?
+            .query_row([key], |_| Ok(()))
+            .optional()?;
+        Ok(in_table.is_some())
     }
 
     fn unseen_in_table_after(&mut self, after: &str, limit: i64) -> anyhow::Result<Vec<Vanished>> {
