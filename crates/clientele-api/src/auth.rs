@@ -236,8 +236,18 @@ pub enum Bootstrap {
     Nothing,
 }
 
+/// Fewest characters of a bootstrap secret that is taken as random, not chosen to be recalled.
+pub const STRONG_SECRET_CHARS: usize = 32;
+
+/// Whether a bootstrap secret is long enough not to be guessed ([`STRONG_SECRET_CHARS`]).
+pub fn is_strong_secret(secret: &str) -> bool {
+    secret.chars().count() >= STRONG_SECRET_CHARS
+}
+
 /// Ensures an admin key exists: the one `bootstrap_secret` names, or a new one when the store
-/// has no keys at all.
+/// has no keys at all. The bootstrap key is exempt from rate limits (unless configured
+/// otherwise) only if its secret [`is_strong_secret`]: a key that may be guessed gets no
+/// privilege beyond its role.
 pub async fn bootstrap(
     state: &AppState,
     bootstrap_secret: Option<&str>,
@@ -253,7 +263,9 @@ pub async fn bootstrap(
         );
         store.restore_api_key(&key).await?;
         // The stored key may be older than this start (another id): find it by its secret.
-        if let Some(stored) = store.api_key_by_lookup(&key.lookup_hash).await? {
+        if let Some(stored) = store.api_key_by_lookup(&key.lookup_hash).await?
+            && is_strong_secret(secret)
+        {
             state.rate_limiter().bootstrap_key(stored.id);
         }
         return Ok(Bootstrap::FromEnvironment);
