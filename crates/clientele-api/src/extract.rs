@@ -33,9 +33,19 @@ impl FromRequest<AppState> for JsonBytes {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         check_content_type(request.headers())?;
-        read_body(request.into_body(), state.config().max_body_bytes)
-            .await
-            .map(JsonBytes)
+        let bytes = read_body(request.into_body(), state.config().max_body_bytes).await?;
+        // JSON is UTF-8 (RFC 8259): a body that is not is malformed as a whole. Parsers that
+        // skip ahead over a raw item (a sync's) would otherwise fail only that item, as a type.
+        if let Err(error) = std::str::from_utf8(&bytes) {
+            return Err(ApiError::new(
+                ErrorCode::MalformedJson,
+                format!(
+                    "the body is not UTF-8 (an invalid byte at offset {})",
+                    error.valid_up_to()
+                ),
+            ));
+        }
+        Ok(JsonBytes(bytes))
     }
 }
 
@@ -265,12 +275,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for StrictQuery<T>
         let tracked = serde_ignored::Deserializer::new(deserializer, &mut on_unknown);
         let value = serde_path_to_error::deserialize(tracked).map_err(|error| {
             let field = error.path().to_string();
+            let message = error.into_inner().to_string();
             let field = if field == "." {
-                "query".to_owned()
+                // serde names a parameter given twice only in its message.
+                message
+                    .strip_prefix("duplicate field `")
+                    .and_then(|rest| rest.split_once('`'))
+                    .map_or("query", |(name, _)| name)
+                    .to_owned()
             } else {
                 field
             };
-            ApiError::field(field, "invalid_parameter", error.into_inner().to_string())
+            ApiError::field(field, "invalid_parameter", message)
         })?;
         if let Some(name) = unknown.into_iter().next() {
             return Err(ApiError::field(
@@ -282,6 +298,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for StrictQuery<T>
         Ok(StrictQuery(value))
     }
 }
+
+/// No query parameters: an endpoint that takes none refuses any, as [`StrictQuery`] refuses
+/// unknown ones (422 `unknown_parameter`), since ignoring one silently would do something else
+/// than asked (`POST /v1/customers/sync?atomic=true` applied item by item, say).
+pub type NoQuery = StrictQuery<NoParameters>;
+
+/// The parameters of an endpoint that takes none ([`NoQuery`]).
+#[derive(serde::Deserialize)]
+pub struct NoParameters {}
 
 /// Path parameters, as axum's `Path` extracts them; a segment that does not decode (percent-
 /// encoded bytes that are not UTF-8, say) is a 400 problem naming the parameter, as every

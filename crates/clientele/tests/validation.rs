@@ -186,6 +186,24 @@ async fn malformed_json_is_a_bad_request(hub: TestHub) {
         let reply = create_raw(&hub, body).await;
         assert_problem(&reply, 400, "malformed_json");
     }
+    // JSON is UTF-8: a body that is not is malformed as a whole, in a sync too (found in an
+    // audit: 422 `invalid_type` for the field, and for a sync's item).
+    let not_utf8 = b"{\"first_name\": \"\xff\xfe\"}".to_vec();
+    let reply = call(
+        hub.post("/v1/customers")
+            .header("content-type", "application/json")
+            .body(not_utf8),
+    )
+    .await;
+    assert_problem(&reply, 400, "malformed_json");
+    let sync = b"{\"key\": \"external_id\", \"customers\": [{\"external_id\": \"\xc3\"}]}".to_vec();
+    let reply = call(
+        hub.post("/v1/customers/sync")
+            .header("content-type", "application/json")
+            .body(sync),
+    )
+    .await;
+    assert_problem(&reply, 400, "malformed_json");
     assert_eq!(customer_count(&hub).await, 0);
 }
 
@@ -502,6 +520,22 @@ async fn unknown_query_parameter_is_refused(hub: TestHub) {
     )
     .await;
     assert_invalid(&reply, &[("upsret", "unknown_parameter")]);
+    // Endpoints that take no parameters refuse any (found in an audit: a sync sent with
+    // `?atomic=true` was applied item by item).
+    let sync = json!({"key": "external_id", "customers": [{"external_id": "e1"}]});
+    let reply = call(hub.post("/v1/customers/sync?atomic=true").json(&sync)).await;
+    assert_invalid(&reply, &[("atomic", "unknown_parameter")]);
+    let reply = call(
+        hub.put("/v1/customers/external_id/e1?upsert=email")
+            .json(&json!({"first_name": "Ada"})),
+    )
+    .await;
+    assert_invalid(&reply, &[("upsert", "unknown_parameter")]);
+    let reply = call(hub.get("/v1/schema?version=2")).await;
+    assert_invalid(&reply, &[("version", "unknown_parameter")]);
+    // A parameter given twice is named.
+    let reply = call(hub.get("/v1/customers?limit=1&limit=2")).await;
+    assert_invalid(&reply, &[("limit", "invalid_parameter")]);
     // Bytes that are not UTF-8 are refused, not searched for as U+FFFD.
     for (path, field) in [
         ("/v1/customers?q=%FF", "q"),

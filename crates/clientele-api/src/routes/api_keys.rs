@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{AdminCaller, Caller, new_api_key};
-use crate::extract::{Path, StrictJson, StrictQuery};
+use crate::extract::{NoQuery, Path, StrictJson, StrictQuery};
 use crate::idempotency::{Idempotency, sealed};
 use crate::problem::{ApiError, Problem};
 use crate::response::Rendered;
@@ -88,6 +88,7 @@ impl From<ApiKey> for KeyView {
     security(("bearer" = []))
 )]
 async fn create_api_key(
+    _: NoQuery,
     State(state): State<AppState>,
     AdminCaller(caller): AdminCaller,
     idempotency: Idempotency,
@@ -224,6 +225,7 @@ async fn list_api_keys(
     security(("bearer" = []))
 )]
 async fn revoke_api_key(
+    _: NoQuery,
     State(state): State<AppState>,
     AdminCaller(caller): AdminCaller,
     idempotency: Idempotency,

@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{Caller, WriteCaller};
 use crate::cursor;
-use crate::extract::{IfMatch, Path, StrictJson, StrictQuery, etag};
+use crate::extract::{IfMatch, NoQuery, Path, StrictJson, StrictQuery, etag};
 use crate::idempotency::Idempotency;
 use crate::password;
 use crate::problem::{ApiError, Problem};
@@ -83,6 +83,7 @@ async fn create_customer(
     security(("bearer" = []))
 )]
 async fn get_customer(
+    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -104,6 +105,7 @@ async fn get_customer(
     security(("bearer" = []))
 )]
 async fn patch_customer(
+    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
@@ -130,6 +132,7 @@ async fn patch_customer(
     security(("bearer" = []))
 )]
 async fn delete_customer(
+    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
@@ -147,6 +150,7 @@ async fn delete_customer(
     security(("bearer" = []))
 )]
 async fn get_customer_by_key(
+    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
     Path((key, value)): Path<(String, String)>,
@@ -168,6 +172,7 @@ async fn get_customer_by_key(
     security(("bearer" = []))
 )]
 async fn put_customer_by_key(
+    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
@@ -200,6 +205,7 @@ async fn put_customer_by_key(
     security(("bearer" = []))
 )]
 async fn patch_customer_by_key(
+    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
@@ -227,6 +233,7 @@ async fn patch_customer_by_key(
     security(("bearer" = []))
 )]
 async fn delete_customer_by_key(
+    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
@@ -435,6 +442,7 @@ pub(crate) struct PasswordVerdict {
     security(("bearer" = []))
 )]
 async fn verify_password(
+    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

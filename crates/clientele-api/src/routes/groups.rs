@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, SharedWriteCaller};
-use crate::extract::{JsonBytes, Path, StrictJson, StrictQuery, parse_json};
+use crate::extract::{JsonBytes, NoQuery, Path, StrictJson, StrictQuery, parse_json};
 use crate::idempotency::Idempotency;
 use crate::problem::{ApiError, ErrorCode, Problem};
 use crate::response::Rendered;
@@ -73,6 +73,7 @@ pub(crate) fn status_of(outcome: WriteOutcome) -> StatusCode {
     security(("bearer" = []))
 )]
 async fn put_group(
+    _: NoQuery,
     State(state): State<AppState>,
     _caller: SharedWriteCaller,
     idempotency: Idempotency,
@@ -120,6 +121,7 @@ fn put_answer(results: &GroupResults) -> Rendered {
     security(("bearer" = []))
 )]
 async fn get_group(
+    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
     Path(code): Path<String>,
@@ -161,6 +163,7 @@ async fn list_groups(
     security(("bearer" = []))
 )]
 async fn delete_group(
+    _: NoQuery,
     State(state): State<AppState>,
     _caller: SharedWriteCaller,
     idempotency: Idempotency,
@@ -218,6 +221,7 @@ pub(crate) struct GroupSyncResponse {
     security(("bearer" = []))
 )]
 async fn sync_groups(
+    _: NoQuery,
     State(state): State<AppState>,
     _caller: SharedWriteCaller,
     idempotency: Idempotency,

@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, WriteCaller};
-use crate::extract::{Path, StrictJson, StrictQuery};
+use crate::extract::{NoQuery, Path, StrictJson, StrictQuery};
 use crate::idempotency::Idempotency;
 use crate::problem::{ApiError, Problem};
 use crate::response::Rendered;
@@ -45,6 +45,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
     security(("bearer" = []))
 )]
 async fn create_order(
+    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
@@ -83,6 +84,7 @@ fn created(order: &Order) -> Rendered {
     security(("bearer" = []))
 )]
 async fn get_order(
+    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, SharedAdminCaller};
-use crate::extract::StrictJson;
+use crate::extract::{NoQuery, StrictJson};
 use crate::idempotency::Idempotency;
 use crate::problem::{ApiError, Problem};
 use crate::response::Rendered;
@@ -28,7 +28,11 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
     responses((status = 200, body = Schema)),
     security(("bearer" = []))
 )]
-async fn get_schema(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+async fn get_schema(
+    _: NoQuery,
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     caller.require(Role::Read)?;
     let schema = state.store().get_schema().await?;
     Ok(Rendered::serialize(StatusCode::OK, &schema).into_response())
@@ -48,6 +52,7 @@ async fn get_schema(State(state): State<AppState>, caller: Caller) -> Result<Res
     security(("bearer" = []))
 )]
 async fn put_schema(
+    _: NoQuery,
     State(state): State<AppState>,
     _caller: SharedAdminCaller,
     idempotency: Idempotency,

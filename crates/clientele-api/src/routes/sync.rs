@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Caller;
-use crate::extract::{JsonBytes, parse_json};
+use crate::extract::{JsonBytes, NoQuery, parse_json};
 use crate::idempotency::Idempotency;
 use crate::problem::{ApiError, ErrorCode, Problem};
 use crate::response::Rendered;
@@ -95,6 +95,7 @@ pub(crate) struct SyncResponse {
     security(("bearer" = []))
 )]
 async fn sync_customers(
+    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
     idempotency: Idempotency,

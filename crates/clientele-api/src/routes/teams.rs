@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Caller, WriteCaller};
-use crate::extract::{Path, StrictJson, StrictQuery};
+use crate::extract::{NoQuery, Path, StrictJson, StrictQuery};
 use crate::idempotency::Idempotency;
 use crate::problem::{ApiError, ErrorCode, Problem};
 use crate::response::Rendered;
@@ -53,6 +53,7 @@ pub(crate) struct TeamList {
     security(("bearer" = []))
 )]
 async fn put_team(
+    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
@@ -96,6 +97,7 @@ fn written((outcome, team): &(WriteOutcome, Team)) -> Rendered {
     security(("bearer" = []))
 )]
 async fn get_team(
+    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
     Path(code): Path<String>,
@@ -142,6 +144,7 @@ async fn list_teams(
     security(("bearer" = []))
 )]
 async fn delete_team(
+    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
     idempotency: Idempotency,
