@@ -200,7 +200,7 @@ fn bearer_secret(parts: &Parts) -> Result<&str, ApiError> {
     Ok(secret.trim())
 }
 
-fn unauthorized(detail: &str) -> ApiError {
+pub(crate) fn unauthorized(detail: &str) -> ApiError {
     ApiError::new(ErrorCode::Unauthorized, detail)
 }
 

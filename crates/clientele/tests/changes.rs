@@ -24,6 +24,7 @@ hub_tests!(
     parameters_are_checked,
     a_long_poll_wakes_at_once_on_a_change,
     a_long_poll_returns_empty_at_its_timeout,
+    a_key_revoked_during_a_long_poll_is_shown_nothing,
     a_purged_position_is_expired_and_the_list_position_resyncs,
     list_then_follow_misses_nothing,
     a_team_scope_sees_only_its_teams_changes,
@@ -216,6 +217,28 @@ async fn a_long_poll_wakes_at_once_on_a_change(hub: TestHub) {
         latency < Duration::from_millis(500),
         "woke {latency:?} after the write"
     );
+}
+
+/// A key revoked while its long poll waits is refused when the poll wakes, not shown what was
+/// written after the revocation (found in an audit).
+async fn a_key_revoked_during_a_long_poll_is_shown_nothing(hub: TestHub) {
+    let key = call(
+        hub.post("/v1/api-keys")
+            .json(&json!({"name": "poller", "role": "read"})),
+    )
+    .await;
+    assert_eq!(key.status, 201, "{}", key.body);
+    let poller = hub.as_key(key.body["secret"].as_str().expect("secret"));
+    let id = key.body["id"].as_str().expect("id").to_owned();
+    let write = async {
+        // The poll is waiting by now (its answer would come at once otherwise).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let revoked = call(hub.delete(&format!("/v1/api-keys/{id}"))).await;
+        assert_eq!(revoked.status, 204, "{}", revoked.body);
+        hub.create_customer(json!({"external_id": "secret"})).await;
+    };
+    let (reply, ()) = tokio::join!(call(poller.get("/v1/changes?after=0&wait=15")), write);
+    assert_problem(&reply, 401, "unauthorized");
 }
 
 async fn a_long_poll_returns_empty_at_its_timeout(hub: TestHub) {

@@ -105,6 +105,14 @@ async fn list_changes(
             scope: caller.scope(),
         })
         .await?;
+    if wait > 0 && !page.events.is_empty() {
+        // A key revoked while the request waited sees nothing written meanwhile.
+        if state.store().api_key_by_id(caller.key.id).await?.is_none() {
+            return Err(crate::auth::unauthorized(
+                "the API key was revoked while the request waited",
+            ));
+        }
+    }
     Ok(Rendered::json(StatusCode::OK, page_json(&page)).into_response())
 }
 
