@@ -168,12 +168,21 @@ impl Schema {
     }
 
     /// Checks a written `custom` map: declared fields only (once any is declared), each of its
-    /// type.
-    pub fn check_custom(&self, custom: &Map<String, Value>, errors: &mut ValidationErrors) {
+    /// type. A field sent as `stored` holds it is not checked: a schema tightened since it was
+    /// stored does not make re-sending an unchanged customer fail (the write changes nothing).
+    pub fn check_custom(
+        &self,
+        custom: &Map<String, Value>,
+        stored: &Map<String, Value>,
+        errors: &mut ValidationErrors,
+    ) {
         if self.custom_fields.is_empty() {
             return;
         }
         for (name, value) in custom {
+            if stored.get(name) == Some(value) {
+                continue;
+            }
             let path = format!("custom.{name}");
             match self.custom_fields.get(name) {
                 None => errors.push(
@@ -490,7 +499,11 @@ mod tests {
         .expect("valid schema");
         let check = |custom: Value| {
             let mut errors = ValidationErrors::default();
-            schema.check_custom(custom.as_object().expect("object"), &mut errors);
+            schema.check_custom(
+                custom.as_object().expect("object"),
+                &Map::new(),
+                &mut errors,
+            );
             errors.0
         };
         let refused = check(json!({"n": big - 1}));
@@ -564,7 +577,7 @@ mod tests {
             "loyalty_tier": "bronze", "points": -1, "ratio": 2, "nick": "toolong",
             "vip": "yes", "since": "2026-02-30", "other": 1
         });
-        schema.check_custom(custom.as_object().expect("map"), &mut errors);
+        schema.check_custom(custom.as_object().expect("map"), &Map::new(), &mut errors);
         let found: Vec<_> = errors
             .0
             .iter()
@@ -585,10 +598,10 @@ mod tests {
         let mut errors = ValidationErrors::default();
         let good = json!({"loyalty_tier": "gold", "points": 3, "ratio": 1, "nick": "abc",
                           "vip": false, "since": "2024-02-29", "vip": null});
-        schema.check_custom(good.as_object().expect("map"), &mut errors);
+        schema.check_custom(good.as_object().expect("map"), &Map::new(), &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
         let mut errors = ValidationErrors::default();
-        Schema::default().check_custom(custom.as_object().expect("map"), &mut errors);
+        Schema::default().check_custom(custom.as_object().expect("map"), &Map::new(), &mut errors);
         assert!(errors.is_empty(), "no declared fields: custom is free-form");
     }
 }

@@ -591,14 +591,14 @@ pub(crate) fn apply_keeping_teams(
     };
     if let Patch::Value(custom) = &write.custom {
         // Bounds a stored object already met, or met before they were set, are not checked
-        // again when it is sent unchanged (as text, above); the schema always is.
+        // again when it is sent unchanged (as text, above); nor is the schema, field by field.
         if *custom != base.custom {
             check_custom_size(custom, &mut errors);
             for (name, value) in custom {
                 check_exact_numbers(&format!("custom.{name}"), value, &mut errors);
             }
         }
-        ctx.schema.check_custom(custom, &mut errors);
+        ctx.schema.check_custom(custom, &base.custom, &mut errors);
     }
     if current.is_none() {
         ctx.schema.check_required(&next, &mut errors);

@@ -1,6 +1,7 @@
 //! The customer schema over HTTP: `GET/PUT /v1/schema`, `required_on_create`, typed custom
 //! fields checked on every write path (create, upsert, PATCH, PUT by key, sync items), and
-//! stored customers left as they were when the schema changes.
+//! stored customers left as they were when the schema changes (a field re-sent as stored is not
+//! checked again).
 
 use clientele_api::ApiConfig;
 use clientele_domain::Role;
@@ -236,12 +237,37 @@ async fn stored_customers_are_not_revalidated(hub: TestHub) {
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+    let version = reply.body["version"].clone();
     let reply = call(
         hub.patch(&format!("/v1/customers/{id}"))
-            .json(&json!({"custom": {"legacy": "x"}})),
+            .json(&json!({"custom": {"legacy": "y"}})),
     )
     .await;
     assert_invalid(&reply, &[("custom.legacy", "unknown_custom_field")]);
+    // A field sent as stored is not checked again: re-sending the customer unchanged is
+    // unchanged, not refused (found in an audit: a sync agent re-sending whole records failed
+    // once the schema was tightened). A field beside it that changes is checked.
+    for path in [
+        format!("/v1/customers/{id}"),
+        "/v1/customers/external_id/P-1".to_owned(),
+    ] {
+        let reply = call(hub.patch(&path).json(&json!({"custom": {"legacy": "x"}}))).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body["version"], version);
+    }
+    let sync = json!({"key": "external_id", "customers": [{"external_id": "P-1", "custom": {"legacy": "x"}}]});
+    let reply = call(hub.post("/v1/customers/sync").json(&sync)).await;
+    assert_eq!(
+        reply.body["results"][0]["status"], "unchanged",
+        "{}",
+        reply.body
+    );
+    let reply = call(
+        hub.patch(&format!("/v1/customers/{id}"))
+            .json(&json!({"custom": {"legacy": "x", "points": "many"}})),
+    )
+    .await;
+    assert_invalid(&reply, &[("custom.points", "invalid_type")]);
 }
 
 async fn another_hub_process_sees_the_new_schema_at_once(hub: TestHub) {
