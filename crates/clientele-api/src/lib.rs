@@ -56,6 +56,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut document) = api_router().split_for_parts();
     openapi_problems::document_problems(&mut document);
+    openapi::require_every_field(&mut document);
     (router, document)
 }
 

@@ -83,6 +83,23 @@ pub(crate) fn allow_signed(operation: &mut utoipa::openapi::path::Operation) {
     }
 }
 
+/// The resources whose every field is always in a response, `null` where unset (API.md).
+const ALWAYS_COMPLETE: &[&str] = &["Customer", "Address", "GroupMembership", "Order"];
+
+/// Marks every property of the [`ALWAYS_COMPLETE`] schemas required (optional ones are
+/// nullable): run on the finished document, which the routers' schemas are merged into.
+pub(crate) fn require_every_field(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{RefOr, schema::Schema};
+    let Some(components) = openapi.components.as_mut() else {
+        return;
+    };
+    for name in ALWAYS_COMPLETE {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(*name) {
+            object.required = object.properties.keys().cloned().collect();
+        }
+    }
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {

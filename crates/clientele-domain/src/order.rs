@@ -56,6 +56,7 @@ pub struct CustomerRef {
 /// The body of `POST /v1/orders`.
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 pub struct OrderWrite {
+    #[schema(required = true)]
     pub reference: Option<String>,
     /// `cus_…`; or give `customer` instead.
     pub customer_id: Option<String>,
@@ -63,8 +64,9 @@ pub struct OrderWrite {
     /// A number or a decimal string: at least 0, at most 10^15, at most 4 decimals, and at most
     /// as many digits as are kept exactly (15 significant digits always are; 422
     /// `invalid_total` otherwise).
-    #[schema(value_type = Object)]
+    #[schema(schema_with = total_schema, required = true)]
     pub total: Option<Value>,
+    #[schema(required = true)]
     pub currency: Option<String>,
     pub status: Option<String>,
     /// RFC 3339, with any offset; its year in UTC is 0000 to 9999. Default: now.
@@ -274,6 +276,25 @@ fn customer_locator(
             None
         }
     }
+}
+
+/// `total` in the OpenAPI document: a number or a decimal string.
+fn total_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let one_of = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .minimum(Some(0.0))
+                .maximum(Some(MAX_TOTAL)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[0-9]+(\.[0-9]{1,4})?$")),
+        )
+        .build();
+    Schema::OneOf(one_of)
 }
 
 /// A total given as a number or a decimal string.

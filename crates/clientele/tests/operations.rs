@@ -205,6 +205,38 @@ async fn openapi_document_is_openapi_3_1(hub: TestHub) {
             "schema {schema} is documented"
         );
     }
+    // A customer, as served, has every field (null where unset): all are required.
+    let customer = &document["components"]["schemas"]["Customer"];
+    let mut properties: Vec<&String> = customer["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .collect();
+    let mut required: Vec<&str> = customer["required"]
+        .as_array()
+        .expect("required")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    properties.sort();
+    required.sort();
+    assert_eq!(
+        required, properties,
+        "every field of a customer is always present"
+    );
+    // An order's total is a number or a decimal string (found in an audit: an object).
+    let order = &document["components"]["schemas"]["OrderWrite"];
+    let total = &order["properties"]["total"]["oneOf"];
+    assert_eq!(total[0]["type"], "number", "{order}");
+    assert_eq!(total[1]["type"], "string", "{order}");
+    for field in ["reference", "total", "currency"] {
+        assert!(
+            order["required"]
+                .as_array()
+                .is_some_and(|required| required.iter().any(|name| name == field)),
+            "{field} is required: {order}"
+        );
+    }
     // The same document every time: generated from the code, not from the request.
     assert_eq!(openapi_json(&hub).await, document);
 }
