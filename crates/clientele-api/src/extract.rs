@@ -390,7 +390,12 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
         if text == "*" {
             return Ok(IfMatch(None));
         }
-        let unquoted = text.trim_start_matches("W/").trim_matches('"');
+        let tag = text.strip_prefix("W/").unwrap_or(text);
+        // Quoted on both sides, or not at all: `"1` is no entity tag.
+        let unquoted = match tag.strip_prefix('"') {
+            Some(rest) => rest.strip_suffix('"').unwrap_or(tag),
+            None => tag,
+        };
         unquoted.parse().map(|v| IfMatch(Some(v))).map_err(|_| {
             ApiError::header(
                 "If-Match",
