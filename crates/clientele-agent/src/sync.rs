@@ -104,14 +104,19 @@ impl Syncer {
             Conflict::HubWins => Winner::Hub,
             Conflict::SourceWins => Winner::Local,
             Conflict::NewestWins => {
-                let local_at = local
-                    .get("updated_at")
-                    .and_then(Value::as_str)
-                    .and_then(parse_time);
-                let hub_at = hub
-                    .get("updated_at")
-                    .and_then(Value::as_str)
-                    .and_then(parse_time);
+                let stamp = local.get("updated_at").filter(|stamp| !stamp.is_null());
+                let local_at = stamp.and_then(parse_time);
+                if let (Some(stamp), None) = (stamp, local_at) {
+                    // Said aloud: the local edit is about to give way.
+                    self.progress.note(&format!(
+                        "the local row of {} has updated_at {stamp}, which is not a time: the \
+                         hub's copy wins (write RFC 3339, e.g. 2026-12-07T13:45:00Z)",
+                        hub.get("id")
+                            .and_then(Value::as_str)
+                            .unwrap_or("a customer"),
+                    ));
+                }
+                let hub_at = hub.get("updated_at").and_then(parse_time);
                 match (local_at, hub_at) {
                     (Some(local_at), Some(hub_at)) if local_at > hub_at => Winner::Local,
                     _ => Winner::Hub,
@@ -633,6 +638,67 @@ fn idempotency_key(kind: &str, row: &str, version: i64, body: &Value) -> String 
     format!("sync-{}", hex::encode(&digest.finalize()[..20]))
 }
 
-fn parse_time(text: &str) -> Option<time::OffsetDateTime> {
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+/// A row's `updated_at` as a local edit stamps it: RFC 3339, or as databases write times
+/// (SQLite's `datetime('now')`, `2026-12-07 13:45:00`, in UTC; PostgreSQL's `now()::text`,
+/// `2026-12-07 13:45:00.123456+00`), or Unix seconds.
+fn parse_time(stamp: &Value) -> Option<time::OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    let text = match stamp {
+        Value::String(text) => text.trim(),
+        Value::Number(seconds) => {
+            let seconds = seconds.as_f64()?;
+            let nanos = (seconds * 1e9) as i128;
+            return time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok();
+        }
+        _ => return None,
+    };
+    if let Ok(at) = time::OffsetDateTime::parse(text, &Rfc3339) {
+        return Some(at);
+    }
+    // A space for the `T`; an offset of hours alone (`+00`), or none (UTC).
+    let mut text = text.replacen(' ', "T", 1);
+    let offset_at = text
+        .char_indices()
+        .skip(10)
+        .find(|(_, c)| matches!(c, '+' | '-' | 'Z' | 'z'))
+        .map(|(at, _)| at);
+    match offset_at {
+        None => text.push('Z'),
+        Some(at) if text.len() - at == 3 => text.push_str(":00"),
+        Some(_) => {}
+    }
+    time::OffsetDateTime::parse(&text, &Rfc3339).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Found in an audit: stamps as databases write them were not read, so `newest_wins` gave
+    /// newer local edits away to the hub.
+    #[test]
+    fn local_stamps_are_read_as_databases_write_them() {
+        let utc = |text: &str| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .expect("rfc 3339")
+        };
+        for (stamp, expected) in [
+            (json!("2026-12-07T13:45:00Z"), "2026-12-07T13:45:00Z"),
+            (json!("2026-12-07 13:45:00"), "2026-12-07T13:45:00Z"),
+            (json!("2026-12-07 13:45:00.5+00"), "2026-12-07T13:45:00.5Z"),
+            (json!("2026-12-07 15:45:00+02"), "2026-12-07T13:45:00Z"),
+            (json!("2026-12-07 19:15:00+05:30"), "2026-12-07T13:45:00Z"),
+            (json!(1_796_651_100), "2026-12-07T13:45:00Z"),
+        ] {
+            assert_eq!(parse_time(&stamp), Some(utc(expected)), "{stamp}");
+        }
+        for stamp in [
+            json!("yesterday"),
+            json!("2026-13-07 10:00:00"),
+            json!(true),
+        ] {
+            assert_eq!(parse_time(&stamp), None, "{stamp}");
+        }
+    }
 }
