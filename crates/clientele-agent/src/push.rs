@@ -115,6 +115,8 @@ pub struct Push {
     /// acknowledged creates are in, cannot say a customer that left under one key is back under
     /// another ([`Push::holder`]).
     planned_creates: HashSet<String>,
+    /// A dry run's copy of the state, removed when the run ends.
+    _plan_copy: Option<tempfile::TempDir>,
 }
 
 impl Push {
@@ -125,7 +127,13 @@ impl Push {
         progress: Progress,
         dry_run: bool,
     ) -> anyhow::Result<Push> {
-        let state = StateStore::open(&job.state_path()).await?;
+        // A dry run plans on a copy: opening the file brings it up to date, which writes.
+        let (state, plan_copy) = if dry_run {
+            let (state, copy) = StateStore::open_copy(&job.state_path()).await?;
+            (state, Some(copy))
+        } else {
+            (StateStore::open(&job.state_path()).await?, None)
+        };
         state.bind_hub(&job.hub.url, !dry_run).await?;
         if !dry_run {
             // Before anything is compared: a killed run's batches may be on the hub.
@@ -145,6 +153,7 @@ impl Push {
             pending: Vec::new(),
             pending_bytes: 0,
             planned_creates: HashSet::new(),
+            _plan_copy: plan_copy,
         })
     }
 

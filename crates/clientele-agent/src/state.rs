@@ -164,6 +164,32 @@ impl StateStore {
         })
     }
 
+    /// The state for a dry run, which must write nothing: a private copy of the state file at
+    /// `path` (made by `VACUUM INTO` on a read-only connection, so a run writing meanwhile is
+    /// read as of one moment), or an empty state when there is none, in a temporary directory
+    /// that goes with the returned guard. The copy may be brought up to date (columns, indexes)
+    /// without touching the file.
+    pub async fn open_copy(path: &Path) -> anyhow::Result<(StateStore, tempfile::TempDir)> {
+        let dir = tempfile::tempdir().context("cannot make a directory for the dry run's state")?;
+        let copy = dir.path().join("state.db");
+        if path.exists() {
+            let (source, target) = (path.to_owned(), copy.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let conn = rusqlite::Connection::open_with_flags(
+                    &source,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )?;
+                conn.busy_timeout(std::time::Duration::from_secs(30))?;
+                conn.execute("VACUUM INTO ?1", [target.to_string_lossy()])?;
+                Ok(())
+            })
+            .await
+            .context("the state copy failed")?
+            .with_context(|| format!("cannot read the state file {}", path.display()))?;
+        }
+        Ok((StateStore::open(&copy).await?, dir))
+    }
+
     /// Binds the state to the hub at `url`, or checks that it is bound to it. A state written
     /// before states were bound takes the job's hub (it cannot tell another). `record` false
     /// (a dry run) checks without writing.

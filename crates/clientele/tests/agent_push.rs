@@ -297,7 +297,14 @@ async fn a_dry_run_prints_the_plan_and_changes_nothing(hub: TestHub) {
     counts(&out, &[("created", 5)]);
     assert!(out.lines().any(|line| line == "create 3"), "{out}");
     assert!(hub_customers(&hub).await.is_empty());
+    // Not even a state file (found in an audit: one was created, its tables made).
+    assert!(!work.path("state.db").exists());
     agent_ok("push", &job, &[]).await;
+    // An existing state file is left as it was, to the byte.
+    let state_bytes = || {
+        ["state.db", "state.db-wal"].map(|name| std::fs::read(work.path(name)).unwrap_or_default())
+    };
+    let before = state_bytes();
     source_sql(
         &work.path("source.db"),
         "DELETE FROM people WHERE person_id = 2",
@@ -312,6 +319,10 @@ async fn a_dry_run_prints_the_plan_and_changes_nothing(hub: TestHub) {
     counts(&out, &[("created", 0), ("updated", 1), ("archived", 1)]);
     assert!(out.lines().any(|line| line == "archive 2"), "{out}");
     assert!(out.lines().any(|line| line == "update 4"), "{out}");
+    assert!(
+        before == state_bytes(),
+        "the dry run changed the state file"
+    );
     let customers = hub_customers(&hub).await;
     assert_eq!(customers["2"]["archived"], false);
     assert_eq!(customers["4"]["first_name"], "Name 4");
