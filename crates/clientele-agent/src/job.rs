@@ -326,10 +326,17 @@ impl Job {
                 return Err(self.error("fields", field, "must name a source column"));
             }
         }
-        if let Some(mirror) = &self.mirror
-            && !is_identifier(&mirror.table)
-        {
-            return Err(self.error("mirror", "table", "must be a plain table name"));
+        if let Some(mirror) = &self.mirror {
+            if !is_identifier(&mirror.table) {
+                return Err(self.error("mirror", "table", "must be a plain table name"));
+            }
+            let url = mirror.url.to_ascii_lowercase();
+            if !["sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                return Err(self.error("mirror", "url", "must be sqlite://PATH or postgres://..."));
+            }
         }
         if let Some(program) = &self.transform
             && let Err(message) = crate::transform::Transform::compile(program)
@@ -443,8 +450,13 @@ fn key_at(text: &str, line: usize, message: &str) -> String {
                 .to_owned(),
         },
     };
-    // An unknown section is reported on its own header, as an unknown top-level key.
-    if section.is_empty() || header.as_deref() == Some(key.as_str()) {
+    // An unknown section is reported on its own header, as an unknown top-level key, or
+    // (`[sync.extra]`) as the key it is in its section.
+    if let Some(header) =
+        header.filter(|header| header == &key || header.ends_with(&format!(".{key}")))
+    {
+        header
+    } else if section.is_empty() {
         key
     } else {
         format!("{section}.{key}")
@@ -551,6 +563,17 @@ first_name = "fname"
         assert_eq!((error.line, error.key.as_str()), (1, "bogus"), "{error}");
         let error = parse(&format!("{GOOD}\n[bogus]\na = 1\n")).expect_err("refused");
         assert_eq!(error.key, "bogus", "{error}");
+        // A table inside a section is named once (found in an audit: `sync.extra.extra`).
+        let error = parse(&format!("{GOOD}\n[sync.extra]\na = 1\n")).expect_err("refused");
+        assert_eq!(error.key, "sync.extra", "{error}");
+        // A mirror URL of another database is the job file's error, on its line.
+        let error =
+            parse(&format!("{GOOD}\n[mirror]\nurl = \"mysql://x\"\n")).expect_err("refused");
+        assert_eq!(
+            (error.line, error.key.as_str()),
+            (20, "mirror.url"),
+            "{error}"
+        );
         let error = parse(&GOOD.replace("url = \"sqlite://backend.db\"", "")).expect_err("refused");
         assert_eq!(error.key, "source.url", "{error}");
     }

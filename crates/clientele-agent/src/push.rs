@@ -160,7 +160,14 @@ impl Push {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let source = Source::from_job(&self.job)?;
         let source_key = &self.job.source()?.key;
-        let columns = source.columns().await?;
+        let columns = source.columns().await.map_err(|error| {
+            // A table or query the database refuses is the job file's `table` or `query`.
+            let key = match self.job.source() {
+                Ok(section) if section.table.is_some() => "table",
+                _ => "query",
+            };
+            anyhow::Error::from(self.job.error("source", key, &format!("{error:#}")))
+        })?;
         self.check_columns(columns.as_deref())?;
         // A dry run rewrites no state: it compares keys as the state holds them.
         let key_form = self

@@ -75,7 +75,8 @@ impl Source {
         let url = section.url.as_str();
         let query = match (&section.table, &section.query) {
             (Some(table), _) => format!("SELECT * FROM {table}"),
-            (None, Some(query)) => query.clone(),
+            // One statement, as the source reads it inside another (a subquery on PostgreSQL).
+            (None, Some(query)) => query.trim().trim_end_matches(';').trim_end().to_owned(),
             (None, None) => String::new(),
         };
         let lower = url.to_ascii_lowercase();

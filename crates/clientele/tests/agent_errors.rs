@@ -198,10 +198,10 @@ async fn an_unreachable_hub_a_bad_key_and_a_missing_table_are_clear_errors() {
     );
     let output = agent("push", &job, &[]).await;
     assert!(!output.status.success());
+    let stderr = stderr_of(&output);
     assert!(
-        stderr_of(&output).contains("no such table: persons"),
-        "{}",
-        stderr_of(&output)
+        stderr.contains("no such table: persons") && stderr.contains("source.table"),
+        "{stderr}"
     );
     assert!(hub_customers(&hub).await.is_empty());
 }
@@ -243,7 +243,8 @@ async fn a_postgresql_source_table_and_query() {
         &hub,
         &sections.replace(
             "table = \"people\"",
-            "query = \"SELECT person_id, fname FROM people WHERE person_id = 2\"",
+            // A statement ended as a terminal would have it (found in an audit: refused).
+            "query = \"SELECT person_id, fname FROM people WHERE person_id = 2 ; \"",
         ),
     );
     let out = agent_ok("push", &job, &[]).await;
