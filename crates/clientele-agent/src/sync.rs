@@ -296,8 +296,7 @@ impl Syncer {
                     return Box::pin(self.send_insert(row)).await;
                 }
                 None => {
-                    let rejected =
-                        self.rejected(row.fields.get("external_id").and_then(Value::as_str), error);
+                    let rejected = self.rejected(&row.fields, &row.rowref, error);
                     if rejected.is_ok() {
                         self.forget_create(&row.rowref).await?;
                     }
@@ -527,7 +526,7 @@ impl Syncer {
                     Counters::add(&self.counters().deleted, 1);
                     return Ok(());
                 }
-                Err(error) => return self.rejected(Some(&edit.id), error),
+                Err(error) => return self.rejected(&edit.fields, &edit.rowref, error),
             }
         }
         Ok(())
@@ -558,8 +557,7 @@ impl Syncer {
                 Ok(())
             }
             Err(error) => {
-                let rejected =
-                    self.rejected(row.fields.get("external_id").and_then(Value::as_str), error);
+                let rejected = self.rejected(&row.fields, &row.rowref, error);
                 if rejected.is_ok() {
                     // A refusal is an answer too: the row is tried afresh next run.
                     self.forget_create(&row.rowref).await?;
@@ -587,11 +585,21 @@ impl Syncer {
         self.mirror.set_shadows(tx, &shadows_of(&[customer])).await
     }
 
-    fn rejected(&self, key: Option<&str>, error: ClientError) -> anyhow::Result<()> {
+    /// Reports a local row the hub refused, named by its id (or, not created yet, its first
+    /// unique key) and its row reference; an error that refuses no row stops the run.
+    fn rejected(
+        &self,
+        fields: &Map<String, Value>,
+        rowref: &str,
+        error: ClientError,
+    ) -> anyhow::Result<()> {
         match error {
             ClientError::Problem { ref problem, .. } if is_refusal(&error) => {
                 Counters::add(&self.counters().failed, 1);
-                self.report.rejected(key, None, problem);
+                let key = std::iter::once("id")
+                    .chain(UNIQUE_KEYS)
+                    .find_map(|field| fields.get(field).and_then(Value::as_str));
+                self.report.rejected(key, rowref.parse().ok(), problem);
                 Ok(())
             }
             error => Err(error.into()),

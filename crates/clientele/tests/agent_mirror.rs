@@ -615,6 +615,13 @@ async fn a_pending_create_is_not_bound_to_a_customer_with_other_keys(hub: TestHu
     counts(&out, &[("created", 1), ("failed", 1)]);
     let lines = report_lines(&report);
     assert_eq!(lines[0]["problem"]["code"], "duplicate_key", "{lines:?}");
+    // The line names the row: its key, and its reference in the mirror table (found in an
+    // audit: both were null).
+    assert_eq!(lines[0]["key"], "local1", "{lines:?}");
+    let row = lines[0]["row"].as_i64().expect("the row's reference");
+    let named =
+        format!("SELECT COUNT(*) FROM customers WHERE _clientele_ref = {row} AND id IS NULL");
+    assert_eq!(mirror_scalar(&url, &named).await, 1, "{lines:?}");
     let customers = hub_customers(&hub).await;
     assert_eq!(customers.len(), 1);
     assert_eq!(customers["local1"]["email"], "theirs@example.com");
