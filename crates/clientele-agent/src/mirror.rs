@@ -542,6 +542,59 @@ impl Mirror {
         Ok(())
     }
 
+    /// Up to `limit` rows of the mirror table after the reference `after`, in reference order,
+    /// each with its shadow: `sync` reads the table a page at a time, holding one page, and
+    /// writes between pages. A dry run of a PostgreSQL mirror an earlier agent made (rows named
+    /// by `ctid`, which has no order to page by) gets the whole table as one page.
+    pub async fn scan_page(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<(LocalRow, Option<Shadow>)>> {
+        if self.row_ref == RowRef::Ctid {
+            if after > 0 {
+                return Ok(Vec::new());
+            }
+            let mut page = Vec::new();
+            self.scan(|row, shadow| {
+                page.push((row, shadow));
+                Ok(())
+            })
+            .await?;
+            return Ok(page);
+        }
+        let column = self.row_ref_column();
+        let sql = match self.dialect {
+            Dialect::Sqlite => format!(
+                "SELECT CAST(m.{column} AS TEXT), {}, s.version, s.hash FROM {} AS m \
+                 LEFT JOIN _clientele_shadow AS s ON s.mirror_table = ? AND s.id = m.id \
+                 WHERE m.{column} > ? ORDER BY m.{column} LIMIT ?",
+                self.json_expression("m"),
+                self.table
+            ),
+            Dialect::Postgres => format!(
+                "SELECT m.{column}::text, row_to_json(m)::text, s.version, s.hash FROM {} AS m \
+                 LEFT JOIN _clientele_shadow AS s ON s.mirror_table = $1 AND s.id = m.id \
+                 WHERE m.{column} > $2 ORDER BY m.{column} LIMIT $3",
+                self.table
+            ),
+        };
+        let rows = sqlx::query_as::<_, (String, String, Option<i64>, Option<String>)>(&sql)
+            .bind(&self.table)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(rowref, json, version, hash)| {
+                let shadow = version
+                    .zip(hash)
+                    .map(|(version, hash)| Shadow { version, hash });
+                Ok((local_row(rowref, &json)?, shadow))
+            })
+            .collect()
+    }
+
     fn select_rows(&self) -> String {
         match self.dialect {
             Dialect::Sqlite => format!(

@@ -407,54 +407,70 @@ impl Syncer {
     }
 
     /// Local inserts and edits up (except the rows `resumed` already created, and, in a dry
-    /// run, the edits the pull phase's plan settled for the hub's copy).
+    /// run, the edits the pull phase's plan settled for the hub's copy), a page of the mirror
+    /// table at a time: memory holds one page, however many rows changed.
     async fn push_phase(
         &self,
+        resumed: &HashSet<String>,
+        planned_down: &HashSet<String>,
+    ) -> anyhow::Result<()> {
+        let mut after = 0;
+        loop {
+            let page = self.mirror.scan_page(after, SCAN_PAGE_ROWS).await?;
+            let Some((last, _)) = page.last() else {
+                return Ok(());
+            };
+            after = last.rowref.parse().unwrap_or(i64::MAX);
+            self.push_page(page, resumed, planned_down).await?;
+        }
+    }
+
+    /// The local inserts and edits of one page of the mirror table, sent up.
+    async fn push_page(
+        &self,
+        page: Vec<(LocalRow, Option<Shadow>)>,
         resumed: &HashSet<String>,
         planned_down: &HashSet<String>,
     ) -> anyhow::Result<()> {
         let mut inserts: Vec<LocalRow> = Vec::new();
         let mut edits: Vec<Edit> = Vec::new();
         let mut first_seen: Vec<(String, Shadow)> = Vec::new();
-        self.mirror
-            .scan(|row, shadow| {
-                let id = row
-                    .fields
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                match (id, shadow) {
-                    (None, _) if resumed.contains(&row.rowref) => {}
-                    (None, _) => inserts.push(row),
-                    (Some(id), Some(shadow)) => {
-                        if content_hash(&row.fields) != shadow.hash && !planned_down.contains(&id) {
-                            edits.push(Edit {
-                                id,
-                                rowref: row.rowref,
-                                fields: row.fields,
-                                base_version: shadow.version,
-                            });
-                        }
-                    }
-                    (Some(id), None) => {
-                        // A row pulled before sync kept shadows: take it as the hub's copy.
-                        let version = row
-                            .fields
-                            .get("version")
-                            .and_then(Value::as_i64)
-                            .unwrap_or(0);
-                        first_seen.push((
+        for (row, shadow) in page {
+            let id = row
+                .fields
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            match (id, shadow) {
+                (None, _) if resumed.contains(&row.rowref) => {}
+                (None, _) => inserts.push(row),
+                (Some(id), Some(shadow)) => {
+                    if content_hash(&row.fields) != shadow.hash && !planned_down.contains(&id) {
+                        edits.push(Edit {
                             id,
-                            Shadow {
-                                version,
-                                hash: content_hash(&row.fields),
-                            },
-                        ));
+                            rowref: row.rowref,
+                            fields: row.fields,
+                            base_version: shadow.version,
+                        });
                     }
                 }
-                Ok(())
-            })
-            .await?;
+                (Some(id), None) => {
+                    // A row pulled before sync kept shadows: take it as the hub's copy.
+                    let version = row
+                        .fields
+                        .get("version")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
+                    first_seen.push((
+                        id,
+                        Shadow {
+                            version,
+                            hash: content_hash(&row.fields),
+                        },
+                    ));
+                }
+            }
+        }
         if !first_seen.is_empty() && !self.dry_run {
             let mut tx = self.mirror.begin().await?;
             self.mirror.set_shadows(&mut tx, &first_seen).await?;
@@ -606,6 +622,9 @@ impl Syncer {
         }
     }
 }
+
+/// Rows of the mirror table `sync` holds at once while it looks for local changes.
+const SCAN_PAGE_ROWS: i64 = 1000;
 
 /// The unique keys a customer may be found by.
 const UNIQUE_KEYS: [&str; 3] = ["external_id", "email", "username"];
