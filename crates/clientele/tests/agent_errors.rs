@@ -168,6 +168,19 @@ async fn an_unreachable_hub_a_bad_key_and_a_missing_table_are_clear_errors() {
         stderr_of(&output)
     );
 
+    // An https hub is reached over TLS (found in an audit: the client had no TLS at all, and
+    // said "scheme is not http"). Here the hub speaks plain HTTP, so the handshake fails.
+    let job = work.job(&hub, PEOPLE_JOB);
+    let text = std::fs::read_to_string(&job)
+        .expect("job")
+        .replace("http://", "https://");
+    std::fs::write(&job, text).expect("job");
+    let output = agent("push", &job, &[]).await;
+    let stderr = stderr_of(&output);
+    assert!(!output.status.success());
+    assert!(!stderr.contains("scheme is not http"), "{stderr}");
+    assert!(stderr.contains("unreachable"), "{stderr}");
+
     let job = work.job(&hub, PEOPLE_JOB);
     let mut command = agent_command("push", &job, &[]);
     command.env("CLIENTELE_TEST_AGENT_KEY", "ck_not_a_real_key");
