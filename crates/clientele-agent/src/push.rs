@@ -646,6 +646,7 @@ impl BatchSender {
     async fn settle(&self, batch: Vec<Planned>, results: Vec<SyncResult>) -> anyhow::Result<()> {
         let counters = &self.progress.counters;
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut made_again = Vec::new();
         for (planned, result) in batch.into_iter().zip(results) {
             let not_found = result
                 .error
@@ -666,6 +667,11 @@ impl BatchSender {
                     let problem = result.error.unwrap_or_default();
                     self.report
                         .rejected(Some(&planned.key), planned.row, &problem);
+                }
+                (Action::Archive, ItemStatus::Created) => {
+                    // Erased in the hub since it was pushed: the archive, an upsert, made it
+                    // again, with nothing but its key. It is erased again below.
+                    made_again.push(planned);
                 }
                 (Action::Archive, _) => {
                     Counters::add(&counters.archived, 1);
@@ -691,11 +697,48 @@ impl BatchSender {
                 }
             }
         }
+        if !made_again.is_empty() {
+            outcomes.extend(self.erase_again(made_again).await?);
+        }
         self.state
             .commit_batch(&self.idempotency_key, &outcomes)
             .await?;
         self.progress.tick();
         Ok(())
+    }
+
+    /// Erases the customers an archive made again (they had been erased in the hub after their
+    /// rows were pushed), so the hub is left as it was: without them. Their keys are forgotten.
+    /// A kill before this leaves the batch in flight: the next run finds the customer, archived.
+    async fn erase_again(&self, made_again: Vec<Planned>) -> anyhow::Result<Vec<Outcome>> {
+        let items = made_again
+            .iter()
+            .map(|planned| {
+                let item = serde_json::json!({self.hub_key: planned.hub_value, "delete": true});
+                RawValue::from_string(item.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = format!("{}-erased", self.idempotency_key);
+        let response = self
+            .post(&items, &key)
+            .await
+            .context("the hub did not take the erasure of customers an archive made again")?;
+        let mut outcomes = Vec::with_capacity(made_again.len());
+        for (planned, result) in made_again.into_iter().zip(response.results) {
+            if result.status == ItemStatus::Deleted {
+                outcomes.push(Outcome::Removed { key: planned.key });
+            } else {
+                Counters::add(&self.progress.counters.failed, 1);
+                let problem = result.error.unwrap_or_default();
+                self.report
+                    .rejected(Some(&planned.key), planned.row, &problem);
+            }
+        }
+        self.progress.note(&format!(
+            "{} customers whose rows left the source had been erased in the hub: left erased",
+            outcomes.len()
+        ));
+        Ok(outcomes)
     }
 }
 

@@ -23,6 +23,7 @@ hub_tests!(
     email_keys_compare_as_the_hub_compares_them,
     a_customer_whose_row_took_another_key_is_not_given_on_missing,
     a_rename_a_killed_run_sent_is_found_when_the_row_changes_again,
+    archiving_a_customer_erased_in_the_hub_leaves_it_erased,
     batches_too_large_for_the_hub_are_split_and_a_row_too_large_is_rejected,
 );
 
@@ -665,6 +666,27 @@ async fn a_rename_a_killed_run_sent_is_found_when_the_row_changes_again(hub: Tes
         "one customer, renamed twice"
     );
     assert_push_sends_nothing(&job, 1).await;
+}
+
+/// A customer erased in the hub whose row then leaves the source: `archive`, an upsert, made
+/// it again, an archived customer with nothing but its key (found in an audit). It is erased
+/// again, and its key forgotten.
+async fn archiving_a_customer_erased_in_the_hub_leaves_it_erased(hub: TestHub) {
+    let work = Workdir::new();
+    let path = work.path("source.db");
+    sqlite_source(&path, &borrowed(&people(1..4))).await;
+    let job = work.job(&hub, PEOPLE_JOB);
+    agent_ok("push", &job, &[]).await;
+    let reply = clientele_testkit::call(hub.delete("/v1/customers/external_id/2")).await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    source_sql(&path, "DELETE FROM people WHERE person_id IN (2, 3)").await;
+    let out = agent_ok("push", &job, &[]).await;
+    counts(&out, &[("archived", 1), ("failed", 0)]);
+    let customers = hub_customers(&hub).await;
+    assert!(!customers.contains_key("2"), "{customers:?}");
+    assert_eq!(customers["3"]["archived"], true);
+    assert_push_sends_nothing(&job, 1).await;
+    assert!(!hub_customers(&hub).await.contains_key("2"));
 }
 
 /// A hub whose body limit is 32 KiB: a batch of 40 rows with 5 KB notes is refused whole
