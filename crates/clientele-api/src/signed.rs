@@ -44,6 +44,14 @@ pub(crate) async fn middleware(
     if !signed {
         return next.run(request).await;
     }
+    if headers.contains_key(axum::http::header::AUTHORIZATION) {
+        // Which of two credentials counts would be a guess (a proxy's bearer beside the
+        // client's signature, say), so neither does.
+        return crate::auth::unauthorized(
+            "send one credential: a signature or an Authorization bearer key, not both",
+        )
+        .into_response();
+    }
     let (request, key, nonce) = match verify(&state, request).await {
         Ok(verified) => verified,
         Err(error) => return error.into_response(),
