@@ -50,9 +50,17 @@ impl FromRequest<AppState> for JsonBytes {
 }
 
 fn check_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    let Some(value) = headers.get(CONTENT_TYPE) else {
+    let mut values = headers.get_all(CONTENT_TYPE).iter();
+    let Some(value) = values.next() else {
         return Ok(());
     };
+    if values.next().is_some() {
+        // Which one describes the body would be a guess (RFC 9110 allows the field once).
+        return Err(ApiError::header(
+            "Content-Type",
+            "Content-Type may be given only once",
+        ));
+    }
     let media_type = value
         .to_str()
         .unwrap_or_default()

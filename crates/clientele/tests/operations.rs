@@ -889,6 +889,13 @@ async fn a_header_given_twice_where_once_is_allowed_is_a_problem(hub: TestHub) {
     )
     .await;
     assert_header_problem(&reply, "Idempotency-Key");
+    let reply = call(
+        hub.post("/v1/customers")
+            .json(&json!({"first_name": "Cy"}))
+            .header("content-type", "text/plain"),
+    )
+    .await;
+    assert_header_problem(&reply, "Content-Type");
     // Nothing was written: the customer list holds only Ada.
     assert_eq!(call(hub.get("/v1/customers")).await.data_ids().len(), 1);
 
