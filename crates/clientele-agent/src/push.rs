@@ -348,17 +348,40 @@ impl Push {
     /// The hub value a row's customer is found by, for a row whose value changed to `new`:
     /// the recorded one, unless a killed run sent a rename to another value (`sent_value`)
     /// that the hub may have applied. The hub finds a rename to `new` by itself (no customer
-    /// under the old value, one under the new); a rename to a third value is looked up, or
-    /// the row would be created again beside its customer.
+    /// under the old value, one under the new); for a rename to a third value the customer is
+    /// looked up, by its id where the state has it (which no chain of renames and kills
+    /// changes), or else under the values recorded. Matching the wrong value would create
+    /// the row again beside its customer.
     async fn current_value(&self, entry: &Entry, new: &str) -> anyhow::Result<String> {
         match &entry.sent_value {
             Some(sent) if sent != new => {
-                let on_hub = self
-                    .first_on_hub(std::iter::once(&entry.hub_value).chain(Some(sent)))
-                    .await?;
+                let on_hub = match &entry.hub_id {
+                    Some(id) => self.value_by_id(id).await?,
+                    None => {
+                        self.first_on_hub(std::iter::once(&entry.hub_value).chain(Some(sent)))
+                            .await?
+                    }
+                };
                 Ok(on_hub.unwrap_or_else(|| entry.hub_value.clone()))
             }
             _ => Ok(entry.hub_value.clone()),
+        }
+    }
+
+    /// The hub key's value of the customer with this id, `None` when the hub has no such
+    /// customer (erased).
+    async fn value_by_id(&self, id: &str) -> anyhow::Result<Option<String>> {
+        let path = format!("/v1/customers/{}", clientele_client::encode_segment(id));
+        match self
+            .client
+            .request::<Value>(reqwest::Method::GET, &path, None, None)
+            .await
+        {
+            Ok(response) => Ok(response.body[self.job.sync.key.field()]
+                .as_str()
+                .map(str::to_owned)),
+            Err(error) if error.status() == Some(404) => Ok(None),
+            Err(error) => Err(error).context("cannot look up a customer a killed run sent"),
         }
     }
 
@@ -459,9 +482,15 @@ impl Push {
     }
 
     /// The hub value under which the hub has a customer whose key left the source while a
-    /// batch carrying it was unacknowledged: the recorded one, or the one a rename in flight
-    /// carried; `None` when the hub has neither.
+    /// batch carrying it was unacknowledged: after a rename in flight, the one the customer with
+    /// the recorded id has; else the recorded one, or the one the rename carried; `None` when
+    /// the hub has none of them.
     async fn value_on_hub(&self, vanished: &Vanished) -> anyhow::Result<Option<String>> {
+        if vanished.sent_value.is_some()
+            && let Some(id) = &vanished.hub_id
+        {
+            return self.value_by_id(id).await;
+        }
         self.first_on_hub(std::iter::once(&vanished.hub_value).chain(&vanished.sent_value))
             .await
     }

@@ -43,6 +43,8 @@ pub struct Entry {
     pub gone: bool,
     /// The other hub value a rename in flight at a kill carried ([`StateStore::recover`]).
     pub sent_value: Option<String>,
+    /// The customer's id, once the hub acknowledged it: a rename keeps it.
+    pub hub_id: Option<String>,
 }
 
 /// What the state says about a source row, given its key and row hash.
@@ -476,12 +478,31 @@ mod tests {
         (dir, state)
     }
 
+    /// What the state says of `key`, its hub id aside (see [`hub_id_of`]).
     fn probe(state: &StateStore, key: &str) -> Probe {
+        match probe_with_id(state, key) {
+            Probe::Known(entry) => Probe::Known(Entry {
+                hub_id: None,
+                ..entry
+            }),
+            other => other,
+        }
+    }
+
+    fn probe_with_id(state: &StateStore, key: &str) -> Probe {
         let mut reader = state.reader().expect("reader");
         let mut probes = reader
             .probe_all([(Some(key), &ROW, 1)].into_iter())
             .expect("probe");
         probes.pop().expect("one probe")
+    }
+
+    /// The hub id the state holds for `key`.
+    fn hub_id_of(state: &StateStore, key: &str) -> Option<String> {
+        match probe_with_id(state, key) {
+            Probe::Known(entry) => entry.hub_id,
+            other => panic!("{key} is {other:?}"),
+        }
     }
 
     /// The vanished key `key`, with hub value `h{key}` and no rename in flight.
@@ -491,6 +512,7 @@ mod tests {
             hub_value: format!("h{key}"),
             unsure,
             sent_value: None,
+            hub_id: None,
         }
     }
 
@@ -500,6 +522,7 @@ mod tests {
             hash: hash.into(),
             gone,
             sent_value: None,
+            hub_id: None,
         })
     }
 
@@ -571,6 +594,7 @@ mod tests {
         assert_eq!(state.live_count().await.expect("count"), 3);
         assert_eq!(probe(&state, "a"), Probe::Same);
         assert_eq!(probe(&state, "b"), known("hb", "00", false));
+        assert_eq!(hub_id_of(&state, "b").as_deref(), Some("cus_b"));
         assert_eq!(probe(&state, "z"), Probe::Unknown);
 
         // A new row hash for an unchanged item; a guard on a stale item hash records nothing.
@@ -602,7 +626,11 @@ mod tests {
             vec![Probe::Same, Probe::Unknown, Probe::Repeated { first: 1 }]
         );
         let vanished = run.vanished_after("", 10).expect("vanished");
-        assert_eq!(vanished, vec![gone("b", false), gone("c", false)]);
+        let acknowledged = |key: &str| Vanished {
+            hub_id: Some(format!("cus_{key}")),
+            ..gone(key, false)
+        };
+        assert_eq!(vanished, vec![acknowledged("b"), acknowledged("c")]);
         // A batch with a new key "d" was sent, and the run that sent it was killed.
         state
             .begin_batch("b0", [("d", "hd")].into_iter())

@@ -623,7 +623,8 @@ async fn a_customer_whose_row_took_another_key_is_not_given_on_missing(hub: Test
 
 /// A run killed after the hub applied a rename (`match`) it sent, and the row's hub key changed
 /// again before the next run: the customer is found under the value the rename gave it, not
-/// created again beside it (found in an audit: a second customer, and the first orphaned).
+/// created again beside it (found in an audit: a second customer, and the first orphaned),
+/// even after another killed run's rename that never reached the hub.
 async fn a_rename_a_killed_run_sent_is_found_when_the_row_changes_again(hub: TestHub) {
     let work = Workdir::new();
     let path = work.path("source.db");
@@ -644,12 +645,16 @@ async fn a_rename_a_killed_run_sent_is_found_when_the_row_changes_again(hub: Tes
         use sqlx::Connection;
         let url = format!("sqlite://{}", work.path("state.db").display());
         let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("state");
+        // And a later killed run's rename to ren-x, never sent: the state keeps only the last
+        // value in flight, so only the customer's id still finds it under ren-b.
         sqlx::query(
-            "INSERT INTO in_flight (batch, keys) VALUES ('killed', '[[\"1\", \"ren-b@example.com\"]]')",
+            "INSERT INTO in_flight (batch, keys) VALUES \
+             ('killed-1', '[[\"1\", \"ren-b@example.com\"]]'), \
+             ('killed-2', '[[\"1\", \"ren-x@example.com\"]]')",
         )
         .execute(&mut conn)
         .await
-        .expect("batch in flight");
+        .expect("batches in flight");
     }
     // The row changes again, before the next run.
     source_sql(

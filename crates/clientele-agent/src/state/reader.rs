@@ -31,6 +31,8 @@ pub struct Vanished {
     pub unsure: bool,
     /// The other hub value an unacknowledged rename carried, under which the hub may have it.
     pub sent_value: Option<String>,
+    /// The customer's id, once the hub acknowledged it: a rename keeps it.
+    pub hub_id: Option<String>,
 }
 
 pub struct StateReader {
@@ -91,7 +93,8 @@ impl StateReader {
         {
             // The row hash is stored bound to the item hash it vouches for (see `Outcome`).
             let mut statement = tx.prepare_cached(
-                "SELECT gone = 0 AND row_hash IS ?2 || hash, hub_value, hash, gone, sent_value
+                "SELECT gone = 0 AND row_hash IS ?2 || hash, hub_value, hash, gone, sent_value,
+                     hub_id
                  FROM main.pushed WHERE key = ?1",
             )?;
             let mut mark = tx.prepare_cached(
@@ -129,6 +132,7 @@ impl StateReader {
                                 hash: row.get(2)?,
                                 gone: row.get::<_, i64>(3)? != 0,
                                 sent_value: row.get(4)?,
+                                hub_id: row.get(5)?,
                             })
                         })
                     })
@@ -203,7 +207,7 @@ impl StateReader {
 
     fn unseen_in_table_after(&mut self, after: &str, limit: i64) -> anyhow::Result<Vec<Vanished>> {
         let mut statement = self.conn.prepare_cached(
-            "SELECT key, hub_value, hash = '', sent_value FROM main.pushed
+            "SELECT key, hub_value, hash = '', sent_value, hub_id FROM main.pushed
              WHERE gone = 0 AND key > ?1 AND key NOT IN (SELECT key FROM temp.seen)
              ORDER BY key LIMIT ?2",
         )?;
@@ -214,6 +218,7 @@ impl StateReader {
                     hub_value: row.get(1)?,
                     unsure: row.get(2)?,
                     sent_value: row.get(3)?,
+                    hub_id: row.get(4)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
