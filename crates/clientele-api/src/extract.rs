@@ -168,13 +168,9 @@ pub fn parse_json<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T
             // Unknown fields met before the failure are named beside it: a required field
             // missing because it was misspelt (`nam`) shows the misspelling too.
             if error.code == ErrorCode::ValidationFailed {
-                for field in unknown {
-                    error.errors.push(clientele_domain::FieldError {
-                        field,
-                        code: "unknown_field",
-                        message: "this field does not exist".into(),
-                    });
-                }
+                let mut unknown_fields = clientele_domain::ValidationErrors::default();
+                push_unknown(&mut unknown_fields, unknown);
+                error.errors.extend(unknown_fields.0);
             }
             return Err(error);
         }
@@ -185,10 +181,15 @@ pub fn parse_json<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T
         return Ok(value);
     }
     let mut errors = clientele_domain::ValidationErrors::default();
-    for field in unknown {
+    push_unknown(&mut errors, unknown);
+    Err(ApiError::invalid(errors))
+}
+
+/// Each field of a body that no field of its type takes, as an error.
+fn push_unknown(errors: &mut clientele_domain::ValidationErrors, fields: Vec<String>) {
+    for field in fields {
         errors.push(field, "unknown_field", "this field does not exist");
     }
-    Err(ApiError::invalid(errors))
 }
 
 /// The problem for a body that does not parse as `T`, naming the field at fault.
@@ -300,11 +301,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for StrictQuery<T>
             let message = error.into_inner().to_string();
             let field = if field == "." {
                 // serde names a parameter given twice only in its message.
-                message
-                    .strip_prefix("duplicate field `")
-                    .and_then(|rest| rest.split_once('`'))
-                    .map_or("query", |(name, _)| name)
-                    .to_owned()
+                duplicate_field(&message).unwrap_or("query").to_owned()
             } else {
                 field
             };

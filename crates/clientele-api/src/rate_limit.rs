@@ -9,7 +9,8 @@
 //! thousand Argon2id computations, spends its key's budget as a thousand requests would; it is
 //! refused with 429 before any is hashed, and leaves its idempotency key unused.
 //!
-//! The bootstrap key is exempt unless configured otherwise: it is the operator's own key. The
+//! The bootstrap key is exempt unless configured otherwise, or unless its secret is short enough
+//! to have been chosen by hand (`auth::bootstrap`): it is the operator's own key. The
 //! endpoints that need no key (`OPEN_PATHS`) are never limited.
 //! Memory is bounded: buckets that refilled completely are the same as fresh ones and are
 //! dropped when the map grows past its bound, so revoked keys do not stay forever.

@@ -597,8 +597,8 @@ pub(crate) fn apply_keeping_teams(
             for (name, value) in custom {
                 check_exact_numbers(&format!("custom.{name}"), value, &mut errors);
             }
+            ctx.schema.check_custom(custom, &base.custom, &mut errors);
         }
-        ctx.schema.check_custom(custom, &base.custom, &mut errors);
     }
     if current.is_none() {
         ctx.schema.check_required(&next, &mut errors);

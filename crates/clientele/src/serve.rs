@@ -108,15 +108,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let state = AppState::new(store, master_key, config);
     let bootstrap_secret = std::env::var("CLIENTELE_BOOTSTRAP_KEY").ok();
-    // The contract takes any value; one that could be guessed is still taken, said aloud, and
-    // not exempt from rate limits (`bootstrap`).
+    // The contract takes any value; one that could be guessed is still taken and said aloud
+    // (nothing in the hub can stop guesses at a secret), and gets no exemption (`bootstrap`).
     if let Some(secret) = bootstrap_secret.as_deref().filter(|s| !s.is_empty())
         && !clientele_api::auth::is_strong_secret(secret)
     {
         tracing::warn!(
             "CLIENTELE_BOOTSTRAP_KEY is shorter than {} characters, so it may be guessed: use \
-             a random secret (`ck_` and 43 characters, as the hub makes them). Until then the \
-             key is rate-limited like any other",
+             a random secret (`ck_` and 43 characters, as the hub makes them). It is not \
+             exempt from rate limits",
             clientele_api::auth::STRONG_SECRET_CHARS
         );
     }

@@ -525,6 +525,9 @@ async fn unknown_query_parameter_is_refused(hub: TestHub) {
     let sync = json!({"key": "external_id", "customers": [{"external_id": "e1"}]});
     let reply = call(hub.post("/v1/customers/sync?atomic=true").json(&sync)).await;
     assert_invalid(&reply, &[("atomic", "unknown_parameter")]);
+    // Credentials come first: without them the answer is 401, whatever the query.
+    let anonymous = hub.client.post(hub.url("/v1/customers/sync?atomic=true"));
+    assert_problem(&call(anonymous.json(&sync)).await, 401, "unauthorized");
     let reply = call(
         hub.put("/v1/customers/external_id/e1?upsert=email")
             .json(&json!({"first_name": "Ada"})),

@@ -88,9 +88,9 @@ impl From<ApiKey> for KeyView {
     security(("bearer" = []))
 )]
 async fn create_api_key(
-    _: NoQuery,
     State(state): State<AppState>,
     AdminCaller(caller): AdminCaller,
+    _: NoQuery,
     idempotency: Idempotency,
     StrictJson(mut request): StrictJson<NewKeyRequest>,
 ) -> Result<Rendered, ApiError> {
@@ -225,9 +225,9 @@ async fn list_api_keys(
     security(("bearer" = []))
 )]
 async fn revoke_api_key(
-    _: NoQuery,
     State(state): State<AppState>,
     AdminCaller(caller): AdminCaller,
+    _: NoQuery,
     idempotency: Idempotency,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {

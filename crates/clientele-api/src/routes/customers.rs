@@ -83,9 +83,9 @@ async fn create_customer(
     security(("bearer" = []))
 )]
 async fn get_customer(
-    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Read)?;
@@ -105,9 +105,9 @@ async fn get_customer(
     security(("bearer" = []))
 )]
 async fn patch_customer(
-    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
+    _: NoQuery,
     idempotency: Idempotency,
     Path(id): Path<String>,
     IfMatch(expected): IfMatch,
@@ -132,9 +132,9 @@ async fn patch_customer(
     security(("bearer" = []))
 )]
 async fn delete_customer(
-    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
+    _: NoQuery,
     idempotency: Idempotency,
     Path(id): Path<String>,
     IfMatch(expected): IfMatch,
@@ -150,9 +150,9 @@ async fn delete_customer(
     security(("bearer" = []))
 )]
 async fn get_customer_by_key(
-    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path((key, value)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Read)?;
@@ -172,9 +172,9 @@ async fn get_customer_by_key(
     security(("bearer" = []))
 )]
 async fn put_customer_by_key(
-    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
+    _: NoQuery,
     idempotency: Idempotency,
     Path((key, value)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
@@ -205,9 +205,9 @@ async fn put_customer_by_key(
     security(("bearer" = []))
 )]
 async fn patch_customer_by_key(
-    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
+    _: NoQuery,
     idempotency: Idempotency,
     Path((key, value)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
@@ -233,9 +233,9 @@ async fn patch_customer_by_key(
     security(("bearer" = []))
 )]
 async fn delete_customer_by_key(
-    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
+    _: NoQuery,
     idempotency: Idempotency,
     Path((key, value)): Path<(String, String)>,
     IfMatch(expected): IfMatch,
@@ -442,9 +442,9 @@ pub(crate) struct PasswordVerdict {
     security(("bearer" = []))
 )]
 async fn verify_password(
-    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(id): Path<String>,
     StrictJson(check): StrictJson<PasswordCheck>,
 ) -> Result<Json<PasswordVerdict>, ApiError> {

@@ -73,9 +73,9 @@ pub(crate) fn status_of(outcome: WriteOutcome) -> StatusCode {
     security(("bearer" = []))
 )]
 async fn put_group(
-    _: NoQuery,
     State(state): State<AppState>,
     _caller: SharedWriteCaller,
+    _: NoQuery,
     idempotency: Idempotency,
     Path(code): Path<String>,
     StrictJson(mut write): StrictJson<GroupWrite>,
@@ -121,9 +121,9 @@ fn put_answer(results: &GroupResults) -> Rendered {
     security(("bearer" = []))
 )]
 async fn get_group(
-    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(code): Path<String>,
 ) -> Result<Json<Group>, ApiError> {
     caller.require(Role::Read)?;
@@ -163,9 +163,9 @@ async fn list_groups(
     security(("bearer" = []))
 )]
 async fn delete_group(
-    _: NoQuery,
     State(state): State<AppState>,
     _caller: SharedWriteCaller,
+    _: NoQuery,
     idempotency: Idempotency,
     Path(code): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -221,9 +221,9 @@ pub(crate) struct GroupSyncResponse {
     security(("bearer" = []))
 )]
 async fn sync_groups(
-    _: NoQuery,
     State(state): State<AppState>,
     _caller: SharedWriteCaller,
+    _: NoQuery,
     idempotency: Idempotency,
     JsonBytes(body): JsonBytes,
 ) -> Result<Rendered, ApiError> {

@@ -45,9 +45,9 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
     security(("bearer" = []))
 )]
 async fn create_order(
-    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
+    _: NoQuery,
     idempotency: Idempotency,
     StrictJson(write): StrictJson<OrderWrite>,
 ) -> Result<Response, ApiError> {
@@ -84,9 +84,9 @@ fn created(order: &Order) -> Rendered {
     security(("bearer" = []))
 )]
 async fn get_order(
-    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Read)?;

@@ -29,9 +29,9 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
     security(("bearer" = []))
 )]
 async fn get_schema(
-    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Read)?;
     let schema = state.store().get_schema().await?;
@@ -52,9 +52,9 @@ async fn get_schema(
     security(("bearer" = []))
 )]
 async fn put_schema(
-    _: NoQuery,
     State(state): State<AppState>,
     _caller: SharedAdminCaller,
+    _: NoQuery,
     idempotency: Idempotency,
     StrictJson(document): StrictJson<Value>,
 ) -> Result<Response, ApiError> {

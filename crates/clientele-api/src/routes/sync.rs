@@ -95,9 +95,9 @@ pub(crate) struct SyncResponse {
     security(("bearer" = []))
 )]
 async fn sync_customers(
-    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     idempotency: Idempotency,
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {

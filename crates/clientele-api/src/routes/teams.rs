@@ -53,9 +53,9 @@ pub(crate) struct TeamList {
     security(("bearer" = []))
 )]
 async fn put_team(
-    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
+    _: NoQuery,
     idempotency: Idempotency,
     Path(code): Path<String>,
     StrictJson(write): StrictJson<TeamWrite>,
@@ -97,9 +97,9 @@ fn written((outcome, team): &(WriteOutcome, Team)) -> Rendered {
     security(("bearer" = []))
 )]
 async fn get_team(
-    _: NoQuery,
     State(state): State<AppState>,
     caller: Caller,
+    _: NoQuery,
     Path(code): Path<String>,
 ) -> Result<Json<Team>, ApiError> {
     caller.require(Role::Read)?;
@@ -144,9 +144,9 @@ async fn list_teams(
     security(("bearer" = []))
 )]
 async fn delete_team(
-    _: NoQuery,
     State(state): State<AppState>,
     WriteCaller(caller): WriteCaller,
+    _: NoQuery,
     idempotency: Idempotency,
     Path(code): Path<String>,
 ) -> Result<StatusCode, ApiError> {
