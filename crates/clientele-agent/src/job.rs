@@ -330,11 +330,7 @@ impl Job {
             if !is_identifier(&mirror.table) {
                 return Err(self.error("mirror", "table", "must be a plain table name"));
             }
-            let url = mirror.url.to_ascii_lowercase();
-            if !["sqlite:", "postgres://", "postgresql://"]
-                .iter()
-                .any(|scheme| url.starts_with(scheme))
-            {
+            if !crate::mirror::is_sqlite(&mirror.url) && !crate::mirror::is_postgres(&mirror.url) {
                 return Err(self.error("mirror", "url", "must be sqlite://PATH or postgres://..."));
             }
         }

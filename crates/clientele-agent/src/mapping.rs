@@ -116,11 +116,14 @@ impl Mapper {
             ),
         })?;
         let row = row.into_map();
-        let mut item;
-        if let Some(transform) = &self.transform {
-            item = self.rename(row.clone());
+        // A transform reads the raw row too; without one the row is moved, not copied.
+        let raw = self
+            .transform
+            .as_ref()
+            .map(|transform| (transform, row.clone()));
+        let mut item = self.rename(row);
+        if let Some((transform, mut input)) = raw {
             // The program sees the raw columns and the renamed fields side by side.
-            let mut input = row;
             for (field, value) in &item {
                 input.entry(field.clone()).or_insert_with(|| value.clone());
             }
@@ -140,8 +143,6 @@ impl Mapper {
                     });
                 }
             }
-        } else {
-            item = self.rename(row);
         }
         let hub_field = self.hub_key.field();
         let hub_value = match item.get(hub_field) {

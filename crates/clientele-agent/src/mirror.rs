@@ -90,11 +90,11 @@ enum Access {
     Memory,
 }
 
-fn is_sqlite(url: &str) -> bool {
+pub(crate) fn is_sqlite(url: &str) -> bool {
     url.to_ascii_lowercase().starts_with("sqlite:")
 }
 
-fn is_postgres(url: &str) -> bool {
+pub(crate) fn is_postgres(url: &str) -> bool {
     let lower = url.to_ascii_lowercase();
     lower.starts_with("postgres://") || lower.starts_with("postgresql://")
 }

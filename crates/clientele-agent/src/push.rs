@@ -371,18 +371,11 @@ impl Push {
     /// The hub key's value of the customer with this id, `None` when the hub has no such
     /// customer (erased).
     async fn value_by_id(&self, id: &str) -> anyhow::Result<Option<String>> {
-        let path = format!("/v1/customers/{}", clientele_client::encode_segment(id));
-        match self
-            .client
-            .request::<Value>(reqwest::Method::GET, &path, None, None)
-            .await
-        {
-            Ok(response) => Ok(response.body[self.job.sync.key.field()]
-                .as_str()
-                .map(str::to_owned)),
-            Err(error) if error.status() == Some(404) => Ok(None),
-            Err(error) => Err(error).context("cannot look up a customer a killed run sent"),
-        }
+        let customer = found(self.client.get_customer(id).await)?;
+        Ok(customer.and_then(|customer| {
+            let value = customer.get(self.job.sync.key.field())?.as_str()?;
+            Some(value.to_owned())
+        }))
     }
 
     /// The live keys of the state that this run never read get `on_missing`.
@@ -415,6 +408,8 @@ impl Push {
                 break;
             };
             after = last.key.clone();
+            // Keys with nothing to undo, forgotten together at the end of the page.
+            let mut forgotten = Vec::new();
             for (vanished, held) in page {
                 let values = std::iter::once(&vanished.hub_value).chain(&vanished.sent_value);
                 let created = values
@@ -422,10 +417,7 @@ impl Push {
                     .any(|value| self.planned_creates.contains(&value));
                 if held || created {
                     // Its customer is another key's now: that key's row keeps it.
-                    if !self.dry_run {
-                        let key = vanished.key;
-                        self.state.commit(&[Outcome::Removed { key }]).await?;
-                    }
+                    forgotten.push(Outcome::Removed { key: vanished.key });
                     continue;
                 }
                 let hub_value = if vanished.unsure {
@@ -434,10 +426,7 @@ impl Push {
                         None => {
                             // In a batch never acknowledged, not on the hub, and gone from the
                             // source: nothing to undo.
-                            if !self.dry_run {
-                                let key = vanished.key;
-                                self.state.commit(&[Outcome::Removed { key }]).await?;
-                            }
+                            forgotten.push(Outcome::Removed { key: vanished.key });
                             continue;
                         }
                     }
@@ -458,6 +447,9 @@ impl Push {
                 })
                 .await?;
             }
+            if !forgotten.is_empty() && !self.dry_run {
+                self.state.commit(&forgotten).await?;
+            }
         }
         Ok(())
     }
@@ -471,10 +463,7 @@ impl Push {
     ) -> anyhow::Result<bool> {
         let same = |a: &str, b: &str| hub_key.identity(a) == hub_key.identity(b);
         for value in std::iter::once(&vanished.hub_value).chain(&vanished.sent_value) {
-            if reader
-                .holder_read_in_run(&vanished.key, value, same)?
-                .is_some()
-            {
+            if reader.holder_read_in_run(&vanished.key, value, same)? {
                 return Ok(true);
             }
         }
@@ -509,20 +498,8 @@ impl Push {
     }
 
     async fn customer_exists(&self, hub_value: &str) -> anyhow::Result<bool> {
-        let path = format!(
-            "/v1/customers/{}/{}",
-            self.job.sync.key.field(),
-            clientele_client::encode_segment(hub_value)
-        );
-        match self
-            .client
-            .request::<Value>(reqwest::Method::GET, &path, None, None)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(error) if error.status() == Some(404) => Ok(false),
-            Err(error) => Err(error).context("cannot look up a customer a killed run sent"),
-        }
+        let field = self.job.sync.key.field();
+        Ok(found(self.client.get_customer_by(field, hub_value).await)?.is_some())
     }
 
     async fn plan(&mut self, planned: Planned) -> anyhow::Result<()> {
@@ -752,8 +729,19 @@ impl BatchSender {
             .post(&items, &key)
             .await
             .context("the hub did not take the erasure of customers an archive made again")?;
+        let mut results: Vec<Option<SyncResult>> = vec![None; made_again.len()];
+        for result in response.results {
+            let Some(slot) = results.get_mut(result.index) else {
+                anyhow::bail!("the hub answered for item {} of a batch", result.index);
+            };
+            *slot = Some(result);
+        }
+        let results = results
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .context("the hub answered for only some items of a batch")?;
         let mut outcomes = Vec::with_capacity(made_again.len());
-        for (planned, result) in made_again.into_iter().zip(response.results) {
+        for (planned, result) in made_again.into_iter().zip(results) {
             if result.status == ItemStatus::Deleted {
                 outcomes.push(Outcome::Removed { key: planned.key });
             } else {
@@ -768,6 +756,15 @@ impl BatchSender {
             outcomes.len()
         ));
         Ok(outcomes)
+    }
+}
+
+/// A customer looked up for what a killed run may have done to it: `None` when the hub has none.
+fn found(lookup: Result<Value, ClientError>) -> anyhow::Result<Option<Value>> {
+    match lookup {
+        Ok(customer) => Ok(Some(customer)),
+        Err(error) if error.status() == Some(404) => Ok(None),
+        Err(error) => Err(error).context("cannot look up a customer a killed run sent"),
     }
 }
 

@@ -342,11 +342,12 @@ impl Syncer {
                 return true;
             };
             let held = holder.get(*key).and_then(Value::as_str);
-            match held {
-                // Emails are unique case-insensitively.
-                Some(held) if *key == "email" => sent.eq_ignore_ascii_case(held),
-                held => held == Some(sent),
-            }
+            // As the hub compares them (emails case-insensitively).
+            let identity = |value: &str| match key.parse::<clientele_domain::CustomerKey>() {
+                Ok(customer_key) => customer_key.normalize(value),
+                Err(()) => value.to_owned(),
+            };
+            held.is_some_and(|held| identity(held) == identity(sent))
         });
         Ok(holds_every_key.then_some(holder))
     }

@@ -101,7 +101,7 @@ async fn killed_pushes_resume_to_exactly_the_source(hub: TestHub) {
             upsert_people(&mut conn, &borrowed(&changed)).await;
             let gone = 1 + random.next(2000) as i64;
             if !removed.contains(&gone) {
-                source_sql(
+                sqlite_sql(
                     &work.path("source.db"),
                     &format!("DELETE FROM people WHERE person_id = {gone}"),
                 )

@@ -769,17 +769,6 @@ async fn a_mirror_made_by_an_earlier_agent_is_brought_up_to_date(hub: TestHub) {
     assert_eq!(mirror_scalar(&url, ref_column).await, 3);
 }
 
-/// One number read from the mirror database.
-async fn mirror_scalar(url: &str, sql: &str) -> i64 {
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.expect("mirror");
-    let value: i64 = sqlx::query_scalar(sql)
-        .fetch_one(&mut conn)
-        .await
-        .expect("mirror scalar");
-    value
-}
-
 /// Makes a mirror table as an agent before `_clientele_ref` made it: on PostgreSQL without the
 /// column (its rows were named by `ctid`), on SQLite keyed by `id` and named by bare rowids
 /// (kept as they were).

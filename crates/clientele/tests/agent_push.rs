@@ -80,7 +80,7 @@ async fn push_creates_changes_and_archives_and_skips_what_is_unchanged(hub: Test
         ],
     )
     .await;
-    source_sql(
+    sqlite_sql(
         &work.path("source.db"),
         "DELETE FROM people WHERE person_id IN (10, 11)",
     )
@@ -127,7 +127,7 @@ async fn on_missing_delete_erases_and_ignore_leaves_alone(hub: TestHub) {
     sqlite_source(&work.path("source.db"), &borrowed(&people(1..21))).await;
     let job = work.job(&hub, &PEOPLE_JOB.replace("\"archive\"", "\"delete\""));
     agent_ok("push", &job, &[]).await;
-    source_sql(
+    sqlite_sql(
         &work.path("source.db"),
         "DELETE FROM people WHERE person_id <= 5",
     )
@@ -139,7 +139,7 @@ async fn on_missing_delete_erases_and_ignore_leaves_alone(hub: TestHub) {
     assert!(!customers.contains_key("3"));
 
     let job = work.job(&hub, &PEOPLE_JOB.replace("\"archive\"", "\"ignore\""));
-    source_sql(
+    sqlite_sql(
         &work.path("source.db"),
         "DELETE FROM people WHERE person_id <= 10",
     )
@@ -160,7 +160,7 @@ async fn rejected_rows_go_to_the_report_and_the_rest_goes_through(hub: TestHub) 
         ],
     )
     .await;
-    source_sql(
+    sqlite_sql(
         &work.path("source.db"),
         "INSERT INTO people (person_id, fname, email) VALUES (NULL, 'Nokey', 'x@example.com')",
     )
@@ -306,12 +306,12 @@ async fn a_dry_run_prints_the_plan_and_changes_nothing(hub: TestHub) {
         ["state.db", "state.db-wal"].map(|name| std::fs::read(work.path(name)).unwrap_or_default())
     };
     let before = state_bytes();
-    source_sql(
+    sqlite_sql(
         &work.path("source.db"),
         "DELETE FROM people WHERE person_id = 2",
     )
     .await;
-    source_sql(
+    sqlite_sql(
         &work.path("source.db"),
         "UPDATE people SET fname = 'X' WHERE person_id = 4",
     )
@@ -381,7 +381,7 @@ async fn content_that_comes_back_is_sent_again(hub: TestHub) {
         match row {
             Some(name) => upsert_people(&mut conn, &[(1, name, "p1@example.com")]).await,
             None => {
-                source_sql(
+                sqlite_sql(
                     &work.path("source.db"),
                     "DELETE FROM people WHERE person_id = 1",
                 )
@@ -436,7 +436,7 @@ async fn a_key_twice_in_the_source_is_rejected_the_second_time(hub: TestHub) {
     }
 
     // A key that left the source is noticed even while another key is there twice.
-    source_sql(
+    sqlite_sql(
         &work.path("source.db"),
         "DELETE FROM people WHERE person_id = 3",
     )
@@ -516,19 +516,11 @@ async fn email_keys_compare_as_the_hub_compares_them(hub: TestHub) {
         let _ = std::fs::remove_file(work.path(&format!("state.db{suffix}")));
     }
     agent_ok("push", &job, &[]).await;
-    {
-        use sqlx::Connection;
-        let url = format!("sqlite://{}", work.path("state.db").display());
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("state");
-        for sql in [
-            "DELETE FROM meta WHERE name = 'key_form'",
-            "UPDATE pushed SET key = 'Mixed.Case@Example.com'",
-        ] {
-            sqlx::query(sql)
-                .execute(&mut conn)
-                .await
-                .expect("older state");
-        }
+    for sql in [
+        "DELETE FROM meta WHERE name = 'key_form'",
+        "UPDATE pushed SET key = 'Mixed.Case@Example.com'",
+    ] {
+        sqlite_sql(&work.path("state.db"), sql).await;
     }
     let out = agent_ok("push", &job, &[]).await;
     counts(
@@ -573,7 +565,7 @@ async fn a_customer_whose_row_took_another_key_is_not_given_on_missing(hub: Test
                 .replace("\"archive\"", &format!("\"{on_missing}\"")),
         );
         agent_ok("push", &job, &[]).await;
-        source_sql(&path, "DELETE FROM people").await;
+        sqlite_sql(&path, "DELETE FROM people").await;
         // Reloaded: new ids; Bo's email is now also Dee's (in another case), Cy is gone.
         sqlite_source(
             &path,
@@ -613,7 +605,7 @@ async fn a_customer_whose_row_took_another_key_is_not_given_on_missing(hub: Test
         assert!(!live("cy"), "{on_missing}: {mine:?}");
         assert_push_sends_nothing(&job, 3).await;
         // Dee's row leaves: Bo's row still holds the customer.
-        source_sql(&path, "DELETE FROM people WHERE person_id = 13").await;
+        sqlite_sql(&path, "DELETE FROM people WHERE person_id = 13").await;
         let out = agent_ok("push", &job, &[]).await;
         counts(&out, &[(gone, 0), ("failed", 0)]);
         let bo = hub_customers_by(&hub, "email").await[&email("BO")].clone();
@@ -641,23 +633,17 @@ async fn a_rename_a_killed_run_sent_is_found_when_the_row_changes_again(hub: Tes
     })))
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    {
-        use sqlx::Connection;
-        let url = format!("sqlite://{}", work.path("state.db").display());
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("state");
-        // And a later killed run's rename to ren-x, never sent: the state keeps only the last
-        // value in flight, so only the customer's id still finds it under ren-b.
-        sqlx::query(
-            "INSERT INTO in_flight (batch, keys) VALUES \
-             ('killed-1', '[[\"1\", \"ren-b@example.com\"]]'), \
-             ('killed-2', '[[\"1\", \"ren-x@example.com\"]]')",
-        )
-        .execute(&mut conn)
-        .await
-        .expect("batches in flight");
-    }
+    // And a later killed run's rename to ren-x, never sent: the state keeps only the last value
+    // in flight, so only the customer's id still finds it under ren-b.
+    sqlite_sql(
+        &work.path("state.db"),
+        "INSERT INTO in_flight (batch, keys) VALUES \
+         ('killed-1', '[[\"1\", \"ren-b@example.com\"]]'), \
+         ('killed-2', '[[\"1\", \"ren-x@example.com\"]]')",
+    )
+    .await;
     // The row changes again, before the next run.
-    source_sql(
+    sqlite_sql(
         &path,
         "UPDATE people SET email = 'ren-c@example.com' WHERE person_id = 1",
     )
@@ -684,7 +670,7 @@ async fn archiving_a_customer_erased_in_the_hub_leaves_it_erased(hub: TestHub) {
     agent_ok("push", &job, &[]).await;
     let reply = clientele_testkit::call(hub.delete("/v1/customers/external_id/2")).await;
     assert_eq!(reply.status, 204, "{}", reply.body);
-    source_sql(&path, "DELETE FROM people WHERE person_id IN (2, 3)").await;
+    sqlite_sql(&path, "DELETE FROM people WHERE person_id IN (2, 3)").await;
     let out = agent_ok("push", &job, &[]).await;
     counts(&out, &[("archived", 1), ("failed", 0)]);
     let customers = hub_customers(&hub).await;

@@ -165,7 +165,7 @@ async fn a_source_with_two_columns_of_one_name_is_refused_before_reading() {
     )
     .expect("csv");
     std::fs::File::create(work.path("source.db")).expect("source db");
-    source_sql(
+    sqlite_sql(
         &work.path("source.db"),
         "CREATE TABLE a (id TEXT, name TEXT); CREATE TABLE b (id TEXT, name TEXT); \
          INSERT INTO a VALUES ('q1', 'x'); INSERT INTO b VALUES ('q1', 'y');",

@@ -165,17 +165,19 @@ impl StateReader {
         }
     }
 
-    /// A live key of the state other than `key` that this run read and whose hub value is
+    /// Whether a live key of the state other than `key` that this run read has the hub value
     /// `hub_value` as the hub compares it (`same`): the customer `key` pointed at is still in
     /// the source, under that key (its key column was renumbered, or two rows fill one
     /// customer), so it must not get `on_missing`. The state must hold this run's
-    /// acknowledged batches.
+    /// acknowledged batches. Candidates are found through the index by SQLite's `lower()`,
+    /// which folds ASCII only: two spellings of an email that differ in the case of a
+    /// non-ASCII letter are not found as one.
     pub fn holder_read_in_run(
         &mut self,
         key: &str,
         hub_value: &str,
         same: impl Fn(&str, &str) -> bool,
-    ) -> anyhow::Result<Option<String>> {
+    ) -> anyhow::Result<bool> {
         let candidates: Vec<(String, String)> = self
             .conn
             .prepare_cached(
@@ -186,10 +188,10 @@ impl StateReader {
             .collect::<Result<_, _>>()?;
         for (holder, value) in candidates {
             if same(&value, hub_value) && self.was_read(&holder)? {
-                return Ok(Some(holder));
+                return Ok(true);
             }
         }
-        Ok(None)
+        Ok(false)
     }
 
     /// Whether this run read `key`.

@@ -140,7 +140,8 @@ pub async fn hub_customers(hub: &TestHub) -> BTreeMap<String, Value> {
     hub_customers_by(hub, "external_id").await
 }
 
-/// Every customer of the hub, archived or not, by `field` (a key each holds once, or none).
+/// Every customer of the hub, archived or not, by `field`: a key every customer holds, once
+/// (two without it would both be `""`, and the helper says so).
 pub async fn hub_customers_by(hub: &TestHub, field: &str) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     let mut cursor: Option<String> = None;
@@ -194,15 +195,16 @@ pub async fn upsert_people(conn: &mut sqlx::SqliteConnection, rows: &[(i64, &str
     tx.commit().await.expect("commit");
 }
 
-pub async fn source_sql(path: &Path, sql: &str) {
+/// Runs one statement on one of a test's SQLite files: a source, or the agent's state.
+pub async fn sqlite_sql(path: &Path, sql: &str) {
     let url = format!("sqlite://{}", path.display());
     let mut conn = sqlx::SqliteConnection::connect(&url)
         .await
-        .expect("source db");
+        .expect("sqlite file");
     sqlx::query(sql)
         .execute(&mut conn)
         .await
-        .expect("source sql");
+        .expect("sqlite statement");
 }
 
 /// `n` people: person_id i, fname "Name i", email "pi@example.com".
@@ -234,11 +236,22 @@ pub fn mirror_job(url: &str, conflict: &str) -> String {
     format!("[mirror]\nurl = \"{url}\"\ntable = \"customers\"\nconflict = \"{conflict}\"\n")
 }
 
-pub async fn mirror_sql(url: &str, sql: &str) {
+async fn mirror_connection(url: &str) -> sqlx::AnyConnection {
     sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url).await.expect("mirror");
+    sqlx::AnyConnection::connect(url).await.expect("mirror")
+}
+
+pub async fn mirror_sql(url: &str, sql: &str) {
     sqlx::query(sql)
-        .execute(&mut conn)
+        .execute(&mut mirror_connection(url).await)
         .await
         .expect("mirror sql");
+}
+
+/// One number read from the mirror database.
+pub async fn mirror_scalar(url: &str, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(&mut mirror_connection(url).await)
+        .await
+        .expect("mirror scalar")
 }
