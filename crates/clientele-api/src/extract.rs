@@ -6,6 +6,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{CONTENT_TYPE, IF_MATCH};
 use axum::http::request::Parts;
+use clientele_domain::Precondition;
 use serde::de::DeserializeOwned;
 
 use crate::problem::{ApiError, ErrorCode};
@@ -387,9 +388,9 @@ fn check_utf8(query: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The version an `If-Match` header requires: `"3"` (or a bare `3`); `*` requires only that the
-/// customer exists and is treated as no precondition.
-pub struct IfMatch(pub Option<i64>);
+/// What an `If-Match` header requires: a version, `"3"` (or a bare `3`), or `*`, that the
+/// customer exists (so a `PUT` upsert with it never creates).
+pub struct IfMatch(pub Option<Precondition>);
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;
@@ -407,7 +408,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
         }
         let text = value.to_str().unwrap_or_default().trim();
         if text == "*" {
-            return Ok(IfMatch(None));
+            return Ok(IfMatch(Some(Precondition::Exists)));
         }
         let tag = text.strip_prefix("W/").unwrap_or(text);
         // Quoted on both sides, or not at all: `"1` is no entity tag.
@@ -415,12 +416,15 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
             Some(rest) => rest.strip_suffix('"').unwrap_or(tag),
             None => tag,
         };
-        unquoted.parse().map(|v| IfMatch(Some(v))).map_err(|_| {
-            ApiError::header(
-                "If-Match",
-                "If-Match must be a version as the ETag gives it, e.g. \"3\"",
-            )
-        })
+        unquoted
+            .parse()
+            .map(|version| IfMatch(Some(Precondition::Version(version))))
+            .map_err(|_| {
+                ApiError::header(
+                    "If-Match",
+                    "If-Match must be a version as the ETag gives it, e.g. \"3\"",
+                )
+            })
     }
 }
 

@@ -217,6 +217,10 @@ impl ApiError {
                 ErrorCode::VersionConflict,
                 format!("expected version {expected}, the stored version is {actual}"),
             ),
+            DomainError::NoCurrentVersion => ApiError::new(
+                ErrorCode::VersionConflict,
+                "If-Match: * requires a stored customer, and there is none",
+            ),
             &DomainError::CursorExpired { after, horizon } => ApiError {
                 code: ErrorCode::CursorExpired,
                 detail: format!(

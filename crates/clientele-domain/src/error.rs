@@ -11,6 +11,9 @@ pub enum DomainError {
     DuplicateKey(CustomerKey),
     #[error("version {actual} does not match the expected {expected}")]
     VersionConflict { expected: i64, actual: i64 },
+    /// `If-Match: *`, and no customer is stored.
+    #[error("no stored version matches *")]
+    NoCurrentVersion,
     /// A change-feed position older than the retained changes: the consumer must resync.
     #[error("changes after {after} are no longer kept (kept from {horizon})")]
     CursorExpired { after: i64, horizon: i64 },

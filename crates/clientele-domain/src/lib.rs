@@ -33,8 +33,8 @@ pub use patch::Patch;
 pub use scope::Scope;
 pub use store::{
     ChangeKind, ClaimOutcome, Completion, Cursor, CustomerDoc, CustomerFilter, GroupCommitStats,
-    GroupResults, IdempotencyClaim, ListQuery, Locator, NamePage, Page, PoolStats, SortKey,
-    SortOrder, Store, StoredResponse, TagCount, WriteCommand, WriteOutcome, WriteTarget,
+    GroupResults, IdempotencyClaim, ListQuery, Locator, NamePage, Page, PoolStats, Precondition,
+    SortKey, SortOrder, Store, StoredResponse, TagCount, WriteCommand, WriteOutcome, WriteTarget,
 };
 pub use timestamp::Timestamp;
 pub use validation::{FieldError, ValidationErrors};

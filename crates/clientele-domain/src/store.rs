@@ -41,10 +41,37 @@ pub struct WriteCommand {
     pub write: CustomerWrite,
     /// The Argon2id PHC string to store, `Null` to remove the password, `Absent` to keep it.
     pub password_hash: Patch<String>,
-    /// `If-Match`: the write applies only to this version.
-    pub expected_version: Option<i64>,
+    /// `If-Match`: what the stored customer must be for the write to apply.
+    pub precondition: Option<Precondition>,
     /// The customers the caller may see and change (see [`Scope::apply`]).
     pub scope: Scope,
+}
+
+/// What an `If-Match` header requires of the stored customer (RFC 9110, 13.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// `*`: that there is one, whatever its version.
+    Exists,
+    /// `"3"`: that it is at this version; `"0"`, that there is none yet.
+    Version(i64),
+}
+
+impl Precondition {
+    /// Whether the stored customer (its version, `None` when there is none) meets it.
+    pub fn check(self, stored: Option<i64>) -> Result<(), DomainError> {
+        match (self, stored) {
+            (Precondition::Exists, Some(_)) => Ok(()),
+            (Precondition::Exists, None) => Err(DomainError::NoCurrentVersion),
+            (Precondition::Version(expected), actual) => {
+                let actual = actual.unwrap_or(0);
+                if actual == expected {
+                    Ok(())
+                } else {
+                    Err(DomainError::VersionConflict { expected, actual })
+                }
+            }
+        }
+    }
 }
 
 /// A keyset page of a list ordered by a name (group and team codes, tags, API key ids), in
@@ -314,7 +341,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         locator: &Locator,
         scope: &Scope,
-        expected_version: Option<i64>,
+        precondition: Option<Precondition>,
         completion: Option<Completion<'_, ()>>,
     ) -> Result<(), DomainError>;
 
@@ -482,4 +509,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// Which backend this is (`sqlite` or `postgres`), for logs and metrics.
     fn backend(&self) -> &'static str;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_precondition_is_met_by_the_customer_it_names() {
+        assert!(Precondition::Exists.check(Some(3)).is_ok());
+        assert!(matches!(
+            Precondition::Exists.check(None),
+            Err(DomainError::NoCurrentVersion)
+        ));
+        assert!(Precondition::Version(3).check(Some(3)).is_ok());
+        assert!(Precondition::Version(0).check(None).is_ok());
+        assert!(matches!(
+            Precondition::Version(2).check(Some(3)),
+            Err(DomainError::VersionConflict {
+                expected: 2,
+                actual: 3
+            })
+        ));
+        assert!(matches!(
+            Precondition::Version(1).check(None),
+            Err(DomainError::VersionConflict {
+                expected: 1,
+                actual: 0
+            })
+        ));
+    }
 }

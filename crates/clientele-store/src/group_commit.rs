@@ -51,7 +51,7 @@ struct Job {
 /// an idempotency record to complete or a version precondition take the single-write path.
 pub(crate) fn groupable(command: &WriteCommand, has_completion: bool) -> bool {
     matches!(command.target, WriteTarget::Create)
-        && command.expected_version.is_none()
+        && command.precondition.is_none()
         && !has_completion
 }
 

@@ -8,8 +8,8 @@ use clientele_domain::group::Hierarchy;
 use clientele_domain::{
     ApiKey, ApiKeyId, ChangePage, ChangeQuery, Customer, CustomerDoc, CustomerId, DomainError,
     Group, GroupCommitStats, GroupResults, GroupWrite, KnownCodes, ListQuery, Locator, NamePage,
-    NewApiKey, OrderId, Page, PoolStats, Scope, Store, TagCount, Team, TeamWrite, Timestamp,
-    ValidationErrors, WriteCommand, WriteOutcome,
+    NewApiKey, OrderId, Page, PoolStats, Precondition, Scope, Store, TagCount, Team, TeamWrite,
+    Timestamp, ValidationErrors, WriteCommand, WriteOutcome,
 };
 
 use clientele_domain::order::{NewOrder, Order, OrderPage};
@@ -212,11 +212,11 @@ impl<B: Backend> Store for SqlStore<B> {
         &self,
         locator: &Locator,
         scope: &Scope,
-        expected_version: Option<i64>,
+        precondition: Option<Precondition>,
         completion: Option<Completion<'_, ()>>,
     ) -> Result<(), DomainError> {
         let tx = self.backend.begin_write().await?;
-        unit_of_work::delete_customer(tx, locator, scope, expected_version, completion).await?;
+        unit_of_work::delete_customer(tx, locator, scope, precondition, completion).await?;
         self.feed.notify();
         Ok(())
     }

@@ -11,8 +11,8 @@ use clientele_domain::sync::{self, ChangeRecord, SyncBatch, SyncReport};
 use clientele_domain::write::{Applied, ApplyContext};
 use clientele_domain::{
     ChangeKind, ClaimOutcome, Completion, Customer, CustomerId, CustomerKey, DomainError,
-    IdempotencyClaim, KnownCodes, Locator, Patch, Scope, Timestamp, WriteCommand, WriteOutcome,
-    WriteTarget,
+    IdempotencyClaim, KnownCodes, Locator, Patch, Precondition, Scope, Timestamp, WriteCommand,
+    WriteOutcome, WriteTarget,
 };
 
 use crate::directory::DirectoryTx;
@@ -82,11 +82,8 @@ async fn write_in(
     {
         return Err(DomainError::NotFound);
     }
-    if let Some(expected) = command.expected_version {
-        let actual = stored.as_ref().map_or(0, |s| s.customer.version);
-        if actual != expected {
-            return Err(DomainError::VersionConflict { expected, actual });
-        }
+    if let Some(precondition) = command.precondition {
+        precondition.check(stored.as_ref().map(|s| s.customer.version))?;
     }
 
     // An upsert that creates takes its key from the target when the body leaves it out.
@@ -180,7 +177,7 @@ pub(crate) async fn delete_customer(
     mut tx: impl CustomerTx + BatchTx + OrderTx,
     locator: &Locator,
     scope: &Scope,
-    expected_version: Option<i64>,
+    precondition: Option<Precondition>,
     completion: Option<Completion<'_, ()>>,
 ) -> Result<(), DomainError> {
     let stored = tx.load(locator).await?.ok_or(DomainError::NotFound)?;
@@ -188,13 +185,8 @@ pub(crate) async fn delete_customer(
     if !scope.admits(customer) {
         return Err(DomainError::NotFound);
     }
-    if let Some(expected) = expected_version
-        && customer.version != expected
-    {
-        return Err(DomainError::VersionConflict {
-            expected,
-            actual: customer.version,
-        });
+    if let Some(precondition) = precondition {
+        precondition.check(Some(customer.version))?;
     }
     if !tx.customers_with_orders(&[customer.id]).await?.is_empty() {
         return Err(DomainError::CustomerHasOrders);

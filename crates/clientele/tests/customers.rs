@@ -464,10 +464,43 @@ async fn if_match_guards_patch_put_and_delete(hub: TestHub) {
         absent.status, 412,
         "If-Match on a customer that does not exist fails"
     );
+    // `*` asks only that the customer exist: it never creates (found in an audit: it did), and
+    // updates whatever the version.
+    let star = call(
+        hub.put("/v1/customers/external_id/m-2")
+            .header("if-match", "*")
+            .json(&json!({"note": "new"})),
+    )
+    .await;
+    assert_eq!(star.status, 412, "{}", star.body);
+    assert_eq!(star.body["code"], "version_conflict");
     assert_eq!(
         call(hub.get("/v1/customers/external_id/m-2")).await.status,
         404
     );
+    let star = call(
+        hub.put("/v1/customers/external_id/m-1")
+            .header("if-match", "*")
+            .json(&json!({"note": "d"})),
+    )
+    .await;
+    assert_eq!(star.status, 200, "{}", star.body);
+    assert_eq!(star.body["version"], 4);
+    // `"0"` asks that there be none yet: a create-only upsert.
+    let fresh = call(
+        hub.put("/v1/customers/external_id/m-3")
+            .header("if-match", "\"0\"")
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(fresh.status, 201, "{}", fresh.body);
+    let again = call(
+        hub.put("/v1/customers/external_id/m-3")
+            .header("if-match", "\"0\"")
+            .json(&json!({"note": "x"})),
+    )
+    .await;
+    assert_eq!(again.status, 412, "{}", again.body);
 
     // Not an entity tag: a word, or a quote on one side only (found in an audit: `"2` was
     // taken as version 2).
@@ -479,7 +512,7 @@ async fn if_match_guards_patch_put_and_delete(hub: TestHub) {
 
     let delete = call(hub.delete(&path).header("if-match", "\"2\"")).await;
     assert_eq!(delete.status, 412);
-    let delete = call(hub.delete(&path).header("if-match", "\"3\"")).await;
+    let delete = call(hub.delete(&path).header("if-match", "*")).await;
     assert_eq!(delete.status, 204);
 }
 

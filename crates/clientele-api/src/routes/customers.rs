@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::http::header::{ETAG, LOCATION};
 use axum::response::{IntoResponse, Response};
 use clientele_domain::{
-    Customer, CustomerDoc, CustomerId, CustomerKey, CustomerWrite, ListQuery, Locator, Patch, Role,
-    Scope, SortOrder, WriteCommand, WriteOutcome, WriteTarget,
+    Customer, CustomerDoc, CustomerId, CustomerKey, CustomerWrite, ListQuery, Locator, Patch,
+    Precondition, Role, Scope, SortOrder, WriteCommand, WriteOutcome, WriteTarget,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -162,7 +162,10 @@ async fn get_customer_by_key(
 /// Upsert the customer with this key value: 201 created, 200 updated or unchanged.
 #[utoipa::path(
     put, path = "/v1/customers/{key}/{value}", tag = "customers",
-    params(("key" = CustomerKey, Path), ("value" = String, Path), ("If-Match" = Option<String>, Header)),
+    params(
+        ("key" = CustomerKey, Path), ("value" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "`\"<version>\"` (`\"0\"`: only if there is no such customer yet), or `*`: only if there is one, so the upsert never creates; otherwise 412 `version_conflict`"),
+    ),
     request_body = CustomerWrite,
     responses(
         (status = 201, body = Customer), (status = 200, body = Customer),
@@ -476,7 +479,7 @@ async fn write_customer(
     idempotency: &Idempotency,
     target: WriteTarget,
     mut write: CustomerWrite,
-    expected_version: Option<i64>,
+    precondition: Option<Precondition>,
 ) -> Result<Response, ApiError> {
     write.reject_sync_directives()?;
     let password = std::mem::take(&mut write.password);
@@ -487,7 +490,7 @@ async fn write_customer(
         target,
         write,
         password_hash: hash_password(password, "password").await?,
-        expected_version,
+        precondition,
         scope: caller.scope(),
     };
     let scope = caller.scope();
@@ -541,7 +544,7 @@ async fn delete(
     caller: &Caller,
     idempotency: &Idempotency,
     locator: &Locator,
-    expected_version: Option<i64>,
+    precondition: Option<Precondition>,
 ) -> Result<StatusCode, ApiError> {
     let render = |(): &()| Rendered::empty(StatusCode::NO_CONTENT).to_stored();
     state
@@ -549,7 +552,7 @@ async fn delete(
         .delete_customer(
             locator,
             &caller.scope(),
-            expected_version,
+            precondition,
             idempotency.completion(&render),
         )
         .await?;
