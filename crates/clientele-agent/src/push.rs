@@ -356,11 +356,11 @@ impl Push {
         match &entry.sent_value {
             Some(sent) if sent != new => {
                 let on_hub = match &entry.hub_id {
-                    Some(id) => self.value_by_id(id).await?,
-                    None => {
-                        self.first_on_hub(std::iter::once(&entry.hub_value).chain(Some(sent)))
-                            .await?
-                    }
+                    Some(id) => self.by_id(id).await?.map(|(value, _)| value),
+                    None => self
+                        .first_on_hub(std::iter::once(&entry.hub_value).chain(Some(sent)))
+                        .await?
+                        .map(|(value, _)| value),
                 };
                 Ok(on_hub.unwrap_or_else(|| entry.hub_value.clone()))
             }
@@ -368,13 +368,16 @@ impl Push {
         }
     }
 
-    /// The hub key's value of the customer with this id, `None` when the hub has no such
+    /// The customer with this id and its hub key's value, `None` when the hub has no such
     /// customer (erased).
-    async fn value_by_id(&self, id: &str) -> anyhow::Result<Option<String>> {
+    async fn by_id(&self, id: &str) -> anyhow::Result<Option<(String, Value)>> {
         let customer = found(self.client.get_customer(id).await)?;
         Ok(customer.and_then(|customer| {
-            let value = customer.get(self.job.sync.key.field())?.as_str()?;
-            Some(value.to_owned())
+            let value = customer
+                .get(self.job.sync.key.field())?
+                .as_str()?
+                .to_owned();
+            Some((value, customer))
         }))
     }
 
@@ -420,9 +423,17 @@ impl Push {
                     forgotten.push(Outcome::Removed { key: vanished.key });
                     continue;
                 }
-                let hub_value = if vanished.unsure {
-                    match self.value_on_hub(&vanished).await? {
-                        Some(value) => value,
+                let (hub_value, action, flag) = if vanished.unsure {
+                    match self.customer_on_hub(&vanished).await? {
+                        Some((value, customer)) if is_ghost(&customer, &vanished) => {
+                            self.progress.note(&format!(
+                                "the customer of {} had been erased in the hub, and a killed \
+                                 run's archive made it again: erased again",
+                                vanished.key
+                            ));
+                            (value, Action::Delete, "delete")
+                        }
+                        Some((value, _)) => (value, action, flag),
                         None => {
                             // In a batch never acknowledged, not on the hub, and gone from the
                             // source: nothing to undo.
@@ -431,7 +442,7 @@ impl Push {
                         }
                     }
                 } else {
-                    vanished.hub_value
+                    (vanished.hub_value, action, flag)
                 };
                 let mut item = Map::new();
                 item.insert(hub_field.into(), Value::String(hub_value.clone()));
@@ -471,35 +482,34 @@ impl Push {
     }
 
     /// The hub value under which the hub has a customer whose key left the source while a
-    /// batch carrying it was unacknowledged: after a rename in flight, the one the customer with
-    /// the recorded id has; else the recorded one, or the one the rename carried; `None` when
-    /// the hub has none of them.
-    async fn value_on_hub(&self, vanished: &Vanished) -> anyhow::Result<Option<String>> {
+    /// batch carrying it was unacknowledged, and that customer: after a rename in flight, the
+    /// value the customer with the recorded id has; else the recorded one, or the one the rename
+    /// carried; `None` when the hub has none of them.
+    async fn customer_on_hub(
+        &self,
+        vanished: &Vanished,
+    ) -> anyhow::Result<Option<(String, Value)>> {
         if vanished.sent_value.is_some()
             && let Some(id) = &vanished.hub_id
         {
-            return self.value_by_id(id).await;
+            return self.by_id(id).await;
         }
         self.first_on_hub(std::iter::once(&vanished.hub_value).chain(&vanished.sent_value))
             .await
     }
 
-    /// The first of `candidates` the hub has a customer under.
+    /// The first of `candidates` the hub has a customer under, and that customer.
     async fn first_on_hub(
         &self,
         candidates: impl Iterator<Item = &String>,
-    ) -> anyhow::Result<Option<String>> {
+    ) -> anyhow::Result<Option<(String, Value)>> {
+        let field = self.job.sync.key.field();
         for value in candidates {
-            if self.customer_exists(value).await? {
-                return Ok(Some(value.clone()));
+            if let Some(customer) = found(self.client.get_customer_by(field, value).await)? {
+                return Ok(Some((value.clone(), customer)));
             }
         }
         Ok(None)
-    }
-
-    async fn customer_exists(&self, hub_value: &str) -> anyhow::Result<bool> {
-        let field = self.job.sync.key.field();
-        Ok(found(self.client.get_customer_by(field, hub_value).await)?.is_some())
     }
 
     async fn plan(&mut self, planned: Planned) -> anyhow::Result<()> {
@@ -715,7 +725,8 @@ impl BatchSender {
 
     /// Erases the customers an archive made again (they had been erased in the hub after their
     /// rows were pushed), so the hub is left as it was: without them. Their keys are forgotten.
-    /// A kill before this leaves the batch in flight: the next run finds the customer, archived.
+    /// A kill before this leaves the batch in flight: the next run finds the customer, archived,
+    /// and erases it then (`is_ghost`).
     async fn erase_again(&self, made_again: Vec<Planned>) -> anyhow::Result<Vec<Outcome>> {
         let items = made_again
             .iter()
@@ -759,6 +770,20 @@ impl BatchSender {
     }
 }
 
+/// Whether `customer`, found under the hub value of a key that left the source while a killed
+/// run's batch carried it, is one that batch's archive made: the customer the state recorded
+/// for the key had been erased in the hub, so the archive, an upsert, created another with
+/// nothing but the key, and the kill came before [`BatchSender::erase_again`] erased it. Such a
+/// customer is archived, at its first version, and not the one recorded.
+fn is_ghost(customer: &Value, vanished: &Vanished) -> bool {
+    let Some(recorded) = &vanished.hub_id else {
+        return false;
+    };
+    customer.get("id").and_then(Value::as_str) != Some(recorded.as_str())
+        && customer.get("archived") == Some(&Value::Bool(true))
+        && customer.get("version").and_then(Value::as_i64) == Some(1)
+}
+
 /// A customer looked up for what a killed run may have done to it: `None` when the hub has none.
 fn found(lookup: Result<Value, ClientError>) -> anyhow::Result<Option<Value>> {
     match lookup {
@@ -771,4 +796,33 @@ fn found(lookup: Result<Value, ClientError>) -> anyhow::Result<Option<Value>> {
 /// The hub refused the request's body as too large (`413 payload_too_large`).
 fn is_too_large(error: &ClientError) -> bool {
     error.status() == Some(413)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_ghost_is_an_archived_first_version_that_is_not_the_recorded_customer() {
+        let vanished = |hub_id: Option<&str>| Vanished {
+            key: "e1".into(),
+            hub_value: "e1".into(),
+            unsure: true,
+            sent_value: None,
+            hub_id: hub_id.map(str::to_owned),
+        };
+        let ghost = json!({"id": "c_new", "archived": true, "version": 1});
+        assert!(is_ghost(&ghost, &vanished(Some("c_old"))));
+        // The recorded customer itself, archived by the killed run.
+        assert!(!is_ghost(&ghost, &vanished(Some("c_new"))));
+        // Nothing recorded to tell it from: left alone.
+        assert!(!is_ghost(&ghost, &vanished(None)));
+        // Made again with content (an update's upsert), or changed since: not an archive's.
+        let live = json!({"id": "c_new", "archived": false, "version": 1});
+        assert!(!is_ghost(&live, &vanished(Some("c_old"))));
+        let changed = json!({"id": "c_new", "archived": true, "version": 2});
+        assert!(!is_ghost(&changed, &vanished(Some("c_old"))));
+    }
 }

@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 
 use crate::job::Job;
 
+mod exact_number;
 mod jsonl_line;
+use exact_number::ExactColumns;
 use jsonl_line::JsonlLine;
 
 /// One source row: its 1-based position in the source, and its values by column. Rows of a
@@ -364,7 +366,7 @@ async fn read_postgres(url: &str, query: &str, sender: &mpsc::Sender<Chunk>) -> 
             .await
             .with_context(|| format!("the source query failed ({query})"))?
         {
-            let columns: Map<String, Value> = serde_json::from_str(&text)?;
+            let ExactColumns(columns) = serde_json::from_str(&text)?;
             let (names, values): (Vec<String>, Vec<Value>) = columns.into_iter().unzip();
             if !chunker.push(&names.into(), values).await {
                 return Ok(());

@@ -31,6 +31,7 @@ hub_tests!(
     batches_applied_but_never_acknowledged_archive,
     batches_applied_but_never_acknowledged_delete,
     a_rename_applied_but_never_acknowledged_then_gone_from_the_source,
+    an_archive_that_made_an_erased_customer_again_then_a_kill,
     killed_syncs_create_each_local_row_once_and_keep_every_edit,
     killed_pulls_leave_the_mirror_equal_to_the_hub,
 );
@@ -507,6 +508,42 @@ async fn batches_applied_but_never_acknowledged(hub: TestHub, on_missing: &str) 
         assert_eq!(customers[id]["first_name"], name, "{id}");
     }
     assert_push_sends_nothing(&job, 3).await;
+}
+
+/// A customer erased in the hub whose row then leaves the source: the archive, an upsert, makes
+/// it again, and the run is killed before it erases it again (found in a review: the next run
+/// archived it again and left it). The next run erases it and forgets its key, and a customer
+/// archived as usual beside it stays archived.
+async fn an_archive_that_made_an_erased_customer_again_then_a_kill(hub: TestHub) {
+    let mut proxy = SwallowingProxy::start(&hub.base_url).await;
+    let work = Workdir::new();
+    let csv = work.path("source.csv");
+    let job = work.job_at(
+        &proxy.url,
+        "[source]\nurl = \"source.csv\"\nkey = \"id\"\n\n[sync]\nkey = \"external_id\"\n\
+         on_missing = \"archive\"\nstate = \"state.db\"\n",
+    );
+    std::fs::write(&csv, "id,first_name\ne1,Erased\na1,Archived\nk1,Keep\n").expect("csv");
+    agent_ok("push", &job, &[]).await;
+    let reply = clientele_testkit::call(hub.delete("/v1/customers/external_id/e1")).await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    std::fs::write(&csv, "id,first_name\nk1,Keep\n").expect("csv");
+    proxy.push_killed_after_apply(&job).await;
+    let customers = hub_customers(&hub).await;
+    assert_eq!(
+        customers["e1"]["archived"], true,
+        "made again: {customers:?}"
+    );
+
+    let out = agent_ok("push", &job, &[]).await;
+    counts(&out, &[("failed", 0)]);
+    let customers = hub_customers(&hub).await;
+    assert!(!customers.contains_key("e1"), "{customers:?}");
+    assert_eq!(customers["a1"]["archived"], true, "{customers:?}");
+    assert_eq!(customers["a1"]["first_name"], "Archived");
+    assert_eq!(customers["k1"]["archived"], false);
+    assert_push_sends_nothing(&job, 1).await;
+    assert!(!hub_customers(&hub).await.contains_key("e1"));
 }
 
 /// A row's hub value changed (a rename, sent with `match`), the hub applied it and the agent

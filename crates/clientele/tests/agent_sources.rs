@@ -310,3 +310,76 @@ async fn malformed_records_never_make_their_customers_look_gone() {
     );
     assert!(!hub_customers(&hub).await.contains_key("j2"));
 }
+
+/// Found in an audit: serde_json read a NUMERIC key beyond 64 bits as a double, so two such
+/// keys became one external id and one customer (the second row overwrote the first), and a
+/// value beyond a double's range stopped the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numeric_keys_beyond_64_bits_keep_every_digit() {
+    let hub = TestHub::sqlite().await;
+    let work = Workdir::new();
+    std::fs::write(
+        work.path("n.jsonl"),
+        "{\"id\": 123456789012345678901234, \"first_name\": \"Ann\"}\n\
+         {\"id\": 123456789012345678901235, \"first_name\": \"Bo\", \"discount_percent\": 12.50}\n\
+         {\"id\": 1e400, \"first_name\": \"Cy\"}\n",
+    )
+    .expect("jsonl");
+    let job = work.job(
+        &hub,
+        "[source]\nurl = \"n.jsonl\"\nkey = \"id\"\n\n[sync]\nstate = \"n.state.db\"\n",
+    );
+    counts(
+        &agent_ok("push", &job, &[]).await,
+        &[("created", 3), ("failed", 0)],
+    );
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers["123456789012345678901234"]["first_name"], "Ann");
+    assert_eq!(customers["123456789012345678901235"]["first_name"], "Bo");
+    assert_eq!(
+        customers["123456789012345678901235"]["discount_percent"],
+        12.5
+    );
+    assert_eq!(customers["1e400"]["first_name"], "Cy");
+
+    let Some(url) = clientele_testkit::fresh_postgres_database().await else {
+        return;
+    };
+    let hub = TestHub::sqlite().await;
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("pg");
+        for statement in [
+            "CREATE TABLE accounts (account_no NUMERIC PRIMARY KEY, fname TEXT, balance NUMERIC)",
+            "INSERT INTO accounts VALUES
+                 (123456789012345678901234, 'Ann', 1e400),
+                 (123456789012345678901235, 'Bo', 0.1),
+                 (7, 'Cy', NULL)",
+        ] {
+            sqlx::query(statement)
+                .execute(&mut conn)
+                .await
+                .expect("setup");
+        }
+    }
+    let job = work.job(
+        &hub,
+        &format!(
+            "[source]\nurl = \"{url}\"\ntable = \"accounts\"\nkey = \"account_no\"\n\n[sync]\nstate = \"pg.state.db\"\n\n[fields]\nfirst_name = \"fname\"\nnote = \"balance\"\n"
+        ),
+    );
+    counts(
+        &agent_ok("push", &job, &[]).await,
+        &[("created", 3), ("failed", 0)],
+    );
+    let customers = hub_customers(&hub).await;
+    assert_eq!(customers.len(), 3, "{customers:?}");
+    assert_eq!(customers["123456789012345678901234"]["first_name"], "Ann");
+    assert_eq!(
+        customers["123456789012345678901234"]["note"],
+        format!("1{}", "0".repeat(400))
+    );
+    assert_eq!(customers["123456789012345678901235"]["first_name"], "Bo");
+    assert_eq!(customers["123456789012345678901235"]["note"], "0.1");
+    assert_eq!(customers["7"]["first_name"], "Cy");
+}

@@ -1,9 +1,12 @@
 //! One line of a JSONL source, parsed in one pass: an object whose fields are each named once,
 //! or what the line is instead. `serde_json::Value` keeps the last of two fields of one name, so
-//! a line naming a field twice would lose one of its values without a word.
+//! a line naming a field twice would lose one of its values without a word. A field's number
+//! keeps every digit ([`ExactValue`]).
 
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+
+use super::exact_number::ExactValue;
 
 /// What a JSONL line holds.
 #[derive(Debug, PartialEq)]
@@ -51,7 +54,7 @@ impl<'de> Visitor<'de> for LineVisitor {
                 access.next_value::<IgnoredAny>()?;
                 repeated.get_or_insert(name);
             } else {
-                let value = access.next_value()?;
+                let ExactValue(value) = access.next_value()?;
                 fields.insert(name, value);
             }
         }
