@@ -115,20 +115,36 @@ const SCHEMA: &[&str] = &[
 ];
 
 /// Made after [`LATER_COLUMNS`] (an index names their columns' table as it then is): the keys
-/// by hub value, case folded as SQLite folds (ASCII), for [`StateReader::holder_read_in_run`].
-const LATER_INDEXES: &[&str] =
-    &["CREATE INDEX IF NOT EXISTS pushed_by_hub_value ON pushed (lower(hub_value))"];
+/// by hub value in lower case ([`folded`]), for [`StateReader::holder_read_in_run`]. The first
+/// such index folded as SQLite's `lower()` does, ASCII only, and is dropped.
+const LATER_INDEXES: &[&str] = &[
+    "DROP INDEX IF EXISTS pushed_by_hub_value",
+    "CREATE INDEX IF NOT EXISTS pushed_by_hub_folded ON pushed (hub_folded)",
+];
 
 /// Columns later than the first state files, which gain them empty: the row hash (empty matches
-/// no row), and the hub value a batch in flight at a kill carried where it was not the one
-/// recorded (a rename the hub may have applied; see [`StateStore::recover`]).
+/// no row), the hub value a batch in flight at a kill carried where it was not the one recorded
+/// (a rename the hub may have applied; see [`StateStore::recover`]), and the hub value in lower
+/// case ([`folded`]; filled in when the state is opened).
 const LATER_COLUMNS: &[(&str, &str)] = &[
     ("row_hash", "ALTER TABLE pushed ADD COLUMN row_hash TEXT"),
     (
         "sent_value",
         "ALTER TABLE pushed ADD COLUMN sent_value TEXT",
     ),
+    (
+        "hub_folded",
+        "ALTER TABLE pushed ADD COLUMN hub_folded TEXT",
+    ),
 ];
+
+/// A hub value in lower case, as Rust folds it (all of Unicode): whatever the hub key, two values
+/// the hub takes for one customer fold alike (it compares emails in lower case, and other keys
+/// exactly), so the index on it finds every candidate, and the caller compares them exactly.
+/// SQLite's `lower()` folds ASCII only.
+pub fn folded(hub_value: &str) -> String {
+    hub_value.to_lowercase()
+}
 
 impl StateStore {
     pub async fn open(path: &Path) -> anyhow::Result<StateStore> {
@@ -160,10 +176,38 @@ impl StateStore {
         for statement in LATER_INDEXES {
             sqlx::query(statement).execute(&pool).await?;
         }
-        Ok(StateStore {
+        let state = StateStore {
             pool,
             path: path.to_owned(),
-        })
+        };
+        state.fold_missing().await?;
+        Ok(state)
+    }
+
+    /// Fills in the folded hub value of the keys without one: every key of a state written
+    /// before the column, and the keys of batches such a state left in flight.
+    async fn fold_missing(&self) -> anyhow::Result<()> {
+        loop {
+            let unfolded: Vec<(String, String)> = sqlx::query_as(
+                "SELECT key, hub_value FROM pushed WHERE hub_folded IS NULL LIMIT 10000",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            if unfolded.is_empty() {
+                return Ok(());
+            }
+            let rows: Vec<Value> = unfolded
+                .iter()
+                .map(|(key, hub_value)| json!([key, folded(hub_value)]))
+                .collect();
+            sqlx::query(
+                "UPDATE pushed SET hub_folded = f.value ->> 1 FROM json_each(?1) AS f
+                 WHERE pushed.key = f.value ->> 0",
+            )
+            .bind(Value::Array(rows).to_string())
+            .execute(&self.pool)
+            .await?;
+        }
     }
 
     /// The state for a dry run, which must write nothing: a private copy of the state file at
@@ -337,8 +381,8 @@ impl StateStore {
             return Ok(0);
         }
         let keys = sqlx::query(
-            "INSERT INTO pushed (key, hub_value, hash, row_hash, hub_id, gone)
-             SELECT k.value ->> 0, k.value ->> 1, '', NULL, NULL, 0
+            "INSERT INTO pushed (key, hub_value, hash, row_hash, hub_id, gone, hub_folded)
+             SELECT k.value ->> 0, k.value ->> 1, '', NULL, NULL, 0, k.value ->> 2
              FROM in_flight, json_each(in_flight.keys) AS k WHERE true
              ON CONFLICT (key) DO UPDATE SET hash = '', row_hash = NULL, gone = 0,
                  sent_value = CASE WHEN excluded.hub_value IS NOT pushed.hub_value
@@ -351,6 +395,8 @@ impl StateStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        // Batches an earlier agent left in flight carry no folded values.
+        self.fold_missing().await?;
         Ok(keys)
     }
 
@@ -362,7 +408,7 @@ impl StateStore {
         keys: impl Iterator<Item = (&'a str, &'a str)>,
     ) -> anyhow::Result<()> {
         let keys: Vec<Value> = keys
-            .map(|(key, hub_value)| json!([key, hub_value]))
+            .map(|(key, hub_value)| json!([key, hub_value, folded(hub_value)]))
             .collect();
         sqlx::query("INSERT OR REPLACE INTO in_flight (batch, keys) VALUES (?1, ?2)")
             .bind(batch)
@@ -401,25 +447,29 @@ impl StateStore {
                     hub_value,
                     hash,
                     row_hash.map(hex::encode),
-                    hub_id
+                    hub_id,
+                    folded(hub_value)
                 ])),
                 Outcome::Refreshed {
                     key,
                     hash,
                     row_hash,
                 } => refreshed.push(json!([key, hash, hex::encode(row_hash)])),
-                Outcome::Archived { key, hub_value } => archived.push(json!([key, hub_value])),
+                Outcome::Archived { key, hub_value } => {
+                    archived.push(json!([key, hub_value, folded(hub_value)]));
+                }
                 Outcome::Removed { key } => removed.push(Value::String(key.clone())),
             }
         }
         let mut tx = self.pool.begin().await?;
         if !stored.is_empty() {
             sqlx::query(
-                "INSERT INTO pushed (key, hub_value, hash, row_hash, hub_id, gone)
+                "INSERT INTO pushed (key, hub_value, hash, row_hash, hub_id, gone, hub_folded)
                  SELECT value ->> 0, value ->> 1, value ->> 2, (value ->> 3) || (value ->> 2),
-                     value ->> 4, 0
+                     value ->> 4, 0, value ->> 5
                  FROM json_each(?1) WHERE true
                  ON CONFLICT (key) DO UPDATE SET hub_value = excluded.hub_value,
+                     hub_folded = excluded.hub_folded,
                      hash = excluded.hash, row_hash = excluded.row_hash,
                      hub_id = coalesce(excluded.hub_id, pushed.hub_id), gone = 0,
                      sent_value = NULL",
@@ -439,7 +489,8 @@ impl StateStore {
         }
         if !archived.is_empty() {
             sqlx::query(
-                "UPDATE pushed SET gone = 1, hub_value = a.value ->> 1, sent_value = NULL
+                "UPDATE pushed SET gone = 1, hub_value = a.value ->> 1,
+                     hub_folded = a.value ->> 2, sent_value = NULL
                  FROM json_each(?1) AS a WHERE pushed.key = a.value ->> 0",
             )
             .bind(Value::Array(archived).to_string())
@@ -859,19 +910,57 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_state_file_without_row_hashes_gains_the_column() {
+    /// A state file as the first agents wrote it, with `rows` run in it, in a directory of its
+    /// own that lives as long as the returned guard.
+    fn first_state_file(rows: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("old.db");
-        {
-            let conn = rusqlite::Connection::open(&path).expect("create");
-            conn.execute_batch(
-                "CREATE TABLE pushed (key TEXT PRIMARY KEY, hub_value TEXT NOT NULL,
-                     hash TEXT NOT NULL, hub_id TEXT, gone INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
-                 INSERT INTO pushed VALUES ('k', 'hk', 'ab', 'cus_k', 0);",
-            )
-            .expect("old schema");
-        }
+        let conn = rusqlite::Connection::open(&path).expect("create");
+        conn.execute_batch(&format!(
+            "CREATE TABLE pushed (key TEXT PRIMARY KEY, hub_value TEXT NOT NULL,
+                 hash TEXT NOT NULL, hub_id TEXT, gone INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+             {rows}"
+        ))
+        .expect("old schema");
+        (dir, path)
+    }
+
+    async fn folded_of(state: &StateStore, key: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT hub_folded FROM pushed WHERE key = ?1")
+            .bind(key)
+            .fetch_one(&state.pool)
+            .await
+            .expect("folded")
+    }
+
+    /// Keys written before the folded column, or by an earlier agent's batch left in flight,
+    /// are folded when the state is opened or recovered: the holder lookup finds them.
+    #[tokio::test]
+    async fn folded_hub_values_are_filled_in_for_keys_written_without_them() {
+        let (_dir, path) = first_state_file(
+            "INSERT INTO pushed VALUES ('k', 'ÄB@X.fi', 'ab', 'cus_k', 0);
+             CREATE TABLE in_flight (batch TEXT PRIMARY KEY, keys TEXT NOT NULL) WITHOUT ROWID;
+             INSERT INTO in_flight VALUES ('b0', '[[\"n\", \"ÖN@x.fi\"]]');",
+        );
+        let state = StateStore::open(&path).await.expect("open");
+        assert_eq!(folded_of(&state, "k").await.as_deref(), Some("äb@x.fi"));
+        assert_eq!(state.recover().await.expect("recover"), 1);
+        assert_eq!(folded_of(&state, "n").await.as_deref(), Some("ön@x.fi"));
+        // Written from now on with the folded value beside it.
+        state
+            .commit(&[Outcome::Archived {
+                key: "k".into(),
+                hub_value: "ÉB@x.fi".into(),
+            }])
+            .await
+            .expect("archive");
+        assert_eq!(folded_of(&state, "k").await.as_deref(), Some("éb@x.fi"));
+    }
+
+    #[tokio::test]
+    async fn a_state_file_without_row_hashes_gains_the_column() {
+        let (_dir, path) =
+            first_state_file("INSERT INTO pushed VALUES ('k', 'hk', 'ab', 'cus_k', 0);");
         let state = StateStore::open(&path).await.expect("open");
         assert_eq!(probe(&state, "k"), known("hk", "ab", false));
         state

@@ -553,7 +553,7 @@ async fn a_customer_whose_row_took_another_key_is_not_given_on_missing(hub: Test
             &path,
             &[
                 (1, "Ann", &email("ann")),
-                (2, "Bo", &email("bo")),
+                (2, "Bo", &email("bö")),
                 (3, "Cy", &email("cy")),
             ],
         )
@@ -566,13 +566,14 @@ async fn a_customer_whose_row_took_another_key_is_not_given_on_missing(hub: Test
         );
         agent_ok("push", &job, &[]).await;
         sqlite_sql(&path, "DELETE FROM people").await;
-        // Reloaded: new ids; Bo's email is now also Dee's (in another case), Cy is gone.
+        // Reloaded: new ids; Bo's email is now also Dee's (in another case, of a letter beyond
+        // ASCII, which SQLite's `lower()` does not fold: found in a review), Cy is gone.
         sqlite_source(
             &path,
             &[
                 (11, "Ann", &email("ann")),
-                (12, "Bo", &email("bo")),
-                (13, "Dee", &email("BO")),
+                (12, "Bo", &email("bö")),
+                (13, "Dee", &email("BÖ")),
             ],
         )
         .await;
@@ -601,14 +602,14 @@ async fn a_customer_whose_row_took_another_key_is_not_given_on_missing(hub: Test
                 .get(&email(name))
                 .is_some_and(|customer| customer["archived"] == false)
         };
-        assert!(live("ann") && live("bo"), "{on_missing}: {mine:?}");
+        assert!(live("ann") && live("bö"), "{on_missing}: {mine:?}");
         assert!(!live("cy"), "{on_missing}: {mine:?}");
         assert_push_sends_nothing(&job, 3).await;
         // Dee's row leaves: Bo's row still holds the customer.
         sqlite_sql(&path, "DELETE FROM people WHERE person_id = 13").await;
         let out = agent_ok("push", &job, &[]).await;
         counts(&out, &[(gone, 0), ("failed", 0)]);
-        let bo = hub_customers_by(&hub, "email").await[&email("BO")].clone();
+        let bo = hub_customers_by(&hub, "email").await[&email("BÖ")].clone();
         assert_eq!(bo["archived"], false, "{on_missing}");
     }
 }

@@ -169,9 +169,8 @@ impl StateReader {
     /// `hub_value` as the hub compares it (`same`): the customer `key` pointed at is still in
     /// the source, under that key (its key column was renumbered, or two rows fill one
     /// customer), so it must not get `on_missing`. The state must hold this run's
-    /// acknowledged batches. Candidates are found through the index by SQLite's `lower()`,
-    /// which folds ASCII only: two spellings of an email that differ in the case of a
-    /// non-ASCII letter are not found as one.
+    /// acknowledged batches. Candidates are found through the index of folded hub values
+    /// ([`super::folded`]).
     pub fn holder_read_in_run(
         &mut self,
         key: &str,
@@ -182,9 +181,11 @@ impl StateReader {
             .conn
             .prepare_cached(
                 "SELECT key, hub_value FROM main.pushed
-                 WHERE lower(hub_value) = lower(?1) AND key <> ?2 AND gone = 0",
+                 WHERE hub_folded = ?1 AND key <> ?2 AND gone = 0",
             )?
-            .query_map((hub_value, key), |row| Ok((row.get(0)?, row.get(1)?)))?
+            .query_map((super::folded(hub_value), key), |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
             .collect::<Result<_, _>>()?;
         for (holder, value) in candidates {
             if same(&value, hub_value) && self.was_read(&holder)? {
