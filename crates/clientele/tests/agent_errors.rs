@@ -1,13 +1,21 @@
 //! The agent's failures are clear and non-zero: a bad job file names its line and key (and a
 //! missing one says so), an unreachable hub, a refused key, a missing source table, a key column
 //! the source lacks (refused before anything is sent), a state file of another hub; and a
-//! PostgreSQL source works.
+//! PostgreSQL source works. An https hub is reached over TLS, trusting the system's store.
 
 mod agent_support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agent_support::*;
 use clientele_testkit::TestHub;
 use sqlx::Connection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::PrivatePkcs8KeyDer;
 
 fn stderr_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -168,19 +176,6 @@ async fn an_unreachable_hub_a_bad_key_and_a_missing_table_are_clear_errors() {
         stderr_of(&output)
     );
 
-    // An https hub is reached over TLS (found in an audit: the client had no TLS at all, and
-    // said "scheme is not http"). Here the hub speaks plain HTTP, so the handshake fails.
-    let job = work.job(&hub, PEOPLE_JOB);
-    let text = std::fs::read_to_string(&job)
-        .expect("job")
-        .replace("http://", "https://");
-    std::fs::write(&job, text).expect("job");
-    let output = agent("push", &job, &[]).await;
-    let stderr = stderr_of(&output);
-    assert!(!output.status.success());
-    assert!(!stderr.contains("scheme is not http"), "{stderr}");
-    assert!(stderr.contains("unreachable"), "{stderr}");
-
     let job = work.job(&hub, PEOPLE_JOB);
     let mut command = agent_command("push", &job, &[]);
     command.env("CLIENTELE_TEST_AGENT_KEY", "ck_not_a_real_key");
@@ -280,4 +275,83 @@ async fn a_postgresql_source_table_and_query() {
         "{stderr}"
     );
     assert_eq!(hub_customers(&hub).await["2"]["archived"], false);
+}
+
+/// A TLS endpoint in front of a test hub, as a reverse proxy would be: its certificate, made for
+/// the test and issued to 127.0.0.1, is in `certificate` (PEM), and every handshake it completes
+/// is counted.
+struct TlsFront {
+    url: String,
+    handshakes: Arc<AtomicUsize>,
+}
+
+impl TlsFront {
+    async fn start(hub: &TestHub, certificate: &Path) -> TlsFront {
+        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+            .expect("a certificate");
+        std::fs::write(certificate, made.cert.pem()).expect("certificate file");
+        let key = PrivatePkcs8KeyDer::from(made.key_pair.serialize_der());
+        // rustls's provider from its crate features: ring, the one this workspace builds.
+        let config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![made.cert.der().clone()], key.into())
+            .expect("server config");
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("https://{}", listener.local_addr().expect("address"));
+        let upstream = hub.base_url.trim_start_matches("http://").to_owned();
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let counted = handshakes.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (acceptor, upstream, counted) =
+                    (acceptor.clone(), upstream.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let Ok(mut client) = acceptor.accept(client).await else {
+                        return;
+                    };
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let mut hub = TcpStream::connect(&upstream).await.expect("the hub");
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut hub).await;
+                });
+            }
+        });
+        TlsFront { url, handshakes }
+    }
+}
+
+/// Found in an audit: the client had no TLS at all, and said "scheme is not http". A hub behind
+/// TLS whose certificate the system does not trust is refused, saying why; trusted (here through
+/// `SSL_CERT_FILE`, as an operator's private CA would be), it is reached over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_hub_is_reached_over_tls() {
+    let hub = TestHub::sqlite().await;
+    let work = Workdir::new();
+    let certificate = work.path("hub.pem");
+    let front = TlsFront::start(&hub, &certificate).await;
+    sqlite_source(&work.path("source.db"), &borrowed(&people(1..3))).await;
+    let job = work.job_at(&front.url, PEOPLE_JOB);
+
+    let mut command = agent_command("push", &job, &[]);
+    command
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR");
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run"))
+        .await
+        .expect("join");
+    let stderr = stderr_of(&output);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert!(hub_customers(&hub).await.is_empty());
+
+    let mut command = agent_command("push", &job, &[]);
+    command.env("SSL_CERT_FILE", &certificate);
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run"))
+        .await
+        .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    counts(&stdout, &[("created", 2), ("failed", 0)]);
+    assert!(front.handshakes.load(Ordering::SeqCst) >= 1);
+    assert_eq!(hub_customers(&hub).await.len(), 2);
 }
