@@ -79,6 +79,18 @@ pub struct PendingCreate {
     pub body: Option<Value>,
 }
 
+/// An edit sent by a run that was killed before it wrote the hub's answer back: the hub may have
+/// applied it or not.
+#[derive(Debug)]
+pub struct PendingEdit {
+    pub id: String,
+    pub rowref: String,
+    /// The version it was sent against (`If-Match`).
+    pub base_version: i64,
+    /// The request body as sent.
+    pub body: Value,
+}
+
 /// How [`Mirror::connect`] opens the database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Access {
@@ -287,6 +299,10 @@ impl Mirror {
              rowref TEXT NOT NULL, hash TEXT NOT NULL, idempotency_key TEXT NOT NULL, \
              body TEXT, PRIMARY KEY (mirror_table, rowref))"
                 .to_owned(),
+            "CREATE TABLE IF NOT EXISTS _clientele_pending_edit (mirror_table TEXT NOT NULL, \
+             id TEXT NOT NULL, rowref TEXT NOT NULL, base_version BIGINT NOT NULL, \
+             body TEXT NOT NULL, PRIMARY KEY (mirror_table, id))"
+                .to_owned(),
         ];
         for statement in statements {
             sqlx::query(&statement).execute(&self.pool).await?;
@@ -444,6 +460,14 @@ impl Mirror {
             Dialect::Sqlite => "?".to_owned(),
             Dialect::Postgres => format!("${n}"),
         }
+    }
+
+    /// The placeholders of `count` values in a row: `?, ?` or `$1, $2`.
+    fn placeholders(&self, count: usize) -> String {
+        (1..=count)
+            .map(|n| self.placeholder(n))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The change-feed position the mirror has applied up to (0 when new).
@@ -912,14 +936,10 @@ impl Mirror {
         let sql = format!(
             "INSERT INTO _clientele_pending_create \
              (mirror_table, rowref, hash, idempotency_key, body) \
-             VALUES ({}, {}, {}, {}, {}) ON CONFLICT (mirror_table, rowref) DO UPDATE \
+             VALUES ({}) ON CONFLICT (mirror_table, rowref) DO UPDATE \
              SET hash = excluded.hash, idempotency_key = excluded.idempotency_key, \
              body = excluded.body",
-            self.placeholder(1),
-            self.placeholder(2),
-            self.placeholder(3),
-            self.placeholder(4),
-            self.placeholder(5)
+            self.placeholders(5)
         );
         sqlx::query(&sql)
             .bind(&self.table)
@@ -969,6 +989,71 @@ impl Mirror {
         sqlx::query(&sql)
             .bind(&self.table)
             .bind(rowref)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes down the edit of customer `id` (row `rowref`) about to be sent against
+    /// `base_version` with `body`, before it is: see [`PendingEdit`].
+    pub async fn record_edit(
+        &self,
+        id: &str,
+        rowref: &str,
+        base_version: i64,
+        body: &Value,
+    ) -> anyhow::Result<()> {
+        let sql = format!(
+            "INSERT INTO _clientele_pending_edit (mirror_table, id, rowref, base_version, body) \
+             VALUES ({}) ON CONFLICT (mirror_table, id) DO UPDATE \
+             SET rowref = excluded.rowref, base_version = excluded.base_version, \
+             body = excluded.body",
+            self.placeholders(5)
+        );
+        sqlx::query(&sql)
+            .bind(&self.table)
+            .bind(id)
+            .bind(rowref)
+            .bind(base_version)
+            .bind(body.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The edits that were sent and whose answer was never written back (a killed run).
+    pub async fn pending_edits(&self) -> anyhow::Result<Vec<PendingEdit>> {
+        let sql = format!(
+            "SELECT id, rowref, base_version, body FROM _clientele_pending_edit \
+             WHERE mirror_table = {}",
+            self.placeholder(1)
+        );
+        let rows: Vec<(String, String, i64, String)> = sqlx::query_as(&sql)
+            .bind(&self.table)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(id, rowref, base_version, body)| {
+                Ok(PendingEdit {
+                    id,
+                    rowref,
+                    base_version,
+                    body: serde_json::from_str(&body)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The hub answered the edit of customer `id`: it is pending no more.
+    pub async fn forget_edit(&self, tx: &mut sqlx::AnyConnection, id: &str) -> anyhow::Result<()> {
+        let sql = format!(
+            "DELETE FROM _clientele_pending_edit WHERE mirror_table = {} AND id = {}",
+            self.placeholder(1),
+            self.placeholder(2)
+        );
+        sqlx::query(&sql)
+            .bind(&self.table)
+            .bind(id)
             .execute(&mut *tx)
             .await?;
         Ok(())

@@ -19,6 +19,13 @@
 //! reuses it, and gets the hub's replay rather than a twin; a row edited since is bound to the
 //! customer its recorded request made, and its edit sent as an edit. Such creates are resumed
 //! before the feed comes down, so the hub's copy of one is never pulled as a second row.
+//!
+//! An edit is recorded too before it is sent (`Mirror::record_edit`): a run killed after the hub
+//! applied it, before its answer was written back, would otherwise take the hub's copy of its
+//! own edit for a hub change, and the row's edits since (even one back to the old content) would
+//! give way to it. The next run sends the recorded request again, under its key, before the
+//! feed comes down: the hub replays its answer (or applies it now), which becomes the row's
+//! shadow with the row's edits since laid over it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -60,6 +67,7 @@ pub async fn run(
     let resumed = if dry_run {
         HashSet::new()
     } else {
+        syncer.resume_edits().await?;
         syncer.resume_creates().await?
     };
     let planned_down = syncer.pull_phase().await?;
@@ -222,6 +230,45 @@ impl Syncer {
         }
     }
 
+    /// Finishes the edits a killed run left pending (see the module doc): each is sent again as
+    /// it was, under its key. The hub's copy it answers (replayed, or made now) becomes the
+    /// row's shadow, and the row takes it with the edits made since the send laid over it, so
+    /// those are what the push phase sends. A refusal (412: the hub moved on without it; 404;
+    /// 422) says it was never applied: the row is left as it is, for the usual rules.
+    async fn resume_edits(&self) -> anyhow::Result<()> {
+        for pending in self.mirror.pending_edits().await? {
+            let key = idempotency_key("edit", &pending.id, pending.base_version, &pending.body);
+            let answer = self
+                .client
+                .patch_customer(&pending.id, &pending.body, Some(pending.base_version), &key)
+                .await;
+            let row = self.mirror.row_at(&pending.rowref).await?;
+            let mut tx = self.mirror.begin().await?;
+            match answer {
+                Ok(response) => {
+                    // A row deleted locally since is left to come back with the feed.
+                    let row = row.filter(|row| row.fields.get("id") == response.body.get("id"));
+                    if let Some(row) = row {
+                        let bound = with_edits_since(&response.body, &row.fields, &pending.body);
+                        self.mirror
+                            .overwrite_row(&mut tx, &row.rowref, &bound)
+                            .await?;
+                        self.mirror
+                            .set_shadows(&mut tx, &shadows_of(&[&response.body]))
+                            .await?;
+                    }
+                }
+                Err(error) if is_refusal(&error) => {}
+                Err(error) => {
+                    return Err(error).context("cannot finish an edit a killed run sent");
+                }
+            }
+            self.mirror.forget_edit(&mut tx, &pending.id).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
     /// Finishes the creates a killed run left pending (the row still where it was, without an
     /// id): each is sent again as it was, under its key, and the row bound to the customer it
     /// made ([`Syncer::finish_pending`]). Returns the rows so handled, which the push phase
@@ -380,13 +427,9 @@ impl Syncer {
                 if let Some(pulled) = pulled {
                     self.mirror.delete_at(&mut tx, &pulled.rowref).await?;
                 }
-                let mut bound = customer.as_object().cloned().unwrap_or_default();
-                let edits = writable_part(&row.fields)
-                    .into_iter()
-                    .filter(|(field, value)| sent.get(field).unwrap_or(&Value::Null) != value);
-                bound.extend(edits);
+                let bound = with_edits_since(customer, &row.fields, sent);
                 self.mirror
-                    .overwrite_row(&mut tx, &row.rowref, &Value::Object(bound))
+                    .overwrite_row(&mut tx, &row.rowref, &bound)
                     .await?;
                 self.mirror
                     .set_shadows(&mut tx, &shadows_of(&[customer]))
@@ -506,6 +549,9 @@ impl Syncer {
         // At most twice: a 412 settled for the local side is retried once against the new version.
         for _ in 0..2 {
             let key = idempotency_key("edit", &edit.id, expected, &body);
+            self.mirror
+                .record_edit(&edit.id, &edit.rowref, expected, &body)
+                .await?;
             match self
                 .client
                 .patch_customer(&edit.id, &body, Some(expected), &key)
@@ -519,7 +565,7 @@ impl Syncer {
                         &self.counters().updated
                     };
                     Counters::add(counter, 1);
-                    return self.write_back(&edit.rowref, &response.body).await;
+                    return self.finish_edit(&edit, Some(&response.body)).await;
                 }
                 Err(ClientError::Problem { status: 412, .. }) => {
                     let hub = self.client.get_customer(&edit.id).await?;
@@ -531,21 +577,40 @@ impl Syncer {
                         (Winner::Local, Some(version)) => expected = version,
                         _ => {
                             Counters::add(&self.counters().updated, 1);
-                            return self.write_back(&edit.rowref, &hub).await;
+                            return self.finish_edit(&edit, Some(&hub)).await;
                         }
                     }
                 }
                 Err(ClientError::Problem { status: 404, .. }) => {
                     // Erased in the hub: the erasure wins.
-                    let mut tx = self.mirror.begin().await?;
-                    self.mirror.delete(&mut tx, &[edit.id.as_str()]).await?;
-                    tx.commit().await?;
                     Counters::add(&self.counters().deleted, 1);
-                    return Ok(());
+                    return self.finish_edit(&edit, None).await;
                 }
-                Err(error) => return self.rejected(&edit.fields, &edit.rowref, error),
+                Err(error) => {
+                    if is_refusal(&error) {
+                        // An answer too: nothing was applied.
+                        let mut tx = self.mirror.begin().await?;
+                        self.mirror.forget_edit(&mut tx, &edit.id).await?;
+                        tx.commit().await?;
+                    }
+                    return self.rejected(&edit.fields, &edit.rowref, error);
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Settles an edit the hub answered: the row takes the hub's copy `customer` as its content
+    /// and shadow, or is deleted with `None` (erased in the hub), and the edit is pending no
+    /// more, in one transaction.
+    async fn finish_edit(&self, edit: &Edit, customer: Option<&Value>) -> anyhow::Result<()> {
+        let mut tx = self.mirror.begin().await?;
+        match customer {
+            Some(customer) => self.write_back_in(&mut tx, &edit.rowref, customer).await?,
+            None => self.mirror.delete(&mut tx, &[edit.id.as_str()]).await?,
+        }
+        self.mirror.forget_edit(&mut tx, &edit.id).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -584,14 +649,7 @@ impl Syncer {
         }
     }
 
-    /// Writes the hub's answer into the row and records it as the shadow, in one transaction.
-    async fn write_back(&self, rowref: &str, customer: &Value) -> anyhow::Result<()> {
-        let mut tx = self.mirror.begin().await?;
-        self.write_back_in(&mut tx, rowref, customer).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
+    /// Writes the hub's answer into the row and records it as the shadow.
     async fn write_back_in(
         &self,
         tx: &mut sqlx::AnyConnection,
@@ -622,6 +680,18 @@ impl Syncer {
             error => Err(error.into()),
         }
     }
+}
+
+/// The hub's copy of a customer a request `sent` by a killed run made, as its local row now
+/// should be: with the fields the row changed since (those where it differs from what was
+/// sent) laid over it, so that they are what goes up next.
+fn with_edits_since(customer: &Value, row: &Map<String, Value>, sent: &Value) -> Value {
+    let mut bound = customer.as_object().cloned().unwrap_or_default();
+    let edits = writable_part(row)
+        .into_iter()
+        .filter(|(field, value)| sent.get(field).unwrap_or(&Value::Null) != value);
+    bound.extend(edits);
+    Value::Object(bound)
 }
 
 /// Rows of the mirror table `sync` holds at once while it looks for local changes.
@@ -668,18 +738,23 @@ fn idempotency_key(kind: &str, row: &str, version: i64, body: &Value) -> String 
 
 /// A row's `updated_at` as a local edit stamps it: RFC 3339, or as databases write times
 /// (SQLite's `datetime('now')`, `2026-12-07 13:45:00`, in UTC; PostgreSQL's `now()::text`,
-/// `2026-12-07 13:45:00.123456+00`), or Unix seconds.
+/// `2026-12-07 13:45:00.123456+00`), or Unix seconds, as a number or as its text (the mirror's
+/// `updated_at` column is text, so a number written to it is read back as digits).
 fn parse_time(stamp: &Value) -> Option<time::OffsetDateTime> {
     use time::format_description::well_known::Rfc3339;
+    let unix = |seconds: f64| {
+        let nanos = (seconds * 1e9) as i128;
+        time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+    };
     let text = match stamp {
         Value::String(text) => text.trim(),
-        Value::Number(seconds) => {
-            let seconds = seconds.as_f64()?;
-            let nanos = (seconds * 1e9) as i128;
-            return time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok();
-        }
+        Value::Number(seconds) => return unix(seconds.as_f64()?),
         _ => return None,
     };
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return unix(text.parse().ok()?);
+    }
     if let Ok(at) = time::OffsetDateTime::parse(text, &Rfc3339) {
         return Some(at);
     }
@@ -718,12 +793,16 @@ mod tests {
             (json!("2026-12-07 15:45:00+02"), "2026-12-07T13:45:00Z"),
             (json!("2026-12-07 19:15:00+05:30"), "2026-12-07T13:45:00Z"),
             (json!(1_796_651_100), "2026-12-07T13:45:00Z"),
+            // Found in an audit: Unix seconds in the text column were never read.
+            (json!("1796651100"), "2026-12-07T13:45:00Z"),
+            (json!(" 1796651100.5 "), "2026-12-07T13:45:00.5Z"),
         ] {
             assert_eq!(parse_time(&stamp), Some(utc(expected)), "{stamp}");
         }
         for stamp in [
             json!("yesterday"),
             json!("2026-13-07 10:00:00"),
+            json!("1.2.3"),
             json!(true),
         ] {
             assert_eq!(parse_time(&stamp), None, "{stamp}");

@@ -7,8 +7,9 @@
 //! every local row ends as one customer, bound to its row, with its last edit. `clientele pull`
 //! killed while the hub changes: the mirror ends equal to the hub.
 //!
-//! And killed at the worst moment, deterministically: the hub applied a batch and the agent never
-//! heard back (a proxy between them forwards `POST /v1/customers/sync` and swallows the answer).
+//! And killed at the worst moment, deterministically: the hub applied a batch (or a sync's edit)
+//! and the agent never heard back (a proxy between them forwards the request and swallows the
+//! answer).
 //! Whatever the source does next (goes back to the content the state recorded, brings back a row
 //! whose delete or archive was applied, drops a row whose create or rename was applied), the
 //! next run brings the hub back to the source.
@@ -32,6 +33,7 @@ hub_tests!(
     batches_applied_but_never_acknowledged_delete,
     a_rename_applied_but_never_acknowledged_then_gone_from_the_source,
     an_archive_that_made_an_erased_customer_again_then_a_kill,
+    an_edit_applied_but_never_acknowledged_then_edited_again,
     killed_syncs_create_each_local_row_once_and_keep_every_edit,
     killed_pulls_leave_the_mirror_equal_to_the_hub,
 );
@@ -335,8 +337,9 @@ async fn read_people(work: &Workdir) -> BTreeMap<i64, (String, String)> {
 }
 
 /// An HTTP/1.1 proxy in front of the hub, one request per connection. While `swallow` is set,
-/// a `POST /v1/customers/sync` is forwarded and the hub's answer read (the batch is applied),
-/// then the test is told and the agent never gets the answer.
+/// a request whose head starts with `swallowed` (`POST /v1/customers/sync `, say) is forwarded
+/// and the hub's answer read (the request is applied), then the test is told and the agent
+/// never gets the answer.
 struct SwallowingProxy {
     url: String,
     swallow: Arc<AtomicBool>,
@@ -344,7 +347,7 @@ struct SwallowingProxy {
 }
 
 impl SwallowingProxy {
-    async fn start(hub: &str) -> SwallowingProxy {
+    async fn start(hub: &str, swallowed: &'static str) -> SwallowingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let upstream = hub.trim_start_matches("http://").to_owned();
@@ -356,7 +359,7 @@ impl SwallowingProxy {
                 let (upstream, swallowing, tell) =
                     (upstream.clone(), swallowing.clone(), tell.clone());
                 tokio::spawn(async move {
-                    let _ = forward(client, &upstream, &swallowing, &tell).await;
+                    let _ = forward(client, &upstream, swallowed, &swallowing, &tell).await;
                 });
             }
         });
@@ -367,10 +370,10 @@ impl SwallowingProxy {
         }
     }
 
-    /// Runs a push that is killed once the hub has applied its first batch.
-    async fn push_killed_after_apply(&mut self, job: &std::path::Path) {
+    /// Runs the agent's `command`, killed once the hub has applied its first swallowed request.
+    async fn killed_after_apply(&mut self, command: &str, job: &std::path::Path) {
         self.swallow.store(true, Ordering::SeqCst);
-        let mut child = agent_command("push", job, &[])
+        let mut child = agent_command(command, job, &[])
             .spawn()
             .expect("spawn agent");
         let applied = tokio::time::timeout(Duration::from_secs(60), self.applied.recv()).await;
@@ -379,7 +382,7 @@ impl SwallowingProxy {
         self.swallow.store(false, Ordering::SeqCst);
         assert!(
             matches!(applied, Ok(Some(()))),
-            "the agent sent no batch to swallow"
+            "the agent sent no request to swallow"
         );
     }
 }
@@ -387,6 +390,7 @@ impl SwallowingProxy {
 async fn forward(
     client: TcpStream,
     upstream: &str,
+    swallowed: &str,
     swallow: &AtomicBool,
     applied: &mpsc::UnboundedSender<()>,
 ) -> std::io::Result<()> {
@@ -418,7 +422,7 @@ async fn forward(
     hub.write_all(&body).await?;
     let mut answer = Vec::new();
     hub.read_to_end(&mut answer).await?;
-    if swallow.load(Ordering::SeqCst) && head.starts_with("POST /v1/customers/sync ") {
+    if swallow.load(Ordering::SeqCst) && head.starts_with(swallowed) {
         let _ = applied.send(());
         // Never answer: the agent waits until it is killed.
         std::future::pending::<()>().await;
@@ -436,7 +440,7 @@ async fn batches_applied_but_never_acknowledged_delete(hub: TestHub) {
 }
 
 async fn batches_applied_but_never_acknowledged(hub: TestHub, on_missing: &str) {
-    let mut proxy = SwallowingProxy::start(&hub.base_url).await;
+    let mut proxy = SwallowingProxy::start(&hub.base_url, BATCH).await;
     let work = Workdir::new();
     let csv = work.path("source.csv");
     let job = work.job_at(
@@ -463,7 +467,7 @@ async fn batches_applied_but_never_acknowledged(hub: TestHub, on_missing: &str) 
     source(&[("r1", "Orig"), ("d1", "Del"), ("k1", "Keep")]);
     agent_ok("push", &job, &[]).await;
     source(&[("r1", "Edited"), ("d1", "Del"), ("k1", "Keep")]);
-    proxy.push_killed_after_apply(&job).await;
+    proxy.killed_after_apply("push", &job).await;
     assert_eq!(hub_customers(&hub).await["r1"]["first_name"], "Edited");
     source(&[("r1", "Orig"), ("d1", "Del"), ("k1", "Keep")]);
     agent_ok("push", &job, &[]).await;
@@ -476,7 +480,7 @@ async fn batches_applied_but_never_acknowledged(hub: TestHub, on_missing: &str) 
 
     // A row whose archive or delete the hub applied comes back as it was.
     source(&[("r1", "Orig"), ("k1", "Keep")]);
-    proxy.push_killed_after_apply(&job).await;
+    proxy.killed_after_apply("push", &job).await;
     assert!(!present(&hub_customers(&hub).await, "d1"), "applied");
     source(&[("r1", "Orig"), ("d1", "Del"), ("k1", "Keep")]);
     agent_ok("push", &job, &[]).await;
@@ -489,7 +493,7 @@ async fn batches_applied_but_never_acknowledged(hub: TestHub, on_missing: &str) 
 
     // A row whose create the hub applied leaves the source.
     source(&[("r1", "Orig"), ("d1", "Del"), ("k1", "Keep"), ("n1", "New")]);
-    proxy.push_killed_after_apply(&job).await;
+    proxy.killed_after_apply("push", &job).await;
     assert!(present(&hub_customers(&hub).await, "n1"), "applied");
     source(&[("r1", "Orig"), ("d1", "Del"), ("k1", "Keep")]);
     agent_ok("push", &job, &[]).await;
@@ -510,12 +514,61 @@ async fn batches_applied_but_never_acknowledged(hub: TestHub, on_missing: &str) 
     assert_push_sends_nothing(&job, 3).await;
 }
 
+/// What the pushes' proxies swallow the answer of: a batch.
+const BATCH: &str = "POST /v1/customers/sync ";
+
+/// A `sync` killed after the hub applied a local edit it sent, before the answer was written
+/// back, and the row edited again before the next run, back to what it was or on to something
+/// new: that edit reaches the hub, whatever the conflict policy (found in an audit: the hub's
+/// copy of the agent's own edit was taken for a hub change, and the later edit lost).
+async fn an_edit_applied_but_never_acknowledged_then_edited_again(hub: TestHub) {
+    let mut proxy = SwallowingProxy::start(&hub.base_url, "PATCH /v1/customers/").await;
+    for (conflict, edited_again) in [
+        ("source_wins", "A"),
+        ("hub_wins", "A"),
+        ("hub_wins", "C"),
+        ("newest_wins", "C"),
+    ] {
+        let work = Workdir::new();
+        let url = mirror_url(&hub, &work).await;
+        let job = work.job_at(&proxy.url, &mirror_job(&url, conflict));
+        let label = format!("kr-{conflict}-{edited_again}");
+        hub.create_customer(serde_json::json!({"external_id": label, "note": "A"}))
+            .await;
+        agent_ok("sync", &job, &[]).await;
+        let set_note = |note: &str| {
+            format!(
+                "UPDATE customers SET note = '{note}', updated_at = '2999-01-01T00:00:00Z' \
+                 WHERE external_id = '{label}'"
+            )
+        };
+        mirror_sql(&url, &set_note("B")).await;
+        proxy.killed_after_apply("sync", &job).await;
+        assert_eq!(hub_customers(&hub).await[&label]["note"], "B", "applied");
+        mirror_sql(&url, &set_note(edited_again)).await;
+
+        let out = agent_ok("sync", &job, &[]).await;
+        counts(&out, &[("failed", 0)]);
+        let customers = hub_customers(&hub).await;
+        let customer = &customers[&label];
+        assert_eq!(customer["note"], edited_again, "{conflict}: {customer}");
+        assert_eq!(customer["version"], 3, "{conflict}: {customer}");
+        assert_syncs_move_nothing(&job).await;
+        assert_mirror_equals_hub(&url, &customers).await;
+        let kept = format!(
+            "SELECT count(*) FROM customers WHERE external_id = '{label}' \
+             AND note = '{edited_again}' AND version = 3"
+        );
+        assert_eq!(mirror_scalar(&url, &kept).await, 1, "{conflict}");
+    }
+}
+
 /// A customer erased in the hub whose row then leaves the source: the archive, an upsert, makes
 /// it again, and the run is killed before it erases it again (found in a review: the next run
 /// archived it again and left it). The next run erases it and forgets its key, and a customer
 /// archived as usual beside it stays archived.
 async fn an_archive_that_made_an_erased_customer_again_then_a_kill(hub: TestHub) {
-    let mut proxy = SwallowingProxy::start(&hub.base_url).await;
+    let mut proxy = SwallowingProxy::start(&hub.base_url, BATCH).await;
     let work = Workdir::new();
     let csv = work.path("source.csv");
     let job = work.job_at(
@@ -528,7 +581,7 @@ async fn an_archive_that_made_an_erased_customer_again_then_a_kill(hub: TestHub)
     let reply = clientele_testkit::call(hub.delete("/v1/customers/external_id/e1")).await;
     assert_eq!(reply.status, 204, "{}", reply.body);
     std::fs::write(&csv, "id,first_name\nk1,Keep\n").expect("csv");
-    proxy.push_killed_after_apply(&job).await;
+    proxy.killed_after_apply("push", &job).await;
     let customers = hub_customers(&hub).await;
     assert_eq!(
         customers["e1"]["archived"], true,
@@ -550,7 +603,7 @@ async fn an_archive_that_made_an_erased_customer_again_then_a_kill(hub: TestHub)
 /// never heard back, and then the row left the source: the customer is found under its new
 /// value, and archived.
 async fn a_rename_applied_but_never_acknowledged_then_gone_from_the_source(hub: TestHub) {
-    let mut proxy = SwallowingProxy::start(&hub.base_url).await;
+    let mut proxy = SwallowingProxy::start(&hub.base_url, BATCH).await;
     let work = Workdir::new();
     let csv = work.path("source.csv");
     let job = work.job_at(
@@ -564,7 +617,7 @@ async fn a_rename_applied_but_never_acknowledged_then_gone_from_the_source(hub: 
     source("p1,C-OLD,Ann\nk1,K-1,Keep\n");
     agent_ok("push", &job, &[]).await;
     source("p1,C-NEW,Ann\nk1,K-1,Keep\n");
-    proxy.push_killed_after_apply(&job).await;
+    proxy.killed_after_apply("push", &job).await;
     let customers = hub_customers(&hub).await;
     assert!(
         customers.contains_key("C-NEW") && !customers.contains_key("C-OLD"),
