@@ -34,8 +34,23 @@ pub(crate) fn db_error(error: sqlx::Error) -> DomainError {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             DomainError::Unavailable(Box::new(error))
         }
+        sqlx::Error::Database(ref db) if ends_the_session(db.as_ref()) => {
+            DomainError::Unavailable(Box::new(error))
+        }
         _ => DomainError::Storage(Box::new(error)),
     }
+}
+
+/// Whether PostgreSQL refused or ended the session rather than the statement: an error of
+/// severity FATAL or PANIC (a database not accepting connections, too many connections, an
+/// administrator's shutdown or termination, a database renamed away), or a connection exception
+/// (SQLSTATE class 08). The database is out of reach for now, whatever the request was.
+fn ends_the_session(db: &dyn sqlx::error::DatabaseError) -> bool {
+    use sqlx::postgres::{PgDatabaseError, PgSeverity};
+    let fatal = db
+        .try_downcast_ref::<PgDatabaseError>()
+        .is_some_and(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic));
+    fatal || db.code().is_some_and(|code| code.starts_with("08"))
 }
 
 /// A failure of a statement run on a SQLite handle directly (`sqlite_rows`), mapped as
@@ -128,6 +143,13 @@ mod tests {
         assert!(!is_transient(&failed_with("22001")));
         assert!(!is_transient(&db_error(sqlx::Error::RowNotFound)));
         assert!(!is_transient(&DomainError::NotFound));
+    }
+
+    #[test]
+    fn a_lost_connection_is_unavailable_and_a_statement_error_is_not() {
+        assert!(matches!(failed_with("08006"), DomainError::Unavailable(_)));
+        assert!(matches!(failed_with("08001"), DomainError::Unavailable(_)));
+        assert!(matches!(failed_with("22001"), DomainError::Storage(_)));
     }
 
     #[test]

@@ -1185,3 +1185,51 @@ async fn a_given_request_id_is_echoed(hub: TestHub) {
     assert_problem_here(&reply, 404, "route_not_found");
     assert_eq!(reply.header("x-request-id"), Some("req-42"));
 }
+
+/// Found in an audit: a PostgreSQL that refuses the hub's sessions (its database closed to new
+/// connections, the open ones ended) made every endpoint answer 500, `/healthz` included. It is
+/// 503 `unavailable` with `Retry-After`, what load balancers and the client's retries act on,
+/// and the hub answers again once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_refusing_sessions_is_unavailable_and_the_hub_recovers() {
+    let Some(hub) = TestHub::postgres().await else {
+        return;
+    };
+    let server = clientele_testkit::postgres_server_url().expect("postgres");
+    let name = hub
+        .database_url
+        .rsplit('/')
+        .next()
+        .expect("a database name")
+        .to_owned();
+    assert_eq!(call(hub.get("/healthz")).await.status, 200);
+    let refuse = |allow: bool| format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {allow}");
+    clientele_testkit::execute(&server, &refuse(false)).await;
+    clientele_testkit::execute(
+        &server,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ),
+    )
+    .await;
+    for request in [
+        hub.get("/healthz"),
+        hub.get("/v1/groups"),
+        hub.put("/v1/teams/north").json(&json!({"name": "North"})),
+    ] {
+        let reply = call(request).await;
+        assert_problem_here(&reply, 503, "unavailable");
+        assert!(reply.retry_after_secs() >= 1, "{:?}", reply.body);
+    }
+    clientele_testkit::execute(&server, &refuse(true)).await;
+    let mut status = 0;
+    for _ in 0..50 {
+        status = call(hub.get("/healthz")).await.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "back once the database is");
+}
