@@ -11,7 +11,7 @@
 //! - `placed_at` defaults to the time of creation.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use crate::{CustomerId, CustomerKey, Locator, OrderId, Timestamp, ValidationErrors, iso};
@@ -64,8 +64,10 @@ pub struct OrderWrite {
     /// A number or a decimal string: at least 0, at most 10^15, at most 4 decimals, and at most
     /// as many digits as are kept exactly (15 significant digits always are; 422
     /// `invalid_total` otherwise).
+    /// Kept as written: a number's digits, not the double JSON parsers make of it, so that a
+    /// number with more decimals than allowed is refused as its string would be, not rounded.
     #[schema(schema_with = total_schema, required = true)]
-    pub total: Option<Value>,
+    pub total: Option<Box<RawValue>>,
     #[schema(required = true)]
     pub currency: Option<String>,
     pub status: Option<String>,
@@ -140,7 +142,7 @@ impl OrderWrite {
             }
         };
         let customer = customer_locator(self.customer_id, self.customer, &mut errors);
-        let total = match self.total.as_ref().map(parse_total) {
+        let total = match self.total.as_deref().map(parse_total) {
             Some(Ok(total)) => total,
             Some(Err(message)) => {
                 errors.push("total", "invalid_total", message);
@@ -297,12 +299,18 @@ fn total_schema() -> utoipa::openapi::schema::Schema {
     Schema::OneOf(one_of)
 }
 
-/// A total given as a number or a decimal string.
-fn parse_total(value: &Value) -> Result<f64, &'static str> {
-    let text = match value {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.trim().to_owned(),
-        _ => return Err("must be a number or a decimal string"),
+/// A total given as a number or a decimal string, read from its JSON text.
+fn parse_total(raw: &RawValue) -> Result<f64, &'static str> {
+    const NOT_A_TOTAL: &str = "must be a number or a decimal string";
+    let json = raw.get();
+    let text = match json.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(json)
+            .map_err(|_| NOT_A_TOTAL)?
+            .trim()
+            .to_owned(),
+        // A number as written, so `19.99999999999999999` is not read as 20.
+        Some(b'-' | b'0'..=b'9') => json.to_owned(),
+        _ => return Err(NOT_A_TOTAL),
     };
     let (whole, decimals) = text.split_once('.').unwrap_or((&text, ""));
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
@@ -339,12 +347,17 @@ fn is_status(status: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
     fn write(body: Value) -> OrderWrite {
-        serde_json::from_value(body).expect("order body")
+        serde_json::from_str(&body.to_string()).expect("order body")
+    }
+
+    /// `parse_total` of a JSON text.
+    fn total(json: &str) -> Result<f64, &'static str> {
+        parse_total(&RawValue::from_string(json.to_owned()).expect("JSON"))
     }
 
     fn fields(result: Result<NewOrder, ValidationErrors>) -> Vec<(String, &'static str)> {
@@ -406,36 +419,39 @@ mod tests {
     #[test]
     fn totals_are_plain_non_negative_decimals() {
         for good in [
-            json!(0),
-            json!(12.5),
-            json!("19.90"),
-            json!("1000000"),
-            json!("007.50"),
-            json!("12345678901.2345"),
-            json!("1000000000000000"),
+            "0",
+            "12.5",
+            r#""19.90""#,
+            r#""1000000""#,
+            r#"" 007.50 ""#,
+            "12345678901.2345",
+            r#""1000000000000000""#,
         ] {
-            assert!(parse_total(&good).is_ok(), "{good}");
+            assert!(total(good).is_ok(), "{good}");
         }
-        assert_eq!(
-            parse_total(&json!("12345678901.2345")),
-            Ok(12_345_678_901.234_5)
-        );
-        // Found in a review: these came back rounded.
+        assert_eq!(total(r#""12345678901.2345""#), Ok(12_345_678_901.234_5));
+        assert_eq!(total("12345678901.2345"), Ok(12_345_678_901.234_5));
+        // Found in a review: these came back rounded; and, as numbers, in an audit.
         for rounded in ["999999999999999.9999", "123456789012345.6789"] {
-            assert!(parse_total(&json!(rounded)).is_err(), "{rounded}");
+            assert!(total(&format!("\"{rounded}\"")).is_err(), "{rounded}");
+            assert!(total(rounded).is_err(), "{rounded}");
         }
         for bad in [
-            json!(-1),
-            json!("-1"),
-            json!("1e3"),
-            json!("12."),
-            json!(".5"),
-            json!("1.23456"),
-            json!("abc"),
-            json!(true),
-            json!(1e16),
+            "-1",
+            r#""-1""#,
+            r#""1e3""#,
+            "1e3",
+            r#""12.""#,
+            r#"".5""#,
+            r#""1.23456""#,
+            "1.23456",
+            "19.99999999999999999",
+            r#""abc""#,
+            "true",
+            "[1]",
+            "1e16",
         ] {
-            assert!(parse_total(&bad).is_err(), "{bad}");
+            assert!(total(bad).is_err(), "{bad}");
         }
     }
 

@@ -135,7 +135,32 @@ async fn invalid_orders_name_every_fault(hub: TestHub) {
             ("customer.external_id", "invalid_characters"),
         ],
     );
+    // A number with more decimals than allowed is refused as its string is, not rounded (found
+    // in an audit: 19.99999999999999999 was stored as 20.0). The body is sent as written.
+    let with_total = |total: &str| {
+        let body = format!(
+            r#"{{"reference": "A", "customer_id": {}, "total": {total}, "currency": "EUR"}}"#,
+            customer["id"]
+        );
+        call(
+            hub.post("/v1/orders")
+                .header("content-type", "application/json")
+                .body(body),
+        )
+    };
+    for total in ["19.99999999999999999", "999999999999999.9999", "1.23456"] {
+        assert_invalid(&with_total(total).await, &[("total", "invalid_total")]);
+    }
     assert_eq!(hub.count_rows("orders").await, 0);
+    let reply = with_total("19.9900").await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(reply.body["total"], 19.99);
+    // A fault elsewhere in a body is still named beside a total kept as written.
+    let reply = call(hub.post("/v1/orders").json(&json!({
+        "reference": 5, "customer_id": customer["id"], "total": 1.5, "currency": "EUR"
+    })))
+    .await;
+    assert_invalid(&reply, &[("reference", "invalid_type")]);
 }
 
 async fn an_unknown_customer_is_refused(hub: TestHub) {
