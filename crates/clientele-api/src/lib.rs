@@ -82,7 +82,7 @@ pub fn app(state: AppState) -> Router {
     let routed = router
         .route(
             "/openapi.json",
-            get(move || openapi::document(document.clone())),
+            get(move |_: extract::NoQuery| openapi::document(document.clone())),
         )
         .fallback(|| async {
             ApiError::new(ErrorCode::RouteNotFound, "there is no such endpoint")

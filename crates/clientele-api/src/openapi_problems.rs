@@ -75,9 +75,9 @@ fn complete(method: HttpMethod, operation: &mut Operation) {
             ErrorCode::ValidationFailed,
         ]);
     }
-    if has_query {
-        codes.push(ErrorCode::ValidationFailed);
-    }
+    // Every endpoint refuses a query parameter it does not take (`unknown_parameter`), also
+    // one that takes none.
+    codes.push(ErrorCode::ValidationFailed);
     if has_if_match {
         codes.push(ErrorCode::InvalidHeader);
     }

@@ -34,6 +34,7 @@ pub struct Schema {
 pub enum FieldType {
     String {
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 1)]
         max_length: Option<u64>,
     },
     Integer {
@@ -419,9 +420,16 @@ fn parse_field(path: &str, spec: &Value, errors: &mut ValidationErrors) -> Optio
                             .collect()
                     });
             match values {
+                Some(values) if values.len() > MAX_ENUM_VALUES => {
+                    errors.push(
+                        format!("{path}.values"),
+                        "too_many",
+                        format!("at most {MAX_ENUM_VALUES} values"),
+                    );
+                    return None;
+                }
                 Some(values)
                     if !values.is_empty()
-                        && values.len() <= MAX_ENUM_VALUES
                         && values
                             .iter()
                             .enumerate()

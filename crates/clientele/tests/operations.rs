@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 
 use clientele_api::ApiConfig;
 use clientele_domain::Role;
-use clientele_testkit::{Reply, TestHub, assert_problem, call, hub_tests, metric_sample};
+use clientele_testkit::{
+    Reply, TestHub, assert_invalid, assert_problem, call, hub_tests, metric_sample,
+};
 use serde_json::{Value, json};
 
 hub_tests!(
@@ -16,6 +18,7 @@ hub_tests!(
     documented_operations_are_served,
     documented_errors_are_the_problems_sent,
     documented_parameter_bounds_are_the_enforced_ones,
+    documented_conflicts_name_their_codes,
     authenticated_operations_take_a_bearer_key_or_a_signature,
     documented_response_headers_are_the_headers_sent,
     an_unknown_route_is_a_problem,
@@ -438,6 +441,17 @@ async fn documented_errors_are_the_problems_sent(hub: TestHub) {
             assert_problem_here(&call(crowded).await, 431, "headers_too_large");
             assert_documents_problem(operation, 431, &what);
 
+            // A query parameter the operation does not take, even one that takes none: a
+            // documented 422 naming it (found in an audit: undocumented on the GETs without
+            // parameters, and accepted by the open endpoints).
+            let reply = call(
+                hub.request(method.clone(), &format!("{concrete}?not_a_parameter=1"))
+                    .json(&json!({})),
+            )
+            .await;
+            assert_invalid(&reply, &[("not_a_parameter", "unknown_parameter")]);
+            assert_documents_problem(operation, 422, &what);
+
             if !operation["security"].is_array() {
                 continue;
             }
@@ -486,6 +500,40 @@ async fn documented_errors_are_the_problems_sent(hub: TestHub) {
                 assert_problem_here(&reply, 400, "invalid_header");
                 assert_documents_problem(operation, 400, &what);
             }
+        }
+    }
+}
+
+/// The conflicts a handler answers are named in its 409's description, beside the idempotency
+/// key's (found in an audit: only `idempotency_in_flight` was).
+async fn documented_conflicts_name_their_codes(hub: TestHub) {
+    let document = openapi_json(&hub).await;
+    for (method, path, codes) in [
+        ("post", "/v1/customers", &["duplicate_key"][..]),
+        ("patch", "/v1/customers/{id}", &["duplicate_key"]),
+        ("put", "/v1/customers/{key}/{value}", &["duplicate_key"]),
+        ("patch", "/v1/customers/{key}/{value}", &["duplicate_key"]),
+        ("delete", "/v1/customers/{id}", &["customer_has_orders"]),
+        (
+            "delete",
+            "/v1/customers/{key}/{value}",
+            &["customer_has_orders"],
+        ),
+        (
+            "delete",
+            "/v1/groups/{code}",
+            &["group_has_subgroups", "group_in_use"],
+        ),
+        ("delete", "/v1/teams/{code}", &["team_in_use"]),
+    ] {
+        let description = document["paths"][path][method]["responses"]["409"]["description"]
+            .as_str()
+            .unwrap_or_default();
+        for code in codes.iter().chain(&["idempotency_in_flight"]) {
+            assert!(
+                description.contains(&format!("`{code}`")),
+                "{method} {path}: {description}"
+            );
         }
     }
 }
@@ -716,8 +764,21 @@ async fn documented_parameter_bounds_are_the_enforced_ones(hub: TestHub) {
     // Found by schemathesis: the document allowed `limit=0`, any `sort` and any group or team
     // code, so most generated requests were refused with 422 and tested little.
     let document = openapi_json(&hub).await;
-    for path in ["/v1/customers", "/v1/groups", "/v1/teams", "/v1/tags"] {
-        let limit = parameter_schema(&document, path, "get", "limit");
+    let customer = hub.create_customer(json!({"external_id": "bounds"})).await;
+    let orders = format!(
+        "/v1/customers/{}/orders",
+        customer["id"].as_str().expect("id")
+    );
+    // Found in an audit: the feed's and a customer's orders' `limit` were documented from 0.
+    for (path, documented) in [
+        ("/v1/customers", "/v1/customers"),
+        ("/v1/groups", "/v1/groups"),
+        ("/v1/teams", "/v1/teams"),
+        ("/v1/tags", "/v1/tags"),
+        ("/v1/changes", "/v1/changes"),
+        (orders.as_str(), "/v1/customers/{id}/orders"),
+    ] {
+        let limit = parameter_schema(&document, documented, "get", "limit");
         assert_eq!(
             (&limit["minimum"], &limit["maximum"]),
             (&json!(1), &json!(1000)),
@@ -731,6 +792,16 @@ async fn documented_parameter_bounds_are_the_enforced_ones(hub: TestHub) {
                 reply.body
             );
         }
+    }
+
+    let wait = parameter_schema(&document, "/v1/changes", "get", "wait");
+    assert_eq!(
+        (&wait["minimum"], &wait["maximum"]),
+        (&json!(0), &json!(60))
+    );
+    for (value, status) in [("0", 200), ("61", 422)] {
+        let reply = call(hub.get(&format!("/v1/changes?after=999999&wait={value}"))).await;
+        assert_eq!(reply.status, status, "wait={value}: {:?}", reply.body);
     }
 
     // The documented patterns, and what the hub accepts: the values each pattern admits

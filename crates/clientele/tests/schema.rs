@@ -82,6 +82,21 @@ async fn an_invalid_schema_is_refused_with_paths(hub: TestHub) {
     )
     .await;
     assert_problem(&reply, 400, "malformed_json");
+    // Found in an audit: 1,001 values were refused as "not distinct", and the cap was named
+    // nowhere.
+    let values: Vec<String> = (0..1001).map(|i| format!("v{i}")).collect();
+    let reply = call(hub.put("/v1/schema").json(&json!({
+        "custom_fields": {"e": {"type": "enum", "values": values}}
+    })))
+    .await;
+    assert_invalid(&reply, &[("custom_fields.e.values", "too_many")]);
+    assert!(
+        reply.body["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("1000")),
+        "{}",
+        reply.body
+    );
     let reply = call(hub.get("/v1/schema")).await;
     assert_eq!(reply.body["custom_fields"], json!({}), "nothing was stored");
 }

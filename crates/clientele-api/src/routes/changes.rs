@@ -32,8 +32,10 @@ struct ChangesParams {
     /// The last `seq` seen: `next_after` of the previous page; 0 (default) from the start.
     after: Option<u64>,
     /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// Seconds (0 to 60, default 0) to wait for a first change when there is none yet.
+    #[param(minimum = 0, maximum = 60)]
     wait: Option<u32>,
 }
 
@@ -60,7 +62,9 @@ pub(crate) struct ChangeEventDoc {
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ChangesPage {
     data: Vec<ChangeEventDoc>,
-    /// Pass as `after` next: the last `seq` returned, or the `after` given when none.
+    /// Pass as `after` next: the position the page read up to. That is the last `seq`
+    /// returned, or, for a key restricted to teams, possibly a later one (changes of customers
+    /// outside its teams are read past, not shown); the `after` given when nothing was read.
     next_after: i64,
 }
 

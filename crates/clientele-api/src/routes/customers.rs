@@ -53,7 +53,7 @@ struct CreateParams {
         (status = 201, description = "Created", body = Customer,
          headers(("Location" = String), ("ETag" = String))),
         (status = 200, description = "Upsert: updated or unchanged", body = Customer),
-        (status = 409, description = "Another customer has a unique key of the body", body = Problem),
+        (status = 409, description = "Another customer has a unique key of the body (codes: `duplicate_key`)", body = Problem),
         (status = 422, description = "Invalid body", body = Problem),
     ),
     security(("bearer" = []))
@@ -99,7 +99,8 @@ async fn get_customer(
     request_body = CustomerWrite,
     responses(
         (status = 200, body = Customer),
-        (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 404, body = Problem),
+        (status = 409, description = "Another customer has a unique key of the body (codes: `duplicate_key`)", body = Problem),
         (status = 412, body = Problem), (status = 422, body = Problem),
     ),
     security(("bearer" = []))
@@ -128,7 +129,7 @@ async fn patch_customer(
 #[utoipa::path(
     delete, path = "/v1/customers/{id}", tag = "customers",
     params(("id" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 204), (status = 404, body = Problem), (status = 409, description = "`customer_has_orders`", body = Problem), (status = 412, body = Problem)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, description = "Orders reference this customer (codes: `customer_has_orders`)", body = Problem), (status = 412, body = Problem)),
     security(("bearer" = []))
 )]
 async fn delete_customer(
@@ -170,7 +171,8 @@ async fn get_customer_by_key(
     responses(
         (status = 201, body = Customer), (status = 200, body = Customer),
         (status = 404, description = "`{key}` is not a unique key (`route_not_found`), or the customer is outside the API key's teams", body = Problem),
-        (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem),
+        (status = 409, description = "Another customer has a unique key of the body (codes: `duplicate_key`)", body = Problem),
+        (status = 412, body = Problem), (status = 422, body = Problem),
     ),
     security(("bearer" = []))
 )]
@@ -203,7 +205,8 @@ async fn put_customer_by_key(
     request_body = CustomerWrite,
     responses(
         (status = 200, body = Customer), (status = 404, body = Problem),
-        (status = 409, body = Problem), (status = 412, body = Problem), (status = 422, body = Problem),
+        (status = 409, description = "Another customer has a unique key of the body (codes: `duplicate_key`)", body = Problem),
+        (status = 412, body = Problem), (status = 422, body = Problem),
     ),
     security(("bearer" = []))
 )]
@@ -232,7 +235,7 @@ async fn patch_customer_by_key(
 #[utoipa::path(
     delete, path = "/v1/customers/{key}/{value}", tag = "customers",
     params(("key" = CustomerKey, Path), ("value" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 204), (status = 404, body = Problem), (status = 409, description = "`customer_has_orders`", body = Problem), (status = 412, body = Problem)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, description = "Orders reference this customer (codes: `customer_has_orders`)", body = Problem), (status = 412, body = Problem)),
     security(("bearer" = []))
 )]
 async fn delete_customer_by_key(

@@ -159,7 +159,10 @@ async fn list_groups(
 #[utoipa::path(
     delete, path = "/v1/groups/{code}", tag = "groups",
     params(("code" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$")),
-    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)),
+    responses(
+        (status = 204), (status = 404, body = Problem),
+        (status = 409, description = "The group has subgroups, or members (codes: `group_has_subgroups`, `group_in_use`)", body = Problem),
+    ),
     security(("bearer" = []))
 )]
 async fn delete_group(

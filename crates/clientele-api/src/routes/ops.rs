@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::extract::NoQuery;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
@@ -29,7 +30,7 @@ pub(crate) struct Health {
     get, path = "/healthz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Problem))
 )]
-async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+async fn healthz(State(state): State<AppState>, _: NoQuery) -> Result<Json<Health>, ApiError> {
     state.store().ping().await?;
     Ok(Json(Health {
         status: "ok",
@@ -42,7 +43,7 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError
     get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain", body = String))
 )]
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(state): State<AppState>, _: NoQuery) -> impl IntoResponse {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::render(&state),

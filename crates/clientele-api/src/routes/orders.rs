@@ -103,6 +103,7 @@ async fn get_order(
 #[into_params(parameter_in = Query)]
 struct OrderListParams {
     /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,

@@ -2,12 +2,15 @@
 //! read it in their own transaction, so a new schema applies to every hub process at once;
 //! customers stored before it are not revalidated.
 
+use std::collections::BTreeMap;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use clientele_domain::Role;
-use clientele_domain::schema::Schema;
+use clientele_domain::schema::{FieldType, Schema};
 use serde_json::Value;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -38,6 +41,18 @@ async fn get_schema(
     Ok(Rendered::serialize(StatusCode::OK, &schema).into_response())
 }
 
+/// The body of `PUT /v1/schema`: the whole schema, which replaces the stored one. A member left
+/// out (or `null`) is empty, so `{}` declares nothing; answered with the schema as stored. Only
+/// described here: the body is read by `Schema::parse`, which names every fault by its path.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct SchemaWrite {
+    /// Fields a create must set; empty when left out.
+    required_on_create: Option<Vec<String>>,
+    /// The declared custom fields by name; none when left out.
+    custom_fields: Option<BTreeMap<String, FieldType>>,
+}
+
 /// Replace the customer schema (admin only).
 ///
 /// `required_on_create` names top-level customer fields (or `custom.<declared field>`) a create
@@ -47,7 +62,7 @@ async fn get_schema(
 /// revalidated.
 #[utoipa::path(
     put, path = "/v1/schema", tag = "schema",
-    request_body = Schema,
+    request_body = SchemaWrite,
     responses((status = 200, body = Schema), (status = 422, body = Problem)),
     security(("bearer" = []))
 )]

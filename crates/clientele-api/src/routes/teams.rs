@@ -140,7 +140,10 @@ async fn list_teams(
 #[utoipa::path(
     delete, path = "/v1/teams/{code}", tag = "teams",
     params(("code" = String, Path, pattern = r"^[A-Za-z0-9_.-]{1,64}$")),
-    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)),
+    responses(
+        (status = 204), (status = 404, body = Problem),
+        (status = 409, description = "Customers or API keys still belong to the team (codes: `team_in_use`)", body = Problem),
+    ),
     security(("bearer" = []))
 )]
 async fn delete_team(
