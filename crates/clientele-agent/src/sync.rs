@@ -589,14 +589,21 @@ impl Syncer {
                 Err(error) => {
                     if is_refusal(&error) {
                         // An answer too: nothing was applied.
-                        let mut tx = self.mirror.begin().await?;
-                        self.mirror.forget_edit(&mut tx, &edit.id).await?;
-                        tx.commit().await?;
+                        self.forget_edit(&edit.id).await?;
                     }
                     return self.rejected(&edit.fields, &edit.rowref, error);
                 }
             }
         }
+        // Refused twice by a hub that moved on (412): nothing was applied; the next run tries
+        // again against what it pulls.
+        self.forget_edit(&edit.id).await
+    }
+
+    async fn forget_edit(&self, id: &str) -> anyhow::Result<()> {
+        let mut tx = self.mirror.begin().await?;
+        self.mirror.forget_edit(&mut tx, id).await?;
+        tx.commit().await?;
         Ok(())
     }
 
