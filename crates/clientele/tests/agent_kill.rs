@@ -517,6 +517,11 @@ async fn batches_applied_but_never_acknowledged(hub: TestHub, on_missing: &str) 
 /// What the pushes' proxies swallow the answer of: a batch.
 const BATCH: &str = "POST /v1/customers/sync ";
 
+/// A push of `source.csv`, keyed by its `id` column, that archives the customers of rows that
+/// leave it.
+const CSV_ARCHIVING: &str = "[source]\nurl = \"source.csv\"\nkey = \"id\"\n\n[sync]\n\
+    key = \"external_id\"\non_missing = \"archive\"\nstate = \"state.db\"\n";
+
 /// A `sync` killed after the hub applied a local edit it sent, before the answer was written
 /// back, and the row edited again before the next run, back to what it was or on to something
 /// new: that edit reaches the hub, whatever the conflict policy (found in an audit: the hub's
@@ -571,11 +576,7 @@ async fn an_archive_that_made_an_erased_customer_again_then_a_kill(hub: TestHub)
     let mut proxy = SwallowingProxy::start(&hub.base_url, BATCH).await;
     let work = Workdir::new();
     let csv = work.path("source.csv");
-    let job = work.job_at(
-        &proxy.url,
-        "[source]\nurl = \"source.csv\"\nkey = \"id\"\n\n[sync]\nkey = \"external_id\"\n\
-         on_missing = \"archive\"\nstate = \"state.db\"\n",
-    );
+    let job = work.job_at(&proxy.url, CSV_ARCHIVING);
     std::fs::write(&csv, "id,first_name\ne1,Erased\na1,Archived\nk1,Keep\n").expect("csv");
     agent_ok("push", &job, &[]).await;
     let reply = clientele_testkit::call(hub.delete("/v1/customers/external_id/e1")).await;
@@ -608,8 +609,7 @@ async fn a_rename_applied_but_never_acknowledged_then_gone_from_the_source(hub: 
     let csv = work.path("source.csv");
     let job = work.job_at(
         &proxy.url,
-        "[source]\nurl = \"source.csv\"\nkey = \"id\"\n\n[sync]\nkey = \"external_id\"\n\
-         on_missing = \"archive\"\nstate = \"state.db\"\n\n[fields]\nexternal_id = \"code\"\n",
+        &format!("{CSV_ARCHIVING}\n[fields]\nexternal_id = \"code\"\n"),
     );
     let source = |rows: &str| {
         std::fs::write(&csv, format!("id,code,first_name\n{rows}")).expect("csv");

@@ -416,6 +416,14 @@ async fn absent_keeps_null_clears_and_an_equal_write_keeps_the_version(hub: Test
 async fn if_match_guards_patch_put_and_delete(hub: TestHub) {
     let customer = hub.create_customer(json!({"external_id": "m-1"})).await;
     let path = format!("/v1/customers/{}", customer["id"].as_str().expect("id"));
+    // An upsert by external id under an `If-Match` tag.
+    let put_if = |external_id: &str, tag: &str, body: Value| {
+        call(
+            hub.put(&format!("/v1/customers/external_id/{external_id}"))
+                .header("if-match", tag)
+                .json(&body),
+        )
+    };
 
     let ok = call(
         hub.patch(&path)
@@ -440,66 +448,31 @@ async fn if_match_guards_patch_put_and_delete(hub: TestHub) {
         "a failed write changes nothing"
     );
 
-    let put = call(
-        hub.put("/v1/customers/external_id/m-1")
-            .header("if-match", "\"7\"")
-            .json(&json!({})),
-    )
-    .await;
+    let put = put_if("m-1", "\"7\"", json!({})).await;
     assert_eq!(put.status, 412);
-    let put = call(
-        hub.put("/v1/customers/external_id/m-1")
-            .header("if-match", "\"2\"")
-            .json(&json!({"note": "c"})),
-    )
-    .await;
+    let put = put_if("m-1", "\"2\"", json!({"note": "c"})).await;
     assert_eq!(put.status, 200);
-    let absent = call(
-        hub.put("/v1/customers/external_id/m-2")
-            .header("if-match", "\"1\"")
-            .json(&json!({})),
-    )
-    .await;
+    let absent = put_if("m-2", "\"1\"", json!({})).await;
     assert_eq!(
         absent.status, 412,
         "If-Match on a customer that does not exist fails"
     );
     // `*` asks only that the customer exist: it never creates (found in an audit: it did), and
     // updates whatever the version.
-    let star = call(
-        hub.put("/v1/customers/external_id/m-2")
-            .header("if-match", "*")
-            .json(&json!({"note": "new"})),
-    )
-    .await;
+    let star = put_if("m-2", "*", json!({"note": "new"})).await;
     assert_eq!(star.status, 412, "{}", star.body);
     assert_eq!(star.body["code"], "version_conflict");
     assert_eq!(
         call(hub.get("/v1/customers/external_id/m-2")).await.status,
         404
     );
-    let star = call(
-        hub.put("/v1/customers/external_id/m-1")
-            .header("if-match", "*")
-            .json(&json!({"note": "d"})),
-    )
-    .await;
+    let star = put_if("m-1", "*", json!({"note": "d"})).await;
     assert_eq!(star.status, 200, "{}", star.body);
     assert_eq!(star.body["version"], 4);
     // `"0"` asks that there be none yet: a create-only upsert.
-    let fresh = call(
-        hub.put("/v1/customers/external_id/m-3")
-            .header("if-match", "\"0\"")
-            .json(&json!({})),
-    )
-    .await;
+    let fresh = put_if("m-3", "\"0\"", json!({})).await;
     assert_eq!(fresh.status, 201, "{}", fresh.body);
-    let again = call(
-        hub.put("/v1/customers/external_id/m-3")
-            .header("if-match", "\"0\"")
-            .json(&json!({"note": "x"})),
-    )
-    .await;
+    let again = put_if("m-3", "\"0\"", json!({"note": "x"})).await;
     assert_eq!(again.status, 412, "{}", again.body);
 
     // Not an entity tag: a word, or a quote on one side only (found in an audit: `"2` was
