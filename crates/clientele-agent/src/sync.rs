@@ -176,9 +176,13 @@ impl Syncer {
                 };
                 let customer = match (&change.kind, &change.customer) {
                     (ChangeType::Deleted, _) | (_, None) => {
-                        // An erasure in the hub is final, edited locally or not.
+                        // An erasure in the hub is final, edited locally or not. A change
+                        // without its document is of a customer erased since (its deletion
+                        // follows in the feed, and is counted there).
                         deleted.push(id);
-                        Counters::add(&self.counters().deleted, 1);
+                        if change.kind == ChangeType::Deleted {
+                            Counters::add(&self.counters().deleted, 1);
+                        }
                         if self.dry_run {
                             println!("delete {id}");
                             planned_down.insert(id.to_owned());

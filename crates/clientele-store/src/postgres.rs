@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use clientele_domain::sync::{ChangeRecord, StoredCustomer};
-use clientele_domain::{CustomerId, CustomerKey};
+use clientele_domain::{ChangeKind, CustomerId, CustomerKey};
 use sqlx::Row;
 
 use crate::directory::Memberships;
@@ -347,6 +347,26 @@ impl BatchTx for Transaction<'static, Postgres> {
         .execute(&mut **self)
         .await
         .map_err(db_error)?;
+        let erased: Vec<String> = changes
+            .iter()
+            .filter(|change| change.kind == ChangeKind::Deleted)
+            .map(|change| change.customer_id.to_string())
+            .collect();
+        if !erased.is_empty() {
+            // A deletion is an erasure: the documents of the customer's earlier changes leave
+            // the feed with it. Rows are locked in seq order, as the retention purge's range
+            // delete mostly meets them; a deadlock with it is retried as any other.
+            sqlx::query(
+                "UPDATE changes SET customer = NULL WHERE seq IN ( \
+                   SELECT seq FROM changes \
+                   WHERE customer_id = ANY($1) AND customer IS NOT NULL \
+                   ORDER BY seq FOR UPDATE)",
+            )
+            .bind(erased)
+            .execute(&mut **self)
+            .await
+            .map_err(db_error)?;
+        }
         Ok(())
     }
 }

@@ -215,8 +215,8 @@ impl<B: Backend> Store for SqlStore<B> {
         precondition: Option<Precondition>,
         completion: Option<Completion<'_, ()>>,
     ) -> Result<(), DomainError> {
-        let tx = self.backend.begin_write().await?;
-        unit_of_work::delete_customer(tx, locator, scope, precondition, completion).await?;
+        let begin = || self.backend.begin_write();
+        unit_of_work::delete_customer(begin, locator, scope, precondition, completion).await?;
         self.feed.notify();
         Ok(())
     }

@@ -10,7 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use clientele_domain::sync::{ChangeRecord, StoredCustomer};
-use clientele_domain::{Customer, CustomerDoc, CustomerId, CustomerKey, Locator};
+use clientele_domain::{ChangeKind, Customer, CustomerDoc, CustomerId, CustomerKey, Locator};
 
 use crate::checkpoint::Checkpointer;
 use crate::directory::Memberships;
@@ -245,9 +245,22 @@ impl BatchTx for Transaction<'static, Sqlite> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             &params,
         )
-        .await
+        .await?;
+        let erased: Vec<[Param<'_>; 1]> = changes
+            .iter()
+            .zip(&owned)
+            .filter(|(change, _)| change.kind == ChangeKind::Deleted)
+            .map(|(_, (id, _))| [Param::Text(id)])
+            .collect();
+        execute_per_row(&mut **self, ERASE_SNAPSHOTS, &erased).await
     }
 }
+
+/// A deletion is an erasure: the documents of the customer's earlier changes leave the feed with
+/// it (their `customer` becomes null), in the deletion's transaction. Found through
+/// `changes_by_customer`.
+const ERASE_SNAPSHOTS: &str =
+    "UPDATE changes SET customer = NULL WHERE customer_id = ?1 AND customer IS NOT NULL";
 
 /// Two text columns of each row, as a statement's parameters.
 fn text_pairs(rows: &[(String, String)]) -> Vec<[Param<'_>; 2]> {

@@ -172,8 +172,33 @@ fn same_memberships(a: &Customer, b: &Customer) -> bool {
 }
 
 /// Erases a customer and records the deletion (its version one past the last one); its
-/// membership rows go with it (`ON DELETE CASCADE`).
-pub(crate) async fn delete_customer(
+/// membership rows go with it (`ON DELETE CASCADE`), and the documents of its earlier changes
+/// leave the feed. A transaction PostgreSQL aborted to break a deadlock (with the retention
+/// purge, over those change rows) is run again.
+pub(crate) async fn delete_customer<Tx, F, Fut>(
+    begin: F,
+    locator: &Locator,
+    scope: &Scope,
+    precondition: Option<Precondition>,
+    completion: Option<Completion<'_, ()>>,
+) -> Result<(), DomainError>
+where
+    Tx: CustomerTx + BatchTx + OrderTx,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Tx, DomainError>>,
+{
+    let mut attempt = 0;
+    loop {
+        let tx = begin().await?;
+        match delete_in(tx, locator, scope, precondition, completion).await {
+            Err(error) if attempt < RACE_RETRIES && is_transient(&error) => attempt += 1,
+            result => return result,
+        }
+    }
+}
+
+/// One attempt of [`delete_customer`]; the transaction rolls back when it is dropped uncommitted.
+async fn delete_in(
     mut tx: impl CustomerTx + BatchTx + OrderTx,
     locator: &Locator,
     scope: &Scope,

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 hub_tests!(
     events_carry_each_change_with_the_customer_as_of_it,
+    an_erasure_takes_the_customers_documents_out_of_the_feed,
     parameters_are_checked,
     a_long_poll_wakes_at_once_on_a_change,
     a_long_poll_returns_empty_at_its_timeout,
@@ -94,6 +95,11 @@ async fn events_carry_each_change_with_the_customer_as_of_it(hub: TestHub) {
     )
     .await;
     assert_eq!(same.status, 200);
+    let before_erasure = events(&feed(&hub, "after=0").await);
+    assert_eq!(before_erasure.len(), 2, "{before_erasure:?}");
+    assert_eq!(before_erasure[0]["customer"], created);
+    assert_eq!(before_erasure[1]["customer"], patched.body);
+    assert_eq!(before_erasure[1]["customer"]["last_name"], "Lovelace");
     let deleted = call(hub.delete(&format!("/v1/customers/{id}"))).await;
     assert_eq!(deleted.status, 204);
 
@@ -130,10 +136,14 @@ async fn events_carry_each_change_with_the_customer_as_of_it(hub: TestHub) {
             "{event}"
         );
     }
-    assert_eq!(list[0]["customer"], created);
-    assert_eq!(list[1]["customer"], patched.body);
-    assert_eq!(list[1]["customer"]["last_name"], "Lovelace");
-    assert!(list[2]["customer"].is_null());
+    // The deletion erased the customer: its earlier documents left the feed with it.
+    assert!(
+        list.iter().all(|event| event["customer"].is_null()),
+        "{page}"
+    );
+    for (event, before) in list.iter().zip(&before_erasure) {
+        assert_eq!(event["seq"], before["seq"]);
+    }
     let versions: Vec<i64> = list
         .iter()
         .map(|e| e["version"].as_i64().expect("v"))
@@ -154,6 +164,57 @@ async fn events_carry_each_change_with_the_customer_as_of_it(hub: TestHub) {
     assert_eq!(events(&rest), vec![list[2].clone()]);
     let end = feed(&hub, &format!("after={}", seqs[2])).await;
     assert_eq!(end, json!({"data": [], "next_after": seqs[2]}));
+}
+
+/// DELETE is an erasure, by id, by key and as a sync item, even of a customer created earlier
+/// in the same batch: none of the erased customers' documents stays in the feed, while the
+/// events themselves stay (a follower still learns of the deletion), and a customer left alone
+/// keeps its documents.
+async fn an_erasure_takes_the_customers_documents_out_of_the_feed(hub: TestHub) {
+    let sync = |customers: Value| {
+        let hub = &hub;
+        async move {
+            let reply = call(
+                hub.post("/v1/customers/sync")
+                    .json(&json!({"key": "external_id", "customers": customers})),
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            reply.body
+        }
+    };
+    sync(json!([
+        {"external_id": "kept", "email": "kept@example.com"},
+        {"external_id": "by-item", "email": "by-item@example.com"},
+        {"external_id": "by-key", "email": "by-key@example.com"},
+    ]))
+    .await;
+    sync(json!([{"external_id": "by-item", "first_name": "Erin"}])).await;
+    let report = sync(json!([
+        {"external_id": "same-batch", "email": "same-batch@example.com"},
+        {"external_id": "same-batch", "delete": true},
+        {"external_id": "by-item", "delete": true},
+    ]))
+    .await;
+    assert_eq!(report["summary"]["deleted"], 2, "{report}");
+    let by_key = call(hub.delete("/v1/customers/external_id/by-key")).await;
+    assert_eq!(by_key.status, 204);
+
+    let all = read_all(&hub, 0, 1000).await;
+    let text = Value::Array(all.clone()).to_string();
+    for erased in ["by-item", "by-key", "same-batch"] {
+        assert!(!text.contains(&format!("{erased}@example.com")), "{text}");
+        let of_it: Vec<&Value> = all.iter().filter(|e| e["external_id"] == erased).collect();
+        assert_eq!(
+            of_it.last().expect("events")["type"],
+            "deleted",
+            "{of_it:?}"
+        );
+        assert!(of_it.iter().all(|e| e["customer"].is_null()), "{of_it:?}");
+    }
+    let kept: Vec<&Value> = all.iter().filter(|e| e["external_id"] == "kept").collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0]["customer"]["email"], "kept@example.com");
 }
 
 async fn parameters_are_checked(hub: TestHub) {
@@ -512,8 +573,23 @@ async fn concurrent_writers_and_a_follower_see_every_change_once_in_commit_order
     done.store(true, Ordering::SeqCst);
     let followed = follower.await.expect("follower");
 
-    // The follower saw exactly what a reader after the fact sees: no change skipped.
+    // The follower saw exactly what a reader after the fact sees: no change skipped. (It may
+    // have read a document that a later erasure took out of the feed.)
     let full = read_all(&hub, 0, 1000).await;
+    let erased: BTreeSet<String> = full
+        .iter()
+        .filter(|e| e["type"] == "deleted")
+        .map(|e| text_of(e, "customer_id"))
+        .collect();
+    let followed: Vec<Value> = followed
+        .into_iter()
+        .map(|mut e| {
+            if erased.contains(&text_of(&e, "customer_id")) {
+                e["customer"] = Value::Null;
+            }
+            e
+        })
+        .collect();
     assert_eq!(followed.len(), full.len());
     assert!(
         followed == full,

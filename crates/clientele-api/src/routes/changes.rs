@@ -53,7 +53,8 @@ pub(crate) struct ChangeEventDoc {
     version: i64,
     /// When the change was made.
     at: String,
-    /// The customer as of this change; `null` for `deleted`.
+    /// The customer as of this change; `null` for `deleted`, and for every change of a customer
+    /// erased since (a deletion takes the customer's documents out of the feed).
     #[schema(value_type = Option<clientele_domain::Customer>)]
     customer: Option<serde_json::Value>,
 }

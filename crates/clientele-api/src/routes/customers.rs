@@ -126,6 +126,10 @@ async fn patch_customer(
 }
 
 /// Erase a customer.
+///
+/// An erasure: the customer and its memberships are deleted, the change feed records a `deleted`
+/// change, and the documents of the customer's earlier changes leave the feed (their `customer`
+/// becomes `null`).
 #[utoipa::path(
     delete, path = "/v1/customers/{id}", tag = "customers",
     params(("id" = String, Path), ("If-Match" = Option<String>, Header)),
@@ -232,6 +236,10 @@ async fn patch_customer_by_key(
 }
 
 /// Erase the customer with this key value.
+///
+/// An erasure: the customer and its memberships are deleted, the change feed records a `deleted`
+/// change, and the documents of the customer's earlier changes leave the feed (their `customer`
+/// becomes `null`).
 #[utoipa::path(
     delete, path = "/v1/customers/{key}/{value}", tag = "customers",
     params(("key" = CustomerKey, Path), ("value" = String, Path), ("If-Match" = Option<String>, Header)),
