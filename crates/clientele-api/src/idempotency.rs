@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
 use axum::extract::{FromRequestParts, Request, State};
@@ -193,12 +194,41 @@ async fn claim_and_run(
         || status == StatusCode::FORBIDDEN
         || status == StatusCode::TOO_MANY_REQUESTS);
     if !kept {
-        if let Err(error) = store.release_idempotency(&context.claim).await {
-            tracing::error!(error = %error, "releasing an idempotency key failed");
-        }
+        release(state, context.claim).await;
         return Ok(response);
     }
     record(state, &context.claim, response).await
+}
+
+/// How often a failed release is tried again, and the longest wait between two tries: a few
+/// minutes in all, well within the lease after which another request may take the key over.
+const RELEASE_RETRIES: u32 = 12;
+const RELEASE_BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// Gives the key back, so that the request may be sent again. What made the response a server
+/// error (a database that refuses sessions) often fails the release too; it is then tried again
+/// in the background, with backoff, rather than leaving a retry refused as "in flight" until
+/// the claim's lease ends.
+async fn release(state: &AppState, claim: IdempotencyClaim) {
+    let Err(error) = state.store().release_idempotency(&claim).await else {
+        return;
+    };
+    tracing::warn!(error = %error, "releasing an idempotency key failed; trying again");
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(250);
+        for _ in 0..RELEASE_RETRIES {
+            tokio::time::sleep(delay).await;
+            match state.store().release_idempotency(&claim).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(error = %error, "releasing an idempotency key failed again");
+                }
+            }
+            delay = (delay * 2).min(RELEASE_BACKOFF_CAP);
+        }
+        tracing::error!("an idempotency key stays claimed until its lease ends");
+    });
 }
 
 /// Stores a response the handler did not record itself (a refusal, which wrote nothing), then
@@ -226,7 +256,9 @@ async fn record(
         body: bytes.to_vec(),
     };
     if let Err(error) = state.store().complete_idempotency(claim, &stored).await {
+        // Not recorded, so not replayable: the key is given back instead of staying in flight.
         tracing::error!(error = %error, "recording an idempotent response failed");
+        release(state, claim.clone()).await;
     }
     Ok(Response::from_parts(parts, Body::from(bytes)))
 }

@@ -841,12 +841,15 @@ macro_rules! sql_primitives {
                 &self,
                 claim: &clientele_domain::IdempotencyClaim,
             ) -> Result<(), clientele_domain::DomainError> {
+                // This claim's row only (`created_at` is the claim's time): a release tried
+                // again late must not give back a claim another request took over since.
                 sqlx::query(
                     "DELETE FROM idempotency_keys WHERE api_key_id = $1 AND key = $2 \
-                     AND response_status IS NULL",
+                     AND created_at = $3 AND response_status IS NULL",
                 )
                 .bind(claim.api_key.to_string())
                 .bind(&claim.key)
+                .bind(claim.at.as_micros())
                 .execute(self)
                 .await
                 .map_err($crate::error::db_error)?;

@@ -1304,3 +1304,70 @@ async fn a_postgresql_refusing_sessions_is_unavailable_and_the_hub_recovers() {
     }
     assert_eq!(status, 200, "back once the database is");
 }
+
+/// Found in an audit: a request whose key was claimed, then failed with 503 because PostgreSQL
+/// ended the hub's sessions, could not give its `Idempotency-Key` back while the database
+/// refused them, and every retry with the key was 409 "in flight" until the claim's 10-minute
+/// lease ran out. The release is tried again until it goes through, so a retry soon runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_claimed_by_a_request_the_database_ended_is_given_back_once_it_returns() {
+    use sqlx::Connection as _;
+
+    let Some(hub) = TestHub::postgres().await else {
+        return;
+    };
+    let server = clientele_testkit::postgres_server_url().expect("postgres");
+    let name = hub
+        .database_url
+        .rsplit('/')
+        .next()
+        .expect("a database name")
+        .to_owned();
+    // The write waits on a lock, so it is running, its key claimed, when the sessions end.
+    let mut locker = sqlx::PgConnection::connect(&hub.database_url)
+        .await
+        .expect("connect");
+    let locker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut locker)
+        .await
+        .expect("pid");
+    sqlx::raw_sql("BEGIN; LOCK TABLE teams IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+    let put = || {
+        hub.put("/v1/teams/north")
+            .header("Idempotency-Key", "north-once")
+            .json(&json!({"name": "North"}))
+    };
+    let first = tokio::spawn(call(put()));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let refuse = |allow: bool| format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {allow}");
+    clientele_testkit::execute(&server, &refuse(false)).await;
+    clientele_testkit::execute(
+        &server,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND pid NOT IN (pg_backend_pid(), {locker_pid})"
+        ),
+    )
+    .await;
+    let first = first.await.expect("request");
+    assert_problem_here(&first, 503, "unavailable");
+    sqlx::query("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .expect("unlock");
+    clientele_testkit::execute(&server, &refuse(true)).await;
+
+    let mut retried = call(put()).await;
+    for _ in 0..50 {
+        if retried.status != 409 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        retried = call(put()).await;
+    }
+    assert_eq!(retried.status, 201, "{:?}", retried.body);
+    assert_eq!(retried.header("idempotent-replayed"), None);
+}
