@@ -1257,6 +1257,44 @@ async fn a_given_request_id_is_echoed(hub: TestHub) {
     assert_eq!(reply.header("x-request-id"), Some("req-42"));
 }
 
+/// A test hub's PostgreSQL database, for the tests of a database that refuses the hub.
+struct Database {
+    server: String,
+    name: String,
+}
+
+impl Database {
+    fn of(hub: &TestHub) -> Database {
+        let name = hub
+            .database_url
+            .rsplit('/')
+            .next()
+            .expect("a database name");
+        Database {
+            server: clientele_testkit::postgres_server_url().expect("postgres"),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Refuses new sessions and ends the open ones, but `spare`'s.
+    async fn close(&self, spare: Option<i32>) {
+        let name = &self.name;
+        let sql = format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false");
+        clientele_testkit::execute(&self.server, &sql).await;
+        let spare = spare.unwrap_or(0);
+        let sql = format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND pid NOT IN (pg_backend_pid(), {spare})"
+        );
+        clientele_testkit::execute(&self.server, &sql).await;
+    }
+
+    async fn open(&self) {
+        let sql = format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", self.name);
+        clientele_testkit::execute(&self.server, &sql).await;
+    }
+}
+
 /// Found in an audit: a PostgreSQL that refuses the hub's sessions (its database closed to new
 /// connections, the open ones ended) made every endpoint answer 500, `/healthz` included. It is
 /// 503 `unavailable` with `Retry-After`, what load balancers and the client's retries act on,
@@ -1266,24 +1304,9 @@ async fn a_postgresql_refusing_sessions_is_unavailable_and_the_hub_recovers() {
     let Some(hub) = TestHub::postgres().await else {
         return;
     };
-    let server = clientele_testkit::postgres_server_url().expect("postgres");
-    let name = hub
-        .database_url
-        .rsplit('/')
-        .next()
-        .expect("a database name")
-        .to_owned();
+    let database = Database::of(&hub);
     assert_eq!(call(hub.get("/healthz")).await.status, 200);
-    let refuse = |allow: bool| format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {allow}");
-    clientele_testkit::execute(&server, &refuse(false)).await;
-    clientele_testkit::execute(
-        &server,
-        &format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-        ),
-    )
-    .await;
+    database.close(None).await;
     for request in [
         hub.get("/healthz"),
         hub.get("/v1/groups"),
@@ -1293,7 +1316,7 @@ async fn a_postgresql_refusing_sessions_is_unavailable_and_the_hub_recovers() {
         assert_problem_here(&reply, 503, "unavailable");
         assert!(reply.retry_after_secs() >= 1, "{:?}", reply.body);
     }
-    clientele_testkit::execute(&server, &refuse(true)).await;
+    database.open().await;
     let mut status = 0;
     for _ in 0..50 {
         status = call(hub.get("/healthz")).await.status;
@@ -1316,13 +1339,7 @@ async fn a_key_claimed_by_a_request_the_database_ended_is_given_back_once_it_ret
     let Some(hub) = TestHub::postgres().await else {
         return;
     };
-    let server = clientele_testkit::postgres_server_url().expect("postgres");
-    let name = hub
-        .database_url
-        .rsplit('/')
-        .next()
-        .expect("a database name")
-        .to_owned();
+    let database = Database::of(&hub);
     // The write waits on a lock, so it is running, its key claimed, when the sessions end.
     let mut locker = sqlx::PgConnection::connect(&hub.database_url)
         .await
@@ -1342,23 +1359,14 @@ async fn a_key_claimed_by_a_request_the_database_ended_is_given_back_once_it_ret
     };
     let first = tokio::spawn(call(put()));
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let refuse = |allow: bool| format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {allow}");
-    clientele_testkit::execute(&server, &refuse(false)).await;
-    clientele_testkit::execute(
-        &server,
-        &format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = '{name}' AND pid NOT IN (pg_backend_pid(), {locker_pid})"
-        ),
-    )
-    .await;
+    database.close(Some(locker_pid)).await;
     let first = first.await.expect("request");
     assert_problem_here(&first, 503, "unavailable");
     sqlx::query("ROLLBACK")
         .execute(&mut locker)
         .await
         .expect("unlock");
-    clientele_testkit::execute(&server, &refuse(true)).await;
+    database.open().await;
 
     let mut retried = call(put()).await;
     for _ in 0..50 {
