@@ -10,6 +10,7 @@ mod directory;
 mod error;
 mod feed;
 mod group_commit;
+mod heartbeat;
 mod orders;
 mod primitives;
 mod schema_store;

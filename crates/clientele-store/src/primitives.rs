@@ -129,6 +129,13 @@ pub(crate) struct ClaimRow {
     pub fingerprint: Vec<u8>,
     pub created_at: i64,
     pub response: Option<StoredResponse>,
+    /// The hub process that claimed it, and when that process was last seen.
+    pub owner: Option<ClaimOwner>,
+}
+
+pub(crate) struct ClaimOwner {
+    pub incarnation: String,
+    pub seen_at: Option<i64>,
 }
 
 /// The reads, served from the pool outside write transactions.
@@ -150,15 +157,30 @@ pub(crate) trait Queries: Send + Sync {
     async fn count_api_keys(&self) -> Result<i64, DomainError>;
     async fn ping(&self) -> Result<(), DomainError>;
 
-    /// Inserts a claim unless the key has a record; says whether it inserted.
-    async fn insert_claim(&self, claim: &IdempotencyClaim) -> Result<bool, DomainError>;
+    /// Inserts a claim held by the process `owner` unless the key has a record; says whether
+    /// it inserted.
+    async fn insert_claim(
+        &self,
+        claim: &IdempotencyClaim,
+        owner: &str,
+    ) -> Result<bool, DomainError>;
     async fn load_claim(&self, claim: &IdempotencyClaim) -> Result<Option<ClaimRow>, DomainError>;
-    /// Replaces the record created at `created_at` with this claim; false if it changed since.
+    /// Replaces the record created at `created_at` with this claim, held by `owner`; false if
+    /// it changed since.
     async fn take_over_claim(
         &self,
         claim: &IdempotencyClaim,
         created_at: i64,
+        owner: &str,
     ) -> Result<bool, DomainError>;
+    /// Records that the process `incarnation` is alive at `now`, and forgets processes not seen
+    /// since `forget_before`.
+    async fn heartbeat(
+        &self,
+        incarnation: &str,
+        now: Timestamp,
+        forget_before: Timestamp,
+    ) -> Result<(), DomainError>;
     async fn release_claim(&self, claim: &IdempotencyClaim) -> Result<(), DomainError>;
     async fn purge_claims(&self, before: Timestamp) -> Result<u64, DomainError>;
 
@@ -179,11 +201,7 @@ pub(crate) fn encode_headers(response: &StoredResponse) -> String {
 }
 
 pub(crate) fn decode_claim(
-    fingerprint: Vec<u8>,
-    created_at: i64,
-    status: Option<i32>,
-    headers: Option<String>,
-    body: Option<Vec<u8>>,
+    (fingerprint, created_at, status, headers, body, owner, seen_at): ClaimColumns,
 ) -> ClaimRow {
     let response = status.map(|status| StoredResponse {
         status: u16::try_from(status).unwrap_or(500),
@@ -196,8 +214,23 @@ pub(crate) fn decode_claim(
         fingerprint,
         created_at,
         response,
+        owner: owner.map(|incarnation| ClaimOwner {
+            incarnation,
+            seen_at,
+        }),
     }
 }
+
+/// The columns [`decode_claim`] reads, in the order the claim's query selects them.
+pub(crate) type ClaimColumns = (
+    Vec<u8>,
+    i64,
+    Option<i32>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<i64>,
+);
 
 #[derive(Clone, Copy)]
 pub(crate) enum KeyColumn {
@@ -774,15 +807,17 @@ macro_rules! sql_primitives {
             async fn insert_claim(
                 &self,
                 claim: &clientele_domain::IdempotencyClaim,
+                owner: &str,
             ) -> Result<bool, clientele_domain::DomainError> {
                 let done = sqlx::query(
-                    "INSERT INTO idempotency_keys (api_key_id, key, fingerprint, created_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (api_key_id, key) DO NOTHING",
+                    "INSERT INTO idempotency_keys (api_key_id, key, fingerprint, created_at, owner) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (api_key_id, key) DO NOTHING",
                 )
                 .bind(claim.api_key.to_string())
                 .bind(&claim.key)
                 .bind(&claim.fingerprint)
                 .bind(claim.at.as_micros())
+                .bind(owner)
                 .execute(self)
                 .await
                 .map_err($crate::error::db_error)?;
@@ -793,48 +828,65 @@ macro_rules! sql_primitives {
                 &self,
                 claim: &clientele_domain::IdempotencyClaim,
             ) -> Result<Option<$crate::primitives::ClaimRow>, clientele_domain::DomainError> {
-                use sqlx::Row;
-                let row = sqlx::query(
-                    "SELECT fingerprint, created_at, response_status, response_headers, \
-                     response_body FROM idempotency_keys WHERE api_key_id = $1 AND key = $2",
+                let row: Option<$crate::primitives::ClaimColumns> = sqlx::query_as(
+                    "SELECT k.fingerprint, k.created_at, k.response_status, k.response_headers, \
+                     k.response_body, k.owner, p.seen_at FROM idempotency_keys AS k \
+                     LEFT JOIN hub_processes AS p ON p.incarnation = k.owner \
+                     WHERE k.api_key_id = $1 AND k.key = $2",
                 )
                 .bind(claim.api_key.to_string())
                 .bind(&claim.key)
                 .fetch_optional(self)
                 .await
                 .map_err($crate::error::db_error)?;
-                row.map(|row| {
-                    let db = $crate::error::db_error;
-                    Ok($crate::primitives::decode_claim(
-                        row.try_get(0).map_err(db)?,
-                        row.try_get(1).map_err(db)?,
-                        row.try_get(2).map_err(db)?,
-                        row.try_get(3).map_err(db)?,
-                        row.try_get(4).map_err(db)?,
-                    ))
-                })
-                .transpose()
+                Ok(row.map($crate::primitives::decode_claim))
             }
 
             async fn take_over_claim(
                 &self,
                 claim: &clientele_domain::IdempotencyClaim,
                 created_at: i64,
+                owner: &str,
             ) -> Result<bool, clientele_domain::DomainError> {
                 let done = sqlx::query(
                     "UPDATE idempotency_keys SET fingerprint = $3, created_at = $4, \
                      completed_at = NULL, response_status = NULL, response_headers = NULL, \
-                     response_body = NULL WHERE api_key_id = $1 AND key = $2 AND created_at = $5",
+                     response_body = NULL, owner = $6 \
+                     WHERE api_key_id = $1 AND key = $2 AND created_at = $5",
                 )
                 .bind(claim.api_key.to_string())
                 .bind(&claim.key)
                 .bind(&claim.fingerprint)
                 .bind(claim.at.as_micros())
                 .bind(created_at)
+                .bind(owner)
                 .execute(self)
                 .await
                 .map_err($crate::error::db_error)?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn heartbeat(
+                &self,
+                incarnation: &str,
+                now: clientele_domain::Timestamp,
+                forget_before: clientele_domain::Timestamp,
+            ) -> Result<(), clientele_domain::DomainError> {
+                sqlx::query(
+                    "INSERT INTO hub_processes (incarnation, seen_at) VALUES ($1, $2) \
+                     ON CONFLICT (incarnation) DO UPDATE SET seen_at = excluded.seen_at",
+                )
+                .bind(incarnation)
+                .bind(now.as_micros())
+                .execute(self)
+                .await
+                .map_err($crate::error::db_error)?;
+                sqlx::query("DELETE FROM hub_processes WHERE seen_at < $1")
+                    .bind(forget_before.as_micros())
+                    .execute(self)
+                    .await
+                    .map_err($crate::error::db_error)?;
+                Ok(())
             }
 
             async fn release_claim(

@@ -20,6 +20,7 @@ use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredRespons
 use crate::directory::{DirectoryQueries, DirectoryTx};
 use crate::feed::{self, FeedQueries, FeedSignal, FeedTx};
 use crate::group_commit::{self, CreateWriter};
+use crate::heartbeat::Heartbeat;
 use crate::orders::{self, OrderQueries, OrderTx};
 use crate::primitives::{BatchTx, CustomerTx, KeyColumn, KeyValue, Queries};
 use crate::schema_store::{self, SchemaTx};
@@ -75,6 +76,8 @@ pub struct SqlStore<B> {
     feed: FeedSignal,
     /// Who to tell when another process revokes an API key.
     key_revoked: KeyRevoked,
+    /// This process's incarnation, which holds its idempotency claims, kept alive.
+    heartbeat: Heartbeat,
 }
 
 /// What [`Store::on_key_revoked`] is given to call.
@@ -111,6 +114,7 @@ impl<B> SqlStore<B> {
         let backend = Arc::new(backend);
         Self {
             creates: CreateWriter::start(Arc::clone(&backend)),
+            heartbeat: Heartbeat::start(Arc::downgrade(&backend)),
             backend,
             feed: FeedSignal::new(),
             key_revoked: KeyRevoked::default(),
@@ -166,7 +170,8 @@ impl<B: Backend> Store for SqlStore<B> {
         &self,
         claim: &IdempotencyClaim,
     ) -> Result<ClaimOutcome, DomainError> {
-        unit_of_work::claim_idempotency(self.backend.writes(), claim).await
+        let incarnation = self.heartbeat.incarnation();
+        unit_of_work::claim_idempotency(self.backend.writes(), claim, incarnation).await
     }
 
     async fn complete_idempotency(

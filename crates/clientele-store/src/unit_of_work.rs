@@ -17,8 +17,9 @@ use clientele_domain::{
 
 use crate::directory::DirectoryTx;
 use crate::error::is_transient;
+use crate::heartbeat::OWNER_STALE_MICROS;
 use crate::orders::OrderTx;
-use crate::primitives::{BatchTx, CustomerRow, CustomerTx, Queries};
+use crate::primitives::{BatchTx, ClaimRow, CustomerRow, CustomerTx, Queries};
 use crate::schema_store::{self, SchemaTx};
 use crate::sql_store::Backend;
 
@@ -614,24 +615,27 @@ fn rows(planned: &[sync::PlannedRow]) -> Vec<CustomerRow<'_>> {
         .collect()
 }
 
-/// Claims an idempotency key: a new key is this request's; a finished one replays; one still
-/// running is in flight, unless its lease ran out (its process died), when this request takes
-/// it over; an expired one starts afresh.
+/// Claims an idempotency key for the process `incarnation`: a new key is this request's; a
+/// finished one replays; one still running is in flight, unless it was abandoned
+/// ([`abandoned`]), when this request takes it over; an expired one starts afresh.
 pub(crate) async fn claim_idempotency(
     queries: &impl Queries,
     claim: &IdempotencyClaim,
+    incarnation: &str,
 ) -> Result<ClaimOutcome, DomainError> {
     for _ in 0..RACE_RETRIES {
-        if queries.insert_claim(claim).await? {
+        if queries.insert_claim(claim, incarnation).await? {
             return Ok(ClaimOutcome::Claimed);
         }
         let Some(stored) = queries.load_claim(claim).await? else {
             continue; // purged in between: try to insert again
         };
         let age = claim.at.as_micros() - stored.created_at;
-        let abandoned = stored.response.is_none() && age > IDEMPOTENCY_LEASE_MICROS;
-        if age > IDEMPOTENCY_TTL_MICROS || abandoned {
-            if queries.take_over_claim(claim, stored.created_at).await? {
+        if age > IDEMPOTENCY_TTL_MICROS || abandoned(&stored, claim.at, incarnation) {
+            if queries
+                .take_over_claim(claim, stored.created_at, incarnation)
+                .await?
+            {
                 return Ok(ClaimOutcome::Claimed);
             }
             continue;
@@ -645,4 +649,85 @@ pub(crate) async fn claim_idempotency(
         });
     }
     Ok(ClaimOutcome::InFlight)
+}
+
+/// Whether a claim with no response yet was left by a request that no longer runs: its lease
+/// ran out, or the process that held it has not been seen for [`OWNER_STALE_MICROS`] (killed,
+/// its machine lost; a restarted process is another incarnation). A claim of this very process
+/// is running here.
+fn abandoned(stored: &ClaimRow, now: Timestamp, incarnation: &str) -> bool {
+    if stored.response.is_some() {
+        return false;
+    }
+    let now = now.as_micros();
+    if now - stored.created_at > IDEMPOTENCY_LEASE_MICROS {
+        return true;
+    }
+    let Some(owner) = &stored.owner else {
+        return false; // claimed before owners were kept: the lease decides
+    };
+    owner.incarnation != incarnation
+        && now - stored.created_at > OWNER_STALE_MICROS
+        && owner
+            .seen_at
+            .is_none_or(|seen_at| now - seen_at > OWNER_STALE_MICROS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clientele_domain::StoredResponse;
+
+    use super::*;
+    use crate::primitives::ClaimOwner;
+
+    const SECOND: i64 = 1_000_000;
+    const NOW: i64 = 1_000_000 * SECOND;
+
+    /// A claim made `age` seconds ago by `owner`, last seen `unseen` seconds ago.
+    fn claim(age: i64, owner: Option<(&str, Option<i64>)>) -> ClaimRow {
+        ClaimRow {
+            fingerprint: Vec::new(),
+            created_at: NOW - age * SECOND,
+            response: None,
+            owner: owner.map(|(incarnation, unseen)| ClaimOwner {
+                incarnation: incarnation.to_owned(),
+                seen_at: unseen.map(|unseen| NOW - unseen * SECOND),
+            }),
+        }
+    }
+
+    fn is_abandoned(claim: &ClaimRow) -> bool {
+        abandoned(claim, Timestamp::from_micros(NOW), "this-process")
+    }
+
+    #[test]
+    fn a_claim_is_abandoned_when_its_process_is_gone_or_its_lease_ran_out() {
+        // Another process, unseen for longer than the staleness bound, or forgotten.
+        assert!(is_abandoned(&claim(31, Some(("other", Some(31))))));
+        assert!(is_abandoned(&claim(31, Some(("other", None)))));
+        // Any claim past its lease.
+        assert!(is_abandoned(&claim(601, Some(("this-process", Some(0))))));
+        assert!(is_abandoned(&claim(601, None)));
+    }
+
+    #[test]
+    fn a_claim_of_a_live_process_or_a_young_one_is_in_flight() {
+        assert!(!is_abandoned(&claim(300, Some(("other", Some(4))))));
+        // This process runs it; a claim made before its owner's first heartbeat was written.
+        assert!(!is_abandoned(&claim(300, Some(("this-process", None)))));
+        assert!(!is_abandoned(&claim(29, Some(("other", None)))));
+        // Claimed before owners were kept: the lease alone decides.
+        assert!(!is_abandoned(&claim(300, None)));
+    }
+
+    #[test]
+    fn a_finished_claim_is_never_abandoned() {
+        let mut finished = claim(3600, Some(("other", None)));
+        finished.response = Some(StoredResponse {
+            status: 200,
+            headers: Vec::new(),
+            body: Vec::new(),
+        });
+        assert!(!is_abandoned(&finished));
+    }
 }

@@ -45,6 +45,70 @@ async fn postgres_sigterm_finishes_requests_in_flight() {
     sigterm_finishes_requests_in_flight(&url, dir.path()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_key_held_by_a_killed_process_is_taken_over_within_a_minute() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    a_key_held_by_a_killed_process_is_taken_over(&sqlite_url(dir.path()), dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_key_held_by_a_killed_process_is_taken_over_within_a_minute() {
+    let Some(url) = fresh_postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    a_key_held_by_a_killed_process_is_taken_over(&url, dir.path()).await;
+}
+
+/// Found in an audit: a keyed request in flight when its hub was killed left its key claimed,
+/// and every retry was 409 "in flight" until the claim's 10-minute lease ran out, even on a
+/// restarted single hub. The claim names the process that holds it, and a process that stopped
+/// recording that it is alive (every 5 s) loses its claims after 30 s.
+async fn a_key_held_by_a_killed_process_is_taken_over(database_url: &str, dir: &Path) {
+    let mut hub = HubProcess::start(Path::new(BINARY), database_url, dir);
+    let client = reqwest::Client::new();
+    // Slow to answer (Argon2 for every item), so it is surely running at the kill.
+    let items: Vec<_> = (0..200)
+        .map(|i| json!({"external_id": format!("p-{i}"), "password": "a long enough password"}))
+        .collect();
+    let body = json!({"key": "external_id", "customers": items});
+    let request = |hub: &HubProcess| {
+        client
+            .post(hub.url("/v1/customers/sync"))
+            .bearer_auth(ADMIN_SECRET)
+            .header("Idempotency-Key", "slow-batch")
+            .json(&body)
+    };
+    let send = |hub: &HubProcess| call(request(hub));
+    let in_flight = tokio::spawn(request(&hub).send());
+    wait_for_in_flight(&client, &hub, "POST", "/v1/customers/sync", 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    hub.kill_9();
+    assert!(
+        in_flight.await.expect("join").is_err(),
+        "answered before the kill"
+    );
+
+    let restarted = HubProcess::start(Path::new(BINARY), database_url, dir);
+    let killed_at = std::time::Instant::now();
+    let first = send(&restarted).await;
+    assert_eq!(first.status, 409, "the killed process was seen moments ago");
+    let retried = loop {
+        let reply = send(&restarted).await;
+        if reply.status != 409 {
+            break reply;
+        }
+        assert!(
+            killed_at.elapsed() < std::time::Duration::from_secs(90),
+            "still in flight after 90 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    };
+    assert_eq!(retried.status, 200, "{:?}", retried.body);
+    assert_eq!(retried.header("idempotent-replayed"), None);
+    assert_eq!(retried.body["summary"]["created"], 200);
+}
+
 /// Writes as fast as the hub acknowledges, kills it with SIGKILL mid-stream, restarts it on the
 /// same database and finds every acknowledged customer, at its acknowledged version.
 async fn acknowledged_writes_survive_kill_9(database_url: &str, dir: &Path) {
