@@ -509,6 +509,35 @@ pub enum FailAt {
     Commit,
 }
 
+/// Waits (at most 30 s) until the hub on `database_url` holds the `Idempotency-Key` `key` in
+/// flight: claimed, with no response recorded yet. Tests that interrupt a keyed request wait
+/// for this instead of for a fixed time, which a busy machine may outlast.
+pub async fn wait_for_claim_in_flight(database_url: &str, key: &str) {
+    let sql = "SELECT COUNT(*) FROM idempotency_keys WHERE key = $1 AND response_status IS NULL";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let held: i64 = if database_url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(database_url).await.expect("open");
+            let held = sqlx::query_scalar(sql).bind(key).fetch_one(&pool).await;
+            pool.close().await;
+            held.expect("read the claims")
+        } else {
+            let pool = sqlx::PgPool::connect(database_url).await.expect("open");
+            let held = sqlx::query_scalar(sql).bind(key).fetch_one(&pool).await;
+            pool.close().await;
+            held.expect("read the claims")
+        };
+        if held > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key {key} was not claimed within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs one SQL statement straight on the SQLite or PostgreSQL database at `database_url`.
 pub async fn execute(database_url: &str, sql: &str) {
     if database_url.starts_with("sqlite:") {

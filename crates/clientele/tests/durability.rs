@@ -81,8 +81,7 @@ async fn a_key_held_by_a_killed_process_is_taken_over(database_url: &str, dir: &
     };
     let send = |hub: &HubProcess| call(request(hub));
     let in_flight = tokio::spawn(request(&hub).send());
-    wait_for_in_flight(&client, &hub, "POST", "/v1/customers/sync", 1).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    clientele_testkit::wait_for_claim_in_flight(database_url, "slow-batch").await;
     hub.kill_9();
     assert!(
         in_flight.await.expect("join").is_err(),

@@ -1358,7 +1358,7 @@ async fn a_key_claimed_by_a_request_the_database_ended_is_given_back_once_it_ret
             .json(&json!({"name": "North"}))
     };
     let first = tokio::spawn(call(put()));
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    clientele_testkit::wait_for_claim_in_flight(&hub.database_url, "north-once").await;
     database.close(Some(locker_pid)).await;
     let first = first.await.expect("request");
     assert_problem_here(&first, 503, "unavailable");
