@@ -1,7 +1,8 @@
 //! `clientele pull` and `clientele sync` end to end: the real binary, a real hub on SQLite and
 //! PostgreSQL, and a mirror on the same kind of database. Pull with creates, updates and deletes
 //! and its position in the mirror; sync pushing local edits and inserts, pulling hub changes,
-//! settling conflicts by each policy, and never echoing its own writes; a row inserted again
+//! settling conflicts by each policy, and never echoing its own writes; a deletion counted once
+//! though its earlier changes come erased on an earlier feed page; a row inserted again
 //! with the content of one the hub erased is created again, not answered with an old replay; a
 //! create a killed run left pending (the hub applied it, the answer was lost) ends as one row;
 //! dry runs create no mirror, and a sync dry run plans what the real run then does.
@@ -26,6 +27,7 @@ hub_tests!(
     sync_conflicts_source_wins,
     sync_conflicts_newest_wins,
     sync_creates_a_row_inserted_again_after_the_hub_erased_it,
+    sync_counts_a_deletion_once_though_its_earlier_changes_come_erased,
     sync_finishes_a_create_a_killed_run_left_pending,
     sync_merges_a_pending_create_with_its_pulled_copy,
     sync_sends_the_edit_of_a_pending_create_without_a_twin,
@@ -356,6 +358,45 @@ async fn sync_creates_a_row_inserted_again_after_the_hub_erased_it(hub: TestHub)
         assert!(mirror_rows(&url).await.is_empty());
     }
     assert_ne!(ids[0], ids[1]);
+}
+
+/// A deletion erases the customer's earlier changes in the feed (they come without their
+/// document). Such a change on one feed page and the deletion on the next are one deletion in
+/// the summary, and the row is gone after the first.
+async fn sync_counts_a_deletion_once_though_its_earlier_changes_come_erased(hub: TestHub) {
+    let work = Workdir::new();
+    let url = mirror_url(&hub, &work).await;
+    let job = work.job(&hub, &mirror_job(&url, "newest_wins"));
+    seed(&hub, 5).await;
+    agent_ok("sync", &job, &[]).await;
+
+    hub_sync(
+        &hub,
+        vec![json!({"external_id": "e1", "first_name": "Changed, then erased"})],
+    )
+    .await;
+    // A full feed page of other changes between the change and the deletion.
+    let page = 1000;
+    let others: Vec<Value> = (1..=page)
+        .map(|i| json!({"external_id": format!("n{i}"), "first_name": "New"}))
+        .collect();
+    hub_sync(&hub, others).await;
+    hub_sync(&hub, vec![json!({"external_id": "e1", "delete": true})]).await;
+
+    let out = agent_ok("sync", &job, &[]).await;
+    counts(
+        &out,
+        &[
+            ("created", page as u64),
+            ("updated", 0),
+            ("deleted", 1),
+            ("failed", 0),
+        ],
+    );
+    let rows = mirror_rows(&url).await;
+    assert!(!rows.contains_key("e1"));
+    assert_eq!(rows.len(), 4 + page);
+    assert_syncs_move_nothing(&job).await;
 }
 
 /// Rows in the mirror table, duplicates included.
