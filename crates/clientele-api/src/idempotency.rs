@@ -12,7 +12,9 @@
 //! whose passwords are over its key's budget) release the key, so that the request may be
 //! retried and a key without rights stores nothing.
 //! A request whose client went away still runs to its end ([`crate::detach`]), so its retry
-//! replays its answer.
+//! replays its answer. A request whose key a retry took over (its process taken for gone, see
+//! the store's claim rules) commits nothing: recording its response is refused, and its
+//! transaction rolls back with it (409).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +26,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use clientele_domain::{ClaimOutcome, Completion, IdempotencyClaim, StoredResponse, Timestamp};
+use clientele_domain::{
+    ClaimOutcome, Completion, DomainError, IdempotencyClaim, StoredResponse, Timestamp,
+};
 
 use crate::auth::Caller;
 use crate::extract::read_body;
@@ -255,10 +259,17 @@ async fn record(
         headers,
         body: bytes.to_vec(),
     };
-    if let Err(error) = state.store().complete_idempotency(claim, &stored).await {
-        // Not recorded, so not replayable: the key is given back instead of staying in flight.
-        tracing::error!(error = %error, "recording an idempotent response failed");
-        release(state, claim.clone()).await;
+    match state.store().complete_idempotency(claim, &stored).await {
+        Ok(()) => {}
+        // A retry runs the request now, and its answer is the one kept.
+        Err(DomainError::IdempotencyKeyTakenOver) => {
+            tracing::info!("an idempotency key was taken over by a retry before its answer");
+        }
+        Err(error) => {
+            // Not recorded, so not replayable: the key is given back rather than left in flight.
+            tracing::error!(error = %error, "recording an idempotent response failed");
+            release(state, claim.clone()).await;
+        }
     }
     Ok(Response::from_parts(parts, Body::from(bytes)))
 }

@@ -241,6 +241,11 @@ impl ApiError {
                 "orders reference this customer; it cannot be deleted",
             ),
             DomainError::Validation(errors) => ApiError::invalid(errors.clone()),
+            DomainError::IdempotencyKeyTakenOver => ApiError::new(
+                ErrorCode::IdempotencyInFlight,
+                "a retry of this request took over its Idempotency-Key while it ran; this \
+                 request applied nothing, and the retry's answer is the one kept",
+            ),
             &DomainError::InUse(what) => {
                 use clientele_domain::InUse;
                 let (code, detail) = match what {

@@ -25,6 +25,10 @@ pub enum DomainError {
     InUse(InUse),
     #[error("invalid input")]
     Validation(ValidationErrors),
+    /// The request's `Idempotency-Key` was taken over by a retry while it ran (its process was
+    /// taken for gone): its write is not committed, and the retry's answer is the one kept.
+    #[error("the idempotency key was taken over by a retry of the request")]
+    IdempotencyKeyTakenOver,
     /// The database is out of reach for now (pool exhausted, connection lost): retrying may help.
     #[error("storage unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),

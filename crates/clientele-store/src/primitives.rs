@@ -52,7 +52,8 @@ pub(crate) trait CustomerTx: Send {
     /// Revokes a live key; `false` when there is none with this id.
     async fn revoke_api_key(&mut self, id: ApiKeyId, at: Timestamp) -> Result<bool, DomainError>;
 
-    /// Records the response of the claim's request, in this transaction.
+    /// Records the response of the claim's request, in this transaction; fails with
+    /// [`DomainError::IdempotencyKeyTakenOver`] when the claim is no longer the request's.
     async fn complete_idempotency(
         &mut self,
         claim: &IdempotencyClaim,
@@ -165,12 +166,14 @@ pub(crate) trait Queries: Send + Sync {
         owner: &str,
     ) -> Result<bool, DomainError>;
     async fn load_claim(&self, claim: &IdempotencyClaim) -> Result<Option<ClaimRow>, DomainError>;
-    /// Replaces the record created at `created_at` with this claim, held by `owner`; false if
-    /// it changed since.
+    /// Replaces the record created at `created_at` with this claim, held by `owner`: an
+    /// `expired` record whatever it holds, else only one still without a response. False if it
+    /// changed since.
     async fn take_over_claim(
         &self,
         claim: &IdempotencyClaim,
         created_at: i64,
+        expired: bool,
         owner: &str,
     ) -> Result<bool, DomainError>;
     /// Records that the process `incarnation` is alive at `now`, and forgets processes not seen
@@ -411,9 +414,13 @@ macro_rules! sql_primitives {
                 claim: &clientele_domain::IdempotencyClaim,
                 response: &clientele_domain::StoredResponse,
             ) -> Result<(), clientele_domain::DomainError> {
-                sqlx::query(
+                // Only while the claim is still this request's (its `created_at`, no response
+                // yet): a retry that took the key over runs the request itself, so this
+                // transaction must not commit its write beside it.
+                let done = sqlx::query(
                     "UPDATE idempotency_keys SET response_status = $3, response_headers = $4, \
-                     response_body = $5, completed_at = $6 WHERE api_key_id = $1 AND key = $2",
+                     response_body = $5, completed_at = $6 WHERE api_key_id = $1 AND key = $2 \
+                     AND created_at = $7 AND response_status IS NULL",
                 )
                     .bind(claim.api_key.to_string())
                     .bind(&claim.key)
@@ -421,9 +428,13 @@ macro_rules! sql_primitives {
                     .bind($crate::primitives::encode_headers(response))
                     .bind(&response.body)
                     .bind(clientele_domain::Timestamp::now().as_micros())
+                    .bind(claim.at.as_micros())
                     .execute(&mut **self)
                     .await
                     .map_err($crate::error::db_error)?;
+                if done.rows_affected() == 0 {
+                    return Err(clientele_domain::DomainError::IdempotencyKeyTakenOver);
+                }
                 Ok(())
             }
         }
@@ -846,13 +857,17 @@ macro_rules! sql_primitives {
                 &self,
                 claim: &clientele_domain::IdempotencyClaim,
                 created_at: i64,
+                expired: bool,
                 owner: &str,
             ) -> Result<bool, clientele_domain::DomainError> {
+                // An abandoned claim only while it still has no response: the request taken
+                // for gone may have finished since it was read (and then replays).
                 let done = sqlx::query(
                     "UPDATE idempotency_keys SET fingerprint = $3, created_at = $4, \
                      completed_at = NULL, response_status = NULL, response_headers = NULL, \
                      response_body = NULL, owner = $6 \
-                     WHERE api_key_id = $1 AND key = $2 AND created_at = $5",
+                     WHERE api_key_id = $1 AND key = $2 AND created_at = $5 \
+                     AND (response_status IS NULL OR $7)",
                 )
                 .bind(claim.api_key.to_string())
                 .bind(&claim.key)
@@ -860,6 +875,7 @@ macro_rules! sql_primitives {
                 .bind(claim.at.as_micros())
                 .bind(created_at)
                 .bind(owner)
+                .bind(expired)
                 .execute(self)
                 .await
                 .map_err($crate::error::db_error)?;

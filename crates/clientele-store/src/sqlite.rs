@@ -590,6 +590,62 @@ mod tests {
         assert!(store.sql_backend().point_reads.is_some());
     }
 
+    /// A request taken for gone may finish between a retry's reading of its claim and the
+    /// retry's take-over: the finished record is then kept (the retry replays it), not
+    /// replaced by a second run of the request. An expired record is replaced whatever it holds.
+    #[tokio::test]
+    async fn a_claim_finished_since_it_was_read_is_not_taken_over() {
+        use clientele_domain::{ApiKeyId, IdempotencyClaim, StoredResponse, Timestamp};
+
+        use crate::primitives::CustomerTx;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+        let store = SqliteStore::connect(&StoreConfig::new(url))
+            .await
+            .expect("store");
+        let backend = store.sql_backend();
+        let claim = |micros: i64| IdempotencyClaim {
+            api_key: ApiKeyId::new(),
+            key: "k".to_owned(),
+            fingerprint: vec![1],
+            at: Timestamp::from_micros(micros),
+        };
+        let first = claim(1_000);
+        let retry = IdempotencyClaim {
+            api_key: first.api_key,
+            ..claim(2_000)
+        };
+        let taken_over = |expired| {
+            backend
+                .writes()
+                .take_over_claim(&retry, 1_000, expired, "b")
+        };
+
+        assert!(
+            backend
+                .writes()
+                .insert_claim(&first, "a")
+                .await
+                .expect("claim")
+        );
+        let mut tx = backend.begin_write().await.expect("begin");
+        let answer = StoredResponse {
+            status: 201,
+            headers: vec![],
+            body: vec![],
+        };
+        tx.complete_idempotency(&first, &answer)
+            .await
+            .expect("complete");
+        tx.commit().await.expect("commit");
+
+        assert!(!taken_over(false).await.expect("take over"));
+        let kept = backend.writes().load_claim(&first).await.expect("load");
+        assert_eq!(kept.and_then(|row| row.response), Some(answer));
+        assert!(taken_over(true).await.expect("take over"));
+    }
+
     /// The workspace's .cargo/config.toml builds SQLite with a page cache per connection; a
     /// build that lost it would let a bulk load starve the readers' caches.
     #[tokio::test]

@@ -630,10 +630,10 @@ pub(crate) async fn claim_idempotency(
         let Some(stored) = queries.load_claim(claim).await? else {
             continue; // purged in between: try to insert again
         };
-        let age = claim.at.as_micros() - stored.created_at;
-        if age > IDEMPOTENCY_TTL_MICROS || abandoned(&stored, claim.at, incarnation) {
+        let expired = claim.at.as_micros() - stored.created_at > IDEMPOTENCY_TTL_MICROS;
+        if expired || abandoned(&stored, claim.at, incarnation) {
             if queries
-                .take_over_claim(claim, stored.created_at, incarnation)
+                .take_over_claim(claim, stored.created_at, expired, incarnation)
                 .await?
             {
                 return Ok(ClaimOutcome::Claimed);

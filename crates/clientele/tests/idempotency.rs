@@ -2,7 +2,8 @@
 //! (status, body and headers, marked `Idempotent-Replayed: true`) and changes nothing, for
 //! creates, sync batches, PATCH, PUT, DELETE, refusals and API keys; the key with another
 //! request is 422; a repeat while the first runs is 409; keys are per API key; GET ignores the
-//! header; and a key holds across a restart and across two hub processes on one database.
+//! header; a request whose key a retry took over commits nothing; and a key holds across a
+//! restart and across two hub processes on one database.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ hub_tests!(
     get_ignores_the_header_and_malformed_keys_are_400,
     an_expired_key_is_forgotten,
     claims_expire_and_abandoned_ones_are_taken_over,
+    a_request_whose_key_a_retry_took_over_commits_nothing,
     a_request_the_client_abandons_runs_to_its_end_and_replays,
     group_team_and_key_writes_are_never_committed_without_their_response,
 );
@@ -91,15 +93,13 @@ async fn claims_expire_and_abandoned_ones_are_taken_over(hub: TestHub) {
         body: b"{}".to_vec(),
     };
 
+    let done = claim("done", 1, 0);
     assert_eq!(
-        store
-            .claim_idempotency(&claim("done", 1, 0))
-            .await
-            .expect("claim"),
+        store.claim_idempotency(&done).await.expect("claim"),
         ClaimOutcome::Claimed
     );
     store
-        .complete_idempotency(&claim("done", 1, 0), &response)
+        .complete_idempotency(&done, &response)
         .await
         .expect("complete");
     let later = store
@@ -151,6 +151,89 @@ async fn claims_expire_and_abandoned_ones_are_taken_over(hub: TestHub) {
         taken,
         ClaimOutcome::InFlight,
         "the new holder's lease runs from its own claim"
+    );
+}
+
+/// A request taken for gone (its process unseen, or its lease over) may still be running when a
+/// retry takes its key over. It must then commit nothing: its write rolls back with the
+/// recording of its answer, and only the retry's write and answer are kept.
+async fn a_request_whose_key_a_retry_took_over_commits_nothing(hub: TestHub) {
+    use clientele_domain::{
+        ClaimOutcome, Completion, CustomerKey, DomainError, IdempotencyClaim, Locator, Scope,
+        StoredResponse, Timestamp,
+    };
+    const MINUTE: i64 = 60 * 1_000_000;
+    let created = call(
+        hub.post("/v1/customers")
+            .json(&json!({"external_id": "c1"})),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    let store = hub.state.store();
+    let api_key = clientele_domain::ApiKeyId::new();
+    let claim = |minutes: i64| IdempotencyClaim {
+        api_key,
+        key: "taken".to_owned(),
+        fingerprint: vec![1],
+        at: Timestamp::from_micros(Timestamp::now().as_micros() + minutes * MINUTE),
+    };
+    let (first, retry) = (claim(-11), claim(0));
+    for attempt in [&first, &retry] {
+        assert_eq!(
+            store.claim_idempotency(attempt).await.expect("claim"),
+            ClaimOutcome::Claimed,
+            "the first claim is past its lease, so the retry takes it over"
+        );
+    }
+    let answer = |status: u16| StoredResponse {
+        status,
+        headers: vec![],
+        body: vec![],
+    };
+    let render_first = |(): &()| answer(204);
+    let render_retry = |(): &()| answer(299);
+    let (late, kept) = (
+        Completion {
+            claim: &first,
+            render: &render_first,
+        },
+        Completion {
+            claim: &retry,
+            render: &render_retry,
+        },
+    );
+    let c1 = Locator::Key(CustomerKey::ExternalId, "c1".to_owned());
+
+    let late = store
+        .delete_customer(&c1, &Scope::All, None, Some(late))
+        .await;
+    assert!(
+        matches!(late, Err(DomainError::IdempotencyKeyTakenOver)),
+        "{late:?}"
+    );
+    let id = created.body["id"].as_str().expect("id");
+    assert_eq!(
+        call(hub.get(&format!("/v1/customers/{id}"))).await.status,
+        200,
+        "the request taken over deleted nothing"
+    );
+    assert!(matches!(
+        store.complete_idempotency(&first, &answer(422)).await,
+        Err(DomainError::IdempotencyKeyTakenOver)
+    ));
+
+    store
+        .delete_customer(&c1, &Scope::All, None, Some(kept))
+        .await
+        .expect("the retry's delete");
+    assert_eq!(
+        call(hub.get(&format!("/v1/customers/{id}"))).await.status,
+        404
+    );
+    assert_eq!(
+        store.claim_idempotency(&claim(1)).await.expect("claim"),
+        ClaimOutcome::Replay(answer(299)),
+        "the retry's answer is the one kept"
     );
 }
 
