@@ -525,7 +525,7 @@ impl Mirror {
         &self,
         tx: &mut sqlx::AnyConnection,
         keep: &[String],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<usize> {
         let keep: std::collections::HashSet<&str> = keep.iter().map(String::as_str).collect();
         let sql = format!("SELECT id FROM {} WHERE id IS NOT NULL", self.table);
         let ids: Vec<String> = sqlx::query_scalar(&sql).fetch_all(&mut *tx).await?;
@@ -534,7 +534,8 @@ impl Mirror {
             .map(String::as_str)
             .filter(|id| !keep.contains(id))
             .collect();
-        self.delete(tx, &gone).await
+        self.delete(tx, &gone).await?;
+        Ok(gone.len())
     }
 
     /// Records what the hub has for these rows: (id, version, hash).

@@ -64,7 +64,14 @@ pub async fn run(
         };
         let first = match next {
             Ok(page) => page,
-            Err(error) if error.status() == Some(410) && !dry_run => {
+            Err(error) if error.status() == Some(410) && dry_run => {
+                println!(
+                    "resync: the hub no longer has changes after {position}; a run would reload \
+                     every customer"
+                );
+                return Ok(());
+            }
+            Err(error) if error.status() == Some(410) => {
                 eprintln!(
                     "pull: the hub no longer has changes after {position}; reloading every customer"
                 );
@@ -206,52 +213,75 @@ pub fn shadows_of(customers: &[&Value]) -> Vec<(String, Shadow)> {
         .collect()
 }
 
+/// A page of the customer list, as a resync reads it.
+#[derive(Deserialize)]
+pub struct ListPage {
+    pub data: Vec<Value>,
+    pub next_cursor: Option<String>,
+    /// The feed position to follow from once the list is read (the first page's counts).
+    #[serde(default)]
+    pub feed_position: i64,
+}
+
+/// The page of the customer list after `cursor` (the first page without one).
+pub async fn list_page(client: &Client, cursor: Option<&str>) -> anyhow::Result<ListPage> {
+    let path = match cursor {
+        Some(cursor) => format!(
+            "/v1/customers?limit=1000&cursor={}",
+            clientele_client::encode_segment(cursor)
+        ),
+        None => "/v1/customers?limit=1000".to_owned(),
+    };
+    client
+        .request::<ListPage>(Method::GET, &path, None, None)
+        .await
+        .map(|reply| reply.body)
+        .map_err(|error: ClientError| anyhow::anyhow!(error))
+        .context("cannot list customers to resync")
+}
+
 /// Reloads the mirror from the customer list, removes rows the hub no longer has, and returns
-/// the feed position to follow from (the first page's, per the hub's resync rule).
+/// the feed position to follow from (the first page's, per the hub's resync rule). Counts what
+/// it changed as a feed would have: rows new to the mirror created, rows whose hub version
+/// moved updated, the rest unchanged. Every listed row is written again all the same, so a
+/// mirror row lost or touched locally is restored.
 async fn resync(mirror: &Mirror, client: &Client, progress: &Progress) -> anyhow::Result<i64> {
+    let counters = &progress.counters;
     let mut cursor: Option<String> = None;
     let mut start: Option<i64> = None;
     let mut listed: Vec<String> = Vec::new();
     loop {
-        let path = match &cursor {
-            Some(cursor) => format!(
-                "/v1/customers?limit=1000&cursor={}",
-                clientele_client::encode_segment(cursor)
-            ),
-            None => "/v1/customers?limit=1000".to_owned(),
-        };
-        let page = client
-            .request::<Value>(Method::GET, &path, None, None)
-            .await
-            .map_err(|error: ClientError| anyhow::anyhow!(error))
-            .context("cannot list customers to resync")?
-            .body;
-        if start.is_none() {
-            start = Some(page["feed_position"].as_i64().unwrap_or(0));
+        let page = list_page(client, cursor.as_deref()).await?;
+        start.get_or_insert(page.feed_position);
+        let ids: Vec<&str> = page.data.iter().filter_map(|c| c["id"].as_str()).collect();
+        let held = mirror.rows_by_id(&ids).await?;
+        for customer in &page.data {
+            let row = customer["id"].as_str().and_then(|id| held.get(id));
+            let counter = match row.map(|row| row.fields.get("version")) {
+                None => &counters.created,
+                Some(version) if version == customer.get("version") => &counters.unchanged,
+                Some(_) => &counters.updated,
+            };
+            Counters::add(counter, 1);
         }
-        let customers: Vec<&Value> = page["data"]
-            .as_array()
-            .map(|data| data.iter().collect())
-            .unwrap_or_default();
-        listed.extend(
-            customers
-                .iter()
-                .filter_map(|c| c["id"].as_str().map(str::to_owned)),
-        );
-        Counters::add(&progress.counters.rows, customers.len() as u64);
+        listed.extend(ids.iter().map(|id| (*id).to_owned()));
+        Counters::add(&counters.rows, page.data.len() as u64);
+        let customers: Vec<&Value> = page.data.iter().collect();
         let mut tx = mirror.begin().await?;
         mirror.upsert(&mut tx, &customers).await?;
         mirror.set_shadows(&mut tx, &shadows_of(&customers)).await?;
         tx.commit().await?;
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
+        progress.tick();
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
             None => break,
         }
     }
     let position = start.unwrap_or(0);
     let mut tx = mirror.begin().await?;
-    mirror.delete_except(&mut tx, &listed).await?;
+    let deleted = mirror.delete_except(&mut tx, &listed).await?;
     mirror.set_position(&mut tx, position).await?;
     tx.commit().await?;
+    Counters::add(&counters.deleted, deleted as u64);
     Ok(position)
 }

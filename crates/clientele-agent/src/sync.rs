@@ -31,7 +31,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clientele_client::{ChangeType, Client, ClientError};
+use clientele_client::{Change, ChangeType, Client, ClientError};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -39,7 +39,7 @@ use crate::fields::writable_part;
 use crate::job::{Conflict, Job};
 use crate::mirror::{LocalRow, Mirror, Shadow, content_hash};
 use crate::progress::{Counters, Progress};
-use crate::pull::{PAGE, last_per_customer, shadows_of};
+use crate::pull::{PAGE, last_per_customer, list_page, shadows_of};
 use crate::report::Report;
 
 pub async fn run(
@@ -134,6 +134,8 @@ impl Syncer {
     }
 
     /// Hub changes down, page by page, each page with its feed position in one transaction.
+    /// A position the hub no longer keeps (410 `cursor_expired`) is recovered by a resync from
+    /// the customer list ([`Syncer::resync`]).
     /// A dry run writes nothing, so it returns the ids whose hub copy a real run would have
     /// written (and whose local edit it would thereby have settled), for the plan of the push
     /// phase to follow the same rule; a real run returns none.
@@ -141,97 +143,171 @@ impl Syncer {
         let mut planned_down = HashSet::new();
         let mut position = self.mirror.position().await?;
         loop {
-            let page = self
-                .client
-                .changes(position, PAGE, None)
-                .await
-                .context("cannot read the change feed")?;
+            let page = match self.client.changes(position, PAGE, None).await {
+                Ok(page) => page,
+                Err(error) if error.status() == Some(410) => {
+                    eprintln!(
+                        "sync: the hub no longer has changes after {position}; reading every \
+                         customer"
+                    );
+                    position = self.resync(&mut planned_down).await?;
+                    continue;
+                }
+                Err(error) => return Err(error).context("cannot read the change feed"),
+            };
             if page.data.is_empty() {
                 return Ok(planned_down);
             }
             Counters::add(&self.counters().rows, page.data.len() as u64);
             let changes = last_per_customer(&page.data, |change| &change.customer_id);
-            let ids: Vec<&str> = changes
-                .iter()
-                .map(|change| change.customer_id.as_str())
-                .collect();
-            let shadows = self.mirror.shadows(&ids).await?;
-            let locals = self.mirror.rows_by_id(&ids).await?;
-            let mut deleted = Vec::new();
-            let mut upserts: Vec<&Value> = Vec::new();
-            let mut kept_local: Vec<(String, Shadow)> = Vec::new();
-            for change in changes {
-                let id = change.customer_id.as_str();
-                let shadow = shadows.get(id);
-                if let (Some(shadow), Some(version)) = (shadow, change.version)
-                    && shadow.version >= version
-                {
-                    // Our own write (or one we already hold) coming back: no echo.
-                    continue;
-                }
-                let local = locals.get(id);
-                let edited = match (local, shadow) {
-                    (Some(local), Some(shadow)) => content_hash(&local.fields) != shadow.hash,
-                    _ => false,
-                };
-                let customer = match (&change.kind, &change.customer) {
-                    (ChangeType::Deleted, _) | (_, None) => {
-                        // An erasure in the hub is final, edited locally or not. A change
-                        // without its document is of a customer erased since (its deletion
-                        // follows in the feed, and is counted there).
-                        deleted.push(id);
-                        if change.kind == ChangeType::Deleted {
-                            Counters::add(&self.counters().deleted, 1);
-                        }
-                        if self.dry_run {
-                            println!("delete {id}");
-                            planned_down.insert(id.to_owned());
-                        }
-                        continue;
-                    }
-                    (_, Some(customer)) => customer,
-                };
-                let winner = match (edited, local, customer.as_object()) {
-                    (true, Some(local), Some(hub)) => self.settle(&local.fields, hub),
-                    _ => Winner::Hub,
-                };
-                if winner == Winner::Local {
-                    // Keep the local edit; it goes up against the hub's new version.
-                    let old_hash = shadow.map(|shadow| shadow.hash.clone()).unwrap_or_default();
-                    kept_local.push((
-                        id.to_owned(),
-                        Shadow {
-                            version: change.version.unwrap_or(0),
-                            hash: old_hash,
-                        },
-                    ));
-                    continue;
-                }
-                let counter = if change.kind == ChangeType::Created && local.is_none() {
-                    &self.counters().created
-                } else {
-                    &self.counters().updated
-                };
-                Counters::add(counter, 1);
-                if self.dry_run {
-                    println!("down {id}");
-                    planned_down.insert(id.to_owned());
-                }
-                upserts.push(customer);
-            }
-            if !self.dry_run {
-                let mut tx = self.mirror.begin().await?;
-                self.mirror.delete(&mut tx, &deleted).await?;
-                self.mirror.upsert(&mut tx, &upserts).await?;
-                let mut shadows = shadows_of(&upserts);
-                shadows.extend(kept_local);
-                self.mirror.set_shadows(&mut tx, &shadows).await?;
-                self.mirror.set_position(&mut tx, page.next_after).await?;
-                tx.commit().await?;
-            }
+            self.apply_hub_changes(&changes, Some(page.next_after), &mut planned_down)
+                .await?;
             position = page.next_after;
             self.progress.tick();
         }
+    }
+
+    /// Reads every customer from the list as if each were a change (so the no-echo rule and
+    /// the conflict policy apply as to feed events), then deletes the mirror rows the hub no
+    /// longer has (never a local insert, which has no id yet) and moves the feed position to
+    /// the list's, in one transaction. Returns that position. A run killed in between has not
+    /// moved the position, so the next one resyncs again.
+    async fn resync(&self, planned_down: &mut HashSet<String>) -> anyhow::Result<i64> {
+        let mut cursor: Option<String> = None;
+        let mut start: Option<i64> = None;
+        let mut listed: Vec<String> = Vec::new();
+        loop {
+            let page = list_page(&self.client, cursor.as_deref()).await?;
+            start.get_or_insert(page.feed_position);
+            Counters::add(&self.counters().rows, page.data.len() as u64);
+            let changes: Vec<Change> = page
+                .data
+                .into_iter()
+                .filter_map(|customer| {
+                    Some(Change {
+                        seq: 0,
+                        kind: ChangeType::Created,
+                        customer_id: customer["id"].as_str()?.to_owned(),
+                        external_id: None,
+                        version: customer["version"].as_i64(),
+                        at: None,
+                        customer: Some(customer),
+                    })
+                })
+                .collect();
+            listed.extend(changes.iter().map(|change| change.customer_id.clone()));
+            let changes: Vec<&Change> = changes.iter().collect();
+            self.apply_hub_changes(&changes, None, planned_down).await?;
+            self.progress.tick();
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let position = start.unwrap_or(0);
+        if self.dry_run {
+            println!("resync: rows the hub no longer has would be deleted");
+        } else {
+            let mut tx = self.mirror.begin().await?;
+            let deleted = self.mirror.delete_except(&mut tx, &listed).await?;
+            self.mirror.set_position(&mut tx, position).await?;
+            tx.commit().await?;
+            Counters::add(&self.counters().deleted, deleted as u64);
+        }
+        Ok(position)
+    }
+
+    /// Hub changes (the last per customer) into the mirror, with the feed `position` after
+    /// them when there is one, in one transaction: each skipped when the shadow already holds
+    /// its version (no echo), settled by the conflict policy when the row was edited locally
+    /// too, and deleted when the hub erased the customer.
+    async fn apply_hub_changes(
+        &self,
+        changes: &[&Change],
+        position: Option<i64>,
+        planned_down: &mut HashSet<String>,
+    ) -> anyhow::Result<()> {
+        let ids: Vec<&str> = changes
+            .iter()
+            .map(|change| change.customer_id.as_str())
+            .collect();
+        let shadows = self.mirror.shadows(&ids).await?;
+        let locals = self.mirror.rows_by_id(&ids).await?;
+        let mut deleted = Vec::new();
+        let mut upserts: Vec<&Value> = Vec::new();
+        let mut kept_local: Vec<(String, Shadow)> = Vec::new();
+        for change in changes {
+            let id = change.customer_id.as_str();
+            let shadow = shadows.get(id);
+            if let (Some(shadow), Some(version)) = (shadow, change.version)
+                && shadow.version >= version
+            {
+                // Our own write (or one we already hold) coming back: no echo.
+                continue;
+            }
+            let local = locals.get(id);
+            let edited = match (local, shadow) {
+                (Some(local), Some(shadow)) => content_hash(&local.fields) != shadow.hash,
+                _ => false,
+            };
+            let customer = match (&change.kind, &change.customer) {
+                (ChangeType::Deleted, _) | (_, None) => {
+                    // An erasure in the hub is final, edited locally or not. A change
+                    // without its document is of a customer erased since (its deletion
+                    // follows in the feed, and is counted there).
+                    deleted.push(id);
+                    if change.kind == ChangeType::Deleted {
+                        Counters::add(&self.counters().deleted, 1);
+                    }
+                    if self.dry_run {
+                        println!("delete {id}");
+                        planned_down.insert(id.to_owned());
+                    }
+                    continue;
+                }
+                (_, Some(customer)) => customer,
+            };
+            let winner = match (edited, local, customer.as_object()) {
+                (true, Some(local), Some(hub)) => self.settle(&local.fields, hub),
+                _ => Winner::Hub,
+            };
+            if winner == Winner::Local {
+                // Keep the local edit; it goes up against the hub's new version.
+                let old_hash = shadow.map(|shadow| shadow.hash.clone()).unwrap_or_default();
+                kept_local.push((
+                    id.to_owned(),
+                    Shadow {
+                        version: change.version.unwrap_or(0),
+                        hash: old_hash,
+                    },
+                ));
+                continue;
+            }
+            let counter = if change.kind == ChangeType::Created && local.is_none() {
+                &self.counters().created
+            } else {
+                &self.counters().updated
+            };
+            Counters::add(counter, 1);
+            if self.dry_run {
+                println!("down {id}");
+                planned_down.insert(id.to_owned());
+            }
+            upserts.push(customer);
+        }
+        if !self.dry_run {
+            let mut tx = self.mirror.begin().await?;
+            self.mirror.delete(&mut tx, &deleted).await?;
+            self.mirror.upsert(&mut tx, &upserts).await?;
+            let mut shadows = shadows_of(&upserts);
+            shadows.extend(kept_local);
+            self.mirror.set_shadows(&mut tx, &shadows).await?;
+            if let Some(position) = position {
+                self.mirror.set_position(&mut tx, position).await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
     }
 
     /// Finishes the edits a killed run left pending (see the module doc): each is sent again as

@@ -21,6 +21,8 @@ use sqlx::Connection;
 hub_tests!(
     pull_follows_creates_updates_and_deletes,
     pull_applies_many_pages_in_feed_order,
+    pull_resyncs_from_the_list_when_its_position_expired,
+    sync_resyncs_from_the_list_keeping_local_edits_and_inserts,
     sync_sends_local_edits_and_inserts_and_never_echoes,
     sync_reads_the_mirror_a_page_at_a_time_and_misses_no_row,
     sync_conflicts_hub_wins,
@@ -266,6 +268,139 @@ async fn sync_sends_local_edits_and_inserts_and_never_echoes(hub: TestHub) {
     let customers = hub_customers(&hub).await;
     assert_eq!(customers["e1"]["version"], 2);
     assert_eq!(customers["local1"]["version"], 1);
+}
+
+/// Forgets every change the hub holds (as its retention would), so that a feed position before
+/// them answers 410 `cursor_expired`.
+async fn expire_the_feed(hub: &TestHub) {
+    let purged = hub
+        .state
+        .store()
+        .purge_changes(clientele_domain::Timestamp::now())
+        .await
+        .expect("purge");
+    assert!(purged > 0);
+    let expired = call(hub.get("/v1/changes?after=0")).await;
+    assert_eq!(expired.status, 410, "{}", expired.body);
+}
+
+/// A mirror whose feed position the hub no longer keeps is reloaded from the customer list:
+/// changed rows updated, new ones created, erased ones deleted, and the summary says so.
+async fn pull_resyncs_from_the_list_when_its_position_expired(hub: TestHub) {
+    let work = Workdir::new();
+    let url = mirror_url(&hub, &work).await;
+    let job = work.job(&hub, &mirror_job(&url, "hub_wins"));
+    seed(&hub, 5).await;
+    agent_ok("pull", &job, &[]).await;
+    hub_sync(
+        &hub,
+        vec![
+            json!({"external_id": "e1", "first_name": "Changed"}),
+            json!({"external_id": "e2", "delete": true}),
+            json!({"external_id": "e6", "first_name": "New"}),
+        ],
+    )
+    .await;
+    expire_the_feed(&hub).await;
+
+    let dry = agent_ok("pull", &job, &["--dry-run"]).await;
+    assert!(dry.contains("resync"), "{dry}");
+    let out = agent_ok("pull", &job, &[]).await;
+    counts(
+        &out,
+        &[
+            ("created", 1),
+            ("updated", 1),
+            ("unchanged", 3),
+            ("deleted", 1),
+            ("failed", 0),
+        ],
+    );
+    let rows = mirror_rows(&url).await;
+    assert_eq!(
+        rows.keys().collect::<Vec<_>>(),
+        ["e1", "e3", "e4", "e5", "e6"]
+    );
+    assert_eq!(rows["e1"].1.as_deref(), Some("Changed"));
+    assert_eq!(rows["e6"].1.as_deref(), Some("New"));
+
+    // The position is the list's: the feed follows from there.
+    hub_sync(
+        &hub,
+        vec![json!({"external_id": "e3", "first_name": "Later"})],
+    )
+    .await;
+    let out = agent_ok("pull", &job, &[]).await;
+    counts(&out, &[("created", 0), ("updated", 1), ("deleted", 0)]);
+    assert_eq!(mirror_rows(&url).await["e3"].1.as_deref(), Some("Later"));
+}
+
+/// `sync` on a mirror whose feed position expired reads every customer as `pull` does, but as
+/// changes: a row edited on both sides is settled by the policy, a local edit and a local
+/// insert still go up, and a row the hub erased is deleted. A new mirror on such a hub starts.
+async fn sync_resyncs_from_the_list_keeping_local_edits_and_inserts(hub: TestHub) {
+    let work = Workdir::new();
+    let url = mirror_url(&hub, &work).await;
+    let job = work.job(&hub, &mirror_job(&url, "hub_wins"));
+    seed(&hub, 5).await;
+    agent_ok("sync", &job, &[]).await;
+    mirror_sql(
+        &url,
+        "UPDATE customers SET first_name = 'Local' WHERE external_id IN ('e1', 'e4')",
+    )
+    .await;
+    mirror_sql(
+        &url,
+        "INSERT INTO customers (external_id, first_name) VALUES ('local1', 'Made here')",
+    )
+    .await;
+    hub_sync(
+        &hub,
+        vec![
+            json!({"external_id": "e1", "first_name": "Hub"}),
+            json!({"external_id": "e3", "first_name": "Hub"}),
+            json!({"external_id": "e5", "delete": true}),
+        ],
+    )
+    .await;
+    expire_the_feed(&hub).await;
+
+    let out = agent_ok("sync", &job, &[]).await;
+    // Down: e1 (both edited, the hub wins) and e3; up: e4; created: local1; deleted: e5.
+    counts(
+        &out,
+        &[
+            ("created", 1),
+            ("updated", 3),
+            ("deleted", 1),
+            ("failed", 0),
+        ],
+    );
+    let customers = hub_customers(&hub).await;
+    assert_eq!(
+        customers.keys().collect::<Vec<_>>(),
+        ["e1", "e2", "e3", "e4", "local1"]
+    );
+    assert_eq!(customers["e1"]["first_name"], "Hub");
+    assert_eq!(customers["e4"]["first_name"], "Local");
+    assert_eq!(customers["local1"]["first_name"], "Made here");
+    let rows = mirror_rows(&url).await;
+    assert_eq!(
+        rows.keys().collect::<Vec<_>>(),
+        customers.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(rows["e1"].1.as_deref(), Some("Hub"));
+    assert_eq!(rows["e3"].1.as_deref(), Some("Hub"));
+    assert_syncs_move_nothing(&job).await;
+
+    // A new mirror on a hub whose feed no longer starts at the beginning.
+    expire_the_feed(&hub).await;
+    let fresh = Workdir::new();
+    let fresh_url = mirror_url(&hub, &fresh).await;
+    let fresh_job = fresh.job(&hub, &mirror_job(&fresh_url, "hub_wins"));
+    let out = agent_ok("sync", &fresh_job, &[]).await;
+    counts(&out, &[("created", 5), ("failed", 0)]);
+    assert_eq!(mirror_rows(&fresh_url).await, mirror_rows(&url).await);
 }
 
 /// Edits customer e1 on both sides (the local edit stamped `local_updated_at`) and syncs.
