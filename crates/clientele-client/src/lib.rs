@@ -251,6 +251,7 @@ impl Client {
     ) -> Result<Response<T>, ClientError> {
         let url = format!("{}{}", self.base_url, path_and_query);
         let mut attempt = 0u32;
+        let mut throttled = 0u32;
         loop {
             let mut builder = self.http.request(method.clone(), &url);
             let bytes = body.as_deref().unwrap_or_default();
@@ -285,7 +286,15 @@ impl Client {
                 }
             };
             let status = response.status();
-            if retryable(status) {
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let retry_after = retry::retry_after(response.headers());
+                if let Some(delay) = self.retry.throttled_delay(throttled, retry_after) {
+                    tracing::debug!(%url, throttled, "rate limited, waiting");
+                    tokio::time::sleep(delay).await;
+                    throttled += 1;
+                    continue;
+                }
+            } else if retryable(status) {
                 let retry_after = retry::retry_after(response.headers());
                 if let Some(delay) = self.retry.delay(attempt, retry_after) {
                     tracing::debug!(%url, %status, attempt, "retryable status, retrying");
@@ -319,9 +328,9 @@ fn in_flight_elsewhere<T>(decoded: &Result<Response<T>, ClientError>) -> bool {
         if problem.code.as_deref() == Some("idempotency_in_flight"))
 }
 
-/// 429 and 5xx are worth another try; other statuses are the hub's answer.
+/// 5xx is worth another try (429 is waited out apart); other statuses are the hub's answer.
 fn retryable(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+    status.is_server_error()
 }
 
 async fn decode<T: DeserializeOwned>(

@@ -1,5 +1,10 @@
 //! When to try again: exponential backoff with full jitter, a cap, a bounded number of
 //! attempts, and the hub's `Retry-After` honoured when it gives one.
+//!
+//! A 429 (rate limited) is the hub asking for patience, not a failure: it has a budget of its
+//! own, larger than the failures', and its `Retry-After` gets jitter on top, so that clients
+//! (or an agent's concurrent workers) sent away together do not all come back in the same
+//! instant and the same ones lose again.
 
 use std::time::Duration;
 
@@ -8,8 +13,10 @@ use reqwest::header::HeaderMap;
 
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
-    /// Retries after the first attempt.
+    /// Retries after the first attempt, for network errors and retryable server errors.
     pub max_retries: u32,
+    /// Waits after 429s (rate limited), counted apart from `max_retries`.
+    pub max_throttled: u32,
     pub base: Duration,
     pub cap: Duration,
 }
@@ -18,6 +25,8 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_retries: 8,
+            // About a minute of patience at the hub's usual `Retry-After: 1`.
+            max_throttled: 40,
             base: Duration::from_millis(100),
             cap: Duration::from_secs(20),
         }
@@ -29,6 +38,7 @@ impl RetryPolicy {
     pub fn none() -> RetryPolicy {
         RetryPolicy {
             max_retries: 0,
+            max_throttled: 0,
             ..RetryPolicy::default()
         }
     }
@@ -39,7 +49,7 @@ impl RetryPolicy {
             return None;
         }
         if let Some(wait) = retry_after {
-            return Some(wait.min(self.cap.max(Duration::from_secs(60))));
+            return Some(self.after(wait));
         }
         let ceiling = self
             .base
@@ -49,6 +59,27 @@ impl RetryPolicy {
         Some(Duration::from_millis(
             jittered.max(self.base.as_millis() as u64 / 2),
         ))
+    }
+
+    /// How long to wait after the `waits + 1`th 429 in a row, or `None` when the budget for
+    /// them is spent: the hub's `Retry-After` (or the backoff without one), plus jitter.
+    pub fn throttled_delay(&self, waits: u32, retry_after: Option<Duration>) -> Option<Duration> {
+        if waits >= self.max_throttled {
+            return None;
+        }
+        let wait = retry_after.unwrap_or_else(|| {
+            self.base
+                .saturating_mul(1u32 << waits.min(16))
+                .min(self.cap)
+        });
+        Some(self.after(wait))
+    }
+
+    /// `Retry-After` (bounded) and up to half of it again, at least a backoff base, at random.
+    fn after(&self, wait: Duration) -> Duration {
+        let wait = wait.min(self.cap.max(Duration::from_secs(60)));
+        let spread = (wait / 2).max(self.base).as_millis() as u64;
+        wait + Duration::from_millis(rand::thread_rng().gen_range(0..=spread))
     }
 }
 
@@ -74,6 +105,7 @@ mod tests {
             max_retries: 5,
             base: Duration::from_millis(100),
             cap: Duration::from_secs(1),
+            ..RetryPolicy::default()
         };
         for attempt in 0..5 {
             let delay = policy.delay(attempt, None).expect("a retry");
@@ -84,14 +116,44 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_wins_over_backoff() {
+    fn retry_after_wins_over_backoff_with_jitter_on_top() {
         let policy = RetryPolicy::default();
-        assert_eq!(
-            policy.delay(0, Some(Duration::from_secs(3))),
-            Some(Duration::from_secs(3))
+        let delays: Vec<Duration> = (0..50)
+            .map(|_| {
+                policy
+                    .delay(0, Some(Duration::from_secs(3)))
+                    .expect("a retry")
+            })
+            .collect();
+        assert!(
+            delays.iter().all(
+                |delay| (Duration::from_secs(3)..=Duration::from_millis(4500)).contains(delay)
+            ),
+            "{delays:?}"
+        );
+        assert!(
+            delays.iter().any(|delay| *delay != delays[0]),
+            "no jitter: {delays:?}"
         );
         let mut headers = HeaderMap::new();
         headers.insert("retry-after", "7".parse().expect("header"));
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn rate_limits_have_a_budget_of_their_own() {
+        let policy = RetryPolicy {
+            max_retries: 2,
+            max_throttled: 5,
+            ..RetryPolicy::default()
+        };
+        let second = Some(Duration::from_secs(1));
+        assert_eq!(policy.delay(2, second), None);
+        for waits in 0..5 {
+            let delay = policy.throttled_delay(waits, second).expect("a wait");
+            assert!((Duration::from_secs(1)..=Duration::from_millis(1500)).contains(&delay));
+        }
+        assert_eq!(policy.throttled_delay(5, second), None);
+        assert_eq!(RetryPolicy::none().throttled_delay(0, second), None);
     }
 }
