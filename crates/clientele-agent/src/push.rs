@@ -242,13 +242,21 @@ impl Push {
         Ok(())
     }
 
-    /// A key column that the source does not have would leave every row without a key, and two
-    /// columns of one name would leave one unread: both refused before anything is read,
-    /// wherever the source's columns are known.
+    /// A key column that the source does not have would leave every row without a key, a
+    /// `[fields]` entry naming a column it does not have (a typo) would leave its field unsent
+    /// without a word, and two columns of one name would leave one unread: all refused before
+    /// anything is read, wherever the source's columns are known.
     fn check_columns(&self, columns: Option<&[String]>) -> anyhow::Result<()> {
         let key = &self.job.source()?.key;
         let Some(columns) = columns else {
             return Ok(());
+        };
+        let listed = || {
+            if columns.is_empty() {
+                "none".to_owned()
+            } else {
+                columns.join(", ")
+            }
         };
         // A row is read into a map by column name: of two columns with one name, one value
         // would be dropped without a word.
@@ -258,22 +266,35 @@ impl Push {
                 "the source has two columns named `{repeated}`: rename one (in a query, with AS)"
             ));
         }
-        if columns.iter().any(|column| column == key) {
-            return Ok(());
+        if !columns.iter().any(|column| column == key) {
+            return Err(self
+                .job
+                .error(
+                    "source",
+                    "key",
+                    &format!(
+                        "the source has no column `{key}` (its columns: {})",
+                        listed()
+                    ),
+                )
+                .into());
         }
-        let columns = if columns.is_empty() {
-            "none".to_owned()
-        } else {
-            columns.join(", ")
-        };
-        Err(self
-            .job
-            .error(
-                "source",
-                "key",
-                &format!("the source has no column `{key}` (its columns: {columns})"),
-            )
-            .into())
+        for (field, column) in &self.job.fields {
+            if !columns.contains(column) {
+                return Err(self
+                    .job
+                    .error(
+                        "fields",
+                        field,
+                        &format!(
+                            "the source has no column `{column}` (its columns: {})",
+                            listed()
+                        ),
+                    )
+                    .into());
+            }
+        }
+        Ok(())
     }
 
     /// Plans the rows of a compared chunk whose items changed, and records the new row hash of

@@ -128,6 +128,37 @@ async fn a_key_column_the_source_lacks_is_refused_before_anything_is_sent() {
     }
 }
 
+/// A `[fields]` entry naming a column the source lacks (a typo) is refused, naming the entry
+/// and the source's columns: the field would otherwise go unsent, or stay stale in the hub,
+/// without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fields_column_the_source_lacks_is_refused_before_anything_is_sent() {
+    let hub = TestHub::sqlite().await;
+    let work = Workdir::new();
+    sqlite_source(&work.path("source.db"), &borrowed(&people(1..6))).await;
+    std::fs::write(work.path("people.csv"), "person_id,fname\n1,Name 1\n").expect("csv");
+    let typo = PEOPLE_JOB.replace("first_name = \"fname\"", "first_name = \"fnmae\"");
+    let csv = typo.replace(
+        "url = \"sqlite://source.db\"\ntable = \"people\"",
+        "url = \"people.csv\"",
+    );
+    for (sections, says) in [
+        (typo, "person_id, fname, email, vip"),
+        (csv, "person_id, fname"),
+    ] {
+        let output = agent("push", &work.job(&hub, &sections), &[]).await;
+        let stderr = stderr_of(&output);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("fields.first_name")
+                && stderr.contains("no column `fnmae`")
+                && stderr.contains(says),
+            "{stderr}"
+        );
+        assert!(hub_customers(&hub).await.is_empty(), "{stderr}");
+    }
+}
+
 /// A state file remembers the hub it pushed to: the same job aimed at another hub would send
 /// nothing there, so it is refused with what to do instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
