@@ -17,10 +17,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::PrivatePkcs8KeyDer;
 
-fn stderr_of(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_job_file_names_the_line_and_the_key() {
     let hub = TestHub::sqlite().await;
@@ -283,7 +279,8 @@ async fn a_postgresql_source_table_and_query() {
         &sections.replace(
             "table = \"people\"",
             // A statement ended as a terminal would have it (found in an audit: refused).
-            "query = \"SELECT person_id, fname FROM people WHERE person_id = 2 ; \"",
+            "query = \"SELECT person_id, fname, vip, discount, born FROM people \
+             WHERE person_id = 2 ; \"",
         ),
     );
     let out = agent_ok("push", &job, &[]).await;

@@ -40,6 +40,7 @@ hub_tests!(
     a_pending_create_is_not_bound_to_a_customer_with_other_keys,
     an_earlier_agents_pending_create_is_finished,
     dry_runs_create_no_mirror,
+    a_table_without_the_mirror_columns_is_refused_untouched,
     a_sync_dry_run_plans_what_the_run_does,
 );
 
@@ -401,6 +402,54 @@ async fn sync_resyncs_from_the_list_keeping_local_edits_and_inserts(hub: TestHub
     let out = agent_ok("sync", &fresh_job, &[]).await;
     counts(&out, &[("created", 5), ("failed", 0)]);
     assert_eq!(mirror_rows(&fresh_url).await, mirror_rows(&url).await);
+}
+
+/// A table of the mirror's name made for something else is refused with the columns it lacks,
+/// before the agent changes anything in it (it would otherwise be rewritten with the agent's
+/// bookkeeping column, then fail on its first row).
+async fn a_table_without_the_mirror_columns_is_refused_untouched(hub: TestHub) {
+    let work = Workdir::new();
+    let url = mirror_url(&hub, &work).await;
+    let creating = match hub.backend {
+        Backend::Sqlite => format!("{url}?mode=rwc"),
+        Backend::Postgres => url.clone(),
+    };
+    mirror_sql(
+        &creating,
+        "CREATE TABLE customers (id TEXT PRIMARY KEY, email TEXT, first_name TEXT, extra TEXT)",
+    )
+    .await;
+    mirror_sql(
+        &url,
+        "INSERT INTO customers (id, extra) VALUES ('mine', 'kept')",
+    )
+    .await;
+    seed(&hub, 2).await;
+    for command in ["pull", "sync"] {
+        let job = work.job(&hub, &mirror_job(&url, "hub_wins"));
+        let output = agent(command, &job, &[]).await;
+        let stderr = stderr_of(&output);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("the table `customers` exists without the columns a mirror needs")
+                && stderr.contains("external_id"),
+            "{stderr}"
+        );
+    }
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("mirror");
+    assert!(
+        sqlx::query("SELECT _clientele_ref FROM customers")
+            .fetch_all(&mut conn)
+            .await
+            .is_err(),
+        "the table was rewritten"
+    );
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, extra FROM customers")
+        .fetch_all(&mut conn)
+        .await
+        .expect("rows");
+    assert_eq!(rows, [("mine".to_owned(), "kept".to_owned())]);
 }
 
 /// Edits customer e1 on both sides (the local edit stamped `local_updated_at`) and syncs.

@@ -140,7 +140,48 @@ impl Mirror {
         Ok(query.fetch_one(&self.pool).await? == names.len() as i64)
     }
 
+    /// The columns of `table`, none when it does not exist.
+    async fn columns_of(&self, table: &str) -> anyhow::Result<Vec<String>> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => "SELECT name FROM pragma_table_info(?)",
+            Dialect::Postgres => {
+                "SELECT CAST(attname AS TEXT) FROM pg_attribute \
+                 WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped"
+            }
+        };
+        Ok(sqlx::query_scalar(sql)
+            .bind(table)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// A table of the mirror's name that exists already (made by hand, or for something else)
+    /// must have a column for every customer field: refused before anything touches it, rather
+    /// than rewritten for the agent's bookkeeping and then failing on its first row.
+    async fn check_existing_table(&self) -> anyhow::Result<()> {
+        let columns = self.columns_of(&self.table).await?;
+        if columns.is_empty() {
+            return Ok(());
+        }
+        let missing: Vec<&str> = CUSTOMER_FIELDS
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| !columns.iter().any(|column| column == name))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "the table `{}` exists without the columns a mirror needs: {} (a mirror table has a \
+             column for every customer field, named as in the API; name a table that does not \
+             exist yet in [mirror] table, and the agent makes it)",
+            self.table,
+            missing.join(", ")
+        )
+    }
+
     pub(super) async fn ensure_tables(&mut self) -> anyhow::Result<()> {
+        self.check_existing_table().await?;
         if self.dialect == Dialect::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL")
                 .execute(&self.pool)

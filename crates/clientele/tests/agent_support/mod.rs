@@ -53,6 +53,11 @@ pub fn agent_command(command: &str, job: &Path, extra: &[&str]) -> Command {
 }
 
 /// Runs the agent to completion (off the async runtime, which serves the hub).
+/// What the agent wrote on stderr.
+pub fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 pub async fn agent(command: &str, job: &Path, extra: &[&str]) -> Output {
     let mut process = agent_command(command, job, extra);
     tokio::task::spawn_blocking(move || process.output().expect("run clientele"))
