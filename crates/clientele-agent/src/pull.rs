@@ -215,16 +215,16 @@ pub fn shadows_of(customers: &[&Value]) -> Vec<(String, Shadow)> {
 
 /// A page of the customer list, as a resync reads it.
 #[derive(Deserialize)]
-pub struct ListPage {
-    pub data: Vec<Value>,
-    pub next_cursor: Option<String>,
+struct ListPage {
+    data: Vec<Value>,
+    next_cursor: Option<String>,
     /// The feed position to follow from once the list is read (the first page's counts).
     #[serde(default)]
-    pub feed_position: i64,
+    feed_position: i64,
 }
 
 /// The page of the customer list after `cursor` (the first page without one).
-pub async fn list_page(client: &Client, cursor: Option<&str>) -> anyhow::Result<ListPage> {
+async fn list_page(client: &Client, cursor: Option<&str>) -> anyhow::Result<ListPage> {
     let path = match cursor {
         Some(cursor) => format!(
             "/v1/customers?limit=1000&cursor={}",
@@ -240,22 +240,54 @@ pub async fn list_page(client: &Client, cursor: Option<&str>) -> anyhow::Result<
         .context("cannot list customers to resync")
 }
 
-/// Reloads the mirror from the customer list, removes rows the hub no longer has, and returns
-/// the feed position to follow from (the first page's, per the hub's resync rule). Counts what
-/// it changed as a feed would have: rows new to the mirror created, rows whose hub version
-/// moved updated, the rest unchanged. Every listed row is written again all the same, so a
-/// mirror row lost or touched locally is restored.
-async fn resync(mirror: &Mirror, client: &Client, progress: &Progress) -> anyhow::Result<i64> {
-    let counters = &progress.counters;
+/// Reads the customer list page by page, handing each page's customers to `apply`; returns the
+/// feed position to follow from afterwards (the first page's, per the hub's resync rule) and
+/// the ids listed, for [`end_resync`].
+pub async fn read_list(
+    client: &Client,
+    mut apply: impl AsyncFnMut(Vec<Value>) -> anyhow::Result<()>,
+) -> anyhow::Result<(i64, Vec<String>)> {
     let mut cursor: Option<String> = None;
     let mut start: Option<i64> = None;
     let mut listed: Vec<String> = Vec::new();
     loop {
         let page = list_page(client, cursor.as_deref()).await?;
         start.get_or_insert(page.feed_position);
-        let ids: Vec<&str> = page.data.iter().filter_map(|c| c["id"].as_str()).collect();
+        listed.extend(
+            page.data
+                .iter()
+                .filter_map(|customer| customer["id"].as_str().map(str::to_owned)),
+        );
+        apply(page.data).await?;
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok((start.unwrap_or(0), listed)),
+        }
+    }
+}
+
+/// The end of a resync, in one transaction: the mirror rows with an id the list did not hold
+/// are deleted (never a local insert, which has no id yet), and the feed position becomes the
+/// list's. Returns how many rows were deleted. A resync killed before has not moved the
+/// position, so the next run resyncs again.
+pub async fn end_resync(mirror: &Mirror, listed: &[String], position: i64) -> anyhow::Result<u64> {
+    let mut tx = mirror.begin().await?;
+    let deleted = mirror.delete_except(&mut tx, listed).await?;
+    mirror.set_position(&mut tx, position).await?;
+    tx.commit().await?;
+    Ok(deleted as u64)
+}
+
+/// Reloads the mirror from the customer list, removes rows the hub no longer has, and returns
+/// the feed position to follow from. Counts what it changed as a feed would have: rows new to
+/// the mirror created, rows whose hub version moved updated, the rest unchanged. Every listed
+/// row is written again all the same, so a mirror row lost or touched locally is restored.
+async fn resync(mirror: &Mirror, client: &Client, progress: &Progress) -> anyhow::Result<i64> {
+    let counters = &progress.counters;
+    let (position, listed) = read_list(client, async |customers: Vec<Value>| {
+        let ids: Vec<&str> = customers.iter().filter_map(|c| c["id"].as_str()).collect();
         let held = mirror.rows_by_id(&ids).await?;
-        for customer in &page.data {
+        for customer in &customers {
             let row = customer["id"].as_str().and_then(|id| held.get(id));
             let counter = match row.map(|row| row.fields.get("version")) {
                 None => &counters.created,
@@ -264,24 +296,17 @@ async fn resync(mirror: &Mirror, client: &Client, progress: &Progress) -> anyhow
             };
             Counters::add(counter, 1);
         }
-        listed.extend(ids.iter().map(|id| (*id).to_owned()));
-        Counters::add(&counters.rows, page.data.len() as u64);
-        let customers: Vec<&Value> = page.data.iter().collect();
+        Counters::add(&counters.rows, customers.len() as u64);
+        let customers: Vec<&Value> = customers.iter().collect();
         let mut tx = mirror.begin().await?;
         mirror.upsert(&mut tx, &customers).await?;
         mirror.set_shadows(&mut tx, &shadows_of(&customers)).await?;
         tx.commit().await?;
         progress.tick();
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    let position = start.unwrap_or(0);
-    let mut tx = mirror.begin().await?;
-    let deleted = mirror.delete_except(&mut tx, &listed).await?;
-    mirror.set_position(&mut tx, position).await?;
-    tx.commit().await?;
-    Counters::add(&counters.deleted, deleted as u64);
+        Ok(())
+    })
+    .await?;
+    let deleted = end_resync(mirror, &listed, position).await?;
+    Counters::add(&counters.deleted, deleted);
     Ok(position)
 }

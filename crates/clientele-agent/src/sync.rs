@@ -39,7 +39,7 @@ use crate::fields::writable_part;
 use crate::job::{Conflict, Job};
 use crate::mirror::{LocalRow, Mirror, Shadow, content_hash};
 use crate::progress::{Counters, Progress};
-use crate::pull::{PAGE, last_per_customer, list_page, shadows_of};
+use crate::pull::{PAGE, end_resync, last_per_customer, read_list, shadows_of};
 use crate::report::Report;
 
 pub async fn run(
@@ -168,20 +168,12 @@ impl Syncer {
     }
 
     /// Reads every customer from the list as if each were a change (so the no-echo rule and
-    /// the conflict policy apply as to feed events), then deletes the mirror rows the hub no
-    /// longer has (never a local insert, which has no id yet) and moves the feed position to
-    /// the list's, in one transaction. Returns that position. A run killed in between has not
-    /// moved the position, so the next one resyncs again.
+    /// the conflict policy apply as to feed events), then ends the resync ([`end_resync`]):
+    /// rows the hub no longer has deleted, the position the list's. Returns that position.
     async fn resync(&self, planned_down: &mut HashSet<String>) -> anyhow::Result<i64> {
-        let mut cursor: Option<String> = None;
-        let mut start: Option<i64> = None;
-        let mut listed: Vec<String> = Vec::new();
-        loop {
-            let page = list_page(&self.client, cursor.as_deref()).await?;
-            start.get_or_insert(page.feed_position);
-            Counters::add(&self.counters().rows, page.data.len() as u64);
-            let changes: Vec<Change> = page
-                .data
+        let (position, listed) = read_list(&self.client, async |customers: Vec<Value>| {
+            Counters::add(&self.counters().rows, customers.len() as u64);
+            let changes: Vec<Change> = customers
                 .into_iter()
                 .filter_map(|customer| {
                     Some(Change {
@@ -195,24 +187,17 @@ impl Syncer {
                     })
                 })
                 .collect();
-            listed.extend(changes.iter().map(|change| change.customer_id.clone()));
             let changes: Vec<&Change> = changes.iter().collect();
             self.apply_hub_changes(&changes, None, planned_down).await?;
             self.progress.tick();
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
-        let position = start.unwrap_or(0);
+            Ok(())
+        })
+        .await?;
         if self.dry_run {
             println!("resync: rows the hub no longer has would be deleted");
         } else {
-            let mut tx = self.mirror.begin().await?;
-            let deleted = self.mirror.delete_except(&mut tx, &listed).await?;
-            self.mirror.set_position(&mut tx, position).await?;
-            tx.commit().await?;
-            Counters::add(&self.counters().deleted, deleted as u64);
+            let deleted = end_resync(&self.mirror, &listed, position).await?;
+            Counters::add(&self.counters().deleted, deleted);
         }
         Ok(position)
     }

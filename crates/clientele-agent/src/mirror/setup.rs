@@ -101,19 +101,11 @@ impl Mirror {
 
     /// Whether `table` (when it exists) has the column `column`.
     async fn has_column(&self, table: &str, column: &str) -> anyhow::Result<bool> {
-        let sql = match self.dialect {
-            Dialect::Sqlite => "SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?",
-            Dialect::Postgres => {
-                "SELECT COUNT(*) FROM pg_attribute WHERE attrelid = to_regclass($1) \
-                 AND attname = $2 AND NOT attisdropped"
-            }
-        };
-        let found: i64 = sqlx::query_scalar(sql)
-            .bind(table)
-            .bind(column)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(found > 0)
+        Ok(self
+            .columns_of(table)
+            .await?
+            .iter()
+            .any(|name| name == column))
     }
 
     /// Whether the mirror table and the agent's tables beside it all exist.
